@@ -1,0 +1,1 @@
+//! VirtualCluster API types, label/annotation keys, and the tenant→host naming rules.

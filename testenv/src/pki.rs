@@ -1,0 +1,154 @@
+//! Certificates for test control planes: certificate authorities, serving and client
+//! certificates, and the service-account key pair. ECDSA P-256 throughout.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
+};
+use time::{Duration, OffsetDateTime};
+
+/// A PEM certificate with its PEM (PKCS#8) private key.
+#[derive(Clone)]
+pub struct CertKey {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for CertKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertKey")
+            .field("key_pem", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+/// A certificate authority that can issue serving and client certificates.
+pub struct Ca {
+    cert_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ca").finish_non_exhaustive()
+    }
+}
+
+fn validity(params: &mut CertificateParams, days: i64) {
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - Duration::hours(1);
+    params.not_after = now + Duration::days(days);
+}
+
+fn dn(common_name: &str, organizations: &[&str]) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    for org in organizations {
+        dn.push(DnType::OrganizationName, *org);
+    }
+    dn.push(DnType::CommonName, common_name);
+    dn
+}
+
+impl Ca {
+    /// A new self-signed CA valid for ten years.
+    pub fn new(common_name: &str) -> Result<Self, rcgen::Error> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name = dn(common_name, &[]);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        validity(&mut params, 3650);
+        let cert = params.self_signed(&key)?;
+        Ok(Self {
+            cert_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// The CA certificate (PEM), for trust bundles.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// A TLS serving certificate for the given DNS names and IP addresses.
+    pub fn issue_server(&self, common_name: &str, sans: &[&str]) -> Result<CertKey, rcgen::Error> {
+        let mut params =
+            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+        params.distinguished_name = dn(common_name, &[]);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        self.issue(params)
+    }
+
+    /// A TLS client certificate; Kubernetes reads the user from the common name and the groups
+    /// from the organizations.
+    pub fn issue_client(
+        &self,
+        common_name: &str,
+        organizations: &[&str],
+    ) -> Result<CertKey, rcgen::Error> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name = dn(common_name, organizations);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        self.issue(params)
+    }
+
+    fn issue(&self, mut params: CertificateParams) -> Result<CertKey, rcgen::Error> {
+        validity(&mut params, 365);
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(CertKey {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+/// A key pair for signing and verifying service-account tokens.
+pub struct ServiceAccountKey {
+    pub private_key_pem: String,
+    pub public_key_pem: String,
+}
+
+impl ServiceAccountKey {
+    pub fn new() -> Result<Self, rcgen::Error> {
+        let key = KeyPair::generate()?;
+        Ok(Self {
+            private_key_pem: key.serialize_pem(),
+            public_key_pem: key.public_key_pem(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issues_pem_certificates() {
+        let ca = Ca::new("test-ca").unwrap();
+        assert!(ca.cert_pem().starts_with("-----BEGIN CERTIFICATE-----"));
+        let server = ca
+            .issue_server("apiserver", &["localhost", "127.0.0.1"])
+            .unwrap();
+        assert!(server.cert_pem.contains("BEGIN CERTIFICATE"));
+        assert!(server.key_pem.contains("PRIVATE KEY"));
+        assert_ne!(server.cert_pem, ca.cert_pem());
+        let dbg = format!("{server:?}");
+        assert!(
+            !dbg.contains("PRIVATE KEY"),
+            "keys must never be printed: {dbg}"
+        );
+    }
+}

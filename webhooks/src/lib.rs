@@ -1,0 +1,3 @@
+//! Admission: proxy of the host KubeVirt webhooks and the tenant VM policy.
+//!
+//! Not built yet: see the webhooks issue.
