@@ -1,1 +1,24 @@
-//! VirtualCluster API types, label/annotation keys, and the tenant→host naming rules.
+//! kvtenant's API: the `VirtualCluster` custom resource (`tenancy.kvtenant.io/v1alpha1`), the
+//! label/annotation keys kvtenant puts on host objects, and the tenant→host naming rules.
+//!
+//! This crate is pure: types, constants and functions, no I/O. Everything that talks to a cluster
+//! lives in the other crates of the workspace.
+//!
+//! - [`v1alpha1`]: the `VirtualCluster` types (re-exported at the crate root).
+//! - [`naming`]: the 1:1 tenant namespace → host namespace mapping ([`naming::host_namespace`]).
+//! - [`labels`]: label/annotation keys and the host namespace metadata (and its reverse lookup).
+//! - [`crd`]: the generated CustomResourceDefinitions and their committed YAML.
+
+pub mod crd;
+pub mod labels;
+pub mod naming;
+pub mod v1alpha1;
+
+pub use crd::{crd_yaml, crds};
+pub use v1alpha1::*;
+
+/// The API group of kvtenant's own resources.
+pub const GROUP: &str = "tenancy.kvtenant.io";
+
+/// The field manager kvtenant uses for server-side apply, and the `managed-by` label value.
+pub const MANAGER: &str = "kvtenant";

@@ -346,9 +346,7 @@ impl ControlPlane {
             .arg(format!("--service-account-private-key-file={d}/sa.key"))
             .arg(format!("--root-ca-file={d}/ca.crt"))
             .arg("--use-service-account-credentials=true")
-            .arg(
-                "--controllers=*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service-lb,-route",
-            );
+            .arg("--controllers=*");
         cmd
     }
 

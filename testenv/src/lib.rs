@@ -8,5 +8,6 @@ pub mod binaries;
 pub mod controlplane;
 pub mod pki;
 pub mod process;
+pub mod simulator;
 
 pub use controlplane::{ControlPlane, Options};

@@ -61,8 +61,14 @@ pub fn kill_all() {
         Ok(mut g) => std::mem::take(&mut *g).into_iter().collect(),
         Err(_) => return,
     };
+    for (pgid, _) in &groups {
+        kill_group(*pgid);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while groups.iter().any(|(pgid, _)| alive(*pgid)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     for (pgid, dir) in groups {
-        kill_group(pgid);
         if let Some(dir) = dir {
             let _ = fs::remove_dir_all(dir);
         }

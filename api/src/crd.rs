@@ -1,0 +1,76 @@
+//! The CustomResourceDefinitions of kvtenant's API and their committed YAML.
+//!
+//! The YAML is committed at `api/crds/tenancy.kvtenant.io_virtualclusters.yaml` (the file
+//! `deploy/` and users apply). The unit test `crd_yaml_is_up_to_date` fails when it is stale;
+//! regenerate it with `cargo run -p kvtenant-api --example gen-crds` or by running the tests
+//! with `KVTENANT_UPDATE_CRDS=1`.
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+
+use crate::VirtualCluster;
+
+/// The committed CRD YAML's path, relative to the `api/` crate directory.
+pub const CRD_YAML_PATH: &str = "crds/tenancy.kvtenant.io_virtualclusters.yaml";
+
+/// The environment variable that makes `crd_yaml_is_up_to_date` rewrite the committed file.
+pub const UPDATE_ENV: &str = "KVTENANT_UPDATE_CRDS";
+
+/// Every CRD of kvtenant's API, ready to apply (server-side apply, field manager `kvtenant`).
+///
+/// Prefer this over `VirtualCluster::crd()`: it is the same schema minus the 2 KB boilerplate
+/// description k8s-openapi attaches to every embedded `Quantity` (map values of
+/// ResourceRequirements, ResourceQuotaSpec, LimitRangeSpec), which would otherwise make up half
+/// of the CRD.
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    vec![tidy(VirtualCluster::crd())]
+}
+
+/// The start of k8s-openapi's description of `Quantity`.
+const QUANTITY_BOILERPLATE: &str = "Quantity is a fixed-point representation of a number.";
+
+fn tidy(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    let Ok(mut value) = serde_json::to_value(&crd) else {
+        return crd;
+    };
+    strip_descriptions(&mut value, QUANTITY_BOILERPLATE);
+    serde_json::from_value(value).unwrap_or(crd)
+}
+
+/// Removes every `description` string starting with `prefix`.
+fn strip_descriptions(value: &mut serde_json::Value, prefix: &str) {
+    match value {
+        serde_json::Value::Object(map) => {
+            if map
+                .get("description")
+                .and_then(|d| d.as_str())
+                .is_some_and(|d| d.starts_with(prefix))
+            {
+                map.remove("description");
+            }
+            map.values_mut().for_each(|v| strip_descriptions(v, prefix));
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| strip_descriptions(v, prefix)),
+        _ => {}
+    }
+}
+
+/// The CRDs as a multi-document YAML stream, exactly as committed at [`CRD_YAML_PATH`].
+pub fn crd_yaml() -> String {
+    let mut out = String::from(
+        "# Generated from the Rust types in api/src by `cargo run -p kvtenant-api --example gen-crds`.\n\
+         # Do not edit by hand.\n",
+    );
+    for crd in crds() {
+        out.push_str("---\n");
+        match serde_yaml::to_string(&crd) {
+            Ok(doc) => out.push_str(&doc),
+            // Serializing a CRD (plain data) cannot fail; keep the stream valid YAML regardless.
+            Err(e) => out.push_str(&format!("# serialization failed: {e}\n")),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

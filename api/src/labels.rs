@@ -1,0 +1,214 @@
+//! Label and annotation keys kvtenant puts on host objects, the metadata of a host namespace,
+//! and the way back from a host namespace to its tenant namespace.
+//!
+//! Host namespaces carry *labels* naming their VirtualCluster (for NetworkPolicy, quota, listing
+//! and garbage collection by selector) and the tenant namespace; the tenant namespace is also an
+//! *annotation*, the authoritative copy read by [`HostNamespaceOwner::from_metadata`]. Synced
+//! objects carry annotations naming the tenant object they come from ([`TenantObjectRef`]).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::ResourceExt;
+
+use crate::VirtualCluster;
+use crate::naming::host_namespace;
+
+/// Label: name of the VirtualCluster a host object belongs to.
+pub const VIRTUALCLUSTER: &str = "tenancy.kvtenant.io/virtualcluster";
+/// Label: host namespace of the VirtualCluster a host object belongs to.
+pub const VIRTUALCLUSTER_NAMESPACE: &str = "tenancy.kvtenant.io/virtualcluster-namespace";
+/// Label: uid of the VirtualCluster a host object belongs to. Select by this one: unlike the
+/// name, it is never reused.
+pub const VIRTUALCLUSTER_UID: &str = "tenancy.kvtenant.io/virtualcluster-uid";
+/// Label and annotation: the tenant namespace a host namespace (or a synced object) stands for.
+pub const TENANT_NAMESPACE: &str = "tenancy.kvtenant.io/tenant-namespace";
+/// Annotation: uid of the tenant object a host object stands for (for a host namespace, the
+/// tenant Namespace's uid).
+pub const TENANT_UID: &str = "tenancy.kvtenant.io/tenant-uid";
+/// Annotation: name of the tenant object a synced host object stands for.
+pub const TENANT_NAME: &str = "tenancy.kvtenant.io/tenant-name";
+/// Label: set to [`MANAGED_BY_VALUE`] on every host object kvtenant creates.
+pub const MANAGED_BY: &str = "tenancy.kvtenant.io/managed-by";
+/// Value of the [`MANAGED_BY`] label.
+pub const MANAGED_BY_VALUE: &str = crate::MANAGER;
+/// Label of the Pod Security Standard level enforced on a namespace (upstream key), set on host
+/// namespaces from `spec.isolation.podSecurity`.
+pub const POD_SECURITY_ENFORCE: &str = "pod-security.kubernetes.io/enforce";
+
+/// The identity of a VirtualCluster, as host objects record it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct VirtualClusterRef {
+    /// Host namespace of the VirtualCluster.
+    pub namespace: String,
+    /// Name of the VirtualCluster.
+    pub name: String,
+    /// uid of the VirtualCluster.
+    pub uid: String,
+}
+
+impl VirtualClusterRef {
+    /// The identity of a VirtualCluster read from the apiserver; `None` when its metadata lacks
+    /// namespace, name or uid (an object not yet created).
+    pub fn from_virtualcluster(vc: &VirtualCluster) -> Option<Self> {
+        Some(Self {
+            namespace: vc.namespace()?,
+            name: vc.metadata.name.clone()?,
+            uid: vc.uid()?,
+        })
+    }
+
+    /// The host namespace tenant namespace `tenant_ns` maps to (see [`host_namespace`]).
+    pub fn host_namespace(&self, tenant_ns: &str) -> String {
+        host_namespace(&self.namespace, &self.name, &self.uid, tenant_ns)
+    }
+
+    /// Label selector matching every host object kvtenant manages for this VirtualCluster.
+    pub fn selector(&self) -> String {
+        format!(
+            "{MANAGED_BY}={MANAGED_BY_VALUE},{VIRTUALCLUSTER_UID}={}",
+            self.uid
+        )
+    }
+
+    /// Labels identifying this VirtualCluster, for every host object kvtenant creates for it
+    /// (metadata only: never put them in a pod template, where they would reach the pods).
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (MANAGED_BY.to_owned(), MANAGED_BY_VALUE.to_owned()),
+            (VIRTUALCLUSTER.to_owned(), self.name.clone()),
+            (VIRTUALCLUSTER_NAMESPACE.to_owned(), self.namespace.clone()),
+            (VIRTUALCLUSTER_UID.to_owned(), self.uid.clone()),
+        ])
+    }
+
+    /// Labels and annotations of the host namespace of tenant namespace `tenant_ns` (whose uid
+    /// in the virtual cluster is `tenant_ns_uid`, when known). Pod Security and other policy
+    /// labels are the caller's to add.
+    pub fn host_namespace_metadata(
+        &self,
+        tenant_ns: &str,
+        tenant_ns_uid: Option<&str>,
+    ) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+        let mut labels = self.labels();
+        labels.insert(TENANT_NAMESPACE.to_owned(), tenant_ns.to_owned());
+        let mut annotations = BTreeMap::from([(TENANT_NAMESPACE.to_owned(), tenant_ns.to_owned())]);
+        if let Some(uid) = tenant_ns_uid {
+            annotations.insert(TENANT_UID.to_owned(), uid.to_owned());
+        }
+        (labels, annotations)
+    }
+
+    /// The metadata of the host namespace of tenant namespace `tenant_ns`: its name and the
+    /// labels and annotations of [`Self::host_namespace_metadata`].
+    pub fn host_namespace_meta(&self, tenant_ns: &str, tenant_ns_uid: Option<&str>) -> ObjectMeta {
+        let (labels, annotations) = self.host_namespace_metadata(tenant_ns, tenant_ns_uid);
+        ObjectMeta {
+            name: Some(self.host_namespace(tenant_ns)),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            ..ObjectMeta::default()
+        }
+    }
+}
+
+/// What a host namespace's metadata says about its owner: the reverse of
+/// [`VirtualClusterRef::host_namespace_metadata`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct HostNamespaceOwner {
+    /// The VirtualCluster the namespace belongs to.
+    pub virtual_cluster: VirtualClusterRef,
+    /// The tenant namespace it stands for.
+    pub tenant_namespace: String,
+    /// uid of the tenant Namespace, when recorded.
+    pub tenant_uid: Option<String>,
+}
+
+impl HostNamespaceOwner {
+    /// Reads a host namespace's labels and annotations. `None` unless it is managed by kvtenant
+    /// and names its VirtualCluster (name, namespace, uid) and tenant namespace. The tenant
+    /// namespace is read from the annotation, else from the label.
+    pub fn from_metadata(
+        labels: &BTreeMap<String, String>,
+        annotations: &BTreeMap<String, String>,
+    ) -> Option<Self> {
+        if labels.get(MANAGED_BY).map(String::as_str) != Some(MANAGED_BY_VALUE) {
+            return None;
+        }
+        let label = |k: &str| labels.get(k).filter(|v| !v.is_empty()).cloned();
+        let tenant_namespace = annotations
+            .get(TENANT_NAMESPACE)
+            .filter(|v| !v.is_empty())
+            .cloned()
+            .or_else(|| label(TENANT_NAMESPACE))?;
+        Some(Self {
+            virtual_cluster: VirtualClusterRef {
+                namespace: label(VIRTUALCLUSTER_NAMESPACE)?,
+                name: label(VIRTUALCLUSTER)?,
+                uid: label(VIRTUALCLUSTER_UID)?,
+            },
+            tenant_namespace,
+            tenant_uid: annotations.get(TENANT_UID).cloned(),
+        })
+    }
+
+    /// [`Self::from_metadata`] on an object's metadata (typically a host Namespace).
+    pub fn from_meta(meta: &ObjectMeta) -> Option<Self> {
+        let empty = BTreeMap::new();
+        Self::from_metadata(
+            meta.labels.as_ref().unwrap_or(&empty),
+            meta.annotations.as_ref().unwrap_or(&empty),
+        )
+    }
+
+    /// Whether the namespace belongs to the VirtualCluster with this uid. Check it before
+    /// writing into an existing host namespace: a namespace left by an earlier VirtualCluster of
+    /// the same name must not be adopted.
+    pub fn is_owned_by(&self, vc_uid: &str) -> bool {
+        self.virtual_cluster.uid == vc_uid
+    }
+
+    /// Whether `host_ns_name` is the name the mapping gives this owner's tenant namespace, i.e.
+    /// the metadata is consistent with the namespace it is on.
+    pub fn matches_name(&self, host_ns_name: &str) -> bool {
+        self.virtual_cluster.host_namespace(&self.tenant_namespace) == host_ns_name
+    }
+}
+
+/// The tenant object a synced host object stands for, as recorded in the host object's
+/// annotations ([`TENANT_NAMESPACE`], [`TENANT_NAME`], [`TENANT_UID`]).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TenantObjectRef {
+    /// Tenant namespace of the object (`None` for cluster-scoped objects).
+    pub namespace: Option<String>,
+    /// Name of the object in the tenant.
+    pub name: String,
+    /// uid of the object in the tenant.
+    pub uid: String,
+}
+
+impl TenantObjectRef {
+    /// The annotations recording this reference.
+    pub fn annotations(&self) -> BTreeMap<String, String> {
+        let mut a = BTreeMap::from([
+            (TENANT_NAME.to_owned(), self.name.clone()),
+            (TENANT_UID.to_owned(), self.uid.clone()),
+        ]);
+        if let Some(ns) = &self.namespace {
+            a.insert(TENANT_NAMESPACE.to_owned(), ns.clone());
+        }
+        a
+    }
+
+    /// Reads the reference back; `None` when name or uid is missing.
+    pub fn from_annotations(annotations: &BTreeMap<String, String>) -> Option<Self> {
+        Some(Self {
+            namespace: annotations.get(TENANT_NAMESPACE).cloned(),
+            name: annotations.get(TENANT_NAME).cloned()?,
+            uid: annotations.get(TENANT_UID).cloned()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,168 @@
+//! `spec.kubevirt`: which KubeVirt kinds are synced and which KubeVirt APIs are served.
+
+use serde::{Deserialize, Serialize};
+
+/// KubeVirt integration of a virtual cluster.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KubeVirtSpec {
+    /// Whether KubeVirt objects are synced at all (default true). When false, the KubeVirt CRDs
+    /// are not offered in the virtual cluster and nothing is synced.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+
+    /// The KubeVirt kinds synced between the virtual cluster and the host. Default: every kind
+    /// but DataVolume (VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceMigration,
+    /// VirtualMachinePool, VirtualMachineClone). DataVolume is opt-in because it needs CDI on the
+    /// host; it governs DataVolumes the tenant creates directly, while DataVolumes the host
+    /// creates from a VirtualMachine's dataVolumeTemplates are mirrored up to the tenant
+    /// (read-only) either way. A listed kind whose CRD the host lacks is reported in the
+    /// KubeVirtReady condition and skipped.
+    #[serde(default = "default_sync_kinds")]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub sync_kinds: Vec<SyncKind>,
+
+    /// Whether KubeVirt's admission webhooks are served in the virtual cluster (default true):
+    /// tenant requests are reviewed by the host's KubeVirt webhooks (through kvtenant), so
+    /// invalid VirtualMachines are rejected at `kubectl apply` time.
+    #[serde(default = "default_true")]
+    pub webhooks: bool,
+
+    /// Whether KubeVirt's subresource API (subresources.kubevirt.io: console, vnc, portforward,
+    /// start, stop, restart, migrate, ...) is served in the virtual cluster through kvtenant's
+    /// proxy (default true). Without it `virtctl` can only create and delete.
+    #[serde(default = "default_true")]
+    pub subresources: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_sync_kinds() -> Vec<SyncKind> {
+    SyncKind::DEFAULT.to_vec()
+}
+
+impl Default for KubeVirtSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            sync_kinds: default_sync_kinds(),
+            webhooks: true,
+            subresources: true,
+        }
+    }
+}
+
+/// A KubeVirt (or CDI) kind kvtenant can sync.
+#[derive(
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    schemars::JsonSchema,
+)]
+pub enum SyncKind {
+    /// kubevirt.io VirtualMachine.
+    VirtualMachine,
+    /// kubevirt.io VirtualMachineInstance.
+    VirtualMachineInstance,
+    /// kubevirt.io VirtualMachineInstanceMigration.
+    VirtualMachineInstanceMigration,
+    /// pool.kubevirt.io VirtualMachinePool.
+    VirtualMachinePool,
+    /// clone.kubevirt.io VirtualMachineClone.
+    VirtualMachineClone,
+    /// cdi.kubevirt.io DataVolume.
+    DataVolume,
+}
+
+impl SyncKind {
+    /// Every kind, in a fixed order.
+    pub const ALL: [SyncKind; 6] = [
+        Self::VirtualMachine,
+        Self::VirtualMachineInstance,
+        Self::VirtualMachineInstanceMigration,
+        Self::VirtualMachinePool,
+        Self::VirtualMachineClone,
+        Self::DataVolume,
+    ];
+
+    /// The kinds synced when `spec.kubevirt.syncKinds` is not set: all but DataVolume.
+    pub const DEFAULT: [SyncKind; 5] = [
+        Self::VirtualMachine,
+        Self::VirtualMachineInstance,
+        Self::VirtualMachineInstanceMigration,
+        Self::VirtualMachinePool,
+        Self::VirtualMachineClone,
+    ];
+
+    /// The kind name.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Self::VirtualMachine => "VirtualMachine",
+            Self::VirtualMachineInstance => "VirtualMachineInstance",
+            Self::VirtualMachineInstanceMigration => "VirtualMachineInstanceMigration",
+            Self::VirtualMachinePool => "VirtualMachinePool",
+            Self::VirtualMachineClone => "VirtualMachineClone",
+            Self::DataVolume => "DataVolume",
+        }
+    }
+
+    /// The API group.
+    pub fn group(self) -> &'static str {
+        match self {
+            Self::VirtualMachine
+            | Self::VirtualMachineInstance
+            | Self::VirtualMachineInstanceMigration => "kubevirt.io",
+            Self::VirtualMachinePool => "pool.kubevirt.io",
+            Self::VirtualMachineClone => "clone.kubevirt.io",
+            Self::DataVolume => "cdi.kubevirt.io",
+        }
+    }
+
+    /// The storage version of the kind in current KubeVirt (v1.9) and CDI (v1.66). Prefer the
+    /// version the host's discovery reports; this is the fallback and the one tests use.
+    pub fn version(self) -> &'static str {
+        match self {
+            Self::VirtualMachine
+            | Self::VirtualMachineInstance
+            | Self::VirtualMachineInstanceMigration => "v1",
+            Self::VirtualMachinePool | Self::VirtualMachineClone | Self::DataVolume => "v1beta1",
+        }
+    }
+
+    /// The resource (plural) name.
+    pub fn plural(self) -> &'static str {
+        match self {
+            Self::VirtualMachine => "virtualmachines",
+            Self::VirtualMachineInstance => "virtualmachineinstances",
+            Self::VirtualMachineInstanceMigration => "virtualmachineinstancemigrations",
+            Self::VirtualMachinePool => "virtualmachinepools",
+            Self::VirtualMachineClone => "virtualmachineclones",
+            Self::DataVolume => "datavolumes",
+        }
+    }
+
+    /// The CRD name, `<plural>.<group>`.
+    pub fn crd_name(self) -> String {
+        format!("{}.{}", self.plural(), self.group())
+    }
+
+    /// The kind with this kind name, if any.
+    pub fn from_kind(kind: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.kind() == kind)
+    }
+}
+
+impl std::fmt::Display for SyncKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.kind())
+    }
+}

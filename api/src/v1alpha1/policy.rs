@@ -1,0 +1,161 @@
+//! `spec.isolation` and `spec.vmPolicy`.
+
+use k8s_openapi::api::core::v1::{LimitRangeSpec, ResourceQuotaSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use serde::{Deserialize, Serialize};
+
+/// Isolation applied to every host namespace of the virtual cluster.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IsolationSpec {
+    /// A ResourceQuota created in each host namespace the tenant's namespaces map to (so the
+    /// limits hold per tenant namespace; see vmPolicy.quota for tenant-wide VM limits). None
+    /// when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_quota: Option<ResourceQuotaSpec>,
+
+    /// A LimitRange created in each host namespace of the virtual cluster. None when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_range: Option<LimitRangeSpec>,
+
+    /// Whether each host namespace gets a NetworkPolicy that admits ingress only from the host
+    /// namespaces of the same virtual cluster (and from the virtual cluster's control plane and
+    /// kvtenant), isolating tenants from each other (default true).
+    #[serde(default = "default_true")]
+    pub network_policy: bool,
+
+    /// Pod Security Standard enforced on the host namespaces (label
+    /// pod-security.kubernetes.io/enforce): privileged, baseline (default) or restricted. The
+    /// tenant's own Pod Security settings never see VirtualMachines; this level and vmPolicy do.
+    #[serde(default)]
+    pub pod_security: PodSecurityLevel,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for IsolationSpec {
+    fn default() -> Self {
+        Self {
+            resource_quota: None,
+            limit_range: None,
+            network_policy: true,
+            pod_security: PodSecurityLevel::default(),
+        }
+    }
+}
+
+/// A Pod Security Standard level.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum PodSecurityLevel {
+    /// No restriction.
+    Privileged,
+    /// Prevents known privilege escalations.
+    #[default]
+    Baseline,
+    /// Current pod hardening best practices.
+    Restricted,
+}
+
+impl PodSecurityLevel {
+    /// The value of the `pod-security.kubernetes.io/enforce` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Privileged => "privileged",
+            Self::Baseline => "baseline",
+            Self::Restricted => "restricted",
+        }
+    }
+}
+
+/// What the tenant's VirtualMachines may ask of the host. Everything not allowed here is
+/// refused, by the webhook in the virtual cluster and again by the syncer before writing to the
+/// host.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VmPolicy {
+    /// Whether VMs may pick host nodes (nodeName, nodeSelector, affinity, tolerations) (default
+    /// false: placement fields are refused).
+    #[serde(default)]
+    pub allow_host_nodes: bool,
+
+    /// Whether VMs may use hostDisk volumes (files on the host node's filesystem) (default
+    /// false).
+    #[serde(default)]
+    pub allow_host_disk: bool,
+
+    /// Host devices VMs may request, by deviceName of spec.domain.devices.hostDevices and
+    /// gpus (the resource names the host's KubeVirt permits). Empty (default): none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub allowed_host_devices: Vec<String>,
+
+    /// Host Multus networks VMs may attach to, as `<namespace>/<name>` of a host
+    /// NetworkAttachmentDefinition, matched against networks[].multus.networkName. Empty
+    /// (default): the pod network only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub allowed_networks: Vec<String>,
+
+    /// Cluster-wide instancetypes (VirtualMachineClusterInstancetype names) VMs may use. Unset
+    /// (default): any; an empty list: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub allowed_instancetypes: Option<Vec<String>>,
+
+    /// Most vCPUs (sockets × cores × threads) one VM may have. Unset: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_vcpus_per_vm: Option<i32>,
+
+    /// Most guest memory one VM may have. Unset: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_memory_per_vm: Option<Quantity>,
+
+    /// Limits over all the tenant's VMs together. Unset: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<VmQuota>,
+}
+
+impl VmPolicy {
+    /// Whether a host device (by deviceName) may be requested.
+    pub fn host_device_allowed(&self, device_name: &str) -> bool {
+        self.allowed_host_devices.iter().any(|d| d == device_name)
+    }
+
+    /// Whether a Multus network (networks[].multus.networkName) may be attached.
+    pub fn network_allowed(&self, network_name: &str) -> bool {
+        self.allowed_networks.iter().any(|n| n == network_name)
+    }
+
+    /// Whether a cluster-wide instancetype may be used.
+    pub fn instancetype_allowed(&self, name: &str) -> bool {
+        self.allowed_instancetypes
+            .as_ref()
+            .is_none_or(|allowed| allowed.iter().any(|n| n == name))
+    }
+}
+
+/// Limits over all VMs of a virtual cluster. Unset fields mean no limit.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VmQuota {
+    /// Most VirtualMachines the tenant may have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub max_vms: Option<i32>,
+    /// Most vCPUs over all running VMs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub vcpus: Option<i32>,
+    /// Most guest memory over all running VMs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Quantity>,
+    /// Most requested storage over all the tenant's volumes (PVCs and DataVolumes) on the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<Quantity>,
+}
