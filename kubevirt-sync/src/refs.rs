@@ -1,0 +1,141 @@
+//! References from VM-like objects to the namespaced objects they need on the host.
+//!
+//! KubeVirt ties objects by name within a namespace; since names stay unchanged on the host,
+//! following a reference only means syncing the named object into the same host namespace.
+
+use serde_json::Value;
+
+/// A reference to a namespaced object in the same namespace.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjRef {
+    pub kind: &'static str,
+    pub name: String,
+}
+
+/// The VMI spec inside a VM-like object: `spec.template.spec` (VM),
+/// `spec.virtualMachineTemplate.spec.template.spec` (pool), `spec` (VMI).
+pub fn vmi_spec<'a>(kind: &str, obj: &'a Value) -> Option<&'a Value> {
+    match kind {
+        "VirtualMachine" => obj.pointer("/spec/template/spec"),
+        "VirtualMachinePool" => obj.pointer("/spec/virtualMachineTemplate/spec/template/spec"),
+        "VirtualMachineInstance" => obj.get("spec"),
+        _ => None,
+    }
+}
+
+/// The `dataVolumeTemplates` of a VM-like object.
+pub fn data_volume_templates<'a>(kind: &str, obj: &'a Value) -> Option<&'a Vec<Value>> {
+    match kind {
+        "VirtualMachine" => obj.pointer("/spec/dataVolumeTemplates"),
+        "VirtualMachinePool" => obj.pointer("/spec/virtualMachineTemplate/spec/dataVolumeTemplates"),
+        _ => None,
+    }
+    .and_then(Value::as_array)
+}
+
+fn push(out: &mut Vec<ObjRef>, kind: &'static str, name: Option<&Value>) {
+    if let Some(name) = name.and_then(Value::as_str).filter(|n| !n.is_empty()) {
+        out.push(ObjRef {
+            kind,
+            name: name.to_string(),
+        });
+    }
+}
+
+/// Everything a VM-like object references by name: Secrets, ConfigMaps, PVCs, ServiceAccounts
+/// and DataVolumes (sorted, no duplicates). DataVolumes created from the object's own
+/// `dataVolumeTemplates` are not references: the host makes them.
+pub fn references(kind: &str, obj: &Value) -> Vec<ObjRef> {
+    let mut out = Vec::new();
+    let Some(spec) = vmi_spec(kind, obj) else {
+        return out;
+    };
+    let templated: Vec<&str> = data_volume_templates(kind, obj)
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.pointer("/metadata/name").and_then(Value::as_str))
+        .collect();
+    for vol in spec
+        .get("volumes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        push(&mut out, "Secret", vol.pointer("/secret/secretName"));
+        push(&mut out, "ConfigMap", vol.pointer("/configMap/name"));
+        push(&mut out, "PersistentVolumeClaim", vol.pointer("/persistentVolumeClaim/claimName"));
+        push(&mut out, "PersistentVolumeClaim", vol.pointer("/memoryDump/claimName"));
+        push(&mut out, "ServiceAccount", vol.pointer("/serviceAccount/serviceAccountName"));
+        for cloud_init in ["cloudInitNoCloud", "cloudInitConfigDrive"] {
+            for field in ["secretRef", "userDataSecretRef", "networkDataSecretRef"] {
+                push(&mut out, "Secret", vol.pointer(&format!("/{cloud_init}/{field}/name")));
+            }
+        }
+        push(&mut out, "Secret", vol.pointer("/sysprep/secret/name"));
+        push(&mut out, "ConfigMap", vol.pointer("/sysprep/configMap/name"));
+        if let Some(dv) = vol.pointer("/dataVolume/name").and_then(Value::as_str)
+            && !templated.contains(&dv)
+        {
+            push(&mut out, "DataVolume", vol.pointer("/dataVolume/name"));
+        }
+    }
+    for cred in spec
+        .get("accessCredentials")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        push(&mut out, "Secret", cred.pointer("/sshPublicKey/source/secret/secretName"));
+        push(&mut out, "Secret", cred.pointer("/userPassword/source/secret/secretName"));
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn finds_cloud_init_secrets_volumes_and_credentials() {
+        let vm = json!({"spec": {
+            "dataVolumeTemplates": [{"metadata": {"name": "root-dv"}}],
+            "template": {"spec": {
+            "volumes": [
+                {"name": "a", "cloudInitNoCloud": {"userDataSecretRef": {"name": "ci"}}},
+                {"name": "b", "configMap": {"name": "cm"}},
+                {"name": "c", "persistentVolumeClaim": {"claimName": "data"}},
+                {"name": "d", "dataVolume": {"name": "root-dv"}},
+                {"name": "e", "dataVolume": {"name": "shared-dv"}},
+                {"name": "f", "serviceAccount": {"serviceAccountName": "sa"}},
+                {"name": "g", "containerDisk": {"image": "quay.io/containerdisks/fedora"}},
+                {"name": "h", "secret": {"secretName": "ci"}}
+            ],
+            "accessCredentials": [{"sshPublicKey": {"source": {"secret": {"secretName": "keys"}}}}]
+        }}}});
+        let refs = references("VirtualMachine", &vm);
+        let pairs: Vec<(&str, &str)> = refs.iter().map(|r| (r.kind, r.name.as_str())).collect();
+        assert_eq!(
+            pairs,
+            [
+                ("ConfigMap", "cm"),
+                ("DataVolume", "shared-dv"),
+                ("PersistentVolumeClaim", "data"),
+                ("Secret", "ci"),
+                ("Secret", "keys"),
+                ("ServiceAccount", "sa"),
+            ]
+        );
+    }
+
+    #[test]
+    fn pools_reference_through_their_vm_template() {
+        let pool = json!({"spec": {"virtualMachineTemplate": {"spec": {"template": {"spec": {
+            "volumes": [{"name": "a", "cloudInitNoCloud": {"secretRef": {"name": "ci"}}}]
+        }}}}}});
+        assert_eq!(references("VirtualMachinePool", &pool).len(), 1);
+        assert!(references("Secret", &pool).is_empty());
+    }
+}

@@ -1,0 +1,264 @@
+//! Pure translation between tenant and host objects. Lossless: everything but the metadata
+//! kvtenant owns passes through as JSON (`DynamicObject::data`), unknown fields included.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::api::DynamicObject;
+use kvtenant_api::labels::{
+    MANAGED_BY, MANAGED_BY_VALUE, TENANT_UID, TenantObjectRef, VIRTUALCLUSTER_UID,
+    VirtualClusterRef,
+};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// Annotation on host copies: hash of what kvtenant last wrote from the tenant object, so an
+/// unchanged tenant object costs no host write.
+pub const SPEC_HASH: &str = "tenancy.kvtenant.io/spec-hash";
+/// Annotation on tenant mirrors of host-made objects: the host object's uid. Mirrors are
+/// read-only for the tenant; kvtenant reverts edits.
+pub const MIRROR_OF: &str = "tenancy.kvtenant.io/mirror-of-uid";
+/// Finalizer on tenant mirrors, so a tenant's delete of a mirror reaches the host object.
+pub const MIRROR_FINALIZER: &str = "tenancy.kvtenant.io/mirror";
+
+/// Annotation prefixes host controllers (KubeVirt, CDI, Kubernetes) write on objects; an update
+/// from the tenant keeps them.
+const HOST_OWNED_ANNOTATION_PREFIXES: &[&str] = &[
+    "kubevirt.io/",
+    "cdi.kubevirt.io/",
+    "pv.kubernetes.io/",
+    "volume.kubernetes.io/",
+    "volume.beta.kubernetes.io/",
+];
+
+/// The desired host copy of a tenant object: same name, the host namespace, tenant labels and
+/// annotations plus kvtenant's identity, owner references mapped through `map_owner` (dropped
+/// when it returns `None`), no finalizers, no status.
+pub fn to_host(
+    tenant: &DynamicObject,
+    host_ns: &str,
+    vc: &VirtualClusterRef,
+    map_owner: impl Fn(&OwnerReference) -> Option<OwnerReference>,
+) -> DynamicObject {
+    let m = &tenant.metadata;
+    let mut labels = m.labels.clone().unwrap_or_default();
+    labels.insert(MANAGED_BY.into(), MANAGED_BY_VALUE.into());
+    labels.insert(VIRTUALCLUSTER_UID.into(), vc.uid.clone());
+    let mut annotations = m.annotations.clone().unwrap_or_default();
+    annotations.extend(
+        TenantObjectRef {
+            namespace: m.namespace.clone(),
+            name: m.name.clone().unwrap_or_default(),
+            uid: m.uid.clone().unwrap_or_default(),
+        }
+        .annotations(),
+    );
+    annotations.remove(SPEC_HASH);
+    let owners: Vec<OwnerReference> = m
+        .owner_references
+        .iter()
+        .flatten()
+        .filter_map(&map_owner)
+        .collect();
+    let mut data = tenant.data.clone();
+    if let Some(obj) = data.as_object_mut() {
+        obj.remove("status");
+    }
+    let mut host = DynamicObject {
+        types: tenant.types.clone(),
+        metadata: ObjectMeta {
+            name: m.name.clone(),
+            namespace: Some(host_ns.to_string()),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            owner_references: (!owners.is_empty()).then_some(owners),
+            ..ObjectMeta::default()
+        },
+        data,
+    };
+    let hash = content_hash(&host);
+    if let Some(a) = host.metadata.annotations.as_mut() {
+        a.insert(SPEC_HASH.into(), hash);
+    }
+    host
+}
+
+/// Hash of what kvtenant writes: labels, annotations (without the hash itself), owner
+/// references and data.
+pub fn content_hash(obj: &DynamicObject) -> String {
+    let mut annotations = obj.metadata.annotations.clone().unwrap_or_default();
+    annotations.remove(SPEC_HASH);
+    let canonical = serde_json::json!({
+        "labels": obj.metadata.labels,
+        "annotations": annotations,
+        "ownerReferences": obj.metadata.owner_references,
+        "data": obj.data,
+    });
+    let digest = Sha256::digest(canonical.to_string().as_bytes());
+    hex::encode(&digest[..16])
+}
+
+/// Whether `host` is a copy kvtenant made for the VirtualCluster with this uid.
+pub fn is_copy_for(host: &DynamicObject, vc_uid: &str) -> bool {
+    let labels = host.metadata.labels.as_ref();
+    let annotations = host.metadata.annotations.as_ref();
+    labels.and_then(|l| l.get(VIRTUALCLUSTER_UID)).map(String::as_str) == Some(vc_uid)
+        && annotations.is_some_and(|a| a.contains_key(TENANT_UID))
+}
+
+/// Whether `host` was written by kvtenant at all (for any VirtualCluster).
+pub fn is_kvtenant_copy(host: &DynamicObject) -> bool {
+    host.metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(TENANT_UID))
+}
+
+/// `sub` is contained in `sup`: every field of `sub` is in `sup` with a contained value (arrays
+/// element-wise, same length). Host defaults (fields the host adds) are therefore not drift.
+pub fn contained(sub: &Value, sup: &Value) -> bool {
+    match (sub, sup) {
+        (Value::Object(a), Value::Object(b)) => a
+            .iter()
+            .all(|(k, v)| b.get(k).is_some_and(|w| contained(v, w)) || v.is_null()),
+        (Value::Array(a), Value::Array(b)) => {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| contained(x, y))
+        }
+        _ => sub == sup,
+    }
+}
+
+/// Whether the host copy needs a write to match `desired`: the tenant changed (hash) or someone
+/// changed the host copy behind kvtenant's back (drift).
+pub fn host_needs_update(current: &DynamicObject, desired: &DynamicObject) -> bool {
+    let hash = |o: &DynamicObject| {
+        o.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(SPEC_HASH))
+            .cloned()
+    };
+    if hash(current) != hash(desired) {
+        return true;
+    }
+    let mut want = desired.data.clone();
+    let mut have = current.data.clone();
+    for v in [&mut want, &mut have] {
+        if let Some(o) = v.as_object_mut() {
+            o.remove("status");
+        }
+    }
+    let labels_ok = desired
+        .metadata
+        .labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| current.metadata.labels.as_ref().and_then(|l| l.get(k)) == Some(v));
+    !(labels_ok && contained(&want, &have))
+}
+
+/// The object to PUT to the host to make `current` match `desired`: the host's identity,
+/// resourceVersion, finalizers, status and host-controller annotations are kept.
+pub fn merge_for_update(current: &DynamicObject, desired: &DynamicObject) -> DynamicObject {
+    let mut out = desired.clone();
+    let m = &mut out.metadata;
+    m.resource_version = current.metadata.resource_version.clone();
+    m.uid = current.metadata.uid.clone();
+    m.finalizers = current.metadata.finalizers.clone();
+    let mut annotations: BTreeMap<String, String> = current
+        .metadata
+        .annotations
+        .iter()
+        .flatten()
+        .filter(|(k, _)| HOST_OWNED_ANNOTATION_PREFIXES.iter().any(|p| k.starts_with(p)))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    annotations.extend(m.annotations.take().unwrap_or_default());
+    m.annotations = Some(annotations);
+    // host-set owner references (e.g. none for tenant objects) are replaced by the mapped ones
+    if let (Some(obj), Some(status)) = (out.data.as_object_mut(), current.data.get("status")) {
+        obj.insert("status".into(), status.clone());
+    }
+    out
+}
+
+/// The tenant mirror of a host-made object: same name in the tenant namespace, host labels and
+/// annotations plus [`MIRROR_OF`], owner references mapped, kvtenant's finalizer, spec and status
+/// as on the host.
+pub fn to_tenant_mirror(
+    host: &DynamicObject,
+    tenant_ns: &str,
+    map_owner: impl Fn(&OwnerReference) -> Option<OwnerReference>,
+) -> DynamicObject {
+    let m = &host.metadata;
+    let mut annotations = m.annotations.clone().unwrap_or_default();
+    annotations.insert(MIRROR_OF.into(), m.uid.clone().unwrap_or_default());
+    let owners: Vec<OwnerReference> = m
+        .owner_references
+        .iter()
+        .flatten()
+        .filter_map(&map_owner)
+        .collect();
+    DynamicObject {
+        types: host.types.clone(),
+        metadata: ObjectMeta {
+            name: m.name.clone(),
+            namespace: Some(tenant_ns.to_string()),
+            labels: m.labels.clone(),
+            annotations: Some(annotations),
+            owner_references: (!owners.is_empty()).then_some(owners),
+            finalizers: Some(vec![MIRROR_FINALIZER.to_string()]),
+            ..ObjectMeta::default()
+        },
+        data: host.data.clone(),
+    }
+}
+
+/// Whether a tenant object is kvtenant's mirror of a host-made object.
+pub fn is_mirror(tenant: &DynamicObject) -> bool {
+    tenant
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(MIRROR_OF))
+}
+
+/// Whether the tenant mirror differs from what it should be (tenant edits are reverted).
+pub fn mirror_differs(current: &DynamicObject, desired: &DynamicObject) -> bool {
+    current.data != desired.data
+        || current.metadata.labels.clone().unwrap_or_default()
+            != desired.metadata.labels.clone().unwrap_or_default()
+        || current.metadata.owner_references.clone().unwrap_or_default()
+            != desired.metadata.owner_references.clone().unwrap_or_default()
+        || desired
+            .metadata
+            .annotations
+            .iter()
+            .flatten()
+            .any(|(k, v)| current.metadata.annotations.as_ref().and_then(|a| a.get(k)) != Some(v))
+}
+
+/// The object to PUT to the tenant to make a mirror match: keeps the tenant's identity.
+pub fn merge_mirror(current: &DynamicObject, desired: &DynamicObject) -> DynamicObject {
+    let mut out = desired.clone();
+    out.metadata.resource_version = current.metadata.resource_version.clone();
+    out.metadata.uid = current.metadata.uid.clone();
+    out.metadata.finalizers = current.metadata.finalizers.clone();
+    out
+}
+
+/// Maps an owner reference by looking the owner up by kind and name: names are unchanged
+/// between tenant and host, so only the uid changes.
+pub fn map_owner_by_name(
+    owner: &OwnerReference,
+    lookup_uid: impl Fn(&str, &str) -> Option<String>,
+) -> Option<OwnerReference> {
+    let uid = lookup_uid(&owner.kind, &owner.name)?;
+    Some(OwnerReference {
+        uid,
+        ..owner.clone()
+    })
+}
+
+#[cfg(test)]
+mod tests;
