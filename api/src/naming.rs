@@ -27,10 +27,12 @@ const HASH_DOMAIN: &[u8] = b"kvtenant.io/host-namespace/v1";
 ///
 /// Readable form (used whenever possible): `<H>-<d>-<V>-<N>`, where `<d>` is 6 lowercase hex
 /// digits: the first 4 hex digits of SHA-256(`vc_uid`) followed by the length of `V` as 2 hex
-/// digits. Example: `kvtenant-system-3f2a05-alpha-default` for namespace `default` of
-/// VirtualCluster `alpha` in `kvtenant-system`. It is used when `H`, `V` and `N` are valid
-/// DNS-1123 labels, the result is at most 63 characters, and the result contains exactly one
-/// *digest marker*: a `-`, 6 characters of `[0-9a-f]`, a `-` (counting overlapping ones).
+/// digits. Example: `kvtenant-system-1c4e05-alpha-default` for namespace `default` of
+/// VirtualCluster `alpha` (uid `6f1c1c0e-2b7a-…`) in `kvtenant-system`. It is used when `H`,
+/// `V` and `N` are valid DNS-1123 labels, the result is at most 63 characters, and the result
+/// contains exactly one *digest marker*: a `-`, 6 characters of `[0-9a-f]`, a `-` (counting
+/// overlapping ones). The length of `V` inside `<d>` is what makes the name decodable (a plain
+/// `H-<uid hash>-V-N` is ambiguous as soon as `V` or `N` contain a `-`).
 ///
 /// Hashed form (everything else; mostly names over 63 characters):
 /// `<H'>-<d>-<R'>-<h6>-<h10>`, where `H'` is `H` cut to 16 characters, `R'` is `<V>-<N>` cut to
@@ -82,7 +84,12 @@ pub fn host_namespace(vc_host_ns: &str, vc_name: &str, vc_uid: &str, tenant_ns: 
 /// where the field is informative only).
 pub fn uid_digest(vc_uid: &str, vc_name_len: usize) -> String {
     let hash = Sha256::digest(vc_uid.as_bytes());
-    format!("{:02x}{:02x}{:02x}", hash[0], hash[1], vc_name_len.min(0xff))
+    format!(
+        "{:02x}{:02x}{:02x}",
+        hash[0],
+        hash[1],
+        vc_name_len.min(0xff)
+    )
 }
 
 fn hashed(h: &str, v: &str, uid: &str, n: &str, digest: &str) -> String {
@@ -117,7 +124,13 @@ fn hashed(h: &str, v: &str, uid: &str, n: &str, digest: &str) -> String {
 fn sanitize(s: &str) -> String {
     s.chars()
         .map(|c| c.to_ascii_lowercase())
-        .map(|c| if c.is_ascii_lowercase() || c.is_ascii_digit() { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect()
 }
 
@@ -132,7 +145,9 @@ fn count_digest_markers(s: &str) -> usize {
         .filter(|w| {
             w[0] == b'-'
                 && w[UID_DIGEST_LEN + 1] == b'-'
-                && w[1..=UID_DIGEST_LEN].iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+                && w[1..=UID_DIGEST_LEN]
+                    .iter()
+                    .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
         })
         .count()
 }

@@ -52,11 +52,17 @@ fn schema() -> Value {
 #[test]
 fn crd_identity() {
     let crd = &crds()[0];
-    assert_eq!(crd.metadata.name.as_deref(), Some("virtualclusters.tenancy.kvtenant.io"));
+    assert_eq!(
+        crd.metadata.name.as_deref(),
+        Some("virtualclusters.tenancy.kvtenant.io")
+    );
     assert_eq!(crd.spec.group, crate::GROUP);
     assert_eq!(crd.spec.scope, "Namespaced");
     assert_eq!(crd.spec.names.kind, "VirtualCluster");
-    assert_eq!(crd.spec.names.short_names.as_deref(), Some(&["vc".to_owned()][..]));
+    assert_eq!(
+        crd.spec.names.short_names.as_deref(),
+        Some(&["vc".to_owned()][..])
+    );
     let v = &crd.spec.versions[0];
     assert_eq!(v.name, "v1alpha1");
     assert!(v.served && v.storage);
@@ -89,7 +95,17 @@ fn check_structural(path: &str, s: &Value, errors: &mut Vec<String>) {
         errors.push(format!("{path}: schema is not an object"));
         return;
     };
-    for key in ["anyOf", "oneOf", "allOf", "not", "$ref", "definitions", "$defs", "$schema", "const"] {
+    for key in [
+        "anyOf",
+        "oneOf",
+        "allOf",
+        "not",
+        "$ref",
+        "definitions",
+        "$defs",
+        "$schema",
+        "const",
+    ] {
         if obj.contains_key(key) {
             errors.push(format!("{path}: has {key}"));
         }
@@ -103,12 +119,13 @@ fn check_structural(path: &str, s: &Value, errors: &mut Vec<String>) {
     if obj.contains_key("properties") && obj.contains_key("additionalProperties") {
         errors.push(format!("{path}: both properties and additionalProperties"));
     }
-    if path != "" && path != "." && !obj.contains_key("description") && !path.ends_with("[]") {
-        // Every field users can set is documented (item/value schemas are described by their
-        // field).
-        if !path.ends_with("{}") {
-            errors.push(format!("{path}: no description"));
-        }
+    // Every field is documented (item and map-value schemas are described by their field).
+    if !path.is_empty()
+        && !obj.contains_key("description")
+        && !path.ends_with("[]")
+        && !path.ends_with("{}")
+    {
+        errors.push(format!("{path}: no description"));
     }
     if let Some(default) = obj.get("default") {
         let ok = match ty {
@@ -120,12 +137,14 @@ fn check_structural(path: &str, s: &Value, errors: &mut Vec<String>) {
             _ => int_or_string && (default.is_string() || default.is_i64()),
         };
         if !ok {
-            errors.push(format!("{path}: default {default} does not match type {ty:?}"));
+            errors.push(format!(
+                "{path}: default {default} does not match type {ty:?}"
+            ));
         }
-        if let Some(values) = obj.get("enum").and_then(Value::as_array) {
-            if !values.contains(default) {
-                errors.push(format!("{path}: default {default} not in enum"));
-            }
+        if let Some(values) = obj.get("enum").and_then(Value::as_array)
+            && !values.contains(default)
+        {
+            errors.push(format!("{path}: default {default} not in enum"));
         }
     }
     if let Some(props) = obj.get("properties").and_then(Value::as_object) {
@@ -136,10 +155,10 @@ fn check_structural(path: &str, s: &Value, errors: &mut Vec<String>) {
     if let Some(items) = obj.get("items") {
         check_structural(&format!("{path}[]"), items, errors);
     }
-    if let Some(ap) = obj.get("additionalProperties") {
-        if ap.is_object() {
-            check_structural(&format!("{path}{{}}"), ap, errors);
-        }
+    if let Some(ap) = obj.get("additionalProperties")
+        && ap.is_object()
+    {
+        check_structural(&format!("{path}{{}}"), ap, errors);
     }
 }
 
@@ -181,7 +200,13 @@ fn schema_survives_jsonschemaprops() {
     let mut raw = serde_json::to_value(generate.into_root_schema_for::<VirtualCluster>()).unwrap();
     let crd = VirtualCluster::crd();
     let mut stored = serde_json::to_value(
-        crd.spec.versions[0].schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap(),
+        crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .unwrap()
+            .open_api_v3_schema
+            .as_ref()
+            .unwrap(),
     )
     .unwrap();
     normalize(&mut raw);
@@ -189,19 +214,47 @@ fn schema_survives_jsonschemaprops() {
     assert_eq!(raw, stored);
 }
 
+fn drop_descriptions(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            m.remove("description");
+            m.values_mut().for_each(drop_descriptions);
+        }
+        Value::Array(a) => a.iter_mut().for_each(drop_descriptions),
+        _ => {}
+    }
+}
+
 #[test]
-fn quantity_boilerplate_is_stripped_and_nothing_else() {
+fn tidying_changes_descriptions_only() {
     let text = crd_yaml();
     assert!(!text.contains(QUANTITY_BOILERPLATE));
     let mut raw = serde_json::to_value(VirtualCluster::crd()).unwrap();
-    strip_descriptions(&mut raw, QUANTITY_BOILERPLATE);
-    assert_eq!(raw, serde_json::to_value(&crds()[0]).unwrap());
+    let mut tidied = serde_json::to_value(&crds()[0]).unwrap();
+    drop_descriptions(&mut raw);
+    drop_descriptions(&mut tidied);
+    assert_eq!(raw, tidied);
+}
+
+#[test]
+fn join_lines_keeps_paragraphs_and_lists() {
+    assert_eq!(join_lines("a\nb\n\nc\n- d\n  e\nf"), "a b\n\nc\n- d\n  e f");
+    let s = schema();
+    let mode =
+        s["properties"]["spec"]["properties"]["controlPlane"]["properties"]["mode"]["description"]
+            .as_str()
+            .unwrap();
+    assert!(!mode.contains('\n'), "{mode}");
 }
 
 fn rules(schema: &Value) -> Vec<String> {
     schema["x-kubernetes-validations"]
         .as_array()
-        .map(|r| r.iter().map(|r| r["rule"].as_str().unwrap().to_owned()).collect())
+        .map(|r| {
+            r.iter()
+                .map(|r| r["rule"].as_str().unwrap().to_owned())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -210,7 +263,10 @@ fn validation_rules_are_in_place() {
     let s = schema();
     assert_eq!(rules(&s), [crate::v1alpha1::NAME_RULE]);
     let spec = &s["properties"]["spec"]["properties"];
-    assert_eq!(spec["kubernetesVersion"]["pattern"], crate::KUBERNETES_VERSION_PATTERN);
+    assert_eq!(
+        spec["kubernetesVersion"]["pattern"],
+        crate::KUBERNETES_VERSION_PATTERN
+    );
     let cp = &spec["controlPlane"];
     assert_eq!(
         rules(cp),
@@ -223,7 +279,10 @@ fn validation_rules_are_in_place() {
     let conditions = &s["properties"]["status"]["properties"]["conditions"];
     assert_eq!(conditions["x-kubernetes-list-type"], "map");
     assert_eq!(conditions["x-kubernetes-list-map-keys"], json!(["type"]));
-    assert_eq!(spec["kubevirt"]["properties"]["syncKinds"]["x-kubernetes-list-type"], "set");
+    assert_eq!(
+        spec["kubevirt"]["properties"]["syncKinds"]["x-kubernetes-list-type"],
+        "set"
+    );
 }
 
 /// The apiserver's structural defaulting (apiextensions-apiserver `structuraldefaulting.Default`):
@@ -280,7 +339,11 @@ fn schema_defaults_match_serde_defaults() {
         let from_schema: VirtualClusterSpec = serde_json::from_value(defaulted.clone()).unwrap();
         assert_eq!(from_schema, from_serde, "spec {spec}");
         // What the apiserver stores is what Rust writes back (nothing lost, nothing added).
-        assert_eq!(serde_json::to_value(&from_serde).unwrap(), defaulted, "spec {spec}");
+        assert_eq!(
+            serde_json::to_value(&from_serde).unwrap(),
+            defaulted,
+            "spec {spec}"
+        );
     }
 }
 

@@ -16,7 +16,10 @@ fn vc_ref() -> VirtualClusterRef {
 #[test]
 fn keys() {
     assert_eq!(VIRTUALCLUSTER, "tenancy.kvtenant.io/virtualcluster");
-    assert_eq!(VIRTUALCLUSTER_NAMESPACE, "tenancy.kvtenant.io/virtualcluster-namespace");
+    assert_eq!(
+        VIRTUALCLUSTER_NAMESPACE,
+        "tenancy.kvtenant.io/virtualcluster-namespace"
+    );
     assert_eq!(VIRTUALCLUSTER_UID, "tenancy.kvtenant.io/virtualcluster-uid");
     assert_eq!(TENANT_NAMESPACE, "tenancy.kvtenant.io/tenant-namespace");
     assert_eq!(TENANT_UID, "tenancy.kvtenant.io/tenant-uid");
@@ -39,7 +42,10 @@ fn host_namespace_metadata_round_trips() {
     let vc = vc_ref();
     let meta = vc.host_namespace_meta("kube-system", Some("tenant-ns-uid"));
     let name = meta.name.clone().unwrap();
-    assert_eq!(name, crate::naming::host_namespace("tenants", "alpha", &vc.uid, "kube-system"));
+    assert_eq!(
+        name,
+        crate::naming::host_namespace("tenants", "alpha", &vc.uid, "kube-system")
+    );
     let labels = meta.labels.clone().unwrap();
     assert_eq!(labels[MANAGED_BY], "kvtenant");
     assert_eq!(labels[VIRTUALCLUSTER], "alpha");
@@ -66,7 +72,8 @@ fn label_values_are_valid() {
     // Label values: at most 63 characters of [A-Za-z0-9-_.], alphanumeric at both ends.
     let valid = |v: &str| {
         v.len() <= 63
-            && v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
             && v.chars().next().is_none_or(|c| c.is_ascii_alphanumeric())
             && v.chars().last().is_none_or(|c| c.is_ascii_alphanumeric())
     };
@@ -94,20 +101,29 @@ fn reverse_lookup_requires_kvtenant_metadata() {
     for key in [VIRTUALCLUSTER, VIRTUALCLUSTER_NAMESPACE, VIRTUALCLUSTER_UID] {
         let mut l = labels.clone();
         l.remove(key);
-        assert_eq!(HostNamespaceOwner::from_metadata(&l, &annotations), None, "{key}");
+        assert_eq!(
+            HostNamespaceOwner::from_metadata(&l, &annotations),
+            None,
+            "{key}"
+        );
     }
     // The annotation is authoritative; the label is the fallback.
     let mut a = annotations.clone();
     a.insert(TENANT_NAMESPACE.into(), "from-annotation".into());
     assert_eq!(
-        HostNamespaceOwner::from_metadata(&labels, &a).unwrap().tenant_namespace,
+        HostNamespaceOwner::from_metadata(&labels, &a)
+            .unwrap()
+            .tenant_namespace,
         "from-annotation"
     );
     let owner = HostNamespaceOwner::from_metadata(&labels, &BTreeMap::new()).unwrap();
     assert_eq!(owner.tenant_namespace, "default");
     let mut l = labels.clone();
     l.remove(TENANT_NAMESPACE);
-    assert_eq!(HostNamespaceOwner::from_metadata(&l, &BTreeMap::new()), None);
+    assert_eq!(
+        HostNamespaceOwner::from_metadata(&l, &BTreeMap::new()),
+        None
+    );
     assert_eq!(HostNamespaceOwner::from_meta(&ObjectMeta::default()), None);
 }
 
@@ -122,8 +138,16 @@ fn selector_selects_by_uid() {
 #[test]
 fn tenant_object_ref_round_trips() {
     for r in [
-        TenantObjectRef { namespace: Some("default".into()), name: "vm1".into(), uid: "u1".into() },
-        TenantObjectRef { namespace: None, name: "cluster-thing".into(), uid: "u2".into() },
+        TenantObjectRef {
+            namespace: Some("default".into()),
+            name: "vm1".into(),
+            uid: "u1".into(),
+        },
+        TenantObjectRef {
+            namespace: None,
+            name: "cluster-thing".into(),
+            uid: "u2".into(),
+        },
     ] {
         assert_eq!(TenantObjectRef::from_annotations(&r.annotations()), Some(r));
     }

@@ -13,23 +13,47 @@ const UID_B: &str = "0b9e8d7c-6a5f-4e3d-8c2b-1a0f9e8d7c6b";
 #[test]
 fn golden_values() {
     let cases = [
-        (("kvtenant-system", "alpha", UID_A, "default"), "kvtenant-system-1c4e05-alpha-default"),
-        (("tenants", "team-a", UID_A, "kube-system"), "tenants-1c4e06-team-a-kube-system"),
-        (("tenants", "team-a", UID_B, "kube-system"), "tenants-50ef06-team-a-kube-system"),
+        (
+            ("kvtenant-system", "alpha", UID_A, "default"),
+            "kvtenant-system-1c4e05-alpha-default",
+        ),
+        (
+            ("tenants", "team-a", UID_A, "kube-system"),
+            "tenants-1c4e06-team-a-kube-system",
+        ),
+        (
+            ("tenants", "team-a", UID_B, "kube-system"),
+            "tenants-50ef06-team-a-kube-system",
+        ),
         (("h", "v", "", "n"), "h-e3b001-v-n"),
         // A tenant namespace with a digest marker in it: hashed form.
-        (("tenants", "team-a", UID_A, "app-123456-x"), "tenants-1c4e06-team-a-app-123456-x-49be09-c676ecb281"),
+        (
+            ("tenants", "team-a", UID_A, "app-123456-x"),
+            "tenants-1c4e06-team-a-app-123456-x-49be09-c676ecb281",
+        ),
         // Too long for the readable form.
         (
-            ("kvtenant-virtual-clusters", "engineering-sandbox", UID_A, "my-very-long-application-namespace"),
+            (
+                "kvtenant-virtual-clusters",
+                "engineering-sandbox",
+                UID_A,
+                "my-very-long-application-namespace",
+            ),
             "kvtenant-virtual-1c4e13-engineering-sandbox-m-b52853-2fdf77fcde",
         ),
         // Not DNS-1123 labels (never produced by the API, but the output stays valid).
-        (("Tenants", "Team_A", UID_B, "ns.with.dots"), "tenants-50ef06-team-a-ns-with-dots-ecde36-425441dbb1"),
+        (
+            ("Tenants", "Team_A", UID_B, "ns.with.dots"),
+            "tenants-50ef06-team-a-ns-with-dots-ecde36-425441dbb1",
+        ),
         (("---", "", UID_B, ""), "ns-50ef00-6cb589-039c222e09"),
     ];
     for ((h, v, u, n), want) in cases {
-        assert_eq!(host_namespace(h, v, u, n), want, "host_namespace({h:?}, {v:?}, {u:?}, {n:?})");
+        assert_eq!(
+            host_namespace(h, v, u, n),
+            want,
+            "host_namespace({h:?}, {v:?}, {u:?}, {n:?})"
+        );
     }
 }
 
@@ -147,6 +171,11 @@ proptest! {
         }
     }
 
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
     /// Adversarial: re-split the output of one tenant at every dash into another (H, V, N)
     /// and try several uids (including ones whose digest appears in the name); none may map to
     /// the same host namespace.
@@ -194,7 +223,7 @@ fn exhaustive_small_inputs_are_injective() {
     let uids = [UID_A, UID_B];
     let mut tokens = vec!["a".to_owned(), "0".to_owned(), "abcdef".to_owned()];
     for u in uids {
-        for len in [1, 3, 8] {
+        for len in [1, 8] {
             tokens.push(uid_digest(u, len));
         }
     }

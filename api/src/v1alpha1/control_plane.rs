@@ -26,7 +26,8 @@ pub const DEFAULT_STORAGE_SIZE: &str = "5Gi";
 pub const DEFAULT_KUBECONFIG_KEY: &str = "kubeconfig";
 
 /// The CEL rule tying `mode` to `kubeconfigSecretRef`.
-const MODE_RULE: &str = "(has(self.mode) && self.mode == 'External') == has(self.kubeconfigSecretRef)";
+const MODE_RULE: &str =
+    "(has(self.mode) && self.mode == 'External') == has(self.kubeconfigSecretRef)";
 
 /// The control plane of a virtual cluster.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
@@ -142,11 +143,12 @@ pub enum Datastore {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ControlPlaneImages {
-    /// kube-apiserver image (default registry.k8s.io/kube-apiserver:<kubernetesVersion>).
+    /// kube-apiserver image (default registry.k8s.io/kube-apiserver tagged
+    /// spec.kubernetesVersion).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub apiserver: Option<String>,
-    /// kube-controller-manager image (default
-    /// registry.k8s.io/kube-controller-manager:<kubernetesVersion>).
+    /// kube-controller-manager image (default registry.k8s.io/kube-controller-manager tagged
+    /// spec.kubernetesVersion).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub controller_manager: Option<String>,
     /// etcd image, used when datastore is Etcd (default registry.k8s.io/etcd:3.7.0-0).

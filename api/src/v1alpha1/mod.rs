@@ -30,7 +30,8 @@ pub const KUBERNETES_VERSION_PATTERN: &str = r"^v1\.\d+\.\d+$";
 pub const VIRTUALCLUSTER_NAME_MAX_LEN: usize = 40;
 
 /// The CEL rule on `metadata.name` (see [`VIRTUALCLUSTER_NAME_MAX_LEN`]).
-pub(crate) const NAME_RULE: &str = "size(self.metadata.name) <= 40 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')";
+pub(crate) const NAME_RULE: &str =
+    "size(self.metadata.name) <= 40 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')";
 
 /// Desired state of a VirtualCluster: a tenant's own Kubernetes control plane (kube-apiserver,
 /// kube-controller-manager and a datastore) run by kvtenant in the host cluster. Tenants use it
@@ -141,7 +142,8 @@ pub fn is_valid_virtualcluster_name(name: &str) -> bool {
     !b.is_empty()
         && b.len() <= VIRTUALCLUSTER_NAME_MAX_LEN
         && b[0].is_ascii_lowercase()
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[b.len() - 1] != b'-'
 }
 
@@ -151,7 +153,8 @@ pub fn is_valid_kubernetes_version(version: &str) -> bool {
         return false;
     };
     let mut parts = rest.split('.');
-    let num = |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit()));
+    let num =
+        |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit()));
     num(parts.next()) && num(parts.next()) && parts.next().is_none()
 }
 

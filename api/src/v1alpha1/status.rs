@@ -80,7 +80,11 @@ impl VirtualClusterStatus {
     /// from the replaced condition when the status did not change, as the Kubernetes API
     /// conventions ask. Returns whether anything changed.
     pub fn set_condition(&mut self, mut condition: Condition) -> bool {
-        match self.conditions.iter_mut().find(|c| c.type_ == condition.type_) {
+        match self
+            .conditions
+            .iter_mut()
+            .find(|c| c.type_ == condition.type_)
+        {
             Some(existing) => {
                 if existing.status == condition.status {
                     condition.last_transition_time = existing.last_transition_time.clone();
@@ -100,9 +104,7 @@ impl VirtualClusterStatus {
 /// Lifecycle phase: Pending (accepted, nothing created yet), Provisioning (control plane being
 /// created or not ready), Ready (every condition True), Paused (spec.paused), Failed (permanent
 /// error, see message and conditions) or Deleting.
-#[derive(
-    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, schemars::JsonSchema,
-)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, schemars::JsonSchema)]
 pub enum Phase {
     /// Accepted, nothing created yet.
     Pending,

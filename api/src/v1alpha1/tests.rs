@@ -96,7 +96,10 @@ fn full_spec_round_trips() {
     assert_eq!(serde_json::to_value(&parsed).unwrap(), spec);
     let images = parsed.images();
     assert_eq!(images.apiserver, "mirror.example/kube-apiserver:v1.36.4");
-    assert_eq!(images.controller_manager, "registry.k8s.io/kube-controller-manager:v1.36.4");
+    assert_eq!(
+        images.controller_manager,
+        "registry.k8s.io/kube-controller-manager:v1.36.4"
+    );
     assert_eq!(images.etcd, DEFAULT_ETCD_IMAGE);
     assert_eq!(images.kine, DEFAULT_KINE_IMAGE);
     let p = &parsed.vm_policy;
@@ -104,7 +107,10 @@ fn full_spec_round_trips() {
     assert!(p.host_device_allowed("nvidia.com/GA102GL_A10") && !p.host_device_allowed("x"));
     assert!(p.instancetype_allowed("u1.small") && !p.instancetype_allowed("u1.large"));
     assert!(VmPolicy::default().instancetype_allowed("anything"));
-    let none = VmPolicy { allowed_instancetypes: Some(vec![]), ..VmPolicy::default() };
+    let none = VmPolicy {
+        allowed_instancetypes: Some(vec![]),
+        ..VmPolicy::default()
+    };
     assert!(!none.instancetype_allowed("u1.small"));
 }
 
@@ -112,7 +118,10 @@ fn full_spec_round_trips() {
 fn default_images_follow_the_version() {
     let images = VirtualClusterSpec::default().images();
     assert_eq!(images.apiserver, "registry.k8s.io/kube-apiserver:v1.37.2");
-    assert_eq!(images.controller_manager, "registry.k8s.io/kube-controller-manager:v1.37.2");
+    assert_eq!(
+        images.controller_manager,
+        "registry.k8s.io/kube-controller-manager:v1.37.2"
+    );
 }
 
 #[test]
@@ -140,7 +149,10 @@ fn unknown_enum_values_are_rejected() {
         json!({"kubevirt": {"syncKinds": ["Pod"]}}),
         json!({"isolation": {"podSecurity": "Baseline"}}),
     ] {
-        assert!(serde_json::from_value::<VirtualClusterSpec>(spec.clone()).is_err(), "{spec}");
+        assert!(
+            serde_json::from_value::<VirtualClusterSpec>(spec.clone()).is_err(),
+            "{spec}"
+        );
     }
 }
 
@@ -149,7 +161,15 @@ fn kubernetes_version_check() {
     for ok in ["v1.37.2", "v1.0.0", "v1.123.45"] {
         assert!(is_valid_kubernetes_version(ok), "{ok}");
     }
-    for bad in ["1.37.2", "v2.0.0", "v1.37", "v1.37.2-rc.0", "v1..2", "v1.37.x", ""] {
+    for bad in [
+        "1.37.2",
+        "v2.0.0",
+        "v1.37",
+        "v1.37.2-rc.0",
+        "v1..2",
+        "v1.37.x",
+        "",
+    ] {
         assert!(!is_valid_kubernetes_version(bad), "{bad}");
     }
 }
@@ -166,10 +186,22 @@ fn virtualcluster_name_check() {
 
 #[test]
 fn sync_kind_table_matches_kubevirt_crds() {
-    assert_eq!(SyncKind::VirtualMachine.crd_name(), "virtualmachines.kubevirt.io");
-    assert_eq!(SyncKind::VirtualMachinePool.crd_name(), "virtualmachinepools.pool.kubevirt.io");
-    assert_eq!(SyncKind::VirtualMachineClone.crd_name(), "virtualmachineclones.clone.kubevirt.io");
-    assert_eq!(SyncKind::DataVolume.crd_name(), "datavolumes.cdi.kubevirt.io");
+    assert_eq!(
+        SyncKind::VirtualMachine.crd_name(),
+        "virtualmachines.kubevirt.io"
+    );
+    assert_eq!(
+        SyncKind::VirtualMachinePool.crd_name(),
+        "virtualmachinepools.pool.kubevirt.io"
+    );
+    assert_eq!(
+        SyncKind::VirtualMachineClone.crd_name(),
+        "virtualmachineclones.clone.kubevirt.io"
+    );
+    assert_eq!(
+        SyncKind::DataVolume.crd_name(),
+        "datavolumes.cdi.kubevirt.io"
+    );
     for k in SyncKind::ALL {
         assert_eq!(SyncKind::from_kind(k.kind()), Some(k));
         assert_eq!(serde_json::to_value(k).unwrap(), json!(k.kind()));
@@ -195,8 +227,47 @@ fn status_conditions() {
     assert!(s.is_true(CONDITION_READY));
     // Same status: lastTransitionTime is kept, nothing changes.
     assert!(!s.set_condition(cond("True", 3)));
-    assert_eq!(s.condition(CONDITION_READY).unwrap().last_transition_time, cond("True", 2).last_transition_time);
+    assert_eq!(
+        s.condition(CONDITION_READY).unwrap().last_transition_time,
+        cond("True", 2).last_transition_time
+    );
     assert_eq!(s.conditions.len(), 1);
     assert_eq!(Phase::Provisioning.to_string(), "Provisioning");
-    assert_eq!(serde_json::to_value(Phase::Deleting).unwrap(), json!("Deleting"));
+    assert_eq!(
+        serde_json::to_value(Phase::Deleting).unwrap(),
+        json!("Deleting")
+    );
+}
+
+/// An object as a real kube-apiserver v1.37.2 returned it after defaulting (`kubectl get -o
+/// json`, server-managed metadata trimmed), including a Quantity the user wrote as a number.
+#[test]
+fn object_returned_by_the_apiserver_deserializes() {
+    let vc: VirtualCluster = serde_json::from_value(json!({
+        "apiVersion": "tenancy.kvtenant.io/v1alpha1", "kind": "VirtualCluster",
+        "metadata": {"generation": 1, "name": "delta", "namespace": "tenants",
+                     "uid": "e59ca241-45fb-4b51-a0f6-132b592b538a"},
+        "spec": {
+            "controlPlane": {"datastore": "Etcd", "mode": "Managed", "replicas": 1,
+                             "storage": {"size": "5Gi"}},
+            "expose": {"type": "ClusterIP"},
+            "isolation": {"networkPolicy": true, "podSecurity": "baseline",
+                          "resourceQuota": {"hard": {"cpu": 4}}},
+            "kubernetesVersion": "v1.37.2",
+            "kubevirt": {"enabled": true, "subresources": true, "webhooks": true,
+                         "syncKinds": ["VirtualMachine", "VirtualMachineInstance",
+                                       "VirtualMachineInstanceMigration", "VirtualMachinePool",
+                                       "VirtualMachineClone"]},
+            "paused": false,
+            "vmPolicy": {"allowHostDisk": false, "allowHostNodes": false,
+                         "maxMemoryPerVm": "8Gi", "quota": {"memory": "1Ti"}},
+        },
+    }))
+    .unwrap();
+    let hard = vc.spec.isolation.resource_quota.unwrap().hard.unwrap();
+    assert_eq!(hard["cpu"], Quantity("4".into()));
+    assert_eq!(
+        vc.spec.vm_policy.quota.unwrap().memory,
+        Some(Quantity("1Ti".into()))
+    );
 }
