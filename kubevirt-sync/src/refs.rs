@@ -27,7 +27,9 @@ pub fn vmi_spec<'a>(kind: &str, obj: &'a Value) -> Option<&'a Value> {
 pub fn data_volume_templates<'a>(kind: &str, obj: &'a Value) -> Option<&'a Vec<Value>> {
     match kind {
         "VirtualMachine" => obj.pointer("/spec/dataVolumeTemplates"),
-        "VirtualMachinePool" => obj.pointer("/spec/virtualMachineTemplate/spec/dataVolumeTemplates"),
+        "VirtualMachinePool" => {
+            obj.pointer("/spec/virtualMachineTemplate/spec/dataVolumeTemplates")
+        }
         _ => None,
     }
     .and_then(Value::as_array)
@@ -63,16 +65,36 @@ pub fn references(kind: &str, obj: &Value) -> Vec<ObjRef> {
     {
         push(&mut out, "Secret", vol.pointer("/secret/secretName"));
         push(&mut out, "ConfigMap", vol.pointer("/configMap/name"));
-        push(&mut out, "PersistentVolumeClaim", vol.pointer("/persistentVolumeClaim/claimName"));
-        push(&mut out, "PersistentVolumeClaim", vol.pointer("/memoryDump/claimName"));
-        push(&mut out, "ServiceAccount", vol.pointer("/serviceAccount/serviceAccountName"));
+        push(
+            &mut out,
+            "PersistentVolumeClaim",
+            vol.pointer("/persistentVolumeClaim/claimName"),
+        );
+        push(
+            &mut out,
+            "PersistentVolumeClaim",
+            vol.pointer("/memoryDump/claimName"),
+        );
+        push(
+            &mut out,
+            "ServiceAccount",
+            vol.pointer("/serviceAccount/serviceAccountName"),
+        );
         for cloud_init in ["cloudInitNoCloud", "cloudInitConfigDrive"] {
             for field in ["secretRef", "userDataSecretRef", "networkDataSecretRef"] {
-                push(&mut out, "Secret", vol.pointer(&format!("/{cloud_init}/{field}/name")));
+                push(
+                    &mut out,
+                    "Secret",
+                    vol.pointer(&format!("/{cloud_init}/{field}/name")),
+                );
             }
         }
         push(&mut out, "Secret", vol.pointer("/sysprep/secret/name"));
-        push(&mut out, "ConfigMap", vol.pointer("/sysprep/configMap/name"));
+        push(
+            &mut out,
+            "ConfigMap",
+            vol.pointer("/sysprep/configMap/name"),
+        );
         if let Some(dv) = vol.pointer("/dataVolume/name").and_then(Value::as_str)
             && !templated.contains(&dv)
         {
@@ -85,8 +107,16 @@ pub fn references(kind: &str, obj: &Value) -> Vec<ObjRef> {
         .into_iter()
         .flatten()
     {
-        push(&mut out, "Secret", cred.pointer("/sshPublicKey/source/secret/secretName"));
-        push(&mut out, "Secret", cred.pointer("/userPassword/source/secret/secretName"));
+        push(
+            &mut out,
+            "Secret",
+            cred.pointer("/sshPublicKey/source/secret/secretName"),
+        );
+        push(
+            &mut out,
+            "Secret",
+            cred.pointer("/userPassword/source/secret/secretName"),
+        );
     }
     out.sort();
     out.dedup();

@@ -142,7 +142,11 @@ pub fn check(kind: &str, obj: &Value, policy: &VmPolicy) -> Vec<Violation> {
             }
         }
     }
-    for (i, t) in data_volume_templates(kind, obj).into_iter().flatten().enumerate() {
+    for (i, t) in data_volume_templates(kind, obj)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
         for src in ["/spec/source/pvc/namespace", "/spec/sourceRef/namespace"] {
             if is_set(t.pointer(src)) {
                 deny(
@@ -169,6 +173,39 @@ pub fn check_data_volume(obj: &Value) -> Vec<Violation> {
                 .into(),
         })
         .collect()
+}
+
+/// Checks a PersistentVolumeClaim: it may not bind a host PersistentVolume by name, nor copy
+/// from another namespace.
+pub fn check_pvc(obj: &Value) -> Vec<Violation> {
+    let mut out = Vec::new();
+    if is_set(obj.pointer("/spec/volumeName")) {
+        out.push(Violation {
+            path: "spec.volumeName".into(),
+            message: "binding a host PersistentVolume by name is not allowed; let the storage \
+                      class provision the volume"
+                .into(),
+        });
+    }
+    if is_set(obj.pointer("/spec/dataSourceRef/namespace")) {
+        out.push(Violation {
+            path: "spec.dataSourceRef.namespace".into(),
+            message: "a claim may not copy from another namespace".into(),
+        });
+    }
+    out
+}
+
+/// Checks a Secret: service-account token Secrets would make the host mint a token for a host
+/// ServiceAccount, so they are never synced.
+pub fn check_secret(obj: &Value) -> Vec<Violation> {
+    if obj.get("type").and_then(Value::as_str) == Some("kubernetes.io/service-account-token") {
+        return vec![Violation {
+            path: "type".into(),
+            message: "service-account token Secrets are not synced to the host".into(),
+        }];
+    }
+    Vec::new()
 }
 
 #[cfg(test)]
@@ -230,14 +267,18 @@ mod tests {
     #[test]
     fn cross_namespace_affinity_and_clones_are_refused() {
         let v = json!({"spec": {
-            "dataVolumeTemplates": [{"spec": {"source": {"pvc": {"namespace": "other", "name": "x"}}}}],
-            "template": {"spec": {"affinity": {"podAffinity": {
-                "requiredDuringSchedulingIgnoredDuringExecution": [{"namespaceSelector": {}, "topologyKey": "x"}]
-            }}}}}});
+        "dataVolumeTemplates": [{"spec": {"source": {"pvc": {"namespace": "other", "name": "x"}}}}],
+        "template": {"spec": {"affinity": {"podAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": [{"namespaceSelector": {}, "topologyKey": "x"}]
+        }}}}}});
         // an empty namespaceSelector selects every namespace: still refused
         let found = check("VirtualMachine", &v, &VmPolicy::default());
         assert_eq!(found.len(), 2, "{found:?}");
-        assert!(found[0].path.starts_with("spec.template.spec.affinity.podAffinity"));
+        assert!(
+            found[0]
+                .path
+                .starts_with("spec.template.spec.affinity.podAffinity")
+        );
         assert!(found[1].path.starts_with("spec.dataVolumeTemplates[0]"));
         let v2 = json!({"spec": {"template": {"spec": {"affinity": {"podAffinity": {
             "requiredDuringSchedulingIgnoredDuringExecution": [{"namespaces": ["kube-system"], "topologyKey": "x"}]

@@ -102,7 +102,10 @@ pub fn content_hash(obj: &DynamicObject) -> String {
 pub fn is_copy_for(host: &DynamicObject, vc_uid: &str) -> bool {
     let labels = host.metadata.labels.as_ref();
     let annotations = host.metadata.annotations.as_ref();
-    labels.and_then(|l| l.get(VIRTUALCLUSTER_UID)).map(String::as_str) == Some(vc_uid)
+    labels
+        .and_then(|l| l.get(VIRTUALCLUSTER_UID))
+        .map(String::as_str)
+        == Some(vc_uid)
         && annotations.is_some_and(|a| a.contains_key(TENANT_UID))
 }
 
@@ -170,7 +173,11 @@ pub fn merge_for_update(current: &DynamicObject, desired: &DynamicObject) -> Dyn
         .annotations
         .iter()
         .flatten()
-        .filter(|(k, _)| HOST_OWNED_ANNOTATION_PREFIXES.iter().any(|p| k.starts_with(p)))
+        .filter(|(k, _)| {
+            HOST_OWNED_ANNOTATION_PREFIXES
+                .iter()
+                .any(|p| k.starts_with(p))
+        })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     annotations.extend(m.annotations.take().unwrap_or_default());
@@ -228,8 +235,16 @@ pub fn mirror_differs(current: &DynamicObject, desired: &DynamicObject) -> bool 
     current.data != desired.data
         || current.metadata.labels.clone().unwrap_or_default()
             != desired.metadata.labels.clone().unwrap_or_default()
-        || current.metadata.owner_references.clone().unwrap_or_default()
-            != desired.metadata.owner_references.clone().unwrap_or_default()
+        || current
+            .metadata
+            .owner_references
+            .clone()
+            .unwrap_or_default()
+            != desired
+                .metadata
+                .owner_references
+                .clone()
+                .unwrap_or_default()
         || desired
             .metadata
             .annotations

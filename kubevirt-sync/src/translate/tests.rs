@@ -30,13 +30,23 @@ fn vm(data: Value) -> DynamicObject {
 fn host_copy_keeps_spec_and_labels_and_adds_identity() {
     let t = vm(json!({"spec": {"runStrategy": "Always"}, "status": {"ready": true}}));
     let h = to_host(&t, "tenants-ab12cd-alpha-default", &vc(), |_| None);
-    assert_eq!(h.metadata.namespace.as_deref(), Some("tenants-ab12cd-alpha-default"));
+    assert_eq!(
+        h.metadata.namespace.as_deref(),
+        Some("tenants-ab12cd-alpha-default")
+    );
     assert_eq!(h.metadata.name.as_deref(), Some("vm1"));
     assert_eq!(h.metadata.uid, None);
     assert_eq!(h.metadata.resource_version, None);
     assert_eq!(h.metadata.finalizers, None);
-    assert_eq!(h.metadata.owner_references, None, "unmapped owners are dropped");
-    assert_eq!(h.data, json!({"spec": {"runStrategy": "Always"}}), "status is the host's");
+    assert_eq!(
+        h.metadata.owner_references, None,
+        "unmapped owners are dropped"
+    );
+    assert_eq!(
+        h.data,
+        json!({"spec": {"runStrategy": "Always"}}),
+        "status is the host's"
+    );
     let labels = h.metadata.labels.as_ref().unwrap();
     assert_eq!(labels["app"], "web");
     assert_eq!(labels[VIRTUALCLUSTER_UID], vc().uid);
@@ -75,19 +85,26 @@ fn unchanged_tenant_object_needs_no_write_but_drift_and_changes_do() {
     assert!(host_needs_update(&drifted, &desired));
     // the tenant changes the object: hash changes
     let t2 = vm(json!({"spec": {"runStrategy": "Halted", "template": {"spec": {}}}}));
-    assert!(host_needs_update(&current, &to_host(&t2, "ns", &vc(), |_| None)));
+    assert!(host_needs_update(
+        &current,
+        &to_host(&t2, "ns", &vc(), |_| None)
+    ));
     // the update keeps the host's status, rv and host-controller annotations
-    current
-        .metadata
-        .annotations
-        .as_mut()
-        .unwrap()
-        .insert("kubevirt.io/latest-observed-api-version".into(), "v1".into());
+    current.metadata.annotations.as_mut().unwrap().insert(
+        "kubevirt.io/latest-observed-api-version".into(),
+        "v1".into(),
+    );
     let merged = merge_for_update(&current, &to_host(&t2, "ns", &vc(), |_| None));
     assert_eq!(merged.metadata.resource_version.as_deref(), Some("7"));
     assert_eq!(merged.data["status"], json!({"ready": true}));
     assert_eq!(merged.data["spec"]["runStrategy"], "Halted");
-    assert!(merged.metadata.annotations.unwrap().contains_key("kubevirt.io/latest-observed-api-version"));
+    assert!(
+        merged
+            .metadata
+            .annotations
+            .unwrap()
+            .contains_key("kubevirt.io/latest-observed-api-version")
+    );
 }
 
 #[test]
@@ -105,9 +122,15 @@ fn mirrors_carry_host_spec_status_and_mapped_owners() {
     });
     assert!(is_mirror(&m));
     assert_eq!(m.metadata.namespace.as_deref(), Some("default"));
-    assert_eq!(m.metadata.owner_references.as_ref().unwrap()[0].uid, "tenant-vm");
+    assert_eq!(
+        m.metadata.owner_references.as_ref().unwrap()[0].uid,
+        "tenant-vm"
+    );
     assert_eq!(m.data["status"]["phase"], "Running");
-    assert_eq!(m.metadata.finalizers.as_ref().unwrap(), &[MIRROR_FINALIZER.to_string()]);
+    assert_eq!(
+        m.metadata.finalizers.as_ref().unwrap(),
+        &[MIRROR_FINALIZER.to_string()]
+    );
     let mut edited = m.clone();
     edited.data["spec"]["domain"] = json!({"cpu": {"cores": 64}});
     assert!(mirror_differs(&edited, &m), "tenant edits are reverted");

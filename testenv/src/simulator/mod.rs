@@ -8,13 +8,13 @@
 //!    minimal stand-ins when that folder is missing ([`CrdsSource`]).
 //! 2. **A fake virt-controller** (and CDI controller), as kube-runtime controllers:
 //!    VM → VMI (Pending → Scheduled → Running, node name, fake IP, conditions) with KubeVirt's
-//!    names, labels, annotations, owner references and finalizers ([`vm`], [`vmi`]); run
+//!    names, labels, annotations, owner references and finalizers (`vm`, `vmi`); run
 //!    strategies and state change requests; Events from `virt-controller`; VirtualMachinePool →
-//!    VMs ([`pool`]); DataVolume → PVC + `Succeeded` ([`datavolume`]); migrations ([`migration`]).
-//!    VMs get no finalizer (see [`vm`]).
-//! 3. **A fake virt-api** on `https://127.0.0.1:<port>` ([`server`], [`virt_api`], [`webhooks`]):
+//!    VMs (`pool`); DataVolume → PVC + `Succeeded` (`datavolume`); migrations (`migration`).
+//!    VMs get no finalizer (see `vm`).
+//! 3. **A fake virt-api** on `https://127.0.0.1:<port>` (`server`, `virt_api`, `webhooks`):
 //!    the `virt-api` ExternalName Service, the `virt-api-validator`/`virt-api-mutator` webhook
-//!    configurations and the `subresources.kubevirt.io` APIServices ([`register`]), serving
+//!    configurations and the `subresources.kubevirt.io` APIServices (`register`), serving
 //!    start/stop/restart/migrate, pause/unpause/freeze/unfreeze/softreboot/reset, guest agent
 //!    reads and console/VNC websockets (echo).
 //!
@@ -115,6 +115,8 @@ pub struct SimulatorOptions {
     /// `<testenv>/../../shared/kubevirt-crds` if it exists, else the built-in fallback CRDs.
     /// A folder named here or in the environment must exist.
     pub crds_dir: Option<PathBuf>,
+    /// Install the built-in fallback CRDs even when a CRD folder is available.
+    pub fallback_crds: bool,
     /// The requestheader (front-proxy) CA that signs the apiserver's aggregator client
     /// certificate. `None`: read it from `kube-system/extension-apiserver-authentication`, as
     /// virt-api does. With a CA, subresource calls need a client certificate chaining to it.
@@ -134,6 +136,7 @@ impl Default for SimulatorOptions {
     fn default() -> Self {
         Self {
             crds_dir: None,
+            fallback_crds: false,
             front_proxy_ca_pem: None,
             namespace: "kubevirt".into(),
             phase_delay: Duration::from_millis(20),
@@ -150,6 +153,12 @@ impl SimulatorOptions {
 
     pub fn with_crds_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.crds_dir = Some(dir.into());
+        self
+    }
+
+    /// Installs the built-in minimal CRDs instead of the real ones.
+    pub fn with_fallback_crds(mut self) -> Self {
+        self.fallback_crds = true;
         self
     }
 
@@ -265,6 +274,7 @@ impl Simulator {
         let ns = opts.namespace.clone();
 
         let (dir, explicit) = match opts.crds_dir.clone() {
+            _ if opts.fallback_crds => (None, false),
             Some(d) => (Some(d), true),
             None => default_crds_dir(),
         };
@@ -273,6 +283,11 @@ impl Simulator {
                 let crds = crds::load_dir(&dir)?;
                 let count = crds::apply_and_wait(&client, crds, timeout).await?;
                 CrdsSource::Real { dir, count }
+            }
+            _ if opts.fallback_crds => {
+                tracing::info!("KubeVirt simulator: installing the minimal fallback CRDs as asked");
+                crds::apply_and_wait(&client, crds::fallback_crds(), timeout).await?;
+                CrdsSource::Fallback
             }
             _ => {
                 tracing::warn!(
@@ -365,8 +380,10 @@ impl Simulator {
     /// Stops the simulator and removes its webhook configurations, APIServices and Service
     /// from the host, so that the host works without it (CRDs and objects stay).
     pub async fn uninstall(mut self) -> Result<(), SimError> {
+        // Unregister while still serving, so calls the apiserver makes meanwhile are answered.
+        let result = register::unregister(&self.client, &self.namespace).await;
         self.stop();
-        register::unregister(&self.client, &self.namespace).await
+        result
     }
 
     fn stop(&mut self) {

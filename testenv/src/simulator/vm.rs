@@ -51,7 +51,9 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
             return Ok(Action::await_change());
         }
     }
-    ensure_observed_annotations(&ctx, &vm).await?;
+    if let Some(patched) = ensure_observed_annotations(&ctx, &vm).await? {
+        vm = patched;
+    }
     ensure_data_volumes(&ctx, &vm).await?;
 
     let uid = vm.uid().unwrap_or_default();
@@ -144,11 +146,15 @@ async fn delete_ignoring_missing(
     }
 }
 
-/// virt-controller stamps the API versions it observed on the objects it manages.
-async fn ensure_observed_annotations(ctx: &Ctx, vm: &DynamicObject) -> Result<(), kube::Error> {
+/// virt-controller stamps the API versions it observed on the objects it manages; returns the
+/// patched VM if it had to.
+async fn ensure_observed_annotations(
+    ctx: &Ctx,
+    vm: &DynamicObject,
+) -> Result<Option<DynamicObject>, kube::Error> {
     let a = vm.annotations();
     if a.contains_key(ANNOTATION_LATEST_OBSERVED) && a.contains_key(ANNOTATION_STORAGE_OBSERVED) {
-        return Ok(());
+        return Ok(None);
     }
     let patch = json!({"metadata": {"annotations": {
         ANNOTATION_LATEST_OBSERVED: "v1",
@@ -160,8 +166,8 @@ async fn ensure_observed_annotations(ctx: &Ctx, vm: &DynamicObject) -> Result<()
             &PatchParams::default(),
             &Patch::Merge(&patch),
         )
-        .await?;
-    Ok(())
+        .await
+        .map(Some)
 }
 
 async fn ensure_data_volumes(ctx: &Ctx, vm: &DynamicObject) -> Result<(), ReconcileError> {

@@ -1,0 +1,135 @@
+//! Prometheus metrics of the syncer, per tenant (the VirtualCluster as `namespace/name`).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantLabels {
+    pub tenant: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SyncLabels {
+    pub tenant: String,
+    pub kind: String,
+    /// `down` (tenant → host), `up` (status and mirrors), `delete`, `refused`, `noop`.
+    pub action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub tenant: String,
+    pub kind: String,
+    pub error: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiLabels {
+    pub tenant: String,
+    /// `host` or `tenant`.
+    pub cluster: String,
+    pub verb: String,
+}
+
+/// The syncer's metrics.
+pub struct Metrics {
+    pub queue_depth: Family<TenantLabels, Gauge>,
+    pub syncs: Family<SyncLabels, Counter>,
+    pub errors: Family<ErrorLabels, Counter>,
+    pub api_calls: Family<ApiLabels, Counter>,
+    pub reconcile_seconds: Family<TenantLabels, Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            queue_depth: Family::default(),
+            syncs: Family::default(),
+            errors: Family::default(),
+            api_calls: Family::default(),
+            reconcile_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+            }),
+        }
+    }
+}
+
+impl Metrics {
+    /// Registers the metrics under `kvtenant_sync_*`.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("kvtenant_sync");
+        r.register(
+            "queue_depth",
+            "Keys waiting per tenant",
+            self.queue_depth.clone(),
+        );
+        r.register(
+            "objects",
+            "Objects synced, by tenant, kind and action",
+            self.syncs.clone(),
+        );
+        r.register(
+            "errors",
+            "Sync errors, by tenant, kind and error",
+            self.errors.clone(),
+        );
+        r.register(
+            "api_calls",
+            "API calls made, by tenant, cluster and verb",
+            self.api_calls.clone(),
+        );
+        r.register(
+            "reconcile_seconds",
+            "Time to reconcile one key (tenant and host in agreement)",
+            self.reconcile_seconds.clone(),
+        );
+    }
+
+    pub fn api(&self, tenant: &str, cluster: &str, verb: &str) {
+        self.api_calls
+            .get_or_create(&ApiLabels {
+                tenant: tenant.into(),
+                cluster: cluster.into(),
+                verb: verb.into(),
+            })
+            .inc();
+    }
+
+    pub fn synced(&self, tenant: &str, kind: &str, action: &str) {
+        self.syncs
+            .get_or_create(&SyncLabels {
+                tenant: tenant.into(),
+                kind: kind.into(),
+                action: action.into(),
+            })
+            .inc();
+    }
+
+    /// Total API calls made for a tenant to one cluster (for tests and benchmarks).
+    pub fn api_total(&self, tenant: &str, cluster: &str) -> u64 {
+        [
+            "get",
+            "create",
+            "replace",
+            "replace_status",
+            "patch",
+            "delete",
+            "apply",
+        ]
+        .iter()
+        .map(|verb| {
+            self.api_calls
+                .get_or_create(&ApiLabels {
+                    tenant: tenant.into(),
+                    cluster: cluster.into(),
+                    verb: (*verb).into(),
+                })
+                .get()
+        })
+        .sum()
+    }
+}

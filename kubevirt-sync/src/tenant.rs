@@ -1,0 +1,896 @@
+//! One tenant (virtual cluster): its client, its watchers, and the reconcile of one key.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, ObjectReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{
+    Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, PropagationPolicy,
+};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use kvtenant_api::labels::VirtualClusterRef;
+use kvtenant_api::{SyncKind, VirtualClusterSpec};
+use serde_json::{Value, json};
+use tokio::task::AbortHandle;
+
+use crate::Error;
+use crate::kinds::{KindSpec, Trigger};
+use crate::refs::references;
+use crate::safety::{self, Violation};
+use crate::syncer::{Key, Shared};
+use crate::translate::{
+    MIRROR_OF, host_needs_update, is_copy_for, is_kvtenant_copy, is_mirror, map_owner_by_name,
+    merge_for_update, merge_mirror, mirror_differs, to_host, to_tenant_mirror,
+};
+
+/// Condition type kvtenant sets on a tenant object it refuses to sync.
+pub const SYNCED_CONDITION: &str = "Synced";
+
+/// A tenant being synced.
+pub struct Tenant {
+    shared: Arc<Shared>,
+    pub vc: VirtualClusterRef,
+    /// `namespace/name` of the VirtualCluster, for logs and metrics.
+    pub label: String,
+    pub spec: VirtualClusterSpec,
+    pub client: Client,
+    /// Tenant-side caches, by kind index (`None`: kind not synced for this tenant).
+    stores: Vec<Option<Store<DynamicObject>>>,
+    ready: Vec<AtomicBool>,
+    recorder: Recorder,
+    refused: Mutex<HashMap<Key, String>>,
+    failures: Mutex<HashMap<Key, u32>>,
+    tasks: Vec<AbortHandle>,
+    /// Host CRD resourceVersions last mirrored.
+    crd_versions: Mutex<Vec<(String, String)>>,
+}
+
+impl Drop for Tenant {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// The CRDs a tenant needs for its enabled kinds.
+fn crd_names(kinds: &[KindSpec], enabled: &[bool]) -> Vec<String> {
+    kinds
+        .iter()
+        .zip(enabled)
+        .filter(|(_, on)| **on)
+        .filter_map(|(k, _)| k.sync_kind.map(SyncKind::crd_name))
+        .collect()
+}
+
+impl Tenant {
+    /// Mirrors the CRDs into the tenant and starts the tenant-side watchers.
+    pub async fn start(
+        shared: Arc<Shared>,
+        vc: VirtualClusterRef,
+        spec: VirtualClusterSpec,
+        client: Client,
+    ) -> Result<Arc<Self>, Error> {
+        let mut enabled_kinds: Vec<SyncKind> = spec.kubevirt.sync_kinds.clone();
+        if enabled_kinds.contains(&SyncKind::VirtualMachine)
+            && !enabled_kinds.contains(&SyncKind::VirtualMachineInstance)
+        {
+            enabled_kinds.push(SyncKind::VirtualMachineInstance);
+        }
+        let enabled: Vec<bool> = shared
+            .kinds
+            .iter()
+            .map(|k| k.sync_kind.is_none_or(|s| enabled_kinds.contains(&s)))
+            .collect();
+        let (copied, missing) =
+            crate::crds::mirror(&shared.host, &client, &crd_names(&shared.kinds, &enabled)).await?;
+        if !missing.is_empty() {
+            tracing::warn!(vc = %vc.name, ?missing, "the host lacks these CRDs; their kinds are not synced");
+        }
+        let label = format!("{}/{}", vc.namespace, vc.name);
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "kvtenant-syncer".into(),
+                instance: None,
+            },
+        );
+        let mut stores = Vec::new();
+        let mut writers = Vec::new();
+        for (i, kind) in shared.kinds.iter().enumerate() {
+            let available = kind
+                .sync_kind
+                .is_none_or(|s| !missing.contains(&s.crd_name()));
+            if enabled[i] && available {
+                let w = reflector::store::Writer::new(kind.resource.clone());
+                let r = w.as_reader();
+                stores.push(Some(r));
+                writers.push(Some(w));
+            } else {
+                stores.push(None);
+                writers.push(None);
+            }
+        }
+        let ready = shared
+            .kinds
+            .iter()
+            .map(|_| AtomicBool::new(false))
+            .collect();
+        let mut tenant = Self {
+            shared: shared.clone(),
+            vc,
+            label,
+            spec,
+            client,
+            stores,
+            ready,
+            recorder,
+            refused: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+            tasks: Vec::new(),
+            crd_versions: Mutex::new(copied),
+        };
+        // the watchers need the Arc to dispatch; start them after wrapping
+        let handles: Vec<(usize, reflector::store::Writer<DynamicObject>)> = writers
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, w)| w.map(|w| (i, w)))
+            .collect();
+        let uid = tenant.vc.uid.clone();
+        let client = tenant.client.clone();
+        let mut tasks = Vec::new();
+        for (kind, writer) in handles {
+            let shared = shared.clone();
+            let client = client.clone();
+            let uid = uid.clone();
+            tasks.push(
+                tokio::spawn(watch_tenant_kind(shared, uid, client, kind, writer)).abort_handle(),
+            );
+        }
+        tenant.tasks = tasks;
+        Ok(Arc::new(tenant))
+    }
+
+    pub(crate) fn mark_ready(&self, kind: usize) {
+        self.ready[kind].store(true, Ordering::Release);
+    }
+
+    fn kind(&self, key: &Key) -> &KindSpec {
+        &self.shared.kinds[key.kind]
+    }
+
+    fn tenant_get(&self, kind: usize, ns: &str, name: &str) -> Option<Arc<DynamicObject>> {
+        let ar = self.shared.kinds[kind].resource.clone();
+        self.stores[kind]
+            .as_ref()?
+            .get(&ObjectRef::new_with(name, ar).within(ns))
+    }
+
+    fn tenant_api(&self, kind: usize, ns: &str) -> Api<DynamicObject> {
+        Api::namespaced_with(self.client.clone(), ns, &self.shared.kinds[kind].resource)
+    }
+
+    fn host_api(&self, kind: usize, ns: &str) -> Api<DynamicObject> {
+        Api::namespaced_with(
+            self.shared.host.clone(),
+            ns,
+            &self.shared.kinds[kind].resource,
+        )
+    }
+
+    fn api_call(&self, cluster: &str, verb: &str) {
+        self.shared.metrics.api(&self.label, cluster, verb);
+    }
+
+    pub(crate) fn observe(&self, took: Duration) {
+        self.shared
+            .metrics
+            .reconcile_seconds
+            .get_or_create(&crate::metrics::TenantLabels {
+                tenant: self.label.clone(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Next retry delay for a failing key: 100 ms doubling to 30 s.
+    pub(crate) fn backoff(&self, key: &Key) -> Duration {
+        let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let n = f.entry(key.clone()).or_insert(0);
+        *n = (*n + 1).min(10);
+        Duration::from_millis(100 * 2u64.pow(*n - 1)).min(Duration::from_secs(30))
+    }
+
+    pub(crate) fn backoff_reset(&self, key: &Key) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+
+    pub(crate) fn record_error(&self, key: &Key, e: &Error) {
+        self.shared
+            .metrics
+            .errors
+            .get_or_create(&crate::metrics::ErrorLabels {
+                tenant: self.label.clone(),
+                kind: self.kind(key).kind().to_string(),
+                error: e.metric_label().to_string(),
+            })
+            .inc();
+    }
+
+    /// Reconciles one key. `Ok(Some(d))` asks to look again after `d`.
+    pub async fn reconcile(&self, key: &Key) -> Result<Option<Duration>, Error> {
+        let kind = self.kind(key);
+        if self.stores[key.kind].is_none() {
+            return Ok(None);
+        }
+        if !self.ready[key.kind].load(Ordering::Acquire) || !self.shared.host_ready(key.kind) {
+            return Ok(Some(Duration::from_millis(200)));
+        }
+        let host_ns = self.vc.host_namespace(&key.namespace);
+        let t = self.tenant_get(key.kind, &key.namespace, &key.name);
+        let h = self.shared.host_get(key.kind, &host_ns, &key.name);
+        match (t, h) {
+            (Some(t), h) if is_mirror(&t) => self.reconcile_mirror(key, &t, h.as_deref()).await,
+            (Some(t), h) => self.reconcile_down(key, &host_ns, &t, h.as_deref()).await,
+            (None, Some(h)) if is_copy_for(&h, &self.vc.uid) => {
+                // the tenant deleted it: confirm with the tenant's apiserver, not just the cache
+                self.api_call("tenant", "get");
+                if self
+                    .tenant_api(key.kind, &key.namespace)
+                    .get_opt(&key.name)
+                    .await?
+                    .is_some()
+                {
+                    return Ok(Some(Duration::from_millis(200)));
+                }
+                self.delete_host(key, &host_ns).await?;
+                self.shared
+                    .metrics
+                    .synced(&self.label, kind.kind(), "delete");
+                Ok(None)
+            }
+            (None, Some(h)) if kind.mirror_host_made && !is_kvtenant_copy(&h) => {
+                self.create_mirror(key, &h).await
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn delete_host(&self, key: &Key, host_ns: &str) -> Result<(), Error> {
+        self.api_call("host", "delete");
+        let dp = DeleteParams {
+            propagation_policy: Some(PropagationPolicy::Background),
+            ..DeleteParams::default()
+        };
+        match self
+            .host_api(key.kind, host_ns)
+            .delete(&key.name, &dp)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether a synced object in the namespace references this object (for kinds synced only
+    /// when referenced).
+    fn referenced(&self, key: &Key) -> bool {
+        let want = self.kind(key).kind();
+        self.shared
+            .kinds
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| k.vm_like)
+            .filter_map(|(i, k)| Some((k, self.stores[i].as_ref()?)))
+            .any(|(k, store)| {
+                store.state().iter().any(|o| {
+                    o.namespace().as_deref() == Some(key.namespace.as_str())
+                        && !is_mirror(o)
+                        && references(k.kind(), &serde_json::to_value(&o.data).unwrap_or_default())
+                            .iter()
+                            .any(|r| r.kind == want && r.name == key.name)
+                })
+            })
+    }
+
+    fn violations(&self, kind: &KindSpec, t: &DynamicObject) -> Vec<Violation> {
+        let data = &t.data;
+        match kind.kind() {
+            _ if kind.vm_like => safety::check(kind.kind(), data, &self.spec.vm_policy),
+            "DataVolume" => safety::check_data_volume(data),
+            "PersistentVolumeClaim" => safety::check_pvc(data),
+            "Secret" => safety::check_secret(data),
+            _ => Vec::new(),
+        }
+    }
+
+    fn map_owner_to_host(
+        &self,
+        host_ns: &str,
+    ) -> impl Fn(&OwnerReference) -> Option<OwnerReference> + '_ {
+        let host_ns = host_ns.to_string();
+        move |o| {
+            map_owner_by_name(o, |kind, name| {
+                let idx = self.shared.kind_index(kind)?;
+                self.shared
+                    .host_get(idx, &host_ns, name)?
+                    .metadata
+                    .uid
+                    .clone()
+            })
+        }
+    }
+
+    fn map_owner_to_tenant(
+        &self,
+        tenant_ns: &str,
+    ) -> impl Fn(&OwnerReference) -> Option<OwnerReference> + '_ {
+        let tenant_ns = tenant_ns.to_string();
+        move |o| {
+            map_owner_by_name(o, |kind, name| {
+                let idx = self.shared.kind_index(kind)?;
+                self.tenant_get(idx, &tenant_ns, name)?.metadata.uid.clone()
+            })
+        }
+    }
+
+    async fn reconcile_down(
+        &self,
+        key: &Key,
+        host_ns: &str,
+        t: &DynamicObject,
+        h: Option<&DynamicObject>,
+    ) -> Result<Option<Duration>, Error> {
+        let kind = self.kind(key);
+        if t.metadata.deletion_timestamp.is_some() {
+            return Ok(None); // gone soon; its absence deletes the host copy
+        }
+        if kind.trigger == Trigger::WhenReferenced && !self.referenced(key) {
+            if let Some(h) = h
+                && is_copy_for(h, &self.vc.uid)
+            {
+                self.delete_host(key, host_ns).await?;
+                self.shared
+                    .metrics
+                    .synced(&self.label, kind.kind(), "delete");
+            }
+            return Ok(None);
+        }
+        let violations = self.violations(kind, t);
+        if !violations.is_empty() {
+            self.refuse(key, t, &violations).await?;
+            return Ok(None);
+        }
+        if kind.vm_like {
+            // dependencies first, so the host never sees a VM whose Secret is missing
+            let data = serde_json::to_value(&t.data).unwrap_or_default();
+            for r in references(kind.kind(), &data) {
+                if let Some(idx) = self.shared.kind_index(r.kind) {
+                    let dep = Key {
+                        kind: idx,
+                        namespace: key.namespace.clone(),
+                        name: r.name,
+                    };
+                    Box::pin(self.reconcile(&dep)).await?;
+                }
+            }
+        }
+        self.ensure_host_namespace(&key.namespace).await?;
+        let desired = to_host(t, host_ns, &self.vc, self.map_owner_to_host(host_ns));
+        let api = self.host_api(key.kind, host_ns);
+        match h {
+            None => {
+                self.api_call("host", "create");
+                match api.create(&PostParams::default(), &desired).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 409 => {
+                        return Ok(Some(Duration::from_millis(200)));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                self.shared.metrics.synced(&self.label, kind.kind(), "down");
+                self.clear_refusal(key);
+            }
+            Some(h) if !is_copy_for(h, &self.vc.uid) => {
+                let v = Violation {
+                    path: "metadata.name".into(),
+                    message: format!(
+                        "the host already has a {} named {:?} in this namespace that kvtenant does not manage for this virtual cluster; rename the object",
+                        kind.kind(),
+                        key.name
+                    ),
+                };
+                self.refuse(key, t, &[v]).await?;
+            }
+            Some(h) => {
+                if host_needs_update(h, &desired) {
+                    self.api_call("host", "replace");
+                    api.replace(
+                        &key.name,
+                        &PostParams::default(),
+                        &merge_for_update(h, &desired),
+                    )
+                    .await?;
+                    self.shared.metrics.synced(&self.label, kind.kind(), "down");
+                }
+                self.clear_refusal(key);
+                self.status_up(key, t, h).await?;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Copies the host's status to the tenant object.
+    async fn status_up(
+        &self,
+        key: &Key,
+        t: &DynamicObject,
+        h: &DynamicObject,
+    ) -> Result<(), Error> {
+        let Some(status) = h.data.get("status") else {
+            return Ok(());
+        };
+        if t.data.get("status") == Some(status) {
+            return Ok(());
+        }
+        let kind = self.kind(key);
+        let mut updated = t.clone();
+        if let Some(o) = updated.data.as_object_mut() {
+            o.insert("status".into(), status.clone());
+        }
+        let api = self.tenant_api(key.kind, &key.namespace);
+        if kind.status_subresource {
+            self.api_call("tenant", "replace_status");
+            api.replace_status(&key.name, &PostParams::default(), &updated)
+                .await?;
+        } else {
+            self.api_call("tenant", "replace");
+            api.replace(&key.name, &PostParams::default(), &updated)
+                .await?;
+        }
+        self.shared.metrics.synced(&self.label, kind.kind(), "up");
+        Ok(())
+    }
+
+    async fn create_mirror(&self, key: &Key, h: &DynamicObject) -> Result<Option<Duration>, Error> {
+        let kind = self.kind(key);
+        // a host-made object whose owner has no tenant counterpart yet waits for it
+        let map = self.map_owner_to_tenant(&key.namespace);
+        if h.metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| map(o).is_none())
+            && h.metadata.deletion_timestamp.is_none()
+        {
+            return Ok(Some(Duration::from_millis(500)));
+        }
+        if h.metadata.deletion_timestamp.is_some() {
+            return Ok(None);
+        }
+        if self
+            .tenant_namespace_exists(&key.namespace)
+            .await?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        let desired = to_tenant_mirror(h, &key.namespace, map);
+        let api = self.tenant_api(key.kind, &key.namespace);
+        self.api_call("tenant", "create");
+        let created = match api.create(&PostParams::default(), &desired).await {
+            Ok(c) => c,
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                return Ok(Some(Duration::from_millis(200)));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if kind.status_subresource
+            && let Some(status) = desired.data.get("status")
+        {
+            let mut with_status = created;
+            if let Some(o) = with_status.data.as_object_mut() {
+                o.insert("status".into(), status.clone());
+            }
+            self.api_call("tenant", "replace_status");
+            api.replace_status(&key.name, &PostParams::default(), &with_status)
+                .await?;
+        }
+        self.shared.metrics.synced(&self.label, kind.kind(), "up");
+        Ok(None)
+    }
+
+    async fn reconcile_mirror(
+        &self,
+        key: &Key,
+        t: &DynamicObject,
+        h: Option<&DynamicObject>,
+    ) -> Result<Option<Duration>, Error> {
+        let kind = self.kind(key);
+        let mirror_of = t
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(MIRROR_OF))
+            .cloned();
+        let h = h.filter(|h| h.metadata.uid == mirror_of);
+        let api = self.tenant_api(key.kind, &key.namespace);
+        if t.metadata.deletion_timestamp.is_some() {
+            // the tenant deleted the mirror: delete the host object, then let the mirror go
+            if h.is_some() {
+                self.delete_host(key, &self.vc.host_namespace(&key.namespace))
+                    .await?;
+                self.shared
+                    .metrics
+                    .synced(&self.label, kind.kind(), "delete");
+            }
+            return self.release_mirror(key, &api).await;
+        }
+        let Some(h) = h else {
+            // the host object is gone: so goes the mirror
+            self.release_mirror(key, &api).await?;
+            self.api_call("tenant", "delete");
+            match api.delete(&key.name, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+            self.shared
+                .metrics
+                .synced(&self.label, kind.kind(), "delete");
+            return Ok(None);
+        };
+        let desired = to_tenant_mirror(h, &key.namespace, self.map_owner_to_tenant(&key.namespace));
+        if mirror_differs(t, &desired) {
+            let merged = merge_mirror(t, &desired);
+            self.api_call("tenant", "replace");
+            let updated = api
+                .replace(&key.name, &PostParams::default(), &merged)
+                .await?;
+            if kind.status_subresource && updated.data.get("status") != desired.data.get("status") {
+                let mut with_status = updated;
+                if let (Some(o), Some(s)) =
+                    (with_status.data.as_object_mut(), desired.data.get("status"))
+                {
+                    o.insert("status".into(), s.clone());
+                }
+                self.api_call("tenant", "replace_status");
+                api.replace_status(&key.name, &PostParams::default(), &with_status)
+                    .await?;
+            }
+            self.shared.metrics.synced(&self.label, kind.kind(), "up");
+        }
+        Ok(None)
+    }
+
+    async fn release_mirror(
+        &self,
+        key: &Key,
+        api: &Api<DynamicObject>,
+    ) -> Result<Option<Duration>, Error> {
+        self.api_call("tenant", "patch");
+        let patch = json!({"metadata": {"finalizers": null}});
+        match api
+            .patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => Ok(None),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn tenant_namespace_exists(&self, ns: &str) -> Result<Option<Namespace>, Error> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        self.api_call("tenant", "get");
+        Ok(api.get_opt(ns).await?)
+    }
+
+    /// Creates the host namespace of a tenant namespace if kvtenant has not yet.
+    async fn ensure_host_namespace(&self, tenant_ns: &str) -> Result<(), Error> {
+        let host_ns = self.vc.host_namespace(tenant_ns);
+        let known = self
+            .shared
+            .namespaces
+            .read()
+            .ok()
+            .and_then(|m| m.get(&host_ns).cloned());
+        if let Some(owner) = known {
+            return if owner.is_owned_by(&self.vc.uid) {
+                Ok(())
+            } else {
+                Err(Error::Conflict(format!(
+                    "host namespace {host_ns} belongs to another virtual cluster"
+                )))
+            };
+        }
+        let tenant_ns_obj = self.tenant_namespace_exists(tenant_ns).await?;
+        let uid = tenant_ns_obj.and_then(|n| n.metadata.uid);
+        let ns = Namespace {
+            metadata: self.vc.host_namespace_meta(tenant_ns, uid.as_deref()),
+            ..Namespace::default()
+        };
+        let api: Api<Namespace> = Api::all(self.shared.host.clone());
+        self.api_call("host", "create");
+        match api.create(&PostParams::default(), &ns).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                // exists: it must be ours
+                self.api_call("host", "get");
+                let existing = api.get(&host_ns).await?;
+                let owner = kvtenant_api::labels::HostNamespaceOwner::from_meta(&existing.metadata);
+                if !owner.is_some_and(|o| o.is_owned_by(&self.vc.uid)) {
+                    return Err(Error::Conflict(format!(
+                        "host namespace {host_ns} exists and is not kvtenant's for this virtual cluster"
+                    )));
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if let (Ok(mut m), Some(owner)) = (
+            self.shared.namespaces.write(),
+            kvtenant_api::labels::HostNamespaceOwner::from_meta(&ns.metadata),
+        ) {
+            m.insert(host_ns, owner);
+        }
+        Ok(())
+    }
+
+    fn clear_refusal(&self, key: &Key) {
+        self.refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+
+    /// Tells the tenant why an object is not synced: an Event, and a `Synced=False` condition
+    /// where the kind has conditions. Once per distinct message.
+    async fn refuse(
+        &self,
+        key: &Key,
+        t: &DynamicObject,
+        violations: &[Violation],
+    ) -> Result<(), Error> {
+        let kind = self.kind(key);
+        let message = format!(
+            "not synced to the host: {}",
+            violations
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        {
+            let mut r = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+            if r.get(key) == Some(&message) {
+                return Ok(());
+            }
+            r.insert(key.clone(), message.clone());
+        }
+        tracing::info!(tenant = %self.label, kind = %kind.kind(), ns = %key.namespace, name = %key.name, %message, "refused");
+        self.shared
+            .metrics
+            .synced(&self.label, kind.kind(), "refused");
+        let reference = ObjectReference {
+            api_version: Some(kind.resource.api_version.clone()),
+            kind: Some(kind.kind().to_string()),
+            name: t.metadata.name.clone(),
+            namespace: t.metadata.namespace.clone(),
+            uid: t.metadata.uid.clone(),
+            resource_version: t.metadata.resource_version.clone(),
+            field_path: None,
+        };
+        let note: String = message.chars().take(1000).collect();
+        self.api_call("tenant", "create");
+        self.recorder
+            .publish(
+                &Event {
+                    type_: EventType::Warning,
+                    reason: "SyncRefused".into(),
+                    note: Some(note),
+                    action: "Sync".into(),
+                    secondary: None,
+                },
+                &reference,
+            )
+            .await?;
+        if kind.vm_like {
+            let condition = json!({
+                "type": SYNCED_CONDITION,
+                "status": "False",
+                "reason": "RefusedByPolicy",
+                "message": message,
+                "lastTransitionTime": k8s_openapi::jiff::Timestamp::now().to_string(),
+                "lastProbeTime": null,
+            });
+            let mut status = t.data.get("status").cloned().unwrap_or_else(|| json!({}));
+            let conditions: Vec<Value> = status
+                .get("conditions")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(|c| c.get("type").and_then(Value::as_str) != Some(SYNCED_CONDITION))
+                .cloned()
+                .chain(std::iter::once(condition))
+                .collect();
+            status["conditions"] = Value::Array(conditions);
+            let mut updated = t.clone();
+            updated.data["status"] = status;
+            let api = self.tenant_api(key.kind, &key.namespace);
+            if kind.status_subresource {
+                self.api_call("tenant", "replace_status");
+                api.replace_status(&key.name, &PostParams::default(), &updated)
+                    .await?;
+            } else {
+                self.api_call("tenant", "replace");
+                api.replace(&key.name, &PostParams::default(), &updated)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The consistency scan: every tenant object and every host object in the tenant's host
+    /// namespaces is reconciled again; CRDs changed on the host are mirrored again; host
+    /// namespaces whose tenant namespace is gone are deleted.
+    pub async fn resync(&self) {
+        for (kind, store) in self.stores.iter().enumerate() {
+            let Some(store) = store else { continue };
+            for o in store.state() {
+                if let Some(ns) = o.namespace() {
+                    self.shared.enqueue(
+                        &self.vc.uid,
+                        Key {
+                            kind,
+                            namespace: ns,
+                            name: o.name_any(),
+                        },
+                    );
+                }
+            }
+        }
+        let owned: Vec<(String, String)> = self
+            .shared
+            .namespaces
+            .read()
+            .map(|m| {
+                m.iter()
+                    .filter(|(_, o)| o.is_owned_by(&self.vc.uid))
+                    .map(|(h, o)| (h.clone(), o.tenant_namespace.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (host_ns, tenant_ns) in owned {
+            for (kind, store) in self.shared.host_stores.iter().enumerate() {
+                for o in store.state() {
+                    if o.namespace().as_deref() == Some(host_ns.as_str()) {
+                        self.shared.enqueue(
+                            &self.vc.uid,
+                            Key {
+                                kind,
+                                namespace: tenant_ns.clone(),
+                                name: o.name_any(),
+                            },
+                        );
+                    }
+                }
+            }
+            if let Ok(None) = self.tenant_namespace_exists(&tenant_ns).await {
+                let api: Api<Namespace> = Api::all(self.shared.host.clone());
+                self.api_call("host", "delete");
+                if let Err(e) = api.delete(&host_ns, &DeleteParams::default()).await {
+                    tracing::debug!(error = %e, namespace = %host_ns, "deleting orphaned host namespace");
+                }
+            }
+        }
+        if let Err(e) = self.refresh_crds().await {
+            tracing::warn!(tenant = %self.label, error = %e, "refreshing CRDs");
+        }
+    }
+
+    async fn refresh_crds(&self) -> Result<(), Error> {
+        let versions = self
+            .crd_versions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let api: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+            Api::all(self.shared.host.clone());
+        let mut changed = Vec::new();
+        for (name, rv) in &versions {
+            self.api_call("host", "get");
+            if let Some(crd) = api.get_opt(name).await?
+                && crd.metadata.resource_version.as_deref() != Some(rv.as_str())
+            {
+                changed.push(name.clone());
+            }
+        }
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let (copied, _) = crate::crds::mirror(&self.shared.host, &self.client, &changed).await?;
+        let mut v = self.crd_versions.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, rv) in copied {
+            if let Some(entry) = v.iter_mut().find(|(n, _)| *n == name) {
+                entry.1 = rv;
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn watch_tenant_kind(
+    shared: Arc<Shared>,
+    uid: String,
+    client: Client,
+    kind: usize,
+    writer: reflector::store::Writer<DynamicObject>,
+) {
+    let spec = &shared.kinds[kind];
+    let api: Api<DynamicObject> = Api::all_with(client, &spec.resource);
+    let mut stream = reflector::reflector(
+        writer,
+        watcher(api, watcher::Config::default()).default_backoff(),
+    )
+    .boxed();
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(watcher::Event::InitDone) => {
+                if let Some(t) = shared.tenant(&uid) {
+                    t.mark_ready(kind);
+                } else {
+                    // the tenant is registered right after start; mark when it appears
+                    for _ in 0..100 {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        if let Some(t) = shared.tenant(&uid) {
+                            t.mark_ready(kind);
+                            break;
+                        }
+                    }
+                }
+            }
+            Ok(
+                watcher::Event::Apply(obj)
+                | watcher::Event::Delete(obj)
+                | watcher::Event::InitApply(obj),
+            ) => {
+                let Some(ns) = obj.namespace() else { continue };
+                shared.enqueue(
+                    &uid,
+                    Key {
+                        kind,
+                        namespace: ns.clone(),
+                        name: obj.name_any(),
+                    },
+                );
+                if spec.vm_like && !is_mirror(&obj) {
+                    let data = serde_json::to_value(&obj.data).unwrap_or_default();
+                    for r in references(spec.kind(), &data) {
+                        if let Some(idx) = shared.kind_index(r.kind) {
+                            shared.enqueue(
+                                &uid,
+                                Key {
+                                    kind: idx,
+                                    namespace: ns.clone(),
+                                    name: r.name,
+                                },
+                            );
+                        }
+                    }
+                }
+            }
+            Ok(watcher::Event::Init) => {}
+            Err(e) => tracing::debug!(kind = %spec.kind(), error = %e, "watching tenant objects"),
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! Test harness: a host control plane with the KubeVirt simulator, N tenant control planes
+//! registered as External VirtualClusters, and kvtenant's syncer running in-process.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::{Client, ResourceExt};
+use kvtenant_api::VirtualCluster;
+use kvtenant_api::labels::VirtualClusterRef;
+use kvtenant_kubevirt_sync::{Syncer, SyncerConfig};
+use serde_json::{Value, json};
+use testenv::simulator::{Simulator, SimulatorOptions};
+use testenv::{ControlPlane, Options};
+
+pub const VC_NAMESPACE: &str = "tenants";
+
+pub struct Tenant {
+    pub cp: ControlPlane,
+    pub vc: VirtualClusterRef,
+}
+
+impl Tenant {
+    pub fn client(&self) -> Client {
+        self.cp.client().unwrap()
+    }
+
+    pub fn kubeconfig(&self) -> &Path {
+        self.cp.kubeconfig_path()
+    }
+
+    pub fn host_ns(&self, tenant_ns: &str) -> String {
+        self.vc.host_namespace(tenant_ns)
+    }
+}
+
+pub struct Env {
+    pub host: ControlPlane,
+    pub sim: Simulator,
+    pub tenants: Vec<Tenant>,
+    pub syncer: Option<Syncer>,
+}
+
+pub fn vm_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("kubevirt.io", "v1", "VirtualMachine"),
+        "virtualmachines",
+    )
+}
+
+pub fn vmi_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("kubevirt.io", "v1", "VirtualMachineInstance"),
+        "virtualmachineinstances",
+    )
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+impl Env {
+    /// Host (with kube-controller-manager for garbage collection) + simulator + `tenants`
+    /// tenant control planes, each an External VirtualCluster; the syncer started.
+    pub async fn start(tenants: usize) -> Self {
+        let host = ControlPlane::start(Options::new("host").with_controller_manager())
+            .await
+            .unwrap();
+        let hc = host.client().unwrap();
+        let sim = Simulator::install(
+            hc.clone(),
+            SimulatorOptions::new().with_front_proxy_ca(host.pki().front_proxy_ca.cert_pem()),
+        )
+        .await
+        .unwrap();
+        install_virtualcluster_crd(&hc).await;
+        let ns: Namespace =
+            serde_json::from_value(json!({"metadata": {"name": VC_NAMESPACE}})).unwrap();
+        Api::<Namespace>::all(hc.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap();
+        let mut list = Vec::new();
+        for i in 1..=tenants {
+            let name = format!("t{i}");
+            let cp = ControlPlane::start(Options::new(format!("tenant-{i}")))
+                .await
+                .unwrap();
+            let vc = register_external(&hc, &name, cp.kubeconfig_path()).await;
+            list.push(Tenant { cp, vc });
+        }
+        let mut env = Self {
+            host,
+            sim,
+            tenants: list,
+            syncer: None,
+        };
+        env.start_syncer();
+        for t in &env.tenants {
+            wait_crd(&t.client(), "virtualmachines.kubevirt.io").await;
+        }
+        env
+    }
+
+    pub fn start_syncer(&mut self) {
+        self.syncer = Some(Syncer::start(
+            self.host.client().unwrap(),
+            SyncerConfig {
+                resync_period: Duration::from_secs(10),
+                ..SyncerConfig::default()
+            },
+        ));
+    }
+
+    pub fn host_client(&self) -> Client {
+        self.host.client().unwrap()
+    }
+
+    pub fn host_api(&self, ar: &ApiResource, ns: &str) -> Api<DynamicObject> {
+        Api::namespaced_with(self.host_client(), ns, ar)
+    }
+}
+
+pub async fn install_virtualcluster_crd(host: &Client) {
+    let api: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(host.clone());
+    for crd in kvtenant_api::crds() {
+        api.patch(
+            &crd.name_any(),
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap();
+    }
+    wait_crd(host, "virtualclusters.tenancy.kvtenant.io").await;
+}
+
+pub async fn wait_crd(client: &Client, name: &str) {
+    let api: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client.clone());
+    eventually(
+        &format!("CRD {name} established"),
+        Duration::from_secs(60),
+        || {
+            let api = api.clone();
+            let name = name.to_string();
+            async move {
+                api.get_opt(&name)
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|c| c.status)
+                    .and_then(|s| s.conditions)
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+            }
+        },
+    )
+    .await;
+}
+
+/// Creates the kubeconfig Secret and an External VirtualCluster for a tenant control plane.
+pub async fn register_external(host: &Client, name: &str, kubeconfig: &Path) -> VirtualClusterRef {
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": format!("{name}-kubeconfig"), "namespace": VC_NAMESPACE},
+        "stringData": {"kubeconfig": std::fs::read_to_string(kubeconfig).unwrap()}
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(host.clone(), VC_NAMESPACE)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let vc: VirtualCluster = serde_json::from_value(json!({
+        "apiVersion": "tenancy.kvtenant.io/v1alpha1", "kind": "VirtualCluster",
+        "metadata": {"name": name, "namespace": VC_NAMESPACE},
+        "spec": {"controlPlane": {"mode": "External",
+            "kubeconfigSecretRef": {"name": format!("{name}-kubeconfig")}}}
+    }))
+    .unwrap();
+    let created = Api::<VirtualCluster>::namespaced(host.clone(), VC_NAMESPACE)
+        .create(&PostParams::default(), &vc)
+        .await
+        .unwrap();
+    VirtualClusterRef::from_virtualcluster(&created).unwrap()
+}
+
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !f().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until `f` returns `Some`, and returns it.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs the real kubectl with a kubeconfig; panics with its stderr on failure.
+pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn kubectl_json(kubeconfig: &Path, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    serde_json::from_str(&kubectl(kubeconfig, &all)).unwrap()
+}
+
+pub async fn get(api: &Api<DynamicObject>, name: &str) -> Option<DynamicObject> {
+    api.get_opt(name).await.ok().flatten()
+}
+
+/// A minimal valid VM manifest.
+pub fn vm_manifest(name: &str, ns: &str, extra_spec: Value) -> Value {
+    let mut vm = json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"runStrategy": "Always", "template": {"metadata": {"labels": {"vm": name}}, "spec": {
+            "domain": {"memory": {"guest": "128Mi"}, "devices": {"disks": [{"name": "root", "disk": {"bus": "virtio"}}]}},
+            "volumes": [{"name": "root", "containerDisk": {"image": "quay.io/containerdisks/fedora:41"}}]
+        }}}
+    });
+    merge(&mut vm["spec"]["template"]["spec"], extra_spec);
+    vm
+}
+
+fn merge(target: &mut Value, patch: Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                merge(t.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (t, p) => *t = p,
+    }
+}

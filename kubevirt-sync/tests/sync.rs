@@ -1,0 +1,371 @@
+//! The syncer against real apiservers: one host with the KubeVirt simulator (KubeVirt is
+//! simulated: no VM boots) and tenant control planes driven with the real kubectl.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use k8s_openapi::api::core::v1::{Event, Secret};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn strip_owned(mut spec: Value) -> Value {
+    // the simulator's mutating webhook (KubeVirt's VM mutator) defaults the machine type on the
+    // host; tenant-side webhooks are a separate feature
+    if let Some(domain) = spec
+        .pointer_mut("/template/spec/domain")
+        .and_then(Value::as_object_mut)
+    {
+        domain.remove("machine");
+    }
+    spec
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_apply_runs_the_vm_on_the_host_and_status_comes_back() {
+    let env = Env::start(1).await;
+    let t = &env.tenants[0];
+    let sample = repo_root().join("samples/vm-cloudinit.yaml");
+    kubectl(t.kubeconfig(), &["apply", "-f", sample.to_str().unwrap()]);
+    // an unreferenced Secret stays in the tenant
+    kubectl(
+        t.kubeconfig(),
+        &[
+            "create",
+            "secret",
+            "generic",
+            "unrelated",
+            "--from-literal=k=v",
+        ],
+    );
+
+    let host_ns = t.host_ns("default");
+    let host_vms = env.host_api(&vm_resource(), &host_ns);
+    let host_vm = wait_for("the VM on the host", WAIT, || {
+        let api = host_vms.clone();
+        async move { get(&api, "vm1").await }
+    })
+    .await;
+    let tenant_vm = kubectl_json(t.kubeconfig(), &["get", "vm", "vm1"]);
+    assert_eq!(
+        strip_owned(serde_json::to_value(&host_vm.data["spec"]).unwrap()),
+        tenant_vm["spec"],
+        "the host VM's spec must be the tenant's"
+    );
+    assert_eq!(host_vm.metadata.labels.as_ref().unwrap()["app"], "web");
+
+    // the tenant sees the instance Running with node and IP
+    let vmi = wait_for("the VMI Running in the tenant", WAIT, || {
+        let kc = t.kubeconfig().to_path_buf();
+        async move {
+            let out = std::process::Command::new("kubectl")
+                .arg("--kubeconfig")
+                .arg(&kc)
+                .args(["get", "vmi", "vm1", "-o", "json"])
+                .output()
+                .ok()?;
+            let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+            (v["status"]["phase"] == "Running").then_some(v)
+        }
+    })
+    .await;
+    assert!(
+        vmi["status"]["nodeName"]
+            .as_str()
+            .is_some_and(|n| !n.is_empty())
+    );
+    assert!(
+        vmi["status"]["interfaces"][0]["ipAddress"]
+            .as_str()
+            .is_some()
+    );
+    assert_eq!(
+        vmi["metadata"]["ownerReferences"][0]["uid"],
+        tenant_vm["metadata"]["uid"]
+    );
+    let table = kubectl(t.kubeconfig(), &["get", "vm,vmi"]);
+    assert!(table.contains("Running"), "{table}");
+    eventually("VM printableStatus Running in the tenant", WAIT, || {
+        let kc = t.kubeconfig().to_path_buf();
+        async move {
+            kubectl_json(&kc, &["get", "vm", "vm1"])["status"]["printableStatus"] == "Running"
+        }
+    })
+    .await;
+
+    let secrets: Api<Secret> = Api::namespaced(env.host_client(), &host_ns);
+    assert!(secrets.get_opt("vm1-cloudinit").await.unwrap().is_some());
+    assert!(secrets.get_opt("unrelated").await.unwrap().is_none());
+
+    // stop through spec, then start again
+    kubectl(
+        t.kubeconfig(),
+        &[
+            "patch",
+            "vm",
+            "vm1",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"runStrategy":"Halted"}}"#,
+        ],
+    );
+    eventually("the VMI gone in the tenant after stop", WAIT, || {
+        let kc = t.kubeconfig().to_path_buf();
+        async move {
+            kubectl(&kc, &["get", "vmi", "-o", "name"])
+                .trim()
+                .is_empty()
+        }
+    })
+    .await;
+    kubectl(
+        t.kubeconfig(),
+        &[
+            "patch",
+            "vm",
+            "vm1",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"runStrategy":"Always"}}"#,
+        ],
+    );
+    eventually("the VMI back after start", WAIT, || {
+        let kc = t.kubeconfig().to_path_buf();
+        async move { kubectl(&kc, &["get", "vmi", "-o", "name"]).contains("vm1") }
+    })
+    .await;
+
+    // delete in the tenant deletes on the host
+    kubectl(t.kubeconfig(), &["delete", "vm", "vm1", "--wait=false"]);
+    eventually("the host VM gone", WAIT, || {
+        let api = host_vms.clone();
+        async move { get(&api, "vm1").await.is_none() }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_tenants_with_the_same_names_do_not_collide() {
+    let env = Env::start(2).await;
+    for (i, t) in env.tenants.iter().enumerate() {
+        let api: Api<DynamicObject> = Api::namespaced_with(t.client(), "default", &vm_resource());
+        let mut vm = vm_manifest("same", "default", json!({}));
+        vm["metadata"]["labels"] = json!({"tenant": format!("t{i}")});
+        api.create(&PostParams::default(), &serde_json::from_value(vm).unwrap())
+            .await
+            .unwrap();
+    }
+    for (i, t) in env.tenants.iter().enumerate() {
+        let host_ns = t.host_ns("default");
+        let api = env.host_api(&vm_resource(), &host_ns);
+        let vm = wait_for("the tenant's VM on the host", WAIT, || {
+            let api = api.clone();
+            async move { get(&api, "same").await }
+        })
+        .await;
+        assert_eq!(vm.metadata.labels.unwrap()["tenant"], format!("t{i}"));
+    }
+    assert_ne!(
+        env.tenants[0].host_ns("default"),
+        env.tenants[1].host_ns("default")
+    );
+    // each tenant sees exactly its own VM and its own instance
+    for t in &env.tenants {
+        eventually("one VMI per tenant", WAIT, || {
+            let kc = t.kubeconfig().to_path_buf();
+            async move {
+                let names = kubectl(&kc, &["get", "vmi", "-A", "-o", "name"]);
+                names.lines().count() == 1
+            }
+        })
+        .await;
+        assert_eq!(
+            kubectl(t.kubeconfig(), &["get", "vm", "-A", "-o", "name"])
+                .lines()
+                .count(),
+            1
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn host_disk_and_node_pinning_are_refused_with_an_event() {
+    let env = Env::start(1).await;
+    let t = &env.tenants[0];
+    let api: Api<DynamicObject> = Api::namespaced_with(t.client(), "default", &vm_resource());
+    let bad_disk = vm_manifest(
+        "hostdisk",
+        "default",
+        json!({"domain": {"devices": {"disks": [{"name": "root", "disk": {}}, {"name": "h", "disk": {}}]}},
+               "volumes": [{"name": "root", "containerDisk": {"image": "x"}},
+                           {"name": "h", "hostDisk": {"path": "/etc/shadow", "type": "Disk"}}]}),
+    );
+    let pinned = vm_manifest(
+        "pinned",
+        "default",
+        json!({"nodeSelector": {"kubernetes.io/hostname": "node-1"}}),
+    );
+    let good = vm_manifest("good", "default", json!({}));
+    for vm in [bad_disk, pinned, good] {
+        api.create(&PostParams::default(), &serde_json::from_value(vm).unwrap())
+            .await
+            .unwrap();
+    }
+    let events: Api<Event> = Api::namespaced(t.client(), "default");
+    for name in ["hostdisk", "pinned"] {
+        let ev = wait_for(&format!("a SyncRefused event for {name}"), WAIT, || {
+            let events = events.clone();
+            async move {
+                events
+                    .list(&ListParams::default())
+                    .await
+                    .ok()?
+                    .items
+                    .into_iter()
+                    .find(|e| {
+                        e.involved_object.name.as_deref() == Some(name)
+                            && e.reason.as_deref() == Some("SyncRefused")
+                    })
+            }
+        })
+        .await;
+        let msg = ev.message.unwrap_or_default();
+        assert!(
+            msg.contains(if name == "hostdisk" {
+                "hostDisk"
+            } else {
+                "nodeSelector"
+            }),
+            "{msg}"
+        );
+        let vm = api.get(name).await.unwrap();
+        let cond = vm.data["status"]["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "Synced").cloned())
+            .expect("a Synced condition");
+        assert_eq!(cond["status"], "False");
+    }
+    // the good one is synced; the refused ones never appear on the host
+    let host = env.host_api(&vm_resource(), &t.host_ns("default"));
+    wait_for("the good VM on the host", WAIT, || {
+        let host = host.clone();
+        async move { get(&host, "good").await }
+    })
+    .await;
+    assert!(get(&host, "hostdisk").await.is_none());
+    assert!(get(&host, "pinned").await.is_none());
+
+    // editing a mirror in the tenant is reverted
+    let vmis: Api<DynamicObject> = Api::namespaced_with(t.client(), "default", &vmi_resource());
+    wait_for("the VMI mirror", WAIT, || {
+        let vmis = vmis.clone();
+        async move { get(&vmis, "good").await }
+    })
+    .await;
+    vmis.patch(
+        "good",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"tampered": "yes"}}})),
+    )
+    .await
+    .unwrap();
+    eventually("the tenant's edit of the mirror reverted", WAIT, || {
+        let vmis = vmis.clone();
+        async move {
+            get(&vmis, "good").await.is_some_and(|v| {
+                !v.metadata
+                    .labels
+                    .unwrap_or_default()
+                    .contains_key("tampered")
+            })
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pool_of_three_shows_three_vms_and_instances_in_the_tenant() {
+    let env = Env::start(1).await;
+    let t = &env.tenants[0];
+    let sample = repo_root().join("samples/vm-pool.yaml");
+    kubectl(t.kubeconfig(), &["apply", "-f", sample.to_str().unwrap()]);
+    eventually("3 VMs and 3 VMIs in the tenant", WAIT, || {
+        let kc = t.kubeconfig().to_path_buf();
+        async move {
+            let vms = kubectl(&kc, &["get", "vm", "-o", "name"]);
+            let vmis = kubectl(&kc, &["get", "vmi", "-o", "name"]);
+            vms.lines().count() == 3 && vmis.lines().count() == 3
+        }
+    })
+    .await;
+    let pool = kubectl_json(t.kubeconfig(), &["get", "vmpool", "web-pool"]);
+    let vm = kubectl_json(t.kubeconfig(), &["get", "vm", "web-pool-0"]);
+    assert_eq!(
+        vm["metadata"]["ownerReferences"][0]["uid"],
+        pool["metadata"]["uid"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_syncer_killed_while_creating_200_vms_converges_after_restart() {
+    let mut env = Env::start(1).await;
+    let t = &env.tenants[0];
+    let api: Api<DynamicObject> = Api::namespaced_with(t.client(), "default", &vm_resource());
+    let total = 200;
+    for i in 0..total {
+        let vm = vm_manifest(&format!("vm-{i:03}"), "default", json!({}));
+        api.create(&PostParams::default(), &serde_json::from_value(vm).unwrap())
+            .await
+            .unwrap();
+        if i == total / 2 {
+            drop(env.syncer.take()); // killed mid-way: tasks aborted, nothing flushed
+        }
+    }
+    env.start_syncer();
+    let host = env.host_api(&vm_resource(), &env.tenants[0].host_ns("default"));
+    eventually("all 200 VMs on the host", Duration::from_secs(180), || {
+        let host = host.clone();
+        async move {
+            host.list(&ListParams::default())
+                .await
+                .map(|l| l.items.len() == total)
+                .unwrap_or(false)
+        }
+    })
+    .await;
+    // exactly once each, every one a copy of a tenant VM; and every tenant VM reports Running
+    let listed = host.list(&ListParams::default()).await.unwrap().items;
+    let mut names: Vec<String> = listed
+        .iter()
+        .map(|v| v.metadata.name.clone().unwrap())
+        .collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), total);
+    eventually("all tenant VMs Running", Duration::from_secs(180), || {
+        let api = api.clone();
+        async move {
+            api.list(&ListParams::default()).await.is_ok_and(|l| {
+                l.items.len() == total
+                    && l.items
+                        .iter()
+                        .all(|v| v.data["status"]["printableStatus"] == "Running")
+            })
+        }
+    })
+    .await;
+    // an orphan (host copy of a VM deleted from the tenant while the syncer was down) is removed
+    drop(env.syncer.take());
+    api.delete("vm-000", &DeleteParams::default())
+        .await
+        .unwrap();
+    env.start_syncer();
+    eventually("the orphan removed", WAIT, || {
+        let host = host.clone();
+        async move { get(&host, "vm-000").await.is_none() }
+    })
+    .await;
+}
