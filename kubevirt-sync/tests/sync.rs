@@ -1,6 +1,8 @@
 //! The syncer against real apiservers: one host with the KubeVirt simulator (KubeVirt is
 //! simulated: no VM boots) and tenant control planes driven with the real kubectl.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;

@@ -7,6 +7,7 @@
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
+use testenv::simulator::{Simulator, SimulatorOptions};
 use testenv::{ControlPlane, Options, binaries};
 
 #[derive(Parser)]
@@ -115,7 +116,16 @@ async fn up(tenants: usize, kubevirt: bool, controller_manager: bool) -> anyhow:
     Ok(())
 }
 
-async fn install_simulator(host: &ControlPlane) -> anyhow::Result<()> {
-    let _ = host;
-    anyhow::bail!("the KubeVirt simulator is not available in this build yet")
+async fn install_simulator(host: &ControlPlane) -> anyhow::Result<Simulator> {
+    let sim = Simulator::install(
+        host.client()?,
+        SimulatorOptions::new().with_front_proxy_ca(host.pki().front_proxy_ca.cert_pem()),
+    )
+    .await?;
+    println!(
+        "KubeVirt simulator: CRDs {:?}, virt-api on 127.0.0.1:{} (simulated: no VM boots)",
+        sim.crds_source(),
+        sim.port()
+    );
+    Ok(sim)
 }

@@ -1,6 +1,7 @@
 //! Test harness: a host control plane with the KubeVirt simulator, N tenant control planes
 //! registered as External VirtualClusters, and kvtenant's syncer running in-process.
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

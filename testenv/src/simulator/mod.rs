@@ -12,7 +12,7 @@
 //!    strategies and state change requests; Events from `virt-controller`; VirtualMachinePool →
 //!    VMs (`pool`); DataVolume → PVC + `Succeeded` (`datavolume`); migrations (`migration`).
 //!    VMs get no finalizer (see `vm`).
-//! 3. **A fake virt-api** on `https://127.0.0.1:<port>` (`server`, `virt_api`, `webhooks`):
+//! 3. **A fake virt-api** on `https://127.0.0.1:<port>` (`server`, `virt_api`, `subresources`, `webhooks`):
 //!    the `virt-api` ExternalName Service, the `virt-api-validator`/`virt-api-mutator` webhook
 //!    configurations and the `subresources.kubevirt.io` APIServices (`register`), serving
 //!    start/stop/restart/migrate, pause/unpause/freeze/unfreeze/softreboot/reset, guest agent
@@ -29,6 +29,7 @@ mod migration;
 mod pool;
 mod register;
 mod server;
+mod subresources;
 mod tls;
 mod util;
 mod virt_api;

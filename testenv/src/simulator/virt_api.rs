@@ -13,25 +13,18 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
-use http::{HeaderMap, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, Method, Request, Response, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
-use kube::{Client, Resource, ResourceExt};
+use kube::Client;
+use kube::api::{Api, DynamicObject};
 use serde_json::{Value, json};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_util::sync::CancellationToken;
 
 use super::Counters;
 use super::kinds::{self, SUBRESOURCE_GROUP, SUBRESOURCE_VERSIONS};
 use super::server::ConnInfo;
-use super::util::{self, RunStrategy, is_final_phase, phase, spec};
-use super::vmi::{remove_condition, status_mut, upsert_condition};
+use super::subresources;
 use super::webhooks::{self, Hook};
 
 pub type Body = Full<Bytes>;
@@ -105,7 +98,7 @@ impl ApiState {
 // ---------------------------------------------------------------------------------------------
 // Responses
 
-fn respond(code: u16, content_type: &str, body: Bytes) -> Response<Body> {
+pub(super) fn respond(code: u16, content_type: &str, body: Bytes) -> Response<Body> {
     Response::builder()
         .status(code)
         .header(header::CONTENT_TYPE, content_type)
@@ -113,7 +106,7 @@ fn respond(code: u16, content_type: &str, body: Bytes) -> Response<Body> {
         .unwrap_or_else(|_| Response::new(Full::default()))
 }
 
-fn json_response(code: u16, v: &Value) -> Response<Body> {
+pub(super) fn json_response(code: u16, v: &Value) -> Response<Body> {
     respond(
         code,
         "application/json",
@@ -121,7 +114,7 @@ fn json_response(code: u16, v: &Value) -> Response<Body> {
     )
 }
 
-fn empty(code: u16) -> Response<Body> {
+pub(super) fn empty(code: u16) -> Response<Body> {
     Response::builder()
         .status(code)
         .body(Full::default())
@@ -129,7 +122,7 @@ fn empty(code: u16) -> Response<Body> {
 }
 
 /// A `metav1.Status` failure.
-fn status_response(
+pub(super) fn status_response(
     code: u16,
     reason: &str,
     message: String,
@@ -151,7 +144,7 @@ fn status_response(
 }
 
 /// `errors.NewNotFound(v1.Resource(resource), name)`.
-fn not_found(resource: &str, name: &str) -> Response<Body> {
+pub(super) fn not_found(resource: &str, name: &str) -> Response<Body> {
     status_response(
         404,
         "NotFound",
@@ -161,7 +154,7 @@ fn not_found(resource: &str, name: &str) -> Response<Body> {
 }
 
 /// `errors.NewConflict(v1.Resource(resource), name, err)`.
-fn conflict(resource: &str, name: &str, err: &str) -> Response<Body> {
+pub(super) fn conflict(resource: &str, name: &str, err: &str) -> Response<Body> {
     status_response(
         409,
         "Conflict",
@@ -170,11 +163,11 @@ fn conflict(resource: &str, name: &str, err: &str) -> Response<Body> {
     )
 }
 
-fn bad_request(message: String) -> Response<Body> {
+pub(super) fn bad_request(message: String) -> Response<Body> {
     status_response(400, "BadRequest", message, None)
 }
 
-fn kube_error(e: &kube::Error) -> Response<Body> {
+pub(super) fn kube_error(e: &kube::Error) -> Response<Body> {
     match e {
         kube::Error::Api(s) if s.code >= 400 => {
             status_response(s.code, &s.reason, s.message.clone(), None)
@@ -317,7 +310,7 @@ pub async fn handle(
     }
 }
 
-async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
+pub(super) async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
     Limited::new(req.into_body(), MAX_BODY)
         .collect()
         .await
@@ -433,7 +426,7 @@ async fn dispatch(state: &Arc<ApiState>, req: Request<Incoming>, rest: &[&str]) 
                         Err(r) => return r,
                     };
                     let options: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                    vm_action(state, ns, name, &action, &options).await
+                    subresources::vm_action(state, ns, name, &action, &options).await
                 }
                 (&Method::GET, "expand-spec") => match vms(state, ns).get_opt(name).await {
                     Ok(Some(vm)) => {
@@ -464,11 +457,13 @@ async fn dispatch(state: &Arc<ApiState>, req: Request<Incoming>, rest: &[&str]) 
                 (
                     &Method::PUT,
                     "pause" | "unpause" | "freeze" | "unfreeze" | "softreboot" | "reset",
-                ) => vmi_action(state, ns, name, &action).await,
+                ) => subresources::vmi_action(state, ns, name, &action).await,
                 (&Method::GET, "guestosinfo" | "userlist" | "filesystemlist") => {
-                    guest_agent(state, ns, name, &action).await
+                    subresources::guest_agent(state, ns, name, &action).await
                 }
-                (&Method::GET, "console" | "vnc") => stream(state, ns, name, req).await,
+                (&Method::GET, "console" | "vnc") => {
+                    subresources::stream(state, ns, name, req).await
+                }
                 _ if action.starts_with("portforward") => not_simulated(&action),
                 (
                     _,
@@ -508,7 +503,7 @@ fn not_simulated(action: &str) -> Response<Body> {
     )
 }
 
-fn route_not_found(method: &Method, what: &str) -> Response<Body> {
+pub(super) fn route_not_found(method: &Method, what: &str) -> Response<Body> {
     status_response(
         404,
         "NotFound",
@@ -517,388 +512,19 @@ fn route_not_found(method: &Method, what: &str) -> Response<Body> {
     )
 }
 
-fn vms(state: &ApiState, ns: &str) -> Api<DynamicObject> {
+pub(super) fn vms(state: &ApiState, ns: &str) -> Api<DynamicObject> {
     Api::namespaced_with(state.client.clone(), ns, &kinds::vm())
 }
 
-fn vmis(state: &ApiState, ns: &str) -> Api<DynamicObject> {
+pub(super) fn vmis(state: &ApiState, ns: &str) -> Api<DynamicObject> {
     Api::namespaced_with(state.client.clone(), ns, &kinds::vmi())
 }
 
-fn dry_run(options: &Value) -> bool {
+pub(super) fn dry_run(options: &Value) -> bool {
     options
         .get("dryRun")
         .and_then(Value::as_array)
         .is_some_and(|d| d.iter().any(|v| v.as_str() == Some("All")))
-}
-
-// ---------------------------------------------------------------------------------------------
-// VM lifecycle (pkg/virt-api/rest/lifecycle.go)
-
-async fn vm_action(
-    state: &ApiState,
-    ns: &str,
-    name: &str,
-    action: &str,
-    options: &Value,
-) -> Response<Body> {
-    let vm = match vms(state, ns).get_opt(name).await {
-        Ok(Some(vm)) => vm,
-        Ok(None) => return not_found("virtualmachine", name),
-        Err(e) => return kube_error(&e),
-    };
-    let vmi = match vmis(state, ns).get_opt(name).await {
-        Ok(v) => v,
-        Err(e) => return kube_error(&e),
-    };
-    let strategy = RunStrategy::of(spec(&vm));
-    let dry = dry_run(options);
-    let vmi_phase = vmi.as_ref().map(phase).unwrap_or("");
-    let active = vmi.is_some() && !is_final_phase(vmi_phase);
-    let vmi_uid = vmi.as_ref().and_then(|v| v.uid()).unwrap_or_default();
-    let result = match action {
-        "start" => {
-            if active && !vmi_phase.is_empty() && vmi_phase != "Unknown" {
-                return conflict("virtualmachine", name, "VM is already running");
-            }
-            match strategy {
-                RunStrategy::Halted => set_running(state, ns, &vm, true, dry).await,
-                RunStrategy::Manual | RunStrategy::RerunOnFailure => {
-                    add_requests(state, ns, name, vec![json!({"action": "Start"})], dry).await
-                }
-                _ => {
-                    return conflict(
-                        "virtualmachine",
-                        name,
-                        &format!("{strategy} does not support manual start requests"),
-                    );
-                }
-            }
-        }
-        "stop" => match strategy {
-            RunStrategy::Always | RunStrategy::Once => {
-                set_running(state, ns, &vm, false, dry).await
-            }
-            _ => {
-                if !active {
-                    return conflict("virtualmachine", name, "VM is not running");
-                }
-                add_requests(
-                    state,
-                    ns,
-                    name,
-                    vec![json!({"action": "Stop", "uid": vmi_uid})],
-                    dry,
-                )
-                .await
-            }
-        },
-        "restart" => {
-            if matches!(strategy, RunStrategy::Halted | RunStrategy::Once) {
-                return conflict(
-                    "virtualmachine",
-                    name,
-                    &format!("{strategy} does not support manual restart requests"),
-                );
-            }
-            if vmi.is_none() {
-                return conflict("virtualmachine", name, "VM is not running");
-            }
-            add_requests(
-                state,
-                ns,
-                name,
-                vec![
-                    json!({"action": "Stop", "uid": vmi_uid}),
-                    json!({"action": "Start"}),
-                ],
-                dry,
-            )
-            .await
-        }
-        "migrate" => {
-            if vmi_phase != "Running" {
-                return conflict("virtualmachine", name, "VM is not running");
-            }
-            create_migration(state, ns, name, dry).await
-        }
-        _ => return route_not_found(&Method::PUT, action),
-    };
-    match result {
-        Ok(()) => empty(202),
-        Err(e) => kube_error(&e),
-    }
-}
-
-/// Halted → running: patches `spec.running: true` on a VM that uses `running`, else
-/// `spec.runStrategy: Always` (and the reverse for stop).
-async fn set_running(
-    state: &ApiState,
-    ns: &str,
-    vm: &DynamicObject,
-    running: bool,
-    dry: bool,
-) -> Result<(), kube::Error> {
-    if dry {
-        return Ok(());
-    }
-    let patch = if spec(vm).get("running").is_some() {
-        json!({"spec": {"running": running}})
-    } else {
-        json!({"spec": {"runStrategy": if running { "Always" } else { "Halted" }}})
-    };
-    vms(state, ns)
-        .patch(
-            &vm.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-        .map(|_| ())
-}
-
-/// Appends `status.stateChangeRequests` through `/status`, retrying on conflicts.
-async fn add_requests(
-    state: &ApiState,
-    ns: &str,
-    name: &str,
-    requests: Vec<Value>,
-    dry: bool,
-) -> Result<(), kube::Error> {
-    if dry {
-        return Ok(());
-    }
-    let api = vms(state, ns);
-    let mut attempt = 0;
-    loop {
-        let mut vm = api.get(name).await?;
-        let data = util::obj_mut(&mut vm.data);
-        let status = util::obj_mut(data.entry("status").or_insert_with(|| json!({})));
-        let list = status
-            .entry("stateChangeRequests")
-            .or_insert_with(|| json!([]));
-        if !list.is_array() {
-            *list = json!([]);
-        }
-        if let Some(a) = list.as_array_mut() {
-            a.extend(requests.iter().cloned());
-        }
-        match api.replace_status(name, &PostParams::default(), &vm).await {
-            Ok(_) => return Ok(()),
-            Err(e) if util::is_conflict(&e) && attempt < 10 => attempt += 1,
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-async fn create_migration(
-    state: &ApiState,
-    ns: &str,
-    name: &str,
-    dry: bool,
-) -> Result<(), kube::Error> {
-    let vmim: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "kubevirt.io/v1",
-        "kind": "VirtualMachineInstanceMigration",
-        "metadata": {"generateName": "kubevirt-migrate-vm-", "namespace": ns},
-        "spec": {"vmiName": name},
-    }))
-    .map_err(kube::Error::SerdeError)?;
-    let pp = PostParams {
-        dry_run: dry,
-        ..Default::default()
-    };
-    Api::<DynamicObject>::namespaced_with(state.client.clone(), ns, &kinds::vmim())
-        .create(&pp, &vmim)
-        .await
-        .map(|_| ())
-}
-
-// ---------------------------------------------------------------------------------------------
-// VMI actions (proxied to virt-handler in KubeVirt)
-
-async fn vmi_action(state: &ApiState, ns: &str, name: &str, action: &str) -> Response<Body> {
-    let api = vmis(state, ns);
-    let mut attempt = 0;
-    loop {
-        let mut vmi = match api.get_opt(name).await {
-            Ok(Some(v)) => v,
-            Ok(None) => return not_found("virtualmachineinstance", name),
-            Err(e) => return kube_error(&e),
-        };
-        if phase(&vmi) != "Running" || vmi.meta().deletion_timestamp.is_some() {
-            return conflict("virtualmachineinstance", name, "VMI is not running");
-        }
-        let paused = util::condition_true(&vmi, "Paused");
-        let now = util::now();
-        match action {
-            "pause" => {
-                if paused {
-                    return conflict("virtualmachineinstance", name, "VMI is already paused");
-                }
-                let status = status_mut(&mut vmi);
-                upsert_condition(status, "Paused", true, &now);
-                if let Some(c) = status
-                    .get_mut("conditions")
-                    .and_then(Value::as_array_mut)
-                    .and_then(|a| {
-                        a.iter_mut()
-                            .find(|c| c.get("type").and_then(Value::as_str) == Some("Paused"))
-                    })
-                {
-                    c["reason"] = json!("PausedByUser");
-                    c["message"] = json!("VMI was paused by user");
-                }
-            }
-            "unpause" => {
-                if !paused {
-                    return conflict("virtualmachineinstance", name, "VMI is not paused");
-                }
-                remove_condition(status_mut(&mut vmi), "Paused");
-            }
-            "freeze" => {
-                status_mut(&mut vmi).insert("fsFreezeStatus".into(), json!("frozen"));
-            }
-            "unfreeze" => {
-                if status_mut(&mut vmi).remove("fsFreezeStatus").is_none() {
-                    return empty(200);
-                }
-            }
-            _ => return empty(200), // softreboot, reset: nothing to show
-        }
-        match api.replace(name, &PostParams::default(), &vmi).await {
-            Ok(_) => return empty(200),
-            Err(e) if util::is_conflict(&e) && attempt < 10 => attempt += 1,
-            Err(e) => return kube_error(&e),
-        }
-    }
-}
-
-async fn guest_agent(state: &ApiState, ns: &str, name: &str, what: &str) -> Response<Body> {
-    let vmi = match vmis(state, ns).get_opt(name).await {
-        Ok(Some(v)) => v,
-        Ok(None) => return not_found("virtualmachineinstance", name),
-        Err(e) => return kube_error(&e),
-    };
-    if !util::condition_true(&vmi, "AgentConnected") {
-        return conflict(
-            "virtualmachineinstance",
-            name,
-            "VMI does not have guest agent connected",
-        );
-    }
-    let user = json!({"userName": "simulator", "domain": "", "loginTime": 0.0});
-    let fs = json!({"diskName": "vda1", "mountPoint": "/", "fileSystemType": "ext4", "usedBytes": 0, "totalBytes": 0});
-    let body = match what {
-        "guestosinfo" => json!({
-            "guestAgentVersion": "kvtenant-simulator",
-            "hostname": name,
-            "os": {
-                "name": "KubeVirt simulator (no guest runs)",
-                "id": "kvtenant-simulator",
-                "version": "0",
-                "kernelRelease": "",
-                "kernelVersion": "",
-                "machine": "x86_64",
-                "prettyName": "kvtenant KubeVirt simulator",
-            },
-            "timezone": "UTC, 0",
-            "userList": [user],
-            "fsInfo": {"disks": [fs]},
-        }),
-        "userlist" => json!({"metadata": {}, "items": [user]}),
-        _ => json!({"metadata": {}, "items": [fs]}),
-    };
-    json_response(200, &body)
-}
-
-// ---------------------------------------------------------------------------------------------
-// console / vnc: websocket echo
-
-fn is_websocket(headers: &HeaderMap) -> bool {
-    let has = |name: header::HeaderName, token: &str| {
-        headers.get_all(name).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-        })
-    };
-    has(header::CONNECTION, "upgrade") && has(header::UPGRADE, "websocket")
-}
-
-/// Accepts the websocket (subprotocol `plain.kubevirt.io` if offered, as virt-api's upgrader)
-/// and echoes every text and binary message back.
-async fn stream(
-    state: &Arc<ApiState>,
-    ns: &str,
-    name: &str,
-    mut req: Request<Incoming>,
-) -> Response<Body> {
-    let vmi = match vmis(state, ns).get_opt(name).await {
-        Ok(Some(v)) => v,
-        Ok(None) => return not_found("virtualmachineinstance", name),
-        Err(e) => return kube_error(&e),
-    };
-    if phase(&vmi) != "Running" {
-        return bad_request(format!(
-            "Unable to connect to VM because phase is {} instead of Running",
-            phase(&vmi)
-        ));
-    }
-    if !is_websocket(req.headers()) {
-        return bad_request("websocket: the client is not using the websocket protocol".into());
-    }
-    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
-        return bad_request("websocket: missing Sec-WebSocket-Key".into());
-    };
-    let offers_plain = req
-        .headers()
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|p| p.trim() == PLAIN_STREAM_PROTOCOL);
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    let shutdown = state.shutdown.clone();
-    state.counters.inc(&state.counters.websocket_sessions);
-    tokio::spawn(async move {
-        let upgraded = match on_upgrade.await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::debug!(error = %e, "simulator virt-api: websocket upgrade failed");
-                return;
-            }
-        };
-        let mut ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
-        loop {
-            let next = tokio::select! {
-                m = ws.next() => m,
-                () = shutdown.cancelled() => break,
-            };
-            match next {
-                Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
-                    if ws.send(m).await.is_err() {
-                        break;
-                    }
-                }
-                Some(Ok(Message::Close(_)) | Err(_)) | None => break,
-                Some(Ok(_)) => {} // ping/pong: tungstenite answers pings itself
-            }
-        }
-        let _ = ws.close(None).await;
-    });
-    let mut builder = Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(header::CONNECTION, "Upgrade")
-        .header(header::UPGRADE, "websocket")
-        .header(
-            header::SEC_WEBSOCKET_ACCEPT,
-            derive_accept_key(key.as_bytes()),
-        );
-    if offers_plain {
-        builder = builder.header(header::SEC_WEBSOCKET_PROTOCOL, PLAIN_STREAM_PROTOCOL);
-    }
-    builder.body(Full::default()).unwrap_or_else(|_| empty(500))
 }
 
 #[cfg(test)]

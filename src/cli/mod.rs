@@ -1,0 +1,520 @@
+//! Admin commands: create, list, connect, disconnect, pause, resume, delete.
+
+mod kubeconfig;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::{Args, ValueEnum};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, ResourceExt};
+use kvtenant_api::{ControlPlaneMode, DEFAULT_KUBECONFIG_KEY, VirtualCluster};
+use serde_json::{Value, json};
+
+pub use kubeconfig::disconnect;
+
+/// Flags shared by every command.
+#[derive(Args, Clone, Debug)]
+pub struct GlobalArgs {
+    /// Kubeconfig of the host cluster (default: $KUBECONFIG, then ~/.kube/config, then
+    /// in-cluster).
+    #[arg(long, global = true, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context of the host cluster (default: the current context).
+    #[arg(long, global = true, env = "KVTENANT_CONTEXT")]
+    pub context: Option<String>,
+    /// Log as JSON lines (for components).
+    #[arg(long, global = true, env = "KVTENANT_LOG_JSON")]
+    pub log_json: bool,
+}
+
+impl GlobalArgs {
+    /// The kubeconfig file `connect`/`disconnect` edit.
+    pub fn kubeconfig_path(&self) -> anyhow::Result<PathBuf> {
+        if let Some(p) = &self.kubeconfig {
+            // KUBECONFIG may be a list; the first file is the one kubectl writes to
+            let first = p
+                .to_string_lossy()
+                .split(':')
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            return Ok(PathBuf::from(first));
+        }
+        let home = std::env::var_os("HOME").context("HOME is not set; pass --kubeconfig")?;
+        Ok(PathBuf::from(home).join(".kube").join("config"))
+    }
+
+    /// A client for the host cluster.
+    pub async fn host_client(&self) -> anyhow::Result<Client> {
+        let opts = KubeConfigOptions {
+            context: self.context.clone(),
+            ..KubeConfigOptions::default()
+        };
+        let config = match &self.kubeconfig {
+            Some(_) => {
+                let path = self.kubeconfig_path()?;
+                let kc = Kubeconfig::read_from(&path)
+                    .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+                kube::Config::from_custom_kubeconfig(kc, &opts).await?
+            }
+            None if self.context.is_some() => kube::Config::from_kubeconfig(&opts).await?,
+            None => kube::Config::infer().await?,
+        };
+        Ok(Client::try_from(config)?)
+    }
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum ExposeType {
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+}
+
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    /// Name of the virtual cluster (a DNS label of at most 40 characters).
+    pub name: String,
+    /// Host namespace of the VirtualCluster (created if missing). Default: vc-<name>.
+    #[arg(short, long, env = "KVTENANT_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// YAML file with VirtualCluster spec fields (see `kvtenant crds` for all of them).
+    #[arg(short = 'f', long = "values")]
+    pub values: Option<PathBuf>,
+    /// How the tenant apiserver is exposed (managed control planes).
+    #[arg(long, value_enum)]
+    pub expose: Option<ExposeType>,
+    /// Import an existing control plane: its kubeconfig file (External mode).
+    #[arg(long)]
+    pub external_kubeconfig: Option<PathBuf>,
+    /// Connect (switch kubeconfig context) once ready.
+    #[arg(long)]
+    pub connect: bool,
+    /// Don't wait for the virtual cluster to become ready.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// How long to wait for readiness, in seconds.
+    #[arg(long, default_value_t = 300, env = "KVTENANT_TIMEOUT")]
+    pub timeout: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct NameArgs {
+    /// Name of the virtual cluster.
+    pub name: String,
+    /// Host namespace of the VirtualCluster. Default: vc-<name>.
+    #[arg(short, long, env = "KVTENANT_NAMESPACE")]
+    pub namespace: Option<String>,
+}
+
+impl NameArgs {
+    fn ns(&self) -> String {
+        default_ns(&self.name, self.namespace.as_deref())
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct DeleteArgs {
+    #[command(flatten)]
+    pub target: NameArgs,
+    /// Don't wait until everything is gone.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// How long to wait, in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum Output {
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// Only this host namespace (default: all).
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(Args, Debug)]
+pub struct ConnectArgs {
+    #[command(flatten)]
+    pub target: NameArgs,
+    /// Print the virtual cluster's kubeconfig instead of editing yours.
+    #[arg(long)]
+    pub print: bool,
+}
+
+fn default_ns(name: &str, ns: Option<&str>) -> String {
+    ns.map(str::to_string)
+        .unwrap_or_else(|| format!("vc-{name}"))
+}
+
+fn vc_api(client: &Client, ns: &str) -> Api<VirtualCluster> {
+    Api::namespaced(client.clone(), ns)
+}
+
+/// The VirtualCluster spec for `create`: values file, then flags.
+fn build_spec(args: &CreateArgs, secret: Option<&str>) -> anyhow::Result<Value> {
+    let mut spec: Value = match &args.values {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading values file {}", path.display()))?;
+            let v: Value = serde_yaml::from_str(&text)
+                .with_context(|| format!("{} is not valid YAML", path.display()))?;
+            // accept either bare spec fields or a whole VirtualCluster
+            v.get("spec").cloned().unwrap_or(v)
+        }
+        None => json!({}),
+    };
+    if !spec.is_object() {
+        bail!("the values file must hold VirtualCluster spec fields (a YAML mapping)");
+    }
+    if let Some(expose) = args.expose {
+        let t = match expose {
+            ExposeType::ClusterIP => "ClusterIP",
+            ExposeType::NodePort => "NodePort",
+            ExposeType::LoadBalancer => "LoadBalancer",
+        };
+        spec["expose"]["type"] = json!(t);
+    }
+    if let Some(secret) = secret {
+        spec["controlPlane"]["mode"] = json!("External");
+        spec["controlPlane"]["kubeconfigSecretRef"] =
+            json!({"name": secret, "key": DEFAULT_KUBECONFIG_KEY});
+    }
+    Ok(spec)
+}
+
+pub async fn create(g: &GlobalArgs, args: CreateArgs) -> anyhow::Result<()> {
+    if !kvtenant_api::is_valid_virtualcluster_name(&args.name) {
+        bail!(
+            "invalid name {:?}: use lowercase letters, digits and '-', starting with a letter, at most {} characters",
+            args.name,
+            kvtenant_api::VIRTUALCLUSTER_NAME_MAX_LEN
+        );
+    }
+    let ns = default_ns(&args.name, args.namespace.as_deref());
+    let client = g.host_client().await?;
+    ensure_namespace(&client, &ns).await?;
+    let secret_name = match &args.external_kubeconfig {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            Kubeconfig::from_yaml(&text)
+                .with_context(|| format!("{} is not a kubeconfig", path.display()))?;
+            let name = format!("{}-kubeconfig", args.name);
+            let secret: Secret = serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": ns,
+                    "labels": {kvtenant_api::labels::VIRTUALCLUSTER: args.name}},
+                "stringData": {DEFAULT_KUBECONFIG_KEY: text}
+            }))?;
+            Api::<Secret>::namespaced(client.clone(), &ns)
+                .patch(
+                    &name,
+                    &PatchParams::apply(kvtenant_api::MANAGER).force(),
+                    &Patch::Apply(&secret),
+                )
+                .await
+                .with_context(|| format!("storing the kubeconfig in Secret {ns}/{name}"))?;
+            Some(name)
+        }
+        None => None,
+    };
+    let spec = build_spec(&args, secret_name.as_deref())?;
+    let vc: VirtualCluster = serde_json::from_value(json!({
+        "apiVersion": "tenancy.kvtenant.io/v1alpha1", "kind": "VirtualCluster",
+        "metadata": {"name": args.name, "namespace": ns},
+        "spec": spec,
+    }))
+    .context("the values do not fit the VirtualCluster spec")?;
+    match vc_api(&client, &ns)
+        .create(&PostParams::default(), &vc)
+        .await
+    {
+        Ok(_) => println!("VirtualCluster {ns}/{} created", args.name),
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            bail!(
+                "VirtualCluster {ns}/{} already exists (kvtenant list)",
+                args.name
+            )
+        }
+        Err(kube::Error::Api(s)) if s.code == 404 => bail!(
+            "the host cluster does not know VirtualClusters: install kvtenant first (kubectl apply -k deploy/base, or kvtenant crds | kubectl apply --server-side -f -)"
+        ),
+        Err(e) => return Err(e).context("creating the VirtualCluster"),
+    }
+    if args.no_wait {
+        println!("Not waiting. Check progress with: kvtenant list -n {ns}");
+        return Ok(());
+    }
+    wait_ready(&client, &ns, &args.name, Duration::from_secs(args.timeout)).await?;
+    if args.connect {
+        kubeconfig::connect(g, &client, &ns, &args.name, false).await
+    } else {
+        println!("Connect with: kvtenant connect {} -n {ns}", args.name);
+        Ok(())
+    }
+}
+
+async fn ensure_namespace(client: &Client, ns: &str) -> anyhow::Result<()> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    if api.get_opt(ns).await?.is_none() {
+        let n: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}}))?;
+        match api.create(&PostParams::default(), &n).await {
+            Ok(_) => println!("namespace {ns} created"),
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(e).with_context(|| format!("creating namespace {ns}")),
+        }
+    }
+    Ok(())
+}
+
+fn phase_of(vc: &VirtualCluster) -> (String, String) {
+    let status = vc.status.as_ref();
+    let phase = status
+        .and_then(|s| s.phase.as_ref())
+        .map(|p| format!("{p:?}"))
+        .unwrap_or_else(|| "Pending".into());
+    let message = status.and_then(|s| s.message.clone()).unwrap_or_default();
+    (phase, message)
+}
+
+/// Polls until the VirtualCluster is Ready, printing each change of phase or message.
+async fn wait_ready(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let api = vc_api(client, ns);
+    let started = Instant::now();
+    let mut last = (String::new(), String::new());
+    let mut last_print = Instant::now();
+    loop {
+        let vc = api.get(name).await.context("reading the VirtualCluster")?;
+        let now = phase_of(&vc);
+        if now.0 == "Ready" {
+            println!(
+                "[{:>4.0}s] {ns}/{name} is Ready",
+                started.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
+        if now != last || last_print.elapsed() > Duration::from_secs(10) {
+            let msg = if now.1.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", now.1)
+            };
+            println!(
+                "[{:>4.0}s] {ns}/{name} is {}{msg}",
+                started.elapsed().as_secs_f64(),
+                now.0
+            );
+            last = now.clone();
+            last_print = Instant::now();
+        }
+        if started.elapsed() > timeout {
+            bail!(
+                "{ns}/{name} not Ready after {}s (phase {}{}); is the kvtenant controller running? See `kubectl describe virtualcluster -n {ns} {name}`",
+                timeout.as_secs(),
+                now.0,
+                if now.1.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {}", now.1)
+                }
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+pub async fn list(g: &GlobalArgs, args: ListArgs) -> anyhow::Result<()> {
+    let client = g.host_client().await?;
+    let api: Api<VirtualCluster> = match &args.namespace {
+        Some(ns) => Api::namespaced(client, ns),
+        None => Api::all(client),
+    };
+    let items = api
+        .list(&Default::default())
+        .await
+        .context("listing VirtualClusters")?
+        .items;
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&items)?),
+        Output::Yaml => print!("{}", serde_yaml::to_string(&items)?),
+        Output::Table => {
+            let rows: Vec<[String; 6]> = items
+                .iter()
+                .map(|vc| {
+                    let (phase, _) = phase_of(vc);
+                    let status = vc.status.as_ref();
+                    [
+                        vc.namespace().unwrap_or_default(),
+                        vc.name_any(),
+                        match vc.spec.control_plane.mode {
+                            ControlPlaneMode::Managed => "Managed".into(),
+                            ControlPlaneMode::External => "External".into(),
+                        },
+                        if vc.spec.paused {
+                            "Paused".into()
+                        } else {
+                            phase
+                        },
+                        status
+                            .and_then(|s| s.kubernetes_version.clone())
+                            .unwrap_or_default(),
+                        status.and_then(|s| s.endpoint.clone()).unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            let header = ["NAMESPACE", "NAME", "MODE", "PHASE", "VERSION", "ENDPOINT"];
+            let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+            for r in &rows {
+                for (w, c) in widths.iter_mut().zip(r) {
+                    *w = (*w).max(c.len());
+                }
+            }
+            let line = |cells: Vec<&str>| {
+                cells
+                    .iter()
+                    .zip(&widths)
+                    .map(|(c, w)| format!("{c:<w$}"))
+                    .collect::<Vec<_>>()
+                    .join("   ")
+                    .trim_end()
+                    .to_string()
+            };
+            if rows.is_empty() {
+                println!("No virtual clusters. Create one with: kvtenant create NAME");
+            } else {
+                println!("{}", line(header.to_vec()));
+                for r in &rows {
+                    println!("{}", line(r.iter().map(String::as_str).collect()));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn connect(g: &GlobalArgs, args: ConnectArgs) -> anyhow::Result<()> {
+    let client = g.host_client().await?;
+    kubeconfig::connect(g, &client, &args.target.ns(), &args.target.name, args.print).await
+}
+
+pub async fn set_paused(g: &GlobalArgs, args: NameArgs, paused: bool) -> anyhow::Result<()> {
+    let client = g.host_client().await?;
+    let ns = args.ns();
+    vc_api(&client, &ns)
+        .patch(
+            &args.name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"paused": paused}})),
+        )
+        .await
+        .map_err(|e| not_found_hint(e, &ns, &args.name))?;
+    println!(
+        "VirtualCluster {ns}/{} {}",
+        args.name,
+        if paused {
+            "paused: its control plane scales to zero and its VMs on the host stop. Resume with: kvtenant resume"
+        } else {
+            "resumed"
+        }
+    );
+    Ok(())
+}
+
+fn not_found_hint(e: kube::Error, ns: &str, name: &str) -> anyhow::Error {
+    match e {
+        kube::Error::Api(s) if s.code == 404 => {
+            anyhow::anyhow!("VirtualCluster {ns}/{name} not found (kvtenant list shows them all)")
+        }
+        e => anyhow::Error::new(e),
+    }
+}
+
+pub async fn delete(g: &GlobalArgs, args: DeleteArgs) -> anyhow::Result<()> {
+    let client = g.host_client().await?;
+    let ns = args.target.ns();
+    let name = &args.target.name;
+    let api = vc_api(&client, &ns);
+    api.delete(name, &DeleteParams::default())
+        .await
+        .map_err(|e| not_found_hint(e, &ns, name))?;
+    println!("VirtualCluster {ns}/{name} deleting");
+    if args.no_wait {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let mut last = Instant::now();
+    while api.get_opt(name).await?.is_some() {
+        if started.elapsed() > Duration::from_secs(args.timeout) {
+            bail!(
+                "{ns}/{name} still exists after {}s: is the kvtenant controller running? (`kubectl get virtualcluster -n {ns} {name} -o yaml` shows its finalizers)",
+                args.timeout
+            );
+        }
+        if last.elapsed() > Duration::from_secs(5) {
+            println!(
+                "[{:>4.0}s] waiting for the host objects to be removed",
+                started.elapsed().as_secs_f64()
+            );
+            last = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    println!("VirtualCluster {ns}/{name} deleted");
+    Ok(())
+}
+
+/// The kubeconfig Secret of a VirtualCluster: (secret name, key).
+pub fn kubeconfig_secret(vc: &VirtualCluster) -> Option<(String, String)> {
+    match vc.spec.control_plane.mode {
+        ControlPlaneMode::External => vc
+            .spec
+            .control_plane
+            .kubeconfig_secret_ref
+            .as_ref()
+            .map(|r| (r.name.clone(), r.key.clone())),
+        ControlPlaneMode::Managed => vc
+            .status
+            .as_ref()
+            .and_then(|s| s.kubeconfig_secret_name.clone())
+            .map(|n| (n, DEFAULT_KUBECONFIG_KEY.to_string())),
+    }
+}
+
+/// Reads a VirtualCluster's kubeconfig from its Secret.
+pub async fn read_kubeconfig(client: &Client, ns: &str, name: &str) -> anyhow::Result<Kubeconfig> {
+    let vc = vc_api(client, ns)
+        .get(name)
+        .await
+        .map_err(|e| not_found_hint(e, ns, name))?;
+    let (secret, key) = kubeconfig_secret(&vc).with_context(|| {
+        format!("{ns}/{name} has no kubeconfig yet (is it Ready? kvtenant list)")
+    })?;
+    let s = Api::<Secret>::namespaced(client.clone(), ns)
+        .get(&secret)
+        .await
+        .with_context(|| format!("reading Secret {ns}/{secret}"))?;
+    let data: BTreeMap<_, _> = s.data.unwrap_or_default();
+    let bytes = data
+        .get(&key)
+        .with_context(|| format!("Secret {ns}/{secret} has no key {key:?}"))?;
+    let text = String::from_utf8(bytes.0.clone()).context("the kubeconfig is not UTF-8")?;
+    Ok(Kubeconfig::from_yaml(&text)?)
+}

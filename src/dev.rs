@@ -1,0 +1,159 @@
+//! `kvtenant dev`: everything on one machine, KubeVirt simulated.
+//!
+//! A host control plane from testenv with the KubeVirt simulator (real KubeVirt/CDI CRDs, fake
+//! virt-controller and virt-api: no VM ever boots), a tenant control plane registered as an
+//! External VirtualCluster, and the kvtenant components in this process.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+use testenv::simulator::{Simulator, SimulatorOptions};
+use testenv::{ControlPlane, Options};
+
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    /// Name of the virtual cluster.
+    #[arg(long, default_value = "dev", env = "KVTENANT_DEV_NAME")]
+    pub name: String,
+    /// Host namespace of the VirtualCluster.
+    #[arg(long, default_value = "vc-dev", env = "KVTENANT_DEV_NAMESPACE")]
+    pub namespace: String,
+    /// Also write the tenant kubeconfig here (it always lives in a temporary directory that is
+    /// removed on exit).
+    #[arg(long, env = "KVTENANT_DEV_KUBECONFIG")]
+    pub kubeconfig_out: Option<PathBuf>,
+}
+
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    eprintln!(
+        "kvtenant dev: KubeVirt is SIMULATED here (no VM boots); for real KubeVirt use e2e-kind/."
+    );
+    if !testenv::binaries::cached() {
+        eprintln!(
+            "kvtenant dev: building the control-plane binaries first (once per machine, several minutes)..."
+        );
+    }
+    let host = ControlPlane::start(Options::new("host").with_controller_manager()).await?;
+    eprintln!(
+        "[{:>5.1}s] host control plane ready at {}",
+        started.elapsed().as_secs_f64(),
+        host.url()
+    );
+    let hc = host.client()?;
+    let sim = Simulator::install(
+        hc.clone(),
+        SimulatorOptions::new().with_front_proxy_ca(host.pki().front_proxy_ca.cert_pem()),
+    )
+    .await?;
+    eprintln!(
+        "[{:>5.1}s] KubeVirt simulator installed ({:?} CRDs)",
+        started.elapsed().as_secs_f64(),
+        sim.crds_source()
+    );
+    let crds: Api<CustomResourceDefinition> = Api::all(hc.clone());
+    for crd in kvtenant_api::crds() {
+        crds.patch(
+            &crd.name_any(),
+            &PatchParams::apply(kvtenant_api::MANAGER).force(),
+            &Patch::Apply(&crd),
+        )
+        .await?;
+    }
+    let tenant = ControlPlane::start(Options::new(format!("tenant-{}", args.name))).await?;
+    eprintln!(
+        "[{:>5.1}s] tenant control plane ready at {}",
+        started.elapsed().as_secs_f64(),
+        tenant.url()
+    );
+
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": args.namespace}}))?;
+    Api::<Namespace>::all(hc.clone())
+        .create(&PostParams::default(), &ns)
+        .await?;
+    let secret_name = format!("{}-kubeconfig", args.name);
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": secret_name, "namespace": args.namespace},
+        "stringData": {"kubeconfig": std::fs::read_to_string(tenant.kubeconfig_path())?}
+    }))?;
+    Api::<Secret>::namespaced(hc.clone(), &args.namespace)
+        .create(&PostParams::default(), &secret)
+        .await?;
+    let vc: kvtenant_api::VirtualCluster = serde_json::from_value(json!({
+        "apiVersion": "tenancy.kvtenant.io/v1alpha1", "kind": "VirtualCluster",
+        "metadata": {"name": args.name, "namespace": args.namespace},
+        "spec": {"controlPlane": {"mode": "External", "kubeconfigSecretRef": {"name": secret_name}}}
+    }))?;
+    // CRDs just created may take a moment to be served
+    let vcs: Api<kvtenant_api::VirtualCluster> = Api::namespaced(hc.clone(), &args.namespace);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match vcs.create(&PostParams::default(), &vc).await {
+            Ok(_) => break,
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "waiting for the VirtualCluster CRD");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+
+    let syncer = kvtenant_kubevirt_sync::Syncer::start(hc.clone(), Default::default());
+    let tenant_kc = tenant.kubeconfig_path().to_path_buf();
+    if let Some(out) = &args.kubeconfig_out {
+        std::fs::copy(&tenant_kc, out)?;
+    }
+    let shown = args.kubeconfig_out.clone().unwrap_or(tenant_kc);
+    // wait until the tenant serves KubeVirt's API (the syncer mirrors the CRDs)
+    let tenant_crds: Api<CustomResourceDefinition> = Api::all(tenant.client()?);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while tenant_crds
+        .get_opt("virtualmachines.kubevirt.io")
+        .await?
+        .is_none()
+    {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the syncer did not mirror the KubeVirt CRDs into the tenant within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "[{:>5.1}s] virtual cluster {}/{} syncing",
+        started.elapsed().as_secs_f64(),
+        args.namespace,
+        args.name
+    );
+    println!();
+    println!("Virtual cluster ready (KubeVirt simulated on the host).");
+    println!("  tenant kubeconfig: {}", shown.display());
+    println!("  host kubeconfig:   {}", host.kubeconfig_path().display());
+    println!();
+    println!("Try:");
+    println!(
+        "  kubectl --kubeconfig {} apply -f samples/vm-cloudinit.yaml",
+        shown.display()
+    );
+    println!("  kubectl --kubeconfig {} get vm,vmi", shown.display());
+    println!(
+        "  kubectl --kubeconfig {} get vm -A",
+        host.kubeconfig_path().display()
+    );
+    println!();
+    println!("Press Ctrl-C to stop everything.");
+    tokio::select! {
+        _ = syncer.run() => anyhow::bail!("the syncer stopped"),
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    eprintln!("stopping");
+    drop(sim);
+    drop(tenant);
+    drop(host);
+    Ok(())
+}
