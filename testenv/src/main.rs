@@ -48,7 +48,7 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,kube_client=off".into()),
+                .unwrap_or_else(|_| "info,kube_client::client::builder=off".into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -241,13 +241,15 @@ async fn processes_die_on_drop_and_on_panic() {
 #[test]
 fn testenv_up_prints_working_kubeconfigs_and_ctrl_c_stops_everything() {
     use std::io::{BufRead, BufReader};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_testenv"))
+    let child = Command::new(env!("CARGO_BIN_EXE_testenv"))
         .args(["up", "--tenants", "1"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
+    // if an assertion fails, the tool still gets its Ctrl-C
+    let mut child = InterruptOnDrop(child);
+    let stdout = child.0.stdout.take().unwrap();
     let mut kubeconfigs = Vec::new();
     for line in BufReader::new(stdout).lines() {
         let line = line.unwrap();
@@ -268,20 +270,32 @@ fn testenv_up_prints_working_kubeconfigs_and_ctrl_c_stops_everything() {
             .unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
     }
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let pid = nix::unistd::Pid::from_raw(child.0.id() as i32);
     // The processes the tool started: children in their own process groups.
-    let children = children_of(child.id());
+    let children = children_of(child.0.id());
     assert!(
         children.len() >= 4,
         "etcd + kube-apiserver twice: {children:?}"
     );
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
-    child.wait().unwrap();
+    child.0.wait().unwrap();
     for c in children {
         assert!(!process::alive(c), "process {c} survived Ctrl-C");
     }
     for kc in kubeconfigs {
         assert!(!std::path::Path::new(&kc).exists(), "{kc} not cleaned up");
+    }
+}
+
+struct InterruptOnDrop(std::process::Child);
+
+impl Drop for InterruptOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+            let _ = self.0.wait();
+        }
     }
 }
 

@@ -1,0 +1,203 @@
+//! The real `kvtenant` binary against real apiservers (testenv): the admin commands a platform
+//! admin runs, and kubectl after `connect`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use testenv::{ControlPlane, Options};
+
+fn kvtenant(kubeconfig: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kvtenant"))
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env_remove("KVTENANT_CONTEXT")
+        .output()
+        .unwrap()
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn install_crds(host: &ControlPlane) {
+    let api: Api<CustomResourceDefinition> = Api::all(host.client().unwrap());
+    for crd in kvtenant_api::crds() {
+        api.patch(
+            &crd.name_any(),
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap();
+    }
+    for _ in 0..100 {
+        if kubectl(
+            host.kubeconfig_path(),
+            &["api-resources", "--api-group=tenancy.kvtenant.io"],
+        )
+        .contains("virtualclusters")
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("VirtualCluster CRD not served");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn create_list_connect_disconnect_pause_resume_delete() {
+    let host = ControlPlane::start(Options::new("cli-host")).await.unwrap();
+    let tenant = ControlPlane::start(Options::new("cli-tenant"))
+        .await
+        .unwrap();
+    install_crds(&host).await;
+    // a namespace only the tenant has, to tell the clusters apart through kubectl
+    let marker: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "only-in-tenant"}}))
+            .unwrap();
+    Api::<Namespace>::all(tenant.client().unwrap())
+        .create(&PostParams::default(), &marker)
+        .await
+        .unwrap();
+    // the admin's own kubeconfig file, which connect/disconnect edit
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("config");
+    std::fs::copy(host.kubeconfig_path(), &kc).unwrap();
+
+    // bad input is refused with a message that says what to fix
+    let bad = kvtenant(&kc, &["create", "Bad_Name"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid name"));
+
+    let out = ok(kvtenant(
+        &kc,
+        &[
+            "create",
+            "t1",
+            "--external-kubeconfig",
+            tenant.kubeconfig_path().to_str().unwrap(),
+            "--no-wait",
+        ],
+    ));
+    assert!(out.contains("VirtualCluster vc-t1/t1 created"), "{out}");
+    let again = kvtenant(
+        &kc,
+        &[
+            "create",
+            "t1",
+            "--external-kubeconfig",
+            tenant.kubeconfig_path().to_str().unwrap(),
+            "--no-wait",
+        ],
+    );
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+
+    let table = ok(kvtenant(&kc, &["list"]));
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("vc-t1") && l.contains("t1") && l.contains("External")),
+        "{table}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(kvtenant(&kc, &["list", "-o", "json"]))).unwrap();
+    assert_eq!(json[0]["metadata"]["name"], "t1");
+
+    // connect: kubectl now talks to the tenant
+    let out = ok(kvtenant(&kc, &["connect", "t1"]));
+    assert!(out.contains("kvtenant_t1_vc-t1"), "{out}");
+    assert!(kubectl(&kc, &["get", "namespaces", "-o", "name"]).contains("only-in-tenant"));
+    // disconnect: back to the host
+    ok(kvtenant(&kc, &["disconnect"]));
+    assert!(!kubectl(&kc, &["get", "namespaces", "-o", "name"]).contains("only-in-tenant"));
+    assert!(kubectl(&kc, &["get", "namespaces", "-o", "name"]).contains("vc-t1"));
+    // --print leaves the kubeconfig alone and prints a working one
+    let printed = ok(kvtenant(&kc, &["connect", "t1", "--print"]));
+    let pk = dir.path().join("printed");
+    std::fs::write(&pk, printed).unwrap();
+    assert!(kubectl(&pk, &["get", "namespaces", "-o", "name"]).contains("only-in-tenant"));
+
+    ok(kvtenant(&kc, &["pause", "t1"]));
+    assert_eq!(
+        kubectl(
+            &kc,
+            &[
+                "get",
+                "vc",
+                "-n",
+                "vc-t1",
+                "t1",
+                "-o",
+                "jsonpath={.spec.paused}"
+            ]
+        ),
+        "true"
+    );
+    ok(kvtenant(&kc, &["resume", "t1"]));
+    assert_eq!(
+        kubectl(
+            &kc,
+            &[
+                "get",
+                "vc",
+                "-n",
+                "vc-t1",
+                "t1",
+                "-o",
+                "jsonpath={.spec.paused}"
+            ]
+        ),
+        "false"
+    );
+
+    let missing = kvtenant(&kc, &["pause", "nope"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("not found"));
+
+    ok(kvtenant(&kc, &["delete", "t1", "--timeout", "60"]));
+    assert!(ok(kvtenant(&kc, &["list"])).contains("No virtual clusters"));
+}
+
+#[test]
+fn crds_prints_the_committed_yaml() {
+    let out = Command::new(env!("CARGO_BIN_EXE_kvtenant"))
+        .arg("crds")
+        .output()
+        .unwrap();
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let committed = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("api/crds/tenancy.kvtenant.io_virtualclusters.yaml"),
+    )
+    .unwrap();
+    assert_eq!(printed, committed);
+}
