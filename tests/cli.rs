@@ -201,3 +201,98 @@ fn crds_prints_the_committed_yaml() {
     .unwrap();
     assert_eq!(printed, committed);
 }
+
+struct InterruptOnDrop(std::process::Child);
+
+impl Drop for InterruptOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// `kvtenant dev`: one command brings up a host with the (simulated) KubeVirt, a virtual
+/// cluster and the components; a tenant applies the sample VM and sees it Running; Ctrl-C
+/// removes everything.
+#[test]
+fn dev_mode_runs_a_sample_vm_and_ctrl_c_cleans_up() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let tenant_kc = dir.path().join("tenant.kubeconfig");
+    let child = Command::new(env!("CARGO_BIN_EXE_kvtenant"))
+        .args(["dev", "--kubeconfig-out", tenant_kc.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = InterruptOnDrop(child);
+    let stdout = child.0.stdout.take().unwrap();
+    let mut printed = String::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        printed.push_str(&line);
+        printed.push('\n');
+        if line.starts_with("Press Ctrl-C") {
+            break;
+        }
+    }
+    assert!(
+        printed.contains("simulated"),
+        "dev mode must say KubeVirt is simulated:\n{printed}"
+    );
+    assert!(printed.contains(tenant_kc.to_str().unwrap()), "{printed}");
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/vm-cloudinit.yaml");
+    kubectl(&tenant_kc, &["apply", "-f", sample.to_str().unwrap()]);
+    let mut running = false;
+    for _ in 0..300 {
+        let out = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&tenant_kc)
+            .args(["get", "vmi", "vm1", "-o", "jsonpath={.status.phase}"])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&out.stdout) == "Running" {
+            running = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        running,
+        "the sample VM's instance did not become Running in the tenant"
+    );
+    let children = children_of(child.0.id());
+    assert!(
+        children.len() >= 4,
+        "host and tenant control planes: {children:?}"
+    );
+    drop(child);
+    for pid in children {
+        assert!(
+            !testenv::process::alive(pid),
+            "process {pid} survived Ctrl-C"
+        );
+    }
+}
+
+fn children_of(parent: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            && let Some(rest) = stat.rsplit(')').next()
+            && rest.split_whitespace().nth(1) == Some(&parent.to_string())
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
