@@ -14,12 +14,14 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kube::api::{Api, DynamicObject};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use kvtenant_api::labels::{HostNamespaceOwner, MANAGED_BY, MANAGED_BY_VALUE, VirtualClusterRef};
-use kvtenant_api::{ControlPlaneMode, DEFAULT_KUBECONFIG_KEY, SyncKind, VirtualCluster};
+use kvtenant_api::{
+    CONDITION_SYNCER_READY, ControlPlaneMode, DEFAULT_KUBECONFIG_KEY, SyncKind, VirtualCluster,
+};
 use tokio::task::JoinSet;
 
 use crate::Error;
@@ -300,6 +302,107 @@ async fn tenant_client(
     Ok((Client::try_from(config)?, rv))
 }
 
+/// Field manager of the syncer's status writes (the controller owns the rest of the status).
+const STATUS_MANAGER: &str = "kvtenant-syncer";
+/// Annotation on host VMs stopped because their VirtualCluster is paused: the run strategy to
+/// restore (resume restores the tenant's spec anyway; this tells a host admin what happened).
+pub const PAUSED_RUN_STRATEGY: &str = "tenancy.kvtenant.io/paused-run-strategy";
+
+/// Sets the `SyncerReady` condition of a VirtualCluster (server-side apply of that one
+/// condition) when it differs from what is there.
+async fn set_syncer_condition(
+    host: &Client,
+    vc: &VirtualCluster,
+    ready: bool,
+    reason: &str,
+    message: &str,
+) {
+    let current = vc.status.as_ref().and_then(|s| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == CONDITION_SYNCER_READY)
+    });
+    let status = if ready { "True" } else { "False" };
+    if current.is_some_and(|c| c.status == status && c.reason == reason && c.message == message) {
+        return;
+    }
+    let patch = serde_json::json!({
+        "apiVersion": "tenancy.kvtenant.io/v1alpha1",
+        "kind": "VirtualCluster",
+        "status": {"conditions": [{
+            "type": CONDITION_SYNCER_READY,
+            "status": status,
+            "reason": reason,
+            "message": message,
+            "lastTransitionTime": k8s_openapi::jiff::Timestamp::now().to_string(),
+            "observedGeneration": vc.metadata.generation,
+        }]}
+    });
+    let api: Api<VirtualCluster> =
+        Api::namespaced(host.clone(), &vc.namespace().unwrap_or_default());
+    if let Err(e) = api
+        .patch_status(
+            &vc.name_any(),
+            &PatchParams::apply(STATUS_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+    {
+        tracing::warn!(vc = %vc.name_any(), error = %e, "writing the SyncerReady condition");
+    }
+}
+
+/// Stops the tenant's running VMs on the host (the VirtualCluster is paused). Resuming syncs
+/// the tenant's spec again, which restores each VM's run strategy.
+async fn stop_host_vms(shared: &Shared, vc: &VirtualClusterRef) -> Result<usize, Error> {
+    let Some(idx) = shared.kind_index("VirtualMachine") else {
+        return Ok(0);
+    };
+    let ar = &shared.kinds[idx].resource;
+    let api: Api<DynamicObject> = Api::all_with(shared.host.clone(), ar);
+    let selector = format!("{}={}", kvtenant_api::labels::VIRTUALCLUSTER_UID, vc.uid);
+    let mut stopped = 0;
+    for vm in api
+        .list(&kube::api::ListParams::default().labels(&selector))
+        .await?
+        .items
+    {
+        let strategy = vm
+            .data
+            .pointer("/spec/runStrategy")
+            .and_then(serde_json::Value::as_str);
+        let running = vm
+            .data
+            .pointer("/spec/running")
+            .and_then(serde_json::Value::as_bool);
+        if strategy == Some("Halted") || running == Some(false) {
+            continue;
+        }
+        let was = strategy
+            .map(str::to_string)
+            .unwrap_or_else(|| "running".into());
+        let spec = if running.is_some() {
+            serde_json::json!({"running": false})
+        } else {
+            serde_json::json!({"runStrategy": "Halted"})
+        };
+        let patch = serde_json::json!({
+            "metadata": {"annotations": {PAUSED_RUN_STRATEGY: was}},
+            "spec": spec,
+        });
+        let ns = vm.namespace().unwrap_or_default();
+        Api::<DynamicObject>::namespaced_with(shared.host.clone(), &ns, ar)
+            .patch(
+                &vm.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await?;
+        stopped += 1;
+    }
+    Ok(stopped)
+}
+
 async fn watch_virtualclusters(shared: Arc<Shared>) {
     let api: Api<VirtualCluster> = Api::all(shared.host.clone());
     let (store, writer) = reflector::store();
@@ -309,6 +412,8 @@ async fn watch_virtualclusters(shared: Arc<Shared>) {
     )
     .boxed();
     let mut fingerprints: HashMap<String, String> = HashMap::new();
+    // paused VirtualClusters whose host VMs were stopped
+    let mut paused: std::collections::HashSet<String> = std::collections::HashSet::new();
     // when each running tenant's kubeconfig Secret was last read
     let mut checked: HashMap<String, Instant> = HashMap::new();
     let mut retry = tokio::time::interval(Duration::from_secs(5));
@@ -329,7 +434,43 @@ async fn watch_virtualclusters(shared: Arc<Shared>) {
                 continue;
             };
             seen.push(vcref.uid.clone());
+            if vc.spec.paused && vc.metadata.deletion_timestamp.is_none() {
+                stop_tenant(&shared, &vcref.uid, &mut fingerprints);
+                if !paused.contains(&vcref.uid) {
+                    match stop_host_vms(&shared, &vcref).await {
+                        Ok(n) => {
+                            tracing::info!(vc = %vcref.name, stopped = n, "paused: host VMs stopped");
+                            set_syncer_condition(&shared.host, &vc, false, "Paused", &format!("paused: syncing stopped and {n} running VM(s) stopped on the host; resume restores them")).await;
+                            paused.insert(vcref.uid.clone());
+                        }
+                        Err(e) => {
+                            tracing::warn!(vc = %vcref.name, error = %e, "stopping host VMs of a paused virtual cluster")
+                        }
+                    }
+                }
+                continue;
+            }
+            paused.remove(&vcref.uid);
             let Some((secret, key)) = desired_tenant(&vc) else {
+                if !vc.spec.kubevirt.enabled {
+                    set_syncer_condition(
+                        &shared.host,
+                        &vc,
+                        false,
+                        "KubeVirtDisabled",
+                        "spec.kubevirt.enabled is false: nothing is synced",
+                    )
+                    .await;
+                } else if vc.metadata.deletion_timestamp.is_none() {
+                    set_syncer_condition(
+                        &shared.host,
+                        &vc,
+                        false,
+                        "WaitingForKubeconfig",
+                        "waiting for the control plane's kubeconfig (status.kubeconfigSecretName)",
+                    )
+                    .await;
+                }
                 stop_tenant(&shared, &vcref.uid, &mut fingerprints);
                 continue;
             };
@@ -350,6 +491,14 @@ async fn watch_virtualclusters(shared: Arc<Shared>) {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(vc = %format!("{}/{}", vcref.namespace, vcref.name), error = %e, "cannot reach the tenant");
+                    set_syncer_condition(
+                        &shared.host,
+                        &vc,
+                        false,
+                        "KubeconfigUnusable",
+                        &format!("cannot use the tenant kubeconfig: {e}"),
+                    )
+                    .await;
                     stop_tenant(&shared, &vcref.uid, &mut fingerprints);
                     continue;
                 }
@@ -362,6 +511,14 @@ async fn watch_virtualclusters(shared: Arc<Shared>) {
             match Tenant::start(shared.clone(), vcref.clone(), vc.spec.clone(), client).await {
                 Ok(t) => {
                     tracing::info!(vc = %t.label, "syncing tenant");
+                    set_syncer_condition(
+                        &shared.host,
+                        &vc,
+                        true,
+                        "Syncing",
+                        "KubeVirt CRDs mirrored; syncing",
+                    )
+                    .await;
                     if let Ok(mut m) = shared.tenants.write() {
                         m.insert(vcref.uid.clone(), t);
                     }

@@ -371,3 +371,121 @@ async fn a_syncer_killed_while_creating_200_vms_converges_after_restart() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pause_stops_host_vms_and_resume_restores_them() {
+    let env = Env::start(1).await;
+    let t = &env.tenants[0];
+    let api: Api<DynamicObject> = Api::namespaced_with(t.client(), "default", &vm_resource());
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(vm_manifest("vm1", "default", json!({}))).unwrap(),
+    )
+    .await
+    .unwrap();
+    let host = env.host_api(&vm_resource(), &t.host_ns("default"));
+    let host_vmis = env.host_api(&vmi_resource(), &t.host_ns("default"));
+    wait_for("the VMI on the host", WAIT, || {
+        let h = host_vmis.clone();
+        async move { get(&h, "vm1").await }
+    })
+    .await;
+    let vcs: Api<kvtenant_api::VirtualCluster> = Api::namespaced(env.host_client(), VC_NAMESPACE);
+    vcs.patch(
+        &t.vc.name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"paused": true}})),
+    )
+    .await
+    .unwrap();
+    eventually("the host VM halted and its VMI gone", WAIT, || {
+        let (h, hv) = (host.clone(), host_vmis.clone());
+        async move {
+            get(&h, "vm1")
+                .await
+                .is_some_and(|v| v.data["spec"]["runStrategy"] == "Halted")
+                && get(&hv, "vm1").await.is_none()
+        }
+    })
+    .await;
+    // the tenant's own spec is untouched; the VirtualCluster says why nothing syncs
+    assert_eq!(
+        api.get("vm1").await.unwrap().data["spec"]["runStrategy"],
+        "Always"
+    );
+    eventually("SyncerReady=False reason Paused", WAIT, || {
+        let vcs = vcs.clone();
+        let name = t.vc.name.clone();
+        async move {
+            vcs.get(&name)
+                .await
+                .ok()
+                .and_then(|vc| vc.status)
+                .is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "SyncerReady" && c.reason == "Paused")
+                })
+        }
+    })
+    .await;
+    vcs.patch(
+        &t.vc.name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"paused": false}})),
+    )
+    .await
+    .unwrap();
+    eventually("the host VM running again after resume", WAIT, || {
+        let (h, hv) = (host.clone(), host_vmis.clone());
+        async move {
+            get(&h, "vm1")
+                .await
+                .is_some_and(|v| v.data["spec"]["runStrategy"] == "Always")
+                && get(&hv, "vm1").await.is_some()
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unusable_kubeconfig_is_reported_on_the_virtualcluster() {
+    let env = Env::start(0).await;
+    let hc = env.host_client();
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "broken-kubeconfig", "namespace": VC_NAMESPACE},
+        "stringData": {"kubeconfig": "this is not a kubeconfig"}
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(hc.clone(), VC_NAMESPACE)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let vc: kvtenant_api::VirtualCluster = serde_json::from_value(json!({
+        "apiVersion": "tenancy.kvtenant.io/v1alpha1", "kind": "VirtualCluster",
+        "metadata": {"name": "broken", "namespace": VC_NAMESPACE},
+        "spec": {"controlPlane": {"mode": "External", "kubeconfigSecretRef": {"name": "broken-kubeconfig"}}}
+    }))
+    .unwrap();
+    let vcs: Api<kvtenant_api::VirtualCluster> = Api::namespaced(hc.clone(), VC_NAMESPACE);
+    vcs.create(&PostParams::default(), &vc).await.unwrap();
+    let cond = wait_for("SyncerReady=False", WAIT, || {
+        let vcs = vcs.clone();
+        async move {
+            vcs.get("broken")
+                .await
+                .ok()?
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "SyncerReady" && c.status == "False")
+        }
+    })
+    .await;
+    assert_eq!(cond.reason, "KubeconfigUnusable");
+    assert!(
+        cond.message.contains("broken-kubeconfig"),
+        "{}",
+        cond.message
+    );
+}
