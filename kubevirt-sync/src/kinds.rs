@@ -11,6 +11,8 @@ pub enum Trigger {
     /// Synced only while a synced object references it (Secrets, ConfigMaps, PVCs,
     /// ServiceAccounts): unreferenced ones never reach the host.
     WhenReferenced,
+    /// Synced only while its selector selects a synced VM's instances (Services exposing VMs).
+    WhenSelectingVm,
 }
 
 /// A synced kind. Objects the tenant creates are synced down (tenant owns spec, host owns
@@ -30,6 +32,9 @@ pub struct KindSpec {
     pub vm_like: bool,
     /// The KubeVirt kind this descriptor stands for, if any (for CRD mirroring).
     pub sync_kind: Option<SyncKind>,
+    /// JSON pointers removed on the way down: values the host assigns itself (a Service's
+    /// cluster IPs and node ports).
+    pub host_assigned: &'static [&'static str],
 }
 
 impl KindSpec {
@@ -56,6 +61,7 @@ impl KindSpec {
                     | SyncKind::VirtualMachinePool
             ),
             sync_kind: Some(k),
+            host_assigned: &[],
         }
     }
 
@@ -68,6 +74,20 @@ impl KindSpec {
             status_subresource,
             vm_like: false,
             sync_kind: None,
+            host_assigned: &[],
+        }
+    }
+
+    fn service() -> Self {
+        Self {
+            trigger: Trigger::WhenSelectingVm,
+            host_assigned: &[
+                "/spec/clusterIP",
+                "/spec/clusterIPs",
+                "/spec/healthCheckNodePort",
+                "/spec/ports/*/nodePort",
+            ],
+            ..Self::core("Service", "services", true)
         }
     }
 }
@@ -81,6 +101,7 @@ pub fn kinds_for(enabled: &[SyncKind]) -> Vec<KindSpec> {
         KindSpec::core("ConfigMap", "configmaps", false),
         KindSpec::core("ServiceAccount", "serviceaccounts", false),
         KindSpec::core("PersistentVolumeClaim", "persistentvolumeclaims", true),
+        KindSpec::service(),
     ];
     let mut kinds: Vec<SyncKind> = enabled.to_vec();
     if kinds.contains(&SyncKind::VirtualMachine)
@@ -119,11 +140,12 @@ mod tests {
                 "ConfigMap",
                 "ServiceAccount",
                 "PersistentVolumeClaim",
+                "Service",
                 "VirtualMachine",
                 "VirtualMachineInstance"
             ]
         );
-        let vmi = &kinds[5];
+        let vmi = &kinds[6];
         assert!(!vmi.status_subresource, "VMIs have no /status subresource");
         assert!(vmi.mirror_host_made);
         assert_eq!(vmi.resource.plural, "virtualmachineinstances");

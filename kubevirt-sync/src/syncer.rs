@@ -209,7 +209,7 @@ async fn watch_host_kind(
     let spec = &shared.kinds[kind];
     let api: Api<DynamicObject> = Api::all_with(shared.host.clone(), &spec.resource);
     let mut cfg = watcher::Config::default();
-    if spec.trigger == Trigger::WhenReferenced {
+    if spec.trigger != Trigger::Always {
         // only kvtenant's own copies: the syncer never reads other host Secrets
         cfg = cfg.labels(&format!("{MANAGED_BY}={MANAGED_BY_VALUE}"));
     }

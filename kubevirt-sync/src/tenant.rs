@@ -158,6 +158,28 @@ impl Tenant {
         Ok(Arc::new(tenant))
     }
 
+    /// Queues every Service of a tenant namespace.
+    pub(crate) fn enqueue_services(&self, ns: &str) {
+        let Some(idx) = self.shared.kind_index("Service") else {
+            return;
+        };
+        let Some(store) = &self.stores[idx] else {
+            return;
+        };
+        for svc in store.state() {
+            if svc.namespace().as_deref() == Some(ns) {
+                self.shared.enqueue(
+                    &self.vc.uid,
+                    Key {
+                        kind: idx,
+                        namespace: ns.to_string(),
+                        name: svc.name_any(),
+                    },
+                );
+            }
+        }
+    }
+
     pub(crate) fn mark_ready(&self, kind: usize) {
         self.ready[kind].store(true, Ordering::Release);
     }
@@ -303,6 +325,36 @@ impl Tenant {
             })
     }
 
+    /// Whether a Service selects the instances of a synced VM (or a synced VMI) in its
+    /// namespace.
+    fn selects_a_vm(&self, key: &Key, t: &DynamicObject) -> bool {
+        let Some(selector) = t.data.pointer("/spec/selector").and_then(Value::as_object) else {
+            return false;
+        };
+        self.shared
+            .kinds
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| k.vm_like)
+            .filter_map(|(i, k)| Some((k, self.stores[i].as_ref()?)))
+            .any(|(k, store)| {
+                store.state().iter().any(|o| {
+                    let labels = match k.kind() {
+                        "VirtualMachine" => o.data.pointer("/spec/template/metadata/labels"),
+                        "VirtualMachinePool" => o
+                            .data
+                            .pointer("/spec/virtualMachineTemplate/spec/template/metadata/labels"),
+                        _ => None,
+                    };
+                    let vmi_labels = o.metadata.labels.as_ref().map(|l| json!(l));
+                    o.namespace().as_deref() == Some(key.namespace.as_str())
+                        && (crate::translate::selects(selector, labels)
+                            || (k.kind() == "VirtualMachineInstance"
+                                && crate::translate::selects(selector, vmi_labels.as_ref())))
+                })
+            })
+    }
+
     fn violations(&self, kind: &KindSpec, t: &DynamicObject) -> Vec<Violation> {
         let data = &t.data;
         match kind.kind() {
@@ -310,6 +362,7 @@ impl Tenant {
             "DataVolume" => safety::check_data_volume(data),
             "PersistentVolumeClaim" => safety::check_pvc(data),
             "Secret" => safety::check_secret(data),
+            "Service" => safety::check_service(data),
             _ => Vec::new(),
         }
     }
@@ -355,7 +408,12 @@ impl Tenant {
         if t.metadata.deletion_timestamp.is_some() {
             return Ok(None); // gone soon; its absence deletes the host copy
         }
-        if kind.trigger == Trigger::WhenReferenced && !self.referenced(key) {
+        let wanted = match kind.trigger {
+            Trigger::Always => true,
+            Trigger::WhenReferenced => self.referenced(key),
+            Trigger::WhenSelectingVm => self.selects_a_vm(key, t),
+        };
+        if !wanted {
             if let Some(h) = h
                 && is_copy_for(h, &self.vc.uid)
             {
@@ -386,7 +444,14 @@ impl Tenant {
             }
         }
         self.ensure_host_namespace(&key.namespace).await?;
-        let desired = to_host(t, host_ns, &self.vc, self.map_owner_to_host(host_ns));
+        let mut prepared = t.clone();
+        crate::translate::remove_pointers(&mut prepared.data, kind.host_assigned);
+        let desired = to_host(
+            &prepared,
+            host_ns,
+            &self.vc,
+            self.map_owner_to_host(host_ns),
+        );
         let api = self.host_api(key.kind, host_ns);
         match h {
             None => {
@@ -413,6 +478,18 @@ impl Tenant {
                 self.refuse(key, t, &[v]).await?;
             }
             Some(h) => {
+                // virt-api's start/stop (through the subresource proxy) changed the host VM's
+                // run fields: the tenant's spec takes them up instead of kvtenant reverting them
+                if let Some(patch) =
+                    crate::proxy::runstate::host_run_change(kind.kind(), h, &desired)
+                {
+                    self.api_call("tenant", "patch");
+                    self.tenant_api(key.kind, &key.namespace)
+                        .patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await?;
+                    self.shared.metrics.synced(&self.label, kind.kind(), "up");
+                    return Ok(None);
+                }
                 if host_needs_update(h, &desired) {
                     self.api_call("host", "replace");
                     api.replace(
@@ -873,6 +950,12 @@ async fn watch_tenant_kind(
                         name: obj.name_any(),
                     },
                 );
+                if spec.vm_like {
+                    // Services may start or stop selecting this VM's instances
+                    if let Some(t) = shared.tenant(&uid) {
+                        t.enqueue_services(&ns);
+                    }
+                }
                 if spec.vm_like && !is_mirror(&obj) {
                     let data = serde_json::to_value(&obj.data).unwrap_or_default();
                     for r in references(spec.kind(), &data) {

@@ -83,6 +83,49 @@ pub fn to_host(
     host
 }
 
+/// Removes the values at JSON pointers (`*` matches every array element), e.g. fields the host
+/// assigns itself.
+pub fn remove_pointers(v: &mut Value, pointers: &[&str]) {
+    fn remove(v: &mut Value, parts: &[&str]) {
+        match parts {
+            [] => {}
+            [last] => match v {
+                Value::Object(m) => {
+                    m.remove(*last);
+                }
+                Value::Array(a) if *last == "*" => a.clear(),
+                _ => {}
+            },
+            [first, rest @ ..] => match v {
+                Value::Object(m) => {
+                    if let Some(child) = m.get_mut(*first) {
+                        remove(child, rest);
+                    }
+                }
+                Value::Array(a) if *first == "*" => {
+                    for child in a {
+                        remove(child, rest);
+                    }
+                }
+                _ => {}
+            },
+        }
+    }
+    for p in pointers {
+        let parts: Vec<&str> = p.trim_start_matches('/').split('/').collect();
+        remove(v, &parts);
+    }
+}
+
+/// Whether a label selector (`matchLabels`-style map) selects these labels. An empty selector
+/// selects nothing here: a Service without a selector does not expose a VM.
+pub fn selects(selector: &serde_json::Map<String, Value>, labels: Option<&Value>) -> bool {
+    !selector.is_empty()
+        && selector
+            .iter()
+            .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+}
+
 /// Hash of what kvtenant writes: labels, annotations (without the hash itself), owner
 /// references and data.
 pub fn content_hash(obj: &DynamicObject) -> String {

@@ -489,3 +489,60 @@ async fn an_unusable_kubeconfig_is_reported_on_the_virtualcluster() {
         cond.message
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn services_selecting_vms_are_synced_with_host_assigned_addresses() {
+    let env = Env::start(1).await;
+    let t = &env.tenants[0];
+    let api: Api<DynamicObject> = Api::namespaced_with(t.client(), "default", &vm_resource());
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(vm_manifest("web", "default", json!({}))).unwrap(),
+    )
+    .await
+    .unwrap();
+    let svc = |name: &str, selector: Value, extra: Value| {
+        let mut s = json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"type": "NodePort", "selector": selector, "ports": [{"port": 22, "targetPort": 22}]}});
+        if let (Some(spec), Value::Object(extra)) = (s["spec"].as_object_mut(), extra) {
+            spec.extend(extra);
+        }
+        s
+    };
+    let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(t.client(), "default");
+    for s in [
+        svc("ssh", json!({"vm": "web"}), json!({})),
+        svc("other", json!({"app": "nothing"}), json!({})),
+        svc(
+            "hijack",
+            json!({"vm": "web"}),
+            json!({"externalIPs": ["8.8.8.8"]}),
+        ),
+    ] {
+        services
+            .create(&PostParams::default(), &serde_json::from_value(s).unwrap())
+            .await
+            .unwrap();
+    }
+    let host: Api<k8s_openapi::api::core::v1::Service> =
+        Api::namespaced(env.host_client(), &t.host_ns("default"));
+    let synced = wait_for("the Service selecting the VM on the host", WAIT, || {
+        let host = host.clone();
+        async move { host.get_opt("ssh").await.ok().flatten() }
+    })
+    .await;
+    let tenant_svc = services.get("ssh").await.unwrap();
+    let (hs, ts) = (synced.spec.unwrap(), tenant_svc.spec.unwrap());
+    assert_eq!(hs.selector, ts.selector);
+    // addresses are the host's own, not copied from the tenant
+    assert!(hs.cluster_ip.is_some());
+    assert!(
+        host.get_opt("other").await.unwrap().is_none(),
+        "a Service selecting no VM stays in the tenant"
+    );
+    assert!(
+        host.get_opt("hijack").await.unwrap().is_none(),
+        "externalIPs are refused"
+    );
+}

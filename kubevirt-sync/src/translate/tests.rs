@@ -180,3 +180,25 @@ proptest! {
         prop_assert_eq!(&m.data["someFutureField"], &t.data["someFutureField"]);
     }
 }
+
+#[test]
+fn host_assigned_fields_are_removed_and_selectors_match() {
+    let mut svc = json!({"spec": {"clusterIP": "10.0.0.5", "clusterIPs": ["10.0.0.5"],
+        "ports": [{"port": 22, "nodePort": 30022}, {"port": 80}], "selector": {"vm": "a"}}});
+    remove_pointers(
+        &mut svc,
+        &[
+            "/spec/clusterIP",
+            "/spec/clusterIPs",
+            "/spec/ports/*/nodePort",
+        ],
+    );
+    assert_eq!(
+        svc,
+        json!({"spec": {"ports": [{"port": 22}, {"port": 80}], "selector": {"vm": "a"}}})
+    );
+    let sel = svc["spec"]["selector"].as_object().unwrap().clone();
+    assert!(selects(&sel, Some(&json!({"vm": "a", "other": "x"}))));
+    assert!(!selects(&sel, Some(&json!({"vm": "b"}))));
+    assert!(!selects(&serde_json::Map::new(), Some(&json!({"vm": "a"}))));
+}
