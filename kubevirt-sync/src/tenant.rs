@@ -50,7 +50,20 @@ pub struct Tenant {
     tasks: Vec<AbortHandle>,
     /// Host CRD resourceVersions last mirrored.
     crd_versions: Mutex<Vec<(String, String)>>,
+    /// Nodes kvtenant created in the tenant (names of host nodes running its VMIs).
+    nodes: Mutex<std::collections::BTreeSet<String>>,
 }
+
+/// Label on tenant Nodes kvtenant shows for host nodes running the tenant's VMIs.
+pub const NODE_LABEL: &str = "tenancy.kvtenant.io/host-node";
+/// Host node labels a tenant may see (topology and KubeVirt scheduling facts, no host secrets).
+const VISIBLE_NODE_LABELS: &[&str] = &[
+    "kubernetes.io/arch",
+    "kubernetes.io/os",
+    "topology.kubernetes.io/region",
+    "topology.kubernetes.io/zone",
+    "kubevirt.io/schedulable",
+];
 
 impl Drop for Tenant {
     fn drop(&mut self) {
@@ -136,6 +149,7 @@ impl Tenant {
             failures: Mutex::new(HashMap::new()),
             tasks: Vec::new(),
             crd_versions: Mutex::new(copied),
+            nodes: Mutex::new(Default::default()),
         };
         // the watchers need the Arc to dispatch; start them after wrapping
         let handles: Vec<(usize, reflector::store::Writer<DynamicObject>)> = writers
@@ -594,6 +608,12 @@ impl Tenant {
         h: Option<&DynamicObject>,
     ) -> Result<Option<Duration>, Error> {
         let kind = self.kind(key);
+        if let Some(node) = h
+            .and_then(|h| h.data.pointer("/status/nodeName"))
+            .and_then(Value::as_str)
+        {
+            self.ensure_node(node).await?;
+        }
         let mirror_of = t
             .metadata
             .annotations
@@ -665,6 +685,108 @@ impl Tenant {
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The host nodes running this tenant's VMIs (from the host cache).
+    fn nodes_in_use(&self) -> std::collections::BTreeSet<String> {
+        let Some(vmi) = self.shared.kind_index("VirtualMachineInstance") else {
+            return Default::default();
+        };
+        let owned: std::collections::HashSet<String> = self
+            .shared
+            .namespaces
+            .read()
+            .map(|m| {
+                m.iter()
+                    .filter(|(_, o)| o.is_owned_by(&self.vc.uid))
+                    .map(|(h, _)| h.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.shared.host_stores[vmi]
+            .state()
+            .iter()
+            .filter(|o| o.namespace().is_some_and(|ns| owned.contains(&ns)))
+            .filter_map(|o| {
+                o.data
+                    .pointer("/status/nodeName")?
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .filter(|n| !n.is_empty())
+            .collect()
+    }
+
+    /// Shows a host node running one of the tenant's VMIs as a tenant Node: its name and a few
+    /// visible labels; no addresses, no taints, nothing else of the host's.
+    async fn ensure_node(&self, name: &str) -> Result<(), Error> {
+        if self
+            .nodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(name)
+        {
+            return Ok(());
+        }
+        let host_nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.shared.host.clone());
+        self.api_call("host", "get");
+        let host_labels = match host_nodes.get_opt(name).await {
+            Ok(Some(n)) => n.metadata.labels.unwrap_or_default(),
+            _ => Default::default(),
+        };
+        let mut labels: std::collections::BTreeMap<String, String> = host_labels
+            .into_iter()
+            .filter(|(k, _)| VISIBLE_NODE_LABELS.contains(&k.as_str()))
+            .collect();
+        labels.insert("kubernetes.io/hostname".into(), name.to_string());
+        labels.insert(NODE_LABEL.into(), "true".into());
+        labels.insert(
+            kvtenant_api::labels::MANAGED_BY.into(),
+            kvtenant_api::labels::MANAGED_BY_VALUE.into(),
+        );
+        let node = json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": labels},
+            "spec": {},
+        });
+        let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.client.clone());
+        self.api_call("tenant", "apply");
+        api.patch(
+            name,
+            &PatchParams::apply(kvtenant_api::MANAGER).force(),
+            &Patch::Apply(&node),
+        )
+        .await?;
+        self.nodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string());
+        Ok(())
+    }
+
+    /// Removes tenant Nodes kvtenant made for host nodes no longer running the tenant's VMIs.
+    async fn prune_nodes(&self) -> Result<(), Error> {
+        let in_use = self.nodes_in_use();
+        let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.client.clone());
+        self.api_call("tenant", "get");
+        let listed = api
+            .list(&kube::api::ListParams::default().labels(&format!("{NODE_LABEL}=true")))
+            .await?;
+        for n in listed.items {
+            let name = n.name_any();
+            if !in_use.contains(&name) {
+                self.api_call("tenant", "delete");
+                let _ = api.delete(&name, &DeleteParams::default()).await;
+                self.nodes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&name);
+            }
+        }
+        for name in in_use {
+            self.ensure_node(&name).await?;
+        }
+        Ok(())
     }
 
     async fn tenant_namespace_exists(&self, ns: &str) -> Result<Option<Namespace>, Error> {
@@ -869,6 +991,9 @@ impl Tenant {
                     tracing::debug!(error = %e, namespace = %host_ns, "deleting orphaned host namespace");
                 }
             }
+        }
+        if let Err(e) = self.prune_nodes().await {
+            tracing::warn!(tenant = %self.label, error = %e, "syncing tenant nodes");
         }
         if let Err(e) = self.refresh_crds().await {
             tracing::warn!(tenant = %self.label, error = %e, "refreshing CRDs");

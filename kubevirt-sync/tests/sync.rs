@@ -88,6 +88,17 @@ async fn kubectl_apply_runs_the_vm_on_the_host_and_status_comes_back() {
         vmi["metadata"]["ownerReferences"][0]["uid"],
         tenant_vm["metadata"]["uid"]
     );
+    // the node running it shows in the tenant, without host addresses
+    let node = kubectl_json(
+        t.kubeconfig(),
+        &["get", "node", vmi["status"]["nodeName"].as_str().unwrap()],
+    );
+    assert!(
+        node["status"]["addresses"]
+            .as_array()
+            .is_none_or(|a| a.is_empty()),
+        "{node}"
+    );
     let table = kubectl(t.kubeconfig(), &["get", "vm,vmi"]);
     assert!(table.contains("Running"), "{table}");
     eventually("VM printableStatus Running in the tenant", WAIT, || {
