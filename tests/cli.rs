@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use testenv::testing::{InterruptOnDrop, children_of, kubectl};
 use testenv::{ControlPlane, Options};
 
 fn kvtenant(kubeconfig: &Path, args: &[&str]) -> Output {
@@ -27,21 +28,6 @@ fn ok(out: Output) -> String {
         "exit {:?}\nstdout: {}\nstderr: {}",
         out.status.code(),
         String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
-    let out = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -202,18 +188,6 @@ fn crds_prints_the_committed_yaml() {
     assert_eq!(printed, committed);
 }
 
-struct InterruptOnDrop(std::process::Child);
-
-impl Drop for InterruptOnDrop {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
-            let _ = self.0.wait();
-        }
-    }
-}
-
 /// `kvtenant dev`: one command brings up a host with the (simulated) KubeVirt, a virtual
 /// cluster and the components; a tenant applies the sample VM and sees it Running; Ctrl-C
 /// removes everything.
@@ -276,23 +250,4 @@ fn dev_mode_runs_a_sample_vm_and_ctrl_c_cleans_up() {
             "process {pid} survived Ctrl-C"
         );
     }
-}
-
-fn children_of(parent: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in entries.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            && let Some(rest) = stat.rsplit(')').next()
-            && rest.split_whitespace().nth(1) == Some(&parent.to_string())
-        {
-            out.push(pid);
-        }
-    }
-    out
 }

@@ -521,6 +521,30 @@ impl Tenant {
         Ok(None)
     }
 
+    /// Writes `status` onto the tenant object `base` (current resourceVersion): through
+    /// `/status` where the kind has it, else through the main resource (VMIs).
+    async fn write_tenant_status(
+        &self,
+        key: &Key,
+        mut base: DynamicObject,
+        status: Value,
+    ) -> Result<(), Error> {
+        if let Some(o) = base.data.as_object_mut() {
+            o.insert("status".into(), status);
+        }
+        let api = self.tenant_api(key.kind, &key.namespace);
+        if self.kind(key).status_subresource {
+            self.api_call("tenant", "replace_status");
+            api.replace_status(&key.name, &PostParams::default(), &base)
+                .await?;
+        } else {
+            self.api_call("tenant", "replace");
+            api.replace(&key.name, &PostParams::default(), &base)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Copies the host's status to the tenant object.
     async fn status_up(
         &self,
@@ -535,20 +559,8 @@ impl Tenant {
             return Ok(());
         }
         let kind = self.kind(key);
-        let mut updated = t.clone();
-        if let Some(o) = updated.data.as_object_mut() {
-            o.insert("status".into(), status.clone());
-        }
-        let api = self.tenant_api(key.kind, &key.namespace);
-        if kind.status_subresource {
-            self.api_call("tenant", "replace_status");
-            api.replace_status(&key.name, &PostParams::default(), &updated)
-                .await?;
-        } else {
-            self.api_call("tenant", "replace");
-            api.replace(&key.name, &PostParams::default(), &updated)
-                .await?;
-        }
+        self.write_tenant_status(key, t.clone(), status.clone())
+            .await?;
         self.shared.metrics.synced(&self.label, kind.kind(), "up");
         Ok(())
     }
@@ -589,12 +601,7 @@ impl Tenant {
         if kind.status_subresource
             && let Some(status) = desired.data.get("status")
         {
-            let mut with_status = created;
-            if let Some(o) = with_status.data.as_object_mut() {
-                o.insert("status".into(), status.clone());
-            }
-            self.api_call("tenant", "replace_status");
-            api.replace_status(&key.name, &PostParams::default(), &with_status)
+            self.write_tenant_status(key, created, status.clone())
                 .await?;
         }
         self.shared.metrics.synced(&self.label, kind.kind(), "up");
@@ -654,15 +661,11 @@ impl Tenant {
             let updated = api
                 .replace(&key.name, &PostParams::default(), &merged)
                 .await?;
-            if kind.status_subresource && updated.data.get("status") != desired.data.get("status") {
-                let mut with_status = updated;
-                if let (Some(o), Some(s)) =
-                    (with_status.data.as_object_mut(), desired.data.get("status"))
-                {
-                    o.insert("status".into(), s.clone());
-                }
-                self.api_call("tenant", "replace_status");
-                api.replace_status(&key.name, &PostParams::default(), &with_status)
+            if kind.status_subresource
+                && let Some(status) = desired.data.get("status")
+                && updated.data.get("status") != Some(status)
+            {
+                self.write_tenant_status(key, updated, status.clone())
                     .await?;
             }
             self.shared.metrics.synced(&self.label, kind.kind(), "up");
@@ -923,18 +926,7 @@ impl Tenant {
                 .chain(std::iter::once(condition))
                 .collect();
             status["conditions"] = Value::Array(conditions);
-            let mut updated = t.clone();
-            updated.data["status"] = status;
-            let api = self.tenant_api(key.kind, &key.namespace);
-            if kind.status_subresource {
-                self.api_call("tenant", "replace_status");
-                api.replace_status(&key.name, &PostParams::default(), &updated)
-                    .await?;
-            } else {
-                self.api_call("tenant", "replace");
-                api.replace(&key.name, &PostParams::default(), &updated)
-                    .await?;
-            }
+            self.write_tenant_status(key, t.clone(), status).await?;
         }
         Ok(())
     }

@@ -9,5 +9,6 @@ pub mod controlplane;
 pub mod pki;
 pub mod process;
 pub mod simulator;
+pub mod testing;
 
 pub use controlplane::{ControlPlane, Options};

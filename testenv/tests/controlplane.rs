@@ -4,12 +4,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
+use testenv::testing::{InterruptOnDrop, children_of, eventually};
 use testenv::{ControlPlane, Options, binaries, process};
 
 fn configmap(name: &str) -> ConfigMap {
@@ -19,21 +20,6 @@ fn configmap(name: &str) -> ConfigMap {
         "data": {"k": "v"}
     }))
     .unwrap()
-}
-
-async fn eventually<F, Fut>(what: &str, timeout: Duration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !f().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test]
@@ -285,35 +271,4 @@ fn testenv_up_prints_working_kubeconfigs_and_ctrl_c_stops_everything() {
     for kc in kubeconfigs {
         assert!(!std::path::Path::new(&kc).exists(), "{kc} not cleaned up");
     }
-}
-
-struct InterruptOnDrop(std::process::Child);
-
-impl Drop for InterruptOnDrop {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
-            let _ = self.0.wait();
-        }
-    }
-}
-
-fn children_of(parent: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in entries.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            && let Some(rest) = stat.rsplit(')').next()
-            && rest.split_whitespace().nth(1) == Some(&parent.to_string())
-        {
-            out.push(pid);
-        }
-    }
-    out
 }

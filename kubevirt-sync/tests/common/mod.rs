@@ -4,8 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
@@ -16,6 +15,8 @@ use kvtenant_api::labels::VirtualClusterRef;
 use kvtenant_kubevirt_sync::{Syncer, SyncerConfig};
 use serde_json::{Value, json};
 use testenv::simulator::{Simulator, SimulatorOptions};
+#[allow(unused_imports)] // each test crate uses a different subset
+pub use testenv::testing::{eventually, kubectl, kubectl_json, wait_for};
 use testenv::{ControlPlane, Options};
 
 pub const VC_NAMESPACE: &str = "tenants";
@@ -189,62 +190,6 @@ pub async fn register_external(host: &Client, name: &str, kubeconfig: &Path) -> 
         .await
         .unwrap();
     VirtualClusterRef::from_virtualcluster(&created).unwrap()
-}
-
-pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !f().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Waits until `f` returns `Some`, and returns it.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Runs the real kubectl with a kubeconfig; panics with its stderr on failure.
-pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
-    let out = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-pub fn kubectl_json(kubeconfig: &Path, args: &[&str]) -> Value {
-    let mut all = args.to_vec();
-    all.extend(["-o", "json"]);
-    serde_json::from_str(&kubectl(kubeconfig, &all)).unwrap()
 }
 
 pub async fn get(api: &Api<DynamicObject>, name: &str) -> Option<DynamicObject> {

@@ -1,0 +1,324 @@
+//! Isolation of a tenant's host namespaces (`spec.isolation`): Pod Security labels, a
+//! ResourceQuota, a LimitRange and a NetworkPolicy in every host namespace the syncer maps.
+//!
+//! The builders are pure; [`apply`] is what the syncer calls for each host namespace it creates
+//! or resyncs. It uses its own field manager ([`FIELD_MANAGER`]), so its server-side applies to
+//! the Namespace touch only the Pod Security labels and never drop labels the syncer set.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::{Client, Resource, ResourceExt};
+use kvtenant_api::VirtualCluster;
+use kvtenant_api::labels::{self, HostNamespaceOwner, VirtualClusterRef};
+use serde_json::json;
+
+use crate::apply::apply_if_changed;
+use crate::error::Error;
+
+/// Name of the ResourceQuota, LimitRange and NetworkPolicy in each host namespace.
+pub const OBJECT_NAME: &str = "kvtenant-isolation";
+/// Field manager of the isolation objects and the Pod Security labels.
+pub const FIELD_MANAGER: &str = "kvtenant-isolation";
+/// Label every namespace carries with its own name (set by the apiserver).
+const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// Pod Security labels for the tenant's host namespaces: the level of
+/// `spec.isolation.podSecurity`, enforced, audited and warned.
+pub fn pod_security_labels(vc: &VirtualCluster) -> BTreeMap<String, String> {
+    let level = vc.spec.isolation.pod_security.as_str().to_owned();
+    BTreeMap::from([
+        (labels::POD_SECURITY_ENFORCE.to_owned(), level.clone()),
+        ("pod-security.kubernetes.io/audit".to_owned(), level.clone()),
+        ("pod-security.kubernetes.io/warn".to_owned(), level),
+    ])
+}
+
+/// The host Namespace for tenant namespace `tenant_ns`: name from the mapping, labels and
+/// annotations naming the tenant, and the Pod Security labels.
+pub fn host_namespace(
+    vcref: &VirtualClusterRef,
+    vc: &VirtualCluster,
+    tenant_ns: &str,
+    tenant_ns_uid: Option<&str>,
+) -> Namespace {
+    let mut meta = vcref.host_namespace_meta(tenant_ns, tenant_ns_uid);
+    meta.labels
+        .get_or_insert_with(BTreeMap::new)
+        .extend(pod_security_labels(vc));
+    Namespace {
+        metadata: meta,
+        ..Namespace::default()
+    }
+}
+
+fn meta(vcref: &VirtualClusterRef, host_ns: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(OBJECT_NAME.to_owned()),
+        namespace: Some(host_ns.to_owned()),
+        labels: Some(vcref.labels()),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The ResourceQuota of `spec.isolation.resourceQuota`, if set.
+pub fn resource_quota(
+    vcref: &VirtualClusterRef,
+    vc: &VirtualCluster,
+    host_ns: &str,
+) -> Option<ResourceQuota> {
+    let spec = vc.spec.isolation.resource_quota.clone()?;
+    Some(ResourceQuota {
+        metadata: meta(vcref, host_ns),
+        spec: Some(spec),
+        ..ResourceQuota::default()
+    })
+}
+
+/// The LimitRange of `spec.isolation.limitRange`, if set.
+pub fn limit_range(
+    vcref: &VirtualClusterRef,
+    vc: &VirtualCluster,
+    host_ns: &str,
+) -> Option<LimitRange> {
+    let spec = vc.spec.isolation.limit_range.clone()?;
+    Some(LimitRange {
+        metadata: meta(vcref, host_ns),
+        spec: Some(spec),
+    })
+}
+
+/// The NetworkPolicy (unless `spec.isolation.networkPolicy` is false): every pod of the host
+/// namespace accepts traffic only from the tenant's own host namespaces (selected by the
+/// VirtualCluster's uid label) and from the VirtualCluster's namespace (its control plane), and
+/// sends traffic only to the tenant's own host namespaces and to the cluster DNS.
+pub fn network_policy(
+    vcref: &VirtualClusterRef,
+    vc: &VirtualCluster,
+    host_ns: &str,
+) -> Result<Option<NetworkPolicy>, serde_json::Error> {
+    if !vc.spec.isolation.network_policy {
+        return Ok(None);
+    }
+    let tenant = json!({"namespaceSelector": {"matchLabels": {
+        labels::MANAGED_BY: labels::MANAGED_BY_VALUE,
+        labels::VIRTUALCLUSTER_UID: vcref.uid,
+    }}});
+    serde_json::from_value(json!({
+        "metadata": meta(vcref, host_ns),
+        "spec": {
+            "podSelector": {},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"from": [
+                tenant,
+                {"namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: vcref.namespace}}},
+            ]}],
+            "egress": [
+                {"to": [tenant]},
+                {
+                    "to": [{
+                        "namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: "kube-system"}},
+                        "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+                    }],
+                    "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+                },
+            ],
+        }
+    }))
+    .map(Some)
+}
+
+/// What [`apply`] changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// `Kind/name` of each object written or deleted (empty: everything was current).
+    pub changed: Vec<String>,
+}
+
+async fn apply_or_remove<K>(
+    client: &Client,
+    host_ns: &str,
+    desired: Option<K>,
+    applied: &mut Applied,
+) -> Result<(), Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), host_ns);
+    let kind = K::kind(&K::DynamicType::default()).into_owned();
+    match desired {
+        Some(obj) => {
+            if apply_if_changed(&api, obj, FIELD_MANAGER).await?.1 {
+                applied.changed.push(format!("{kind}/{OBJECT_NAME}"));
+            }
+        }
+        None => {
+            let live = api
+                .get_opt(OBJECT_NAME)
+                .await
+                .map_err(|e| Error::kube(format!("reading {kind} {host_ns}/{OBJECT_NAME}"), e))?;
+            let ours = live.is_some_and(|o| {
+                o.labels().get(labels::MANAGED_BY).map(String::as_str)
+                    == Some(labels::MANAGED_BY_VALUE)
+            });
+            if ours {
+                match api.delete(OBJECT_NAME, &DeleteParams::default()).await {
+                    Ok(_) => applied.changed.push(format!("-{kind}/{OBJECT_NAME}")),
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(e) => {
+                        return Err(Error::kube(
+                            format!("deleting {kind} {host_ns}/{OBJECT_NAME}"),
+                            e,
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Brings the isolation of host namespace `host_ns` in line with `vc.spec.isolation`: Pod
+/// Security labels on the Namespace, and the ResourceQuota, LimitRange and NetworkPolicy (each
+/// removed again when its setting is unset). Refuses a namespace that does not belong to `vc`.
+pub async fn apply(client: &Client, vc: &VirtualCluster, host_ns: &str) -> Result<Applied, Error> {
+    let vcref = VirtualClusterRef::from_virtualcluster(vc).ok_or_else(|| {
+        Error::InvalidSpec("the VirtualCluster has no namespace, name or uid".into())
+    })?;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns = namespaces
+        .get_opt(host_ns)
+        .await
+        .map_err(|e| Error::kube(format!("reading namespace {host_ns}"), e))?
+        .ok_or_else(|| Error::ForeignNamespace {
+            namespace: host_ns.to_owned(),
+            reason: "it does not exist".into(),
+        })?;
+    if !HostNamespaceOwner::from_meta(&ns.metadata).is_some_and(|o| o.is_owned_by(&vcref.uid)) {
+        return Err(Error::ForeignNamespace {
+            namespace: host_ns.to_owned(),
+            reason: format!(
+                "it is not labelled as a host namespace of VirtualCluster {}/{} (uid {})",
+                vcref.namespace, vcref.name, vcref.uid
+            ),
+        });
+    }
+    let mut applied = Applied::default();
+    let want = pod_security_labels(vc);
+    let have = ns.labels();
+    if want.iter().any(|(k, v)| have.get(k) != Some(v)) {
+        let patch = json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": host_ns, "labels": want},
+        });
+        namespaces
+            .patch(
+                host_ns,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(patch),
+            )
+            .await
+            .map_err(|e| Error::kube(format!("labelling namespace {host_ns}"), e))?;
+        applied.changed.push(format!("Namespace/{host_ns}"));
+    }
+    apply_or_remove(
+        client,
+        host_ns,
+        resource_quota(&vcref, vc, host_ns),
+        &mut applied,
+    )
+    .await?;
+    apply_or_remove(
+        client,
+        host_ns,
+        limit_range(&vcref, vc, host_ns),
+        &mut applied,
+    )
+    .await?;
+    let np = network_policy(&vcref, vc, host_ns).map_err(|source| Error::Serialize {
+        what: "the NetworkPolicy".into(),
+        source,
+    })?;
+    apply_or_remove(client, host_ns, np, &mut applied).await?;
+    Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvtenant_api::{PodSecurityLevel, VirtualClusterSpec};
+
+    fn vc() -> (VirtualCluster, VirtualClusterRef) {
+        let mut vc = VirtualCluster::new("alpha", VirtualClusterSpec::default());
+        vc.metadata.namespace = Some("tenants".into());
+        vc.metadata.uid = Some("uid-1".into());
+        let r = VirtualClusterRef::from_virtualcluster(&vc).unwrap();
+        (vc, r)
+    }
+
+    #[test]
+    fn network_policy_admits_only_the_tenant_and_dns() {
+        let (vc, r) = vc();
+        let np = network_policy(&r, &vc, "h1").unwrap().unwrap();
+        let v = serde_json::to_value(&np).unwrap();
+        assert_eq!(v["spec"]["podSelector"], json!({}));
+        assert_eq!(v["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
+        let from = &v["spec"]["ingress"][0]["from"];
+        assert_eq!(
+            from[0]["namespaceSelector"]["matchLabels"][labels::VIRTUALCLUSTER_UID],
+            "uid-1"
+        );
+        assert_eq!(
+            from[1]["namespaceSelector"]["matchLabels"][NAMESPACE_NAME_LABEL],
+            "tenants"
+        );
+        assert_eq!(from.as_array().unwrap().len(), 2);
+        let dns = &v["spec"]["egress"][1];
+        assert_eq!(dns["ports"][0]["port"], 53);
+        assert_eq!(
+            dns["to"][0]["podSelector"]["matchLabels"]["k8s-app"],
+            "kube-dns"
+        );
+
+        let mut off = vc.clone();
+        off.spec.isolation.network_policy = false;
+        assert!(network_policy(&r, &off, "h1").unwrap().is_none());
+    }
+
+    #[test]
+    fn quota_and_limits_only_when_set_and_pod_security_from_spec() {
+        let (mut vc, r) = vc();
+        assert!(resource_quota(&r, &vc, "h1").is_none());
+        assert!(limit_range(&r, &vc, "h1").is_none());
+        vc.spec.isolation.resource_quota =
+            Some(serde_json::from_value(json!({"hard": {"pods": "10"}})).unwrap());
+        let q = resource_quota(&r, &vc, "h1").unwrap();
+        assert_eq!(q.metadata.namespace.as_deref(), Some("h1"));
+        assert_eq!(
+            q.labels()
+                .get(labels::VIRTUALCLUSTER_UID)
+                .map(String::as_str),
+            Some("uid-1")
+        );
+        vc.spec.isolation.pod_security = PodSecurityLevel::Restricted;
+        let ns = host_namespace(&r, &vc, "default", Some("t-uid"));
+        let l = ns.labels();
+        assert_eq!(
+            l.get(labels::POD_SECURITY_ENFORCE).map(String::as_str),
+            Some("restricted")
+        );
+        assert_eq!(
+            l.get(labels::VIRTUALCLUSTER_UID).map(String::as_str),
+            Some("uid-1")
+        );
+        assert_eq!(ns.metadata.name, Some(r.host_namespace("default")));
+    }
+}

@@ -1,0 +1,234 @@
+//! Managed mode: kvtenant runs the tenant's control plane in the VirtualCluster's namespace.
+//!
+//! Order of one pass: Services (their cluster IP and load-balancer address go into the serving
+//! certificate) → `<vc>-pki` Secret (kept, renewed or issued by [`pki::ensure`]) →
+//! `<vc>-kubeconfig` Secret → StatefulSet → readiness. Everything carries an owner reference to
+//! the VirtualCluster, so deleting it cascades.
+//!
+//! Readiness: the StatefulSet has a ready pod, then the tenant apiserver answers `/readyz`
+//! through the Service endpoint written in the kubeconfig.
+
+pub mod pki;
+pub mod render;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ObjectReference, Secret, Service};
+use kube::api::Api;
+use kube::runtime::events::EventType;
+use kvtenant_api::{Phase, VirtualCluster};
+
+use crate::apply::apply_if_changed;
+use crate::context::Context;
+use crate::error::Error;
+use crate::external::{probe, tenant_client};
+use crate::status::{Cond, Observation, publish, publish_related};
+use render::Target;
+
+/// Reconciles a Managed VirtualCluster's host objects and observes its readiness.
+pub async fn reconcile(vc: &VirtualCluster, ctx: &Context) -> Result<Observation, Error> {
+    let t = Target::new(vc).ok_or_else(|| {
+        Error::InvalidSpec("the VirtualCluster has no namespace, name or uid yet".into())
+    })?;
+    let ns = t.vcref.namespace.clone();
+    let client = ctx.client.clone();
+    let ser = |what: &str| {
+        let what = what.to_owned();
+        move |source| Error::Serialize { what, source }
+    };
+
+    // Services.
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let [main, headless] = render::services(&t).map_err(ser("Services"))?;
+    let (main, changed) = apply_if_changed(&services, main, kvtenant_api::MANAGER).await?;
+    step(ctx, vc, changed, "v1", "Service", &t.names.service).await;
+    let (_, changed) = apply_if_changed(&services, headless, kvtenant_api::MANAGER).await?;
+    step(ctx, vc, changed, "v1", "Service", &t.names.statefulset).await;
+
+    // PKI.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let existing: BTreeMap<String, Vec<u8>> = secrets
+        .get_opt(&t.names.pki_secret)
+        .await
+        .map_err(|e| Error::kube(format!("reading Secret {ns}/{}", t.names.pki_secret), e))?
+        .and_then(|s| s.data)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    let req = pki::PkiRequest {
+        cluster: format!("{ns}/{}", t.vcref.name),
+        apiserver_sans: render::apiserver_sans(&t, Some(&main)),
+    };
+    let renew_before =
+        time::Duration::try_from(ctx.config.renew_before).unwrap_or(time::Duration::days(30));
+    let (pki, issued) = pki::ensure(
+        &existing,
+        &req,
+        time::OffsetDateTime::now_utc(),
+        renew_before,
+    )?;
+    if !issued.is_empty() {
+        publish(
+            ctx,
+            vc,
+            EventType::Normal,
+            "CertificatesIssued",
+            "IssueCertificates",
+            format!(
+                "issued {} (stored in Secret {ns}/{})",
+                issued.join(", "),
+                t.names.pki_secret
+            ),
+        )
+        .await;
+    }
+    let pki_secret = render::pki_secret(&t, &pki);
+    let pki_hash = render::content_hash(&pki_secret.data).map_err(ser("the PKI Secret"))?;
+    let (_, changed) = apply_if_changed(&secrets, pki_secret, kvtenant_api::MANAGER).await?;
+    step(ctx, vc, changed, "v1", "Secret", &t.names.pki_secret).await;
+
+    // Tenant kubeconfig.
+    let endpoint = render::endpoint(&t, Some(&main));
+    let kubeconfig = render::kubeconfig_secret(&t, &pki, &endpoint);
+    let (_, changed) = apply_if_changed(&secrets, kubeconfig, kvtenant_api::MANAGER).await?;
+    step(ctx, vc, changed, "v1", "Secret", &t.names.kubeconfig_secret).await;
+
+    // StatefulSet.
+    let statefulsets: Api<StatefulSet> = Api::namespaced(client, &ns);
+    let sts = render::statefulset(&t, &pki_hash).map_err(ser("the StatefulSet"))?;
+    let (sts, changed) = apply_if_changed(&statefulsets, sts, kvtenant_api::MANAGER).await?;
+    step(
+        ctx,
+        vc,
+        changed,
+        "apps/v1",
+        "StatefulSet",
+        &t.names.statefulset,
+    )
+    .await;
+
+    let kubeconfig_ok = Cond::ok(
+        "SecretWritten",
+        format!(
+            "Secret {ns}/{} key {:?} holds the tenant admin kubeconfig for {endpoint}",
+            t.names.kubeconfig_secret,
+            render::KUBECONFIG_KEY
+        ),
+    );
+    let mut obs = Observation {
+        phase: Phase::Provisioning,
+        message: None,
+        control_plane: Cond::not("Provisioning", ""),
+        kubeconfig: Some(kubeconfig_ok),
+        endpoint: Some(endpoint.clone()),
+        kubernetes_version: None,
+        kubeconfig_secret_name: Some(t.names.kubeconfig_secret.clone()),
+        requeue_after: Some(ctx.config.provisioning_poll),
+        reason: "Provisioning".into(),
+    };
+
+    if vc.spec.paused {
+        // Stopping the tenant's running VMs on the host is the syncer's part: it reads
+        // spec.paused too (and restarts them on resume).
+        let msg = format!(
+            "spec.paused is true: StatefulSet {ns}/{} is scaled to 0; its data volume is kept",
+            t.names.statefulset
+        );
+        obs.phase = Phase::Paused;
+        obs.message = Some(msg.clone());
+        obs.control_plane = Cond::not("Paused", msg);
+        obs.requeue_after = None;
+        obs.reason = "Paused".into();
+        return Ok(obs);
+    }
+
+    let want = sts.spec.replicas.unwrap_or(1);
+    let ready = sts
+        .status
+        .as_ref()
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0);
+    if want == 0 {
+        let msg = "spec.controlPlane.replicas is 0: the control plane is stopped".to_owned();
+        obs.message = Some(msg.clone());
+        obs.control_plane = Cond::not("ScaledToZero", msg);
+        obs.requeue_after = None;
+        return Ok(obs);
+    }
+    if ready < 1 {
+        let msg = format!(
+            "waiting for StatefulSet {ns}/{}: {ready} of {want} pod(s) ready",
+            t.names.statefulset
+        );
+        obs.message = Some(msg.clone());
+        obs.control_plane = Cond::not("PodsNotReady", msg);
+        return Ok(obs);
+    }
+
+    // The pod is ready: ask the apiserver itself, through the endpoint tenants use.
+    let kubeconfig_text = pki::render_kubeconfig(
+        &t.vcref.name,
+        &endpoint,
+        &pki.ca.cert_pem,
+        pki::ADMIN_CN,
+        &pki.admin,
+    );
+    let probed = match tenant_client(&kubeconfig_text, ctx.config.probe_timeout).await {
+        Ok((tenant, _)) => probe(&tenant, &endpoint).await,
+        Err(reason) => Err(Error::Unreachable {
+            endpoint: endpoint.clone(),
+            reason,
+        }),
+    };
+    match probed {
+        Ok(version) => {
+            obs.phase = Phase::Ready;
+            obs.control_plane = Cond::ok(
+                "Reachable",
+                format!("{endpoint} answers /readyz (Kubernetes {version})"),
+            );
+            obs.kubernetes_version = Some(version);
+            obs.requeue_after = None;
+            obs.reason = "ControlPlaneReady".into();
+        }
+        Err(e) => {
+            let msg = format!("the pod is ready but the apiserver is not: {e}");
+            obs.message = Some(msg.clone());
+            obs.control_plane = Cond::not("ApiserverNotReady", msg);
+        }
+    }
+    Ok(obs)
+}
+
+/// An Event for an object that was created or changed (nothing when it was already current).
+async fn step(
+    ctx: &Context,
+    vc: &VirtualCluster,
+    changed: bool,
+    api_version: &str,
+    kind: &str,
+    name: &str,
+) {
+    if changed {
+        tracing::info!(%kind, %name, "applied");
+        let related = ObjectReference {
+            api_version: Some(api_version.to_owned()),
+            kind: Some(kind.to_owned()),
+            name: Some(name.to_owned()),
+            namespace: vc.metadata.namespace.clone(),
+            ..ObjectReference::default()
+        };
+        publish_related(
+            ctx,
+            vc,
+            EventType::Normal,
+            "Applied",
+            "Apply",
+            format!("applied {kind} {name}"),
+            Some(related),
+        )
+        .await;
+    }
+}

@@ -1,0 +1,274 @@
+use super::*;
+use kvtenant_api::{ExposeType, VirtualClusterSpec};
+use time::OffsetDateTime;
+
+fn vc(spec: VirtualClusterSpec) -> VirtualCluster {
+    let mut vc = VirtualCluster::new("alpha", spec);
+    vc.metadata.namespace = Some("tenants".into());
+    vc.metadata.uid = Some("uid-1".into());
+    vc
+}
+
+fn pki_for(t: &Target<'_>) -> Pki {
+    let req = pki::PkiRequest {
+        cluster: "tenants/alpha".into(),
+        apiserver_sans: apiserver_sans(t, None),
+    };
+    pki::ensure(
+        &BTreeMap::new(),
+        &req,
+        OffsetDateTime::now_utc(),
+        time::Duration::days(30),
+    )
+    .unwrap()
+    .0
+}
+
+fn container<'a>(sts: &'a StatefulSet, name: &str) -> &'a k8s_openapi::api::core::v1::Container {
+    sts.spec
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no container {name}"))
+}
+
+#[test]
+fn names_fit_the_statefulset_limit() {
+    let long = "a".repeat(kvtenant_api::VIRTUALCLUSTER_NAME_MAX_LEN);
+    let n = Names::new(&long);
+    assert!(n.statefulset.len() <= 52, "{}", n.statefulset);
+    assert!(n.service.len() <= 63);
+    assert!(n.kubeconfig_secret.len() <= 63);
+}
+
+#[test]
+fn serving_certificate_names_and_endpoint() {
+    let mut spec = VirtualClusterSpec::default();
+    let v = vc(spec.clone());
+    let t = Target::new(&v).unwrap();
+    let sans = apiserver_sans(&t, None);
+    for want in [
+        "alpha-apiserver.tenants.svc",
+        "alpha-apiserver.tenants.svc.cluster.local",
+        "localhost",
+        "127.0.0.1",
+        "kubernetes.default.svc",
+    ] {
+        assert!(
+            sans.iter().any(|s| s == want),
+            "{want} missing from {sans:?}"
+        );
+    }
+    assert_eq!(
+        endpoint(&t, None),
+        "https://alpha-apiserver.tenants.svc:443"
+    );
+
+    spec.expose.extra_sans = vec!["vc.example.com".into(), "192.0.2.7".into()];
+    spec.expose.type_ = ExposeType::NodePort;
+    let v = vc(spec);
+    let t = Target::new(&v).unwrap();
+    let sans = apiserver_sans(&t, None);
+    assert!(sans.contains(&"vc.example.com".to_owned()));
+    assert!(sans.contains(&"192.0.2.7".to_owned()));
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": {"name": "alpha-apiserver"},
+        "spec": {"clusterIP": "10.0.0.9", "ports": [{"port": 443, "nodePort": 31443}]},
+    }))
+    .unwrap();
+    assert!(apiserver_sans(&t, Some(&svc)).contains(&"10.0.0.9".to_owned()));
+    assert_eq!(endpoint(&t, Some(&svc)), "https://vc.example.com:31443");
+}
+
+#[test]
+fn statefulset_runs_the_spec_versions_with_probes_volumes_and_owner() {
+    let mut spec = VirtualClusterSpec {
+        kubernetes_version: "v1.36.1".into(),
+        ..VirtualClusterSpec::default()
+    };
+    spec.control_plane.storage.storage_class_name = Some("fast".into());
+    let v = vc(spec);
+    let t = Target::new(&v).unwrap();
+    let sts = statefulset(&t, "h1").unwrap();
+    assert_eq!(sts.metadata.name.as_deref(), Some("alpha-cp"));
+    assert_eq!(
+        sts.metadata.owner_references.as_ref().unwrap()[0].name,
+        "alpha"
+    );
+    assert_eq!(
+        sts.metadata.owner_references.as_ref().unwrap()[0].controller,
+        Some(true)
+    );
+    assert_eq!(sts.spec.replicas, Some(1));
+    let api = container(&sts, "kube-apiserver");
+    assert_eq!(
+        api.image.as_deref(),
+        Some("registry.k8s.io/kube-apiserver:v1.36.1")
+    );
+    assert_eq!(
+        api.command.as_deref(),
+        Some(&["kube-apiserver".to_owned()][..])
+    );
+    let args = api.args.clone().unwrap();
+    assert!(args.contains(&format!("--secure-port={APISERVER_PORT}")));
+    assert!(args.contains(&"--etcd-servers=http://127.0.0.1:2379".to_owned()));
+    let probe = api
+        .readiness_probe
+        .as_ref()
+        .unwrap()
+        .http_get
+        .as_ref()
+        .unwrap();
+    assert_eq!(probe.path.as_deref(), Some("/readyz"));
+    assert_eq!(probe.scheme.as_deref(), Some("HTTPS"));
+    assert_eq!(
+        api.liveness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap()
+            .path
+            .as_deref(),
+        Some("/livez")
+    );
+    assert!(api.resources.as_ref().unwrap().requests.is_some());
+    let kcm = container(&sts, "kube-controller-manager");
+    assert_eq!(
+        kcm.image.as_deref(),
+        Some("registry.k8s.io/kube-controller-manager:v1.36.1")
+    );
+    let etcd = container(&sts, "etcd");
+    assert_eq!(
+        etcd.image.as_deref(),
+        Some(kvtenant_api::DEFAULT_ETCD_IMAGE)
+    );
+    let pvc = &sts.spec.volume_claim_templates.as_ref().unwrap()[0];
+    let pvc_spec = pvc.spec.as_ref().unwrap();
+    assert_eq!(pvc_spec.storage_class_name.as_deref(), Some("fast"));
+    assert_eq!(
+        pvc_spec
+            .resources
+            .as_ref()
+            .unwrap()
+            .requests
+            .as_ref()
+            .unwrap()["storage"]
+            .0,
+        kvtenant_api::DEFAULT_STORAGE_SIZE
+    );
+    let tmpl = &sts.spec.template;
+    assert_eq!(
+        tmpl.metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap()[PKI_HASH],
+        "h1"
+    );
+    let labels = tmpl.metadata.as_ref().unwrap().labels.as_ref().unwrap();
+    assert!(
+        !labels.contains_key(kvtenant_api::labels::VIRTUALCLUSTER_UID),
+        "VirtualCluster labels stay off pods"
+    );
+}
+
+#[test]
+fn version_change_changes_the_pod_template_and_pause_scales_to_zero() {
+    let v1 = vc(VirtualClusterSpec::default());
+    let mut spec = VirtualClusterSpec {
+        kubernetes_version: "v1.37.3".into(),
+        ..VirtualClusterSpec::default()
+    };
+    let v2 = vc(spec.clone());
+    let a = statefulset(&Target::new(&v1).unwrap(), "h").unwrap();
+    let b = statefulset(&Target::new(&v2).unwrap(), "h").unwrap();
+    assert_ne!(a.spec.template, b.spec.template);
+    spec.paused = true;
+    let v3 = vc(spec);
+    let c = statefulset(&Target::new(&v3).unwrap(), "h").unwrap();
+    assert_eq!(c.spec.replicas, Some(0));
+    assert_eq!(
+        c.spec.template, b.spec.template,
+        "pausing does not roll the pod"
+    );
+}
+
+#[test]
+fn kine_replaces_etcd() {
+    let mut spec = VirtualClusterSpec::default();
+    spec.control_plane.datastore = kvtenant_api::Datastore::Kine;
+    let v = vc(spec);
+    let sts = statefulset(&Target::new(&v).unwrap(), "h").unwrap();
+    let kine = container(&sts, "kine");
+    assert_eq!(
+        kine.image.as_deref(),
+        Some(kvtenant_api::DEFAULT_KINE_IMAGE)
+    );
+    assert!(
+        kine.args
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|a| a.starts_with("--endpoint=sqlite://"))
+    );
+    let names: Vec<_> = sts
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers
+        .iter()
+        .map(|c| c.name.clone())
+        .collect();
+    assert!(!names.contains(&"etcd".to_owned()));
+}
+
+#[test]
+fn secrets_hold_the_pki_and_a_kubeconfig_for_the_endpoint() {
+    let v = vc(VirtualClusterSpec::default());
+    let t = Target::new(&v).unwrap();
+    let pki = pki_for(&t);
+    let s = pki_secret(&t, &pki);
+    let data = s.data.as_ref().unwrap();
+    for key in [
+        pki::keys::CA_CRT,
+        pki::keys::APISERVER_KEY,
+        pki::keys::SA_KEY,
+        pki::keys::CONTROLLER_MANAGER_CONF,
+    ] {
+        assert!(data.contains_key(key), "{key}");
+    }
+    let kcm_conf = String::from_utf8(data[pki::keys::CONTROLLER_MANAGER_CONF].0.clone()).unwrap();
+    assert!(kcm_conf.contains("server: https://127.0.0.1:6443"));
+    let kc = kubeconfig_secret(&t, &pki, "https://alpha-apiserver.tenants.svc:443");
+    assert_eq!(kc.metadata.name.as_deref(), Some("alpha-kubeconfig"));
+    let text = String::from_utf8(kc.data.as_ref().unwrap()[KUBECONFIG_KEY].0.clone()).unwrap();
+    assert!(text.contains("server: https://alpha-apiserver.tenants.svc:443"));
+    assert!(!format!("{s:?}").contains("PRIVATE KEY"),);
+}
+
+#[test]
+fn services_follow_expose() {
+    let mut spec = VirtualClusterSpec::default();
+    spec.expose.type_ = ExposeType::LoadBalancer;
+    spec.expose.service_annotations = BTreeMap::from([("lb/pool".into(), "a".into())]);
+    let v = vc(spec);
+    let t = Target::new(&v).unwrap();
+    let [main, headless] = services(&t).unwrap();
+    let ms = main.spec.as_ref().unwrap();
+    assert_eq!(ms.type_.as_deref(), Some("LoadBalancer"));
+    assert_eq!(ms.ports.as_ref().unwrap()[0].port, 443);
+    assert_eq!(main.metadata.annotations.as_ref().unwrap()["lb/pool"], "a");
+    assert_eq!(
+        headless.spec.as_ref().unwrap().cluster_ip.as_deref(),
+        Some("None")
+    );
+    assert_eq!(ms.selector, Some(t.pod_labels()));
+}

@@ -1,0 +1,806 @@
+//! Managed mode on a real host apiserver. No kubelet runs here, so the boot test plays the
+//! kubelet: it runs the testenv binaries with exactly the StatefulSet's rendered command lines,
+//! certificates and kubeconfigs, rewriting only what a pod gets from its volumes and network:
+//!
+//! - each volume mount path → a directory under a temp dir holding that volume's files (Secret
+//!   items written from the Secret the controller created; emptyDir and the data PVC empty);
+//! - `$(POD_IP)` → 127.0.0.1 (the kubelet expands it from the downward-API env var);
+//! - `0.0.0.0` → 127.0.0.1 (listen on loopback only, not on the machine's network);
+//! - the pod's ports (6443 apiserver, 2379/2380/2381 etcd, 10257 controller-manager) → free
+//!   loopback ports, in the command lines and in the controller-manager kubeconfig file. The
+//!   apiserver's port becomes the node port the host allocated to the NodePort Service, i.e.
+//!   this machine plays the node the Service forwards to;
+//! - the program name (`etcd`, `kube-apiserver`, `kube-controller-manager`) → the testenv
+//!   binary.
+//!
+//! The VirtualCluster is exposed as a NodePort with `127.0.0.1` as its first extra SAN, so the
+//! generated tenant admin kubeconfig points at `https://127.0.0.1:<node port>` and is used
+//! unchanged; TLS is verified against the generated CA, so the serving certificate must carry
+//! 127.0.0.1. Playing the StatefulSet controller, the test then marks the pod ready in the
+//! StatefulSet's status, and the controller's own probe of `/readyz` through that endpoint turns
+//! the VirtualCluster Ready.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, Namespace, Secret, Service, ServiceAccount,
+};
+use kube::api::{Api, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, ResourceExt};
+use kvtenant_api::{CONDITION_KUBECONFIG_READY, Phase, VirtualCluster, VirtualClusterSpec};
+use kvtenant_controller::managed::pki::{self, cert_info};
+use kvtenant_controller::managed::render;
+use testenv::process::Managed;
+
+const NS: &str = "tenants";
+
+/// The control-plane pod, run as local processes.
+struct Pod {
+    /// Pod port → local port.
+    ports: BTreeMap<u16, u16>,
+    processes: Vec<Managed>,
+    _dir: tempfile::TempDir,
+}
+
+fn rewrite(s: &str, mounts: &[(String, PathBuf)], ports: &BTreeMap<u16, u16>) -> String {
+    let mut s = s
+        .replace("$(POD_IP)", "127.0.0.1")
+        .replace("0.0.0.0", "127.0.0.1");
+    for (path, local) in mounts {
+        s = s.replace(path.as_str(), &local.display().to_string());
+    }
+    for (from, to) in ports {
+        s = s
+            .replace(&format!(":{from}"), &format!(":{to}"))
+            .replace(&format!("={from}"), &format!("={to}"));
+    }
+    s
+}
+
+/// Starts the StatefulSet's containers as local processes, as described in the module docs.
+fn run_pod(sts: &StatefulSet, secrets: &BTreeMap<String, Secret>, apiserver_port: u16) -> Pod {
+    let bins = testenv::binaries::ensure().expect("testenv binaries");
+    let dir = tempfile::Builder::new()
+        .prefix("kvtenant-pod-")
+        .tempdir()
+        .unwrap();
+    let pod = sts.spec.template.spec.clone().unwrap();
+    let ports: BTreeMap<u16, u16> = [
+        render::APISERVER_PORT,
+        render::ETCD_CLIENT_PORT,
+        render::ETCD_PEER_PORT,
+        render::ETCD_METRICS_PORT,
+        render::CONTROLLER_MANAGER_PORT,
+    ]
+    .into_iter()
+    .map(|p| (p, testenv::controlplane::free_port().unwrap()))
+    .chain([(render::APISERVER_PORT, apiserver_port)])
+    .collect();
+
+    // Volumes: one directory each.
+    let mut volume_dirs = BTreeMap::new();
+    for v in pod.volumes.clone().unwrap_or_default() {
+        let d = dir.path().join(&v.name);
+        std::fs::create_dir_all(&d).unwrap();
+        if let Some(sv) = &v.secret {
+            let secret = &secrets[sv.secret_name.as_deref().unwrap()];
+            let data = secret.data.clone().unwrap_or_default();
+            for item in sv.items.clone().unwrap_or_default() {
+                let bytes = &data
+                    .get(&item.key)
+                    .unwrap_or_else(|| panic!("Secret lacks {}", item.key))
+                    .0;
+                let mut text = String::from_utf8(bytes.clone()).unwrap();
+                if item.key.ends_with(".conf") {
+                    text = rewrite(&text, &[], &ports);
+                }
+                std::fs::write(d.join(&item.path), text).unwrap();
+            }
+        }
+        volume_dirs.insert(v.name.clone(), d);
+    }
+    for claim in sts.spec.volume_claim_templates.clone().unwrap_or_default() {
+        let name = claim.metadata.name.unwrap();
+        let d = dir.path().join(&name);
+        std::fs::create_dir_all(&d).unwrap();
+        volume_dirs.insert(name, d);
+    }
+
+    let mut processes = Vec::new();
+    for c in &pod.containers {
+        let mut mounts: Vec<(String, PathBuf)> = c
+            .volume_mounts
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| (m.mount_path, volume_dirs[&m.name].clone()))
+            .collect();
+        mounts.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+        let command = c.command.clone().unwrap();
+        let program = match command[0].as_str() {
+            "etcd" => bins.etcd.clone(),
+            "kube-apiserver" => bins.kube_apiserver.clone(),
+            "kube-controller-manager" => bins.kube_controller_manager.clone(),
+            other => panic!("no testenv binary for {other}"),
+        };
+        let args: Vec<String> = command[1..]
+            .iter()
+            .chain(c.args.clone().unwrap_or_default().iter())
+            .map(|a| rewrite(a, &mounts, &ports))
+            .collect();
+        eprintln!("{}: {} {}", c.name, program.display(), args.join(" "));
+        let mut cmd = Command::new(&program);
+        cmd.args(&args);
+        let log = dir.path().join(format!("{}.log", c.name));
+        processes.push(Managed::spawn(&c.name, cmd, &log, None).expect("spawn"));
+    }
+    Pod {
+        ports,
+        processes,
+        _dir: dir,
+    }
+}
+
+impl Pod {
+    fn logs(&mut self) -> String {
+        self.processes
+            .iter_mut()
+            .map(|p| {
+                let exited = p
+                    .exited()
+                    .map(|s| format!(" (exited: {s})"))
+                    .unwrap_or_default();
+                format!("--- {}{exited}:\n{}", p.name(), p.log_tail(15))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn port_of(
+        &self,
+        c: &Container,
+        port: &k8s_openapi::apimachinery::pkg::util::intstr::IntOrString,
+    ) -> u16 {
+        use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+        let pod_port = match port {
+            IntOrString::Int(p) => *p as u16,
+            IntOrString::String(name) => {
+                c.ports
+                    .clone()
+                    .unwrap_or_default()
+                    .iter()
+                    .find(|p| p.name.as_deref() == Some(name.as_str()))
+                    .unwrap_or_else(|| panic!("{}: no port named {name}", c.name))
+                    .container_port as u16
+            }
+        };
+        self.ports[&pod_port]
+    }
+}
+
+async fn http_get_status(port: u16, path: &str) -> Result<u16, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&buf);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("bad response: {text}"))
+}
+
+async fn https_get_ok(port: u16, path: &str) -> Result<(), String> {
+    let mut config = kube::Config::new(format!("https://127.0.0.1:{port}").parse().unwrap());
+    config.accept_invalid_certs = true;
+    let client = Client::try_from(config).map_err(|e| e.to_string())?;
+    let req = http::Request::get(path).body(Vec::new()).unwrap();
+    client
+        .request_text(req)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn managed_objects_are_rendered_and_the_rendered_control_plane_boots() {
+    let host = host("mgd-host", false).await;
+    let client = host.client().unwrap();
+    create_namespace(&client, NS).await;
+    let _ctl = RunningController::start(client.clone(), test_config());
+
+    let mut spec = VirtualClusterSpec::default();
+    spec.expose.type_ = kvtenant_api::ExposeType::NodePort;
+    spec.expose.extra_sans = vec!["127.0.0.1".into(), "alpha.example.test".into()];
+    let created = create_vc(&client, NS, &vc("alpha", spec)).await;
+    let uid = created.uid().unwrap();
+    let t0 = Instant::now();
+    let vc = wait_status(
+        &client,
+        NS,
+        "alpha",
+        "Provisioning with a kubeconfig",
+        |s| {
+            if s.phase == Some(Phase::Provisioning) && s.is_true(CONDITION_KUBECONFIG_READY) {
+                Ok(())
+            } else {
+                Err("not provisioning yet".into())
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "objects created and status written after {:.2?}",
+        t0.elapsed()
+    );
+    let status = vc.status.unwrap();
+    assert_eq!(
+        status.message.as_deref(),
+        Some("waiting for StatefulSet tenants/alpha-cp: 0 of 1 pod(s) ready")
+    );
+    assert_eq!(
+        status.kubeconfig_secret_name.as_deref(),
+        Some("alpha-kubeconfig")
+    );
+
+    // --- The objects and their content.
+    let owned_by_vc = |o: &dyn Fn() -> Option<
+        Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
+    >| {
+        let refs = o().unwrap_or_default();
+        assert!(
+            refs.iter()
+                .any(|r| r.uid == uid && r.kind == "VirtualCluster" && r.controller == Some(true)),
+            "missing owner reference: {refs:?}"
+        );
+    };
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    let mut secret_map = BTreeMap::new();
+    for name in ["alpha-pki", "alpha-kubeconfig"] {
+        let s = secrets.get(name).await.unwrap();
+        owned_by_vc(&|| s.metadata.owner_references.clone());
+        assert_eq!(
+            s.labels().get(kvtenant_api::labels::VIRTUALCLUSTER_UID),
+            Some(&uid)
+        );
+        secret_map.insert(name.to_owned(), s);
+    }
+    let pki_data = secret_map["alpha-pki"].data.clone().unwrap();
+    for key in [
+        pki::keys::CA_CRT,
+        pki::keys::CA_KEY,
+        pki::keys::APISERVER_CRT,
+        pki::keys::APISERVER_KEY,
+        pki::keys::FRONT_PROXY_CA_CRT,
+        pki::keys::FRONT_PROXY_CLIENT_CRT,
+        pki::keys::SA_KEY,
+        pki::keys::SA_PUB,
+        pki::keys::ADMIN_CRT,
+        pki::keys::CONTROLLER_MANAGER_CONF,
+    ] {
+        assert!(pki_data.contains_key(key), "alpha-pki lacks {key}");
+    }
+    let services: Api<Service> = Api::namespaced(client.clone(), NS);
+    let svc = services.get("alpha-apiserver").await.unwrap();
+    owned_by_vc(&|| svc.metadata.owner_references.clone());
+    let svc_spec = svc.spec.clone().unwrap();
+    assert_eq!(svc_spec.type_.as_deref(), Some("NodePort"));
+    let node_port = svc_spec.ports.as_ref().unwrap()[0].node_port.unwrap() as u16;
+    let endpoint = format!("https://127.0.0.1:{node_port}");
+    assert_eq!(status.endpoint.as_deref(), Some(endpoint.as_str()));
+    assert!(
+        std::net::TcpListener::bind(("127.0.0.1", node_port)).is_ok(),
+        "node port {node_port} is in use on this machine; rerun"
+    );
+    assert_eq!(svc_spec.ports.as_ref().unwrap()[0].port, 443);
+    let cluster_ip = svc_spec.cluster_ip.clone().unwrap();
+    let headless = services.get("alpha-cp").await.unwrap();
+    assert_eq!(headless.spec.unwrap().cluster_ip.as_deref(), Some("None"));
+
+    let serving =
+        cert_info(std::str::from_utf8(&pki_data[pki::keys::APISERVER_CRT].0).unwrap()).unwrap();
+    for san in [
+        "alpha-apiserver.tenants.svc",
+        "alpha-apiserver.tenants.svc.cluster.local",
+        "localhost",
+        "127.0.0.1",
+        "alpha.example.test",
+        cluster_ip.as_str(),
+    ] {
+        assert!(
+            serving.sans.contains(san),
+            "serving certificate lacks {san}: {:?}",
+            serving.sans
+        );
+    }
+    let admin_kubeconfig = String::from_utf8(
+        secret_map["alpha-kubeconfig"].data.clone().unwrap()[render::KUBECONFIG_KEY]
+            .0
+            .clone(),
+    )
+    .unwrap();
+    assert!(admin_kubeconfig.contains(&format!("server: {endpoint}")));
+
+    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), NS);
+    let sts = statefulsets.get("alpha-cp").await.unwrap();
+    owned_by_vc(&|| sts.metadata.owner_references.clone());
+    assert_eq!(sts.spec.replicas, Some(1));
+    let pod = sts.spec.template.spec.clone().unwrap();
+    let names: Vec<&str> = pod.containers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["etcd", "kube-apiserver", "kube-controller-manager"]);
+    assert_eq!(
+        pod.containers[1].image.as_deref(),
+        Some("registry.k8s.io/kube-apiserver:v1.37.2")
+    );
+    assert_eq!(
+        sts.spec.volume_claim_templates.as_ref().unwrap()[0]
+            .metadata
+            .name
+            .as_deref(),
+        Some("data")
+    );
+
+    // --- Boot the rendered pod.
+    let mut running = run_pod(&sts, &secret_map, node_port);
+    let config = kube::Config::from_custom_kubeconfig(
+        Kubeconfig::from_yaml(&admin_kubeconfig).unwrap(),
+        &KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    let tenant = Client::try_from(config).unwrap();
+    let t1 = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let req = http::Request::get("/readyz").body(Vec::new()).unwrap();
+        match tenant.request_text(req).await {
+            Ok(text) if text.trim() == "ok" => break,
+            other => {
+                let exited = running.processes.iter_mut().any(|p| p.exited().is_some());
+                if exited || Instant::now() > deadline {
+                    panic!(
+                        "the rendered control plane did not get ready ({other:?}); logs:\n{}",
+                        running.logs()
+                    );
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("rendered control plane /readyz after {:.2?}", t1.elapsed());
+
+    let namespaces: Api<Namespace> = Api::all(tenant.clone());
+    let listed: Vec<String> = namespaces
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|n| n.name_any())
+        .collect();
+    assert!(
+        listed.contains(&"default".to_owned()) && listed.contains(&"kube-system".to_owned()),
+        "{listed:?}"
+    );
+    assert_eq!(
+        tenant.apiserver_version().await.unwrap().git_version,
+        testenv::binaries::KUBERNETES_VERSION
+    );
+
+    // The controller-manager works with its rendered kubeconfig: a new namespace gets its
+    // default ServiceAccount and the root CA ConfigMap.
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "probe"}})).unwrap();
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+    let sas: Api<ServiceAccount> = Api::namespaced(tenant.clone(), "probe");
+    let cms: Api<ConfigMap> = Api::namespaced(tenant.clone(), "probe");
+    let t2 = Instant::now();
+    wait_for(
+        "kube-controller-manager to populate namespace probe",
+        Duration::from_secs(60),
+        || {
+            let (sas, cms) = (sas.clone(), cms.clone());
+            async move {
+                let sa = sas.get_opt("default").await.map_err(|e| e.to_string())?;
+                let cm = cms
+                    .get_opt("kube-root-ca.crt")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if sa.is_some() && cm.is_some() {
+                    Ok(())
+                } else {
+                    Err(format!("sa {} cm {}", sa.is_some(), cm.is_some()))
+                }
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "controller-manager populated a namespace after {:.2?}",
+        t2.elapsed()
+    );
+
+    // Every probe of every container answers 200 on its (rewritten) port.
+    for c in &pod.containers {
+        for probe in [&c.readiness_probe, &c.liveness_probe, &c.startup_probe]
+            .into_iter()
+            .flatten()
+        {
+            let get = probe.http_get.as_ref().expect("httpGet probe");
+            let port = running.port_of(c, &get.port);
+            let path = get.path.clone().unwrap();
+            let result = match get.scheme.as_deref() {
+                Some("HTTPS") => https_get_ok(port, &path).await,
+                _ => match http_get_status(port, &path).await {
+                    Ok(200) => Ok(()),
+                    other => Err(format!("{other:?}")),
+                },
+            };
+            assert!(
+                result.is_ok(),
+                "{} probe {path}: {result:?}\n{}",
+                c.name,
+                running.logs()
+            );
+        }
+    }
+
+    // Playing the StatefulSet controller: the pod is ready. The controller now asks the tenant
+    // apiserver itself, through the endpoint in the kubeconfig, and reports Ready.
+    let t3 = Instant::now();
+    statefulsets
+        .patch_status(
+            "alpha-cp",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({
+                "status": {"replicas": 1, "readyReplicas": 1, "availableReplicas": 1}
+            })),
+        )
+        .await
+        .unwrap();
+    let ready = wait_status(
+        &client,
+        NS,
+        "alpha",
+        "Ready through the Service endpoint",
+        |s| {
+            if s.phase == Some(Phase::Ready)
+                && s.is_true(kvtenant_api::CONDITION_CONTROL_PLANE_READY)
+            {
+                Ok(())
+            } else {
+                Err("not ready".into())
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "VirtualCluster Ready {:.2?} after the pod was marked ready",
+        t3.elapsed()
+    );
+    let s = ready.status.unwrap();
+    assert_eq!(
+        s.kubernetes_version.as_deref(),
+        Some(testenv::binaries::KUBERNETES_VERSION)
+    );
+    assert!(s.is_true(kvtenant_api::CONDITION_READY));
+    assert_eq!(s.message, None);
+    drop(running);
+}
+
+#[tokio::test]
+async fn pause_resume_version_change_isolation_and_delete() {
+    let host = host("life-host", true).await;
+    let client = host.client().unwrap();
+    create_namespace(&client, NS).await;
+    let _ctl = RunningController::start(client.clone(), test_config());
+
+    let mut spec = VirtualClusterSpec::default();
+    spec.isolation.resource_quota =
+        Some(serde_json::from_value(serde_json::json!({"hard": {"pods": "20"}})).unwrap());
+    spec.isolation.limit_range = Some(
+        serde_json::from_value(
+            serde_json::json!({"limits": [{"type": "Container", "default": {"memory": "256Mi"}}]}),
+        )
+        .unwrap(),
+    );
+    let created = create_vc(&client, NS, &vc("beta", spec)).await;
+    let vcs: Api<VirtualCluster> = Api::namespaced(client.clone(), NS);
+    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), NS);
+    let replicas = |want: i32| {
+        let statefulsets = statefulsets.clone();
+        move || {
+            let statefulsets = statefulsets.clone();
+            async move {
+                let sts = statefulsets
+                    .get_opt("beta-cp")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let got = sts.as_ref().and_then(|s| s.spec.replicas);
+                if got == Some(want) {
+                    Ok(sts)
+                } else {
+                    Err(format!("replicas {got:?}"))
+                }
+            }
+        }
+    };
+    wait_for(
+        "StatefulSet with 1 replica",
+        Duration::from_secs(60),
+        replicas(1),
+    )
+    .await;
+
+    // Pause → 0 replicas, phase Paused; resume → 1, Provisioning again.
+    let merge = |v: serde_json::Value| kube::api::Patch::Merge(v);
+    let t0 = Instant::now();
+    vcs.patch(
+        "beta",
+        &Default::default(),
+        &merge(serde_json::json!({"spec": {"paused": true}})),
+    )
+    .await
+    .unwrap();
+    wait_for("paused: 0 replicas", Duration::from_secs(60), replicas(0)).await;
+    wait_status(&client, NS, "beta", "phase Paused", |s| {
+        if s.phase == Some(Phase::Paused) {
+            Ok(())
+        } else {
+            Err("not paused".into())
+        }
+    })
+    .await;
+    eprintln!("paused after {:.2?}", t0.elapsed());
+    let t1 = Instant::now();
+    vcs.patch(
+        "beta",
+        &Default::default(),
+        &merge(serde_json::json!({"spec": {"paused": false}})),
+    )
+    .await
+    .unwrap();
+    let sts = wait_for("resumed: 1 replica", Duration::from_secs(60), replicas(1))
+        .await
+        .unwrap();
+    wait_status(&client, NS, "beta", "phase Provisioning", |s| {
+        if s.phase == Some(Phase::Provisioning) {
+            Ok(())
+        } else {
+            Err("not provisioning".into())
+        }
+    })
+    .await;
+    eprintln!("resumed after {:.2?}", t1.elapsed());
+
+    // A version change rolls the pod template.
+    let before = sts.spec.template.clone();
+    vcs.patch(
+        "beta",
+        &Default::default(),
+        &merge(serde_json::json!({"spec": {"kubernetesVersion": "v1.37.3"}})),
+    )
+    .await
+    .unwrap();
+    let rolled = wait_for(
+        "the new version in the pod template",
+        Duration::from_secs(60),
+        || {
+            let statefulsets = statefulsets.clone();
+            async move {
+                let sts = statefulsets
+                    .get("beta-cp")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let image = sts.spec.template.spec.as_ref().unwrap().containers[1]
+                    .image
+                    .clone();
+                if image.as_deref() == Some("registry.k8s.io/kube-apiserver:v1.37.3") {
+                    Ok(sts)
+                } else {
+                    Err(format!("{image:?}"))
+                }
+            }
+        },
+    )
+    .await;
+    assert_ne!(rolled.spec.template, before);
+    assert_eq!(
+        rolled.spec.template.spec.as_ref().unwrap().containers[2]
+            .image
+            .as_deref(),
+        Some("registry.k8s.io/kube-controller-manager:v1.37.3")
+    );
+    assert_eq!(
+        rolled
+            .spec
+            .update_strategy
+            .as_ref()
+            .and_then(|u| u.type_.as_deref()),
+        Some("RollingUpdate")
+    );
+
+    // Host namespaces of the tenant (as the syncer would create them) get isolation.
+    let live = vcs.get("beta").await.unwrap();
+    let vcref = kvtenant_api::labels::VirtualClusterRef::from_virtualcluster(&live).unwrap();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let mut host_names = Vec::new();
+    for tenant_ns in ["default", "apps"] {
+        let ns = kvtenant_controller::isolation::host_namespace(&vcref, &live, tenant_ns, None);
+        host_names.push(ns.name_any());
+        namespaces
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap();
+    }
+    create_namespace(&client, "unrelated").await;
+    let applied = kvtenant_controller::isolation::apply(&client, &live, &host_names[0])
+        .await
+        .unwrap();
+    assert_eq!(
+        applied.changed.len(),
+        3,
+        "quota, limits and policy: {applied:?}"
+    );
+    let again = kvtenant_controller::isolation::apply(&client, &live, &host_names[0])
+        .await
+        .unwrap();
+    assert!(again.changed.is_empty(), "second apply changed {again:?}");
+    let np: Api<k8s_openapi::api::networking::v1::NetworkPolicy> =
+        Api::namespaced(client.clone(), &host_names[0]);
+    let policy = np
+        .get(kvtenant_controller::isolation::OBJECT_NAME)
+        .await
+        .unwrap();
+    let from = policy.spec.unwrap().ingress.unwrap()[0]
+        .from
+        .clone()
+        .unwrap();
+    assert_eq!(
+        from[0]
+            .namespace_selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap()[kvtenant_api::labels::VIRTUALCLUSTER_UID],
+        created.uid().unwrap()
+    );
+    let quotas: Api<k8s_openapi::api::core::v1::ResourceQuota> =
+        Api::namespaced(client.clone(), &host_names[0]);
+    assert!(
+        quotas
+            .get_opt(kvtenant_controller::isolation::OBJECT_NAME)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let refused = kvtenant_controller::isolation::apply(&client, &live, "unrelated")
+        .await
+        .unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("refusing to change host namespace unrelated"),
+        "{refused}"
+    );
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &host_names[1]);
+    let cm: ConfigMap = serde_json::from_value(
+        serde_json::json!({"metadata": {"name": "data"}, "data": {"k": "v"}}),
+    )
+    .unwrap();
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+
+    // Delete: the tenant's host namespaces go first, then the VirtualCluster, then (garbage
+    // collection through owner references) its control plane.
+    let t2 = Instant::now();
+    vcs.delete("beta", &Default::default()).await.unwrap();
+    let selector = vcref.selector();
+    wait_for(
+        "the tenant's host namespaces to be deleted",
+        Duration::from_secs(60),
+        || {
+            let namespaces = namespaces.clone();
+            let selector = selector.clone();
+            async move {
+                let left = namespaces
+                    .list(&kube::api::ListParams::default().labels(&selector))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if left.items.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{:?}",
+                        left.items.iter().map(|n| n.name_any()).collect::<Vec<_>>()
+                    ))
+                }
+            }
+        },
+    )
+    .await;
+    wait_for(
+        "the VirtualCluster to be gone",
+        Duration::from_secs(60),
+        || {
+            let vcs = vcs.clone();
+            async move {
+                match vcs.get_opt("beta").await.map_err(|e| e.to_string())? {
+                    None => Ok(()),
+                    Some(vc) => Err(format!(
+                        "still there: finalizers {:?}, status {:?}",
+                        vc.finalizers(),
+                        vc.status
+                    )),
+                }
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "VirtualCluster and its host namespaces gone after {:.2?}",
+        t2.elapsed()
+    );
+    assert!(
+        namespaces.get_opt("unrelated").await.unwrap().is_some(),
+        "an unrelated namespace was deleted"
+    );
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    let services: Api<Service> = Api::namespaced(client.clone(), NS);
+    wait_for(
+        "no host object labelled for the tenant",
+        Duration::from_secs(60),
+        || {
+            let (statefulsets, secrets, services) =
+                (statefulsets.clone(), secrets.clone(), services.clone());
+            let lp = kube::api::ListParams::default().labels(&selector);
+            async move {
+                let n = statefulsets
+                    .list(&lp)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .items
+                    .len()
+                    + secrets
+                        .list(&lp)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .items
+                        .len()
+                    + services
+                        .list(&lp)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .items
+                        .len();
+                if n == 0 {
+                    Ok(())
+                } else {
+                    Err(format!("{n} objects left"))
+                }
+            }
+        },
+    )
+    .await;
+    eprintln!("control plane garbage-collected after {:.2?}", t2.elapsed());
+}

@@ -1,0 +1,116 @@
+//! Helpers for tests against testenv control planes: bounded waits, the real kubectl, and
+//! child processes that get Ctrl-C even when an assertion fails. They panic with a message
+//! that says what was awaited or which command failed, as a test wants.
+
+use std::future::Future;
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+/// Polls `f` every 100 ms until it returns true; panics after `timeout` naming `what`.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !f().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, and returns the value; panics after
+/// `timeout` naming `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs the real kubectl with a kubeconfig and returns its stdout; panics with its stderr when
+/// it fails.
+pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
+    let out = match Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) => panic!("cannot run kubectl (is it on PATH?): {e}"),
+    };
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `kubectl ... -o json`, parsed.
+pub fn kubectl_json(kubeconfig: &Path, args: &[&str]) -> serde_json::Value {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    let text = kubectl(kubeconfig, &all);
+    match serde_json::from_str(&text) {
+        Ok(v) => v,
+        Err(e) => panic!("kubectl {args:?} printed no JSON ({e}): {text}"),
+    }
+}
+
+/// A child process that gets SIGINT (Ctrl-C) and is waited for when dropped, so a failing
+/// test still lets the tool it started clean up.
+pub struct InterruptOnDrop(pub Child);
+
+impl InterruptOnDrop {
+    /// Sends SIGINT now.
+    pub fn interrupt(&self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+    }
+}
+
+impl Drop for InterruptOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            self.interrupt();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Process ids of the direct children of `parent` (from /proc).
+pub fn children_of(parent: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            && let Some(rest) = stat.rsplit(')').next()
+            && rest.split_whitespace().nth(1) == Some(&parent.to_string())
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
