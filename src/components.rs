@@ -70,6 +70,26 @@ pub async fn syncer(g: &GlobalArgs, args: SyncerArgs) -> anyhow::Result<()> {
 }
 
 pub async fn controller(g: &GlobalArgs, args: ControllerArgs) -> anyhow::Result<()> {
-    let _ = (g, args);
-    anyhow::bail!("the controller is not wired into this build yet")
+    use kvtenant_controller::{CONTROLLER_NAME, ControllerConfig, LeaderElectionConfig, Metrics};
+    let client = g.host_client().await?;
+    let mut config = ControllerConfig {
+        namespace: args.namespace.clone(),
+        ..ControllerConfig::default()
+    };
+    if args.leader_elect {
+        config.leader_election = Some(LeaderElectionConfig::new(
+            args.lease_namespace.clone(),
+            CONTROLLER_NAME.to_string(),
+            config.instance.clone(),
+        ));
+    }
+    let metrics = Arc::new(Metrics::default());
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let ready = Arc::new(AtomicBool::new(true));
+    let admin = tokio::spawn(crate::admin::serve(args.admin.admin_addr, registry, ready));
+    tokio::select! {
+        r = kvtenant_controller::run_with(client, config, metrics, kvtenant_controller::shutdown_signal()) => Ok(r?),
+        r = admin => { r??; anyhow::bail!("the admin server stopped") }
+    }
 }

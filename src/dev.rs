@@ -104,6 +104,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         }
     }
 
+    let controller = tokio::spawn(kvtenant_controller::run_with(
+        hc.clone(),
+        kvtenant_controller::ControllerConfig::default(),
+        std::sync::Arc::new(kvtenant_controller::Metrics::default()),
+        std::future::pending(),
+    ));
     let syncer = kvtenant_kubevirt_sync::Syncer::start(hc.clone(), Default::default());
     let tenant_kc = tenant.kubeconfig_path().to_path_buf();
     if let Some(out) = &args.kubeconfig_out {
@@ -149,6 +155,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("Press Ctrl-C to stop everything.");
     tokio::select! {
         _ = syncer.run() => anyhow::bail!("the syncer stopped"),
+        r = controller => anyhow::bail!("the controller stopped: {r:?}"),
         _ = tokio::signal::ctrl_c() => {}
     }
     eprintln!("stopping");

@@ -508,7 +508,7 @@ async fn watch_virtualclusters(shared: Arc<Shared>) {
                 continue;
             }
             stop_tenant(&shared, &vcref.uid, &mut fingerprints);
-            match Tenant::start(shared.clone(), vcref.clone(), vc.spec.clone(), client).await {
+            match Tenant::start(shared.clone(), vcref.clone(), (*vc).clone(), client).await {
                 Ok(t) => {
                     tracing::info!(vc = %t.label, "syncing tenant");
                     set_syncer_condition(

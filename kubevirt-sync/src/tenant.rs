@@ -16,7 +16,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use kvtenant_api::labels::VirtualClusterRef;
-use kvtenant_api::{SyncKind, VirtualClusterSpec};
+use kvtenant_api::{SyncKind, VirtualCluster, VirtualClusterSpec};
 use serde_json::{Value, json};
 use tokio::task::AbortHandle;
 
@@ -40,6 +40,8 @@ pub struct Tenant {
     /// `namespace/name` of the VirtualCluster, for logs and metrics.
     pub label: String,
     pub spec: VirtualClusterSpec,
+    /// The VirtualCluster as it was when this tenant was started (a change restarts it).
+    pub virtual_cluster: VirtualCluster,
     pub client: Client,
     /// Tenant-side caches, by kind index (`None`: kind not synced for this tenant).
     stores: Vec<Option<Store<DynamicObject>>>,
@@ -88,9 +90,10 @@ impl Tenant {
     pub async fn start(
         shared: Arc<Shared>,
         vc: VirtualClusterRef,
-        spec: VirtualClusterSpec,
+        virtual_cluster: VirtualCluster,
         client: Client,
     ) -> Result<Arc<Self>, Error> {
+        let spec = virtual_cluster.spec.clone();
         let mut enabled_kinds: Vec<SyncKind> = spec.kubevirt.sync_kinds.clone();
         if enabled_kinds.contains(&SyncKind::VirtualMachine)
             && !enabled_kinds.contains(&SyncKind::VirtualMachineInstance)
@@ -141,6 +144,7 @@ impl Tenant {
             vc,
             label,
             spec,
+            virtual_cluster,
             client,
             stores,
             ready,
@@ -818,10 +822,13 @@ impl Tenant {
         }
         let tenant_ns_obj = self.tenant_namespace_exists(tenant_ns).await?;
         let uid = tenant_ns_obj.and_then(|n| n.metadata.uid);
-        let ns = Namespace {
-            metadata: self.vc.host_namespace_meta(tenant_ns, uid.as_deref()),
-            ..Namespace::default()
-        };
+        // labelled for the tenant, with Pod Security labels from the start
+        let ns = kvtenant_controller::isolation::host_namespace(
+            &self.vc,
+            &self.virtual_cluster,
+            tenant_ns,
+            uid.as_deref(),
+        );
         let api: Api<Namespace> = Api::all(self.shared.host.clone());
         self.api_call("host", "create");
         match api.create(&PostParams::default(), &ns).await {
@@ -839,6 +846,7 @@ impl Tenant {
             }
             Err(e) => return Err(e.into()),
         }
+        self.apply_isolation(&host_ns).await?;
         if let (Ok(mut m), Some(owner)) = (
             self.shared.namespaces.write(),
             kvtenant_api::labels::HostNamespaceOwner::from_meta(&ns.metadata),
@@ -846,6 +854,16 @@ impl Tenant {
             m.insert(host_ns, owner);
         }
         Ok(())
+    }
+
+    /// Quota, LimitRange, NetworkPolicy and Pod Security of the VirtualCluster on one of its
+    /// host namespaces.
+    async fn apply_isolation(&self, host_ns: &str) -> Result<(), Error> {
+        self.api_call("host", "apply");
+        kvtenant_controller::isolation::apply(&self.shared.host, &self.virtual_cluster, host_ns)
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::Config(format!("isolating host namespace {host_ns}: {e}")))
     }
 
     fn clear_refusal(&self, key: &Key) {
@@ -975,6 +993,9 @@ impl Tenant {
                         );
                     }
                 }
+            }
+            if let Err(e) = self.apply_isolation(&host_ns).await {
+                tracing::warn!(tenant = %self.label, error = %e, "isolation");
             }
             if let Ok(None) = self.tenant_namespace_exists(&tenant_ns).await {
                 let api: Api<Namespace> = Api::all(self.shared.host.clone());

@@ -12,7 +12,8 @@ use k8s_openapi::api::core::v1::{Event, Secret};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
-const WAIT: Duration = Duration::from_secs(60);
+/// Bound on each wait: generous, since CI shares 2 cores among several control planes.
+const WAIT: Duration = Duration::from_secs(120);
 
 fn strip_owned(mut spec: Value) -> Value {
     // the simulator's mutating webhook (KubeVirt's VM mutator) defaults the machine type on the
