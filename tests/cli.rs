@@ -83,6 +83,22 @@ async fn create_list_connect_disconnect_pause_resume_delete() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid name"));
 
+    // the controller, as a real process of the same binary
+    let controller = Command::new(env!("CARGO_BIN_EXE_kvtenant"))
+        .args([
+            "controller",
+            "--leader-elect=false",
+            "--admin-addr",
+            "127.0.0.1:0",
+        ])
+        .env("KUBECONFIG", &kc)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _controller = InterruptOnDrop(controller);
+
+    // create waits until the controller reports the virtual cluster Ready, showing progress
     let out = ok(kvtenant(
         &kc,
         &[
@@ -90,10 +106,16 @@ async fn create_list_connect_disconnect_pause_resume_delete() {
             "t1",
             "--external-kubeconfig",
             tenant.kubeconfig_path().to_str().unwrap(),
-            "--no-wait",
+            "--timeout",
+            "120",
         ],
     ));
     assert!(out.contains("VirtualCluster vc-t1/t1 created"), "{out}");
+    assert!(out.contains("vc-t1/t1 is Ready"), "{out}");
+    assert!(
+        out.contains("kvtenant connect t1"),
+        "create must say what to do next: {out}"
+    );
     let again = kvtenant(
         &kc,
         &[
@@ -111,7 +133,7 @@ async fn create_list_connect_disconnect_pause_resume_delete() {
     assert!(
         table
             .lines()
-            .any(|l| l.starts_with("vc-t1") && l.contains("t1") && l.contains("External")),
+            .any(|l| l.starts_with("vc-t1") && l.contains("External") && l.contains("Ready")),
         "{table}"
     );
     let json: serde_json::Value =
