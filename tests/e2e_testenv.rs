@@ -1,0 +1,43 @@
+//! The e2e scenarios of `tests/scenarios` on testenv: a real host apiserver with the KubeVirt
+//! simulator (no VM boots), a real tenant apiserver, and the real `kvtenant dev` process.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod scenarios;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use testenv::testing::InterruptOnDrop;
+
+#[test]
+fn scenarios_pass_on_testenv_with_the_kubevirt_simulator() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenant_kc = dir.path().join("tenant.kubeconfig");
+    let child = Command::new(env!("CARGO_BIN_EXE_kvtenant"))
+        .args(["dev", "--kubeconfig-out", tenant_kc.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut dev = InterruptOnDrop(child);
+    let mut host_kc = None;
+    for line in BufReader::new(dev.0.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if let Some(path) = line.trim().strip_prefix("host kubeconfig:") {
+            host_kc = Some(path.trim().to_string());
+        }
+        if line.starts_with("Press Ctrl-C") {
+            break;
+        }
+    }
+    let t = scenarios::Target {
+        host_kubeconfig: host_kc.expect("dev prints the host kubeconfig").into(),
+        tenant_kubeconfig: tenant_kc,
+        timeout: Duration::from_secs(120),
+    };
+    t.vm_boots();
+    t.stop_start();
+    t.cleanup();
+}
