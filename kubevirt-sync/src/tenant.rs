@@ -336,7 +336,7 @@ impl Tenant {
                 store.state().iter().any(|o| {
                     o.namespace().as_deref() == Some(key.namespace.as_str())
                         && !is_mirror(o)
-                        && references(k.kind(), &serde_json::to_value(&o.data).unwrap_or_default())
+                        && references(k.kind(), &o.data)
                             .iter()
                             .any(|r| r.kind == want && r.name == key.name)
                 })
@@ -449,8 +449,7 @@ impl Tenant {
         }
         if kind.vm_like {
             // dependencies first, so the host never sees a VM whose Secret is missing
-            let data = serde_json::to_value(&t.data).unwrap_or_default();
-            for r in references(kind.kind(), &data) {
+            for r in references(kind.kind(), &t.data) {
                 if let Some(idx) = self.shared.kind_index(r.kind) {
                     let dep = Key {
                         kind: idx,
@@ -1095,8 +1094,7 @@ async fn watch_tenant_kind(
                     }
                 }
                 if spec.vm_like && !is_mirror(&obj) {
-                    let data = serde_json::to_value(&obj.data).unwrap_or_default();
-                    for r in references(spec.kind(), &data) {
+                    for r in references(spec.kind(), &obj.data) {
                         if let Some(idx) = shared.kind_index(r.kind) {
                             shared.enqueue(
                                 &uid,
