@@ -9,9 +9,11 @@
 //! - [`safety`]: what never reaches the host.
 //! - [`crds`]: copying the host's KubeVirt CRDs into tenants.
 //! - [`queue`]: the per-tenant fair work queue.
+//! - [`proxy`]: KubeVirt's subresource API (console, vnc, start/stop, ...) for the tenants.
 pub mod crds;
 pub mod kinds;
 pub mod metrics;
+pub mod proxy;
 pub mod queue;
 pub mod refs;
 pub mod safety;

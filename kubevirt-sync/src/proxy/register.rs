@@ -1,0 +1,340 @@
+//! Tenants: the proxy follows the syncer's running tenants (`Shared::tenants`) on its own, so the
+//! syncer needs no hook. For each tenant with `spec.kubevirt.subresources`:
+//! - its requestheader settings are read from `kube-system/extension-apiserver-authentication`
+//!   and watched (a rotated front-proxy CA is picked up);
+//! - an ExternalName Service pointing at the proxy and the `subresources.kubevirt.io`
+//!   APIServices of the versions the host serves are applied (server-side apply, field manager
+//!   `kvtenant`), and applied again every resync period (drift repair). An APIService of that
+//!   name that kvtenant did not create (a tenant running its own KubeVirt) is left alone.
+//!
+//! A tenant that stops (paused, deleted, unreachable) is no longer served: its calls get 401 and
+//! its open streams (consoles, port-forwards) are cut. A tenant whose subresources are switched
+//! off gets its registrations removed and its streams cut too. A tenant the syncer merely
+//! restarts (its VirtualCluster changed) keeps its streams.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use base64::Engine as _;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource};
+use kvtenant_api::MANAGER;
+use kvtenant_api::labels::{MANAGED_BY, MANAGED_BY_VALUE, VirtualClusterRef};
+use serde_json::{Value, json};
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+use super::auth::{AUTH_CONFIGMAP, AUTH_CONFIGMAP_NAMESPACE, RequestHeaderConfig, TenantAuth};
+use super::{GROUP, ProxyError, ProxyState, VERSIONS};
+use crate::tenant::Tenant;
+
+/// Label on the objects the proxy creates in tenants.
+pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
+pub const COMPONENT: &str = "subresource-proxy";
+/// Retry delay after a failed registration.
+const RETRY: Duration = Duration::from_secs(5);
+
+/// Where a tenant's registrations point.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub namespace: String,
+    pub service_name: String,
+    /// ExternalName of the Service.
+    pub host: String,
+    pub port: u16,
+    pub ca_pem: String,
+}
+
+impl Target {
+    pub fn of(state: &ProxyState) -> Self {
+        Self {
+            namespace: state.config.service_namespace.clone(),
+            service_name: state.config.service_name.clone(),
+            host: state.config.advertise_host.clone(),
+            port: state.port,
+            ca_pem: state.ca_pem.clone(),
+        }
+    }
+}
+
+fn labels() -> Value {
+    json!({MANAGED_BY: MANAGED_BY_VALUE, COMPONENT_LABEL: COMPONENT})
+}
+
+fn is_ours<K: Resource>(obj: &K) -> bool {
+    obj.meta()
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(MANAGED_BY))
+        .is_some_and(|v| v == MANAGED_BY_VALUE)
+}
+
+/// The ExternalName Service (pure).
+pub fn service(t: &Target) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": t.service_name, "namespace": t.namespace, "labels": labels()},
+        "spec": {
+            "type": "ExternalName",
+            "externalName": t.host,
+            "ports": [{"name": "https", "port": t.port, "protocol": "TCP", "targetPort": t.port}],
+        },
+    })
+}
+
+/// The APIService of one version (pure), as virt-operator registers virt-api's.
+pub fn api_service(t: &Target, version: &str) -> Value {
+    json!({
+        "apiVersion": "apiregistration.k8s.io/v1",
+        "kind": "APIService",
+        "metadata": {"name": format!("{version}.{GROUP}"), "labels": labels()},
+        "spec": {
+            "group": GROUP,
+            "version": version,
+            "service": {"name": t.service_name, "namespace": t.namespace, "port": t.port},
+            "caBundle": base64::engine::general_purpose::STANDARD.encode(&t.ca_pem),
+            "groupPriorityMinimum": 1000,
+            "versionPriority": 15,
+        },
+    })
+}
+
+/// The `subresources.kubevirt.io` versions the host has APIServices for.
+pub async fn host_versions(host: &Client) -> Result<Vec<String>, kube::Error> {
+    let api: Api<APIService> = Api::all(host.clone());
+    let mut out = Vec::new();
+    for v in VERSIONS {
+        if api.get_opt(&format!("{v}.{GROUP}")).await?.is_some() {
+            out.push(v.to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// Applies the Service and the APIServices of `versions`; removes kvtenant's APIServices of
+/// other versions.
+pub async fn ensure(client: &Client, t: &Target, versions: &[String]) -> Result<(), ProxyError> {
+    let pp = PatchParams::apply(MANAGER).force();
+    let services: Api<Service> = Api::namespaced(client.clone(), &t.namespace);
+    if let Some(existing) = services.get_opt(&t.service_name).await?
+        && !is_ours(&existing)
+    {
+        return Err(ProxyError::Conflict(format!(
+            "Service {}/{} exists in the virtual cluster and is not kvtenant's",
+            t.namespace, t.service_name
+        )));
+    }
+    services
+        .patch(&t.service_name, &pp, &Patch::Apply(&service(t)))
+        .await?;
+    let apis: Api<APIService> = Api::all(client.clone());
+    for v in VERSIONS {
+        let name = format!("{v}.{GROUP}");
+        let existing = apis.get_opt(&name).await?;
+        if existing.as_ref().is_some_and(|e| !is_ours(e)) {
+            tracing::warn!(apiservice = %name, "the virtual cluster has its own APIService; kvtenant leaves it alone");
+            continue;
+        }
+        if versions.iter().any(|w| w == v) {
+            apis.patch(&name, &pp, &Patch::Apply(&api_service(t, v)))
+                .await?;
+        } else if existing.is_some() {
+            delete_ignoring_missing(apis.delete(&name, &DeleteParams::default()).await)?;
+        }
+    }
+    Ok(())
+}
+
+fn delete_ignoring_missing<T>(r: Result<T, kube::Error>) -> Result<(), ProxyError> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Removes kvtenant's APIServices and Service from a tenant.
+pub async fn unregister(client: &Client, t: &Target) -> Result<(), ProxyError> {
+    let apis: Api<APIService> = Api::all(client.clone());
+    for v in VERSIONS {
+        let name = format!("{v}.{GROUP}");
+        if apis.get_opt(&name).await?.as_ref().is_some_and(is_ours) {
+            delete_ignoring_missing(apis.delete(&name, &DeleteParams::default()).await)?;
+        }
+    }
+    let services: Api<Service> = Api::namespaced(client.clone(), &t.namespace);
+    if services
+        .get_opt(&t.service_name)
+        .await?
+        .as_ref()
+        .is_some_and(is_ours)
+    {
+        delete_ignoring_missing(
+            services
+                .delete(&t.service_name, &DeleteParams::default())
+                .await,
+        )?;
+    }
+    Ok(())
+}
+
+/// What the proxy keeps of a running tenant (no `Arc<Tenant>`: the syncer's drop of a tenant
+/// must stop it).
+struct TenantInfo {
+    vc: VirtualClusterRef,
+    label: String,
+    client: Client,
+    subresources: bool,
+}
+
+/// Aborts a task when dropped (so stopping the proxy stops every tenant's task).
+struct TaskGuard(AbortHandle);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Follows the syncer's running tenants: serves new ones, drops gone or restarted ones. A
+/// tenant instance is told apart by its allocation; the `Weak` kept keeps that address from
+/// being reused by a restarted tenant while the old one is still tracked.
+pub async fn run(state: Arc<ProxyState>) {
+    let mut running: HashMap<String, (Weak<Tenant>, TaskGuard)> = HashMap::new();
+    let mut tick = tokio::time::interval(state.config.poll_period);
+    loop {
+        tick.tick().await;
+        let tenants: Vec<(String, Arc<Tenant>)> = state
+            .shared
+            .tenants
+            .read()
+            .map(|m| m.iter().map(|(u, t)| (u.clone(), t.clone())).collect())
+            .unwrap_or_default();
+        running.retain(|uid, (weak, _task)| {
+            let current = tenants.iter().find(|(u, _)| u == uid).map(|(_, t)| t);
+            if current.is_some_and(|t| std::ptr::eq(weak.as_ptr(), Arc::as_ptr(t))) {
+                return true;
+            }
+            // gone, or subresources switched off: open streams end; restarted: they go on
+            let revoke = current.is_none_or(|t| !t.spec.kubevirt.subresources);
+            state.remove_tenant_auth(uid, revoke);
+            false
+        });
+        for (uid, t) in tenants {
+            if running.contains_key(&uid) {
+                continue;
+            }
+            let info = TenantInfo {
+                vc: t.vc.clone(),
+                label: t.label.clone(),
+                client: t.client.clone(),
+                subresources: t.spec.kubevirt.subresources,
+            };
+            let task = tokio::spawn(serve_tenant(state.clone(), info)).abort_handle();
+            running.insert(uid, (Arc::downgrade(&t), TaskGuard(task)));
+        }
+        // an aborted task may have set its tenant just before it stopped
+        for auth in state.tenant_auths() {
+            if !running.contains_key(&auth.uid) {
+                state.remove_tenant_auth(&auth.uid, true);
+            }
+        }
+    }
+}
+
+async fn serve_tenant(state: Arc<ProxyState>, t: TenantInfo) {
+    let target = Target::of(&state);
+    if !t.subresources {
+        while let Err(e) = unregister(&t.client, &target).await {
+            tracing::warn!(tenant = %t.label, error = %e, "removing the subresource registrations");
+            tokio::time::sleep(RETRY).await;
+        }
+        return;
+    }
+    let cms: Api<ConfigMap> = Api::namespaced(t.client.clone(), AUTH_CONFIGMAP_NAMESPACE);
+    let cfg = watcher::Config::default().fields(&format!("metadata.name={AUTH_CONFIGMAP}"));
+    let mut events = watcher(cms, cfg).default_backoff().boxed();
+    let mut loaded: Option<RequestHeaderConfig> = None;
+    let mut next_ensure = Instant::now();
+    loop {
+        tokio::select! {
+            ev = events.next() => match ev {
+                Some(Ok(watcher::Event::Apply(cm) | watcher::Event::InitApply(cm))) => {
+                    let data = cm.data.unwrap_or_default();
+                    match RequestHeaderConfig::from_configmap_data(&data) {
+                        Ok(rh) if loaded.as_ref() != Some(&rh) => {
+                            match TenantAuth::new(t.vc.clone(), t.label.clone(), t.client.clone(), rh.clone(), state.provider.clone()) {
+                                Ok(auth) => {
+                                    state.set_tenant_auth(Arc::new(auth));
+                                    if loaded.is_none() {
+                                        next_ensure = Instant::now();
+                                    }
+                                    loaded = Some(rh);
+                                    tracing::info!(tenant = %t.label, "subresource proxy: serving the virtual cluster");
+                                }
+                                Err(e) => tracing::warn!(tenant = %t.label, error = %e, "the virtual cluster's requestheader CA is unusable"),
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(tenant = %t.label, error = %e, "cannot serve the virtual cluster's subresources"),
+                    }
+                }
+                Some(Ok(watcher::Event::Delete(_))) => {
+                    state.remove_tenant_auth(&t.vc.uid, false);
+                    loaded = None;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => tracing::debug!(tenant = %t.label, error = %e, "watching the requestheader configuration"),
+                None => return,
+            },
+            () = tokio::time::sleep_until(next_ensure), if loaded.is_some() => {
+                let result = match host_versions(&state.shared.host).await {
+                    Ok(versions) => {
+                        state.discovery.set_versions(versions.clone());
+                        ensure(&t.client, &target, &versions).await
+                    }
+                    Err(e) => Err(e.into()),
+                };
+                next_ensure = match result {
+                    Ok(()) => Instant::now() + state.config.resync_period,
+                    Err(e) => {
+                        tracing::warn!(tenant = %t.label, error = %e, "registering the subresource API in the virtual cluster");
+                        Instant::now() + RETRY
+                    }
+                };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registrations_point_at_the_proxy() {
+        let t = Target {
+            namespace: "kube-system".into(),
+            service_name: "kvtenant-virt-api".into(),
+            host: "localhost".into(),
+            port: 8443,
+            ca_pem: "PEM".into(),
+        };
+        let s = service(&t);
+        assert_eq!(s["spec"]["type"], "ExternalName");
+        assert_eq!(s["spec"]["externalName"], "localhost");
+        let a = api_service(&t, "v1alpha3");
+        assert_eq!(a["metadata"]["name"], "v1alpha3.subresources.kubevirt.io");
+        assert_eq!(a["spec"]["groupPriorityMinimum"], 1000);
+        assert_eq!(a["spec"]["versionPriority"], 15);
+        assert_eq!(a["spec"]["service"]["port"], 8443);
+        assert_eq!(a["spec"]["caBundle"], "UEVN");
+        assert_eq!(a["metadata"]["labels"][MANAGED_BY], MANAGED_BY_VALUE);
+    }
+}

@@ -1,0 +1,441 @@
+//! The webhook server's certificates: a CA kvtenant manages (its PEM is the `caBundle` of every
+//! tenant webhook) and a serving certificate it issues, both rotated before they expire, plus
+//! the key tenant path tokens are derived with.
+//!
+//! - The serving certificate is reissued when less than a third of its validity is left; the
+//!   TLS server picks the new one up on the next handshake (nothing to re-register: tenants
+//!   trust the CA).
+//! - The CA is replaced when less than a fifth of its validity is left; the old CA stays in the
+//!   bundle until it expires, so tenants keep trusting certificates it signed while the
+//!   registrar pushes the new bundle.
+//! - With a host Secret configured ([`load_or_create`]), the CA and the token key survive
+//!   restarts (tenant configurations stay valid); otherwise they live in memory.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
+};
+use ring::rand::{SecureRandom, SystemRandom};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use time::OffsetDateTime;
+
+use crate::paths::TokenKey;
+
+/// Secret keys.
+pub const CA_CERT_KEY: &str = "ca.crt";
+pub const CA_KEY_KEY: &str = "ca.key";
+pub const PREVIOUS_CA_KEY: &str = "previous-ca.crt";
+pub const TOKEN_KEY_KEY: &str = "token.key";
+
+/// Errors of certificate management.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("generating certificates: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("validity {0:?} out of range")]
+    Validity(Duration),
+    #[error("randomness unavailable")]
+    Random,
+    #[error("CA Secret {secret}: {reason}")]
+    Secret { secret: String, reason: String },
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+impl CertError {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Rcgen(_) | Self::Tls(_) | Self::Validity(_) | Self::Random => "certs",
+            Self::Secret { .. } => "secret",
+            Self::Kube(_) => "kube",
+        }
+    }
+}
+
+/// Certificate settings.
+#[derive(Clone, Debug)]
+pub struct CertConfig {
+    /// DNS names (and IP addresses) of the serving certificate.
+    pub sans: Vec<String>,
+    pub serving_validity: Duration,
+    pub ca_validity: Duration,
+}
+
+/// What is persisted: the CA (certificate and key), CAs still trusted, the token key.
+#[derive(Clone)]
+pub struct Persisted {
+    pub ca_cert_pem: String,
+    pub ca_key_pem: String,
+    /// PEM bundle of earlier CAs not yet expired.
+    pub previous_ca_pem: String,
+    pub token_secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for Persisted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Persisted").finish_non_exhaustive()
+    }
+}
+
+struct Ca {
+    cert_pem: String,
+    key_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+    not_after: OffsetDateTime,
+}
+
+struct State {
+    ca: Ca,
+    /// Earlier CAs (PEM, expiry), still in the bundle.
+    previous: Vec<(String, OffsetDateTime)>,
+    serving: Arc<CertifiedKey>,
+    serving_pem: String,
+    serving_not_after: OffsetDateTime,
+    token: Arc<TokenKey>,
+    token_secret: Vec<u8>,
+}
+
+/// What [`CertManager::rotate_if_due`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rotated {
+    pub ca: bool,
+    pub serving: bool,
+}
+
+/// The server's CA, serving certificate and token key.
+pub struct CertManager {
+    config: CertConfig,
+    state: RwLock<State>,
+}
+
+impl std::fmt::Debug for CertManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertManager")
+            .field("sans", &self.config.sans)
+            .finish_non_exhaustive()
+    }
+}
+
+fn to_time(d: Duration) -> Result<time::Duration, CertError> {
+    time::Duration::try_from(d).map_err(|_| CertError::Validity(d))
+}
+
+fn new_ca(validity: Duration) -> Result<Ca, CertError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "kvtenant-webhooks-ca");
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + to_time(validity)?;
+    let not_after = params.not_after;
+    let cert = params.self_signed(&key)?;
+    Ok(Ca {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        issuer: Issuer::new(params, key),
+        not_after,
+    })
+}
+
+fn not_after_of(pem: &str) -> Option<OffsetDateTime> {
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    OffsetDateTime::from_unix_timestamp(cert.validity().not_after.timestamp()).ok()
+}
+
+fn load_ca(cert_pem: &str, key_pem: &str) -> Result<Ca, CertError> {
+    let key = KeyPair::from_pem(key_pem)?;
+    let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
+    let not_after = not_after_of(cert_pem)
+        .ok_or_else(|| CertError::Tls("cannot read the CA certificate's validity".into()))?;
+    Ok(Ca {
+        cert_pem: cert_pem.to_string(),
+        key_pem: key_pem.to_string(),
+        issuer,
+        not_after,
+    })
+}
+
+fn issue_serving(
+    ca: &Ca,
+    config: &CertConfig,
+) -> Result<(Arc<CertifiedKey>, String, OffsetDateTime), CertError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(config.sans.clone())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "kvtenant-webhooks");
+    params.distinguished_name = dn;
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::minutes(5);
+    // never past the CA
+    params.not_after = (now + to_time(config.serving_validity)?).min(ca.not_after);
+    let not_after = params.not_after;
+    let cert = params.signed_by(&key, &ca.issuer)?;
+    let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key_der)
+        .map_err(|e| CertError::Tls(e.to_string()))?;
+    let certified = CertifiedKey::new(vec![cert.der().clone()], signing);
+    Ok((Arc::new(certified), cert.pem(), not_after))
+}
+
+fn random_secret() -> Result<Vec<u8>, CertError> {
+    let mut buf = vec![0u8; 32];
+    SystemRandom::new()
+        .fill(&mut buf)
+        .map_err(|_| CertError::Random)?;
+    Ok(buf)
+}
+
+fn split_pems(bundle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for line in bundle.lines() {
+        cur.push_str(line);
+        cur.push('\n');
+        if line.starts_with("-----END") {
+            out.push(std::mem::take(&mut cur));
+        }
+    }
+    out
+}
+
+impl CertManager {
+    /// A manager with a new CA and token key, or with persisted ones.
+    pub fn new(config: CertConfig, persisted: Option<Persisted>) -> Result<Self, CertError> {
+        let (ca, previous, token_secret) = match persisted {
+            Some(p) => {
+                let previous = split_pems(&p.previous_ca_pem)
+                    .into_iter()
+                    .filter_map(|pem| not_after_of(&pem).map(|t| (pem, t)))
+                    .collect();
+                let secret = if p.token_secret.len() >= 32 {
+                    p.token_secret
+                } else {
+                    random_secret()?
+                };
+                (load_ca(&p.ca_cert_pem, &p.ca_key_pem)?, previous, secret)
+            }
+            None => (new_ca(config.ca_validity)?, Vec::new(), random_secret()?),
+        };
+        let (serving, serving_pem, serving_not_after) = issue_serving(&ca, &config)?;
+        let state = State {
+            ca,
+            previous,
+            serving,
+            serving_pem,
+            serving_not_after,
+            token: Arc::new(TokenKey::new(&token_secret)),
+            token_secret,
+        };
+        Ok(Self {
+            config,
+            state: RwLock::new(state),
+        })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The CA bundle tenants trust (PEM): the current CA and earlier ones not yet expired.
+    pub fn ca_bundle(&self) -> String {
+        let s = self.read();
+        let mut out = s.ca.cert_pem.clone();
+        for (pem, _) in &s.previous {
+            out.push_str(pem);
+        }
+        out
+    }
+
+    /// The serving certificate (PEM), for tests and diagnostics.
+    pub fn serving_cert_pem(&self) -> String {
+        self.read().serving_pem.clone()
+    }
+
+    /// When the serving certificate expires.
+    pub fn serving_not_after(&self) -> OffsetDateTime {
+        self.read().serving_not_after
+    }
+
+    /// The key tenant path tokens are derived with.
+    pub fn token_key(&self) -> Arc<TokenKey> {
+        self.read().token.clone()
+    }
+
+    /// What to persist.
+    pub fn persisted(&self) -> Persisted {
+        let s = self.read();
+        Persisted {
+            ca_cert_pem: s.ca.cert_pem.clone(),
+            ca_key_pem: s.ca.key_pem.clone(),
+            previous_ca_pem: s.previous.iter().map(|(p, _)| p.as_str()).collect(),
+            token_secret: s.token_secret.clone(),
+        }
+    }
+
+    fn current(&self) -> Arc<CertifiedKey> {
+        self.read().serving.clone()
+    }
+
+    /// Rotates what is due at `now`.
+    pub fn rotate_if_due(&self, now: OffsetDateTime) -> Result<Rotated, CertError> {
+        let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let mut done = Rotated::default();
+        let before = s.previous.len();
+        s.previous.retain(|(_, t)| *t > now);
+        done.ca |= s.previous.len() != before;
+        let ca_left = s.ca.not_after - now;
+        if ca_left < to_time(self.config.ca_validity)? / 5 {
+            let new = new_ca(self.config.ca_validity)?;
+            let old = std::mem::replace(&mut s.ca, new);
+            if old.not_after > now {
+                s.previous.push((old.cert_pem, old.not_after));
+            }
+            done.ca = true;
+        }
+        let serving_left = s.serving_not_after - now;
+        if done.ca || serving_left < to_time(self.config.serving_validity)? / 3 {
+            let (serving, pem, not_after) = issue_serving(&s.ca, &self.config)?;
+            s.serving = serving;
+            s.serving_pem = pem;
+            s.serving_not_after = not_after;
+            done.serving = true;
+        }
+        Ok(done)
+    }
+
+    /// A rustls server configuration serving the current certificate (HTTP/1.1).
+    pub fn server_config(self: &Arc<Self>) -> Result<Arc<rustls::ServerConfig>, CertError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| CertError::Tls(e.to_string()))?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(Resolver(self.clone())));
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+#[derive(Debug)]
+struct Resolver(Arc<CertManager>);
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.current())
+    }
+}
+
+fn secret_data(p: &Persisted) -> serde_json::Value {
+    let b = |s: &[u8]| ByteString(s.to_vec());
+    serde_json::json!({
+        "data": {
+            CA_CERT_KEY: b(p.ca_cert_pem.as_bytes()),
+            CA_KEY_KEY: b(p.ca_key_pem.as_bytes()),
+            PREVIOUS_CA_KEY: b(p.previous_ca_pem.as_bytes()),
+            TOKEN_KEY_KEY: b(&p.token_secret),
+        }
+    })
+}
+
+fn from_secret(secret: &Secret, name: &str) -> Result<Persisted, CertError> {
+    let data = secret.data.clone().unwrap_or_default();
+    let text = |k: &str| -> Result<String, CertError> {
+        data.get(k)
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+            .ok_or_else(|| CertError::Secret {
+                secret: name.to_string(),
+                reason: format!("no key {k:?}"),
+            })
+    };
+    Ok(Persisted {
+        ca_cert_pem: text(CA_CERT_KEY)?,
+        ca_key_pem: text(CA_KEY_KEY)?,
+        previous_ca_pem: text(PREVIOUS_CA_KEY).unwrap_or_default(),
+        token_secret: data
+            .get(TOKEN_KEY_KEY)
+            .map(|b| b.0.clone())
+            .unwrap_or_default(),
+    })
+}
+
+/// Loads the CA and token key from a host Secret, creating it (with a new CA) when missing.
+pub async fn load_or_create(
+    host: &Client,
+    namespace: &str,
+    name: &str,
+    config: CertConfig,
+) -> Result<CertManager, CertError> {
+    let api: Api<Secret> = Api::namespaced(host.clone(), namespace);
+    if let Some(s) = api.get_opt(name).await? {
+        return CertManager::new(config, Some(from_secret(&s, name)?));
+    }
+    let manager = CertManager::new(config.clone(), None)?;
+    let mut secret: Secret =
+        serde_json::from_value(secret_data(&manager.persisted())).map_err(|e| {
+            CertError::Secret {
+                secret: name.to_string(),
+                reason: e.to_string(),
+            }
+        })?;
+    secret.metadata.name = Some(name.to_string());
+    secret.metadata.namespace = Some(namespace.to_string());
+    secret.metadata.labels = Some(
+        [(
+            kvtenant_api::labels::MANAGED_BY.to_string(),
+            kvtenant_api::labels::MANAGED_BY_VALUE.to_string(),
+        )]
+        .into(),
+    );
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(_) => Ok(manager),
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            // another replica made it first: use theirs
+            let s = api.get(name).await?;
+            CertManager::new(config, Some(from_secret(&s, name)?))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes the CA and token key to the host Secret (after a rotation).
+pub async fn store(
+    host: &Client,
+    namespace: &str,
+    name: &str,
+    manager: &CertManager,
+) -> Result<(), CertError> {
+    let api: Api<Secret> = Api::namespaced(host.clone(), namespace);
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(&secret_data(&manager.persisted())),
+    )
+    .await?;
+    Ok(())
+}

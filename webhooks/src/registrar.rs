@@ -1,0 +1,352 @@
+//! Keeps every tenant's webhook configurations in step with the host's.
+//!
+//! It watches the host's Validating/MutatingWebhookConfigurations and polls the syncer's
+//! running tenants (`Shared::tenants`): when a tenant appears or restarts (a new `Tenant` after
+//! a VirtualCluster change), when what it should have changes (host configurations, CA
+//! bundle, `spec.kubevirt.webhooks`, synced kinds) and at every resync period (reverting a
+//! tenant admin's edits), it server-side-applies the tenant Service and configurations and
+//! deletes the ones kvtenant made that are no longer wanted. When a tenant stops being served
+//! for longer than a grace period (a restart after a VirtualCluster change is shorter), its
+//! configurations are removed (best effort), so a paused or deleted VirtualCluster does not
+//! keep webhooks pointing at a server that no longer answers for it.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::reflector::{self, store::Writer};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use kvtenant_api::MANAGER;
+use kvtenant_kubevirt_sync::tenant::Tenant;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::mirror::{self, COMPONENT, COMPONENT_VALUE, POLICY_CONFIGURATION};
+use crate::paths::HookType;
+use crate::state::State;
+
+/// Bound of one tenant's registration.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a tenant should have.
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct Desired {
+    pub service: Option<Value>,
+    pub validating: Vec<Value>,
+    pub mutating: Vec<Value>,
+}
+
+impl Desired {
+    fn fingerprint(&self) -> String {
+        let bytes = serde_json::to_vec(self).unwrap_or_default();
+        hex::encode(Sha256::digest(bytes))
+    }
+}
+
+pub(crate) fn desired(
+    state: &State,
+    tenant: &Tenant,
+    host_validating: &[Value],
+    host_mutating: &[Value],
+    ca_bundle: &str,
+) -> Desired {
+    if !tenant.spec.kubevirt.webhooks {
+        return Desired::default();
+    }
+    let synced = state.synced(&tenant.spec);
+    let target = state.target(&tenant.vc.uid, ca_bundle.to_string());
+    let not_ours = |cfgs: &[Value]| -> Vec<Value> {
+        cfgs.iter()
+            .filter(|c| {
+                c.pointer("/metadata/name").and_then(Value::as_str) != Some(POLICY_CONFIGURATION)
+            })
+            .cloned()
+            .collect()
+    };
+    let mut validating = mirror::render(
+        HookType::Validating,
+        &not_ours(host_validating),
+        &synced,
+        &target,
+    );
+    validating.extend(mirror::policy_configuration(&synced, &target));
+    let mutating = mirror::render(HookType::Mutating, host_mutating, &synced, &target);
+    Desired {
+        service: Some(mirror::service(&target, &state.config.external_name)),
+        validating,
+        mutating,
+    }
+}
+
+fn name_of(v: &Value) -> String {
+    v.pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
+async fn apply_kind<K>(client: &Client, wanted: &[Value]) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+{
+    let api: Api<K> = Api::all(client.clone());
+    let pp = PatchParams::apply(MANAGER).force();
+    for obj in wanted {
+        api.patch(&name_of(obj), &pp, &Patch::Apply(obj)).await?;
+    }
+    let names: BTreeSet<String> = wanted.iter().map(name_of).collect();
+    let lp = ListParams::default().labels(&mirror::selector());
+    for existing in api.list(&lp).await? {
+        let name = existing.name_any();
+        if !names.contains(&name) {
+            match api.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Applies what a tenant should have and removes what it should not.
+pub(crate) async fn apply(
+    client: &Client,
+    desired: &Desired,
+    service_namespace: &str,
+    service_name: &str,
+) -> Result<(), kube::Error> {
+    let services: Api<Service> = Api::namespaced(client.clone(), service_namespace);
+    if let Some(svc) = &desired.service {
+        services
+            .patch(
+                service_name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(svc),
+            )
+            .await?;
+    }
+    apply_kind::<ValidatingWebhookConfiguration>(client, &desired.validating).await?;
+    apply_kind::<MutatingWebhookConfiguration>(client, &desired.mutating).await?;
+    if desired.service.is_none()
+        && let Some(svc) = services.get_opt(service_name).await?
+        && svc.labels().get(COMPONENT).map(String::as_str) == Some(COMPONENT_VALUE)
+    {
+        match services
+            .delete(service_name, &DeleteParams::default())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+struct Registered {
+    /// Identity of the `Tenant` registered (a restarted tenant is a new one).
+    tenant: usize,
+    fingerprint: String,
+    client: Client,
+    label: String,
+    applied: Instant,
+}
+
+/// The registration loop.
+pub(crate) async fn run(state: Arc<State>) {
+    let mut known: HashMap<String, Registered> = HashMap::new();
+    let mut missing_since: HashMap<String, Instant> = HashMap::new();
+    let mut tick = tokio::time::interval(state.config.tenant_poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = state.changed.notified() => {}
+        }
+        if !state.ready() {
+            continue;
+        }
+        let bundle = state.certs.ca_bundle();
+        let host_v = state.host_configurations(HookType::Validating);
+        let host_m = state.host_configurations(HookType::Mutating);
+        let mut current = BTreeSet::new();
+        let mut work = Vec::new();
+        {
+            let tenants: Vec<Arc<Tenant>> = state
+                .shared
+                .tenants
+                .read()
+                .map(|m| m.values().cloned().collect())
+                .unwrap_or_default();
+            state.remember(&tenants);
+            for t in &tenants {
+                current.insert(t.vc.uid.clone());
+                let d = desired(&state, t, &host_v, &host_m, &bundle);
+                let fp = d.fingerprint();
+                let id = Arc::as_ptr(t) as usize;
+                let due = known.get(&t.vc.uid).is_none_or(|r| {
+                    r.tenant != id
+                        || r.fingerprint != fp
+                        || r.applied.elapsed() >= state.config.resync
+                });
+                if due {
+                    work.push((
+                        t.vc.uid.clone(),
+                        t.client.clone(),
+                        t.label.clone(),
+                        id,
+                        fp,
+                        d,
+                    ));
+                }
+            }
+            // the tenants are dropped here: holding one would keep a stopped tenant running
+        }
+        let cfg = &state.config;
+        let results = futures::future::join_all(work.into_iter().map(
+            |(uid, client, label, id, fp, d)| async move {
+                let r = tokio::time::timeout(
+                    APPLY_TIMEOUT,
+                    apply(
+                        &client,
+                        &d,
+                        &cfg.tenant_service_namespace,
+                        &cfg.tenant_service_name,
+                    ),
+                )
+                .await;
+                (uid, client, label, id, fp, r)
+            },
+        ))
+        .await;
+        for (uid, client, label, id, fp, r) in results {
+            match r {
+                Ok(Ok(())) => {
+                    tracing::debug!(tenant = %label, "webhook configurations applied");
+                    state.metrics.tenant_registrations.inc();
+                    known.insert(
+                        uid,
+                        Registered {
+                            tenant: id,
+                            fingerprint: fp,
+                            client,
+                            label,
+                            applied: Instant::now(),
+                        },
+                    );
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(tenant = %label, error = %e, "applying webhook configurations in the tenant");
+                    remember_failure(&mut known, uid, client, label);
+                }
+                Err(_) => {
+                    tracing::warn!(tenant = %label, "applying webhook configurations in the tenant timed out");
+                    remember_failure(&mut known, uid, client, label);
+                }
+            }
+        }
+        // a tenant restarting (its VirtualCluster changed) is missing for a moment: wait
+        let now = Instant::now();
+        for uid in known.keys() {
+            if current.contains(uid) {
+                missing_since.remove(uid);
+            } else {
+                missing_since.entry(uid.clone()).or_insert(now);
+            }
+        }
+        let gone: Vec<String> = missing_since
+            .iter()
+            .filter(|(_, since)| since.elapsed() >= state.config.gone_grace)
+            .map(|(u, _)| u.clone())
+            .collect();
+        for uid in &gone {
+            missing_since.remove(uid);
+        }
+        for uid in gone {
+            if let Some(r) = known.remove(&uid) {
+                let cfg = &state.config;
+                let nothing = Desired::default();
+                let cleanup = apply(
+                    &r.client,
+                    &nothing,
+                    &cfg.tenant_service_namespace,
+                    &cfg.tenant_service_name,
+                );
+                match tokio::time::timeout(Duration::from_secs(10), cleanup).await {
+                    Ok(Ok(())) => {
+                        tracing::info!(tenant = %r.label, "webhook configurations removed (tenant no longer served)")
+                    }
+                    Ok(Err(e)) => {
+                        tracing::info!(tenant = %r.label, error = %e, "could not remove webhook configurations of a tenant no longer served")
+                    }
+                    Err(_) => {
+                        tracing::info!(tenant = %r.label, "removing webhook configurations of a tenant no longer served timed out")
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Keeps the client (for cleanup) and forces a retry at the next tick.
+fn remember_failure(
+    known: &mut HashMap<String, Registered>,
+    uid: String,
+    client: Client,
+    label: String,
+) {
+    known.insert(
+        uid,
+        Registered {
+            tenant: 0,
+            fingerprint: String::new(),
+            client,
+            label,
+            applied: Instant::now(),
+        },
+    );
+}
+
+/// Watches one kind of host webhook configuration into a store; wakes the registrar on
+/// changes.
+pub(crate) async fn watch_host<K>(state: Arc<State>, writer: Writer<K>, ready: usize)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let api: Api<K> = Api::all(state.shared.host.clone());
+    let mut stream = reflector::reflector(
+        writer,
+        watcher(api, watcher::Config::default()).default_backoff(),
+    )
+    .boxed();
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(watcher::Event::InitDone) => {
+                state.host_ready[ready].store(true, Ordering::Release);
+                state.changed.notify_one();
+            }
+            Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {
+                state.changed.notify_one();
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "watching the host's webhook configurations"),
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! State shared by the server, the registrar and the background tasks.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
+use k8s_openapi::api::core::v1::Service;
+use kube::Client;
+use kube::api::Api;
+use kube::runtime::reflector::Store;
+use kvtenant_api::VirtualClusterSpec;
+use kvtenant_api::labels::VirtualClusterRef;
+use kvtenant_kubevirt_sync::syncer::Shared;
+use kvtenant_kubevirt_sync::tenant::Tenant;
+use serde_json::Value;
+use tokio::sync::Notify;
+
+use crate::WebhookConfig;
+use crate::certs::CertManager;
+use crate::forward::Forwarder;
+use crate::metrics::Metrics;
+use crate::mirror::{self, GroupResource, Target};
+use crate::paths::{self, HookType};
+
+/// How long a host Service lookup is reused.
+const SERVICE_TTL: Duration = Duration::from_secs(5);
+
+/// What the server needs of a tenant: a snapshot (holding the syncer's `Tenant` would keep a
+/// stopped one running).
+#[derive(Clone)]
+pub(crate) struct TenantView {
+    pub vc: VirtualClusterRef,
+    /// `namespace/name` of the VirtualCluster.
+    pub label: String,
+    pub spec: VirtualClusterSpec,
+    pub client: Client,
+}
+
+impl TenantView {
+    pub fn of(t: &Tenant) -> Self {
+        Self {
+            vc: t.vc.clone(),
+            label: t.label.clone(),
+            spec: t.spec.clone(),
+            client: t.client.clone(),
+        }
+    }
+}
+
+/// Host Services by (namespace, name): when looked up, and what was found.
+type ServiceCache = HashMap<(String, String), (Instant, Option<Value>)>;
+
+pub(crate) struct State {
+    pub shared: Arc<Shared>,
+    pub config: WebhookConfig,
+    /// The port tenants call.
+    pub port: u16,
+    pub certs: Arc<CertManager>,
+    pub validating: Store<ValidatingWebhookConfiguration>,
+    pub mutating: Store<MutatingWebhookConfiguration>,
+    /// Host configurations listed once (validating, mutating).
+    pub host_ready: [AtomicBool; 2],
+    pub forwarder: Forwarder,
+    pub metrics: Metrics,
+    /// Wakes the registrar: host configurations or the CA bundle changed.
+    pub changed: Notify,
+    /// kvtenant's host identity (`userInfo`), if the host told it.
+    pub host_user: Option<Value>,
+    services: Mutex<ServiceCache>,
+    /// Tenants last seen running, by VirtualCluster uid: served from this while the syncer
+    /// restarts one (after its VirtualCluster changed), for up to `gone_grace`.
+    recent: Mutex<HashMap<String, (Instant, TenantView)>>,
+}
+
+impl State {
+    pub fn new(
+        shared: Arc<Shared>,
+        config: WebhookConfig,
+        port: u16,
+        certs: Arc<CertManager>,
+        (validating, mutating): (
+            Store<ValidatingWebhookConfiguration>,
+            Store<MutatingWebhookConfiguration>,
+        ),
+        host_user: Option<Value>,
+    ) -> Self {
+        Self {
+            shared,
+            config,
+            port,
+            certs,
+            validating,
+            mutating,
+            host_ready: [AtomicBool::new(false), AtomicBool::new(false)],
+            forwarder: Forwarder::default(),
+            metrics: Metrics::default(),
+            changed: Notify::new(),
+            host_user,
+            services: Mutex::new(HashMap::new()),
+            recent: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn ready(&self) -> bool {
+        self.host_ready.iter().all(|r| r.load(Ordering::Acquire))
+    }
+
+    /// The host's configurations of a type, as JSON, sorted by name.
+    pub fn host_configurations(&self, hook_type: HookType) -> Vec<Value> {
+        let mut out: Vec<Value> = match hook_type {
+            HookType::Validating => self
+                .validating
+                .state()
+                .iter()
+                .filter_map(|c| serde_json::to_value(&**c).ok())
+                .collect(),
+            HookType::Mutating => self
+                .mutating
+                .state()
+                .iter()
+                .filter_map(|c| serde_json::to_value(&**c).ok())
+                .collect(),
+        };
+        out.sort_by(|a, b| {
+            let name = |v: &Value| {
+                v.pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string()
+            };
+            name(a).cmp(&name(b))
+        });
+        out
+    }
+
+    /// Whom host webhooks see as the requester.
+    pub fn requester(&self) -> crate::review::Requester<'_> {
+        match &self.host_user {
+            Some(u) => crate::review::Requester::Host(u),
+            None => crate::review::Requester::Prefixed,
+        }
+    }
+
+    /// The (group, resource) pairs synced for a tenant.
+    pub fn synced(&self, spec: &VirtualClusterSpec) -> Vec<GroupResource> {
+        mirror::synced_resources(&spec.kubevirt.sync_kinds)
+    }
+
+    /// The tenant with this VirtualCluster uid: running, or seen running within `gone_grace`.
+    pub fn tenant(&self, vc_uid: &str) -> Option<TenantView> {
+        if let Some(t) = self.shared.tenant(vc_uid) {
+            return Some(TenantView::of(&t));
+        }
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent
+            .get(vc_uid)
+            .filter(|(seen, _)| seen.elapsed() < self.config.gone_grace)
+            .map(|(_, v)| v.clone())
+    }
+
+    /// Records the running tenants (the registrar calls this at every poll).
+    pub fn remember(&self, running: &[Arc<Tenant>]) {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        for t in running {
+            recent.insert(t.vc.uid.clone(), (now, TenantView::of(t)));
+        }
+        let grace = self.config.gone_grace;
+        recent.retain(|_, (seen, _)| seen.elapsed() < grace);
+    }
+
+    /// `/t/<uid>/<token>` of a tenant.
+    pub fn prefix(&self, vc_uid: &str) -> String {
+        paths::tenant_prefix(vc_uid, &self.certs.token_key().token(vc_uid))
+    }
+
+    /// Where a tenant's webhooks point, with a CA bundle.
+    pub fn target(&self, vc_uid: &str, ca_bundle: String) -> Target {
+        Target {
+            service_namespace: self.config.tenant_service_namespace.clone(),
+            service_name: self.config.tenant_service_name.clone(),
+            port: self.port,
+            ca_bundle,
+            prefix: self.prefix(vc_uid),
+        }
+    }
+
+    /// A host Service as JSON (`None`: not found), cached for a few seconds.
+    pub async fn host_service(&self, namespace: &str, name: &str) -> Result<Option<Value>, String> {
+        let key = (namespace.to_string(), name.to_string());
+        if let Some((at, v)) = self
+            .services
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            && at.elapsed() < SERVICE_TTL
+        {
+            return Ok(v.clone());
+        }
+        let api: Api<Service> = Api::namespaced(self.shared.host.clone(), namespace);
+        let svc = api
+            .get_opt(name)
+            .await
+            .map_err(|e| format!("getting service \"{name}\": {e}"))?
+            .and_then(|s| serde_json::to_value(s).ok());
+        let mut cache = self.services.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() > 256 {
+            cache.clear();
+        }
+        cache.insert(key, (Instant::now(), svc.clone()));
+        Ok(svc)
+    }
+}
