@@ -47,6 +47,42 @@ pub struct SyncerArgs {
     /// Seconds between consistency scans (drift repair, orphan removal).
     #[arg(long, default_value_t = 60, env = "KVTENANT_RESYNC_SECONDS")]
     pub resync_seconds: u64,
+    /// Address of the subresource proxy (HTTPS; tenants' `subresources.kubevirt.io` APIServices
+    /// point at it).
+    #[arg(long, default_value = "0.0.0.0:8443", env = "KVTENANT_PROXY_ADDR")]
+    pub proxy_addr: SocketAddr,
+    /// Host name tenants' apiservers reach the proxy by (an ExternalName Service in each
+    /// tenant points here).
+    #[arg(
+        long,
+        default_value = "kvtenant-proxy.kvtenant-system.svc",
+        env = "KVTENANT_PROXY_HOST"
+    )]
+    pub proxy_host: String,
+    /// Port tenants' apiservers reach the proxy on (the Service port; 0: the listening port).
+    #[arg(long, default_value_t = 443, env = "KVTENANT_PROXY_PORT")]
+    pub proxy_port: u16,
+    /// Address of the admission webhook server (HTTPS).
+    #[arg(long, default_value = "0.0.0.0:9443", env = "KVTENANT_WEBHOOK_ADDR")]
+    pub webhook_addr: SocketAddr,
+    /// Host name tenants' apiservers reach the webhook server by.
+    #[arg(
+        long,
+        default_value = "kvtenant-webhooks.kvtenant-system.svc",
+        env = "KVTENANT_WEBHOOK_HOST"
+    )]
+    pub webhook_host: String,
+    /// Port tenants' apiservers reach the webhook server on (the Service port; 0: the
+    /// listening port).
+    #[arg(long, default_value_t = 443, env = "KVTENANT_WEBHOOK_PORT")]
+    pub webhook_port: u16,
+    /// Namespace of the Secrets holding the proxy's and the webhooks' CAs.
+    #[arg(
+        long,
+        default_value = "kvtenant-system",
+        env = "KVTENANT_SYSTEM_NAMESPACE"
+    )]
+    pub system_namespace: String,
 }
 
 pub async fn syncer(g: &GlobalArgs, args: SyncerArgs) -> anyhow::Result<()> {
@@ -58,12 +94,48 @@ pub async fn syncer(g: &GlobalArgs, args: SyncerArgs) -> anyhow::Result<()> {
             resync_period: Duration::from_secs(args.resync_seconds),
         },
     );
+    let host = g.host_client().await?;
+    let ca = kvtenant_kubevirt_sync::proxy::tls::load_or_create_ca(
+        &host,
+        &args.system_namespace,
+        "kvtenant-proxy",
+    )
+    .await?;
+    let proxy = kvtenant_kubevirt_sync::proxy::Proxy::start(
+        syncer.shared.clone(),
+        kvtenant_kubevirt_sync::proxy::ProxyConfig {
+            listen: args.proxy_addr,
+            advertise_host: args.proxy_host.clone(),
+            advertise_port: (args.proxy_port != 0).then_some(args.proxy_port),
+            ca: Some(ca),
+            ..kvtenant_kubevirt_sync::proxy::ProxyConfig::default()
+        },
+    )
+    .await?;
+    let webhooks = kvtenant_webhooks::Webhooks::start(
+        syncer.shared.clone(),
+        kvtenant_webhooks::WebhookConfig {
+            listen: args.webhook_addr,
+            external_name: args.webhook_host.clone(),
+            external_port: (args.webhook_port != 0).then_some(args.webhook_port),
+            ca_secret: Some(kvtenant_webhooks::SecretRef {
+                namespace: args.system_namespace.clone(),
+                name: "kvtenant-webhooks".into(),
+            }),
+            ..kvtenant_webhooks::WebhookConfig::default()
+        },
+    )
+    .await?;
     let mut registry = Registry::default();
     syncer.shared.metrics.register(&mut registry);
+    proxy.metrics().register(&mut registry);
+    webhooks.metrics().register(&mut registry);
     let ready = Arc::new(AtomicBool::new(true));
     let admin = tokio::spawn(crate::admin::serve(args.admin.admin_addr, registry, ready));
     tokio::select! {
         _ = syncer.run() => anyhow::bail!("the syncer stopped"),
+        _ = proxy.run() => anyhow::bail!("the subresource proxy stopped"),
+        _ = webhooks.run() => anyhow::bail!("the webhook server stopped"),
         r = admin => { r??; anyhow::bail!("the admin server stopped") }
         _ = tokio::signal::ctrl_c() => Ok(()),
     }

@@ -111,24 +111,37 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         std::future::pending(),
     ));
     let syncer = kvtenant_kubevirt_sync::Syncer::start(hc.clone(), Default::default());
+    let proxy = kvtenant_kubevirt_sync::proxy::Proxy::start(
+        syncer.shared.clone(),
+        kvtenant_kubevirt_sync::proxy::ProxyConfig::local(),
+    )
+    .await?;
+    let webhooks = kvtenant_webhooks::Webhooks::start(
+        syncer.shared.clone(),
+        kvtenant_webhooks::WebhookConfig::local(),
+    )
+    .await?;
     let tenant_kc = tenant.kubeconfig_path().to_path_buf();
     if let Some(out) = &args.kubeconfig_out {
         std::fs::copy(&tenant_kc, out)?;
     }
     let shown = args.kubeconfig_out.clone().unwrap_or(tenant_kc);
-    // wait until the tenant serves KubeVirt's API (the syncer mirrors the CRDs)
-    let tenant_crds: Api<CustomResourceDefinition> = Api::all(tenant.client()?);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while tenant_crds
-        .get_opt("virtualmachines.kubevirt.io")
-        .await?
-        .is_none()
-    {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the syncer did not mirror the KubeVirt CRDs into the tenant within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    // wait until the tenant serves KubeVirt's API (the syncer mirrors the CRDs) and the
+    // subresource API (the proxy registers it), so the first kubectl apply works
+    let tenant_client = tenant.client()?;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    for path in ["/apis/kubevirt.io/v1", "/apis/subresources.kubevirt.io/v1"] {
+        loop {
+            let req = http::Request::get(path).body(Vec::new())?;
+            if tenant_client.request_text(req).await.is_ok() {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the virtual cluster does not serve {path} after 90 s: the syncer or the proxy is stuck (run with RUST_LOG=debug)"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     eprintln!(
         "[{:>5.1}s] virtual cluster {}/{} syncing",
@@ -148,6 +161,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     );
     println!("  kubectl --kubeconfig {} get vm,vmi", shown.display());
     println!(
+        "  virtctl --kubeconfig {} stop vm1     (through kvtenant's subresource proxy)",
+        shown.display()
+    );
+    println!(
         "  kubectl --kubeconfig {} get vm -A",
         host.kubeconfig_path().display()
     );
@@ -155,6 +172,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("Press Ctrl-C to stop everything.");
     tokio::select! {
         _ = syncer.run() => anyhow::bail!("the syncer stopped"),
+        _ = proxy.run() => anyhow::bail!("the subresource proxy stopped"),
+        _ = webhooks.run() => anyhow::bail!("the webhook server stopped"),
         r = controller => anyhow::bail!("the controller stopped: {r:?}"),
         _ = tokio::signal::ctrl_c() => {}
     }

@@ -806,7 +806,7 @@ async fn deploy_and_samples_on_testenv() {
         (SYNCER_SA, (true, "create", "cdi.kubevirt.io", "datavolumes", host_ns)),
         (SYNCER_SA, (true, "get", "subresources.kubevirt.io", "virtualmachineinstances/console", host_ns)),
         (SYNCER_SA, (true, "get", "subresources.kubevirt.io", "virtualmachineinstances/vnc", host_ns)),
-        (SYNCER_SA, (true, "get", "subresources.kubevirt.io", "virtualmachineinstances/vnc/screenshot", host_ns)),
+        (SYNCER_SA, (true, "get", "subresources.kubevirt.io", "virtualmachineinstances/sev", host_ns)),
         (SYNCER_SA, (true, "update", "subresources.kubevirt.io", "virtualmachineinstances/pause", host_ns)),
         (SYNCER_SA, (true, "update", "subresources.kubevirt.io", "virtualmachineinstances/unpause", host_ns)),
         (SYNCER_SA, (true, "update", "subresources.kubevirt.io", "virtualmachines/start", host_ns)),
@@ -1052,7 +1052,20 @@ async fn deploy_and_samples_on_testenv() {
         .collect();
     kubectl_in(&admin, &["apply", "-f", "-"], Some(&stream)).await;
 
-    let syncer = Component::start(dir.path(), "syncer", &syncer_kc, &[]);
+    // the proxy and webhook servers on free loopback ports, reached as localhost by the tenant
+    let syncer = Component::start(
+        dir.path(),
+        "syncer",
+        &syncer_kc,
+        &[
+            ("KVTENANT_PROXY_ADDR", "127.0.0.1:0"),
+            ("KVTENANT_PROXY_HOST", "localhost"),
+            ("KVTENANT_PROXY_PORT", "0"),
+            ("KVTENANT_WEBHOOK_ADDR", "127.0.0.1:0"),
+            ("KVTENANT_WEBHOOK_HOST", "localhost"),
+            ("KVTENANT_WEBHOOK_PORT", "0"),
+        ],
+    );
     let controller = Component::start(
         dir.path(),
         "controller",
