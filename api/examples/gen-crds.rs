@@ -1,4 +1,5 @@
-//! Writes the CRD YAML committed at `api/crds/` from the Rust types:
+//! Writes the CRD YAML committed at `api/crds/` and the configuration reference at
+//! `docs/configuration.md` from the Rust types:
 //! `cargo run -p kvtenant-api --example gen-crds`.
 
 use std::path::PathBuf;
@@ -10,5 +11,10 @@ fn main() -> std::io::Result<()> {
     }
     std::fs::write(&path, kvtenant_api::crd_yaml())?;
     println!("wrote {}", path.display());
+    let reference =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(kvtenant_api::reference::REFERENCE_PATH);
+    std::fs::create_dir_all(reference.parent().unwrap_or(&reference))?;
+    std::fs::write(&reference, kvtenant_api::reference::reference_markdown())?;
+    println!("wrote {}", reference.display());
     Ok(())
 }

@@ -12,6 +12,7 @@
 pub mod crd;
 pub mod labels;
 pub mod naming;
+pub mod reference;
 pub mod v1alpha1;
 
 pub use crd::{crd_yaml, crds};
