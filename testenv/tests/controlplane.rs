@@ -226,9 +226,10 @@ async fn processes_die_on_drop_and_on_panic() {
 /// (SIGINT) tears everything down.
 #[test]
 fn testenv_up_prints_working_kubeconfigs_and_ctrl_c_stops_everything() {
+    // `up --kubevirt` is the manual-check setup: a host with the KubeVirt simulator and a tenant
     use std::io::{BufRead, BufReader};
     let child = Command::new(env!("CARGO_BIN_EXE_testenv"))
-        .args(["up", "--tenants", "1"])
+        .args(["up", "--tenants", "1", "--kubevirt"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -256,6 +257,20 @@ fn testenv_up_prints_working_kubeconfigs_and_ctrl_c_stops_everything() {
             .unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
     }
+    // the host has the (simulated) KubeVirt: its CRDs answer to the real kubectl
+    let vm = serde_json::json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+        "metadata": {"name": "probe", "namespace": "default"},
+        "spec": {"runStrategy": "Halted", "template": {"spec": {"domain": {"devices": {}}}}}});
+    let file = std::env::temp_dir().join(format!("testenv-up-vm-{}.json", std::process::id()));
+    std::fs::write(&file, vm.to_string()).unwrap();
+    testenv::testing::kubectl(
+        std::path::Path::new(&kubeconfigs[0]),
+        &["create", "-f", file.to_str().unwrap()],
+    );
+    let _ = std::fs::remove_file(&file);
+    let listed =
+        testenv::testing::kubectl(std::path::Path::new(&kubeconfigs[0]), &["get", "vm", "-A"]);
+    assert!(listed.contains("probe"), "{listed}");
     let pid = nix::unistd::Pid::from_raw(child.0.id() as i32);
     // The processes the tool started: children in their own process groups.
     let children = children_of(child.0.id());
