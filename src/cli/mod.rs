@@ -71,8 +71,11 @@ impl GlobalArgs {
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
 pub enum ExposeType {
+    #[value(name = "ClusterIP")]
     ClusterIP,
+    #[value(name = "NodePort")]
     NodePort,
+    #[value(name = "LoadBalancer")]
     LoadBalancer,
 }
 
@@ -83,7 +86,7 @@ pub struct CreateArgs {
     /// Host namespace of the VirtualCluster (created if missing). Default: vc-<name>.
     #[arg(short, long, env = "KVTENANT_NAMESPACE")]
     pub namespace: Option<String>,
-    /// YAML file with VirtualCluster spec fields (see `kvtenant crds` for all of them).
+    /// YAML file with VirtualCluster spec fields (all of them: docs/configuration.md).
     #[arg(short = 'f', long = "values")]
     pub values: Option<PathBuf>,
     /// How the tenant apiserver is exposed (managed control planes).
