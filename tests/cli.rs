@@ -191,6 +191,38 @@ async fn create_list_connect_disconnect_pause_resume_delete() {
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("not found"));
 
+    // a managed one from a values file plus flags: flags win over the file
+    let values = dir.path().join("values.yaml");
+    std::fs::write(
+        &values,
+        "kubevirt:\n  syncKinds: [VirtualMachine]\nexpose:\n  type: ClusterIP\n",
+    )
+    .unwrap();
+    ok(kvtenant(
+        &kc,
+        &[
+            "create",
+            "m1",
+            "-f",
+            values.to_str().unwrap(),
+            "--expose",
+            "NodePort",
+            "--no-wait",
+        ],
+    ));
+    let spec: serde_json::Value = serde_json::from_str(&kubectl(
+        &kc,
+        &["get", "vc", "-n", "vc-m1", "m1", "-o", "jsonpath={.spec}"],
+    ))
+    .unwrap();
+    assert_eq!(spec["expose"]["type"], "NodePort");
+    assert_eq!(
+        spec["kubevirt"]["syncKinds"],
+        serde_json::json!(["VirtualMachine"])
+    );
+    assert_eq!(spec["controlPlane"]["mode"], "Managed");
+    ok(kvtenant(&kc, &["delete", "m1", "--timeout", "60"]));
+
     ok(kvtenant(&kc, &["delete", "t1", "--timeout", "60"]));
     assert!(ok(kvtenant(&kc, &["list"])).contains("No virtual clusters"));
 }
