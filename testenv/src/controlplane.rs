@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::binaries::{self, Binaries, BinariesError};
@@ -167,40 +166,7 @@ impl std::fmt::Debug for ControlPlane {
     }
 }
 
-/// Renders a kubeconfig with embedded certificates for one client-certificate user.
-pub fn render_kubeconfig(
-    cluster: &str,
-    server: &str,
-    ca_pem: &str,
-    user: &str,
-    client: &CertKey,
-) -> String {
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
-    format!(
-        "apiVersion: v1
-kind: Config
-clusters:
-- name: {cluster}
-  cluster:
-    server: {server}
-    certificate-authority-data: {ca}
-users:
-- name: {user}
-  user:
-    client-certificate-data: {cert}
-    client-key-data: {key}
-contexts:
-- name: {cluster}
-  context:
-    cluster: {cluster}
-    user: {user}
-current-context: {cluster}
-",
-        ca = b64(ca_pem),
-        cert = b64(&client.cert_pem),
-        key = b64(&client.key_pem),
-    )
-}
+pub use kvtenant_pki::render_kubeconfig;
 
 impl ControlPlane {
     /// Builds the binaries if needed, then starts etcd and kube-apiserver (and

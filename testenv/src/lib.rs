@@ -6,7 +6,8 @@
 //! and on SIGINT/SIGTERM ([`process`]).
 pub mod binaries;
 pub mod controlplane;
-pub mod pki;
+/// Certificates and kubeconfigs (the `kvtenant-pki` crate, shared with the controller).
+pub use kvtenant_pki as pki;
 pub mod process;
 pub mod simulator;
 pub mod testing;

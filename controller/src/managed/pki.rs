@@ -64,35 +64,7 @@ fn gen_err(what: &'static str) -> impl FnOnce(rcgen::Error) -> PkiError {
     move |source| PkiError::Generate { what, source }
 }
 
-/// A PEM certificate and its PEM (PKCS#8) private key.
-#[derive(Clone, PartialEq, Eq)]
-pub struct CertKey {
-    pub cert_pem: String,
-    pub key_pem: String,
-}
-
-impl std::fmt::Debug for CertKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CertKey")
-            .field("key_pem", &"<redacted>")
-            .finish_non_exhaustive()
-    }
-}
-
-/// The service-account token signing key pair.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ServiceAccountKey {
-    pub private_key_pem: String,
-    pub public_key_pem: String,
-}
-
-impl std::fmt::Debug for ServiceAccountKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServiceAccountKey")
-            .field("private_key_pem", &"<redacted>")
-            .finish_non_exhaustive()
-    }
-}
+pub use kvtenant_pki::{CertKey, ServiceAccountKey, render_kubeconfig};
 
 /// Every certificate and key of one tenant control plane.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -440,42 +412,6 @@ impl Pki {
         put(SA_PUB, &self.service_account.public_key_pem);
         m
     }
-}
-
-/// Renders a kubeconfig with embedded certificates for one client-certificate user.
-pub fn render_kubeconfig(
-    cluster: &str,
-    server: &str,
-    ca_pem: &str,
-    user: &str,
-    client: &CertKey,
-) -> String {
-    use base64::Engine as _;
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
-    format!(
-        "apiVersion: v1
-kind: Config
-clusters:
-- name: {cluster}
-  cluster:
-    server: {server}
-    certificate-authority-data: {ca}
-users:
-- name: {user}
-  user:
-    client-certificate-data: {cert}
-    client-key-data: {key}
-contexts:
-- name: {cluster}
-  context:
-    cluster: {cluster}
-    user: {user}
-current-context: {cluster}
-",
-        ca = b64(ca_pem),
-        cert = b64(&client.cert_pem),
-        key = b64(&client.key_pem),
-    )
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! Certificates for test control planes: certificate authorities, serving and client
-//! certificates, and the service-account key pair. ECDSA P-256 throughout.
+//! Certificates for kvtenant's control planes and test environments: certificate authorities,
+//! serving and client certificates, the service-account key pair, and kubeconfigs with embedded
+//! certificates. ECDSA P-256 throughout; private keys never appear in `Debug` output.
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -8,7 +9,7 @@ use rcgen::{
 use time::{Duration, OffsetDateTime};
 
 /// A PEM certificate with its PEM (PKCS#8) private key.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct CertKey {
     pub cert_pem: String,
     pub key_pem: String,
@@ -116,9 +117,54 @@ impl Ca {
 }
 
 /// A key pair for signing and verifying service-account tokens.
+#[derive(Clone, PartialEq, Eq)]
 pub struct ServiceAccountKey {
     pub private_key_pem: String,
     pub public_key_pem: String,
+}
+
+impl std::fmt::Debug for ServiceAccountKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceAccountKey")
+            .field("private_key_pem", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+/// Renders a kubeconfig with embedded certificates for one client-certificate user.
+pub fn render_kubeconfig(
+    cluster: &str,
+    server: &str,
+    ca_pem: &str,
+    user: &str,
+    client: &CertKey,
+) -> String {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
+    format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: {cluster}
+  cluster:
+    server: {server}
+    certificate-authority-data: {ca}
+users:
+- name: {user}
+  user:
+    client-certificate-data: {cert}
+    client-key-data: {key}
+contexts:
+- name: {cluster}
+  context:
+    cluster: {cluster}
+    user: {user}
+current-context: {cluster}
+",
+        ca = b64(ca_pem),
+        cert = b64(&client.cert_pem),
+        key = b64(&client.key_pem),
+    )
 }
 
 impl ServiceAccountKey {
