@@ -1,0 +1,344 @@
+//! The bench environment: a host control plane with the KubeVirt simulator, tenant control
+//! planes registered as External VirtualClusters, and namespaces for the direct path.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::{Client, ResourceExt};
+use kvtenant_api::VirtualCluster;
+use kvtenant_api::labels::VirtualClusterRef;
+use serde_json::json;
+use testenv::simulator::{Simulator, SimulatorOptions};
+use testenv::{ControlPlane, Options};
+
+/// Host namespace of the VirtualCluster objects.
+pub const VC_NAMESPACE: &str = "tenants";
+/// Tenant namespace the bench creates VMs in.
+pub const TENANT_NS: &str = "default";
+/// Label on every object the bench creates, valued with the run id.
+pub const RUN_LABEL: &str = "kvtenant-bench/run";
+
+pub fn vm_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("kubevirt.io", "v1", "VirtualMachine"),
+        "virtualmachines",
+    )
+}
+
+pub fn vmi_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("kubevirt.io", "v1", "VirtualMachineInstance"),
+        "virtualmachineinstances",
+    )
+}
+
+/// The host namespace of the direct path for "tenant slot" `i` (same spread over namespaces
+/// as the tenants' VMs).
+pub fn direct_ns(i: usize) -> String {
+    format!("bench-direct-{}", i + 1)
+}
+
+/// One tenant: its control plane and its VirtualCluster.
+pub struct Tenant {
+    pub cp: ControlPlane,
+    pub vc: VirtualClusterRef,
+    pub client: Client,
+    pub name: String,
+}
+
+impl Tenant {
+    /// The host namespace of the tenant's bench namespace.
+    pub fn host_ns(&self) -> String {
+        self.vc.host_namespace(TENANT_NS)
+    }
+
+    /// The label the syncer's metrics use for this tenant.
+    pub fn metrics_label(&self) -> String {
+        format!("{}/{}", self.vc.namespace, self.vc.name)
+    }
+}
+
+pub struct BenchEnv {
+    pub host: ControlPlane,
+    pub host_client: Client,
+    pub sim: Simulator,
+    pub tenants: Vec<Tenant>,
+}
+
+/// Timings of the environment setup.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SetupTimes {
+    pub host_ready_s: f64,
+    pub simulator_installed_s: f64,
+    pub tenants_ready_s: f64,
+    pub tenants_synced_s: f64,
+}
+
+impl BenchEnv {
+    /// Host (with kube-controller-manager for garbage collection), the KubeVirt simulator, the
+    /// VirtualCluster CRD, and the direct-path namespaces.
+    pub async fn start_host(
+        phase_delay: Duration,
+        direct_namespaces: usize,
+        times: &mut SetupTimes,
+    ) -> Result<Self> {
+        let t = Instant::now();
+        let host = ControlPlane::start(Options::new("bench-host").with_controller_manager())
+            .await
+            .context("starting the host control plane")?;
+        times.host_ready_s = t.elapsed().as_secs_f64();
+        let host_client = host.client()?;
+        let t = Instant::now();
+        let sim = Simulator::install(
+            host_client.clone(),
+            SimulatorOptions::new()
+                .with_front_proxy_ca(host.pki().front_proxy_ca.cert_pem())
+                .with_phase_delay(phase_delay),
+        )
+        .await
+        .context("installing the KubeVirt simulator")?;
+        times.simulator_installed_s = t.elapsed().as_secs_f64();
+        install_virtualcluster_crd(&host_client).await?;
+        create_namespace(&host_client, VC_NAMESPACE).await?;
+        for i in 0..direct_namespaces {
+            create_namespace(&host_client, &direct_ns(i)).await?;
+        }
+        Ok(Self {
+            host,
+            host_client,
+            sim,
+            tenants: Vec::new(),
+        })
+    }
+
+    /// Starts `count` tenant control planes (two at a time) and registers each as an External
+    /// VirtualCluster.
+    pub async fn add_tenants(&mut self, count: usize) -> Result<()> {
+        let first = self.tenants.len() + 1;
+        let started: Vec<Result<(usize, ControlPlane)>> =
+            futures::stream::iter(first..first + count)
+                .map(|i| async move {
+                    let cp = ControlPlane::start(Options::new(format!("bench-tenant-{i}")))
+                        .await
+                        .with_context(|| format!("starting tenant control plane {i}"))?;
+                    Ok((i, cp))
+                })
+                .buffer_unordered(2)
+                .collect()
+                .await;
+        let mut cps = Vec::new();
+        for r in started {
+            cps.push(r?);
+        }
+        cps.sort_by_key(|(i, _)| *i);
+        for (i, cp) in cps {
+            let name = format!("t{i}");
+            let vc = register_external(&self.host_client, &name, cp.kubeconfig_path()).await?;
+            let client = cp.client()?;
+            self.tenants.push(Tenant {
+                cp,
+                vc,
+                client,
+                name,
+            });
+        }
+        Ok(())
+    }
+
+    /// Waits until the syncer has mirrored the KubeVirt CRDs into every tenant, registered the
+    /// subresource API (kvtenant's proxy) and the admission webhooks.
+    pub async fn wait_tenants_synced(&self, timeout: Duration) -> Result<()> {
+        for t in &self.tenants {
+            wait_crd(&t.client, "virtualmachines.kubevirt.io", timeout)
+                .await
+                .with_context(|| {
+                    format!("tenant {}: the syncer did not mirror the CRDs", t.name)
+                })?;
+            wait_crd(&t.client, "virtualmachineinstances.kubevirt.io", timeout).await?;
+            let deadline = Instant::now() + timeout;
+            while !(apiservice_available(&t.client, "v1.subresources.kubevirt.io").await
+                && webhook_configurations(&t.client).await > 0)
+            {
+                if Instant::now() > deadline {
+                    bail!(
+                        "tenant {}: no Available v1.subresources.kubevirt.io APIService or no \
+                         webhook configurations after {timeout:?} (kvtenant's proxy/webhooks)",
+                        t.name
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Process ids with a role name: host etcd/apiserver/controller-manager and the tenants'.
+    pub fn control_plane_pids(&self) -> Vec<(String, u32)> {
+        let mut out = Vec::new();
+        for pid in self.host.pids() {
+            out.push((format!("host {}", crate::procfs::comm(pid)), pid));
+        }
+        for t in &self.tenants {
+            for pid in t.cp.pids() {
+                out.push((format!("tenants {}", crate::procfs::comm(pid)), pid));
+            }
+        }
+        out
+    }
+}
+
+/// Whether the cluster has the APIService and it is Available.
+pub async fn apiservice_available(client: &Client, name: &str) -> bool {
+    let Ok(req) = http::Request::get(format!(
+        "/apis/apiregistration.k8s.io/v1/apiservices/{name}"
+    ))
+    .body(Vec::new()) else {
+        return false;
+    };
+    let Ok(text) = client.request_text(req).await else {
+        return false;
+    };
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    v.pointer("/status/conditions")
+        .and_then(serde_json::Value::as_array)
+        .is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Available" && c["status"] == "True")
+        })
+}
+
+/// How many validating and mutating webhook configurations the cluster has.
+pub async fn webhook_configurations(client: &Client) -> usize {
+    let mut n = 0;
+    for kind in [
+        "validatingwebhookconfigurations",
+        "mutatingwebhookconfigurations",
+    ] {
+        let Ok(req) = http::Request::get(format!("/apis/admissionregistration.k8s.io/v1/{kind}"))
+            .body(Vec::new())
+        else {
+            continue;
+        };
+        if let Ok(text) = client.request_text(req).await {
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            n += v["items"].as_array().map_or(0, Vec::len);
+        }
+    }
+    n
+}
+
+/// Copies a CRD from one cluster to another (spec, name, labels) and waits until it is
+/// established.
+pub async fn copy_crd(from: &Client, to: &Client, name: &str) -> Result<()> {
+    let src: CustomResourceDefinition = Api::all(from.clone())
+        .get(name)
+        .await
+        .with_context(|| format!("reading CRD {name}"))?;
+    let copy = CustomResourceDefinition {
+        metadata: kube::api::ObjectMeta {
+            name: src.metadata.name.clone(),
+            labels: src.metadata.labels.clone(),
+            ..Default::default()
+        },
+        spec: src.spec,
+        status: None,
+    };
+    Api::<CustomResourceDefinition>::all(to.clone())
+        .patch(
+            name,
+            &PatchParams::apply("kvtenant-bench").force(),
+            &Patch::Apply(&copy),
+        )
+        .await
+        .with_context(|| format!("applying CRD {name}"))?;
+    wait_crd(to, name, Duration::from_secs(60)).await
+}
+
+pub async fn create_namespace(client: &Client, name: &str) -> Result<()> {
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}}))?;
+    match Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("creating namespace {name}")),
+    }
+}
+
+async fn install_virtualcluster_crd(host: &Client) -> Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(host.clone());
+    for crd in kvtenant_api::crds() {
+        api.patch(
+            &crd.name_any(),
+            &PatchParams::apply("kvtenant-bench").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .context("applying the VirtualCluster CRD")?;
+    }
+    wait_crd(
+        host,
+        "virtualclusters.tenancy.kvtenant.io",
+        Duration::from_secs(60),
+    )
+    .await
+}
+
+pub async fn wait_crd(client: &Client, name: &str, timeout: Duration) -> Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let deadline = Instant::now() + timeout;
+    loop {
+        let established = api
+            .get_opt(name)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|c| c.status)
+            .and_then(|s| s.conditions)
+            .into_iter()
+            .flatten()
+            .any(|c| c.type_ == "Established" && c.status == "True");
+        if established {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("CRD {name} not established after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Creates the kubeconfig Secret and an External VirtualCluster for a tenant control plane.
+async fn register_external(
+    host: &Client,
+    name: &str,
+    kubeconfig: &Path,
+) -> Result<VirtualClusterRef> {
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": format!("{name}-kubeconfig"), "namespace": VC_NAMESPACE},
+        "stringData": {"kubeconfig": std::fs::read_to_string(kubeconfig)?}
+    }))?;
+    Api::<Secret>::namespaced(host.clone(), VC_NAMESPACE)
+        .create(&PostParams::default(), &secret)
+        .await
+        .with_context(|| format!("creating the kubeconfig Secret of {name}"))?;
+    let vc: VirtualCluster = serde_json::from_value(json!({
+        "apiVersion": "tenancy.kvtenant.io/v1alpha1", "kind": "VirtualCluster",
+        "metadata": {"name": name, "namespace": VC_NAMESPACE},
+        "spec": {"controlPlane": {"mode": "External",
+            "kubeconfigSecretRef": {"name": format!("{name}-kubeconfig")}}}
+    }))?;
+    let created = Api::<VirtualCluster>::namespaced(host.clone(), VC_NAMESPACE)
+        .create(&PostParams::default(), &vc)
+        .await
+        .with_context(|| format!("creating VirtualCluster {name}"))?;
+    VirtualClusterRef::from_virtualcluster(&created)
+        .with_context(|| format!("VirtualCluster {name} has no uid"))
+}

@@ -1,0 +1,558 @@
+//! `kvtenant-bench`: kvtenant's sync path measured against the direct path on testenv, in the
+//! same run. One host control plane with the KubeVirt simulator (KubeVirt is simulated: no VM
+//! boots), T tenant control planes registered as External VirtualClusters, and the
+//! `kvtenant syncer` process. See BENCHMARKS.md for results and how to read them.
+
+mod ctx;
+mod env;
+mod load;
+mod measure;
+mod observe;
+mod procfs;
+mod prom;
+mod report;
+mod scenarios;
+mod stats;
+mod syncer;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, ValueEnum};
+use serde::Serialize;
+
+use crate::ctx::{Ctx, PathKind};
+use crate::env::{BenchEnv, SetupTimes};
+use crate::observe::Observer;
+use crate::report::{Meta, TargetCheck, fmt_bytes, fmt_f};
+use crate::scenarios::{burst, fairness, footprint, proxy, restart};
+use crate::syncer::{SyncerHandle, SyncerMode, SyncerSpec};
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Scenario {
+    /// N VMs created in the tenants as fast as their apiservers take them: down-sync and
+    /// up-sync latency, wall time, VMs/s.
+    Burst,
+    /// The same N VMs created directly on the host by the same code (ratios need burst too).
+    Baseline,
+    /// Syncer RSS/CPU idle with no tenant, with T tenants, with N VMs; API calls per VM.
+    Footprint,
+    /// Syncer killed with N VMs synced, D of them deleted in the tenants while it is down,
+    /// restarted: time to re-converge and API calls spent.
+    Restart,
+    /// Small tenants' down-sync latency alone and while one tenant creates many VMs.
+    Fairness,
+    /// Subresource call through the host (and through the tenant when kvtenant's proxy is
+    /// registered); admission overhead when kvtenant's webhooks exist.
+    Proxy,
+}
+
+/// Benchmark harness for kvtenant on testenv: real etcd and kube-apiserver processes on
+/// 127.0.0.1 and a KubeVirt *simulator* (no VM ever boots).
+#[derive(Parser, Debug, Clone, Serialize)]
+#[command(
+    name = "kvtenant-bench",
+    version,
+    about = "Benchmark kvtenant's sync path against the direct path (KubeVirt simulated)",
+    long_about = "Benchmark kvtenant's sync path against the direct path, in the same run, on \
+testenv: one host control plane (etcd, kube-apiserver, kube-controller-manager) with the KubeVirt \
+simulator, T tenant control planes registered as External VirtualClusters, and the syncer (by \
+default the real `kvtenant syncer` process, so its RSS and CPU are its own).\n\nKubeVirt is \
+simulated: a Running VMI is only a status written by a fake virt-controller. The numbers measure \
+kvtenant's sync path and the apiservers, not VM boot.\n\nBuild both binaries first:\n  cargo build \
+--release --bin kvtenant -p kvtenant --bin kvtenant-bench -p kvtenant-bench\nEvery scenario prints \
+Markdown tables; --out writes everything as JSON with machine, date, commit and command line."
+)]
+pub struct Args {
+    /// Scenarios to run, comma-separated.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "burst,baseline,footprint,restart,fairness,proxy",
+        env = "KVTENANT_BENCH_SCENARIO"
+    )]
+    scenario: Vec<Scenario>,
+    /// Tenants: each is its own tenant control plane (etcd + kube-apiserver) registered as an
+    /// External VirtualCluster. Each costs ~0.5 GiB of memory and some idle CPU.
+    #[arg(long, default_value_t = 4, env = "KVTENANT_BENCH_TENANTS")]
+    tenants: usize,
+    /// VMs per burst (spread round-robin over the tenants; the direct path spreads them over as
+    /// many host namespaces). Also the population of the footprint and restart scenarios.
+    #[arg(long, default_value_t = 1000, env = "KVTENANT_BENCH_VMS")]
+    vms: usize,
+    /// How many times the burst (and the baseline) run; runs alternate between the paths and
+    /// the spread is reported.
+    #[arg(long, default_value_t = 2, env = "KVTENANT_BENCH_REPEAT")]
+    repeat: usize,
+    /// Create requests in flight at once (tenants together, or on the host for the baseline).
+    #[arg(long, default_value_t = 16, env = "KVTENANT_BENCH_CONCURRENCY")]
+    concurrency: usize,
+    /// Fairness: VMs the greedy tenant (the first) creates.
+    #[arg(long, default_value_t = 300, env = "KVTENANT_BENCH_GREEDY_VMS")]
+    greedy_vms: usize,
+    /// Fairness: VMs each small tenant (all the others) creates.
+    #[arg(long, default_value_t = 10, env = "KVTENANT_BENCH_SMALL_VMS")]
+    small_vms: usize,
+    /// Restart: VMs deleted in the tenants while the syncer is down [default: VMS / 10].
+    #[arg(long, env = "KVTENANT_BENCH_RESTART_DELETES")]
+    restart_deletes: Option<usize>,
+    /// Proxy: measured subresource calls per path.
+    #[arg(long, default_value_t = 200, env = "KVTENANT_BENCH_PROXY_CALLS")]
+    proxy_calls: usize,
+    /// How the syncer runs: the `kvtenant syncer` process, or the library inside the bench
+    /// (then footprint is not measured).
+    #[arg(long, value_enum, default_value_t = SyncerMode::Process, env = "KVTENANT_BENCH_SYNCER")]
+    syncer: SyncerMode,
+    /// The kvtenant binary [default: `kvtenant` next to this binary, e.g. target/release].
+    #[arg(long, env = "KVTENANT_BENCH_KVTENANT_BIN")]
+    kvtenant_bin: Option<PathBuf>,
+    /// Syncer workers (concurrent reconciles).
+    #[arg(long, default_value_t = 16, env = "KVTENANT_BENCH_WORKERS")]
+    workers: usize,
+    /// Syncer consistency-scan period, seconds.
+    #[arg(long, default_value_t = 60, env = "KVTENANT_BENCH_RESYNC_SECONDS")]
+    resync_seconds: u64,
+    /// Simulator: delay before each VMI phase change, milliseconds.
+    #[arg(long, default_value_t = 20, env = "KVTENANT_BENCH_PHASE_DELAY_MS")]
+    phase_delay_ms: u64,
+    /// Footprint: seconds over which idle CPU is averaged.
+    #[arg(long, default_value_t = 5, env = "KVTENANT_BENCH_IDLE_WINDOW_SECONDS")]
+    idle_window_seconds: u64,
+    /// Bound for each wait (a run finishing, a cleanup, re-convergence), seconds.
+    #[arg(long, default_value_t = 600, env = "KVTENANT_BENCH_TIMEOUT_SECONDS")]
+    timeout_seconds: u64,
+    /// Where the JSON results go (rewritten after every scenario).
+    #[arg(long, default_value = "bench-results.json", env = "KVTENANT_BENCH_OUT")]
+    out: PathBuf,
+    /// Run the syncer process under this command (whitespace-separated), for profiling, e.g.
+    /// "heaptrack -o /tmp/syncer" or "perf record -g -o /tmp/syncer.perf --". Footprint numbers
+    /// then measure the wrapper's process, not the syncer.
+    #[arg(long, env = "KVTENANT_BENCH_SYNCER_WRAPPER")]
+    syncer_wrapper: Option<String>,
+    /// Keep the syncer logs (their folder is printed) instead of deleting them at the end.
+    #[arg(long, env = "KVTENANT_BENCH_KEEP_LOGS")]
+    keep_logs: bool,
+}
+
+#[derive(Serialize)]
+struct Report {
+    meta: Meta,
+    args: Args,
+    setup: SetupTimes,
+    burst: Option<burst::BurstReport>,
+    footprint: Option<footprint::FootprintReport>,
+    restart: Option<restart::RestartReport>,
+    fairness: Option<fairness::FairnessReport>,
+    proxy: Option<proxy::ProxyReport>,
+    targets: Vec<TargetCheck>,
+    /// What the KubeVirt simulator did over the whole bench.
+    simulator: Option<SimulatorTotals>,
+    errors: Vec<String>,
+    total_s: f64,
+}
+
+#[derive(Serialize)]
+struct SimulatorTotals {
+    vmis_created: u64,
+    vmis_deleted: u64,
+    admission_reviews: u64,
+    admission_denied: u64,
+    subresource_calls: u64,
+    reconcile_errors: u64,
+}
+
+impl Report {
+    fn write(&self, path: &std::path::Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self)?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        "info,kube_client=error,kube_client::client::builder=off,kube_runtime=error,testenv=warn"
+            .into()
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::from(2),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the selected scenarios; returns how many failed.
+async fn run(args: Args) -> Result<usize> {
+    let started = Instant::now();
+    let has = |s: Scenario| args.scenario.contains(&s);
+    let bin = args
+        .kvtenant_bin
+        .clone()
+        .unwrap_or_else(syncer::default_bin);
+    let mut rep = Report {
+        meta: report::meta((args.syncer == SyncerMode::Process).then(|| bin.display().to_string())),
+        args: args.clone(),
+        setup: SetupTimes::default(),
+        burst: None,
+        footprint: None,
+        restart: None,
+        fairness: None,
+        proxy: None,
+        targets: Vec::new(),
+        simulator: None,
+        errors: Vec::new(),
+        total_s: 0.0,
+    };
+    println!("# kvtenant-bench — {}", report::SIMULATED);
+    println!(
+        "date {} · commit {}{} · {} CPUs ({}) · {} memory\ncommand: {}",
+        rep.meta.date,
+        rep.meta.commit,
+        if rep.meta.worktree_dirty {
+            " (+ uncommitted changes)"
+        } else {
+            ""
+        },
+        rep.meta.machine.nproc,
+        rep.meta.machine.cpu_model,
+        fmt_bytes(rep.meta.machine.memory_bytes as f64),
+        rep.meta.command
+    );
+    let logs = tempfile::Builder::new()
+        .prefix("kvtenant-bench-")
+        .tempdir()
+        .context("creating the log folder")?;
+    let tenants = args.tenants.max(1);
+
+    // environment: host + simulator, then the syncer alone, then the tenants
+    let mut env = BenchEnv::start_host(
+        Duration::from_millis(args.phase_delay_ms),
+        tenants,
+        &mut rep.setup,
+    )
+    .await?;
+    let spec = SyncerSpec {
+        mode: args.syncer,
+        bin,
+        host_kubeconfig: env.host.kubeconfig_path().to_path_buf(),
+        workers: args.workers,
+        resync: Duration::from_secs(args.resync_seconds),
+        log_dir: logs.path().to_path_buf(),
+        wrapper: args
+            .syncer_wrapper
+            .as_deref()
+            .map(|w| w.split_whitespace().map(String::from).collect())
+            .unwrap_or_default(),
+    };
+    env::create_namespace(&env.host_client, syncer::SYSTEM_NAMESPACE).await?;
+    let syncer_handle = SyncerHandle::start(&spec, &env.host_client, 1).await?;
+    let window = Duration::from_secs(args.idle_window_seconds.max(1));
+    let mut fp = footprint::FootprintReport {
+        tenants,
+        ..Default::default()
+    };
+    // with a profiler around the syncer, its pid is the profiler's: no footprint
+    let footprint = has(Scenario::Footprint) && spec.wrapper.is_empty();
+    if footprint {
+        fp.idle_no_tenants =
+            footprint::sample_pid(syncer_handle.pid(), Duration::from_secs(2), window).await?;
+    }
+    let t = Instant::now();
+    env.add_tenants(tenants).await?;
+    rep.setup.tenants_ready_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    env.wait_tenants_synced(Duration::from_secs(args.timeout_seconds))
+        .await?;
+    rep.setup.tenants_synced_s = t.elapsed().as_secs_f64();
+    if footprint {
+        fp.idle_with_tenants =
+            footprint::sample_pid(syncer_handle.pid(), Duration::from_secs(3), window).await?;
+    }
+    let tenant_clients: Vec<_> = env.tenants.iter().map(|t| t.client.clone()).collect();
+    let obs = Observer::start(&env.host_client, &tenant_clients).await?;
+    println!(
+        "setup: host {} s, simulator {} s, {} tenant control planes {} s, CRDs mirrored by the syncer {} s",
+        fmt_f(rep.setup.host_ready_s, 1),
+        fmt_f(rep.setup.simulator_installed_s, 1),
+        tenants,
+        fmt_f(rep.setup.tenants_ready_s, 1),
+        fmt_f(rep.setup.tenants_synced_s, 1)
+    );
+    let mut ctx = Ctx {
+        args: args.clone(),
+        env,
+        obs,
+        syncer: Some(syncer_handle),
+        syncer_spec: spec,
+        generation: 1,
+        population: None,
+    };
+    let out = args.out.clone();
+    let note_err = |rep: &mut Report, what: &str, r: Result<()>| {
+        if let Err(e) = r {
+            let msg = format!("{what}: {e:#}");
+            eprintln!("error: {msg}");
+            rep.errors.push(msg);
+        }
+        if let Err(e) = rep.write(&out) {
+            eprintln!("error: {e:#}");
+        }
+    };
+
+    let keep = has(Scenario::Footprint) || has(Scenario::Restart);
+    if has(Scenario::Burst) || has(Scenario::Baseline) {
+        let r = burst::run(
+            &mut ctx,
+            has(Scenario::Burst),
+            has(Scenario::Baseline),
+            keep,
+            &mut rep.burst,
+        )
+        .await;
+        note_err(&mut rep, "burst", r);
+    }
+    if has(Scenario::Footprint) {
+        let r = footprint_with_vms(&mut ctx, &mut fp).await;
+        fp.compute(rep.burst.as_ref());
+        rep.footprint = Some(fp.clone());
+        if r.is_ok() {
+            fp.print();
+        }
+        note_err(&mut rep, "footprint", r);
+    }
+    if has(Scenario::Restart) {
+        let r = restart::run(&mut ctx, &mut rep.restart).await;
+        if let (Some(f), Some(rs)) = (rep.footprint.as_mut(), rep.restart.as_ref()) {
+            f.fresh_vms = rs.vms_before - rs.vms_deleted_while_down;
+            f.fresh_with_vms = rs.after;
+            f.compute(rep.burst.as_ref());
+            f.print();
+        }
+        note_err(&mut rep, "restart", r);
+    }
+    if let Some(pop) = ctx.population.take() {
+        for run in &pop.runs {
+            let r = ctx.cleanup(PathKind::Kvtenant, run).await.map(|_| ());
+            note_err(&mut rep, "cleanup", r);
+        }
+    }
+    if has(Scenario::Fairness) {
+        let r = fairness::run(&mut ctx, &mut rep.fairness).await;
+        note_err(&mut rep, "fairness", r);
+    }
+    if has(Scenario::Proxy) {
+        let r = proxy::run(&mut ctx, &mut rep.proxy).await;
+        note_err(&mut rep, "proxy", r);
+    }
+
+    let st = ctx.env.sim.stats();
+    rep.simulator = Some(SimulatorTotals {
+        vmis_created: st.vmis_created,
+        vmis_deleted: st.vmis_deleted,
+        admission_reviews: st.admission_reviews,
+        admission_denied: st.admission_denied,
+        subresource_calls: st.subresource_calls,
+        reconcile_errors: st.reconcile_errors,
+    });
+    println!(
+        "\nKubeVirt simulator over the whole bench: {} VMIs created, {} deleted, {} admission reviews ({} denied), {} subresource calls, {} reconcile errors (conflicts included, retried)",
+        st.vmis_created,
+        st.vmis_deleted,
+        st.admission_reviews,
+        st.admission_denied,
+        st.subresource_calls,
+        st.reconcile_errors
+    );
+    rep.targets = targets(&rep);
+    report::targets_table(&rep.targets).print();
+    rep.total_s = started.elapsed().as_secs_f64();
+    let failures = rep.errors.len();
+    note_err(&mut rep, "report", Ok(()));
+    println!(
+        "\ntotal {} s; results in {}",
+        fmt_f(rep.total_s, 0),
+        args.out.display()
+    );
+    for e in &rep.errors {
+        println!("ERROR: {e}");
+    }
+    // tear down: the syncer first, then the watches, the simulator and the control planes
+    ctx.teardown().await;
+    if args.keep_logs {
+        let kept = logs.keep();
+        println!("syncer logs kept in {}", kept.display());
+    }
+    Ok(failures)
+}
+
+/// Footprint with the population in place (creates it when no burst left one).
+async fn footprint_with_vms(ctx: &mut Ctx, fp: &mut footprint::FootprintReport) -> Result<()> {
+    if ctx.syncer.as_ref().and_then(SyncerHandle::pid).is_none() {
+        fp.notes
+            .push("--syncer in-process: the syncer shares the bench process; not measured".into());
+        return Ok(());
+    }
+    if !ctx.syncer_spec.wrapper.is_empty() {
+        fp.notes.push(
+            "--syncer-wrapper: the process measured would be the wrapper's; not measured".into(),
+        );
+        return Ok(());
+    }
+    if ctx.population.is_none() {
+        let n = ctx.args.vms;
+        let r = burst::run_once(ctx, PathKind::Kvtenant, "p1", n).await?;
+        ctx.population = Some(ctx::Population {
+            runs: vec!["p1".into()],
+            vms: n - r.failed_creates,
+        });
+    }
+    fp.vms = ctx.population.as_ref().map_or(0, |p| p.vms);
+    fp.with_vms = footprint::sample_syncer(ctx, Duration::from_secs(3)).await?;
+    fp.notes.push(
+        "RSS differences include allocator slack; 'fresh' is a new process that listed the same \
+         objects, without the churn of earlier runs"
+            .into(),
+    );
+    Ok(())
+}
+
+fn targets(rep: &Report) -> Vec<TargetCheck> {
+    let scale = format!(
+        "measured at T={}, N={} (issue: T=20, N=1000); ",
+        rep.args.tenants, rep.args.vms
+    );
+    let mut out = Vec::new();
+    let ratios = rep.burst.as_ref().and_then(|b| b.ratios.clone());
+    out.push(TargetCheck {
+        target: "burst throughput ≥ 0.95× direct".into(),
+        measured: ratios
+            .as_ref()
+            .map(|r| format!("{}×", fmt_f(r.throughput, 3)))
+            .unwrap_or_else(|| "n/a".into()),
+        met: ratios.as_ref().map(|r| r.throughput >= 0.95),
+        note: format!("{scale}median of {} runs per path", rep.args.repeat),
+    });
+    out.push(TargetCheck {
+        target: "p99 down-sync ≤ direct p99 + 50 ms".into(),
+        measured: ratios
+            .as_ref()
+            .map(|r| format!("{:+.0} ms vs direct", r.to_host_p99_diff_ms))
+            .unwrap_or_else(|| "n/a".into()),
+        met: ratios.as_ref().map(|r| r.to_host_p99_diff_ms <= 50.0),
+        note: format!("{scale}create sent → VM on the host, both paths"),
+    });
+    let fp = rep.footprint.as_ref();
+    let per_tenant = fp.and_then(|f| f.bytes_per_idle_tenant);
+    out.push(TargetCheck {
+        target: "syncer RSS ≤ 1 MiB per idle tenant".into(),
+        measured: per_tenant.map(fmt_bytes).unwrap_or_else(|| "n/a".into()),
+        met: per_tenant.map(|b| b <= 1024.0 * 1024.0),
+        note: format!(
+            "(RSS with {} tenants − RSS with none) / T",
+            rep.args.tenants
+        ),
+    });
+    let per_vm = fp.and_then(|f| f.bytes_per_vm_fresh.or(f.bytes_per_vm_after_bursts));
+    out.push(TargetCheck {
+        target: "syncer RSS ≤ 4 KiB per synced object".into(),
+        measured: per_vm
+            .map(|b| {
+                format!(
+                    "{} per object ({} per VM)",
+                    fmt_bytes(b / 2.0),
+                    fmt_bytes(b)
+                )
+            })
+            .unwrap_or_else(|| "n/a".into()),
+        met: per_vm.map(|b| b / 2.0 <= 4096.0),
+        note: "a synced VM is two synced objects (VM down, VMI up); fresh process if restart ran"
+            .into(),
+    });
+    let rs = rep.restart.as_ref();
+    out.push(TargetCheck {
+        target: "restart re-convergence ≤ 5 s (issue: T=100, N=10,000)".into(),
+        measured: rs
+            .and_then(|r| r.reconverged_s)
+            .map(|s| format!("{} s", fmt_f(s, 2)))
+            .unwrap_or_else(|| "n/a".into()),
+        met: rs.map(|r| r.reconverged_s.is_some_and(|s| s <= 5.0)),
+        note: rs
+            .map(|r| {
+                format!(
+                    "measured at T={}, {} VMs, {} deleted while down",
+                    r.tenants, r.vms_before, r.vms_deleted_while_down
+                )
+            })
+            .unwrap_or_default(),
+    });
+    let fr = rep.fairness.as_ref();
+    out.push(TargetCheck {
+        target: "small tenants' p99 under a greedy tenant ≤ 2× idle p99".into(),
+        measured: fr
+            .map(|f| format!("{}×", fmt_f(f.p99_ratio, 2)))
+            .unwrap_or_else(|| "n/a".into()),
+        met: fr.map(|f| f.p99_ratio <= 2.0),
+        note: fr
+            .map(|f| {
+                format!(
+                    "{} small tenants × {} VMs vs 1 × {} (issue: 10 × 10 vs 1000)",
+                    f.small_tenants, f.small_vms_each, f.greedy_vms
+                )
+            })
+            .unwrap_or_default(),
+    });
+    let px = rep.proxy.as_ref();
+    let diff = |a: &Option<stats::Summary>, b: &Option<stats::Summary>| match (a, b) {
+        (Some(a), Some(b)) => Some((a.p50_ms - b.p50_ms, a.p99_ms - b.p99_ms)),
+        _ => None,
+    };
+    let sub = px.and_then(|p| diff(&p.subresource_tenant, &p.subresource_host));
+    out.push(TargetCheck {
+        target: "subresource call through the tenant vs the host (no numeric target)".into(),
+        measured: sub
+            .map(|(a, b)| format!("{a:+.1} ms p50, {b:+.1} ms p99"))
+            .unwrap_or_else(|| "n/a".into()),
+        met: None,
+        note: "GET vmi/guestosinfo, sequential; tenant apiserver → kvtenant proxy → host".into(),
+    });
+    let adm = px.and_then(|p| {
+        diff(
+            &p.create_tenant_with_webhooks,
+            &p.create_plain_without_webhooks,
+        )
+    });
+    out.push(TargetCheck {
+        target: "tenant VM create with vs without kvtenant webhooks (no numeric target)".into(),
+        measured: adm
+            .map(|(a, b)| format!("{a:+.1} ms p50, {b:+.1} ms p99"))
+            .unwrap_or_else(|| "n/a".into()),
+        met: None,
+        note: "dry-run creates, sequential; without = a control plane with no webhooks".into(),
+    });
+    out
+}

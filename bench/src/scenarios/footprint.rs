@@ -1,0 +1,181 @@
+//! Footprint: the syncer process's RSS and CPU idle with no tenant, idle with T tenants, and
+//! with N synced VMs; bytes per tenant and per synced VM are differences of those.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+
+use crate::ctx::{Ctx, PathKind};
+use crate::procfs;
+use crate::report::{SIMULATED, Table, fmt_bytes, fmt_f};
+use crate::scenarios::burst::BurstReport;
+use crate::stats;
+
+/// RSS and CPU of the syncer over a quiet window.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ProcState {
+    pub rss_bytes: u64,
+    pub rss_peak_bytes: u64,
+    /// Percent of one core over the window.
+    pub cpu_pct: f64,
+    pub window_s: f64,
+}
+
+/// Waits `settle`, then samples the syncer over the idle window.
+pub async fn sample_syncer(ctx: &Ctx, settle: Duration) -> Result<Option<ProcState>> {
+    let pid = ctx.syncer.as_ref().and_then(|s| s.pid());
+    let window = Duration::from_secs(ctx.args.idle_window_seconds.max(1));
+    sample_pid(pid, settle, window).await
+}
+
+/// Waits `settle`, then samples process `pid` over `window` (`None`: nothing to sample).
+pub async fn sample_pid(
+    pid: Option<u32>,
+    settle: Duration,
+    window: Duration,
+) -> Result<Option<ProcState>> {
+    let Some(pid) = pid else {
+        return Ok(None);
+    };
+    tokio::time::sleep(settle).await;
+    let a = procfs::sample(pid).context("sampling the syncer")?;
+    tokio::time::sleep(window).await;
+    let b = procfs::sample(pid).context("sampling the syncer")?;
+    Ok(Some(ProcState {
+        rss_bytes: b.rss,
+        rss_peak_bytes: b.rss_peak,
+        cpu_pct: procfs::cpu_percent(&a, &b),
+        window_s: b.at.duration_since(a.at).as_secs_f64(),
+    }))
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FootprintReport {
+    pub tenants: usize,
+    pub idle_no_tenants: Option<ProcState>,
+    pub idle_with_tenants: Option<ProcState>,
+    /// After the last burst, its VMs synced (the process also went through the earlier runs'
+    /// creates and deletes).
+    pub vms: usize,
+    pub with_vms: Option<ProcState>,
+    /// A freshly restarted syncer with the same VMs plus those created while it was down
+    /// (from the restart scenario).
+    pub fresh_vms: usize,
+    pub fresh_with_vms: Option<ProcState>,
+    pub bytes_per_idle_tenant: Option<f64>,
+    pub bytes_per_vm_after_bursts: Option<f64>,
+    pub bytes_per_vm_fresh: Option<f64>,
+    /// From the kvtenant burst runs (median): API calls the syncer made per synced VM.
+    pub host_calls_per_vm: Option<f64>,
+    pub tenant_calls_per_vm: Option<f64>,
+    pub notes: Vec<String>,
+}
+
+impl FootprintReport {
+    pub fn compute(&mut self, burst: Option<&BurstReport>) {
+        if let (Some(a), Some(b)) = (self.idle_no_tenants, self.idle_with_tenants)
+            && self.tenants > 0
+        {
+            self.bytes_per_idle_tenant =
+                Some((b.rss_bytes as f64 - a.rss_bytes as f64) / self.tenants as f64);
+        }
+        if let (Some(a), Some(b)) = (self.idle_with_tenants, self.with_vms)
+            && self.vms > 0
+        {
+            self.bytes_per_vm_after_bursts =
+                Some((b.rss_bytes as f64 - a.rss_bytes as f64) / self.vms as f64);
+        }
+        if let (Some(a), Some(b)) = (self.idle_with_tenants, self.fresh_with_vms)
+            && self.fresh_vms > 0
+        {
+            self.bytes_per_vm_fresh =
+                Some((b.rss_bytes as f64 - a.rss_bytes as f64) / self.fresh_vms as f64);
+        }
+        if let Some(b) = burst {
+            let kv: Vec<_> = b
+                .runs
+                .iter()
+                .filter(|r| r.path == PathKind::Kvtenant)
+                .collect();
+            let h: Vec<f64> = kv
+                .iter()
+                .filter_map(|r| r.syncer_host_calls_per_vm)
+                .collect();
+            let t: Vec<f64> = kv
+                .iter()
+                .filter_map(|r| r.syncer_tenant_calls_per_vm)
+                .collect();
+            self.host_calls_per_vm = (!h.is_empty()).then(|| stats::median(&h));
+            self.tenant_calls_per_vm = (!t.is_empty()).then(|| stats::median(&t));
+        }
+    }
+
+    pub fn print(&self) {
+        let mut t = Table::new(
+            format!("Footprint of the kvtenant syncer process — {SIMULATED}"),
+            &["state", "RSS", "peak RSS", "CPU (% of one core)"],
+        );
+        let row = |t: &mut Table, name: String, s: &Option<ProcState>| {
+            if let Some(s) = s {
+                t.row(vec![
+                    name,
+                    fmt_bytes(s.rss_bytes as f64),
+                    fmt_bytes(s.rss_peak_bytes as f64),
+                    format!("{} % over {} s", fmt_f(s.cpu_pct, 2), fmt_f(s.window_s, 0)),
+                ]);
+            }
+        };
+        row(&mut t, "idle, no tenant".into(), &self.idle_no_tenants);
+        row(
+            &mut t,
+            format!("idle, {} tenants", self.tenants),
+            &self.idle_with_tenants,
+        );
+        row(
+            &mut t,
+            format!("{} VMs synced (after the bursts)", self.vms),
+            &self.with_vms,
+        );
+        row(
+            &mut t,
+            format!(
+                "{} VMs synced (fresh process after restart)",
+                self.fresh_vms
+            ),
+            &self.fresh_with_vms,
+        );
+        let opt = |v: Option<f64>| v.map(fmt_bytes).unwrap_or_else(|| "n/a".into());
+        t.row(vec![
+            "bytes per idle tenant".into(),
+            opt(self.bytes_per_idle_tenant),
+            String::new(),
+            String::new(),
+        ]);
+        t.row(vec![
+            "bytes per synced VM (after bursts / fresh)".into(),
+            format!(
+                "{} / {}",
+                opt(self.bytes_per_vm_after_bursts),
+                opt(self.bytes_per_vm_fresh)
+            ),
+            String::new(),
+            String::new(),
+        ]);
+        let calls = |v: Option<f64>| v.map(|v| fmt_f(v, 2)).unwrap_or_else(|| "n/a".into());
+        t.row(vec![
+            "syncer API calls per synced VM (host / tenant)".into(),
+            format!(
+                "{} / {}",
+                calls(self.host_calls_per_vm),
+                calls(self.tenant_calls_per_vm)
+            ),
+            String::new(),
+            String::new(),
+        ]);
+        t.print();
+        for n in &self.notes {
+            println!("note: {n}");
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! The scenarios of issue 8.
+pub mod burst;
+pub mod fairness;
+pub mod footprint;
+pub mod proxy;
+pub mod restart;

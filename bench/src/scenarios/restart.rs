@@ -1,0 +1,314 @@
+//! Restart: the syncer is killed (SIGKILL) with T tenants and N VMs synced. While it is down,
+//! D of the VMs are deleted in the tenants (creates cannot happen then: kvtenant's admission
+//! webhooks run in the syncer process and fail closed). A new syncer starts; measured: time
+//! until the host copies of the deleted VMs are gone and the bench has verified everything in
+//! sync, and the API calls the new process spent.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams};
+use serde::Serialize;
+
+use crate::ctx::{Ctx, PathKind, Population};
+use crate::env::{RUN_LABEL, TENANT_NS, vm_resource, vmi_resource};
+use crate::report::{SIMULATED, Table, fmt_bytes, fmt_f};
+use crate::scenarios::burst;
+use crate::scenarios::footprint::{ProcState, sample_syncer};
+use crate::syncer::SyncerCounters;
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RestartReport {
+    pub tenants: usize,
+    /// VMs synced when the syncer was killed.
+    pub vms_before: usize,
+    pub vms_deleted_while_down: usize,
+    /// Killed → new process started, seconds.
+    pub down_s: f64,
+    /// From the new process's start (spawn) to ...
+    pub ready_s: f64,
+    /// ... per tenant: its host copies of the deleted VMs gone.
+    pub per_tenant_orphans_gone_s: Vec<Option<f64>>,
+    pub orphans_gone_s: Option<f64>,
+    /// ... the syncer's queue empty after at least one reconcile per key (2 per VM; retries of
+    /// keys whose caches were not ready count too: a lower bound, for information).
+    pub queue_drained_s: Option<f64>,
+    /// ... the bench's own check passing: exactly the remaining VMs on the host, every tenant
+    /// VM and VMI Running, no VMI left for a deleted VM. This is the re-convergence time.
+    pub reconverged_s: Option<f64>,
+    /// The new process's counters when re-converged.
+    pub api_calls: Option<SyncerCounters>,
+    pub host_calls_per_vm: Option<f64>,
+    pub tenant_calls_per_vm: Option<f64>,
+    /// CPU seconds of the new process until re-converged.
+    pub cpu_seconds: Option<f64>,
+    pub after: Option<ProcState>,
+    pub notes: Vec<String>,
+}
+
+fn secs(start: Instant, t: Option<Instant>) -> Option<f64> {
+    t.map(|t| t.saturating_duration_since(start).as_secs_f64())
+}
+
+fn selector(runs: &[String]) -> ListParams {
+    ListParams::default().labels(&format!("{RUN_LABEL} in ({})", runs.join(",")))
+}
+
+/// Host VMs of the runs, by host namespace.
+async fn host_counts(ctx: &Ctx, runs: &[String]) -> Result<BTreeMap<String, usize>> {
+    let api: Api<DynamicObject> = Api::all_with(ctx.host(), &vm_resource());
+    let mut out = BTreeMap::new();
+    for o in api.list_metadata(&selector(runs)).await?.items {
+        *out.entry(o.metadata.namespace.unwrap_or_default())
+            .or_insert(0) += 1;
+    }
+    Ok(out)
+}
+
+/// True when the host has exactly `expected` VMs of the runs and every tenant VM and VMI of the
+/// runs is Running, with as many VMIs as VMs.
+async fn verify(ctx: &Ctx, runs: &[String], expected: usize) -> Result<bool> {
+    let lp = selector(runs);
+    let on_host: usize = host_counts(ctx, runs).await?.values().sum();
+    if on_host != expected {
+        return Ok(false);
+    }
+    let (mut vms, mut vmis) = (0, 0);
+    for t in &ctx.env.tenants {
+        let api: Api<DynamicObject> = Api::all_with(t.client.clone(), &vmi_resource());
+        for o in api.list(&lp).await?.items {
+            if o.data.pointer("/status/phase").and_then(|v| v.as_str()) != Some("Running") {
+                return Ok(false);
+            }
+            vmis += 1;
+        }
+        let api: Api<DynamicObject> = Api::all_with(t.client.clone(), &vm_resource());
+        for o in api.list(&lp).await?.items {
+            if o.data
+                .pointer("/status/printableStatus")
+                .and_then(|v| v.as_str())
+                != Some("Running")
+            {
+                return Ok(false);
+            }
+            vms += 1;
+        }
+    }
+    Ok(vms == expected && vmis == expected)
+}
+
+pub async fn run(ctx: &mut Ctx, out: &mut Option<RestartReport>) -> Result<()> {
+    let mut rep = RestartReport {
+        tenants: ctx.env.tenants.len(),
+        ..RestartReport::default()
+    };
+    if ctx.population.is_none() {
+        let n = ctx.args.vms;
+        tracing::info!(n, "restart: creating the VMs to restart with");
+        let r = burst::run_once(ctx, PathKind::Kvtenant, "p1", n).await?;
+        ctx.population = Some(Population {
+            runs: vec!["p1".into()],
+            vms: n - r.failed_creates,
+        });
+    }
+    let Some(pop) = ctx.population.clone() else {
+        bail!("no VMs to restart with");
+    };
+    rep.vms_before = pop.vms;
+    let d = ctx
+        .args
+        .restart_deletes
+        .unwrap_or(ctx.args.vms / 10)
+        .clamp(1, pop.vms.max(1));
+
+    // kill (as a crash), then delete D VMs in the tenants, spread over them
+    let killed = Instant::now();
+    if let Some(s) = ctx.syncer.take() {
+        s.kill();
+    }
+    let mut names: Vec<(usize, String)> = Vec::new();
+    for (i, t) in ctx.env.tenants.iter().enumerate() {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(t.client.clone(), TENANT_NS, &vm_resource());
+        for o in api.list_metadata(&selector(&pop.runs)).await?.items {
+            names.push((i, o.metadata.name.unwrap_or_default()));
+        }
+    }
+    names.sort_by(|a, b| a.1.cmp(&b.1));
+    let mut deleted = 0;
+    for (i, name) in names.iter().take(d) {
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            ctx.env.tenants[*i].client.clone(),
+            TENANT_NS,
+            &vm_resource(),
+        );
+        api.delete(name, &DeleteParams::background())
+            .await
+            .with_context(|| format!("deleting VM {name} in tenant {}", i + 1))?;
+        deleted += 1;
+    }
+    rep.vms_deleted_while_down = deleted;
+    let expected = pop.vms - deleted;
+    ctx.population = Some(Population {
+        runs: pop.runs.clone(),
+        vms: expected,
+    });
+    let mut expected_per_ns: BTreeMap<String, usize> = BTreeMap::new();
+    let before = host_counts(ctx, &pop.runs).await?;
+    for (i, t) in ctx.env.tenants.iter().enumerate() {
+        let gone = names.iter().take(d).filter(|(j, _)| *j == i).count();
+        let ns = t.host_ns();
+        expected_per_ns.insert(ns.clone(), before.get(&ns).copied().unwrap_or(0) - gone);
+    }
+
+    let spawned = Instant::now();
+    rep.down_s = spawned.duration_since(killed).as_secs_f64();
+    ctx.start_syncer().await?;
+    rep.ready_s = spawned.elapsed().as_secs_f64();
+    let deadline = Instant::now() + ctx.timeout();
+    let mut per_tenant: Vec<Option<Instant>> = vec![None; ctx.env.tenants.len()];
+    let (mut drained, mut verified) = (None, None);
+    let mut counters = None;
+    let mut last_verify = Instant::now() - Duration::from_secs(1);
+    while verified.is_none() && Instant::now() < deadline {
+        if let Some(s) = ctx.syncer.as_mut() {
+            s.check_alive()?;
+        }
+        let now = Instant::now();
+        let counts = host_counts(ctx, &pop.runs).await?;
+        for (i, t) in ctx.env.tenants.iter().enumerate() {
+            let ns = t.host_ns();
+            if per_tenant[i].is_none()
+                && counts.get(&ns).copied().unwrap_or(0) == expected_per_ns[&ns]
+            {
+                per_tenant[i] = Some(now);
+            }
+        }
+        if let Some(c) = ctx.syncer_counters().await {
+            if drained.is_none() && c.reconciles >= (2 * expected) as f64 && c.queue_depth == 0.0 {
+                drained = Some(now);
+            }
+            counters = Some(c);
+        }
+        if per_tenant.iter().all(Option::is_some)
+            && last_verify.elapsed() >= Duration::from_millis(500)
+        {
+            last_verify = Instant::now();
+            if verify(ctx, &pop.runs, expected).await? {
+                verified = Some(Instant::now());
+                counters = ctx.syncer_counters().await.or(counters);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if verified.is_none() {
+        rep.notes.push(format!(
+            "did not re-converge within {} s",
+            ctx.args.timeout_seconds
+        ));
+    }
+    rep.per_tenant_orphans_gone_s = per_tenant.iter().map(|t| secs(spawned, *t)).collect();
+    rep.orphans_gone_s = if per_tenant.iter().all(Option::is_some) {
+        secs(spawned, per_tenant.iter().flatten().max().copied())
+    } else {
+        None
+    };
+    rep.queue_drained_s = secs(spawned, drained);
+    rep.reconverged_s = secs(spawned, verified);
+    if let Some(pid) = ctx.syncer.as_ref().and_then(|s| s.pid())
+        && let Ok(s) = crate::procfs::sample(pid)
+    {
+        rep.cpu_seconds = Some(s.cpu_seconds);
+    }
+    let per_vm = |v: f64| v / pop.vms.max(1) as f64;
+    rep.host_calls_per_vm = counters.as_ref().map(|c| per_vm(c.host_api_calls));
+    rep.tenant_calls_per_vm = counters.as_ref().map(|c| per_vm(c.tenant_api_calls));
+    rep.api_calls = counters;
+    rep.notes.push(
+        "re-converged = the bench's own check passed: it lists every VM of the runs on the host \
+         and every VM/VMI in the tenants (polled every 0.5 s once the orphans are gone, so up to \
+         0.5 s + one list late). VMs cannot be created while the syncer is down: kvtenant's \
+         admission webhooks run in the syncer process and fail closed."
+            .into(),
+    );
+    rep.after = sample_syncer(ctx, Duration::from_secs(3)).await?;
+    print(&rep);
+    *out = Some(rep);
+    Ok(())
+}
+
+fn print(r: &RestartReport) {
+    let mut t = Table::new(
+        format!(
+            "Restart: syncer killed with {} tenants and {} VMs synced, {} VMs deleted in the tenants while down — {SIMULATED}",
+            r.tenants, r.vms_before, r.vms_deleted_while_down
+        ),
+        &["measure (seconds after the new process started)", "value"],
+    );
+    let s = |v: Option<f64>| {
+        v.map(|v| format!("{} s", fmt_f(v, 2)))
+            .unwrap_or_else(|| "not reached".into())
+    };
+    t.row(vec![
+        "down (kill → new process started)".into(),
+        format!("{} s", fmt_f(r.down_s, 2)),
+    ]);
+    t.row(vec![
+        "new process answers /readyz".into(),
+        s(Some(r.ready_s)),
+    ]);
+    for (i, v) in r.per_tenant_orphans_gone_s.iter().enumerate() {
+        t.row(vec![
+            format!("tenant {}: host copies of its deleted VMs gone", i + 1),
+            s(*v),
+        ]);
+    }
+    t.row(vec![
+        "queue empty after ≥ 1 reconcile per key (lower bound)".into(),
+        s(r.queue_drained_s),
+    ]);
+    t.row(vec![
+        "re-converged (bench verification passed)".into(),
+        s(r.reconverged_s),
+    ]);
+    if let Some(c) = &r.api_calls {
+        t.row(vec![
+            "API calls of the new process (host / tenant), reconciles, errors".into(),
+            format!(
+                "{} / {}, {}, {}",
+                fmt_f(c.host_api_calls, 0),
+                fmt_f(c.tenant_api_calls, 0),
+                fmt_f(c.reconciles, 0),
+                fmt_f(c.errors, 0)
+            ),
+        ]);
+    }
+    let opt = |v: Option<f64>| v.map(|v| fmt_f(v, 3)).unwrap_or_else(|| "n/a".into());
+    t.row(vec![
+        "API calls per VM (host / tenant)".into(),
+        format!(
+            "{} / {}",
+            opt(r.host_calls_per_vm),
+            opt(r.tenant_calls_per_vm)
+        ),
+    ]);
+    t.row(vec![
+        "CPU seconds of the new process".into(),
+        opt(r.cpu_seconds),
+    ]);
+    if let Some(a) = &r.after {
+        t.row(vec![
+            "RSS after re-convergence (peak)".into(),
+            format!(
+                "{} ({})",
+                fmt_bytes(a.rss_bytes as f64),
+                fmt_bytes(a.rss_peak_bytes as f64)
+            ),
+        ]);
+    }
+    t.print();
+    for n in &r.notes {
+        println!("note: {n}");
+    }
+}
