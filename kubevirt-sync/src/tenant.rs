@@ -199,7 +199,52 @@ impl Tenant {
     }
 
     pub(crate) fn mark_ready(&self, kind: usize) {
-        self.ready[kind].store(true, Ordering::Release);
+        let was = self.ready[kind].swap(true, Ordering::AcqRel);
+        let all = self
+            .stores
+            .iter()
+            .zip(&self.ready)
+            .all(|(store, ready)| store.is_none() || ready.load(Ordering::Acquire));
+        if !was && all {
+            // host events that arrived before this tenant ran were dropped: look at every host
+            // object of its namespaces once now, so deletes made while the syncer was down are
+            // carried out at start, not at the next consistency scan
+            self.enqueue_host_side();
+        }
+    }
+
+    /// The tenant's host namespaces and their tenant namespaces.
+    fn owned_namespaces(&self) -> Vec<(String, String)> {
+        self.shared
+            .namespaces
+            .read()
+            .map(|m| {
+                m.iter()
+                    .filter(|(_, o)| o.is_owned_by(&self.vc.uid))
+                    .map(|(h, o)| (h.clone(), o.tenant_namespace.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Queues every host object in the tenant's host namespaces.
+    fn enqueue_host_side(&self) {
+        for (host_ns, tenant_ns) in self.owned_namespaces() {
+            for (kind, store) in self.shared.host_stores.iter().enumerate() {
+                for o in store.state() {
+                    if o.namespace().as_deref() == Some(host_ns.as_str()) {
+                        self.shared.enqueue(
+                            &self.vc.uid,
+                            Key {
+                                kind,
+                                namespace: tenant_ns.clone(),
+                                name: o.name_any(),
+                            },
+                        );
+                    }
+                }
+            }
+        }
     }
 
     fn kind(&self, key: &Key) -> &KindSpec {
@@ -967,32 +1012,8 @@ impl Tenant {
                 }
             }
         }
-        let owned: Vec<(String, String)> = self
-            .shared
-            .namespaces
-            .read()
-            .map(|m| {
-                m.iter()
-                    .filter(|(_, o)| o.is_owned_by(&self.vc.uid))
-                    .map(|(h, o)| (h.clone(), o.tenant_namespace.clone()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        for (host_ns, tenant_ns) in owned {
-            for (kind, store) in self.shared.host_stores.iter().enumerate() {
-                for o in store.state() {
-                    if o.namespace().as_deref() == Some(host_ns.as_str()) {
-                        self.shared.enqueue(
-                            &self.vc.uid,
-                            Key {
-                                kind,
-                                namespace: tenant_ns.clone(),
-                                name: o.name_any(),
-                            },
-                        );
-                    }
-                }
-            }
+        self.enqueue_host_side();
+        for (host_ns, tenant_ns) in self.owned_namespaces() {
             if let Err(e) = self.apply_isolation(&host_ns).await {
                 tracing::warn!(tenant = %self.label, error = %e, "isolation");
             }
