@@ -13,6 +13,14 @@ pub struct TenantLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LatencyLabels {
+    pub tenant: String,
+    /// `down` (a tenant object to the host, with its status back), `up` (a host-made object
+    /// mirrored into the tenant), `delete` (a host copy whose tenant object is gone), `noop`.
+    pub direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SyncLabels {
     pub tenant: String,
     pub kind: String,
@@ -41,7 +49,7 @@ pub struct Metrics {
     pub syncs: Family<SyncLabels, Counter>,
     pub errors: Family<ErrorLabels, Counter>,
     pub api_calls: Family<ApiLabels, Counter>,
-    pub reconcile_seconds: Family<TenantLabels, Histogram>,
+    pub reconcile_seconds: Family<LatencyLabels, Histogram>,
 }
 
 impl Default for Metrics {
@@ -84,7 +92,7 @@ impl Metrics {
         );
         r.register(
             "reconcile_seconds",
-            "Time to reconcile one key (tenant and host in agreement)",
+            "Time to reconcile one key (tenant and host in agreement), by tenant and direction",
             self.reconcile_seconds.clone(),
         );
     }

@@ -554,9 +554,10 @@ async fn worker(shared: Arc<Shared>) {
         let (uid, key) = shared.queue.next().await;
         let tenant = shared.tenant(&uid);
         if let Some(t) = tenant {
+            let direction = t.direction(&key);
             let started = Instant::now();
             let result = t.reconcile(&key).await;
-            t.observe(started.elapsed());
+            t.observe(direction, started.elapsed());
             shared.queue.done(uid.clone(), key.clone());
             match result {
                 Ok(None) => t.backoff_reset(&key),

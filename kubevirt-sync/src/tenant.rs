@@ -274,14 +274,35 @@ impl Tenant {
         self.shared.metrics.api(&self.label, cluster, verb);
     }
 
-    pub(crate) fn observe(&self, took: Duration) {
+    pub(crate) fn observe(&self, direction: &'static str, took: Duration) {
         self.shared
             .metrics
             .reconcile_seconds
-            .get_or_create(&crate::metrics::TenantLabels {
+            .get_or_create(&crate::metrics::LatencyLabels {
                 tenant: self.label.clone(),
+                direction: direction.to_string(),
             })
             .observe(took.as_secs_f64());
+    }
+
+    /// Which way a key syncs, for the latency metric: `down` for a tenant object, `up` for a
+    /// mirror or a host-made object to mirror, `delete` for a host copy whose tenant object is
+    /// gone, `noop` otherwise.
+    pub(crate) fn direction(&self, key: &Key) -> &'static str {
+        if self.stores[key.kind].is_none() {
+            return "noop";
+        }
+        let host_ns = self.vc.host_namespace(&key.namespace);
+        match (
+            self.tenant_get(key.kind, &key.namespace, &key.name),
+            self.shared.host_get(key.kind, &host_ns, &key.name),
+        ) {
+            (Some(t), _) if is_mirror(&t) => "up",
+            (Some(_), _) => "down",
+            (None, Some(h)) if is_copy_for(&h, &self.vc.uid) => "delete",
+            (None, Some(_)) => "up",
+            (None, None) => "noop",
+        }
     }
 
     /// Next retry delay for a failing key: 100 ms doubling to 30 s.

@@ -152,6 +152,29 @@ async fn kubectl_apply_runs_the_vm_on_the_host_and_status_comes_back() {
     })
     .await;
 
+    // the per-tenant metrics saw both directions
+    let mut registry = prometheus_client::registry::Registry::default();
+    env.syncer
+        .as_ref()
+        .unwrap()
+        .shared
+        .metrics
+        .register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    for direction in ["down", "up"] {
+        let line = text
+            .lines()
+            .find(|l| {
+                l.starts_with("kvtenant_sync_reconcile_seconds_count")
+                    && l.contains(&format!("direction=\"{direction}\""))
+            })
+            .unwrap_or_else(|| panic!("no {direction} latency in:\n{text}"));
+        let count: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(count > 0.0, "{line}");
+    }
+    assert!(text.contains("kvtenant_sync_api_calls_total{"), "{text}");
+
     // delete in the tenant deletes on the host
     kubectl(t.kubeconfig(), &["delete", "vm", "vm1", "--wait=false"]);
     eventually("the host VM gone", WAIT, || {
