@@ -98,8 +98,9 @@ pub struct VirtualClusterSpec {
     #[schemars(extend("default" = {}))]
     pub vm_policy: VmPolicy,
 
-    /// Stops syncing between the virtual cluster and the host while true. Objects already on the
-    /// host stay as they are; the control plane keeps running.
+    /// Pauses the virtual cluster while true: syncing stops, the tenant's running VMs on the host
+    /// are stopped, and a Managed control plane scales to zero (data kept). Setting it back to
+    /// false restores the control plane and each VM's run strategy; nothing is lost.
     #[serde(default)]
     pub paused: bool,
 }
