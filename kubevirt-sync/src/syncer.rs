@@ -19,9 +19,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use kvtenant_api::labels::{HostNamespaceOwner, MANAGED_BY, MANAGED_BY_VALUE, VirtualClusterRef};
-use kvtenant_api::{
-    CONDITION_SYNCER_READY, ControlPlaneMode, DEFAULT_KUBECONFIG_KEY, SyncKind, VirtualCluster,
-};
+use kvtenant_api::{CONDITION_SYNCER_READY, SyncKind, VirtualCluster};
 use tokio::task::JoinSet;
 
 use crate::Error;
@@ -257,19 +255,7 @@ fn desired_tenant(vc: &VirtualCluster) -> Option<(String, String)> {
     if vc.metadata.deletion_timestamp.is_some() || !vc.spec.kubevirt.enabled || vc.spec.paused {
         return None;
     }
-    match vc.spec.control_plane.mode {
-        ControlPlaneMode::External => vc
-            .spec
-            .control_plane
-            .kubeconfig_secret_ref
-            .as_ref()
-            .map(|r| (r.name.clone(), r.key.clone())),
-        ControlPlaneMode::Managed => vc
-            .status
-            .as_ref()
-            .and_then(|s| s.kubeconfig_secret_name.clone())
-            .map(|n| (n, DEFAULT_KUBECONFIG_KEY.to_string())),
-    }
+    vc.kubeconfig_secret()
 }
 
 /// A fingerprint of what a running tenant was started from; a change restarts it.

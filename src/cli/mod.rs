@@ -484,30 +484,13 @@ pub async fn delete(g: &GlobalArgs, args: DeleteArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The kubeconfig Secret of a VirtualCluster: (secret name, key).
-pub fn kubeconfig_secret(vc: &VirtualCluster) -> Option<(String, String)> {
-    match vc.spec.control_plane.mode {
-        ControlPlaneMode::External => vc
-            .spec
-            .control_plane
-            .kubeconfig_secret_ref
-            .as_ref()
-            .map(|r| (r.name.clone(), r.key.clone())),
-        ControlPlaneMode::Managed => vc
-            .status
-            .as_ref()
-            .and_then(|s| s.kubeconfig_secret_name.clone())
-            .map(|n| (n, DEFAULT_KUBECONFIG_KEY.to_string())),
-    }
-}
-
 /// Reads a VirtualCluster's kubeconfig from its Secret.
 pub async fn read_kubeconfig(client: &Client, ns: &str, name: &str) -> anyhow::Result<Kubeconfig> {
     let vc = vc_api(client, ns)
         .get(name)
         .await
         .map_err(|e| not_found_hint(e, ns, name))?;
-    let (secret, key) = kubeconfig_secret(&vc).with_context(|| {
+    let (secret, key) = vc.kubeconfig_secret().with_context(|| {
         format!("{ns}/{name} has no kubeconfig yet (is it Ready? kvtenant list)")
     })?;
     let s = Api::<Secret>::namespaced(client.clone(), ns)

@@ -123,6 +123,27 @@ impl Default for VirtualClusterSpec {
     }
 }
 
+impl VirtualCluster {
+    /// The Secret holding the virtual cluster's admin kubeconfig, as (name, key) in the
+    /// VirtualCluster's namespace: `spec.controlPlane.kubeconfigSecretRef` for External, the
+    /// controller's `status.kubeconfigSecretName` (key `kubeconfig`) for Managed.
+    pub fn kubeconfig_secret(&self) -> Option<(String, String)> {
+        match self.spec.control_plane.mode {
+            ControlPlaneMode::External => self
+                .spec
+                .control_plane
+                .kubeconfig_secret_ref
+                .as_ref()
+                .map(|r| (r.name.clone(), r.key.clone())),
+            ControlPlaneMode::Managed => self
+                .status
+                .as_ref()
+                .and_then(|s| s.kubeconfig_secret_name.clone())
+                .map(|n| (n, DEFAULT_KUBECONFIG_KEY.to_string())),
+        }
+    }
+}
+
 impl VirtualClusterSpec {
     /// The control-plane images to run: the ones set in `spec.controlPlane.images`, and for the
     /// others the upstream images of `spec.kubernetesVersion`.
