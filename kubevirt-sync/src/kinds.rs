@@ -152,3 +152,11 @@ mod tests {
         assert_eq!(vmi.resource.api_version, "kubevirt.io/v1");
     }
 }
+
+/// What the syncer's caches keep of an object: everything but `metadata.managedFields`, which
+/// kvtenant never reads and which is often the largest part of a KubeVirt object (every
+/// controller that writes status adds an entry). Applied to every watched object before it is
+/// stored.
+pub fn slim(obj: &mut kube::api::DynamicObject) {
+    obj.metadata.managed_fields = None;
+}

@@ -212,7 +212,12 @@ async fn watch_host_kind(
         cfg = cfg.labels(&format!("{MANAGED_BY}={MANAGED_BY_VALUE}"));
     }
     let kind_name = spec.kind().to_string();
-    let stream = reflector::reflector(writer, watcher(api, cfg).default_backoff());
+    let stream = reflector::reflector(
+        writer,
+        watcher(api, cfg)
+            .default_backoff()
+            .modify(crate::kinds::slim),
+    );
     let mut stream = stream.boxed();
     while let Some(ev) = stream.next().await {
         match ev {

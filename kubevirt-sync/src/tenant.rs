@@ -1096,7 +1096,9 @@ async fn watch_tenant_kind(
     let api: Api<DynamicObject> = Api::all_with(client, &spec.resource);
     let mut stream = reflector::reflector(
         writer,
-        watcher(api, watcher::Config::default()).default_backoff(),
+        watcher(api, watcher::Config::default())
+            .default_backoff()
+            .modify(crate::kinds::slim),
     )
     .boxed();
     while let Some(ev) = stream.next().await {
