@@ -2,7 +2,7 @@
 # shellcheck source-path=SCRIPTDIR
 # Runs the e2e scenarios (tests/e2e_kind.rs, ignored by a plain `cargo test`) against the kind
 # cluster and virtual cluster that e2e-kind/up.sh made. Extra arguments go to the test binary,
-# e.g. `e2e-kind/test.sh vm_boots`.
+# e.g. `e2e-kind/test.sh --nocapture` (the console output and observations).
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"

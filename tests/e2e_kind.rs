@@ -15,14 +15,20 @@ fn target() -> scenarios::Target {
         host_kubeconfig: var("KVTENANT_E2E_HOST_KUBECONFIG").into(),
         tenant_kubeconfig: var("KVTENANT_E2E_TENANT_KUBECONFIG").into(),
         timeout: Duration::from_secs(600),
+        vm_pods: true,
     }
 }
 
+/// The scenarios in order, on one virtual cluster (2, 3, 5 and 6 use scenario 1's VM).
 #[test]
 #[ignore = "needs the kind cluster of e2e-kind/up.sh"]
-fn vm_boots_and_stops_and_starts_on_real_kubevirt() {
+fn scenarios_pass_on_real_kubevirt() {
     let t = target();
     t.vm_boots();
+    t.console_answers();
     t.stop_start();
+    t.datavolume();
+    t.service();
+    t.rbac();
     t.cleanup();
 }
