@@ -125,6 +125,14 @@ pub fn kinds_for(enabled: &[SyncKind]) -> Vec<KindSpec> {
     out
 }
 
+/// What the syncer's caches keep of an object: everything but `metadata.managedFields`, which
+/// kvtenant never reads and which is often the largest part of a KubeVirt object (every
+/// controller that writes status adds an entry). Applied to every watched object before it is
+/// stored.
+pub fn slim(obj: &mut kube::api::DynamicObject) {
+    obj.metadata.managed_fields = None;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,12 +159,4 @@ mod tests {
         assert_eq!(vmi.resource.plural, "virtualmachineinstances");
         assert_eq!(vmi.resource.api_version, "kubevirt.io/v1");
     }
-}
-
-/// What the syncer's caches keep of an object: everything but `metadata.managedFields`, which
-/// kvtenant never reads and which is often the largest part of a KubeVirt object (every
-/// controller that writes status adds an entry). Applied to every watched object before it is
-/// stored.
-pub fn slim(obj: &mut kube::api::DynamicObject) {
-    obj.metadata.managed_fields = None;
 }

@@ -70,6 +70,8 @@ pub struct Shared {
     pub tenants: RwLock<HashMap<String, Arc<Tenant>>>,
     pub queue: FairQueue<String, Key>,
     pub metrics: Metrics,
+    /// The host's KubeVirt/CDI CRDs, read once for all tenants.
+    pub host_crds: crate::crds::HostCrds,
 }
 
 impl Shared {
@@ -145,6 +147,7 @@ impl Syncer {
             tenants: RwLock::new(HashMap::new()),
             queue: FairQueue::default(),
             metrics: Metrics::default(),
+            host_crds: crate::crds::HostCrds::new(host.clone()),
         });
         tasks.spawn(watch_host_namespaces(shared.clone()));
         for (i, writer) in writers.into_iter().enumerate() {
@@ -394,6 +397,9 @@ async fn stop_host_vms(shared: &Shared, vc: &VirtualClusterRef) -> Result<usize,
     Ok(stopped)
 }
 
+/// Tenants started at the same time (each one copies CRDs and lists its objects).
+const TENANT_STARTS_IN_FLIGHT: usize = 16;
+
 async fn watch_virtualclusters(shared: Arc<Shared>) {
     let api: Api<VirtualCluster> = Api::all(shared.host.clone());
     let (store, writer) = reflector::store();
@@ -420,6 +426,7 @@ async fn watch_virtualclusters(shared: Arc<Shared>) {
         // converge running tenants on the VirtualClusters in the cache
         let vcs = store.state();
         let mut seen = Vec::new();
+        let mut starts = Vec::new();
         for vc in vcs {
             let Some(vcref) = VirtualClusterRef::from_virtualcluster(&vc) else {
                 continue;
@@ -499,7 +506,23 @@ async fn watch_virtualclusters(shared: Arc<Shared>) {
                 continue;
             }
             stop_tenant(&shared, &vcref.uid, &mut fingerprints);
-            match Tenant::start(shared.clone(), vcref.clone(), (*vc).clone(), client).await {
+            starts.push((vc, vcref, fp, client));
+        }
+        // tenants start concurrently: each start is mostly waiting on its own apiserver (CRD
+        // copies, first lists), so a syncer restart with many tenants is not their sum
+        let started: Vec<_> = futures::stream::iter(starts)
+            .map(|(vc, vcref, fp, client)| {
+                let shared = shared.clone();
+                async move {
+                    let r = Tenant::start(shared, vcref.clone(), (*vc).clone(), client).await;
+                    (vc, vcref, fp, r)
+                }
+            })
+            .buffer_unordered(TENANT_STARTS_IN_FLIGHT)
+            .collect()
+            .await;
+        for (vc, vcref, fp, result) in started {
+            match result {
                 Ok(t) => {
                     tracing::info!(vc = %t.label, "syncing tenant");
                     set_syncer_condition(

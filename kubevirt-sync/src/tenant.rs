@@ -45,6 +45,9 @@ pub struct Tenant {
     pub client: Client,
     /// Tenant-side caches, by kind index (`None`: kind not synced for this tenant).
     stores: Vec<Option<Store<DynamicObject>>>,
+    /// Kinds whose tenant objects are not synced down but whose host-made objects are
+    /// mirrored up (by kind index).
+    mirror_only: Vec<bool>,
     ready: Vec<AtomicBool>,
     recorder: Recorder,
     refused: Mutex<HashMap<Key, String>>,
@@ -105,8 +108,29 @@ impl Tenant {
             .iter()
             .map(|k| k.sync_kind.is_none_or(|s| enabled_kinds.contains(&s)))
             .collect();
-        let (copied, missing) =
-            crate::crds::mirror(&shared.host, &client, &crd_names(&shared.kinds, &enabled)).await?;
+        // kinds not synced down whose host-made objects the tenant still sees: DataVolumes the
+        // host makes from a VM's dataVolumeTemplates are mirrored up even when DataVolume is
+        // not in syncKinds (the VM's status names them)
+        let mirror_only: Vec<bool> = shared
+            .kinds
+            .iter()
+            .zip(&enabled)
+            .map(|(k, on)| {
+                !on && k.sync_kind == Some(SyncKind::DataVolume)
+                    && enabled_kinds.contains(&SyncKind::VirtualMachine)
+            })
+            .collect();
+        let watched: Vec<bool> = enabled
+            .iter()
+            .zip(&mirror_only)
+            .map(|(a, b)| *a || *b)
+            .collect();
+        let (copied, missing) = crate::crds::mirror(
+            &shared.host_crds,
+            &client,
+            &crd_names(&shared.kinds, &watched),
+        )
+        .await?;
         if !missing.is_empty() {
             tracing::warn!(vc = %vc.name, ?missing, "the host lacks these CRDs; their kinds are not synced");
         }
@@ -124,7 +148,7 @@ impl Tenant {
             let available = kind
                 .sync_kind
                 .is_none_or(|s| !missing.contains(&s.crd_name()));
-            if enabled[i] && available {
+            if watched[i] && available {
                 let w = reflector::store::Writer::new(kind.resource.clone());
                 let r = w.as_reader();
                 stores.push(Some(r));
@@ -147,6 +171,7 @@ impl Tenant {
             virtual_cluster,
             client,
             stores,
+            mirror_only,
             ready,
             recorder,
             refused: Mutex::new(HashMap::new()),
@@ -491,6 +516,21 @@ impl Tenant {
         let kind = self.kind(key);
         if t.metadata.deletion_timestamp.is_some() {
             return Ok(None); // gone soon; its absence deletes the host copy
+        }
+        if self.mirror_only[key.kind] {
+            let sync_kind = kind.kind();
+            self.refuse(
+                key,
+                t,
+                &[Violation {
+                    path: "spec.kubevirt.syncKinds".into(),
+                    message: format!(
+                        "{sync_kind} is not synced for this virtual cluster (only {sync_kind}s the host makes from a VirtualMachine's dataVolumeTemplates are shown); ask the platform admin to add {sync_kind} to the VirtualCluster's spec.kubevirt.syncKinds, or use dataVolumeTemplates"
+                    ),
+                }],
+            )
+            .await?;
+            return Ok(None);
         }
         let wanted = match kind.trigger {
             Trigger::Always => true,
@@ -1060,12 +1100,9 @@ impl Tenant {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let api: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
-            Api::all(self.shared.host.clone());
         let mut changed = Vec::new();
         for (name, rv) in &versions {
-            self.api_call("host", "get");
-            if let Some(crd) = api.get_opt(name).await?
+            if let Some(crd) = self.shared.host_crds.get(name).await?
                 && crd.metadata.resource_version.as_deref() != Some(rv.as_str())
             {
                 changed.push(name.clone());
@@ -1074,7 +1111,8 @@ impl Tenant {
         if changed.is_empty() {
             return Ok(());
         }
-        let (copied, _) = crate::crds::mirror(&self.shared.host, &self.client, &changed).await?;
+        let (copied, _) =
+            crate::crds::mirror(&self.shared.host_crds, &self.client, &changed).await?;
         let mut v = self.crd_versions.lock().unwrap_or_else(|e| e.into_inner());
         for (name, rv) in copied {
             if let Some(entry) = v.iter_mut().find(|(n, _)| *n == name) {

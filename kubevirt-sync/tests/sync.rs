@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use k8s_openapi::api::core::v1::{Event, Secret};
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
@@ -579,5 +580,154 @@ async fn services_selecting_vms_are_synced_with_host_assigned_addresses() {
     assert!(
         host.get_opt("hijack").await.unwrap().is_none(),
         "externalIPs are refused"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crd_copies_survive_a_restart_unwritten_and_follow_host_changes() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    const VM_CRD: &str = "virtualmachines.kubevirt.io";
+    let mut env = Env::start(1).await;
+    let tenant: Api<CustomResourceDefinition> = Api::all(env.tenants[0].client());
+    let copy = wait_for("the tenant's copy of the VM CRD", WAIT, || {
+        let tenant = tenant.clone();
+        async move {
+            tenant.get_opt(VM_CRD).await.ok().flatten().filter(|c| {
+                c.annotations()
+                    .contains_key(kvtenant_kubevirt_sync::crds::COPY_HASH)
+            })
+        }
+    })
+    .await;
+    let rv = copy.resource_version().unwrap();
+
+    // a restarted syncer finds the copy current and does not write it again
+    drop(env.syncer.take());
+    env.start_syncer();
+    let vms: Api<DynamicObject> =
+        Api::namespaced_with(env.tenants[0].client(), "default", &vm_resource());
+    vms.create(
+        &PostParams::default(),
+        &serde_json::from_value(vm_manifest("after-restart", "default", json!({}))).unwrap(),
+    )
+    .await
+    .unwrap();
+    let host = env.host_api(&vm_resource(), &env.tenants[0].host_ns("default"));
+    wait_for("the VM created after the restart on the host", WAIT, || {
+        let host = host.clone();
+        async move { get(&host, "after-restart").await }
+    })
+    .await;
+    assert_eq!(
+        tenant
+            .get(VM_CRD)
+            .await
+            .unwrap()
+            .resource_version()
+            .unwrap(),
+        rv,
+        "the restarted syncer rewrote an unchanged CRD copy"
+    );
+
+    // a change of the host CRD (here: a label, as a KubeVirt upgrade changes labels and
+    // schemas) reaches the tenant's copy at a consistency scan
+    let host_crds: Api<CustomResourceDefinition> = Api::all(env.host_client());
+    host_crds
+        .patch(
+            VM_CRD,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"kubevirt.io/upgraded": "yes"}}})),
+        )
+        .await
+        .unwrap();
+    eventually("the host CRD change in the tenant's copy", WAIT, || {
+        let tenant = tenant.clone();
+        async move {
+            tenant.get(VM_CRD).await.is_ok_and(|c| {
+                c.labels().get("kubevirt.io/upgraded").map(String::as_str) == Some("yes")
+            })
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_datavolume_sync_template_volumes_show_and_direct_ones_are_refused() {
+    // the harness's VirtualClusters keep the default syncKinds: DataVolume is not among them
+    let env = Env::start(1).await;
+    let t = &env.tenants[0];
+    wait_crd(&t.client(), "datavolumes.cdi.kubevirt.io").await;
+    let dv_resource = kube::core::ApiResource::from_gvk_with_plural(
+        &kube::core::GroupVersionKind::gvk("cdi.kubevirt.io", "v1beta1", "DataVolume"),
+        "datavolumes",
+    );
+    let dvs: Api<DynamicObject> = Api::namespaced_with(t.client(), "default", &dv_resource);
+    let direct = json!({
+        "apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume",
+        "metadata": {"name": "direct", "namespace": "default"},
+        "spec": {"source": {"blank": {}}, "storage": {"resources": {"requests": {"storage": "1Gi"}}}}
+    });
+    dvs.create(
+        &PostParams::default(),
+        &serde_json::from_value(direct).unwrap(),
+    )
+    .await
+    .unwrap();
+    let vms: Api<DynamicObject> = Api::namespaced_with(t.client(), "default", &vm_resource());
+    let mut vm = vm_manifest(
+        "with-template",
+        "default",
+        json!({"volumes": [{"name": "root", "dataVolume": {"name": "with-template-root"}}]}),
+    );
+    vm["spec"]["dataVolumeTemplates"] = json!([{
+        "metadata": {"name": "with-template-root"},
+        "spec": {"source": {"blank": {}}, "storage": {"resources": {"requests": {"storage": "1Gi"}}}}
+    }]);
+    vms.create(&PostParams::default(), &serde_json::from_value(vm).unwrap())
+        .await
+        .unwrap();
+
+    let events: Api<Event> = Api::namespaced(t.client(), "default");
+    let ev = wait_for(
+        "a SyncRefused event for the direct DataVolume",
+        WAIT,
+        || {
+            let events = events.clone();
+            async move {
+                events
+                    .list(&ListParams::default())
+                    .await
+                    .ok()?
+                    .items
+                    .into_iter()
+                    .find(|e| {
+                        e.involved_object.name.as_deref() == Some("direct")
+                            && e.reason.as_deref() == Some("SyncRefused")
+                    })
+            }
+        },
+    )
+    .await;
+    let msg = ev.message.unwrap_or_default();
+    assert!(msg.contains("spec.kubevirt.syncKinds"), "{msg}");
+    let mirror = wait_for(
+        "the template's DataVolume mirrored into the tenant",
+        WAIT,
+        || {
+            let dvs = dvs.clone();
+            async move { get(&dvs, "with-template-root").await }
+        },
+    )
+    .await;
+    assert!(
+        mirror
+            .annotations()
+            .contains_key(kvtenant_kubevirt_sync::translate::MIRROR_OF),
+        "{mirror:?}"
+    );
+    let host = env.host_api(&dv_resource, &t.host_ns("default"));
+    assert!(
+        get(&host, "direct").await.is_none(),
+        "a refused DataVolume reached the host"
     );
 }
