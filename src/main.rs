@@ -34,7 +34,31 @@ enum Command {
     Create(cli::CreateArgs),
     /// List virtual clusters.
     List(cli::ListArgs),
-    /// Add the virtual cluster to your kubeconfig and switch to it.
+    /// Add the virtual cluster to your kubeconfig and switch to it (port-forwarding when its
+    /// apiserver is not reachable from here).
+    ///
+    /// Reads the VirtualCluster's kubeconfig Secret on the host, adds it to your kubeconfig as
+    /// context kvtenant_NAME_NS and switches to it; the previous context is remembered next to
+    /// your kubeconfig (FILE.kvtenant-previous-context) and `kvtenant disconnect` switches back.
+    ///
+    /// First it checks that the server in that kubeconfig answers: a TCP connection within 2
+    /// seconds (an in-cluster name such as NAME-apiserver.NS.svc that does not resolve here
+    /// counts as unreachable at once). A Managed VirtualCluster exposed as ClusterIP has such a
+    /// name, which only works inside the host cluster. When the server is not reachable (or
+    /// with --port-forward), connect forwards a port on 127.0.0.1 (--local-port, default a free
+    /// one) to a Ready pod behind the VirtualCluster's apiserver Service (NAME-apiserver),
+    /// through the host apiserver's pod port-forward API, like `kubectl port-forward`. Every
+    /// connection gets its own port-forward stream. The context then points at
+    /// https://127.0.0.1:PORT with tls-server-name set to the original host, so the serving
+    /// certificate still verifies.
+    ///
+    /// While forwarding, connect stays in the foreground and prints what it forwards and the
+    /// context name; Ctrl-C stops forwarding and exits 0. The context stays in your kubeconfig
+    /// (kubectl fails to connect until you connect again); run `kvtenant disconnect` to switch
+    /// back. Forwarding needs a Managed VirtualCluster with a Ready pod, and RBAC on the host for
+    /// get on services, list on pods and create on pods/portforward in NS. An External
+    /// VirtualCluster whose server does not answer is connected anyway, with a warning.
+    /// --no-port-forward skips the check and never forwards.
     Connect(cli::ConnectArgs),
     /// Switch back to the kubeconfig context used before `connect`.
     Disconnect,

@@ -7,7 +7,11 @@ use anyhow::{Context as _, bail};
 use kube::Client;
 use kube::config::{Kubeconfig, NamedAuthInfo, NamedCluster, NamedContext};
 
+use kvtenant_api::ControlPlaneMode;
+use kvtenant_controller::managed::render::Names;
+
 use super::GlobalArgs;
+use super::forward::{self, ForwardMode, ForwardOptions, Plan};
 
 /// Where the context active before `connect` is remembered, next to the kubeconfig.
 fn previous_file(kubeconfig: &Path) -> PathBuf {
@@ -71,30 +75,122 @@ fn renamed(
     ))
 }
 
+/// Adds the virtual cluster's context to the user's kubeconfig (or prints it) and switches to
+/// it. When its server is not reachable from here (or `--port-forward`), forwards a local port
+/// to the apiserver pod first and stays in the foreground until Ctrl-C.
 pub async fn connect(
     g: &GlobalArgs,
     client: &Client,
     ns: &str,
     name: &str,
     print: bool,
+    fwd: ForwardOptions,
 ) -> anyhow::Result<()> {
-    let vc_kc = super::read_kubeconfig(client, ns, name).await?;
+    let (vc, vc_kc) = super::read_kubeconfig(client, ns, name).await?;
     let ctx = context_name(ns, name);
-    let (cluster, user, context) = renamed(&vc_kc, &ctx)?;
+    let (mut cluster, user, context) = renamed(&vc_kc, &ctx)?;
+    let server = cluster
+        .cluster
+        .as_ref()
+        .and_then(|c| c.server.clone())
+        .context("the virtual cluster's kubeconfig has no server")?;
+    let managed = matches!(vc.spec.control_plane.mode, ControlPlaneMode::Managed);
+    let reachability = match fwd.mode {
+        ForwardMode::Auto => {
+            Some(forward::probe(&forward::server_addr(&server)?, forward::PROBE_TIMEOUT).await)
+        }
+        ForwardMode::Always | ForwardMode::Never => None,
+    };
+    // with --print the kubeconfig goes to stdout, so everything else goes to stderr
+    let say = |s: &str| {
+        if print {
+            eprintln!("{s}");
+        } else {
+            println!("{s}");
+        }
+    };
+    let mut forwarding = None;
+    match forward::plan(fwd.mode, managed, &server, reachability.as_ref())? {
+        Plan::Direct => {}
+        Plan::DirectUnreachable(warning) => eprintln!("warning: {warning}"),
+        Plan::Forward(why) => {
+            let addr = forward::server_addr(&server)?;
+            let service = Names::new(name).service;
+            // find the pod before touching the kubeconfig: a failure leaves it as it was
+            let target = forward::Target::resolve(client, ns, &service, addr.port)
+                .await
+                .with_context(|| format!("cannot port-forward ({why})"))?;
+            let listener = forward::bind(fwd.local_port).await?;
+            let port = listener.local_addr()?.port();
+            let original = cluster
+                .cluster
+                .as_ref()
+                .context("the virtual cluster's kubeconfig has no cluster")?;
+            let rewritten = forward::forwarded_cluster(original, port)?;
+            say(&format!(
+                "Forwarding 127.0.0.1:{port} -> pod {ns}/{} port {} (behind Service {ns}/{service}) \
+                 through the host apiserver ({why}).",
+                target.pod_name().await,
+                target.port,
+            ));
+            let via = format!(
+                " through https://127.0.0.1:{port} (tls-server-name {})",
+                rewritten.tls_server_name.as_deref().unwrap_or(&addr.host)
+            );
+            cluster.cluster = Some(rewritten);
+            forwarding = Some((listener, target, via));
+        }
+    }
     if print {
         let kc = Kubeconfig {
             clusters: vec![cluster],
             auth_infos: vec![user],
             contexts: vec![context],
-            current_context: Some(ctx),
+            current_context: Some(ctx.clone()),
             ..Kubeconfig::default()
         };
         print!("{}", serde_yaml::to_string(&kc)?);
-        return Ok(());
+        std::io::Write::flush(&mut std::io::stdout())?;
+    } else {
+        let path = g.kubeconfig_path()?;
+        write_context(&path, &ctx, cluster, user, context)?;
+        let via = forwarding
+            .as_ref()
+            .map(|f| f.2.as_str())
+            .unwrap_or_default();
+        say(&format!(
+            "Switched to context {ctx:?} in {}: kubectl now talks to virtual cluster {ns}/{name}{via}.",
+            path.display()
+        ));
+        if forwarding.is_none() {
+            say("Switch back with: kvtenant disconnect");
+        }
     }
-    let path = g.kubeconfig_path()?;
+    let Some((listener, target, _)) = forwarding else {
+        return Ok(());
+    };
+    if print {
+        say(&format!(
+            "The printed kubeconfig (context {ctx:?}) works while this runs."
+        ));
+    }
+    say(
+        "Press Ctrl-C to stop forwarding (the context stays; run `kvtenant disconnect` to switch back)",
+    );
+    forward::serve(listener, target, forward::shutdown_signal()).await
+}
+
+/// Puts `ctx` (cluster, user, context) into the kubeconfig at `path` and makes it current,
+/// remembering the previous current context for `disconnect`.
+fn write_context(
+    path: &Path,
+    ctx: &str,
+    cluster: NamedCluster,
+    user: NamedAuthInfo,
+    context: NamedContext,
+) -> anyhow::Result<()> {
     let mut kc = if path.exists() {
-        Kubeconfig::read_from(&path).with_context(|| format!("reading {}", path.display()))?
+        Kubeconfig::read_from(path).with_context(|| format!("reading {}", path.display()))?
     } else {
         Kubeconfig::default()
     };
@@ -105,7 +201,7 @@ pub async fn connect(
     kc.clusters.push(cluster);
     kc.auth_infos.push(user);
     kc.contexts.push(context);
-    kc.current_context = Some(ctx.clone());
+    kc.current_context = Some(ctx.to_owned());
     if kc.api_version.is_none() {
         kc.api_version = Some("v1".into());
         kc.kind = Some("Config".into());
@@ -113,14 +209,10 @@ pub async fn connect(
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    write_private(&path, &serde_yaml::to_string(&kc)?)?;
-    if let Some(prev) = previous.filter(|p| *p != ctx) {
-        std::fs::write(previous_file(&path), prev)?;
+    write_private(path, &serde_yaml::to_string(&kc)?)?;
+    if let Some(prev) = previous.filter(|p| p != ctx) {
+        std::fs::write(previous_file(path), prev)?;
     }
-    println!(
-        "Switched to context {ctx:?} in {}: kubectl now talks to virtual cluster {ns}/{name}.\nSwitch back with: kvtenant disconnect",
-        path.display()
-    );
     Ok(())
 }
 
@@ -160,4 +252,64 @@ pub fn disconnect(g: &GlobalArgs) -> anyhow::Result<()> {
     std::fs::remove_file(&prev_file)?;
     println!("Switched back to context {previous:?}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    const VC_KUBECONFIG: &str = r#"
+apiVersion: v1
+kind: Config
+clusters:
+- name: m1
+  cluster:
+    server: https://m1-apiserver.vc-m1.svc:443
+    certificate-authority-data: Q0E=
+users:
+- name: admin
+  user:
+    client-certificate-data: Q0VSVA==
+    client-key-data: S0VZ
+contexts:
+- name: m1
+  context: {cluster: m1, user: admin}
+current-context: m1
+"#;
+
+    #[test]
+    fn writes_the_forwarded_context_and_remembers_the_previous_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config");
+        std::fs::write(
+            &path,
+            "apiVersion: v1\nkind: Config\nclusters: []\nusers: []\ncontexts:\n- name: host\n  context: {cluster: host}\ncurrent-context: host\n",
+        )
+        .unwrap();
+        let vc_kc = Kubeconfig::from_yaml(VC_KUBECONFIG).unwrap();
+        let ctx = context_name("vc-m1", "m1");
+        let (mut cluster, user, context) = renamed(&vc_kc, &ctx).unwrap();
+        cluster.cluster =
+            Some(forward::forwarded_cluster(cluster.cluster.as_ref().unwrap(), 41234).unwrap());
+        write_context(&path, &ctx, cluster, user, context).unwrap();
+
+        let kc = Kubeconfig::read_from(&path).unwrap();
+        assert_eq!(kc.current_context.as_deref(), Some("kvtenant_m1_vc-m1"));
+        let c = kc
+            .clusters
+            .iter()
+            .find(|c| c.name == ctx)
+            .and_then(|c| c.cluster.clone())
+            .unwrap();
+        assert_eq!(c.server.as_deref(), Some("https://127.0.0.1:41234"));
+        assert_eq!(c.tls_server_name.as_deref(), Some("m1-apiserver.vc-m1.svc"));
+        assert_eq!(c.certificate_authority_data.as_deref(), Some("Q0E="));
+        assert!(kc.contexts.iter().any(|c| c.name == "host"));
+        assert_eq!(
+            std::fs::read_to_string(previous_file(&path)).unwrap(),
+            "host"
+        );
+    }
 }

@@ -1,5 +1,6 @@
 //! Admin commands: create, list, connect, disconnect, pause, resume, delete.
 
+mod forward;
 mod kubeconfig;
 
 use std::collections::BTreeMap;
@@ -153,9 +154,37 @@ pub struct ListArgs {
 pub struct ConnectArgs {
     #[command(flatten)]
     pub target: NameArgs,
-    /// Print the virtual cluster's kubeconfig instead of editing yours.
+    /// Print the virtual cluster's kubeconfig instead of editing yours. When forwarding, the
+    /// printed kubeconfig points at the forwarded port and works while the command runs (its
+    /// messages then go to stderr).
     #[arg(long)]
     pub print: bool,
+    /// Always forward a local port to the apiserver pod, even when the server in the
+    /// VirtualCluster's kubeconfig answers (Managed VirtualClusters only).
+    #[arg(long, conflicts_with = "no_port_forward")]
+    pub port_forward: bool,
+    /// Never forward: use the server in the VirtualCluster's kubeconfig as it is, without
+    /// checking that it answers.
+    #[arg(long)]
+    pub no_port_forward: bool,
+    /// Local port on 127.0.0.1 to forward from; 0 picks a free port.
+    #[arg(long, default_value_t = 0, env = "KVTENANT_LOCAL_PORT")]
+    pub local_port: u16,
+}
+
+impl ConnectArgs {
+    fn forward_options(&self) -> forward::ForwardOptions {
+        forward::ForwardOptions {
+            mode: if self.port_forward {
+                forward::ForwardMode::Always
+            } else if self.no_port_forward {
+                forward::ForwardMode::Never
+            } else {
+                forward::ForwardMode::Auto
+            },
+            local_port: self.local_port,
+        }
+    }
 }
 
 fn default_ns(name: &str, ns: Option<&str>) -> String {
@@ -263,7 +292,15 @@ pub async fn create(g: &GlobalArgs, args: CreateArgs) -> anyhow::Result<()> {
     }
     wait_ready(&client, &ns, &args.name, Duration::from_secs(args.timeout)).await?;
     if args.connect {
-        kubeconfig::connect(g, &client, &ns, &args.name, false).await
+        kubeconfig::connect(
+            g,
+            &client,
+            &ns,
+            &args.name,
+            false,
+            forward::ForwardOptions::default(),
+        )
+        .await
     } else {
         println!("Connect with: kvtenant connect {} -n {ns}", args.name);
         Ok(())
@@ -415,7 +452,15 @@ pub async fn list(g: &GlobalArgs, args: ListArgs) -> anyhow::Result<()> {
 
 pub async fn connect(g: &GlobalArgs, args: ConnectArgs) -> anyhow::Result<()> {
     let client = g.host_client().await?;
-    kubeconfig::connect(g, &client, &args.target.ns(), &args.target.name, args.print).await
+    kubeconfig::connect(
+        g,
+        &client,
+        &args.target.ns(),
+        &args.target.name,
+        args.print,
+        args.forward_options(),
+    )
+    .await
 }
 
 pub async fn set_paused(g: &GlobalArgs, args: NameArgs, paused: bool) -> anyhow::Result<()> {
@@ -484,8 +529,12 @@ pub async fn delete(g: &GlobalArgs, args: DeleteArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads a VirtualCluster's kubeconfig from its Secret.
-pub async fn read_kubeconfig(client: &Client, ns: &str, name: &str) -> anyhow::Result<Kubeconfig> {
+/// Reads a VirtualCluster and its kubeconfig (from its Secret).
+pub async fn read_kubeconfig(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> anyhow::Result<(VirtualCluster, Kubeconfig)> {
     let vc = vc_api(client, ns)
         .get(name)
         .await
@@ -502,5 +551,5 @@ pub async fn read_kubeconfig(client: &Client, ns: &str, name: &str) -> anyhow::R
         .get(&key)
         .with_context(|| format!("Secret {ns}/{secret} has no key {key:?}"))?;
     let text = String::from_utf8(bytes.0.clone()).context("the kubeconfig is not UTF-8")?;
-    Ok(Kubeconfig::from_yaml(&text)?)
+    Ok((vc, Kubeconfig::from_yaml(&text)?))
 }
