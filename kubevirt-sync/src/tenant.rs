@@ -690,13 +690,6 @@ impl Tenant {
         if h.metadata.deletion_timestamp.is_some() {
             return Ok(None);
         }
-        if self
-            .tenant_namespace_exists(&key.namespace)
-            .await?
-            .is_none()
-        {
-            return Ok(None);
-        }
         let desired = to_tenant_mirror(h, &key.namespace, map);
         let api = self.tenant_api(key.kind, &key.namespace);
         self.api_call("tenant", "create");
@@ -704,6 +697,13 @@ impl Tenant {
             Ok(c) => c,
             Err(kube::Error::Api(s)) if s.code == 409 => {
                 return Ok(Some(Duration::from_millis(200)));
+            }
+            // the tenant namespace is gone or going (asked by the create itself rather than
+            // a namespace read first: one tenant request per mirror instead of two)
+            Err(kube::Error::Api(s))
+                if s.code == 404 || (s.code == 403 && s.message.contains("being terminated")) =>
+            {
+                return Ok(None);
             }
             Err(e) => return Err(e.into()),
         };
