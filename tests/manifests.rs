@@ -554,6 +554,132 @@ fn dockerfile_builds_the_locked_binary_and_runs_as_nonroot() {
 // ---------------------------------------------------------------------------------------------
 // on a real control plane
 
+/// Every metric the sample Grafana dashboard queries is one the components export: their
+/// metrics registered as `kvtenant syncer` and `kvtenant controller` register them, one sample
+/// of each family recorded (prometheus-client leaves families without samples out), encoded.
+#[test]
+fn grafana_dashboard_queries_exported_metrics() {
+    use kvtenant_kubevirt_sync::metrics as sync;
+    use kvtenant_kubevirt_sync::proxy::metrics as proxy;
+    use kvtenant_webhooks::metrics as hooks;
+    use prometheus_client::registry::Registry;
+    let t = || "ns/vc".to_string();
+    let s = sync::Metrics::default();
+    s.queue_depth
+        .get_or_create(&sync::TenantLabels { tenant: t() })
+        .set(1);
+    s.synced("ns/vc", "VirtualMachine", "down");
+    s.errors
+        .get_or_create(&sync::ErrorLabels {
+            tenant: t(),
+            kind: "VirtualMachine".into(),
+            error: "api".into(),
+        })
+        .inc();
+    s.api("ns/vc", "host", "create");
+    s.reconcile_seconds
+        .get_or_create(&sync::LatencyLabels {
+            tenant: t(),
+            direction: "down".into(),
+        })
+        .observe(0.01);
+    let p = proxy::ProxyMetrics::default();
+    p.requests
+        .get_or_create(&proxy::RequestLabels {
+            tenant: t(),
+            subresource: "console".into(),
+            code: 101,
+        })
+        .inc();
+    p.open_streams
+        .get_or_create(&proxy::StreamLabels {
+            tenant: t(),
+            subresource: "console".into(),
+        })
+        .set(1);
+    p.stream_bytes
+        .get_or_create(&proxy::ByteLabels {
+            tenant: t(),
+            subresource: "console".into(),
+            direction: "to_host".into(),
+        })
+        .inc();
+    p.request_seconds
+        .get_or_create(&proxy::DurationLabels {
+            subresource: "console".into(),
+        })
+        .observe(0.01);
+    let w = hooks::Metrics::default();
+    w.requests
+        .get_or_create(&hooks::AdmissionLabels {
+            tenant: t(),
+            webhook: "w".into(),
+            result: "allowed".into(),
+        })
+        .inc();
+    let wl = hooks::LatencyLabels {
+        tenant: t(),
+        webhook: "w".into(),
+    };
+    w.latency.get_or_create(&wl).observe(0.01);
+    w.host_latency.get_or_create(&wl).observe(0.01);
+    let c = kvtenant_controller::metrics::Metrics::default();
+    c.failures
+        .get_or_create(&kvtenant_controller::metrics::ErrorLabels {
+            error: "api".into(),
+        })
+        .inc();
+    let mut registry = Registry::default();
+    s.register(&mut registry);
+    p.register(&mut registry);
+    w.register(&mut registry);
+    c.register(&mut registry);
+    let mut exported = String::new();
+    prometheus_client::encoding::text::encode(&mut exported, &registry).unwrap();
+    let families: BTreeSet<&str> = exported
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("deploy/grafana/kvtenant-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let mut queried = BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for (i, _) in expr.match_indices("kvtenant_") {
+                let name: String = expr[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                queried.insert(name);
+            }
+        }
+    }
+    assert!(queried.len() >= 15, "{queried:?}");
+    let unknown: Vec<&String> = queried
+        .iter()
+        .filter(|q| {
+            let family = ["_bucket", "_total", "_count", "_sum"]
+                .iter()
+                .find_map(|s| q.strip_suffix(s))
+                .unwrap_or(q);
+            !families.contains(family)
+        })
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "deploy/grafana/kvtenant-dashboard.json queries metrics no component exports: \
+         {unknown:?}\nexported families: {families:?}"
+    );
+}
+
+/// The user the CLI's ClusterRole is bound to in the RBAC test.
+const PLATFORM_ADMIN: &str = "platform-admin";
+
 /// Asks the apiserver whether `user` (a ServiceAccount) may do `verb` on
 /// `group/resource[/sub]` in `ns`.
 async fn can(
@@ -836,8 +962,38 @@ async fn deploy_and_samples_on_testenv() {
         (SYNCER_SA, (false, "update", "coordination.k8s.io", "leases", system)),
         (SYNCER_SA, (false, "create", "rbac.authorization.k8s.io", "rolebindings", host_ns)),
     ];
+    // the CLI's ClusterRole, bound to a platform admin who is not cluster-admin
+    kubectl(
+        &admin,
+        &[
+            "create",
+            "clusterrolebinding",
+            "platform-admins",
+            "--clusterrole=kvtenant:virtualcluster-admin",
+            "--user=platform-admin",
+        ],
+    )
+    .await;
+    #[rustfmt::skip]
+    let cli_user: &[(&str, Access)] = &[
+        (PLATFORM_ADMIN, (true, "create", "tenancy.kvtenant.io", "virtualclusters", vc_ns)),
+        (PLATFORM_ADMIN, (true, "list", "tenancy.kvtenant.io", "virtualclusters", None)),
+        (PLATFORM_ADMIN, (true, "patch", "tenancy.kvtenant.io", "virtualclusters", vc_ns)),
+        (PLATFORM_ADMIN, (true, "delete", "tenancy.kvtenant.io", "virtualclusters", vc_ns)),
+        (PLATFORM_ADMIN, (true, "create", "", "namespaces", None)),
+        (PLATFORM_ADMIN, (true, "get", "", "secrets", vc_ns)),
+        (PLATFORM_ADMIN, (true, "patch", "", "secrets", vc_ns)),
+        (PLATFORM_ADMIN, (true, "get", "", "services", vc_ns)),
+        (PLATFORM_ADMIN, (true, "list", "", "pods", vc_ns)),
+        (PLATFORM_ADMIN, (true, "create", "", "pods/portforward", vc_ns)),
+        (PLATFORM_ADMIN, (false, "update", "tenancy.kvtenant.io", "virtualclusters/status", vc_ns)),
+        (PLATFORM_ADMIN, (false, "delete", "", "namespaces", None)),
+        (PLATFORM_ADMIN, (false, "list", "", "secrets", vc_ns)),
+        (PLATFORM_ADMIN, (false, "create", "", "pods/exec", vc_ns)),
+        (PLATFORM_ADMIN, (false, "create", "kubevirt.io", "virtualmachines", host_ns)),
+    ];
     let mut wrong = Vec::new();
-    for &(user, (expect, verb, group, resource, ns)) in expectations {
+    for &(user, (expect, verb, group, resource, ns)) in expectations.iter().chain(cli_user) {
         if can(&client, user, verb, group, resource, ns).await != expect {
             wrong.push(format!(
                 "{} {verb} {group}/{resource} in {ns:?}: expected {}",

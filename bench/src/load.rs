@@ -87,10 +87,21 @@ async fn create_one(index: usize, job: Job) -> Created {
     }
 }
 
-/// Creates every job's VM, at most `concurrency` at a time, in job order.
-pub async fn create_all(jobs: &[Job], concurrency: usize) -> Vec<Created> {
+/// Creates every job's VM, at most `concurrency` at a time, in job order. With `rate` > 0 the
+/// creates are paced: job `i` starts no earlier than `i / rate` seconds after the first (an
+/// offered load below saturation, so latencies are not queueing).
+pub async fn create_all(jobs: &[Job], concurrency: usize, rate: f64) -> Vec<Created> {
+    let start = tokio::time::Instant::now();
     let mut out: Vec<Created> = futures::stream::iter(jobs.iter().cloned().enumerate())
-        .map(|(i, job)| create_one(i, job))
+        .map(|(i, job)| async move {
+            if rate > 0.0 {
+                tokio::time::sleep_until(
+                    start + std::time::Duration::from_secs_f64(i as f64 / rate),
+                )
+                .await;
+            }
+            create_one(i, job).await
+        })
         .buffer_unordered(concurrency.max(1))
         .collect()
         .await;

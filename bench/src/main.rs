@@ -91,6 +91,11 @@ pub struct Args {
     /// Create requests in flight at once (tenants together, or on the host for the baseline).
     #[arg(long, default_value_t = 16, env = "KVTENANT_BENCH_CONCURRENCY")]
     concurrency: usize,
+    /// Burst: offered load in VMs per second (0: as fast as the apiservers answer). Below the
+    /// host's capacity the latencies show the sync path itself instead of a queue: e.g.
+    /// `--rate 10` when the direct path reaches ~24 VMs/s.
+    #[arg(long, default_value_t = 0.0, env = "KVTENANT_BENCH_RATE")]
+    rate: f64,
     /// Fairness: VMs the greedy tenant (the first) creates.
     #[arg(long, default_value_t = 300, env = "KVTENANT_BENCH_GREEDY_VMS")]
     greedy_vms: usize,

@@ -128,7 +128,7 @@ pub async fn run_once(ctx: &mut Ctx, path: PathKind, run: &str, n: usize) -> Res
     let cpu_before = measure::cpu_snapshot(&pids);
     let loadavg_before = crate::procfs::loadavg();
     tracing::info!(run, ?path, n, "burst: creating");
-    let created = load::create_all(&jobs, ctx.args.concurrency).await;
+    let created = load::create_all(&jobs, ctx.args.concurrency, ctx.args.rate).await;
     ctx.wait_done(path, &jobs, &created).await;
     let cpu_after = measure::cpu_snapshot(&pids);
     let loadavg_after = crate::procfs::loadavg();
@@ -217,6 +217,8 @@ pub struct BurstReport {
     pub vms: usize,
     pub tenants: usize,
     pub concurrency: usize,
+    /// Offered load in VMs/s (0: unpaced).
+    pub rate: f64,
     pub runs: Vec<BurstRun>,
     pub kvtenant: Option<PathAggregate>,
     pub direct: Option<PathAggregate>,
@@ -238,6 +240,7 @@ pub async fn run(
         vms: n,
         tenants: ctx.env.tenants.len(),
         concurrency: ctx.args.concurrency,
+        rate: ctx.args.rate,
         runs: Vec::new(),
         kvtenant: None,
         direct: None,
@@ -455,8 +458,15 @@ fn print_run(r: &BurstRun) {
 fn print_summary(rep: &BurstReport) {
     let mut t = Table::new(
         format!(
-            "Burst summary: {} VMs over {} tenants, concurrency {} (median of repeats [min–max]) — {SIMULATED}",
-            rep.vms, rep.tenants, rep.concurrency
+            "Burst summary: {} VMs over {} tenants, concurrency {}, {} (median of repeats [min–max]) — {SIMULATED}",
+            rep.vms,
+            rep.tenants,
+            rep.concurrency,
+            if rep.rate > 0.0 {
+                format!("paced at {} VMs/s", rep.rate)
+            } else {
+                "unpaced".to_string()
+            }
         ),
         &[
             "path",

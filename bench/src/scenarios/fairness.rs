@@ -71,8 +71,8 @@ pub async fn run(ctx: &mut Ctx, out: &mut Option<FairnessReport>) -> Result<()> 
     let probe_jobs = load::jobs(probe_n, "fpa", &probe_slots);
     let before = ctx.syncer_counters().await;
     let (alone_created, probe_created) = tokio::join!(
-        load::create_all(&alone_jobs, concurrency),
-        load::create_all(&probe_jobs, concurrency)
+        load::create_all(&alone_jobs, concurrency, 0.0),
+        load::create_all(&probe_jobs, concurrency, 0.0)
     );
     wait_all(ctx, &[(&alone_jobs, &alone_created)]).await;
     ctx.wait_done(PathKind::Direct, &probe_jobs, &probe_created)
@@ -91,7 +91,7 @@ pub async fn run(ctx: &mut Ctx, out: &mut Option<FairnessReport>) -> Result<()> 
     let greedy_jobs = load::jobs(greedy_n, "fg", &greedy_slots);
     let before = ctx.syncer_counters().await;
     let gj = greedy_jobs.clone();
-    let greedy_task = tokio::spawn(async move { load::create_all(&gj, concurrency).await });
+    let greedy_task = tokio::spawn(async move { load::create_all(&gj, concurrency, 0.0).await });
     // start the small tenants once the greedy tenant's backlog has built up (a quarter of its
     // VMs on the host, or 20 keys queued, or its creates done)
     let greedy_label = ctx.env.tenants[0].metrics_label();
@@ -127,8 +127,8 @@ pub async fn run(ctx: &mut Ctx, out: &mut Option<FairnessReport>) -> Result<()> 
     let loaded_jobs = load::jobs(small_n, "fl", &small_slots);
     let probe_jobs = load::jobs(probe_n, "fpl", &probe_slots);
     let (loaded_created, probe_created) = tokio::join!(
-        load::create_all(&loaded_jobs, concurrency),
-        load::create_all(&probe_jobs, concurrency)
+        load::create_all(&loaded_jobs, concurrency, 0.0),
+        load::create_all(&probe_jobs, concurrency, 0.0)
     );
     let greedy_created = greedy_task.await?;
     wait_all(

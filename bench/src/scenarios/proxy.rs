@@ -114,7 +114,7 @@ async fn time_dry_run_creates(client: &Client, ns: &str, n: usize) -> Result<Sum
 async fn one_running_vm(ctx: &mut Ctx, path: PathKind, run: &str) -> Result<load::Job> {
     let slots = ctx.slots(path, Some(&[0]));
     let jobs = load::jobs(1, run, &slots);
-    let created = load::create_all(&jobs, 1).await;
+    let created = load::create_all(&jobs, 1, 0.0).await;
     if let Some(e) = created.iter().find_map(|c| c.error.clone()) {
         bail!("creating the VM for the subresource calls: {e}");
     }
