@@ -1103,7 +1103,7 @@ impl Tenant {
         let mut changed = Vec::new();
         for (name, rv) in &versions {
             if let Some(crd) = self.shared.host_crds.get(name).await?
-                && crd.metadata.resource_version.as_deref() != Some(rv.as_str())
+                && crd.resource_version != *rv
             {
                 changed.push(name.clone());
             }
