@@ -16,6 +16,27 @@ use serde_json::{Value, json};
 /// Bound on each wait: generous, since CI shares 2 cores among several control planes.
 const WAIT: Duration = Duration::from_secs(120);
 
+/// Waits for the `SyncRefused` Event the syncer records on a tenant object in `default`.
+async fn sync_refused(tenant: &kube::Client, name: &str) -> Event {
+    let events: Api<Event> = Api::namespaced(tenant.clone(), "default");
+    wait_for(&format!("a SyncRefused event for {name}"), WAIT, || {
+        let events = events.clone();
+        async move {
+            events
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find(|e| {
+                    e.involved_object.name.as_deref() == Some(name)
+                        && e.reason.as_deref() == Some("SyncRefused")
+                })
+        }
+    })
+    .await
+}
+
 fn strip_owned(mut spec: Value) -> Value {
     // the simulator's mutating webhook (KubeVirt's VM mutator) defaults the machine type on the
     // host; tenant-side webhooks are a separate feature
@@ -252,24 +273,8 @@ async fn host_disk_and_node_pinning_are_refused_with_an_event() {
             .await
             .unwrap();
     }
-    let events: Api<Event> = Api::namespaced(t.client(), "default");
     for name in ["hostdisk", "pinned"] {
-        let ev = wait_for(&format!("a SyncRefused event for {name}"), WAIT, || {
-            let events = events.clone();
-            async move {
-                events
-                    .list(&ListParams::default())
-                    .await
-                    .ok()?
-                    .items
-                    .into_iter()
-                    .find(|e| {
-                        e.involved_object.name.as_deref() == Some(name)
-                            && e.reason.as_deref() == Some("SyncRefused")
-                    })
-            }
-        })
-        .await;
+        let ev = sync_refused(&t.client(), name).await;
         let msg = ev.message.unwrap_or_default();
         assert!(
             msg.contains(if name == "hostdisk" {
@@ -687,27 +692,7 @@ async fn without_datavolume_sync_template_volumes_show_and_direct_ones_are_refus
         .await
         .unwrap();
 
-    let events: Api<Event> = Api::namespaced(t.client(), "default");
-    let ev = wait_for(
-        "a SyncRefused event for the direct DataVolume",
-        WAIT,
-        || {
-            let events = events.clone();
-            async move {
-                events
-                    .list(&ListParams::default())
-                    .await
-                    .ok()?
-                    .items
-                    .into_iter()
-                    .find(|e| {
-                        e.involved_object.name.as_deref() == Some("direct")
-                            && e.reason.as_deref() == Some("SyncRefused")
-                    })
-            }
-        },
-    )
-    .await;
+    let ev = sync_refused(&t.client(), "direct").await;
     let msg = ev.message.unwrap_or_default();
     assert!(msg.contains("spec.kubevirt.syncKinds"), "{msg}");
     let mirror = wait_for(

@@ -18,13 +18,10 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
-};
+use kvtenant_pki::Ca;
 use ring::rand::{SecureRandom, SystemRandom};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use time::OffsetDateTime;
@@ -89,13 +86,6 @@ impl std::fmt::Debug for Persisted {
     }
 }
 
-struct Ca {
-    cert_pem: String,
-    key_pem: String,
-    issuer: Issuer<'static, KeyPair>,
-    not_after: OffsetDateTime,
-}
-
 struct State {
     ca: Ca,
     /// Earlier CAs (PEM, expiry), still in the bundle.
@@ -133,28 +123,10 @@ fn to_time(d: Duration) -> Result<time::Duration, CertError> {
 }
 
 fn new_ca(validity: Duration) -> Result<Ca, CertError> {
-    let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, "kvtenant-webhooks-ca");
-    params.distinguished_name = dn;
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let now = OffsetDateTime::now_utc();
-    params.not_before = now - time::Duration::hours(1);
-    params.not_after = now + to_time(validity)?;
-    let not_after = params.not_after;
-    let cert = params.self_signed(&key)?;
-    Ok(Ca {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-        issuer: Issuer::new(params, key),
-        not_after,
-    })
+    Ok(Ca::new_with_validity(
+        "kvtenant-webhooks-ca",
+        to_time(validity)?,
+    )?)
 }
 
 fn not_after_of(pem: &str) -> Option<OffsetDateTime> {
@@ -164,43 +136,31 @@ fn not_after_of(pem: &str) -> Option<OffsetDateTime> {
 }
 
 fn load_ca(cert_pem: &str, key_pem: &str) -> Result<Ca, CertError> {
-    let key = KeyPair::from_pem(key_pem)?;
-    let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
-    let not_after = not_after_of(cert_pem)
-        .ok_or_else(|| CertError::Tls("cannot read the CA certificate's validity".into()))?;
-    Ok(Ca {
-        cert_pem: cert_pem.to_string(),
-        key_pem: key_pem.to_string(),
-        issuer,
-        not_after,
-    })
+    Ok(Ca::from_pem(cert_pem, key_pem)?)
 }
 
+/// A serving certificate for the configured names from `ca` (never past the CA's expiry), as
+/// rustls serves it, with its PEM and expiry.
 fn issue_serving(
     ca: &Ca,
     config: &CertConfig,
 ) -> Result<(Arc<CertifiedKey>, String, OffsetDateTime), CertError> {
-    let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(config.sans.clone())?;
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, "kvtenant-webhooks");
-    params.distinguished_name = dn;
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    let now = OffsetDateTime::now_utc();
-    params.not_before = now - time::Duration::minutes(5);
-    // never past the CA
-    params.not_after = (now + to_time(config.serving_validity)?).min(ca.not_after);
-    let not_after = params.not_after;
-    let cert = params.signed_by(&key, &ca.issuer)?;
-    let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let sans: Vec<&str> = config.sans.iter().map(String::as_str).collect();
+    let issued = ca.issue_server_for(
+        "kvtenant-webhooks",
+        &sans,
+        to_time(config.serving_validity)?,
+    )?;
+    let not_after = not_after_of(&issued.cert_pem)
+        .ok_or_else(|| CertError::Tls("cannot read the serving certificate's validity".into()))?;
+    let cert = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes())
+        .map_err(|e| CertError::Tls(format!("serving certificate: {e}")))?;
+    let key_der = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes())
+        .map_err(|e| CertError::Tls(format!("serving key: {e}")))?;
     let signing = rustls::crypto::ring::sign::any_supported_type(&key_der)
         .map_err(|e| CertError::Tls(e.to_string()))?;
-    let certified = CertifiedKey::new(vec![cert.der().clone()], signing);
-    Ok((Arc::new(certified), cert.pem(), not_after))
+    let certified = CertifiedKey::new(vec![cert], signing);
+    Ok((Arc::new(certified), issued.cert_pem, not_after))
 }
 
 fn random_secret() -> Result<Vec<u8>, CertError> {
@@ -265,7 +225,7 @@ impl CertManager {
     /// The CA bundle tenants trust (PEM): the current CA and earlier ones not yet expired.
     pub fn ca_bundle(&self) -> String {
         let s = self.read();
-        let mut out = s.ca.cert_pem.clone();
+        let mut out = s.ca.cert_pem().to_string();
         for (pem, _) in &s.previous {
             out.push_str(pem);
         }
@@ -291,8 +251,8 @@ impl CertManager {
     pub fn persisted(&self) -> Persisted {
         let s = self.read();
         Persisted {
-            ca_cert_pem: s.ca.cert_pem.clone(),
-            ca_key_pem: s.ca.key_pem.clone(),
+            ca_cert_pem: s.ca.cert_pem().to_string(),
+            ca_key_pem: s.ca.key_pem().to_string(),
             previous_ca_pem: s.previous.iter().map(|(p, _)| p.as_str()).collect(),
             token_secret: s.token_secret.clone(),
         }
@@ -309,12 +269,13 @@ impl CertManager {
         let before = s.previous.len();
         s.previous.retain(|(_, t)| *t > now);
         done.ca |= s.previous.len() != before;
-        let ca_left = s.ca.not_after - now;
+        let ca_left = s.ca.not_after() - now;
         if ca_left < to_time(self.config.ca_validity)? / 5 {
             let new = new_ca(self.config.ca_validity)?;
             let old = std::mem::replace(&mut s.ca, new);
-            if old.not_after > now {
-                s.previous.push((old.cert_pem, old.not_after));
+            if old.not_after() > now {
+                s.previous
+                    .push((old.cert_pem().to_string(), old.not_after()));
             }
             done.ca = true;
         }

@@ -349,20 +349,23 @@ mod tests {
         }
     }
 
+    /// One review of `{}` to the test server, trusting `ca`.
+    async fn post(f: &Forwarder, port: u16, ca: &str) -> Result<Bytes, ForwardError> {
+        f.post(
+            &endpoint(port),
+            Some(ca.as_bytes()),
+            b"{}".to_vec(),
+            Duration::from_secs(5),
+        )
+        .await
+    }
+
     #[tokio::test]
     async fn reviews_reuse_one_kept_alive_connection() {
         let (port, ca, accepted) = server(usize::MAX).await;
         let f = Forwarder::default();
         for _ in 0..5 {
-            let body = f
-                .post(
-                    &endpoint(port),
-                    Some(ca.as_bytes()),
-                    b"{}".to_vec(),
-                    Duration::from_secs(5),
-                )
-                .await
-                .unwrap();
+            let body = post(&f, port, &ca).await.unwrap();
             assert_eq!(&body[..], br#"{"ok":true}"#);
         }
         assert_eq!(
@@ -379,14 +382,7 @@ mod tests {
         let (port, ca, accepted) = server(1).await;
         let f = Forwarder::default();
         for _ in 0..3 {
-            f.post(
-                &endpoint(port),
-                Some(ca.as_bytes()),
-                b"{}".to_vec(),
-                Duration::from_secs(5),
-            )
-            .await
-            .unwrap();
+            post(&f, port, &ca).await.unwrap();
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
     }
@@ -396,25 +392,10 @@ mod tests {
         let (port, ca, _) = server(usize::MAX).await;
         let other = kvtenant_pki::Ca::new("other").unwrap();
         let f = Forwarder::default();
-        f.post(
-            &endpoint(port),
-            Some(ca.as_bytes()),
-            b"{}".to_vec(),
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
+        post(&f, port, &ca).await.unwrap();
         // a pooled connection was verified against `ca`; a review that must trust only `other`
         // gets its own handshake, which fails
-        let err = f
-            .post(
-                &endpoint(port),
-                Some(other.cert_pem().as_bytes()),
-                b"{}".to_vec(),
-                Duration::from_secs(5),
-            )
-            .await
-            .unwrap_err();
+        let err = post(&f, port, other.cert_pem()).await.unwrap_err();
         assert!(matches!(err, ForwardError::Tls(_)), "{err}");
     }
 }

@@ -9,10 +9,6 @@
 
 use std::sync::Arc;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
-};
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -20,7 +16,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
-use time::{Duration, OffsetDateTime};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -46,51 +41,28 @@ impl std::fmt::Debug for CaPem {
     }
 }
 
-fn validity(params: &mut CertificateParams, days: i64) {
-    let now = OffsetDateTime::now_utc();
-    params.not_before = now - Duration::hours(1);
-    params.not_after = now + Duration::days(days);
-}
-
 impl CaPem {
     /// A new self-signed CA (ECDSA P-256, ten years).
     pub fn generate() -> Result<Self, ProxyError> {
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, "kvtenant-subresource-proxy-ca");
-        params.distinguished_name = dn;
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        validity(&mut params, 3650);
-        let cert = params.self_signed(&key)?;
+        let ca = kvtenant_pki::Ca::new("kvtenant-subresource-proxy-ca")?;
         Ok(Self {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
+            cert_pem: ca.cert_pem().to_string(),
+            key_pem: ca.key_pem().to_string(),
         })
+    }
+
+    /// The CA, checked: the key parses and belongs with the certificate.
+    fn ca(&self) -> Result<kvtenant_pki::Ca, ProxyError> {
+        Ok(kvtenant_pki::Ca::from_pem(&self.cert_pem, &self.key_pem)?)
     }
 
     /// A serving certificate for `sans` (DNS names or IP addresses), valid for a year.
     pub fn issue_server(&self, sans: &[String]) -> Result<(String, String), ProxyError> {
-        let ca_key = KeyPair::from_pem(&self.key_pem)?;
-        let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, ca_key)?;
-        let mut params = CertificateParams::new(sans.to_vec())?;
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, "kvtenant-subresource-proxy");
-        params.distinguished_name = dn;
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        validity(&mut params, 365);
-        let key = KeyPair::generate()?;
-        let cert = params.signed_by(&key, &issuer)?;
-        Ok((cert.pem(), key.serialize_pem()))
+        let sans: Vec<&str> = sans.iter().map(String::as_str).collect();
+        let issued = self
+            .ca()?
+            .issue_server("kvtenant-subresource-proxy", &sans)?;
+        Ok((issued.cert_pem, issued.key_pem))
     }
 }
 
@@ -112,9 +84,8 @@ fn ca_from_secret(secret: &Secret, what: &str) -> Result<CaPem, ProxyError> {
         cert_pem: field(CA_CERT_KEY)?,
         key_pem: field(CA_KEY_KEY)?,
     };
-    // usable: the key parses and signs with the certificate
-    let key = KeyPair::from_pem(&ca.key_pem)?;
-    Issuer::from_ca_cert_pem(&ca.cert_pem, key)?;
+    // usable: the key parses and belongs with the certificate
+    ca.ca()?;
     Ok(ca)
 }
 
@@ -310,18 +281,8 @@ mod tests {
     }
 
     fn client_cert(ca: &CaPem, cn: &str) -> Vec<CertificateDer<'static>> {
-        let issuer =
-            Issuer::from_ca_cert_pem(&ca.cert_pem, KeyPair::from_pem(&ca.key_pem).unwrap())
-                .unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, cn);
-        params.distinguished_name = dn;
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        validity(&mut params, 1);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &issuer).unwrap();
-        certs_from_pem(&cert.pem()).unwrap()
+        let issued = ca.ca().unwrap().issue_client(cn, &[]).unwrap();
+        certs_from_pem(&issued.cert_pem).unwrap()
     }
 
     #[test]
