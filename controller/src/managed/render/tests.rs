@@ -272,3 +272,22 @@ fn services_follow_expose() {
     );
     assert_eq!(ms.selector, Some(t.pod_labels()));
 }
+
+#[test]
+fn the_tenant_controller_manager_leaves_storage_and_node_health_to_the_host() {
+    let cmd = controller_manager_command();
+    let controllers: Vec<&str> = cmd
+        .iter()
+        .find_map(|a| a.strip_prefix("--controllers="))
+        .expect("a --controllers flag")
+        .split(',')
+        .collect();
+    assert_eq!(controllers[0], "*", "every default controller otherwise");
+    for off in [
+        "-persistentvolume-binder-controller",
+        "-persistentvolume-attach-detach-controller",
+        "-node-lifecycle-controller",
+    ] {
+        assert!(controllers.contains(&off), "{off} missing: {controllers:?}");
+    }
+}
