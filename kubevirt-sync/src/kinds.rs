@@ -23,7 +23,7 @@ pub struct KindSpec {
     pub resource: ApiResource,
     pub trigger: Trigger,
     /// Host-made objects of this kind in mapped namespaces (VMIs of VMs, VMs of pools,
-    /// DataVolumes of templates) are mirrored into the tenant, read-only.
+    /// DataVolumes of templates and their PVCs) are mirrored into the tenant, read-only.
     pub mirror_host_made: bool,
     /// The kind has a `/status` subresource (VMIs do not: their status is written through the
     /// main resource).
@@ -100,7 +100,11 @@ pub fn kinds_for(enabled: &[SyncKind]) -> Vec<KindSpec> {
         KindSpec::core("Secret", "secrets", false),
         KindSpec::core("ConfigMap", "configmaps", false),
         KindSpec::core("ServiceAccount", "serviceaccounts", false),
-        KindSpec::core("PersistentVolumeClaim", "persistentvolumeclaims", true),
+        // claims CDI makes for DataVolumes are mirrored into the tenant like the DataVolumes
+        KindSpec {
+            mirror_host_made: true,
+            ..KindSpec::core("PersistentVolumeClaim", "persistentvolumeclaims", true)
+        },
         KindSpec::service(),
     ];
     let mut kinds: Vec<SyncKind> = enabled.to_vec();

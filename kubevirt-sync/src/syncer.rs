@@ -210,8 +210,10 @@ async fn watch_host_kind(
     let spec = &shared.kinds[kind];
     let api: Api<DynamicObject> = Api::all_with(shared.host.clone(), &spec.resource);
     let mut cfg = watcher::Config::default();
-    if spec.trigger != Trigger::Always {
-        // only kvtenant's own copies: the syncer never reads other host Secrets
+    if spec.trigger != Trigger::Always && !spec.mirror_host_made {
+        // only kvtenant's own copies: the syncer never reads other host Secrets. Kinds whose
+        // host-made objects are mirrored (PVCs CDI makes for DataVolumes) are watched whole;
+        // only those in kvtenant's host namespaces are ever looked at.
         cfg = cfg.labels(&format!("{MANAGED_BY}={MANAGED_BY_VALUE}"));
     }
     let kind_name = spec.kind().to_string();

@@ -710,6 +710,34 @@ async fn without_datavolume_sync_template_volumes_show_and_direct_ones_are_refus
             .contains_key(kvtenant_kubevirt_sync::translate::MIRROR_OF),
         "{mirror:?}"
     );
+    // the claim CDI (here the simulator) makes for the template's DataVolume is mirrored too,
+    // owned by the tenant's DataVolume mirror
+    let pvcs: Api<DynamicObject> = Api::namespaced_with(
+        t.client(),
+        "default",
+        &kube::core::ApiResource::erase::<k8s_openapi::api::core::v1::PersistentVolumeClaim>(&()),
+    );
+    let claim = wait_for(
+        "the template DataVolume's claim mirrored into the tenant",
+        WAIT,
+        || {
+            let pvcs = pvcs.clone();
+            async move { get(&pvcs, "with-template-root").await }
+        },
+    )
+    .await;
+    assert!(
+        claim
+            .annotations()
+            .contains_key(kvtenant_kubevirt_sync::translate::MIRROR_OF),
+        "{claim:?}"
+    );
+    let owners = claim.metadata.owner_references.clone().unwrap_or_default();
+    assert_eq!(
+        owners.first().map(|o| o.uid.as_str()),
+        mirror.metadata.uid.as_deref(),
+        "the claim mirror is owned by the DataVolume mirror: {owners:?}"
+    );
     let host = env.host_api(&dv_resource, &t.host_ns("default"));
     assert!(
         get(&host, "direct").await.is_none(),

@@ -466,20 +466,16 @@ impl Target {
             },
         );
 
-        // a known gap: claims made from dataVolumeTemplates are not mirrored; only reported
-        let pvc = kubectl(
-            &self.tenant_kubeconfig,
-            &[
-                "get",
-                "pvc",
-                "vm-dv-rootdisk",
-                "-n",
-                "default",
-                "-o",
-                "name",
-            ],
-        );
-        eprintln!("tenant PVC vm-dv-rootdisk (not asserted): {pvc:?}");
+        // the claim CDI made for it is mirrored too (read-only, like the DataVolume)
+        self.wait("the DataVolume's claim mirrored into the tenant", || {
+            let pvc = json(
+                &self.tenant_kubeconfig,
+                &["get", "pvc", "vm-dv-rootdisk", "-n", "default"],
+            )?;
+            pvc["metadata"]["annotations"]["tenancy.kvtenant.io/mirror-of-uid"]
+                .is_string()
+                .then_some(())
+        });
     }
 
     /// 5. Service: the tenant's `samples/service-vm.yaml` reaches the host in vm1's mapped
