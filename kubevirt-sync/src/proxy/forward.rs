@@ -218,29 +218,8 @@ pub async fn plain(
     };
     let (parts, bytes) = match tokio::time::timeout(state.config.request_timeout, call).await {
         Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            return status::failure(
-                502,
-                "ServiceUnavailable",
-                &message_to_tenant(
-                    &format!("reaching KubeVirt on the host: {e}"),
-                    target.host_ns,
-                    target.tenant_ns,
-                ),
-                None,
-            );
-        }
-        Err(_) => {
-            return status::failure(
-                504,
-                "Timeout",
-                &format!(
-                    "KubeVirt on the host did not answer within {:?}",
-                    state.config.request_timeout
-                ),
-                None,
-            );
-        }
+        Ok(Err(e)) => return host_unreachable(target, &e),
+        Err(_) => return host_timeout(state),
     };
     if bytes.len() > MAX_BODY {
         return status::internal("the host's answer is too large");
@@ -258,6 +237,33 @@ pub async fn plain(
     }
     out.body(http_body_util::Full::new(body))
         .unwrap_or_else(|_| status::internal("building the response"))
+}
+
+/// 502 for a host request that failed, the message naming tenant namespaces only.
+fn host_unreachable(target: &Target<'_>, e: &kube::Error) -> Response<Body> {
+    status::failure(
+        502,
+        "ServiceUnavailable",
+        &message_to_tenant(
+            &format!("reaching KubeVirt on the host: {e}"),
+            target.host_ns,
+            target.tenant_ns,
+        ),
+        None,
+    )
+}
+
+/// 504 for a host request that outlived the proxy's request timeout.
+fn host_timeout(state: &ProxyState) -> Response<Body> {
+    status::failure(
+        504,
+        "Timeout",
+        &format!(
+            "KubeVirt on the host did not answer within {:?}",
+            state.config.request_timeout
+        ),
+        None,
+    )
 }
 
 /// What a stream is counted under.
@@ -291,26 +297,12 @@ pub async fn upgrade(
         Err(e) => return status::internal(&format!("building the host request: {e}")),
     };
     let host: Client = state.shared.host.clone();
-    let mut res = match tokio::time::timeout(state.config.request_timeout, host.send(host_req))
-        .await
-    {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            return status::failure(
-                502,
-                "ServiceUnavailable",
-                &message_to_tenant(
-                    &format!("reaching KubeVirt on the host: {e}"),
-                    target.host_ns,
-                    target.tenant_ns,
-                ),
-                None,
-            );
-        }
-        Err(_) => {
-            return status::failure(504, "Timeout", "KubeVirt on the host did not answer", None);
-        }
-    };
+    let mut res =
+        match tokio::time::timeout(state.config.request_timeout, host.send(host_req)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return host_unreachable(target, &e),
+            Err(_) => return host_timeout(state),
+        };
     if res.status() != http::StatusCode::SWITCHING_PROTOCOLS {
         // an error before the upgrade (e.g. the VMI is not running): a normal answer
         let (parts, body) = res.into_parts();
