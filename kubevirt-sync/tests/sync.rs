@@ -284,11 +284,17 @@ async fn host_disk_and_node_pinning_are_refused_with_an_event() {
             }),
             "{msg}"
         );
-        let vm = api.get(name).await.unwrap();
-        let cond = vm.data["status"]["conditions"]
-            .as_array()
-            .and_then(|c| c.iter().find(|c| c["type"] == "Synced").cloned())
-            .expect("a Synced condition");
+        // the condition is a second write after the Event: wait for it too
+        let cond = wait_for(&format!("a Synced condition on {name}"), WAIT, || {
+            let api = api.clone();
+            async move {
+                let vm = api.get(name).await.ok()?;
+                vm.data["status"]["conditions"]
+                    .as_array()
+                    .and_then(|c| c.iter().find(|c| c["type"] == "Synced").cloned())
+            }
+        })
+        .await;
         assert_eq!(cond["status"], "False");
     }
     // the good one is synced; the refused ones never appear on the host
