@@ -17,6 +17,7 @@ pub mod proxy;
 pub mod queue;
 pub mod refs;
 pub mod safety;
+pub mod serve;
 pub mod syncer;
 pub mod tenant;
 pub mod translate;

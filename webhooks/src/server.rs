@@ -23,7 +23,6 @@ use hyper_util::rt::TokioIo;
 use kube::core::ApiResource;
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::lookup::{self, ClientConfig, Endpoint, HostHook};
@@ -43,21 +42,10 @@ pub(crate) async fn serve(
     state: Arc<State>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    let mut conns = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => {
-                    conns.spawn(connection(acceptor.clone(), tcp, state.clone()));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "webhooks: accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-        }
-    }
+    kvtenant_kubevirt_sync::serve::accept_loop(listener, "webhooks", move |tcp| {
+        connection(acceptor.clone(), tcp, state.clone())
+    })
+    .await;
 }
 
 async fn connection(acceptor: TlsAcceptor, tcp: TcpStream, state: Arc<State>) {

@@ -345,21 +345,10 @@ impl Proxy {
 }
 
 async fn serve(listener: TcpListener, acceptor: TlsAcceptor, state: Arc<ProxyState>) {
-    let mut conns = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => {
-                    conns.spawn(connection(acceptor.clone(), tcp, state.clone()));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "subresource proxy: accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-        }
-    }
+    crate::serve::accept_loop(listener, "subresource proxy", move |tcp| {
+        connection(acceptor.clone(), tcp, state.clone())
+    })
+    .await;
 }
 
 async fn connection(acceptor: TlsAcceptor, tcp: TcpStream, state: Arc<ProxyState>) {
