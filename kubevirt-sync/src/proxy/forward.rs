@@ -224,6 +224,16 @@ pub async fn plain(
     if bytes.len() > MAX_BODY {
         return status::internal("the host's answer is too large");
     }
+    tenant_answer(&parts, bytes, target)
+}
+
+/// The host's (non-upgrade) answer as the tenant gets it: status and content type kept, host
+/// namespaces in the body named as the tenant's.
+fn tenant_answer(
+    parts: &http::response::Parts,
+    bytes: Bytes,
+    target: &Target<'_>,
+) -> Response<Body> {
     let content_type = parts.headers.get(header::CONTENT_TYPE).cloned();
     let body = response_body_to_tenant(
         bytes,
@@ -311,20 +321,7 @@ pub async fn upgrade(
                 Ok(Ok(b)) => b,
                 _ => Bytes::new(),
             };
-        let content_type = parts.headers.get(header::CONTENT_TYPE).cloned();
-        let body = response_body_to_tenant(
-            bytes,
-            content_type.as_ref(),
-            target.host_ns,
-            target.tenant_ns,
-        );
-        let mut out = Response::builder().status(parts.status);
-        if let Some(ct) = content_type {
-            out = out.header(header::CONTENT_TYPE, ct);
-        }
-        return out
-            .body(http_body_util::Full::new(body))
-            .unwrap_or_else(|_| status::internal("building the response"));
+        return tenant_answer(&parts, bytes, target);
     }
     let host_side = hyper::upgrade::on(&mut res);
     let mut out = Response::builder().status(http::StatusCode::SWITCHING_PROTOCOLS);
