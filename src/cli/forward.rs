@@ -425,17 +425,6 @@ pub async fn bind(port: u16) -> anyhow::Result<TcpListener> {
         })
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
-        _ = term.recv() => {}
-    }
-    Ok(())
-}
-
 /// Accepts connections and forwards each through its own port-forward until `shutdown`
 /// resolves; then returns Ok (connections in flight are dropped).
 pub async fn serve(

@@ -177,7 +177,12 @@ pub async fn connect(
     say(
         "Press Ctrl-C to stop forwarding (the context stays; run `kvtenant disconnect` to switch back)",
     );
-    forward::serve(listener, target, forward::shutdown_signal()).await
+    // Ctrl-C or SIGTERM, as the components stop
+    let shutdown = async {
+        kvtenant_controller::shutdown_signal().await;
+        Ok(())
+    };
+    forward::serve(listener, target, shutdown).await
 }
 
 /// Puts `ctx` (cluster, user, context) into the kubeconfig at `path` and makes it current,
