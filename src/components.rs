@@ -102,7 +102,7 @@ pub async fn syncer(g: &GlobalArgs, args: SyncerArgs) -> anyhow::Result<()> {
     )
     .await?;
     let proxy = kvtenant_kubevirt_sync::proxy::Proxy::start(
-        syncer.shared.clone(),
+        syncer.tenants(),
         kvtenant_kubevirt_sync::proxy::ProxyConfig {
             listen: args.proxy_addr,
             advertise_host: args.proxy_host.clone(),
@@ -113,7 +113,7 @@ pub async fn syncer(g: &GlobalArgs, args: SyncerArgs) -> anyhow::Result<()> {
     )
     .await?;
     let webhooks = kvtenant_webhooks::Webhooks::start(
-        syncer.shared.clone(),
+        syncer.tenants(),
         kvtenant_webhooks::WebhookConfig {
             listen: args.webhook_addr,
             external_name: args.webhook_host.clone(),
@@ -127,7 +127,7 @@ pub async fn syncer(g: &GlobalArgs, args: SyncerArgs) -> anyhow::Result<()> {
     )
     .await?;
     let mut registry = Registry::default();
-    syncer.shared.metrics.register(&mut registry);
+    syncer.metrics().register(&mut registry);
     proxy.metrics().register(&mut registry);
     webhooks.metrics().register(&mut registry);
     let ready = Arc::new(AtomicBool::new(true));

@@ -112,12 +112,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     ));
     let syncer = kvtenant_kubevirt_sync::Syncer::start(hc.clone(), Default::default());
     let proxy = kvtenant_kubevirt_sync::proxy::Proxy::start(
-        syncer.shared.clone(),
+        syncer.tenants(),
         kvtenant_kubevirt_sync::proxy::ProxyConfig::local(),
     )
     .await?;
     let webhooks = kvtenant_webhooks::Webhooks::start(
-        syncer.shared.clone(),
+        syncer.tenants(),
         kvtenant_webhooks::WebhookConfig::local(),
     )
     .await?;

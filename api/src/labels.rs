@@ -32,6 +32,25 @@ pub const TENANT_NAME: &str = "tenancy.kvtenant.io/tenant-name";
 pub const MANAGED_BY: &str = "tenancy.kvtenant.io/managed-by";
 /// Value of the [`MANAGED_BY`] label.
 pub const MANAGED_BY_VALUE: &str = crate::MANAGER;
+/// Annotation on host VMs stopped because their VirtualCluster is paused: the run strategy to
+/// restore (resume restores the tenant's spec anyway; this tells a host admin what happened).
+pub const PAUSED_RUN_STRATEGY: &str = "tenancy.kvtenant.io/paused-run-strategy";
+/// Annotation on host copies: hash of what kvtenant last wrote from the tenant object, so an
+/// unchanged tenant object costs no host write.
+pub const SPEC_HASH: &str = "tenancy.kvtenant.io/spec-hash";
+/// Annotation on tenant mirrors of host-made objects: the host object's uid. Mirrors are
+/// read-only for the tenant; kvtenant reverts edits.
+pub const MIRROR_OF: &str = "tenancy.kvtenant.io/mirror-of-uid";
+/// Finalizer on tenant mirrors, so a tenant's delete of a mirror reaches the host object.
+pub const MIRROR_FINALIZER: &str = "tenancy.kvtenant.io/mirror";
+/// Label on tenant Nodes kvtenant shows for host nodes running the tenant's VMIs.
+pub const HOST_NODE: &str = "tenancy.kvtenant.io/host-node";
+/// Condition type kvtenant sets on a tenant object it refuses to sync.
+pub const SYNCED_CONDITION: &str = "Synced";
+/// Reason of the `Synced=False` condition on a refused tenant object.
+pub const REASON_REFUSED_BY_POLICY: &str = "RefusedByPolicy";
+/// Reason of the Warning Event on a tenant object kvtenant refuses to sync.
+pub const REASON_SYNC_REFUSED: &str = "SyncRefused";
 /// Label of the Pod Security Standard level enforced on a namespace (upstream key), set on host
 /// namespaces from `spec.isolation.podSecurity`.
 pub const POD_SECURITY_ENFORCE: &str = "pod-security.kubernetes.io/enforce";

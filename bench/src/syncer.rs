@@ -84,19 +84,19 @@ impl SyncerHandle {
                     },
                 );
                 let proxy = kvtenant_kubevirt_sync::proxy::Proxy::start(
-                    syncer.shared.clone(),
+                    syncer.tenants(),
                     kvtenant_kubevirt_sync::proxy::ProxyConfig::local(),
                 )
                 .await
                 .context("starting the subresource proxy")?;
                 let webhooks = kvtenant_webhooks::Webhooks::start(
-                    syncer.shared.clone(),
+                    syncer.tenants(),
                     kvtenant_webhooks::WebhookConfig::local(),
                 )
                 .await
                 .context("starting the admission webhooks")?;
                 let mut registry = Registry::default();
-                syncer.shared.metrics.register(&mut registry);
+                syncer.metrics().register(&mut registry);
                 proxy.metrics().register(&mut registry);
                 webhooks.metrics().register(&mut registry);
                 Inner::InProcess {

@@ -1,58 +1,36 @@
-//! Server-side apply that skips no-op writes.
-//!
-//! Each object kvtenant applies carries an annotation with a hash of what was applied
-//! ([`APPLIED_HASH`]). When the live object carries the same hash, nothing is sent, so a
-//! reconciliation that finds everything in place performs reads only. The price: hand edits to
-//! fields kvtenant set are not reverted until the desired object changes.
+//! Server-side apply that skips no-op writes ([`kvtenant_kubeutil::apply`]), with the
+//! controller's errors.
 
 use std::fmt::Debug;
 
-use kube::api::{Api, Patch, PatchParams};
-use kube::{Resource, ResourceExt};
+use kube::Resource;
+use kube::api::Api;
+use kvtenant_kubeutil::apply::ApplyError;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::Error;
-pub use crate::managed::render::APPLIED_HASH;
-use crate::managed::render::content_hash;
+pub use kvtenant_kubeutil::apply::APPLIED_HASH;
+
+impl From<ApplyError> for Error {
+    fn from(e: ApplyError) -> Self {
+        match e {
+            ApplyError::Serialize { what, source } => Error::Serialize { what, source },
+            ApplyError::Kube { what, source } => Error::kube(what, source),
+        }
+    }
+}
 
 /// Applies `obj` with `field_manager` (forcing conflicts) unless the live object already carries
 /// its hash. Returns the live (or applied) object and whether a write happened.
 pub async fn apply_if_changed<K>(
     api: &Api<K>,
-    mut obj: K,
+    obj: K,
     field_manager: &str,
 ) -> Result<(K, bool), Error>
 where
     K: Resource + Clone + Serialize + DeserializeOwned + Debug,
     K::DynamicType: Default,
 {
-    let kind = K::kind(&K::DynamicType::default()).into_owned();
-    let name = obj.name_any();
-    let what = format!("{kind} {name}");
-    let hash = content_hash(&obj).map_err(|source| Error::Serialize {
-        what: what.clone(),
-        source,
-    })?;
-    obj.annotations_mut()
-        .insert(APPLIED_HASH.to_owned(), hash.clone());
-    let live = api
-        .get_opt(&name)
-        .await
-        .map_err(|e| Error::kube(format!("reading {what}"), e))?;
-    if let Some(live) = live
-        && live.annotations().get(APPLIED_HASH) == Some(&hash)
-        && live.meta().deletion_timestamp.is_none()
-    {
-        return Ok((live, false));
-    }
-    let applied = api
-        .patch(
-            &name,
-            &PatchParams::apply(field_manager).force(),
-            &Patch::Apply(&obj),
-        )
-        .await
-        .map_err(|e| Error::kube(format!("applying {what}"), e))?;
-    Ok((applied, true))
+    Ok(kvtenant_kubeutil::apply::apply_if_changed(api, obj, field_manager).await?)
 }

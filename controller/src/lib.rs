@@ -7,8 +7,6 @@
 //!   namespace, owned by the VirtualCluster.
 //! - Lifecycle ([`reconcile`]): pause/resume, deletion behind the `tenancy.kvtenant.io/cleanup`
 //!   finalizer (the tenant's host namespaces go first), status and Events.
-//! - [`isolation`]: Pod Security labels, ResourceQuota, LimitRange and NetworkPolicy for each
-//!   host namespace (called by the syncer).
 //! - [`leader`]: Lease-based leader election; only the holder reconciles.
 //!
 //! Entry point: [`run`] (the `kvtenant controller` subcommand) or [`run_with`].
@@ -17,7 +15,6 @@ pub mod apply;
 pub mod context;
 pub mod error;
 pub mod external;
-pub mod isolation;
 pub mod leader;
 pub mod managed;
 pub mod metrics;

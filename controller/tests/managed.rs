@@ -646,7 +646,7 @@ async fn pause_resume_version_change_isolation_and_delete() {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let mut host_names = Vec::new();
     for tenant_ns in ["default", "apps"] {
-        let ns = kvtenant_controller::isolation::host_namespace(&vcref, &live, tenant_ns, None);
+        let ns = kvtenant_rules::isolation::host_namespace(&vcref, &live, tenant_ns, None);
         host_names.push(ns.name_any());
         namespaces
             .create(&PostParams::default(), &ns)
@@ -654,7 +654,7 @@ async fn pause_resume_version_change_isolation_and_delete() {
             .unwrap();
     }
     create_namespace(&client, "unrelated").await;
-    let applied = kvtenant_controller::isolation::apply(&client, &live, &host_names[0])
+    let applied = kvtenant_kubevirt_sync::isolation::apply(&client, &live, &host_names[0])
         .await
         .unwrap();
     assert_eq!(
@@ -662,14 +662,14 @@ async fn pause_resume_version_change_isolation_and_delete() {
         3,
         "quota, limits and policy: {applied:?}"
     );
-    let again = kvtenant_controller::isolation::apply(&client, &live, &host_names[0])
+    let again = kvtenant_kubevirt_sync::isolation::apply(&client, &live, &host_names[0])
         .await
         .unwrap();
     assert!(again.changed.is_empty(), "second apply changed {again:?}");
     let np: Api<k8s_openapi::api::networking::v1::NetworkPolicy> =
         Api::namespaced(client.clone(), &host_names[0]);
     let policy = np
-        .get(kvtenant_controller::isolation::OBJECT_NAME)
+        .get(kvtenant_rules::isolation::OBJECT_NAME)
         .await
         .unwrap();
     let from = policy.spec.unwrap().ingress.unwrap()[0]
@@ -690,12 +690,12 @@ async fn pause_resume_version_change_isolation_and_delete() {
         Api::namespaced(client.clone(), &host_names[0]);
     assert!(
         quotas
-            .get_opt(kvtenant_controller::isolation::OBJECT_NAME)
+            .get_opt(kvtenant_rules::isolation::OBJECT_NAME)
             .await
             .unwrap()
             .is_some()
     );
-    let refused = kvtenant_controller::isolation::apply(&client, &live, "unrelated")
+    let refused = kvtenant_kubevirt_sync::isolation::apply(&client, &live, "unrelated")
         .await
         .unwrap_err();
     assert!(

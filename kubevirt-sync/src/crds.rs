@@ -13,7 +13,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::Error;
+use crate::error::{Cluster, Error};
 
 /// Annotation on tenant CRD copies: a hash of the copy kvtenant applied. A tenant whose copy
 /// carries the hash of today's host CRD needs no write (a syncer restart with many tenants
@@ -97,11 +97,19 @@ impl HostCrds {
             return Ok(crd.clone());
         }
         let api: Api<DynamicObject> = Api::all_with(self.host.clone(), &crd_resource());
-        let crd = match api.get_opt(name).await? {
+        let crd = match api.get_opt(name).await.map_err(Error::api(
+            "get",
+            Cluster::Host,
+            format!("CustomResourceDefinition {name}"),
+        ))? {
             None => None,
             Some(obj) => {
                 let resource_version = obj.metadata.resource_version.clone().unwrap_or_default();
-                let host = serde_json::to_value(&obj)?;
+                let json = |source| Error::Json {
+                    what: format!("CustomResourceDefinition {name}"),
+                    source,
+                };
+                let host = serde_json::to_value(&obj).map_err(json)?;
                 drop(obj);
                 let copy = tenant_copy(&host);
                 drop(host);
@@ -112,7 +120,7 @@ impl HostCrds {
                 Some(Arc::new(HostCrd {
                     resource_version,
                     copy_hash,
-                    copy: RawValue::from_string(copy.to_string())?,
+                    copy: RawValue::from_string(copy.to_string()).map_err(json)?,
                 }))
             }
         };
@@ -138,7 +146,12 @@ pub async fn mirror(
     // metadata only: the copies' hashes without transferring their schemas
     let present: HashMap<String, Option<String>> = tenant_api
         .list_metadata(&ListParams::default())
-        .await?
+        .await
+        .map_err(Error::api(
+            "list",
+            Cluster::Tenant,
+            "CustomResourceDefinitions",
+        ))?
         .items
         .into_iter()
         .map(|m| {
@@ -171,7 +184,12 @@ pub async fn mirror(
                 &PatchParams::apply(kvtenant_api::MANAGER).force(),
                 &Patch::Apply(&crd.copy),
             )
-            .await?;
+            .await
+            .map_err(Error::api(
+                "apply",
+                Cluster::Tenant,
+                format!("CustomResourceDefinition {name}"),
+            ))?;
         applied.push(name.clone());
     }
     for name in &applied {

@@ -1,56 +1,39 @@
 //! The syncer: one process for all tenants keeps each virtual cluster's KubeVirt objects and
-//! the host's in agreement.
+//! the host's in agreement. `docs/architecture.md` has the picture.
 //!
-//! - [`syncer`]: the central syncer (VirtualCluster watch, shared host watchers, workers).
-//! - [`tenant`]: one tenant and the reconcile of one object.
-//! - [`kinds`]: synced kinds as descriptors; one engine serves them all.
-//! - [`translate`]: pure tenant ↔ host translation (lossless JSON).
-//! - [`refs`]: what a VM references (Secrets, ConfigMaps, PVCs, ServiceAccounts, DataVolumes).
-//! - [`safety`]: what never reaches the host.
+//! - [`syncer`]: starts everything; the workers and the consistency scan.
+//! - [`virtualclusters`]: which tenants run (a Controller over VirtualClusters).
+//! - [`registry`]: the running tenants, and the narrow view the proxy and webhooks get.
+//! - [`host`]: host caches, host namespaces, the work queue, metrics (knows no tenant).
+//! - [`tenant`]: one tenant: caches, watchers, the execution of plans.
+//! - [`plan`]: the decision for one key, pure (the state table).
+//! - Kind-specific rules, translation and safety live in `kvtenant-rules`.
 //! - [`crds`]: copying the host's KubeVirt CRDs into tenants.
-//! - [`queue`]: the per-tenant fair work queue.
+//! - [`isolation`]: quota, limits, NetworkPolicy and Pod Security of host namespaces, applied.
+//! - [`queue`]: the per-tenant fair work queue with deduplicated delays.
 //! - [`proxy`]: KubeVirt's subresource API (console, vnc, start/stop, ...) for the tenants.
 pub mod crds;
-pub mod kinds;
+pub mod error;
+pub mod host;
+pub mod isolation;
 pub mod metrics;
+pub mod plan;
 pub mod proxy;
 pub mod queue;
-pub mod refs;
-pub mod safety;
+pub mod registry;
 pub mod serve;
 pub mod syncer;
 pub mod tenant;
-pub mod translate;
+pub mod virtualclusters;
 
+pub use error::Error;
+pub use registry::{TenantHandle, Tenants};
 pub use syncer::{Syncer, SyncerConfig};
 
-/// Errors of the syncer.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("serializing: {0}")]
-    Json(#[from] serde_json::Error),
-    #[error("configuration: {0}")]
-    Config(String),
-    #[error("conflict: {0}")]
-    Conflict(String),
-    #[error("timed out waiting for {0}")]
-    Timeout(String),
-}
-
-impl Error {
-    /// A short label for metrics.
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            Error::Kube(kube::Error::Api(s)) if s.code == 409 => "conflict",
-            Error::Kube(kube::Error::Api(s)) if s.code == 404 => "not_found",
-            Error::Kube(kube::Error::Api(_)) => "api",
-            Error::Kube(_) => "transport",
-            Error::Json(_) => "json",
-            Error::Config(_) => "config",
-            Error::Conflict(_) => "conflict",
-            Error::Timeout(_) => "timeout",
-        }
-    }
+/// What the syncer's caches keep of an object: everything but `metadata.managedFields`, which
+/// kvtenant never reads and which is often the largest part of a KubeVirt object (every
+/// controller that writes status adds an entry). Applied to every watched object before it is
+/// stored.
+pub fn slim(obj: &mut kube::api::DynamicObject) {
+    obj.metadata.managed_fields = None;
 }

@@ -35,7 +35,7 @@ const WAIT: Duration = Duration::from_secs(60);
 const SUB: &str = "/apis/subresources.kubevirt.io/v1";
 
 async fn start_proxy(env: &Env) -> Proxy {
-    let shared = env.syncer.as_ref().unwrap().shared.clone();
+    let shared = env.syncer.as_ref().unwrap().tenants();
     // the CA kept in a host Secret, as in a cluster
     let ca = load_or_create_ca(&env.host_client(), VC_NAMESPACE, "kvtenant-proxy")
         .await

@@ -179,8 +179,7 @@ async fn kubectl_apply_runs_the_vm_on_the_host_and_status_comes_back() {
     env.syncer
         .as_ref()
         .unwrap()
-        .shared
-        .metrics
+        .metrics()
         .register(&mut registry);
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
@@ -713,7 +712,7 @@ async fn without_datavolume_sync_template_volumes_show_and_direct_ones_are_refus
     assert!(
         mirror
             .annotations()
-            .contains_key(kvtenant_kubevirt_sync::translate::MIRROR_OF),
+            .contains_key(kvtenant_api::labels::MIRROR_OF),
         "{mirror:?}"
     );
     // the claim CDI (here the simulator) makes for the template's DataVolume is mirrored too,
@@ -735,7 +734,7 @@ async fn without_datavolume_sync_template_volumes_show_and_direct_ones_are_refus
     assert!(
         claim
             .annotations()
-            .contains_key(kvtenant_kubevirt_sync::translate::MIRROR_OF),
+            .contains_key(kvtenant_api::labels::MIRROR_OF),
         "{claim:?}"
     );
     let owners = claim.metadata.owner_references.clone().unwrap_or_default();

@@ -1,7 +1,7 @@
 //! Admission for tenants: the host's KubeVirt (and CDI) webhooks seen from each virtual
 //! cluster, and kvtenant's tenant VM policy.
 //!
-//! [`Webhooks::start`] runs next to the syncer ([`kvtenant_kubevirt_sync::Syncer`]) and serves
+//! [`Webhooks::start`] runs next to the syncer ([`kvtenant_kubevirt_sync::Syncer`], through its [`Tenants`] view,) and serves
 //! every tenant it runs:
 //!
 //! - [`server`]: an HTTPS server (`/healthz`, `/readyz`, per-tenant paths, [`paths`]) with a
@@ -56,7 +56,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::runtime::reflector::store::Writer;
-use kvtenant_kubevirt_sync::syncer::Shared;
+use kvtenant_kubevirt_sync::Tenants;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
@@ -204,7 +204,7 @@ impl std::fmt::Debug for Webhooks {
 impl Webhooks {
     /// Starts the server for the syncer's tenants: loads or creates the CA, listens, watches
     /// the host's webhook configurations, registers tenants as they come.
-    pub async fn start(shared: Arc<Shared>, config: WebhookConfig) -> Result<Self, Error> {
+    pub async fn start(tenants: Tenants, config: WebhookConfig) -> Result<Self, Error> {
         let cert_config = CertConfig {
             sans: config.sans(),
             serving_validity: config.serving_validity,
@@ -212,12 +212,12 @@ impl Webhooks {
         };
         let certs = Arc::new(match &config.ca_secret {
             Some(s) => {
-                certs::load_or_create(&shared.host, &s.namespace, &s.name, cert_config).await?
+                certs::load_or_create(tenants.host(), &s.namespace, &s.name, cert_config).await?
             }
             None => CertManager::new(cert_config, None)?,
         });
         // a CA loaded from the Secret may be due already
-        rotate(&shared, &config, &certs, &Metrics::default()).await;
+        rotate(tenants.host(), &config, &certs, &Metrics::default()).await;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| Error::Bind {
@@ -229,12 +229,12 @@ impl Webhooks {
             source,
         })?;
         let tls = certs.server_config()?;
-        let host_user = host_identity(&shared.host).await;
+        let host_user = host_identity(tenants.host()).await;
         let vw = Writer::default();
         let mw = Writer::default();
         let port = config.external_port.unwrap_or(addr.port());
         let state = Arc::new(State::new(
-            shared,
+            tenants,
             config,
             port,
             certs,
@@ -310,7 +310,7 @@ async fn host_identity(host: &kube::Client) -> Option<serde_json::Value> {
 }
 
 async fn rotate(
-    shared: &Shared,
+    host: &kube::Client,
     config: &WebhookConfig,
     certs: &CertManager,
     metrics: &Metrics,
@@ -325,7 +325,7 @@ async fn rotate(
             );
             if r.ca
                 && let Some(s) = &config.ca_secret
-                && let Err(e) = certs::store(&shared.host, &s.namespace, &s.name, certs).await
+                && let Err(e) = certs::store(host, &s.namespace, &s.name, certs).await
             {
                 tracing::warn!(error = %e, "storing the rotated webhook CA");
             }
@@ -344,7 +344,14 @@ async fn rotation_loop(state: Arc<State>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if rotate(&state.shared, &state.config, &state.certs, &state.metrics).await {
+        if rotate(
+            state.tenants.host(),
+            &state.config,
+            &state.certs,
+            &state.metrics,
+        )
+        .await
+        {
             // a new CA bundle: tenants get it
             state.changed.notify_one();
         }

@@ -15,8 +15,8 @@
 
 use base64::Engine as _;
 use kvtenant_api::SyncKind;
+use kvtenant_api::labels::MIRROR_OF;
 use kvtenant_api::labels::{MANAGED_BY, MANAGED_BY_VALUE};
-use kvtenant_kubevirt_sync::translate::MIRROR_OF;
 use serde_json::{Map, Value, json};
 
 use crate::paths::{self, HookType};

@@ -1,7 +1,7 @@
 //! The tenant VM policy: kvtenant's own validating webhook in every tenant.
 //!
 //! - The same per-object rules the syncer enforces before writing to the host
-//!   ([`kvtenant_kubevirt_sync::safety`]: host nodes, hostDisk, host devices, networks, other
+//!   (each kind's [`kvtenant_rules::kinds::SyncedKind::violations`]: host nodes, hostDisk, host devices, networks, other
 //!   namespaces, instancetypes, vCPUs and memory per VM), answered synchronously, with the
 //!   VirtualCluster field to change in each message. A VM sized by an instancetype is measured
 //!   with the instancetype's size, looked up on the host (cluster-wide) or in the tenant
@@ -24,11 +24,13 @@ use kube::Client;
 use kube::api::{Api, DynamicObject, ListParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kvtenant_api::{VmPolicy, VmQuota};
-use kvtenant_kubevirt_sync::safety::{
-    self, GuestSize, InstancetypeRef, Violation, format_bytes, guest_size, instancetype_ref,
-    is_running, parse_quantity, replicas, storage_request,
-};
-use kvtenant_kubevirt_sync::translate::MIRROR_OF;
+use kvtenant_kubeutil::ResultExt;
+use kvtenant_rules::Violation;
+use kvtenant_rules::kinds::{self, Kind};
+use kvtenant_rules::quantity::{format_bytes, parse_quantity};
+pub use kvtenant_rules::quota::Usage;
+pub use kvtenant_rules::translate::is_mirror_json as is_mirror;
+use kvtenant_rules::vm::size::{GuestSize, InstancetypeRef, guest_size, instancetype_ref};
 use serde_json::{Value, json};
 
 use crate::review;
@@ -52,84 +54,6 @@ impl PolicyError {
             Self::List { .. } => "list",
             Self::BadRequest(_) => "bad_request",
         }
-    }
-}
-
-/// What objects take from the tenant-wide quota.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Usage {
-    pub vms: u64,
-    pub vcpus: u64,
-    /// Bytes.
-    pub memory: u128,
-    /// Bytes.
-    pub storage: u128,
-}
-
-impl Usage {
-    pub fn plus(self, o: Usage) -> Usage {
-        Usage {
-            vms: self.vms.saturating_add(o.vms),
-            vcpus: self.vcpus.saturating_add(o.vcpus),
-            memory: self.memory.saturating_add(o.memory),
-            storage: self.storage.saturating_add(o.storage),
-        }
-    }
-}
-
-/// What one object takes: VMs (a pool: `replicas`), vCPUs and memory when running, storage.
-pub fn footprint(kind: &str, obj: &Value, size: GuestSize) -> Usage {
-    match kind {
-        "VirtualMachine" | "VirtualMachinePool" | "VirtualMachineInstance" => {
-            let n = replicas(kind, obj);
-            let running = is_running(kind, obj);
-            Usage {
-                vms: n,
-                vcpus: if running {
-                    size.vcpus.saturating_mul(n)
-                } else {
-                    0
-                },
-                memory: if running {
-                    size.memory.saturating_mul(u128::from(n))
-                } else {
-                    0
-                },
-                storage: storage_request(kind, obj).saturating_mul(u128::from(n)),
-            }
-        }
-        "DataVolume" => Usage {
-            storage: storage_request(kind, obj),
-            ..Usage::default()
-        },
-        _ => Usage::default(),
-    }
-}
-
-fn owner_kinds(obj: &Value) -> Vec<&str> {
-    obj.pointer("/metadata/ownerReferences")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|o| o.get("kind").and_then(Value::as_str))
-        .collect()
-}
-
-/// Whether an object is one of kvtenant's read-only mirrors of host-made objects.
-pub fn is_mirror(obj: &Value) -> bool {
-    obj.pointer("/metadata/annotations")
-        .and_then(Value::as_object)
-        .is_some_and(|a| a.contains_key(MIRROR_OF))
-}
-
-/// Whether an object counts on its own toward the quota (see the module docs).
-pub fn counts(kind: &str, obj: &Value) -> bool {
-    match kind {
-        "VirtualMachine" => !owner_kinds(obj).contains(&"VirtualMachinePool"),
-        "VirtualMachineInstance" => owner_kinds(obj).is_empty(),
-        "VirtualMachinePool" => true,
-        "DataVolume" => !is_mirror(obj) && !owner_kinds(obj).contains(&"VirtualMachine"),
-        _ => false,
     }
 }
 
@@ -230,23 +154,6 @@ pub fn has_limits(quota: &VmQuota) -> bool {
         || quota.storage.is_some()
 }
 
-/// The per-object rules for a kind: [`safety::check_with`] for VM-like kinds,
-/// [`safety::check_data_volume`] for DataVolumes.
-pub fn object_violations(
-    kind: &str,
-    obj: &Value,
-    policy: &VmPolicy,
-    instancetype: Option<GuestSize>,
-) -> Vec<Violation> {
-    match kind {
-        "VirtualMachine" | "VirtualMachineInstance" | "VirtualMachinePool" => {
-            safety::check_with(kind, obj, policy, instancetype)
-        }
-        "DataVolume" => safety::check_data_volume(obj),
-        _ => Vec::new(),
-    }
-}
-
 /// The message of a policy denial.
 pub fn violations_message(kind: &str, name: &str, violations: &[Violation]) -> String {
     format!(
@@ -278,8 +185,8 @@ pub struct PolicyContext<'a> {
     pub tenant: &'a Client,
     pub host: &'a Client,
     pub policy: &'a VmPolicy,
-    /// The tenant's synced kinds that count toward the quota, by kind name.
-    pub kinds: Vec<(String, ApiResource)>,
+    /// The tenant's synced kinds that count toward the quota.
+    pub kinds: Vec<&'static Kind>,
 }
 
 fn instancetype_resource(cluster_wide: bool) -> ApiResource {
@@ -327,11 +234,14 @@ type SizeCache = HashMap<(String, String, String), Option<GuestSize>>;
 async fn size_of(
     ctx: &PolicyContext<'_>,
     cache: &mut SizeCache,
-    kind: &str,
+    kind: &Kind,
     namespace: &str,
     obj: &Value,
 ) -> GuestSize {
-    let it = instancetype_ref(kind, obj);
+    let Some(template) = kind.vm_template() else {
+        return GuestSize::default();
+    };
+    let it = instancetype_ref(template, obj);
     let known = match &it {
         Some(it) => {
             let ns = if it.is_cluster_wide() { "" } else { namespace };
@@ -351,7 +261,7 @@ async fn size_of(
         }
         None => None,
     };
-    guest_size(kind, obj, known)
+    guest_size(template, obj, known)
 }
 
 fn str_at<'a>(v: &'a Value, ptr: &str) -> &'a str {
@@ -366,7 +276,7 @@ pub async fn review(ctx: &PolicyContext<'_>, admission: &Value) -> Result<Value,
         .ok_or_else(|| PolicyError::BadRequest("AdmissionReview without request".into()))?;
     let uid = request.get("uid").cloned().unwrap_or(Value::Null);
     let operation = str_at(request, "/operation");
-    let kind = str_at(request, "/kind/kind");
+    let kind_name = str_at(request, "/kind/kind");
     let namespace = str_at(request, "/namespace");
     let Some(object) = request.get("object").filter(|o| o.is_object()) else {
         return Ok(review::allow(&uid));
@@ -375,6 +285,9 @@ pub async fn review(ctx: &PolicyContext<'_>, admission: &Value) -> Result<Value,
     let name = match str_at(request, "/name") {
         "" => str_at(object, "/metadata/name"),
         n => n,
+    };
+    let Some(kind) = kinds::by_kind(kind_name) else {
+        return Ok(review::allow(&uid));
     };
     if !matches!(operation, "CREATE" | "UPDATE")
         || is_mirror(object)
@@ -392,8 +305,11 @@ pub async fn review(ctx: &PolicyContext<'_>, admission: &Value) -> Result<Value,
     }
     let mut sizes = SizeCache::new();
     let size = size_of(ctx, &mut sizes, kind, namespace, object).await;
-    let it_size = instancetype_ref(kind, object).map(|_| size);
-    let violations = object_violations(kind, object, ctx.policy, it_size);
+    let it_size = kind
+        .vm_template()
+        .and_then(|t| instancetype_ref(t, object))
+        .map(|_| size);
+    let violations = kind.violations(object, ctx.policy, it_size);
     if !violations.is_empty() {
         let causes = violations
             .iter()
@@ -405,48 +321,46 @@ pub async fn review(ctx: &PolicyContext<'_>, admission: &Value) -> Result<Value,
             &uid,
             403,
             "Forbidden",
-            &violations_message(kind, name, &violations),
+            &violations_message(kind_name, name, &violations),
             causes,
         ));
     }
     let Some(quota) = ctx.policy.quota.as_ref().filter(|q| has_limits(q)) else {
         return Ok(review::allow(&uid));
     };
-    if !counts(kind, object) {
+    let Some(new) = kind.usage(object, size) else {
         return Ok(review::allow(&uid));
-    }
-    let new = footprint(kind, object, size);
+    };
     let old_usage = match old {
         Some(o) => {
             let s = size_of(ctx, &mut sizes, kind, namespace, o).await;
-            Some(footprint(kind, o, s))
+            Some(kind.usage(o, s).unwrap_or_default())
         }
         None => None,
     };
     let mut used = Usage::default();
-    for (k, ar) in &ctx.kinds {
-        let api: Api<DynamicObject> = Api::all_with(ctx.tenant.clone(), ar);
-        let list = match api.list(&ListParams::default()).await {
-            Ok(l) => l,
-            Err(kube::Error::Api(s)) if s.code == 404 => continue,
+    for k in &ctx.kinds {
+        let api: Api<DynamicObject> = Api::all_with(ctx.tenant.clone(), &k.resource);
+        let list = match api.list(&ListParams::default()).await.absent_ok() {
+            Ok(Some(l)) => l,
+            Ok(None) => continue,
             Err(source) => {
                 return Err(PolicyError::List {
-                    kind: k.clone(),
+                    kind: k.name().to_string(),
                     source,
                 });
             }
         };
         for item in list.items {
             let ns = item.metadata.namespace.clone().unwrap_or_default();
-            if k == kind && ns == namespace && item.metadata.name.as_deref() == Some(name) {
+            if k.id == kind.id && ns == namespace && item.metadata.name.as_deref() == Some(name) {
                 continue; // the object under review: counted as `new`
             }
             let v = serde_json::to_value(&item).unwrap_or_default();
-            if !counts(k, &v) {
-                continue;
-            }
             let s = size_of(ctx, &mut sizes, k, &ns, &v).await;
-            used = used.plus(footprint(k, &v, s));
+            if let Some(u) = k.usage(&v, s) {
+                used = used.plus(u);
+            }
         }
     }
     let exceeded = check_quota(quota, used, old_usage, new);
@@ -457,7 +371,7 @@ pub async fn review(ctx: &PolicyContext<'_>, admission: &Value) -> Result<Value,
         &uid,
         403,
         "Forbidden",
-        &quota_message(kind, name, &exceeded),
+        &quota_message(kind_name, name, &exceeded),
         Vec::new(),
     ))
 }

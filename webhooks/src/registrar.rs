@@ -1,7 +1,7 @@
 //! Keeps every tenant's webhook configurations in step with the host's.
 //!
 //! It watches the host's Validating/MutatingWebhookConfigurations and polls the syncer's
-//! running tenants (`Shared::tenants`): when a tenant appears or restarts (a new `Tenant` after
+//! running tenants ([`kvtenant_kubevirt_sync::Tenants`]): when a tenant appears or restarts (a new instance after
 //! a VirtualCluster change), when what it should have changes (host configurations, CA
 //! bundle, `spec.kubevirt.webhooks`, synced kinds) and at every resync period (reverting a
 //! tenant admin's edits), it server-side-applies the tenant Service and configurations and
@@ -25,7 +25,7 @@ use kube::runtime::reflector::{self, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use kvtenant_api::MANAGER;
-use kvtenant_kubevirt_sync::tenant::Tenant;
+use kvtenant_kubevirt_sync::TenantHandle;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -55,7 +55,7 @@ impl Desired {
 
 pub(crate) fn desired(
     state: &State,
-    tenant: &Tenant,
+    tenant: &TenantHandle,
     host_validating: &[Value],
     host_mutating: &[Value],
     ca_bundle: &str,
@@ -155,8 +155,8 @@ pub(crate) async fn apply(
 }
 
 struct Registered {
-    /// Identity of the `Tenant` registered (a restarted tenant is a new one).
-    tenant: usize,
+    /// Instance of the tenant registered (a restarted tenant is a new one).
+    tenant: u64,
     fingerprint: String,
     client: Client,
     label: String,
@@ -183,18 +183,13 @@ pub(crate) async fn run(state: Arc<State>) {
         let mut current = BTreeSet::new();
         let mut work = Vec::new();
         {
-            let tenants: Vec<Arc<Tenant>> = state
-                .shared
-                .tenants
-                .read()
-                .map(|m| m.values().cloned().collect())
-                .unwrap_or_default();
+            let tenants: Vec<TenantHandle> = state.tenants.running();
             state.remember(&tenants);
             for t in &tenants {
                 current.insert(t.vc.uid.clone());
                 let d = desired(&state, t, &host_v, &host_m, &bundle);
                 let fp = d.fingerprint();
-                let id = Arc::as_ptr(t) as usize;
+                let id = t.instance;
                 let due = known.get(&t.vc.uid).is_none_or(|r| {
                     r.tenant != id
                         || r.fingerprint != fp
@@ -330,7 +325,7 @@ where
         + Sync
         + 'static,
 {
-    let api: Api<K> = Api::all(state.shared.host.clone());
+    let api: Api<K> = Api::all(state.tenants.host().clone());
     let mut stream = reflector::reflector(
         writer,
         watcher(api, watcher::Config::default()).default_backoff(),

@@ -20,7 +20,6 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use kube::core::ApiResource;
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -252,27 +251,18 @@ fn result_of(answer: &Value) -> &'static str {
 
 async fn policy_review(state: &State, tenant: &TenantView, review: &Value) -> Outcome {
     let synced = state.synced(&tenant.spec);
-    let counted = [
-        "VirtualMachine",
-        "VirtualMachineInstance",
-        "VirtualMachinePool",
-        "DataVolume",
-    ];
-    let kinds: Vec<(String, ApiResource)> = state
-        .shared
-        .kinds
+    let kinds = kvtenant_rules::kinds::all()
         .iter()
-        .filter(|k| counted.contains(&k.kind()))
+        .filter(|k| k.in_quota())
         .filter(|k| {
             synced
                 .iter()
                 .any(|(g, r)| *g == k.resource.group && *r == k.resource.plural)
         })
-        .map(|k| (k.kind().to_string(), k.resource.clone()))
         .collect();
     let ctx = PolicyContext {
         tenant: &tenant.client,
-        host: &state.shared.host,
+        host: state.tenants.host(),
         policy: &tenant.spec.vm_policy,
         kinds,
     };

@@ -9,13 +9,10 @@ use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
 use k8s_openapi::api::core::v1::Service;
-use kube::Client;
 use kube::api::Api;
 use kube::runtime::reflector::Store;
 use kvtenant_api::VirtualClusterSpec;
-use kvtenant_api::labels::VirtualClusterRef;
-use kvtenant_kubevirt_sync::syncer::Shared;
-use kvtenant_kubevirt_sync::tenant::Tenant;
+use kvtenant_kubevirt_sync::{TenantHandle, Tenants};
 use serde_json::Value;
 use tokio::sync::Notify;
 
@@ -29,33 +26,14 @@ use crate::paths::{self, HookType};
 /// How long a host Service lookup is reused.
 const SERVICE_TTL: Duration = Duration::from_secs(5);
 
-/// What the server needs of a tenant: a snapshot (holding the syncer's `Tenant` would keep a
-/// stopped one running).
-#[derive(Clone)]
-pub(crate) struct TenantView {
-    pub vc: VirtualClusterRef,
-    /// `namespace/name` of the VirtualCluster.
-    pub label: String,
-    pub spec: VirtualClusterSpec,
-    pub client: Client,
-}
-
-impl TenantView {
-    pub fn of(t: &Tenant) -> Self {
-        Self {
-            vc: t.vc.clone(),
-            label: t.label.clone(),
-            spec: t.spec.clone(),
-            client: t.client.clone(),
-        }
-    }
-}
+/// What the server needs of a tenant: the syncer's snapshot of it.
+pub(crate) type TenantView = TenantHandle;
 
 /// Host Services by (namespace, name): when looked up, and what was found.
 type ServiceCache = HashMap<(String, String), (Instant, Option<Value>)>;
 
 pub(crate) struct State {
-    pub shared: Arc<Shared>,
+    pub tenants: Tenants,
     pub config: WebhookConfig,
     /// The port tenants call.
     pub port: u16,
@@ -78,7 +56,7 @@ pub(crate) struct State {
 
 impl State {
     pub fn new(
-        shared: Arc<Shared>,
+        tenants: Tenants,
         config: WebhookConfig,
         port: u16,
         certs: Arc<CertManager>,
@@ -89,7 +67,7 @@ impl State {
         host_user: Option<Value>,
     ) -> Self {
         Self {
-            shared,
+            tenants,
             config,
             port,
             certs,
@@ -152,8 +130,8 @@ impl State {
 
     /// The tenant with this VirtualCluster uid: running, or seen running within `gone_grace`.
     pub fn tenant(&self, vc_uid: &str) -> Option<TenantView> {
-        if let Some(t) = self.shared.tenant(vc_uid) {
-            return Some(TenantView::of(&t));
+        if let Some(t) = self.tenants.get(vc_uid) {
+            return Some(t);
         }
         let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         recent
@@ -163,11 +141,11 @@ impl State {
     }
 
     /// Records the running tenants (the registrar calls this at every poll).
-    pub fn remember(&self, running: &[Arc<Tenant>]) {
+    pub fn remember(&self, running: &[TenantView]) {
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         for t in running {
-            recent.insert(t.vc.uid.clone(), (now, TenantView::of(t)));
+            recent.insert(t.vc.uid.clone(), (now, t.clone()));
         }
         let grace = self.config.gone_grace;
         recent.retain(|_, (seen, _)| seen.elapsed() < grace);
@@ -201,7 +179,7 @@ impl State {
         {
             return Ok(v.clone());
         }
-        let api: Api<Service> = Api::namespaced(self.shared.host.clone(), namespace);
+        let api: Api<Service> = Api::namespaced(self.tenants.host().clone(), namespace);
         let svc = api
             .get_opt(name)
             .await

@@ -58,7 +58,7 @@ fn config() -> WebhookConfig {
 }
 
 async fn start_webhooks(env: &Env, config: WebhookConfig) -> Webhooks {
-    let shared = env.syncer.as_ref().unwrap().shared.clone();
+    let shared = env.syncer.as_ref().unwrap().tenants();
     let wh = Webhooks::start(shared, config).await.unwrap();
     for t in &env.tenants {
         wait_registered(&t.client(), &wh.ca_bundle()).await;
@@ -161,13 +161,13 @@ async fn kubectl_in_the_tenant_sees_kubevirt_admission_and_the_tenant_policy() {
     )
     .await
     .unwrap();
-    let shared = env.syncer.as_ref().unwrap().shared.clone();
+    let shared = env.syncer.as_ref().unwrap().tenants();
     eventually("the tenant restarted with the quota", WAIT, || {
         let shared = shared.clone();
         let uid = t.vc.uid.clone();
         async move {
             shared
-                .tenant(&uid)
+                .get(&uid)
                 .is_some_and(|t| t.spec.vm_policy.quota.as_ref().and_then(|q| q.max_vms) == Some(1))
         }
     })
@@ -447,7 +447,7 @@ async fn with_the_host_webhook_down_the_hosts_failure_policy_decides() {
     // a restarted server (same Secret) keeps the CA and the tenant paths: tenant
     // configurations stay valid across restarts
     let again = Webhooks::start(
-        syncer.as_ref().unwrap().shared.clone(),
+        syncer.as_ref().unwrap().tenants(),
         WebhookConfig {
             ca_secret: Some(ca_secret),
             ..config()

@@ -3,12 +3,37 @@
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kvtenant_api::{VmPolicy, VmQuota};
-use kvtenant_kubevirt_sync::safety::GuestSize;
+use kvtenant_rules::Violation;
+use kvtenant_rules::kinds::{self, Kind};
+use kvtenant_rules::vm::size::GuestSize;
 use kvtenant_webhooks::policy::{
-    Usage, check_quota, counts, footprint, has_limits, is_mirror, object_violations, quota_message,
-    violations_message,
+    Usage, check_quota, has_limits, is_mirror, quota_message, violations_message,
 };
 use serde_json::{Value, json};
+
+// The per-kind rules the webhook applies come from each kind's module (kvtenant-rules); these
+// helpers read them the way the webhook does.
+fn kind(name: &str) -> &'static Kind {
+    kinds::by_kind(name).unwrap()
+}
+
+fn footprint(k: &str, obj: &Value, size: GuestSize) -> Usage {
+    kind(k).usage(obj, size).unwrap()
+}
+
+fn counts(k: &str, obj: &Value) -> bool {
+    let k = kind(k);
+    k.in_quota() && k.usage(obj, GuestSize::default()).is_some()
+}
+
+fn object_violations(
+    k: &str,
+    obj: &Value,
+    policy: &VmPolicy,
+    instancetype: Option<GuestSize>,
+) -> Vec<Violation> {
+    kind(k).violations(obj, policy, instancetype)
+}
 
 fn vm(run: &str, cores: u64, memory: &str, disk: Option<&str>) -> Value {
     let mut v = json!({"metadata": {"name": "vm", "namespace": "default"}, "spec": {
@@ -168,7 +193,11 @@ fn policy_rules_are_the_syncers_and_name_the_virtualcluster_field() {
         json!([{"name": "h", "hostDisk": {"path": "/x", "type": "Disk"}}]);
     assert_eq!(
         object_violations("VirtualMachine", &hd, &VmPolicy::default(), None),
-        kvtenant_kubevirt_sync::safety::check("VirtualMachine", &hd, &VmPolicy::default())
+        kvtenant_rules::vm::safety::check(
+            &kvtenant_rules::kinds::virtual_machine::TEMPLATE,
+            &hd,
+            &VmPolicy::default()
+        )
     );
     let dv = json!({"spec": {"source": {"pvc": {"namespace": "other", "name": "x"}}}});
     assert_eq!(

@@ -17,7 +17,6 @@ use kube::Resource;
 use kvtenant_api::labels::VirtualClusterRef;
 use kvtenant_api::{Datastore, ExposeType, VirtualCluster};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 use super::pki::{self, Pki};
 
@@ -51,7 +50,7 @@ pub const SERVICE_ACCOUNT_ISSUER: &str = "https://kubernetes.default.svc.cluster
 /// Key of the tenant kubeconfig in the `<vc>-kubeconfig` Secret.
 pub const KUBECONFIG_KEY: &str = "kubeconfig";
 /// Annotation on each applied object: hash of what kvtenant last applied (skips no-op applies).
-pub const APPLIED_HASH: &str = "tenancy.kvtenant.io/applied-hash";
+pub use kvtenant_kubeutil::apply::APPLIED_HASH;
 /// Pod template annotation: hash of the PKI Secret, so new certificates roll the pod.
 pub const PKI_HASH: &str = "tenancy.kvtenant.io/pki-hash";
 /// UID/GID the control-plane containers run as.
@@ -431,11 +430,7 @@ fn command_args(cmd: Vec<String>) -> (Vec<String>, Vec<String>) {
     (it.next().into_iter().collect(), it.collect())
 }
 
-/// A short content hash (hex) of any serializable value.
-pub fn content_hash<T: serde::Serialize>(value: &T) -> Result<String, serde_json::Error> {
-    let bytes = serde_json::to_vec(value)?;
-    Ok(hex::encode(&Sha256::digest(&bytes)[..12]))
-}
+pub use kvtenant_kubeutil::apply::content_hash;
 
 /// The control-plane StatefulSet. `pki_hash` goes into the pod template so new certificates
 /// roll the pod; `spec.paused` scales it to 0.

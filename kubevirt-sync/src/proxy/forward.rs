@@ -29,7 +29,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::ProxyState;
 use super::auth::{TenantAuth, UserInfo};
 use super::status::{self, Body};
-use crate::translate::SPEC_HASH;
+use kvtenant_api::labels::SPEC_HASH;
 
 /// Largest request or response body buffered.
 pub const MAX_BODY: usize = 16 << 20;
@@ -209,7 +209,7 @@ pub async fn plain(
         Ok(r) => r,
         Err(e) => return status::internal(&format!("building the host request: {e}")),
     };
-    let host = state.shared.host.clone();
+    let host = state.syncer.host().clone();
     let call = async move {
         let res = host.send(req).await?;
         let (parts, body) = res.into_parts();
@@ -306,7 +306,7 @@ pub async fn upgrade(
         Ok(r) => r,
         Err(e) => return status::internal(&format!("building the host request: {e}")),
     };
-    let host: Client = state.shared.host.clone();
+    let host: Client = state.syncer.host().clone();
     let mut res =
         match tokio::time::timeout(state.config.request_timeout, host.send(host_req)).await {
             Ok(Ok(r)) => r,

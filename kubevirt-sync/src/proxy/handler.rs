@@ -80,7 +80,7 @@ async fn serve(
             200,
             &state
                 .discovery
-                .resource_list(&state.shared.host, &version)
+                .resource_list(state.syncer.host(), &version)
                 .await,
         ),
         Route::Discovery { version } => status::not_found(&format!(
@@ -125,11 +125,8 @@ fn path_and_query(req: &Request<Incoming>) -> String {
 /// Whether kvtenant made `host_ns` for this tenant's namespace `tenant_ns`.
 fn mapped(state: &ProxyState, tenant: &TenantAuth, tenant_ns: &str, host_ns: &str) -> bool {
     state
-        .shared
-        .namespaces
-        .read()
-        .ok()
-        .and_then(|m| m.get(host_ns).cloned())
+        .syncer
+        .namespace_owner(host_ns)
         .is_some_and(|o| o.is_owned_by(&tenant.uid) && o.tenant_namespace == tenant_ns)
 }
 

@@ -17,8 +17,8 @@
 //!    portforward, usbredir, vsock) are tunnelled byte for byte both ways; other calls are
 //!    buffered and host namespace names in the answer are turned back into tenant names.
 //!
-//! [`runstate`] holds the one rule the syncer needs so that a start/stop made on the host VM
-//! (by virt-api, through this proxy) is taken up by the tenant VM instead of being reverted.
+//! A start/stop made on the host VM (by virt-api, through this proxy) is taken up by the tenant
+//! VM instead of being reverted: `kvtenant_rules::runstate` holds that rule.
 
 pub mod auth;
 pub mod authz;
@@ -28,7 +28,6 @@ pub mod handler;
 pub mod metrics;
 pub mod register;
 pub mod route;
-pub mod runstate;
 pub mod status;
 pub mod tls;
 
@@ -47,7 +46,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
-use crate::syncer::Shared;
+use crate::registry::Tenants;
 pub use auth::TenantAuth;
 pub use metrics::ProxyMetrics;
 pub use tls::CaPem;
@@ -159,7 +158,8 @@ impl ProxyConfig {
 
 /// State shared by the accept loop, the requests and the tenant registration.
 pub struct ProxyState {
-    pub shared: Arc<Shared>,
+    /// The syncer's running tenants and the host client.
+    pub syncer: Tenants,
     pub config: ProxyConfig,
     /// The port tenants connect to.
     pub port: u16,
@@ -261,7 +261,7 @@ pub struct Proxy {
 
 impl Proxy {
     /// Binds the HTTPS server and starts serving and registering tenants.
-    pub async fn start(shared: Arc<Shared>, config: ProxyConfig) -> Result<Self, ProxyError> {
+    pub async fn start(tenants: Tenants, config: ProxyConfig) -> Result<Self, ProxyError> {
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -292,7 +292,7 @@ impl Proxy {
         sans.dedup();
         let server_config = tls::server_config(&ca, &sans, provider.clone())?;
         let state = Arc::new(ProxyState {
-            shared,
+            syncer: tenants,
             config,
             port,
             ca_pem: ca.cert_pem.clone(),

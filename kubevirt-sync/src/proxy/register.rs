@@ -1,4 +1,4 @@
-//! Tenants: the proxy follows the syncer's running tenants (`Shared::tenants`) on its own, so the
+//! Tenants: the proxy follows the syncer's running tenants ([`crate::Tenants`]) on its own, so the
 //! syncer needs no hook. For each tenant with `spec.kubevirt.subresources`:
 //! - its requestheader settings are read from `kube-system/extension-apiserver-authentication`
 //!   and watched (a rotated front-proxy CA is picked up);
@@ -13,7 +13,7 @@
 //! restarts (its VirtualCluster changed) keeps its streams.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -31,7 +31,6 @@ use tokio::time::Instant;
 
 use super::auth::{AUTH_CONFIGMAP, AUTH_CONFIGMAP_NAMESPACE, RequestHeaderConfig, TenantAuth};
 use super::{GROUP, ProxyError, ProxyState, VERSIONS};
-use crate::tenant::Tenant;
 
 /// Label on the objects the proxy creates in tenants.
 pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
@@ -202,23 +201,22 @@ impl Drop for TaskGuard {
     }
 }
 
-/// Follows the syncer's running tenants: serves new ones, drops gone or restarted ones. A
-/// tenant instance is told apart by its allocation; the `Weak` kept keeps that address from
-/// being reused by a restarted tenant while the old one is still tracked.
+/// Follows the syncer's running tenants: serves new ones, drops gone or restarted ones (a
+/// restarted tenant has a new [`crate::TenantHandle::instance`]).
 pub async fn run(state: Arc<ProxyState>) {
-    let mut running: HashMap<String, (Weak<Tenant>, TaskGuard)> = HashMap::new();
+    let mut running: HashMap<String, (u64, TaskGuard)> = HashMap::new();
     let mut tick = tokio::time::interval(state.config.poll_period);
     loop {
         tick.tick().await;
-        let tenants: Vec<(String, Arc<Tenant>)> = state
-            .shared
-            .tenants
-            .read()
-            .map(|m| m.iter().map(|(u, t)| (u.clone(), t.clone())).collect())
-            .unwrap_or_default();
-        running.retain(|uid, (weak, _task)| {
+        let tenants: Vec<(String, crate::TenantHandle)> = state
+            .syncer
+            .running()
+            .into_iter()
+            .map(|t| (t.vc.uid.clone(), t))
+            .collect();
+        running.retain(|uid, (instance, _task)| {
             let current = tenants.iter().find(|(u, _)| u == uid).map(|(_, t)| t);
-            if current.is_some_and(|t| std::ptr::eq(weak.as_ptr(), Arc::as_ptr(t))) {
+            if current.is_some_and(|t| t.instance == *instance) {
                 return true;
             }
             // gone, or subresources switched off: open streams end; restarted: they go on
@@ -237,7 +235,7 @@ pub async fn run(state: Arc<ProxyState>) {
                 subresources: t.spec.kubevirt.subresources,
             };
             let task = tokio::spawn(serve_tenant(state.clone(), info)).abort_handle();
-            running.insert(uid, (Arc::downgrade(&t), TaskGuard(task)));
+            running.insert(uid, (t.instance, TaskGuard(task)));
         }
         // an aborted task may have set its tenant just before it stopped
         for auth in state.tenant_auths() {
@@ -294,7 +292,7 @@ async fn serve_tenant(state: Arc<ProxyState>, t: TenantInfo) {
                 None => return,
             },
             () = tokio::time::sleep_until(next_ensure), if loaded.is_some() => {
-                let result = match host_versions(&state.shared.host).await {
+                let result = match host_versions(state.syncer.host()).await {
                     Ok(versions) => {
                         state.discovery.set_versions(versions.clone());
                         ensure(&t.client, &target, &versions).await

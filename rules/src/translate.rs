@@ -12,14 +12,7 @@ use kvtenant_api::labels::{
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-/// Annotation on host copies: hash of what kvtenant last wrote from the tenant object, so an
-/// unchanged tenant object costs no host write.
-pub const SPEC_HASH: &str = "tenancy.kvtenant.io/spec-hash";
-/// Annotation on tenant mirrors of host-made objects: the host object's uid. Mirrors are
-/// read-only for the tenant; kvtenant reverts edits.
-pub const MIRROR_OF: &str = "tenancy.kvtenant.io/mirror-of-uid";
-/// Finalizer on tenant mirrors, so a tenant's delete of a mirror reaches the host object.
-pub const MIRROR_FINALIZER: &str = "tenancy.kvtenant.io/mirror";
+pub use kvtenant_api::labels::{MIRROR_FINALIZER, MIRROR_OF, SPEC_HASH};
 
 /// Annotation prefixes host controllers (KubeVirt, CDI, Kubernetes) write on objects; an update
 /// from the tenant keeps them.
@@ -270,6 +263,13 @@ pub fn is_mirror(tenant: &DynamicObject) -> bool {
         .metadata
         .annotations
         .as_ref()
+        .is_some_and(|a| a.contains_key(MIRROR_OF))
+}
+
+/// Whether a tenant object (as JSON) is kvtenant's mirror of a host-made object.
+pub fn is_mirror_json(obj: &Value) -> bool {
+    obj.pointer("/metadata/annotations")
+        .and_then(Value::as_object)
         .is_some_and(|a| a.contains_key(MIRROR_OF))
 }
 

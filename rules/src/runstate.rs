@@ -18,7 +18,8 @@
 use kube::api::DynamicObject;
 use serde_json::{Map, Value, json};
 
-use crate::syncer::PAUSED_RUN_STRATEGY;
+use kvtenant_api::labels::PAUSED_RUN_STRATEGY;
+
 use crate::translate::{SPEC_HASH, contained};
 
 /// The VM spec fields virt-api's start/stop/restart write.
@@ -43,10 +44,10 @@ fn without_run_fields(data: &Value) -> Value {
 
 /// The merge patch that takes the host's run fields up to the tenant object, when the host copy
 /// (`host`) differs from what kvtenant would write (`desired`) only because virt-api started or
-/// stopped the VM on the host. `None` otherwise (including for kinds other than
-/// VirtualMachine).
-pub fn host_run_change(kind: &str, host: &DynamicObject, desired: &DynamicObject) -> Option<Value> {
-    if kind != "VirtualMachine" || hash(host).is_none() || hash(host) != hash(desired) {
+/// stopped the VM on the host. `None` otherwise. For VirtualMachines (see
+/// [`crate::kinds::SyncedKind::host_change_to_take_up`]).
+pub fn host_run_change(host: &DynamicObject, desired: &DynamicObject) -> Option<Value> {
+    if hash(host).is_none() || hash(host) != hash(desired) {
         return None;
     }
     let paused_by_kvtenant = host
@@ -99,13 +100,13 @@ mod tests {
             json!({"runStrategy": "Always", "template": {"x": 1, "defaulted": true}}),
         );
         assert_eq!(
-            host_run_change("VirtualMachine", &host, &desired),
+            host_run_change(&host, &desired),
             Some(json!({"spec": {"runStrategy": "Always"}}))
         );
         let desired = obj("a", json!({"running": false, "template": {}}));
         let host = obj("a", json!({"running": true, "template": {}}));
         assert_eq!(
-            host_run_change("VirtualMachine", &host, &desired),
+            host_run_change(&host, &desired),
             Some(json!({"spec": {"running": true}}))
         );
     }
@@ -114,10 +115,10 @@ mod tests {
     fn tenant_edits_and_other_drift_go_down() {
         let desired = obj("b", json!({"runStrategy": "Halted"}));
         let host = obj("a", json!({"runStrategy": "Always"}));
-        assert_eq!(host_run_change("VirtualMachine", &host, &desired), None);
+        assert_eq!(host_run_change(&host, &desired), None);
         let desired = obj("a", json!({"runStrategy": "Halted", "template": {"x": 1}}));
         let host = obj("a", json!({"runStrategy": "Always", "template": {"x": 2}}));
-        assert_eq!(host_run_change("VirtualMachine", &host, &desired), None);
+        assert_eq!(host_run_change(&host, &desired), None);
         let mut paused = obj("a", json!({"runStrategy": "Halted"}));
         paused
             .metadata
@@ -126,16 +127,16 @@ mod tests {
             .unwrap()
             .insert(PAUSED_RUN_STRATEGY.into(), "Always".into());
         let resumed = obj("a", json!({"runStrategy": "Always"}));
-        assert_eq!(host_run_change("VirtualMachine", &paused, &resumed), None);
+        assert_eq!(host_run_change(&paused, &resumed), None);
         let same = obj("a", json!({"runStrategy": "Always"}));
-        assert_eq!(host_run_change("VirtualMachine", &same, &same), None);
-        assert_eq!(
-            host_run_change(
-                "VirtualMachinePool",
+        assert_eq!(host_run_change(&same, &same), None);
+        // only VirtualMachines take host run changes up
+        let pool = crate::kinds::by_kind("VirtualMachinePool").map(|k| {
+            k.host_change_to_take_up(
                 &obj("a", json!({"runStrategy": "Always"})),
-                &obj("a", json!({}))
-            ),
-            None
-        );
+                &obj("a", json!({})),
+            )
+        });
+        assert_eq!(pool, Some(None));
     }
 }

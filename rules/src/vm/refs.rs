@@ -5,34 +5,14 @@
 
 use serde_json::Value;
 
+use super::VmTemplate;
+use crate::kinds::{config_map, data_volume, pvc, secret, service_account};
+
 /// A reference to a namespaced object in the same namespace.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ObjRef {
     pub kind: &'static str,
     pub name: String,
-}
-
-/// The VMI spec inside a VM-like object: `spec.template.spec` (VM),
-/// `spec.virtualMachineTemplate.spec.template.spec` (pool), `spec` (VMI).
-pub fn vmi_spec<'a>(kind: &str, obj: &'a Value) -> Option<&'a Value> {
-    match kind {
-        "VirtualMachine" => obj.pointer("/spec/template/spec"),
-        "VirtualMachinePool" => obj.pointer("/spec/virtualMachineTemplate/spec/template/spec"),
-        "VirtualMachineInstance" => obj.get("spec"),
-        _ => None,
-    }
-}
-
-/// The `dataVolumeTemplates` of a VM-like object.
-pub fn data_volume_templates<'a>(kind: &str, obj: &'a Value) -> Option<&'a Vec<Value>> {
-    match kind {
-        "VirtualMachine" => obj.pointer("/spec/dataVolumeTemplates"),
-        "VirtualMachinePool" => {
-            obj.pointer("/spec/virtualMachineTemplate/spec/dataVolumeTemplates")
-        }
-        _ => None,
-    }
-    .and_then(Value::as_array)
 }
 
 fn push(out: &mut Vec<ObjRef>, kind: &'static str, name: Option<&Value>) {
@@ -47,12 +27,13 @@ fn push(out: &mut Vec<ObjRef>, kind: &'static str, name: Option<&Value>) {
 /// Everything a VM-like object references by name: Secrets, ConfigMaps, PVCs, ServiceAccounts
 /// and DataVolumes (sorted, no duplicates). DataVolumes created from the object's own
 /// `dataVolumeTemplates` are not references: the host makes them.
-pub fn references(kind: &str, obj: &Value) -> Vec<ObjRef> {
+pub fn references(template: &VmTemplate, obj: &Value) -> Vec<ObjRef> {
     let mut out = Vec::new();
-    let Some(spec) = vmi_spec(kind, obj) else {
+    let Some(spec) = template.vmi_spec(obj) else {
         return out;
     };
-    let templated: Vec<&str> = data_volume_templates(kind, obj)
+    let templated: Vec<&str> = template
+        .data_volume_templates(obj)
         .into_iter()
         .flatten()
         .filter_map(|t| t.pointer("/metadata/name").and_then(Value::as_str))
@@ -63,42 +44,38 @@ pub fn references(kind: &str, obj: &Value) -> Vec<ObjRef> {
         .into_iter()
         .flatten()
     {
-        push(&mut out, "Secret", vol.pointer("/secret/secretName"));
-        push(&mut out, "ConfigMap", vol.pointer("/configMap/name"));
+        push(&mut out, secret::KIND, vol.pointer("/secret/secretName"));
+        push(&mut out, config_map::KIND, vol.pointer("/configMap/name"));
         push(
             &mut out,
-            "PersistentVolumeClaim",
+            pvc::KIND,
             vol.pointer("/persistentVolumeClaim/claimName"),
         );
+        push(&mut out, pvc::KIND, vol.pointer("/memoryDump/claimName"));
         push(
             &mut out,
-            "PersistentVolumeClaim",
-            vol.pointer("/memoryDump/claimName"),
-        );
-        push(
-            &mut out,
-            "ServiceAccount",
+            service_account::KIND,
             vol.pointer("/serviceAccount/serviceAccountName"),
         );
         for cloud_init in ["cloudInitNoCloud", "cloudInitConfigDrive"] {
             for field in ["secretRef", "userDataSecretRef", "networkDataSecretRef"] {
                 push(
                     &mut out,
-                    "Secret",
+                    secret::KIND,
                     vol.pointer(&format!("/{cloud_init}/{field}/name")),
                 );
             }
         }
-        push(&mut out, "Secret", vol.pointer("/sysprep/secret/name"));
+        push(&mut out, secret::KIND, vol.pointer("/sysprep/secret/name"));
         push(
             &mut out,
-            "ConfigMap",
+            config_map::KIND,
             vol.pointer("/sysprep/configMap/name"),
         );
         if let Some(dv) = vol.pointer("/dataVolume/name").and_then(Value::as_str)
             && !templated.contains(&dv)
         {
-            push(&mut out, "DataVolume", vol.pointer("/dataVolume/name"));
+            push(&mut out, data_volume::KIND, vol.pointer("/dataVolume/name"));
         }
     }
     for cred in spec
@@ -109,12 +86,12 @@ pub fn references(kind: &str, obj: &Value) -> Vec<ObjRef> {
     {
         push(
             &mut out,
-            "Secret",
+            secret::KIND,
             cred.pointer("/sshPublicKey/source/secret/secretName"),
         );
         push(
             &mut out,
-            "Secret",
+            secret::KIND,
             cred.pointer("/userPassword/source/secret/secretName"),
         );
     }
@@ -126,6 +103,7 @@ pub fn references(kind: &str, obj: &Value) -> Vec<ObjRef> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kinds::{pool, virtual_machine};
     use serde_json::json;
 
     #[test]
@@ -145,7 +123,7 @@ mod tests {
             ],
             "accessCredentials": [{"sshPublicKey": {"source": {"secret": {"secretName": "keys"}}}}]
         }}}});
-        let refs = references("VirtualMachine", &vm);
+        let refs = references(&virtual_machine::TEMPLATE, &vm);
         let pairs: Vec<(&str, &str)> = refs.iter().map(|r| (r.kind, r.name.as_str())).collect();
         assert_eq!(
             pairs,
@@ -162,10 +140,10 @@ mod tests {
 
     #[test]
     fn pools_reference_through_their_vm_template() {
-        let pool = json!({"spec": {"virtualMachineTemplate": {"spec": {"template": {"spec": {
+        let pool_obj = json!({"spec": {"virtualMachineTemplate": {"spec": {"template": {"spec": {
             "volumes": [{"name": "a", "cloudInitNoCloud": {"secretRef": {"name": "ci"}}}]
         }}}}}});
-        assert_eq!(references("VirtualMachinePool", &pool).len(), 1);
-        assert!(references("Secret", &pool).is_empty());
+        assert_eq!(references(&pool::TEMPLATE, &pool_obj).len(), 1);
+        assert!(references(&virtual_machine::TEMPLATE, &pool_obj).is_empty());
     }
 }

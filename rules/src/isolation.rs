@@ -1,30 +1,25 @@
 //! Isolation of a tenant's host namespaces (`spec.isolation`): Pod Security labels, a
 //! ResourceQuota, a LimitRange and a NetworkPolicy in every host namespace the syncer maps.
 //!
-//! The builders are pure; [`apply`] is what the syncer calls for each host namespace it creates
-//! or resyncs. It uses its own field manager ([`FIELD_MANAGER`]), so its server-side applies to
-//! the Namespace touch only the Pod Security labels and never drop labels the syncer set.
+//! The builders are pure; the syncer applies them to each host namespace it creates or resyncs,
+//! with its own field manager ([`FIELD_MANAGER`]), so its server-side applies to the Namespace
+//! touch only the Pod Security labels and never drop labels the syncer set.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use kube::{Client, Resource, ResourceExt};
 use kvtenant_api::VirtualCluster;
-use kvtenant_api::labels::{self, HostNamespaceOwner, VirtualClusterRef};
+use kvtenant_api::labels::{self, VirtualClusterRef};
 use serde_json::json;
-
-use crate::apply::apply_if_changed;
-use crate::error::Error;
 
 /// Name of the ResourceQuota, LimitRange and NetworkPolicy in each host namespace.
 pub const OBJECT_NAME: &str = "kvtenant-isolation";
 /// Field manager of the isolation objects and the Pod Security labels.
 pub const FIELD_MANAGER: &str = "kvtenant-isolation";
 /// Label every namespace carries with its own name (set by the apiserver).
-const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
 /// Pod Security labels for the tenant's host namespaces: the level of
 /// `spec.isolation.podSecurity`, enforced, audited and warned.
@@ -131,129 +126,10 @@ pub fn network_policy(
     .map(Some)
 }
 
-/// What [`apply`] changed.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Applied {
-    /// `Kind/name` of each object written or deleted (empty: everything was current).
-    pub changed: Vec<String>,
-}
-
-async fn apply_or_remove<K>(
-    client: &Client,
-    host_ns: &str,
-    desired: Option<K>,
-    applied: &mut Applied,
-) -> Result<(), Error>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::Serialize
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-    K::DynamicType: Default,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), host_ns);
-    let kind = K::kind(&K::DynamicType::default()).into_owned();
-    match desired {
-        Some(obj) => {
-            if apply_if_changed(&api, obj, FIELD_MANAGER).await?.1 {
-                applied.changed.push(format!("{kind}/{OBJECT_NAME}"));
-            }
-        }
-        None => {
-            let live = api
-                .get_opt(OBJECT_NAME)
-                .await
-                .map_err(|e| Error::kube(format!("reading {kind} {host_ns}/{OBJECT_NAME}"), e))?;
-            let ours = live.is_some_and(|o| {
-                o.labels().get(labels::MANAGED_BY).map(String::as_str)
-                    == Some(labels::MANAGED_BY_VALUE)
-            });
-            if ours {
-                match api.delete(OBJECT_NAME, &DeleteParams::default()).await {
-                    Ok(_) => applied.changed.push(format!("-{kind}/{OBJECT_NAME}")),
-                    Err(kube::Error::Api(s)) if s.code == 404 => {}
-                    Err(e) => {
-                        return Err(Error::kube(
-                            format!("deleting {kind} {host_ns}/{OBJECT_NAME}"),
-                            e,
-                        ));
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Brings the isolation of host namespace `host_ns` in line with `vc.spec.isolation`: Pod
-/// Security labels on the Namespace, and the ResourceQuota, LimitRange and NetworkPolicy (each
-/// removed again when its setting is unset). Refuses a namespace that does not belong to `vc`.
-pub async fn apply(client: &Client, vc: &VirtualCluster, host_ns: &str) -> Result<Applied, Error> {
-    let vcref = VirtualClusterRef::from_virtualcluster(vc).ok_or_else(|| {
-        Error::InvalidSpec("the VirtualCluster has no namespace, name or uid".into())
-    })?;
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns = namespaces
-        .get_opt(host_ns)
-        .await
-        .map_err(|e| Error::kube(format!("reading namespace {host_ns}"), e))?
-        .ok_or_else(|| Error::ForeignNamespace {
-            namespace: host_ns.to_owned(),
-            reason: "it does not exist".into(),
-        })?;
-    if !HostNamespaceOwner::from_meta(&ns.metadata).is_some_and(|o| o.is_owned_by(&vcref.uid)) {
-        return Err(Error::ForeignNamespace {
-            namespace: host_ns.to_owned(),
-            reason: format!(
-                "it is not labelled as a host namespace of VirtualCluster {}/{} (uid {})",
-                vcref.namespace, vcref.name, vcref.uid
-            ),
-        });
-    }
-    let mut applied = Applied::default();
-    let want = pod_security_labels(vc);
-    let have = ns.labels();
-    if want.iter().any(|(k, v)| have.get(k) != Some(v)) {
-        let patch = json!({
-            "apiVersion": "v1", "kind": "Namespace",
-            "metadata": {"name": host_ns, "labels": want},
-        });
-        namespaces
-            .patch(
-                host_ns,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(patch),
-            )
-            .await
-            .map_err(|e| Error::kube(format!("labelling namespace {host_ns}"), e))?;
-        applied.changed.push(format!("Namespace/{host_ns}"));
-    }
-    apply_or_remove(
-        client,
-        host_ns,
-        resource_quota(&vcref, vc, host_ns),
-        &mut applied,
-    )
-    .await?;
-    apply_or_remove(
-        client,
-        host_ns,
-        limit_range(&vcref, vc, host_ns),
-        &mut applied,
-    )
-    .await?;
-    let np = network_policy(&vcref, vc, host_ns).map_err(|source| Error::Serialize {
-        what: "the NetworkPolicy".into(),
-        source,
-    })?;
-    apply_or_remove(client, host_ns, np, &mut applied).await?;
-    Ok(applied)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kube::ResourceExt;
     use kvtenant_api::{PodSecurityLevel, VirtualClusterSpec};
 
     fn vc() -> (VirtualCluster, VirtualClusterRef) {

@@ -1,0 +1,241 @@
+//! The host side, shared by every tenant: the host client, one cache per synced kind, the host
+//! namespaces kvtenant made (and whose they are), the host's KubeVirt CRDs, the work queue and
+//! the metrics. It knows no tenant: host events become keys queued under the owning
+//! VirtualCluster's uid, read off the host namespace's labels.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DynamicObject};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use kvtenant_api::labels::{HostNamespaceOwner, MANAGED_BY, MANAGED_BY_VALUE};
+use kvtenant_rules::kinds::{self, KindId, Trigger};
+
+use crate::metrics::Metrics;
+use crate::queue::FairQueue;
+
+/// What a worker reconciles: one object of one kind in one tenant namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub kind: KindId,
+    /// The tenant namespace.
+    pub namespace: String,
+    pub name: String,
+}
+
+/// The work queue: keys by VirtualCluster uid.
+pub type WorkQueue = FairQueue<String, Key>;
+
+/// Host state shared by the workers, the watchers and the tenants.
+pub struct Host {
+    pub client: Client,
+    /// Host caches, by [`KindId::index`].
+    stores: Vec<Store<DynamicObject>>,
+    ready: Vec<AtomicBool>,
+    /// Host namespaces kvtenant made, by name.
+    namespaces: RwLock<HashMap<String, HostNamespaceOwner>>,
+    pub queue: WorkQueue,
+    pub metrics: Metrics,
+    /// The host's KubeVirt/CDI CRDs, read once for all tenants.
+    pub crds: crate::crds::HostCrds,
+}
+
+impl Host {
+    /// The host state and the writers its watchers fill (see [`watch`]).
+    pub(crate) fn new(client: Client) -> (Arc<Self>, Vec<reflector::store::Writer<DynamicObject>>) {
+        let mut stores = Vec::new();
+        let mut writers = Vec::new();
+        for kind in kinds::all() {
+            let writer = reflector::store::Writer::new(kind.resource.clone());
+            stores.push(writer.as_reader());
+            writers.push(writer);
+        }
+        let host = Arc::new(Self {
+            crds: crate::crds::HostCrds::new(client.clone()),
+            client,
+            ready: stores.iter().map(|_| AtomicBool::new(false)).collect(),
+            stores,
+            namespaces: RwLock::new(HashMap::new()),
+            queue: FairQueue::default(),
+            metrics: Metrics::default(),
+        });
+        (host, writers)
+    }
+
+    /// Whether the host cache of a kind has listed everything once.
+    pub fn ready(&self, kind: KindId) -> bool {
+        self.ready[kind.index()].load(Ordering::Acquire)
+    }
+
+    /// The host object of a kind, by namespace and name, from the cache.
+    pub fn get(&self, kind: KindId, ns: &str, name: &str) -> Option<Arc<DynamicObject>> {
+        let ar = kinds::get(kind).resource.clone();
+        self.stores[kind.index()].get(&ObjectRef::new_with(name, ar).within(ns))
+    }
+
+    /// The host objects of a kind in a namespace, from the cache.
+    pub fn objects_in(&self, kind: KindId, ns: &str) -> Vec<Arc<DynamicObject>> {
+        self.stores[kind.index()]
+            .state()
+            .into_iter()
+            .filter(|o| o.namespace().as_deref() == Some(ns))
+            .collect()
+    }
+
+    /// The host objects of a kind in any of these namespaces, from the cache (one pass).
+    pub fn objects_in_any(
+        &self,
+        kind: KindId,
+        namespaces: &std::collections::HashMap<String, String>,
+    ) -> Vec<Arc<DynamicObject>> {
+        self.stores[kind.index()]
+            .state()
+            .into_iter()
+            .filter(|o| o.namespace().is_some_and(|ns| namespaces.contains_key(&ns)))
+            .collect()
+    }
+
+    /// The owner of a host namespace kvtenant made.
+    pub fn namespace_owner(&self, host_ns: &str) -> Option<HostNamespaceOwner> {
+        self.namespaces.read().ok()?.get(host_ns).cloned()
+    }
+
+    /// The host namespaces of a VirtualCluster and their tenant namespaces.
+    pub fn namespaces_of(&self, vc_uid: &str) -> Vec<(String, String)> {
+        self.namespaces
+            .read()
+            .map(|m| {
+                m.iter()
+                    .filter(|(_, o)| o.is_owned_by(vc_uid))
+                    .map(|(h, o)| (h.clone(), o.tenant_namespace.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Records a host namespace (the syncer just made it); `true` when it was new.
+    pub(crate) fn record_namespace(&self, host_ns: &str, owner: HostNamespaceOwner) -> bool {
+        self.namespaces
+            .write()
+            .map(|mut m| m.insert(host_ns.to_string(), owner).is_none())
+            .unwrap_or(false)
+    }
+
+    /// Queues a key for a tenant.
+    pub fn enqueue(&self, vc_uid: &str, key: Key) {
+        self.queue.add(vc_uid.to_string(), key);
+    }
+
+    /// Queues every host object in a host namespace for its tenant.
+    pub fn enqueue_namespace(&self, host_ns: &str, owner: &HostNamespaceOwner) {
+        for kind in kinds::all() {
+            for obj in self.objects_in(kind.id, host_ns) {
+                self.enqueue(
+                    &owner.virtual_cluster.uid,
+                    Key {
+                        kind: kind.id,
+                        namespace: owner.tenant_namespace.clone(),
+                        name: obj.name_any(),
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// The host watchers: kvtenant's namespaces and every synced kind.
+pub(crate) fn watch(
+    host: &Arc<Host>,
+    writers: Vec<reflector::store::Writer<DynamicObject>>,
+    tasks: &mut tokio::task::JoinSet<()>,
+) {
+    tasks.spawn(watch_namespaces(host.clone()));
+    for (kind, writer) in kinds::all().iter().zip(writers) {
+        tasks.spawn(watch_kind(host.clone(), kind.id, writer));
+    }
+}
+
+async fn watch_namespaces(host: Arc<Host>) {
+    let api: Api<Namespace> = Api::all(host.client.clone());
+    let cfg = watcher::Config::default().labels(&format!("{MANAGED_BY}={MANAGED_BY_VALUE}"));
+    let mut stream = watcher(api, cfg).default_backoff().boxed();
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(watcher::Event::Apply(ns) | watcher::Event::InitApply(ns)) => {
+                let Some(owner) = HostNamespaceOwner::from_meta(&ns.metadata) else {
+                    continue;
+                };
+                let name = ns.name_any();
+                if !owner.matches_name(&name) {
+                    tracing::warn!(namespace = %name, "host namespace labels do not match its name; ignored");
+                    continue;
+                }
+                if host.record_namespace(&name, owner.clone()) {
+                    host.enqueue_namespace(&name, &owner);
+                }
+            }
+            Ok(watcher::Event::Delete(ns)) => {
+                if let Ok(mut m) = host.namespaces.write() {
+                    m.remove(&ns.name_any());
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "watching host namespaces"),
+        }
+    }
+}
+
+async fn watch_kind(
+    host: Arc<Host>,
+    kind: KindId,
+    writer: reflector::store::Writer<DynamicObject>,
+) {
+    let spec = kinds::get(kind);
+    let api: Api<DynamicObject> = Api::all_with(host.client.clone(), &spec.resource);
+    let mut cfg = watcher::Config::default();
+    if spec.trigger() != Trigger::Always && !spec.mirrors_host_made() {
+        // only kvtenant's own copies: the syncer never reads other host Secrets. Kinds whose
+        // host-made objects are mirrored (PVCs CDI makes for DataVolumes) are watched whole;
+        // only those in kvtenant's host namespaces are ever looked at.
+        cfg = cfg.labels(&format!("{MANAGED_BY}={MANAGED_BY_VALUE}"));
+    }
+    let mut stream = reflector::reflector(
+        writer,
+        watcher(api, cfg).default_backoff().modify(crate::slim),
+    )
+    .boxed();
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(watcher::Event::InitDone) => {
+                // everything listed during init was queued as it came
+                host.ready[kind.index()].store(true, Ordering::Release);
+            }
+            Ok(
+                watcher::Event::Apply(obj)
+                | watcher::Event::Delete(obj)
+                | watcher::Event::InitApply(obj),
+            ) => {
+                let Some(ns) = obj.namespace() else { continue };
+                if let Some(owner) = host.namespace_owner(&ns) {
+                    host.enqueue(
+                        &owner.virtual_cluster.uid,
+                        Key {
+                            kind,
+                            namespace: owner.tenant_namespace,
+                            name: obj.name_any(),
+                        },
+                    );
+                }
+            }
+            Ok(watcher::Event::Init) => {}
+            Err(e) => {
+                tracing::debug!(kind = %spec.name(), error = %e, "watching host objects (is the CRD installed?)")
+            }
+        }
+    }
+}

@@ -1,0 +1,573 @@
+//! Every row of the state table in the module docs, plus the kind-specific turns (mirror-only
+//! kinds, triggers, host-assigned fields, start/stop taken up).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+
+use kube::api::DynamicObject;
+use kvtenant_api::labels::{
+    MANAGED_BY, MANAGED_BY_VALUE, MIRROR_FINALIZER, MIRROR_OF, SPEC_HASH, TENANT_UID,
+    VIRTUALCLUSTER_UID, VirtualClusterRef,
+};
+use kvtenant_api::{SyncKind, VmPolicy};
+use kvtenant_rules::kinds::{self, Enablement, Kind};
+use kvtenant_rules::translate::to_host;
+use serde_json::{Value, json};
+
+use super::*;
+
+struct Fake {
+    vc: VirtualClusterRef,
+    policy: VmPolicy,
+    enabled: Vec<SyncKind>,
+    referenced: bool,
+    selects: bool,
+    host_uids: HashMap<(String, String), String>,
+    tenant_uids: HashMap<(String, String), String>,
+}
+
+impl Fake {
+    fn new() -> Self {
+        Self {
+            vc: VirtualClusterRef {
+                namespace: "tenants".into(),
+                name: "alpha".into(),
+                uid: "vc-uid".into(),
+            },
+            policy: VmPolicy::default(),
+            enabled: SyncKind::DEFAULT.to_vec(),
+            referenced: false,
+            selects: false,
+            host_uids: HashMap::new(),
+            tenant_uids: HashMap::new(),
+        }
+    }
+    fn host_ns(&self) -> String {
+        self.vc.host_namespace("default")
+    }
+}
+
+impl View for Fake {
+    fn vc(&self) -> &VirtualClusterRef {
+        &self.vc
+    }
+    fn policy(&self) -> &VmPolicy {
+        &self.policy
+    }
+    fn enablement(&self, kind: &Kind) -> Enablement {
+        kind.enablement(&self.enabled)
+    }
+    fn referenced(&self, _: &Kind, _: &str, _: &str) -> bool {
+        self.referenced
+    }
+    fn selects_vm(&self, _: &str, _: &serde_json::Map<String, Value>) -> bool {
+        self.selects
+    }
+    fn host_uid(&self, kind: &str, _: &str, name: &str) -> Option<String> {
+        self.host_uids.get(&(kind.into(), name.into())).cloned()
+    }
+    fn tenant_uid(&self, kind: &str, _: &str, name: &str) -> Option<String> {
+        self.tenant_uids.get(&(kind.into(), name.into())).cloned()
+    }
+}
+
+fn kind(name: &str) -> &'static Kind {
+    kinds::by_kind(name).unwrap()
+}
+
+fn obj(kind: &str, value: Value) -> DynamicObject {
+    let k = self::kind(kind);
+    let mut v = value;
+    v["apiVersion"] = json!(k.resource.api_version);
+    v["kind"] = json!(kind);
+    serde_json::from_value(v).unwrap()
+}
+
+/// A tenant VirtualMachine.
+fn vm(spec: Value) -> DynamicObject {
+    obj(
+        "VirtualMachine",
+        json!({"metadata": {"name": "vm1", "namespace": "default", "uid": "t-vm1",
+        "resourceVersion": "7", "labels": {"app": "web"}}, "spec": spec}),
+    )
+}
+
+fn plain_spec() -> Value {
+    json!({"runStrategy": "Halted", "template": {"spec": {
+        "domain": {"devices": {}},
+        "volumes": [{"name": "ci", "cloudInitNoCloud": {"userDataSecretRef": {"name": "ci-secret"}}}]
+    }}})
+}
+
+/// The host copy kvtenant writes for `t`, as the host returns it (uid, status).
+fn copy_of(f: &Fake, t: &DynamicObject, status: Option<Value>) -> DynamicObject {
+    let mut h = to_host(t, &f.host_ns(), &f.vc, |_| None);
+    h.metadata.uid = Some("h-uid".into());
+    h.metadata.resource_version = Some("100".into());
+    if let Some(s) = status {
+        h.data["status"] = s;
+    }
+    h
+}
+
+/// An object a host controller made in the tenant's host namespace.
+fn host_made(kind: &str, owner: Option<(&str, &str)>) -> DynamicObject {
+    let mut v = json!({"metadata": {"name": "vm1-made", "namespace": "h", "uid": "h-made",
+        "labels": {"kubevirt.io/created-by": "x"}},
+        "spec": {"domain": {}}, "status": {"phase": "Running", "nodeName": "node-7"}});
+    if let Some((k, n)) = owner {
+        v["metadata"]["ownerReferences"] =
+            json!([{"apiVersion": "kubevirt.io/v1", "kind": k, "name": n, "uid": "h-owner"}]);
+    }
+    obj(kind, v)
+}
+
+fn run(f: &Fake, k: &str, t: Option<&DynamicObject>, h: Option<&DynamicObject>) -> Plan {
+    plan(f, kind(k), "default", t, h)
+}
+
+fn deleting(mut o: DynamicObject) -> DynamicObject {
+    o.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+    ));
+    o
+}
+
+#[test]
+fn nothing_on_either_side_is_nothing_to_do() {
+    let p = run(&Fake::new(), "VirtualMachine", None, None);
+    assert!(p.is_noop());
+    assert_eq!(p.direction, Direction::Noop);
+}
+
+#[test]
+fn a_copy_whose_tenant_object_is_gone_is_deleted_after_asking_the_tenant() {
+    let f = Fake::new();
+    let h = copy_of(&f, &vm(plain_spec()), None);
+    let p = run(&f, "VirtualMachine", None, Some(&h));
+    assert_eq!(p.steps, [Step::ConfirmTenantGone, Step::DeleteHost]);
+    assert_eq!(p.direction, Direction::Delete);
+}
+
+#[test]
+fn another_virtual_clusters_copy_is_left_alone() {
+    let f = Fake::new();
+    let mut other = Fake::new();
+    other.vc.uid = "other-vc".into();
+    let h = copy_of(&other, &vm(plain_spec()), None);
+    let p = run(&f, "VirtualMachine", None, Some(&h));
+    assert!(p.steps.is_empty(), "{p:?}");
+}
+
+#[test]
+fn host_made_objects_are_mirrored_with_owners_mapped() {
+    let mut f = Fake::new();
+    let h = host_made("VirtualMachineInstance", Some(("VirtualMachine", "vm1")));
+    // the owner has no tenant counterpart yet: wait
+    let p = run(&f, "VirtualMachineInstance", None, Some(&h));
+    assert!(p.steps.is_empty());
+    assert_eq!(p.requeue, Some(OWNER_WAIT));
+    f.tenant_uids
+        .insert(("VirtualMachine".into(), "vm1".into()), "t-vm1".into());
+    let p = run(&f, "VirtualMachineInstance", None, Some(&h));
+    let [Step::CreateMirror(m)] = p.steps.as_slice() else {
+        panic!("{p:?}")
+    };
+    assert_eq!(p.direction, Direction::Up);
+    assert_eq!(m.metadata.namespace.as_deref(), Some("default"));
+    assert_eq!(
+        m.metadata.annotations.as_ref().unwrap()[MIRROR_OF],
+        "h-made"
+    );
+    assert_eq!(m.metadata.finalizers, Some(vec![MIRROR_FINALIZER.into()]));
+    assert_eq!(
+        m.metadata.owner_references.as_ref().unwrap()[0].uid,
+        "t-vm1"
+    );
+    assert_eq!(m.data["status"]["phase"], "Running");
+    // being deleted on the host: not mirrored
+    let p = run(&f, "VirtualMachineInstance", None, Some(&deleting(h)));
+    assert!(p.is_noop(), "{p:?}");
+}
+
+#[test]
+fn host_made_objects_of_kinds_that_do_not_mirror_stay_on_the_host() {
+    let f = Fake::new();
+    let h = host_made("VirtualMachineInstanceMigration", None);
+    assert!(
+        run(&f, "VirtualMachineInstanceMigration", None, Some(&h))
+            .steps
+            .is_empty()
+    );
+    let s = obj(
+        "Secret",
+        json!({"metadata": {"name": "s", "namespace": "h", "uid": "x"}}),
+    );
+    assert!(run(&f, "Secret", None, Some(&s)).steps.is_empty());
+}
+
+fn mirror_of(f: &Fake, h: &DynamicObject) -> DynamicObject {
+    let p = run(f, "VirtualMachineInstance", None, Some(h));
+    let [Step::CreateMirror(m)] = p.steps.as_slice() else {
+        panic!("{p:?}")
+    };
+    let mut m = (**m).clone();
+    m.metadata.uid = Some("t-mirror".into());
+    m.metadata.resource_version = Some("3".into());
+    m
+}
+
+#[test]
+fn an_unchanged_mirror_shows_its_node_and_nothing_else() {
+    let f = Fake::new();
+    let h = host_made("VirtualMachineInstance", None);
+    let m = mirror_of(&f, &h);
+    let p = run(&f, "VirtualMachineInstance", Some(&m), Some(&h));
+    assert_eq!(p.steps, [Step::ShowNode("node-7".into())]);
+}
+
+#[test]
+fn tenant_edits_of_a_mirror_are_reverted() {
+    let f = Fake::new();
+    let h = host_made("VirtualMachineInstance", None);
+    let mut m = mirror_of(&f, &h);
+    m.data["spec"]["domain"] = json!({"edited": true});
+    let p = run(&f, "VirtualMachineInstance", Some(&m), Some(&h));
+    let [Step::ShowNode(_), Step::ReplaceMirror(back, status)] = p.steps.as_slice() else {
+        panic!("{p:?}")
+    };
+    assert_eq!(back.data["spec"]["domain"], json!({}));
+    assert_eq!(back.metadata.resource_version.as_deref(), Some("3"));
+    assert_eq!(back.metadata.uid.as_deref(), Some("t-mirror"));
+    assert_eq!(
+        *status, None,
+        "VMIs have no /status: the status goes with the object"
+    );
+}
+
+#[test]
+fn a_mirror_follows_its_host_object_out() {
+    let f = Fake::new();
+    let h = host_made("VirtualMachineInstance", None);
+    let m = mirror_of(&f, &h);
+    // the tenant deleted the mirror: the host object goes, then the mirror
+    let p = run(
+        &f,
+        "VirtualMachineInstance",
+        Some(&deleting(m.clone())),
+        Some(&h),
+    );
+    assert_eq!(
+        p.steps,
+        [
+            Step::ShowNode("node-7".into()),
+            Step::DeleteHost,
+            Step::ReleaseMirror
+        ]
+    );
+    let p = run(
+        &f,
+        "VirtualMachineInstance",
+        Some(&deleting(m.clone())),
+        None,
+    );
+    assert_eq!(p.steps, [Step::ReleaseMirror]);
+    // gone on the host
+    let p = run(&f, "VirtualMachineInstance", Some(&m), None);
+    assert_eq!(p.steps, [Step::ReleaseMirror, Step::DeleteMirror]);
+    // replaced on the host by a new object of the same name: the old mirror goes
+    let mut newer = h.clone();
+    newer.metadata.uid = Some("h-made-2".into());
+    let p = run(&f, "VirtualMachineInstance", Some(&m), Some(&newer));
+    assert_eq!(
+        p.steps,
+        [
+            Step::ShowNode("node-7".into()),
+            Step::ReleaseMirror,
+            Step::DeleteMirror
+        ]
+    );
+}
+
+#[test]
+fn an_object_being_deleted_in_the_tenant_waits_for_its_absence() {
+    let f = Fake::new();
+    let t = deleting(vm(plain_spec()));
+    let h = copy_of(&f, &t, None);
+    assert!(
+        run(&f, "VirtualMachine", Some(&t), Some(&h))
+            .steps
+            .is_empty()
+    );
+}
+
+#[test]
+fn a_mirror_only_kind_created_by_the_tenant_is_refused_naming_the_setting() {
+    let f = Fake::new(); // DataVolume not enabled, VirtualMachine is
+    let dv = obj(
+        "DataVolume",
+        json!({"metadata": {"name": "d", "namespace": "default"}, "spec": {}}),
+    );
+    let p = run(&f, "DataVolume", Some(&dv), None);
+    let [Step::Refuse(v)] = p.steps.as_slice() else {
+        panic!("{p:?}")
+    };
+    assert_eq!(v[0].path, "spec.kubevirt.syncKinds");
+    assert!(v[0].message.contains("add DataVolume"), "{}", v[0].message);
+}
+
+#[test]
+fn dependencies_sync_only_while_referenced() {
+    let mut f = Fake::new();
+    let s = obj(
+        "Secret",
+        json!({"metadata": {"name": "ci-secret", "namespace": "default", "uid": "t-s"}, "type": "Opaque"}),
+    );
+    assert!(run(&f, "Secret", Some(&s), None).steps.is_empty());
+    let copy = copy_of(&f, &s, None);
+    assert_eq!(
+        run(&f, "Secret", Some(&s), Some(&copy)).steps,
+        [Step::DeleteHost]
+    );
+    f.referenced = true;
+    let p = run(&f, "Secret", Some(&s), None);
+    assert!(
+        matches!(
+            p.steps.as_slice(),
+            [
+                Step::EnsureHostNamespace,
+                Step::CreateHost(_),
+                Step::ClearRefusal
+            ]
+        ),
+        "{p:?}"
+    );
+    // a token Secret is refused even when referenced
+    let mut token = s.clone();
+    token.data["type"] = json!("kubernetes.io/service-account-token");
+    assert!(matches!(
+        run(&f, "Secret", Some(&token), None).steps.as_slice(),
+        [Step::Refuse(_)]
+    ));
+}
+
+#[test]
+fn services_sync_while_selecting_a_vm_without_the_addresses_the_host_assigns() {
+    let mut f = Fake::new();
+    let svc = obj(
+        "Service",
+        json!({"metadata": {"name": "web", "namespace": "default", "uid": "t-svc"},
+        "spec": {"selector": {"app": "web"}, "clusterIP": "10.0.0.95", "clusterIPs": ["10.0.0.95"],
+                 "ports": [{"port": 22, "nodePort": 30022}], "type": "NodePort"}}),
+    );
+    assert!(run(&f, "Service", Some(&svc), None).steps.is_empty());
+    f.selects = true;
+    let p = run(&f, "Service", Some(&svc), None);
+    let [
+        Step::EnsureHostNamespace,
+        Step::CreateHost(h),
+        Step::ClearRefusal,
+    ] = p.steps.as_slice()
+    else {
+        panic!("{p:?}")
+    };
+    assert_eq!(h.data["spec"].get("clusterIP"), None);
+    assert_eq!(h.data["spec"].get("clusterIPs"), None);
+    assert_eq!(h.data["spec"]["ports"][0].get("nodePort"), None);
+    assert_eq!(h.data["spec"]["ports"][0]["port"], 22);
+}
+
+#[test]
+fn a_vm_that_escapes_the_tenant_is_refused_and_nothing_reaches_the_host() {
+    let f = Fake::new();
+    let mut spec = plain_spec();
+    spec["template"]["spec"]["volumes"] =
+        json!([{"name": "h", "hostDisk": {"path": "/etc", "type": "Disk"}}]);
+    let p = run(&f, "VirtualMachine", Some(&vm(spec)), None);
+    let [Step::Refuse(v)] = p.steps.as_slice() else {
+        panic!("{p:?}")
+    };
+    assert_eq!(v[0].path, "spec.template.spec.volumes[0].hostDisk");
+}
+
+#[test]
+fn a_new_vm_brings_its_dependencies_then_its_namespace_then_itself() {
+    let f = Fake::new();
+    let t = vm(plain_spec());
+    let p = run(&f, "VirtualMachine", Some(&t), None);
+    assert_eq!(p.direction, Direction::Down);
+    let [
+        Step::Dependencies(deps),
+        Step::EnsureHostNamespace,
+        Step::CreateHost(h),
+        Step::ClearRefusal,
+    ] = p.steps.as_slice()
+    else {
+        panic!("{p:?}")
+    };
+    assert_eq!(deps.len(), 1);
+    assert_eq!(
+        (deps[0].kind, deps[0].name.as_str()),
+        ("Secret", "ci-secret")
+    );
+    assert_eq!(h.metadata.namespace.as_deref(), Some(f.host_ns().as_str()));
+    assert_eq!(h.metadata.name.as_deref(), Some("vm1"));
+    let labels = h.metadata.labels.as_ref().unwrap();
+    assert_eq!(labels[VIRTUALCLUSTER_UID], "vc-uid");
+    assert_eq!(labels[MANAGED_BY], MANAGED_BY_VALUE);
+    assert_eq!(labels["app"], "web");
+    assert_eq!(
+        h.metadata.annotations.as_ref().unwrap()[TENANT_UID],
+        "t-vm1"
+    );
+    assert_eq!(h.data["spec"], t.data["spec"]);
+}
+
+#[test]
+fn a_name_taken_on_the_host_is_refused() {
+    let f = Fake::new();
+    let t = vm(plain_spec());
+    let mut taken = host_made("VirtualMachine", None);
+    taken.metadata.name = Some("vm1".into());
+    let mut other = Fake::new();
+    other.vc.uid = "other-vc".into();
+    for h in [taken, copy_of(&other, &t, None)] {
+        let p = run(&f, "VirtualMachine", Some(&t), Some(&h));
+        let last = p.steps.last().unwrap();
+        let Step::Refuse(v) = last else {
+            panic!("{p:?}")
+        };
+        assert_eq!(v[0].path, "metadata.name");
+        assert!(
+            !p.steps
+                .iter()
+                .any(|s| matches!(s, Step::CreateHost(_) | Step::ReplaceHost(_)))
+        );
+    }
+}
+
+#[test]
+fn an_unchanged_copy_only_brings_its_status_up() {
+    let f = Fake::new();
+    let t = vm(plain_spec());
+    let status = json!({"printableStatus": "Running"});
+    let h = copy_of(&f, &t, Some(status.clone()));
+    let p = run(&f, "VirtualMachine", Some(&t), Some(&h));
+    assert_eq!(
+        &p.steps[1..],
+        [
+            Step::EnsureHostNamespace,
+            Step::ClearRefusal,
+            Step::StatusUp(status.clone())
+        ]
+    );
+    let mut seen = t.clone();
+    seen.data["status"] = status;
+    let p = run(&f, "VirtualMachine", Some(&seen), Some(&h));
+    assert_eq!(
+        &p.steps[1..],
+        [Step::EnsureHostNamespace, Step::ClearRefusal]
+    );
+}
+
+#[test]
+fn tenant_edits_and_host_drift_are_written_to_the_host() {
+    let f = Fake::new();
+    let t = vm(plain_spec());
+    let h = copy_of(&f, &t, Some(json!({"printableStatus": "Stopped"})));
+    // the tenant changed its VM
+    let mut edited = t.clone();
+    edited.data["spec"]["template"]["spec"]["domain"]["cpu"] = json!({"cores": 2});
+    let p = run(&f, "VirtualMachine", Some(&edited), Some(&h));
+    let Some(Step::ReplaceHost(r)) = p.steps.get(2) else {
+        panic!("{p:?}")
+    };
+    assert_eq!(
+        r.data["spec"]["template"]["spec"]["domain"]["cpu"]["cores"],
+        2
+    );
+    assert_eq!(
+        r.metadata.resource_version.as_deref(),
+        Some("100"),
+        "replaces what it read"
+    );
+    assert_eq!(
+        r.data["status"]["printableStatus"], "Stopped",
+        "keeps the host's status"
+    );
+    // someone changed the host copy
+    let mut drifted = h.clone();
+    drifted.data["spec"]["template"]["spec"]["volumes"][0]["cloudInitNoCloud"] =
+        json!({"userDataSecretRef": {"name": "someone-elses"}});
+    let p = run(&f, "VirtualMachine", Some(&t), Some(&drifted));
+    let Some(Step::ReplaceHost(r)) = p.steps.get(2) else {
+        panic!("{p:?}")
+    };
+    assert_eq!(
+        r.data["spec"]["template"]["spec"]["volumes"][0]["cloudInitNoCloud"]["userDataSecretRef"]["name"],
+        "ci-secret"
+    );
+    // fields the host adds are defaults, not drift
+    let mut defaulted = h.clone();
+    defaulted.data["spec"]["template"]["spec"]["domain"]["machine"] = json!({"type": "q35"});
+    let p = run(&f, "VirtualMachine", Some(&t), Some(&defaulted));
+    assert!(
+        !p.steps.iter().any(|s| matches!(s, Step::ReplaceHost(_))),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn a_start_through_the_host_virt_api_is_taken_up_not_reverted() {
+    let f = Fake::new();
+    let t = vm(plain_spec());
+    let mut started = copy_of(&f, &t, None);
+    started.data["spec"]["runStrategy"] = json!("Always");
+    let p = run(&f, "VirtualMachine", Some(&t), Some(&started));
+    assert_eq!(
+        p.steps.last(),
+        Some(&Step::TakeUp(json!({"spec": {"runStrategy": "Always"}})))
+    );
+    // a tenant edit at the same time wins: the hash differs, the host is updated
+    let mut edited = t.clone();
+    edited.data["spec"]["template"]["spec"]["domain"]["cpu"] = json!({"cores": 2});
+    let p = run(&f, "VirtualMachine", Some(&edited), Some(&started));
+    assert!(
+        p.steps.iter().any(|s| matches!(s, Step::ReplaceHost(_))),
+        "{p:?}"
+    );
+    // the hash alone is what tells kvtenant's copies apart
+    assert!(
+        started
+            .metadata
+            .annotations
+            .as_ref()
+            .unwrap()
+            .contains_key(SPEC_HASH)
+    );
+}
+
+#[test]
+fn owner_references_are_mapped_to_host_uids_or_dropped() {
+    let mut f = Fake::new();
+    let mut t = vm(plain_spec());
+    t.metadata.owner_references = Some(vec![
+        serde_json::from_value(
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "name": "cm", "uid": "t-cm"}),
+        )
+        .unwrap(),
+        serde_json::from_value(
+            json!({"apiVersion": "v1", "kind": "Secret", "name": "gone", "uid": "t-x"}),
+        )
+        .unwrap(),
+    ]);
+    f.host_uids
+        .insert(("ConfigMap".into(), "cm".into()), "h-cm".into());
+    let p = run(&f, "VirtualMachine", Some(&t), None);
+    let Some(Step::CreateHost(h)) = p.steps.get(2) else {
+        panic!("{p:?}")
+    };
+    let owners = h.metadata.owner_references.as_ref().unwrap();
+    assert_eq!(owners.len(), 1);
+    assert_eq!(owners[0].uid, "h-cm");
+}

@@ -1,0 +1,216 @@
+//! Carries out a [`Plan`]: each step is one or two API calls, with errors that name the call and
+//! the object. Expected answers are outcomes, not errors: "already exists" on a create means the
+//! cache is behind (look again shortly), "not found" on a delete means done, a tenant namespace
+//! that is gone or terminating ends a mirror's creation.
+
+use std::time::Duration;
+
+use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams, PostParams, PropagationPolicy};
+use kvtenant_kubeutil::{ApiErrorClass, ResultExt, classify, is_namespace_terminating};
+use kvtenant_rules::kinds::{self, Kind};
+use serde_json::{Value, json};
+
+use super::Tenant;
+use crate::error::{Cluster, Error, describe};
+use crate::host::Key;
+use crate::plan::{CONFLICT_WAIT, Plan, Step};
+
+impl Tenant {
+    /// Executes a plan: the plans of its dependencies first, then its own steps. `Ok(Some(d))`
+    /// asks to look again after `d`.
+    pub(super) async fn execute(&self, key: &Key, plan: Plan) -> Result<Option<Duration>, Error> {
+        let (deps, steps): (Vec<Step>, Vec<Step>) = plan
+            .steps
+            .into_iter()
+            .partition(|s| matches!(s, Step::Dependencies(_)));
+        for step in deps {
+            let Step::Dependencies(refs) = step else {
+                continue;
+            };
+            for r in refs {
+                let Some(dep) = kinds::by_kind(r.kind) else {
+                    continue;
+                };
+                let dep_key = Key {
+                    kind: dep.id,
+                    namespace: key.namespace.clone(),
+                    name: r.name,
+                };
+                // a dependency not yet in the cache is synced when its own event comes
+                if let Some(dep_plan) = self.plan(&dep_key) {
+                    self.run(&dep_key, dep_plan.steps).await?;
+                }
+            }
+        }
+        Ok(self.run(key, steps).await?.or(plan.requeue))
+    }
+
+    /// Runs steps in order; stops early when one asks to wait.
+    async fn run(&self, key: &Key, steps: Vec<Step>) -> Result<Option<Duration>, Error> {
+        let kind = kinds::get(key.kind);
+        let host_ns = self.vc.host_namespace(&key.namespace);
+        let host_what = describe(kind.name(), &host_ns, &key.name);
+        let tenant_what = describe(kind.name(), &key.namespace, &key.name);
+        let host = self.host_api(kind, &host_ns);
+        let tenant = self.tenant_api(kind, &key.namespace);
+        for step in steps {
+            match step {
+                Step::Dependencies(_) => {
+                    tracing::warn!(tenant = %self.label, key = ?key, "a dependency has dependencies of its own; not followed");
+                }
+                Step::EnsureHostNamespace => self.ensure_host_namespace(&key.namespace).await?,
+                Step::CreateHost(obj) => {
+                    self.api_call(Cluster::Host, "create");
+                    match host.create(&PostParams::default(), &obj).await {
+                        Ok(_) => self.synced(kind, "down"),
+                        Err(e) if classify(&e) == ApiErrorClass::Conflict => {
+                            return Ok(Some(CONFLICT_WAIT));
+                        }
+                        Err(e) => return Err(Error::api("create", Cluster::Host, host_what)(e)),
+                    }
+                }
+                Step::ReplaceHost(obj) => {
+                    self.api_call(Cluster::Host, "replace");
+                    host.replace(&key.name, &PostParams::default(), &obj)
+                        .await
+                        .map_err(Error::api("replace", Cluster::Host, host_what.clone()))?;
+                    self.synced(kind, "down");
+                }
+                Step::ConfirmTenantGone => {
+                    // the cache says gone: confirm with the tenant's apiserver
+                    self.api_call(Cluster::Tenant, "get");
+                    let live = tenant.get_opt(&key.name).await.map_err(Error::api(
+                        "get",
+                        Cluster::Tenant,
+                        tenant_what.clone(),
+                    ))?;
+                    if live.is_some() {
+                        return Ok(Some(CONFLICT_WAIT));
+                    }
+                }
+                Step::DeleteHost => {
+                    self.api_call(Cluster::Host, "delete");
+                    let dp = DeleteParams {
+                        propagation_policy: Some(PropagationPolicy::Background),
+                        ..DeleteParams::default()
+                    };
+                    host.delete(&key.name, &dp)
+                        .await
+                        .gone_ok()
+                        .map_err(Error::api("delete", Cluster::Host, host_what.clone()))?;
+                    self.synced(kind, "delete");
+                }
+                Step::TakeUp(patch) => {
+                    self.api_call(Cluster::Tenant, "patch");
+                    tenant
+                        .patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                        .map_err(Error::api("patch", Cluster::Tenant, tenant_what.clone()))?;
+                    self.synced(kind, "up");
+                }
+                Step::StatusUp(status) => {
+                    let Some(t) = self.tenant_get(key.kind, &key.namespace, &key.name) else {
+                        continue;
+                    };
+                    self.write_tenant_status(kind, key, (*t).clone(), status)
+                        .await?;
+                    self.synced(kind, "up");
+                }
+                Step::Refuse(violations) => {
+                    if let Some(t) = self.tenant_get(key.kind, &key.namespace, &key.name) {
+                        self.refuse(kind, key, &t, &violations).await?;
+                    }
+                }
+                Step::ClearRefusal => self.clear_refusal(key),
+                Step::ShowNode(node) => self.ensure_node(&node).await?,
+                Step::CreateMirror(obj) => {
+                    self.api_call(Cluster::Tenant, "create");
+                    let created = match tenant.create(&PostParams::default(), &obj).await {
+                        Ok(c) => c,
+                        Err(e) if classify(&e) == ApiErrorClass::Conflict => {
+                            return Ok(Some(CONFLICT_WAIT));
+                        }
+                        // the tenant namespace is gone or going (asked by the create itself
+                        // rather than a namespace read first: one request per mirror)
+                        Err(e)
+                            if classify(&e) == ApiErrorClass::NotFound
+                                || is_namespace_terminating(&e) =>
+                        {
+                            return Ok(None);
+                        }
+                        Err(e) => {
+                            return Err(Error::api("create", Cluster::Tenant, tenant_what)(e));
+                        }
+                    };
+                    if kind.status_subresource()
+                        && let Some(status) = obj.data.get("status")
+                    {
+                        self.write_tenant_status(kind, key, created, status.clone())
+                            .await?;
+                    }
+                    self.synced(kind, "up");
+                }
+                Step::ReplaceMirror(obj, status) => {
+                    self.api_call(Cluster::Tenant, "replace");
+                    let updated = tenant
+                        .replace(&key.name, &PostParams::default(), &obj)
+                        .await
+                        .map_err(Error::api("replace", Cluster::Tenant, tenant_what.clone()))?;
+                    if let Some(status) = status
+                        && updated.data.get("status") != Some(&status)
+                    {
+                        self.write_tenant_status(kind, key, updated, status).await?;
+                    }
+                    self.synced(kind, "up");
+                }
+                Step::ReleaseMirror => {
+                    self.api_call(Cluster::Tenant, "patch");
+                    let patch = json!({"metadata": {"finalizers": null}});
+                    tenant
+                        .patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                        .gone_ok()
+                        .map_err(Error::api("patch", Cluster::Tenant, tenant_what.clone()))?;
+                }
+                Step::DeleteMirror => {
+                    self.api_call(Cluster::Tenant, "delete");
+                    tenant
+                        .delete(&key.name, &DeleteParams::default())
+                        .await
+                        .gone_ok()
+                        .map_err(Error::api("delete", Cluster::Tenant, tenant_what.clone()))?;
+                    self.synced(kind, "delete");
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Writes `status` onto the tenant object `base` (current resourceVersion): through
+    /// `/status` where the kind has it, else through the main resource (VMIs).
+    pub(super) async fn write_tenant_status(
+        &self,
+        kind: &Kind,
+        key: &Key,
+        mut base: DynamicObject,
+        status: Value,
+    ) -> Result<(), Error> {
+        if let Some(o) = base.data.as_object_mut() {
+            o.insert("status".into(), status);
+        }
+        let api = self.tenant_api(kind, &key.namespace);
+        let what = describe(kind.name(), &key.namespace, &key.name);
+        if kind.status_subresource() {
+            self.api_call(Cluster::Tenant, "replace_status");
+            api.replace_status(&key.name, &PostParams::default(), &base)
+                .await
+                .map_err(Error::api("replace status of", Cluster::Tenant, what))?;
+        } else {
+            self.api_call(Cluster::Tenant, "replace");
+            api.replace(&key.name, &PostParams::default(), &base)
+                .await
+                .map_err(Error::api("replace", Cluster::Tenant, what))?;
+        }
+        Ok(())
+    }
+}

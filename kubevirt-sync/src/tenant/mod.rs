@@ -1,0 +1,380 @@
+//! One tenant (virtual cluster): its client, its caches and watchers, and the reconcile of one
+//! key: [`crate::plan`] decides, [`execute`] carries the plan out.
+//!
+//! - [`watch`]: the tenant-side watchers (one per watched kind).
+//! - [`execute`]: the steps of a plan as API calls.
+//! - [`refuse`]: telling the tenant why an object is not synced.
+//! - [`namespaces`]: the host namespace of a tenant namespace and its isolation.
+//! - [`nodes`]: tenant Nodes for the host nodes running the tenant's VMIs.
+//! - [`resync`]: the consistency scan.
+
+mod execute;
+mod namespaces;
+mod nodes;
+mod refuse;
+mod resync;
+mod watch;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kube::api::{Api, DynamicObject};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, ResourceExt};
+use kvtenant_api::labels::VirtualClusterRef;
+use kvtenant_api::{VirtualCluster, VirtualClusterSpec, VmPolicy};
+use kvtenant_rules::kinds::{self, Enablement, Kind, KindId};
+use kvtenant_rules::translate::{is_mirror, selects};
+use serde_json::Value;
+use tokio::task::AbortHandle;
+
+use crate::error::Error;
+use crate::host::{Host, Key};
+use crate::plan::{self, Direction, Plan, View};
+use crate::registry::TenantHandle;
+
+/// Every tenant start gets a new number ([`TenantHandle::instance`]).
+static INSTANCES: AtomicU64 = AtomicU64::new(1);
+
+/// How long a key waits while the caches it needs are still listing.
+const CACHE_WAIT: Duration = Duration::from_millis(200);
+
+/// A tenant being synced.
+pub struct Tenant {
+    host: Arc<Host>,
+    pub vc: VirtualClusterRef,
+    /// `namespace/name` of the VirtualCluster, for logs and metrics.
+    pub label: String,
+    /// The VirtualCluster as it was when this tenant was started (a change restarts it).
+    pub virtual_cluster: VirtualCluster,
+    spec: Arc<VirtualClusterSpec>,
+    pub client: Client,
+    /// Per kind ([`KindId::index`]): synced, mirror-only or off for this tenant.
+    enablement: Vec<Enablement>,
+    /// Tenant-side caches (`None`: kind not watched for this tenant).
+    stores: Vec<Option<Store<DynamicObject>>>,
+    ready: Vec<AtomicBool>,
+    recorder: Recorder,
+    /// The last refusal message told per key (each is told once).
+    refused: Mutex<HashMap<Key, String>>,
+    failures: Mutex<HashMap<Key, u32>>,
+    tasks: Mutex<Vec<AbortHandle>>,
+    /// Host CRD resourceVersions last mirrored.
+    crd_versions: Mutex<Vec<(String, String)>>,
+    /// Nodes kvtenant created in the tenant (names of host nodes running its VMIs).
+    nodes: Mutex<BTreeSet<String>>,
+    instance: u64,
+}
+
+impl Drop for Tenant {
+    fn drop(&mut self) {
+        for t in self.tasks.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            t.abort();
+        }
+    }
+}
+
+impl Tenant {
+    /// Mirrors the CRDs into the tenant and starts the tenant-side watchers.
+    pub async fn start(
+        host: Arc<Host>,
+        vc: VirtualClusterRef,
+        virtual_cluster: VirtualCluster,
+        client: Client,
+    ) -> Result<Arc<Self>, Error> {
+        let spec = Arc::new(virtual_cluster.spec.clone());
+        let enabled = &spec.kubevirt.sync_kinds;
+        let enablement = kinds::enablement(enabled);
+        let crd_names: Vec<String> = kinds::watched_sync_kinds(enabled)
+            .into_iter()
+            .map(|k| k.crd_name())
+            .collect();
+        let (copied, missing) = crate::crds::mirror(&host.crds, &client, &crd_names).await?;
+        if !missing.is_empty() {
+            tracing::warn!(vc = %vc.name, ?missing, "the host lacks these CRDs; their kinds are not synced");
+        }
+        let mut stores = Vec::new();
+        let mut writers = Vec::new();
+        for kind in kinds::all() {
+            let available = kind
+                .sync_kind()
+                .is_none_or(|s| !missing.contains(&s.crd_name()));
+            if enablement[kind.id.index()].watched() && available {
+                let w = kube::runtime::reflector::store::Writer::new(kind.resource.clone());
+                stores.push(Some(w.as_reader()));
+                writers.push((kind.id, w));
+            } else {
+                stores.push(None);
+            }
+        }
+        let tenant = Arc::new(Self {
+            label: format!("{}/{}", vc.namespace, vc.name),
+            recorder: Recorder::new(
+                client.clone(),
+                Reporter {
+                    controller: "kvtenant-syncer".into(),
+                    instance: None,
+                },
+            ),
+            ready: kinds::all()
+                .iter()
+                .map(|_| AtomicBool::new(false))
+                .collect(),
+            host,
+            vc,
+            virtual_cluster,
+            spec,
+            client,
+            enablement,
+            stores,
+            refused: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+            tasks: Mutex::new(Vec::new()),
+            crd_versions: Mutex::new(copied),
+            nodes: Mutex::new(BTreeSet::new()),
+            instance: INSTANCES.fetch_add(1, Ordering::Relaxed),
+        });
+        let tasks = writers
+            .into_iter()
+            .map(|(kind, writer)| {
+                tokio::spawn(watch::watch_kind(Arc::downgrade(&tenant), kind, writer))
+                    .abort_handle()
+            })
+            .collect();
+        *tenant.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
+        Ok(tenant)
+    }
+
+    /// What the proxy and the webhooks see of this tenant.
+    pub fn handle(&self) -> TenantHandle {
+        TenantHandle {
+            vc: self.vc.clone(),
+            label: self.label.clone(),
+            spec: self.spec.clone(),
+            client: self.client.clone(),
+            instance: self.instance,
+        }
+    }
+
+    pub fn spec(&self) -> &VirtualClusterSpec {
+        &self.spec
+    }
+
+    fn enqueue(&self, key: Key) {
+        self.host.enqueue(&self.vc.uid, key);
+    }
+
+    /// A kind's cache has listed everything once. When every cache has, every host object of
+    /// the tenant's namespaces is looked at once: host events that arrived before this tenant
+    /// ran were dropped, and deletes made while the syncer was down are carried out now, not
+    /// at the next consistency scan.
+    fn mark_ready(&self, kind: KindId) {
+        let was = self.ready[kind.index()].swap(true, Ordering::AcqRel);
+        let all = self
+            .stores
+            .iter()
+            .zip(&self.ready)
+            .all(|(store, ready)| store.is_none() || ready.load(Ordering::Acquire));
+        if !was && all {
+            self.enqueue_host_side();
+        }
+    }
+
+    /// Queues every host object in the tenant's host namespaces.
+    fn enqueue_host_side(&self) {
+        let owned: HashMap<String, String> =
+            self.host.namespaces_of(&self.vc.uid).into_iter().collect();
+        for kind in kinds::all() {
+            for o in self.host.objects_in_any(kind.id, &owned) {
+                let Some(tenant_ns) = o.namespace().and_then(|ns| owned.get(&ns).cloned()) else {
+                    continue;
+                };
+                self.enqueue(Key {
+                    kind: kind.id,
+                    namespace: tenant_ns,
+                    name: o.name_any(),
+                });
+            }
+        }
+    }
+
+    /// The tenant objects of a watched kind, from the cache.
+    fn objects(&self, kind: KindId) -> Vec<Arc<DynamicObject>> {
+        self.stores[kind.index()]
+            .as_ref()
+            .map(Store::state)
+            .unwrap_or_default()
+    }
+
+    fn tenant_get(&self, kind: KindId, ns: &str, name: &str) -> Option<Arc<DynamicObject>> {
+        let ar = kinds::get(kind).resource.clone();
+        self.stores[kind.index()]
+            .as_ref()?
+            .get(&ObjectRef::new_with(name, ar).within(ns))
+    }
+
+    fn tenant_api(&self, kind: &Kind, ns: &str) -> Api<DynamicObject> {
+        Api::namespaced_with(self.client.clone(), ns, &kind.resource)
+    }
+
+    fn host_api(&self, kind: &Kind, ns: &str) -> Api<DynamicObject> {
+        Api::namespaced_with(self.host.client.clone(), ns, &kind.resource)
+    }
+
+    fn api_call(&self, cluster: crate::error::Cluster, verb: &str) {
+        self.host.metrics.api(&self.label, cluster.label(), verb);
+    }
+
+    fn synced(&self, kind: &Kind, action: &str) {
+        self.host.metrics.synced(&self.label, kind.name(), action);
+    }
+
+    pub(crate) fn observe(&self, direction: Direction, took: Duration) {
+        self.host
+            .metrics
+            .reconcile_seconds
+            .get_or_create(&crate::metrics::LatencyLabels {
+                tenant: self.label.clone(),
+                direction: direction.label().to_string(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Next retry delay for a failing key: 100 ms doubling to 30 s.
+    pub(crate) fn backoff(&self, key: &Key) -> Duration {
+        let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let n = f.entry(key.clone()).or_insert(0);
+        *n = (*n + 1).min(10);
+        Duration::from_millis(100 * 2u64.pow(*n - 1)).min(Duration::from_secs(30))
+    }
+
+    pub(crate) fn backoff_reset(&self, key: &Key) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+
+    pub(crate) fn record_error(&self, key: &Key, e: &Error) {
+        self.host
+            .metrics
+            .errors
+            .get_or_create(&crate::metrics::ErrorLabels {
+                tenant: self.label.clone(),
+                kind: kinds::get(key.kind).name().to_string(),
+                error: e.metric_label().to_string(),
+            })
+            .inc();
+    }
+
+    /// The plan for a key, from the caches (`None`: the caches it needs are not ready yet).
+    pub(crate) fn plan(&self, key: &Key) -> Option<Plan> {
+        let kind = kinds::get(key.kind);
+        if self.stores[key.kind.index()].is_none() {
+            return Some(plan::plan(self, kind, &key.namespace, None, None));
+        }
+        if !self.ready[key.kind.index()].load(Ordering::Acquire) || !self.host.ready(key.kind) {
+            return None;
+        }
+        let host_ns = self.vc.host_namespace(&key.namespace);
+        let t = self.tenant_get(key.kind, &key.namespace, &key.name);
+        let h = self.host.get(key.kind, &host_ns, &key.name);
+        Some(plan::plan(
+            self,
+            kind,
+            &key.namespace,
+            t.as_deref(),
+            h.as_deref(),
+        ))
+    }
+
+    /// Reconciles one key: plan, then execute (the plans of its dependencies first). `Ok(Some(d))`
+    /// asks to look again after `d`.
+    pub async fn reconcile(&self, key: &Key) -> Result<(Direction, Option<Duration>), Error> {
+        let Some(p) = self.plan(key) else {
+            return Ok((Direction::Noop, Some(CACHE_WAIT)));
+        };
+        let direction = p.direction;
+        Ok((direction, self.execute(key, p).await?))
+    }
+
+    /// Queues the Services of a namespace (a VM changed: they may start or stop selecting it).
+    fn enqueue_services(&self, ns: &str) {
+        for kind in kinds::all() {
+            if kind.trigger() != kinds::Trigger::WhenSelectingVm {
+                continue;
+            }
+            for svc in self.objects(kind.id) {
+                if svc.namespace().as_deref() == Some(ns) {
+                    self.enqueue(Key {
+                        kind: kind.id,
+                        namespace: ns.to_string(),
+                        name: svc.name_any(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+impl View for Tenant {
+    fn vc(&self) -> &VirtualClusterRef {
+        &self.vc
+    }
+
+    fn policy(&self) -> &VmPolicy {
+        &self.spec.vm_policy
+    }
+
+    fn enablement(&self, kind: &Kind) -> Enablement {
+        self.enablement[kind.id.index()]
+    }
+
+    fn referenced(&self, kind: &Kind, namespace: &str, name: &str) -> bool {
+        kinds::all()
+            .iter()
+            .filter(|k| k.references_others())
+            .any(|referrer| {
+                self.objects(referrer.id).iter().any(|o| {
+                    o.namespace().as_deref() == Some(namespace)
+                        && !is_mirror(o)
+                        && referrer
+                            .references(&o.data)
+                            .iter()
+                            .any(|r| r.kind == kind.name() && r.name == name)
+                })
+            })
+    }
+
+    fn selects_vm(&self, namespace: &str, selector: &serde_json::Map<String, Value>) -> bool {
+        kinds::all().iter().any(|k| {
+            let Some(template) = k.vm_template() else {
+                return false;
+            };
+            self.objects(k.id).iter().any(|o| {
+                o.namespace().as_deref() == Some(namespace)
+                    && selects(selector, template.instance_labels(o).as_ref())
+            })
+        })
+    }
+
+    fn host_uid(&self, kind: &str, host_namespace: &str, name: &str) -> Option<String> {
+        let kind = kinds::by_kind(kind)?;
+        self.host
+            .get(kind.id, host_namespace, name)?
+            .metadata
+            .uid
+            .clone()
+    }
+
+    fn tenant_uid(&self, kind: &str, namespace: &str, name: &str) -> Option<String> {
+        let kind = kinds::by_kind(kind)?;
+        self.tenant_get(kind.id, namespace, name)?
+            .metadata
+            .uid
+            .clone()
+    }
+}

@@ -1,0 +1,98 @@
+//! CDI DataVolumes: synced when enabled; those the host makes from a VM's
+//! `dataVolumeTemplates` are mirrored up read-only, enabled or not (the VM's status names them).
+
+use kvtenant_api::{SyncKind, VmPolicy};
+use serde_json::Value;
+
+use super::{ApiKind, Enablement, SyncedKind};
+use crate::quota::{Usage, owner_kinds};
+use crate::vm::size::{GuestSize, data_volume_storage};
+use crate::{Violation, is_set, translate};
+
+pub const KIND: &str = "DataVolume";
+
+/// What a tenant who creates a DataVolume sees when only templated ones are shown.
+pub const MIRROR_ONLY: &str = "DataVolume is not synced for this virtual cluster (only \
+DataVolumes the host makes from a VirtualMachine's dataVolumeTemplates are shown); ask the \
+platform admin to add DataVolume to the VirtualCluster's spec.kubevirt.syncKinds, or use \
+dataVolumeTemplates";
+
+pub struct DataVolume;
+
+impl SyncedKind for DataVolume {
+    fn api(&self) -> ApiKind {
+        ApiKind::of(SyncKind::DataVolume)
+    }
+    fn sync_kind(&self) -> Option<SyncKind> {
+        Some(SyncKind::DataVolume)
+    }
+    fn enablement(&self, enabled: &[SyncKind]) -> Enablement {
+        if enabled.contains(&SyncKind::DataVolume) {
+            Enablement::Synced
+        } else if enabled.contains(&SyncKind::VirtualMachine) {
+            Enablement::MirrorOnly(MIRROR_ONLY)
+        } else {
+            Enablement::Off
+        }
+    }
+    fn mirrors_host_made(&self) -> bool {
+        true
+    }
+    /// No source in another namespace.
+    fn violations(&self, obj: &Value, _: &VmPolicy, _: Option<GuestSize>) -> Vec<Violation> {
+        ["/spec/source/pvc/namespace", "/spec/sourceRef/namespace"]
+            .into_iter()
+            .filter(|p| is_set(obj.pointer(p)))
+            .map(|p| {
+                Violation::new(
+                    crate::field_path(p),
+                    "a DataVolume may not copy from another namespace; clone from a PVC or \
+                     DataSource in the same namespace",
+                )
+            })
+            .collect()
+    }
+    fn in_quota(&self) -> bool {
+        true
+    }
+    /// DataVolumes the tenant created count their storage; mirrors of DataVolumes made from a
+    /// VM's templates do not (the VM counts them).
+    fn usage(&self, obj: &Value, _: GuestSize) -> Option<Usage> {
+        if translate::is_mirror_json(obj)
+            || owner_kinds(obj).contains(&super::virtual_machine::KIND)
+        {
+            return None;
+        }
+        Some(Usage {
+            storage: data_volume_storage(obj),
+            ..Usage::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn cross_namespace_sources_are_refused_and_templated_ones_not_counted() {
+        let p = VmPolicy::default();
+        let bad =
+            json!({"spec": {"sourceRef": {"kind": "DataSource", "namespace": "os", "name": "f"}}});
+        assert_eq!(
+            DataVolume.violations(&bad, &p, None)[0].path,
+            "spec.sourceRef.namespace"
+        );
+        let mine = json!({"spec": {"storage": {"resources": {"requests": {"storage": "2Gi"}}}}});
+        let size = GuestSize::default();
+        assert_eq!(
+            DataVolume.usage(&mine, size).map(|u| u.storage),
+            Some(2 << 30)
+        );
+        let mut templated = mine.clone();
+        templated["metadata"] =
+            json!({"ownerReferences": [{"kind": "VirtualMachine", "name": "vm"}]});
+        assert_eq!(DataVolume.usage(&templated, size), None);
+    }
+}

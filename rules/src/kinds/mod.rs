@@ -1,0 +1,383 @@
+//! Every kind kvtenant syncs, one module each, behind [`SyncedKind`]; the registry ([`all`],
+//! [`get`], [`by_kind`]) is the only place kind names are matched.
+//!
+//! A kind's module holds everything about it: its API, whether and when it syncs
+//! ([`SyncedKind::enablement`], [`SyncedKind::trigger`]), what it references, its safety rules,
+//! where its VM template sits ([`crate::vm::VmTemplate`]), the fields the host assigns, whether
+//! host-made objects of it are mirrored up, what it takes of the VM quota. The syncer, the
+//! webhooks and the proxy read kinds only through the trait.
+//!
+//! # Adding a kind
+//!
+//! 1. A file `kinds/<kind>.rs`: a unit struct implementing [`SyncedKind`] (only [`SyncedKind::api`]
+//!    is required; every other method has the default a plain tenant-owned kind wants), with
+//!    unit tests of its rules.
+//! 2. One line in [`KINDS`], after the kinds it references (dependencies sync first).
+//! 3. If it is a KubeVirt/CDI kind a VirtualCluster enables, a [`kvtenant_api::SyncKind`]
+//!    variant, returned by [`SyncedKind::sync_kind`].
+//!
+//! The syncer then watches it in every tenant where it is enabled and on the host, syncs it down
+//! through the same plan as every other kind, and the webhooks mirror the host's webhooks for it.
+
+pub mod clone;
+pub mod config_map;
+pub mod data_volume;
+pub mod migration;
+pub mod pool;
+pub mod pvc;
+pub mod secret;
+pub mod service;
+pub mod service_account;
+pub mod virtual_machine;
+pub mod vmi;
+
+use std::sync::LazyLock;
+
+use kube::api::DynamicObject;
+use kube::core::{ApiResource, GroupVersionKind};
+use kvtenant_api::{SyncKind, VmPolicy};
+use serde_json::Value;
+
+use crate::Violation;
+use crate::quota::Usage;
+use crate::vm::refs::ObjRef;
+use crate::vm::size::GuestSize;
+use crate::vm::{VmTemplate, refs, safety};
+
+/// The kinds, in dependency order: what is referenced comes before what references it.
+/// Adding a kind: one line here.
+pub const KINDS: &[&dyn SyncedKind] = &[
+    &secret::Secret,
+    &config_map::ConfigMap,
+    &service_account::ServiceAccount,
+    &pvc::PersistentVolumeClaim,
+    &service::Service,
+    &data_volume::DataVolume,
+    &pool::VirtualMachinePool,
+    &virtual_machine::VirtualMachine,
+    &vmi::VirtualMachineInstance,
+    &migration::VirtualMachineInstanceMigration,
+    &clone::VirtualMachineClone,
+];
+
+/// A kind's API coordinates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApiKind {
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    pub plural: &'static str,
+}
+
+impl ApiKind {
+    /// A core (`v1`) kind.
+    pub const fn core(kind: &'static str, plural: &'static str) -> Self {
+        Self {
+            group: "",
+            version: "v1",
+            kind,
+            plural,
+        }
+    }
+
+    /// The coordinates of a KubeVirt/CDI kind a VirtualCluster enables.
+    pub fn of(k: SyncKind) -> Self {
+        Self {
+            group: k.group(),
+            version: k.version(),
+            kind: k.kind(),
+            plural: k.plural(),
+        }
+    }
+}
+
+/// When a tenant object of a kind is synced down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// Every object of the kind.
+    Always,
+    /// Only while a synced object references it (Secrets, ConfigMaps, PVCs, ServiceAccounts):
+    /// unreferenced ones never reach the host.
+    WhenReferenced,
+    /// Only while its selector selects a synced VM's instances (Services exposing VMs).
+    WhenSelectingVm,
+}
+
+/// Whether a kind is synced for a virtual cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Enablement {
+    /// Synced down and (if the kind mirrors) host-made objects mirrored up.
+    Synced,
+    /// Not synced down, but host-made objects are mirrored up read-only (DataVolumes the host
+    /// makes from a VM's `dataVolumeTemplates` when DataVolume itself is not enabled). The
+    /// message tells a tenant who creates one what to do.
+    MirrorOnly(&'static str),
+    Off,
+}
+
+impl Enablement {
+    /// Whether the kind is watched in the tenant.
+    pub fn watched(self) -> bool {
+        !matches!(self, Self::Off)
+    }
+}
+
+/// Everything kind-specific. Only [`api`](Self::api) is required; the defaults are those of a
+/// plain kind the tenant owns and the host never makes.
+pub trait SyncedKind: Send + Sync {
+    /// Group, version, kind, plural.
+    fn api(&self) -> ApiKind;
+
+    /// The KubeVirt/CDI kind a VirtualCluster enables in `spec.kubevirt.syncKinds`; `None` for
+    /// the kinds synced as dependencies (always on).
+    fn sync_kind(&self) -> Option<SyncKind> {
+        None
+    }
+
+    /// Whether the kind is synced, given the VirtualCluster's enabled kinds.
+    fn enablement(&self, enabled: &[SyncKind]) -> Enablement {
+        match self.sync_kind() {
+            None => Enablement::Synced,
+            Some(k) if enabled.contains(&k) => Enablement::Synced,
+            Some(_) => Enablement::Off,
+        }
+    }
+
+    /// When a tenant object is synced down.
+    fn trigger(&self) -> Trigger {
+        Trigger::Always
+    }
+
+    /// Host-made objects of this kind in a mapped namespace (VMIs of VMs, VMs of pools,
+    /// DataVolumes of templates and their claims) are mirrored into the tenant, read-only.
+    fn mirrors_host_made(&self) -> bool {
+        false
+    }
+
+    /// The kind has a `/status` subresource (VMIs do not).
+    fn status_subresource(&self) -> bool {
+        true
+    }
+
+    /// JSON pointers removed on the way down: values the host assigns itself (`*` matches
+    /// every array element).
+    fn host_assigned(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Where the VM template sits, for VM-like kinds.
+    fn vm_template(&self) -> Option<&'static VmTemplate> {
+        None
+    }
+
+    /// Whether objects of this kind reference others (see [`references`](Self::references)).
+    fn references_others(&self) -> bool {
+        self.vm_template().is_some()
+    }
+
+    /// The objects of the same namespace this object needs on the host.
+    fn references(&self, obj: &Value) -> Vec<ObjRef> {
+        self.vm_template()
+            .map(|t| refs::references(t, obj))
+            .unwrap_or_default()
+    }
+
+    /// Why the object may not reach the host (empty: it may). `instancetype` is the size of
+    /// the instancetype a VM names, when the caller looked it up.
+    fn violations(
+        &self,
+        obj: &Value,
+        policy: &VmPolicy,
+        instancetype: Option<GuestSize>,
+    ) -> Vec<Violation> {
+        self.vm_template()
+            .map(|t| safety::check_with(t, obj, policy, instancetype))
+            .unwrap_or_default()
+    }
+
+    /// The merge patch taking a host-side change of tenant-owned fields up to the tenant, when
+    /// the host copy differs from what kvtenant would write (`desired`) only by such a change
+    /// (start/stop through the host's virt-api). `None`: any difference is drift to repair.
+    fn host_change_to_take_up(
+        &self,
+        _host: &DynamicObject,
+        _desired: &DynamicObject,
+    ) -> Option<Value> {
+        None
+    }
+
+    /// Whether the kind has status conditions, where a refusal is also shown as `Synced=False`
+    /// (VM-like kinds); every kind gets the Event.
+    fn reports_conditions(&self) -> bool {
+        self.vm_template().is_some()
+    }
+
+    /// The host node a host object runs on, shown to the tenant as a Node (VMIs).
+    fn host_node<'a>(&self, _host: &'a Value) -> Option<&'a str> {
+        None
+    }
+
+    /// Whether the kind counts toward the tenant-wide VM quota (its objects are listed).
+    fn in_quota(&self) -> bool {
+        false
+    }
+
+    /// What one object takes of the quota, when it counts on its own (`None`: it does not, for
+    /// example a VM a pool owns: the pool counts it).
+    fn usage(&self, _obj: &Value, _size: GuestSize) -> Option<Usage> {
+        None
+    }
+}
+
+/// Where a kind sits in the registry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KindId(u8);
+
+impl KindId {
+    /// The position in [`all`] (dependency order), for per-kind tables.
+    pub fn index(self) -> usize {
+        usize::from(self.0)
+    }
+}
+
+/// A registered kind: its rules and its API resource.
+pub struct Kind {
+    pub id: KindId,
+    pub rules: &'static dyn SyncedKind,
+    pub resource: ApiResource,
+}
+
+impl Kind {
+    /// The kind name.
+    pub fn name(&self) -> &'static str {
+        self.rules.api().kind
+    }
+}
+
+impl std::ops::Deref for Kind {
+    type Target = dyn SyncedKind;
+    fn deref(&self) -> &Self::Target {
+        self.rules
+    }
+}
+
+impl std::fmt::Debug for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+static REGISTRY: LazyLock<Vec<Kind>> = LazyLock::new(|| {
+    KINDS
+        .iter()
+        .enumerate()
+        .map(|(i, rules)| {
+            let a = rules.api();
+            let gvk = GroupVersionKind::gvk(a.group, a.version, a.kind);
+            Kind {
+                id: KindId(u8::try_from(i).unwrap_or(u8::MAX)),
+                rules: *rules,
+                resource: ApiResource::from_gvk_with_plural(&gvk, a.plural),
+            }
+        })
+        .collect()
+});
+
+/// Every kind, in dependency order.
+pub fn all() -> &'static [Kind] {
+    &REGISTRY
+}
+
+/// The kind with this id.
+pub fn get(id: KindId) -> &'static Kind {
+    &REGISTRY[id.index()]
+}
+
+/// The kind with this kind name, if kvtenant syncs it.
+pub fn by_kind(kind: &str) -> Option<&'static Kind> {
+    REGISTRY.iter().find(|k| k.name() == kind)
+}
+
+/// The kind with this API group and resource (plural), if kvtenant syncs it.
+pub fn by_resource(group: &str, plural: &str) -> Option<&'static Kind> {
+    REGISTRY
+        .iter()
+        .find(|k| k.resource.group == group && k.resource.plural == plural)
+}
+
+/// The registered kind of a KubeVirt/CDI kind.
+pub fn of(k: SyncKind) -> Option<&'static Kind> {
+    REGISTRY.iter().find(|r| r.sync_kind() == Some(k))
+}
+
+/// Each kind's enablement for a VirtualCluster with these kinds enabled, by [`KindId::index`].
+pub fn enablement(enabled: &[SyncKind]) -> Vec<Enablement> {
+    REGISTRY.iter().map(|k| k.enablement(enabled)).collect()
+}
+
+/// The KubeVirt/CDI kinds a tenant watches (synced or mirrored), for its CRD copies.
+pub fn watched_sync_kinds(enabled: &[SyncKind]) -> Vec<SyncKind> {
+    REGISTRY
+        .iter()
+        .filter(|k| k.enablement(enabled).watched())
+        .filter_map(|k| k.sync_kind())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_are_registered_once_in_dependency_order() {
+        let names: Vec<&str> = all().iter().map(Kind::name).collect();
+        let mut unique = names.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
+        for (i, k) in all().iter().enumerate() {
+            assert_eq!(k.id.index(), i);
+            assert_eq!(get(k.id).name(), k.name());
+            assert_eq!(by_kind(k.name()).map(|k| k.id), Some(k.id));
+            // what a kind references is registered before it
+            for r in k.references(&serde_json::json!({})) {
+                assert!(by_kind(r.kind).is_some_and(|d| d.id < k.id));
+            }
+        }
+        let pos = |n: &str| names.iter().position(|x| *x == n);
+        assert!(pos("Secret") < pos("VirtualMachine"));
+        assert!(pos("DataVolume") < pos("VirtualMachine"));
+        assert!(pos("VirtualMachine") < pos("VirtualMachineInstance"));
+        for k in SyncKind::ALL {
+            assert!(of(k).is_some(), "{k} has a module");
+        }
+    }
+
+    #[test]
+    fn vms_bring_their_instances_and_templated_data_volumes() {
+        let on = enablement(&[SyncKind::VirtualMachine]);
+        let at = |k: SyncKind| on[of(k).map(|k| k.id.index()).unwrap_or(usize::MAX)];
+        assert_eq!(at(SyncKind::VirtualMachine), Enablement::Synced);
+        assert_eq!(at(SyncKind::VirtualMachineInstance), Enablement::Synced);
+        assert!(matches!(
+            at(SyncKind::DataVolume),
+            Enablement::MirrorOnly(_)
+        ));
+        assert_eq!(at(SyncKind::VirtualMachinePool), Enablement::Off);
+        let secret = by_kind("Secret").map(|k| on[k.id.index()]);
+        assert_eq!(secret, Some(Enablement::Synced));
+        assert_eq!(
+            watched_sync_kinds(&[SyncKind::VirtualMachine]),
+            [
+                SyncKind::DataVolume,
+                SyncKind::VirtualMachine,
+                SyncKind::VirtualMachineInstance
+            ]
+        );
+        let vmi = of(SyncKind::VirtualMachineInstance).map(|k| k.status_subresource());
+        assert_eq!(vmi, Some(false), "VMIs have no /status subresource");
+        let only_vmi = enablement(&[SyncKind::VirtualMachineInstance]);
+        let dv = of(SyncKind::DataVolume).map(|k| only_vmi[k.id.index()]);
+        assert_eq!(dv, Some(Enablement::Off));
+    }
+}

@@ -1,0 +1,80 @@
+//! KubeVirt VirtualMachines: synced down (VMs a pool makes on the host are mirrored up); their
+//! run fields follow start/stop through the host's virt-api.
+
+use kube::api::DynamicObject;
+use kvtenant_api::SyncKind;
+use serde_json::Value;
+
+use super::{ApiKind, SyncedKind};
+use crate::quota::{Usage, owner_kinds};
+use crate::vm::VmTemplate;
+use crate::vm::size::GuestSize;
+
+pub const KIND: &str = "VirtualMachine";
+
+/// Where a VirtualMachine keeps its VMI template.
+pub const TEMPLATE: VmTemplate = VmTemplate {
+    vmi_spec: "/spec/template/spec",
+    vm_spec: Some("/spec"),
+    instance_labels: Some("/spec/template/metadata/labels"),
+    replicas: None,
+};
+
+pub struct VirtualMachine;
+
+impl SyncedKind for VirtualMachine {
+    fn api(&self) -> ApiKind {
+        ApiKind::of(SyncKind::VirtualMachine)
+    }
+    fn sync_kind(&self) -> Option<SyncKind> {
+        Some(SyncKind::VirtualMachine)
+    }
+    fn mirrors_host_made(&self) -> bool {
+        true
+    }
+    fn vm_template(&self) -> Option<&'static VmTemplate> {
+        Some(&TEMPLATE)
+    }
+    fn host_change_to_take_up(
+        &self,
+        host: &DynamicObject,
+        desired: &DynamicObject,
+    ) -> Option<Value> {
+        crate::runstate::host_run_change(host, desired)
+    }
+    fn in_quota(&self) -> bool {
+        true
+    }
+    /// A VM counts unless a pool owns it (the pool counts its VMs).
+    fn usage(&self, obj: &Value, size: GuestSize) -> Option<Usage> {
+        (!owner_kinds(obj).contains(&super::pool::KIND)).then(|| Usage::of_vm(&TEMPLATE, obj, size))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn pool_owned_vms_are_counted_by_the_pool() {
+        let size = GuestSize {
+            vcpus: 2,
+            memory: 1 << 30,
+        };
+        let vm = json!({"spec": {"runStrategy": "Always", "template": {"spec": {}}}});
+        assert_eq!(
+            VirtualMachine.usage(&vm, size),
+            Some(Usage {
+                vms: 1,
+                vcpus: 2,
+                memory: 1 << 30,
+                storage: 0
+            })
+        );
+        let mut owned = vm.clone();
+        owned["metadata"] =
+            json!({"ownerReferences": [{"kind": "VirtualMachinePool", "name": "p"}]});
+        assert_eq!(VirtualMachine.usage(&owned, size), None);
+    }
+}

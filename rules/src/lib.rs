@@ -1,0 +1,58 @@
+//! kvtenant's rules, pure: what the syncer and the webhooks decide, without I/O.
+//!
+//! - [`kinds`]: every synced kind, one module each, behind the [`kinds::SyncedKind`] trait, and
+//!   the registry ([`kinds::all`], [`kinds::by_kind`]): the only place kind names are matched.
+//! - [`vm`]: where a VM-like kind keeps its VMI template ([`vm::VmTemplate`]), what it
+//!   references ([`vm::refs`]), what never reaches the host ([`vm::safety`]), its size.
+//! - [`quantity`]: Kubernetes quantities.
+//! - [`quota`]: what an object takes of a virtual cluster's VM quota.
+//! - [`translate`]: tenant ↔ host objects (lossless JSON).
+//! - [`runstate`]: start/stop through the host's virt-api, taken up by the tenant.
+//! - [`isolation`]: the host namespace of a tenant namespace and its isolation objects.
+//! - [`Violation`]: one reason an object is refused, with the field and what to fix.
+pub mod isolation;
+pub mod kinds;
+pub mod quantity;
+pub mod quota;
+pub mod runstate;
+pub mod translate;
+pub mod vm;
+
+/// One reason an object may not reach the host: the field path and what to fix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    pub path: String,
+    pub message: String,
+}
+
+impl Violation {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Whether a JSON value is set: present, not null, not an empty string, list or map.
+pub fn is_set(v: Option<&serde_json::Value>) -> bool {
+    use serde_json::Value;
+    match v {
+        None | Some(Value::Null) => false,
+        Some(Value::Object(m)) => !m.is_empty(),
+        Some(Value::Array(a)) => !a.is_empty(),
+        Some(Value::String(s)) => !s.is_empty(),
+        Some(_) => true,
+    }
+}
+
+/// A JSON pointer as a field path for messages: `/spec/template/spec` → `spec.template.spec`.
+pub fn field_path(pointer: &str) -> String {
+    pointer.trim_start_matches('/').replace('/', ".")
+}
