@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
 # The kvtenant image: one binary (controller, syncer, CLI) on distroless, running as nonroot.
+# Built without the `dev` feature: `kvtenant dev` and the testenv/simulator code stay out.
 #   docker build -t kvtenant:dev .
 # BuildKit (the default builder of current Docker) is needed for the cache mounts.
 
@@ -13,7 +14,7 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin kvtenant \
+    cargo build --release --locked --no-default-features --bin kvtenant \
     && install -D -m 0755 target/release/kvtenant /out/kvtenant
 
 # glibc + libgcc, no shell, no package manager; user 65532 "nonroot"

@@ -6,6 +6,7 @@
 mod admin;
 mod cli;
 mod components;
+#[cfg(feature = "dev")]
 mod dev;
 
 use clap::{Parser, Subcommand};
@@ -76,6 +77,7 @@ enum Command {
     Syncer(components::SyncerArgs),
     /// Run everything on this machine: a host control plane with a simulated KubeVirt, the
     /// kvtenant components and one virtual cluster. Ctrl-C tears it all down.
+    #[cfg(feature = "dev")]
     Dev(dev::DevArgs),
 }
 
@@ -111,6 +113,7 @@ async fn main() {
         }
         Command::Controller(a) => components::controller(&cli.global, a).await,
         Command::Syncer(a) => components::syncer(&cli.global, a).await,
+        #[cfg(feature = "dev")]
         Command::Dev(a) => dev::run(a).await,
     };
     if let Err(e) = result {

@@ -540,7 +540,10 @@ fn dockerfile_builds_the_locked_binary_and_runs_as_nonroot() {
         from[0]
     );
     assert!(from[1].contains("distroless") && from[1].contains("nonroot"));
-    assert!(dockerfile.contains("cargo build --release --locked --bin kvtenant"));
+    // the image is built without `kvtenant dev` (the `dev` feature links testenv)
+    assert!(
+        dockerfile.contains("cargo build --release --locked --no-default-features --bin kvtenant")
+    );
     assert!(dockerfile.contains("\nUSER nonroot\n"));
     assert!(dockerfile.contains("ENTRYPOINT [\"/kvtenant\"]"));
     let ignore = std::fs::read_to_string(root().join(".dockerignore")).unwrap();
@@ -549,6 +552,32 @@ fn dockerfile_builds_the_locked_binary_and_runs_as_nonroot() {
     }
     // the build context must keep what the build reads (include_str! in testenv)
     assert!(!ignore.lines().any(|l| l.starts_with("testenv")));
+}
+
+/// The binary the image builds (no default features) links neither testenv nor its simulator.
+#[test]
+fn the_image_binary_links_no_testenv() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let tree = |extra: &[&str]| {
+        let out = std::process::Command::new(&cargo)
+            .args(["tree", "--offline", "-p", "kvtenant", "--prefix", "none"])
+            .args(extra)
+            .current_dir(root())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", describe("cargo tree", &out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let image = tree(&["--no-default-features"]);
+    assert!(
+        image
+            .lines()
+            .any(|l| l.starts_with("kvtenant-kubevirt-sync ")),
+        "{image}"
+    );
+    assert!(!image.lines().any(|l| l.starts_with("testenv ")), "{image}");
+    // the default build (for `kvtenant dev`) does link it: the check above can fail
+    assert!(tree(&[]).lines().any(|l| l.starts_with("testenv ")));
 }
 
 // ---------------------------------------------------------------------------------------------

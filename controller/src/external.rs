@@ -3,7 +3,6 @@
 //! The controller reads the Secret, builds a client from the kubeconfig (refusing kubeconfigs
 //! that would make it run commands or read its own files), and checks `/readyz` and `/version`.
 
-
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::{Client, ResourceExt};

@@ -67,6 +67,14 @@ impl Host {
         (host, writers)
     }
 
+    /// Marks every host cache listed (tests that fill the caches themselves).
+    #[cfg(test)]
+    pub(crate) fn mark_all_ready(&self) {
+        for r in &self.ready {
+            r.store(true, Ordering::Release);
+        }
+    }
+
     /// Whether the host cache of a kind has listed everything once.
     pub fn ready(&self, kind: KindId) -> bool {
         self.ready[kind.index()].load(Ordering::Acquire)

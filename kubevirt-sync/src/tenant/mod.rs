@@ -9,6 +9,8 @@
 //! - [`resync`]: the consistency scan.
 
 mod execute;
+#[cfg(test)]
+mod fixtures;
 mod namespaces;
 mod nodes;
 mod refuse;
@@ -146,6 +148,64 @@ impl Tenant {
             .collect();
         *tenant.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
         Ok(tenant)
+    }
+
+    /// A tenant over caches the caller fills (every kind of `enabled` watched and ready), with
+    /// no watchers: for executor tests against a mock apiserver.
+    #[cfg(test)]
+    pub(crate) fn for_test(
+        host: Arc<Host>,
+        virtual_cluster: VirtualCluster,
+        client: Client,
+    ) -> (
+        Arc<Self>,
+        Vec<Option<kube::runtime::reflector::store::Writer<DynamicObject>>>,
+    ) {
+        let spec = Arc::new(virtual_cluster.spec.clone());
+        let enablement = kinds::enablement(&spec.kubevirt.sync_kinds);
+        let mut stores = Vec::new();
+        let mut writers = Vec::new();
+        for kind in kinds::all() {
+            if enablement[kind.id.index()].watched() {
+                let w = kube::runtime::reflector::store::Writer::new(kind.resource.clone());
+                stores.push(Some(w.as_reader()));
+                writers.push(Some(w));
+            } else {
+                stores.push(None);
+                writers.push(None);
+            }
+        }
+        let vc =
+            VirtualClusterRef::from_virtualcluster(&virtual_cluster).unwrap_or(VirtualClusterRef {
+                namespace: String::new(),
+                name: String::new(),
+                uid: String::new(),
+            });
+        let tenant = Arc::new(Self {
+            label: format!("{}/{}", vc.namespace, vc.name),
+            recorder: Recorder::new(
+                client.clone(),
+                Reporter {
+                    controller: "kvtenant-syncer".into(),
+                    instance: None,
+                },
+            ),
+            ready: kinds::all().iter().map(|_| AtomicBool::new(true)).collect(),
+            host,
+            vc,
+            virtual_cluster,
+            spec,
+            client,
+            enablement,
+            stores,
+            refused: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+            tasks: Mutex::new(Vec::new()),
+            crd_versions: Mutex::new(Vec::new()),
+            nodes: Mutex::new(BTreeSet::new()),
+            instance: 0,
+        });
+        (tenant, writers)
     }
 
     /// What the proxy and the webhooks see of this tenant.
