@@ -51,6 +51,31 @@ pub const SYNCED_CONDITION: &str = "Synced";
 pub const REASON_REFUSED_BY_POLICY: &str = "RefusedByPolicy";
 /// Reason of the Warning Event on a tenant object kvtenant refuses to sync.
 pub const REASON_SYNC_REFUSED: &str = "SyncRefused";
+/// Annotation on objects kvtenant applies: hash of the applied content (a no-op apply is
+/// skipped).
+pub const APPLIED_HASH: &str = "tenancy.kvtenant.io/applied-hash";
+/// Pod template annotation of a managed control plane: hash of its PKI Secret, so new
+/// certificates roll the pod.
+pub const PKI_HASH: &str = "tenancy.kvtenant.io/pki-hash";
+/// Finalizer on VirtualClusters: the controller cleans up the tenant's host objects first.
+pub const CLEANUP_FINALIZER: &str = "tenancy.kvtenant.io/cleanup";
+/// Annotation on tenant copies of host CRDs: hash of the copy (an unchanged copy is not
+/// written again).
+pub const CRD_COPY_HASH: &str = "tenancy.kvtenant.io/crd-copy-hash";
+/// Label on the objects kvtenant's webhook server creates in tenants.
+pub const COMPONENT: &str = "tenancy.kvtenant.io/component";
+/// Annotation on a tenant webhook configuration: the host configuration it mirrors.
+pub const MIRROR_OF_CONFIGURATION: &str = "tenancy.kvtenant.io/mirror-of-configuration";
+/// `userInfo.extra` key of a forwarded AdmissionReview: the tenant user who asked.
+pub const EXTRA_TENANT_USER: &str = "tenancy.kvtenant.io/tenant-user";
+/// `userInfo.extra` key of a forwarded AdmissionReview: the VirtualCluster it came through.
+pub const EXTRA_VIRTUALCLUSTER: &str = "tenancy.kvtenant.io/virtualcluster";
+/// Reasons of the syncer's `SyncerReady` condition on a VirtualCluster.
+pub const REASON_SYNCING: &str = "Syncing";
+pub const REASON_PAUSED: &str = "Paused";
+pub const REASON_KUBEVIRT_DISABLED: &str = "KubeVirtDisabled";
+pub const REASON_WAITING_FOR_KUBECONFIG: &str = "WaitingForKubeconfig";
+pub const REASON_KUBECONFIG_UNUSABLE: &str = "KubeconfigUnusable";
 /// Label of the Pod Security Standard level enforced on a namespace (upstream key), set on host
 /// namespaces from `spec.isolation.podSecurity`.
 pub const POD_SECURITY_ENFORCE: &str = "pod-security.kubernetes.io/enforce";

@@ -20,7 +20,7 @@ use crate::{external, managed};
 
 /// The finalizer kvtenant puts on every VirtualCluster: removed once the tenant's host
 /// namespaces are gone.
-pub const FINALIZER: &str = "tenancy.kvtenant.io/cleanup";
+pub use kvtenant_api::labels::CLEANUP_FINALIZER as FINALIZER;
 
 /// Transient host-API failures in a row before the status reports them (a single blip is not
 /// worth a Failed phase).

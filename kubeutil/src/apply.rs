@@ -13,8 +13,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
-/// Annotation on objects kvtenant applies: hash of the applied content.
-pub const APPLIED_HASH: &str = "tenancy.kvtenant.io/applied-hash";
+pub use kvtenant_api::labels::APPLIED_HASH;
 
 /// Errors of [`apply_if_changed`].
 #[derive(Debug, thiserror::Error)]

@@ -18,7 +18,7 @@ use crate::error::{Cluster, Error};
 /// Annotation on tenant CRD copies: a hash of the copy kvtenant applied. A tenant whose copy
 /// carries the hash of today's host CRD needs no write (a syncer restart with many tenants
 /// copies nothing).
-pub const COPY_HASH: &str = "tenancy.kvtenant.io/crd-copy-hash";
+pub use kvtenant_api::labels::CRD_COPY_HASH as COPY_HASH;
 
 /// How long a host CRD read is reused. CRDs change on KubeVirt upgrades, not per request; every
 /// tenant's start and consistency scan reads them, so they are read from the host once per

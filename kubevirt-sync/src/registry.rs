@@ -10,11 +10,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use kube::Client;
-use kvtenant_api::VirtualClusterSpec;
-use kvtenant_api::labels::{HostNamespaceOwner, VirtualClusterRef};
+use kvtenant_api::labels::HostNamespaceOwner;
 
 use crate::host::Host;
 use crate::tenant::Tenant;
+pub use crate::tenant::TenantHandle;
 
 /// The running tenants.
 #[derive(Default)]
@@ -43,20 +43,6 @@ impl Registry {
     pub fn remove(&self, uid: &str) -> Option<Arc<Tenant>> {
         self.tenants.write().ok()?.remove(uid)
     }
-}
-
-/// What the proxy and the webhooks know of a running tenant: a snapshot, so holding it never
-/// keeps a stopped tenant running.
-#[derive(Clone)]
-pub struct TenantHandle {
-    pub vc: VirtualClusterRef,
-    /// `namespace/name` of the VirtualCluster, for logs and metrics.
-    pub label: String,
-    pub spec: Arc<VirtualClusterSpec>,
-    /// A client for the tenant's apiserver.
-    pub client: Client,
-    /// Tells one start of a tenant from the next (a restarted tenant gets a new number).
-    pub instance: u64,
 }
 
 /// The narrow view of the syncer the proxy and the webhooks use.

@@ -15,7 +15,10 @@ use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
-use kvtenant_api::labels::{PAUSED_RUN_STRATEGY, VIRTUALCLUSTER_UID, VirtualClusterRef};
+use kvtenant_api::labels::{
+    PAUSED_RUN_STRATEGY, REASON_KUBECONFIG_UNUSABLE, REASON_KUBEVIRT_DISABLED, REASON_PAUSED,
+    REASON_SYNCING, REASON_WAITING_FOR_KUBECONFIG, VIRTUALCLUSTER_UID, VirtualClusterRef,
+};
 use kvtenant_api::{CONDITION_SYNCER_READY, SyncKind, VirtualCluster};
 use serde_json::{Value, json};
 
@@ -60,14 +63,14 @@ pub fn desired(vc: &VirtualCluster) -> Desired {
     }
     if !vc.spec.kubevirt.enabled {
         return Desired::Stopped {
-            reason: "KubeVirtDisabled",
+            reason: REASON_KUBEVIRT_DISABLED,
             message: "spec.kubevirt.enabled is false: nothing is synced",
         };
     }
     match vc.kubeconfig_secret() {
         Some((secret, key)) => Desired::Running { secret, key },
         None => Desired::Stopped {
-            reason: "WaitingForKubeconfig",
+            reason: REASON_WAITING_FOR_KUBECONFIG,
             message: "waiting for the control plane's kubeconfig (status.kubeconfigSecretName)",
         },
     }
@@ -173,7 +176,7 @@ async fn reconcile(vc: Arc<VirtualCluster>, ctx: Arc<Ctx>) -> Result<Action, Err
             if !done {
                 let n = stop_host_vms(&ctx.host.client, &vcref).await?;
                 tracing::info!(vc = %label, stopped = n, "paused: host VMs stopped");
-                set_condition(&ctx.host.client, &vc, false, "Paused", &format!("paused: syncing stopped and {n} running VM(s) stopped on the host; resume restores them")).await;
+                set_condition(&ctx.host.client, &vc, false, REASON_PAUSED, &format!("paused: syncing stopped and {n} running VM(s) stopped on the host; resume restores them")).await;
                 ctx.paused
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -211,7 +214,7 @@ async fn reconcile(vc: Arc<VirtualCluster>, ctx: Arc<Ctx>) -> Result<Action, Err
                 &ctx.host.client,
                 &vc,
                 false,
-                "KubeconfigUnusable",
+                REASON_KUBECONFIG_UNUSABLE,
                 &format!("cannot use the tenant kubeconfig: {e}"),
             )
             .await;
@@ -248,7 +251,7 @@ async fn reconcile(vc: Arc<VirtualCluster>, ctx: Arc<Ctx>) -> Result<Action, Err
         &ctx.host.client,
         &vc,
         true,
-        "Syncing",
+        REASON_SYNCING,
         "KubeVirt CRDs mirrored; syncing",
     )
     .await;
@@ -393,7 +396,7 @@ mod tests {
         assert!(matches!(
             desired(&vc),
             Desired::Stopped {
-                reason: "WaitingForKubeconfig",
+                reason: REASON_WAITING_FOR_KUBECONFIG,
                 ..
             }
         ));
@@ -409,7 +412,7 @@ mod tests {
         assert!(matches!(
             desired(&off),
             Desired::Stopped {
-                reason: "KubeVirtDisabled",
+                reason: REASON_KUBEVIRT_DISABLED,
                 ..
             }
         ));

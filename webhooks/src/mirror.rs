@@ -22,11 +22,11 @@ use serde_json::{Map, Value, json};
 use crate::paths::{self, HookType};
 
 /// Label on every tenant object the webhook server manages (with [`MANAGED_BY`]).
-pub const COMPONENT: &str = "tenancy.kvtenant.io/component";
+pub use kvtenant_api::labels::COMPONENT;
 /// Value of [`COMPONENT`].
 pub const COMPONENT_VALUE: &str = "webhooks";
 /// Annotation on a mirrored configuration: `<validating|mutating>/<host configuration name>`.
-pub const MIRROR_OF_CONFIGURATION: &str = "tenancy.kvtenant.io/mirror-of-configuration";
+pub use kvtenant_api::labels::MIRROR_OF_CONFIGURATION;
 /// Name of kvtenant's own ValidatingWebhookConfiguration in each tenant.
 pub const POLICY_CONFIGURATION: &str = "kvtenant-vm-policy";
 /// Name of kvtenant's VM policy webhook.
@@ -39,15 +39,11 @@ pub type GroupResource = (String, String);
 
 /// The resources synced for a tenant with these kinds (VMIs come with VMs).
 pub fn synced_resources(kinds: &[SyncKind]) -> Vec<GroupResource> {
-    let mut kinds = kinds.to_vec();
-    if kinds.contains(&SyncKind::VirtualMachine)
-        && !kinds.contains(&SyncKind::VirtualMachineInstance)
-    {
-        kinds.push(SyncKind::VirtualMachineInstance);
-    }
-    kinds
+    kvtenant_rules::kinds::all()
         .iter()
-        .map(|k| (k.group().to_string(), k.plural().to_string()))
+        .filter(|k| k.sync_kind().is_some())
+        .filter(|k| k.enablement(kinds) == kvtenant_rules::kinds::Enablement::Synced)
+        .map(|k| (k.resource.group.clone(), k.resource.plural.clone()))
         .collect()
 }
 

@@ -75,9 +75,9 @@ pub enum Requester<'a> {
 }
 
 /// Key of `userInfo.extra` naming the tenant user (with [`Requester::Host`]).
-pub const EXTRA_TENANT_USER: &str = "tenancy.kvtenant.io/tenant-user";
+pub use kvtenant_api::labels::EXTRA_TENANT_USER;
 /// Key of `userInfo.extra` naming the VirtualCluster (`namespace/name`).
-pub const EXTRA_VIRTUALCLUSTER: &str = "tenancy.kvtenant.io/virtualcluster";
+pub use kvtenant_api::labels::EXTRA_VIRTUALCLUSTER;
 
 /// The name a tenant user has towards host webhooks with [`Requester::Prefixed`].
 pub fn host_username(vc: &VirtualClusterRef, user: &str) -> String {

@@ -49,10 +49,10 @@ pub const KUBERNETES_SERVICE_IP: &str = "10.96.0.1";
 pub const SERVICE_ACCOUNT_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 /// Key of the tenant kubeconfig in the `<vc>-kubeconfig` Secret.
 pub const KUBECONFIG_KEY: &str = "kubeconfig";
+/// Pod template annotation: hash of the PKI Secret, so new certificates roll the pod.
+pub use kvtenant_api::labels::PKI_HASH;
 /// Annotation on each applied object: hash of what kvtenant last applied (skips no-op applies).
 pub use kvtenant_kubeutil::apply::APPLIED_HASH;
-/// Pod template annotation: hash of the PKI Secret, so new certificates roll the pod.
-pub const PKI_HASH: &str = "tenancy.kvtenant.io/pki-hash";
 /// UID/GID the control-plane containers run as.
 pub const RUN_AS: i64 = 65532;
 

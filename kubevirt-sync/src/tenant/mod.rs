@@ -36,13 +36,26 @@ use tokio::task::AbortHandle;
 use crate::error::Error;
 use crate::host::{Host, Key};
 use crate::plan::{self, Direction, Plan, View};
-use crate::registry::TenantHandle;
 
 /// Every tenant start gets a new number ([`TenantHandle::instance`]).
 static INSTANCES: AtomicU64 = AtomicU64::new(1);
 
 /// How long a key waits while the caches it needs are still listing.
 const CACHE_WAIT: Duration = Duration::from_millis(200);
+
+/// What the proxy and the webhooks know of a running tenant: a snapshot, so holding it never
+/// keeps a stopped tenant running.
+#[derive(Clone)]
+pub struct TenantHandle {
+    pub vc: VirtualClusterRef,
+    /// `namespace/name` of the VirtualCluster, for logs and metrics.
+    pub label: String,
+    pub spec: Arc<VirtualClusterSpec>,
+    /// A client for the tenant's apiserver.
+    pub client: Client,
+    /// Tells one start of a tenant from the next (a restarted tenant gets a new number).
+    pub instance: u64,
+}
 
 /// A tenant being synced.
 pub struct Tenant {
