@@ -94,7 +94,7 @@ impl std::fmt::Debug for LeaderElector {
 }
 
 fn is_conflict(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == 409)
+    kvtenant_kubeutil::classify(e) == kvtenant_kubeutil::ApiErrorClass::Conflict
 }
 
 impl LeaderElector {

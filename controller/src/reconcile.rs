@@ -167,7 +167,9 @@ async fn cleanup(vc: &VirtualCluster, ctx: &Context) -> Result<Action, Error> {
         let name = ns.name_any();
         match namespaces.delete(&name, &DeleteParams::background()).await {
             Ok(_) => info!(namespace = %name, "deleting host namespace"),
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e)
+                if kvtenant_kubeutil::classify(&e)
+                    == kvtenant_kubeutil::ApiErrorClass::NotFound => {}
             Err(e) => return Err(Error::kube(format!("deleting namespace {name}"), e)),
         }
     }

@@ -275,15 +275,17 @@ pub async fn create(g: &GlobalArgs, args: CreateArgs) -> anyhow::Result<()> {
         .await
     {
         Ok(_) => println!("VirtualCluster {ns}/{} created", args.name),
-        Err(kube::Error::Api(s)) if s.code == 409 => {
+        Err(e) if kvtenant_kubeutil::classify(&e) == kvtenant_kubeutil::ApiErrorClass::Conflict => {
             bail!(
                 "VirtualCluster {ns}/{} already exists (kvtenant list)",
                 args.name
             )
         }
-        Err(kube::Error::Api(s)) if s.code == 404 => bail!(
-            "the host cluster does not know VirtualClusters: install kvtenant first (kubectl apply -k deploy/base, or kvtenant crds | kubectl apply --server-side -f -)"
-        ),
+        Err(e) if kvtenant_kubeutil::classify(&e) == kvtenant_kubeutil::ApiErrorClass::NotFound => {
+            bail!(
+                "the host cluster does not know VirtualClusters: install kvtenant first (kubectl apply -k deploy/base, or kvtenant crds | kubectl apply --server-side -f -)"
+            )
+        }
         Err(e) => return Err(e).context("creating the VirtualCluster"),
     }
     if args.no_wait {
@@ -313,7 +315,9 @@ async fn ensure_namespace(client: &Client, ns: &str) -> anyhow::Result<()> {
         let n: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}}))?;
         match api.create(&PostParams::default(), &n).await {
             Ok(_) => println!("namespace {ns} created"),
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e)
+                if kvtenant_kubeutil::classify(&e)
+                    == kvtenant_kubeutil::ApiErrorClass::Conflict => {}
             Err(e) => return Err(e).with_context(|| format!("creating namespace {ns}")),
         }
     }
@@ -488,7 +492,7 @@ pub async fn set_paused(g: &GlobalArgs, args: NameArgs, paused: bool) -> anyhow:
 
 fn not_found_hint(e: kube::Error, ns: &str, name: &str) -> anyhow::Error {
     match e {
-        kube::Error::Api(s) if s.code == 404 => {
+        e if kvtenant_kubeutil::classify(&e) == kvtenant_kubeutil::ApiErrorClass::NotFound => {
             anyhow::anyhow!("VirtualCluster {ns}/{name} not found (kvtenant list shows them all)")
         }
         e => anyhow::Error::new(e),

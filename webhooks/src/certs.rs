@@ -375,7 +375,7 @@ pub async fn load_or_create(
     );
     match api.create(&PostParams::default(), &secret).await {
         Ok(_) => Ok(manager),
-        Err(kube::Error::Api(s)) if s.code == 409 => {
+        Err(e) if kvtenant_kubeutil::classify(&e) == kvtenant_kubeutil::ApiErrorClass::Conflict => {
             // another replica made it first: use theirs
             let s = api.get(name).await?;
             CertManager::new(config, Some(from_secret(&s, name)?))

@@ -111,7 +111,9 @@ where
         if !names.contains(&name) {
             match api.delete(&name, &DeleteParams::default()).await {
                 Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e)
+                    if kvtenant_kubeutil::classify(&e)
+                        == kvtenant_kubeutil::ApiErrorClass::NotFound => {}
                 Err(e) => return Err(e),
             }
         }
@@ -147,7 +149,9 @@ pub(crate) async fn apply(
             .await
         {
             Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e)
+                if kvtenant_kubeutil::classify(&e)
+                    == kvtenant_kubeutil::ApiErrorClass::NotFound => {}
             Err(e) => return Err(e),
         }
     }

@@ -153,7 +153,9 @@ pub async fn ensure(client: &Client, t: &Target, versions: &[String]) -> Result<
 fn delete_ignoring_missing<T>(r: Result<T, kube::Error>) -> Result<(), ProxyError> {
     match r {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) if kvtenant_kubeutil::classify(&e) == kvtenant_kubeutil::ApiErrorClass::NotFound => {
+            Ok(())
+        }
         Err(e) => Err(e.into()),
     }
 }

@@ -133,7 +133,9 @@ pub async fn load_or_create_ca(
     match api.create(&PostParams::default(), &secret).await {
         Ok(_) => Ok(ca),
         // made meanwhile by another replica: use that one
-        Err(kube::Error::Api(s)) if s.code == 409 => ca_from_secret(&api.get(name).await?, &what),
+        Err(e) if kvtenant_kubeutil::classify(&e) == kvtenant_kubeutil::ApiErrorClass::Conflict => {
+            ca_from_secret(&api.get(name).await?, &what)
+        }
         Err(e) => Err(e.into()),
     }
 }
