@@ -180,12 +180,13 @@ fn the_policy_webhook_reviews_the_synced_vm_kinds() {
         .iter()
         .map(|r| r["resources"][0].as_str().unwrap())
         .collect();
+    // in the kinds' dependency order (kvtenant_rules::kinds::KINDS)
     assert_eq!(
         resources,
         [
+            "virtualmachinepools",
             "virtualmachines",
-            "virtualmachineinstances",
-            "virtualmachinepools"
+            "virtualmachineinstances"
         ]
     );
     assert_eq!(
