@@ -79,8 +79,9 @@ pub struct Tenant {
     tasks: Mutex<Vec<AbortHandle>>,
     /// Host CRD resourceVersions last mirrored.
     crd_versions: Mutex<Vec<(String, String)>>,
-    /// Nodes kvtenant created in the tenant (names of host nodes running its VMIs).
-    nodes: Mutex<BTreeSet<String>>,
+    /// Nodes kvtenant created in the tenant (names of host nodes running its VMIs). An async
+    /// lock held across the write: workers mirroring VMIs on the same node at once show it once.
+    nodes: tokio::sync::Mutex<BTreeSet<String>>,
     instance: u64,
 }
 
@@ -149,7 +150,7 @@ impl Tenant {
             failures: Mutex::new(HashMap::new()),
             tasks: Mutex::new(Vec::new()),
             crd_versions: Mutex::new(copied),
-            nodes: Mutex::new(BTreeSet::new()),
+            nodes: tokio::sync::Mutex::new(BTreeSet::new()),
             instance: INSTANCES.fetch_add(1, Ordering::Relaxed),
         });
         let tasks = writers
@@ -215,7 +216,7 @@ impl Tenant {
             failures: Mutex::new(HashMap::new()),
             tasks: Mutex::new(Vec::new()),
             crd_versions: Mutex::new(Vec::new()),
-            nodes: Mutex::new(BTreeSet::new()),
+            nodes: tokio::sync::Mutex::new(BTreeSet::new()),
             instance: 0,
         });
         (tenant, writers)

@@ -57,12 +57,8 @@ impl Tenant {
 
     /// Shows a host node as a tenant Node (once; kept until no longer in use).
     pub(super) async fn ensure_node(&self, name: &str) -> Result<(), Error> {
-        if self
-            .nodes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(name)
-        {
+        let mut shown = self.nodes.lock().await;
+        if shown.contains(name) {
             return Ok(());
         }
         let host_nodes: Api<Node> = Api::all(self.host.client.clone());
@@ -87,10 +83,7 @@ impl Tenant {
         )
         .await
         .map_err(Error::api("apply", Cluster::Tenant, format!("Node {name}")))?;
-        self.nodes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name.to_string());
+        shown.insert(name.to_string());
         Ok(())
     }
 
@@ -118,10 +111,7 @@ impl Tenant {
                     Cluster::Tenant,
                     format!("Node {name}"),
                 ))?;
-            self.nodes
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&name);
+            self.nodes.lock().await.remove(&name);
         }
         for name in in_use {
             self.ensure_node(&name).await?;
