@@ -224,7 +224,7 @@ fn plan_down(
             _ => p,
         };
     }
-    let violations = kind.violations(&t.data, view.policy(), None);
+    let violations = kind.violations(&with_metadata(kind, t), view.policy(), None);
     if !violations.is_empty() {
         return p.with(Step::Refuse(violations));
     }
@@ -269,6 +269,24 @@ fn plan_down(
             }
         }
     }
+}
+
+/// The object as the rules read it: its data, and for VM-like kinds the annotations and labels
+/// of its metadata (what reaches the host's VMs and pods).
+fn with_metadata(kind: &Kind, t: &DynamicObject) -> Value {
+    let mut v = t.data.clone();
+    if kind.vm_template().is_some()
+        && let Some(o) = v.as_object_mut()
+    {
+        o.insert(
+            "metadata".into(),
+            serde_json::json!({
+                "annotations": t.metadata.annotations,
+                "labels": t.metadata.labels,
+            }),
+        );
+    }
+    v
 }
 
 fn mirror_of(view: &impl View, namespace: &str, h: &DynamicObject) -> DynamicObject {

@@ -78,8 +78,9 @@ impl PodSecurityLevel {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VmPolicy {
-    /// Whether VMs may pick host nodes (nodeName, nodeSelector, affinity, tolerations) (default
-    /// false: placement fields are refused).
+    /// Whether VMs may pick host nodes and how they are scheduled there (nodeName,
+    /// nodeSelector, node affinity, tolerations, schedulerName) (default false: these fields are
+    /// refused).
     #[serde(default)]
     pub allow_host_nodes: bool,
 
@@ -100,6 +101,12 @@ pub struct VmPolicy {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub allowed_networks: Vec<String>,
+
+    /// Host PriorityClasses VMs may name in priorityClassName (their launcher pods get that
+    /// priority on the host and may preempt host workloads). Empty (default): none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub allowed_priority_classes: Vec<String>,
 
     /// Cluster-wide instancetypes (VirtualMachineClusterInstancetype names) VMs may use. Unset
     /// (default): any; an empty list: none.
@@ -130,6 +137,11 @@ impl VmPolicy {
     /// Whether a Multus network (networks[].multus.networkName) may be attached.
     pub fn network_allowed(&self, network_name: &str) -> bool {
         self.allowed_networks.iter().any(|n| n == network_name)
+    }
+
+    /// Whether a host PriorityClass may be named.
+    pub fn priority_class_allowed(&self, name: &str) -> bool {
+        self.allowed_priority_classes.iter().any(|n| n == name)
     }
 
     /// Whether a cluster-wide instancetype may be used.

@@ -391,6 +391,27 @@ fn a_vm_that_escapes_the_tenant_is_refused_and_nothing_reaches_the_host() {
 }
 
 #[test]
+fn host_acting_annotations_on_the_vm_itself_are_refused_without_any_webhook() {
+    let f = Fake::new();
+    let mut t = vm(plain_spec());
+    t.metadata.annotations = Some(
+        [(
+            "kubevirt.io/keep-launcher-alive-after-failure".to_string(),
+            "true".to_string(),
+        )]
+        .into(),
+    );
+    let p = run(&f, "VirtualMachine", Some(&t), None);
+    let [Step::Refuse(v)] = p.steps.as_slice() else {
+        panic!("{p:?}")
+    };
+    assert_eq!(
+        v[0].path,
+        "metadata.annotations[kubevirt.io/keep-launcher-alive-after-failure]"
+    );
+}
+
+#[test]
 fn a_new_vm_brings_its_dependencies_then_its_namespace_then_itself() {
     let f = Fake::new();
     let t = vm(plain_spec());

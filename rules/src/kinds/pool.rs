@@ -17,6 +17,11 @@ pub const TEMPLATE: VmTemplate = VmTemplate {
     vm_spec: Some("/spec/virtualMachineTemplate/spec"),
     instance_labels: Some("/spec/virtualMachineTemplate/spec/template/metadata/labels"),
     replicas: Some("/spec/replicas"),
+    metadata: &[
+        "/metadata",
+        "/spec/virtualMachineTemplate/metadata",
+        "/spec/virtualMachineTemplate/spec/template/metadata",
+    ],
 };
 
 pub struct VirtualMachinePool;

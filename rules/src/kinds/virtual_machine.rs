@@ -18,6 +18,7 @@ pub const TEMPLATE: VmTemplate = VmTemplate {
     vm_spec: Some("/spec"),
     instance_labels: Some("/spec/template/metadata/labels"),
     replicas: None,
+    metadata: &["/metadata", "/spec/template/metadata"],
 };
 
 pub struct VirtualMachine;

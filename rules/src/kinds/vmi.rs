@@ -18,6 +18,7 @@ pub const TEMPLATE: VmTemplate = VmTemplate {
     vm_spec: None,
     instance_labels: None,
     replicas: None,
+    metadata: &["/metadata"],
 };
 
 pub struct VirtualMachineInstance;

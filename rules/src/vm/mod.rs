@@ -9,6 +9,7 @@
 //! - [`safety`]: what never reaches the host.
 //! - [`size`]: instancetypes and the guest's size (vCPUs, memory), storage.
 
+pub mod annotations;
 pub mod refs;
 pub mod safety;
 pub mod size;
@@ -30,6 +31,9 @@ pub struct VmTemplate {
     pub instance_labels: Option<&'static str>,
     /// How many VMs one object stands for (a pool's `spec.replicas`, default 1); `None`: one.
     pub replicas: Option<&'static str>,
+    /// The metadata blocks whose annotations and labels reach the host's VMs, VMIs and
+    /// virt-launcher pods (the object's own, and its templates').
+    pub metadata: &'static [&'static str],
 }
 
 impl VmTemplate {

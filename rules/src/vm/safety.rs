@@ -53,6 +53,22 @@ pub fn check_with(
                 );
             }
         }
+        if is_set(spec.get("tolerations")) {
+            deny(
+                format!("{p}.tolerations"),
+                "tolerating host node taints is not allowed in this virtual cluster \
+                 (VirtualCluster spec.vmPolicy.allowHostNodes is false); remove the tolerations"
+                    .into(),
+            );
+        }
+        if is_set(spec.get("schedulerName")) {
+            deny(
+                format!("{p}.schedulerName"),
+                "choosing a host scheduler is not allowed in this virtual cluster \
+                 (VirtualCluster spec.vmPolicy.allowHostNodes is false); remove the field"
+                    .into(),
+            );
+        }
         if is_set(spec.pointer("/affinity/nodeAffinity")) {
             deny(
                 format!("{p}.affinity.nodeAffinity"),
@@ -60,6 +76,24 @@ pub fn check_with(
                  (spec.vmPolicy.allowHostNodes is false); remove it"
                     .into(),
             );
+        }
+    }
+    if let Some(pc) = spec.get("priorityClassName").and_then(Value::as_str)
+        && !pc.is_empty()
+        && !policy.priority_class_allowed(pc)
+    {
+        deny(
+            format!("{p}.priorityClassName"),
+            format!(
+                "priority class {pc:?} is not in this virtual cluster's allowed priority classes \
+                 (VirtualCluster spec.vmPolicy.allowedPriorityClasses): the VM's pods would \
+                 outrank host workloads; remove the field"
+            ),
+        );
+    }
+    for block in template.metadata {
+        for v in super::annotations::check_metadata(&crate::field_path(block), obj.pointer(block)) {
+            deny(v.path, v.message);
         }
     }
     for term_kind in ["podAffinity", "podAntiAffinity"] {
@@ -269,6 +303,39 @@ mod tests {
                 "spec.template.spec.networks[0].multus.networkName",
             ]
         );
+    }
+
+    #[test]
+    fn tolerations_scheduler_priority_and_host_acting_annotations_are_refused() {
+        let mut v = vm(json!({
+            "tolerations": [{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}],
+            "schedulerName": "other",
+            "priorityClassName": "system-node-critical"
+        }));
+        v["spec"]["template"]["metadata"] =
+            json!({"annotations": {"hooks.kubevirt.io/hookSidecars": "[{\"image\": \"x\"}]"}});
+        v["metadata"] =
+            json!({"annotations": {"kubevirt.io/keep-launcher-alive-after-failure": "true"}});
+        let paths: Vec<String> = check(&VM, &v, &VmPolicy::default())
+            .into_iter()
+            .map(|v| v.path)
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "spec.template.spec.tolerations",
+                "spec.template.spec.schedulerName",
+                "spec.template.spec.priorityClassName",
+                "metadata.annotations[kubevirt.io/keep-launcher-alive-after-failure]",
+                "spec.template.metadata.annotations[hooks.kubevirt.io/hookSidecars]",
+            ]
+        );
+        let policy = VmPolicy {
+            allow_host_nodes: true,
+            allowed_priority_classes: vec!["system-node-critical".into()],
+            ..VmPolicy::default()
+        };
+        assert_eq!(check(&VM, &v, &policy).len(), 2, "annotations stay refused");
     }
 
     #[test]
