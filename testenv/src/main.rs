@@ -7,6 +7,7 @@
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
+use testenv::kubevirt::{KubeVirt, KubeVirtOptions};
 use testenv::simulator::{Simulator, SimulatorOptions};
 use testenv::{ControlPlane, Options, binaries};
 
@@ -31,16 +32,27 @@ enum Cmd {
         /// Number of tenant control planes besides the host.
         #[arg(long, default_value_t = 0, env = "TESTENV_TENANTS")]
         tenants: usize,
-        /// Install the KubeVirt simulator (real KubeVirt/CDI CRDs, fake virt-controller and
-        /// virt-api) on the host. It simulates KubeVirt; no VM ever boots.
-        #[arg(long, env = "TESTENV_KUBEVIRT")]
+        /// Run KubeVirt's real virt-api and virt-controller on the host, with kube-scheduler,
+        /// kwok (simulated nodes and pods) and the node agent (simulated virt-handler). No VM
+        /// ever boots.
+        #[arg(long, env = "TESTENV_KUBEVIRT", conflicts_with = "simulator")]
         kubevirt: bool,
+        /// Install the old KubeVirt simulator instead (real KubeVirt/CDI CRDs, fake
+        /// virt-controller and virt-api).
+        #[arg(long, env = "TESTENV_KUBEVIRT_SIMULATOR")]
+        simulator: bool,
         /// Run kube-controller-manager in every control plane.
         #[arg(long, env = "TESTENV_CONTROLLER_MANAGER")]
         controller_manager: bool,
     },
-    /// Build (or find in the cache) the control-plane binaries and print where they are.
-    Build,
+    /// Build (or find in the cache) the control-plane binaries, KubeVirt's virt-api,
+    /// virt-controller and virtctl, and kwok, and print where they are.
+    Build {
+        /// Only the control-plane binaries (etcd, kube-apiserver, kube-controller-manager,
+        /// kube-scheduler).
+        #[arg(long, env = "TESTENV_BUILD_CONTROL_PLANE_ONLY")]
+        control_plane_only: bool,
+    },
 }
 
 #[tokio::main]
@@ -53,22 +65,43 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Cmd::Build => {
+        Cmd::Build { control_plane_only } => {
             let started = Instant::now();
             let bins = tokio::task::spawn_blocking(binaries::ensure).await??;
             println!("{}", bins.dir.display());
-            eprintln!("ready in {:.1?}", started.elapsed());
+            eprintln!("control plane ready in {:.1?}", started.elapsed());
+            if !control_plane_only {
+                let step = Instant::now();
+                let kv = tokio::task::spawn_blocking(binaries::ensure_kubevirt).await??;
+                for p in [&kv.virt_api, &kv.kwok] {
+                    if let Some(dir) = p.parent() {
+                        println!("{}", dir.display());
+                    }
+                }
+                eprintln!(
+                    "KubeVirt {} and kwok {} ready in {:.1?}",
+                    binaries::KUBEVIRT_VERSION,
+                    binaries::KWOK_VERSION,
+                    step.elapsed()
+                );
+            }
         }
         Cmd::Up {
             tenants,
             kubevirt,
+            simulator,
             controller_manager,
-        } => up(tenants, kubevirt, controller_manager).await?,
+        } => up(tenants, kubevirt, simulator, controller_manager).await?,
     }
     Ok(())
 }
 
-async fn up(tenants: usize, kubevirt: bool, controller_manager: bool) -> anyhow::Result<()> {
+async fn up(
+    tenants: usize,
+    kubevirt: bool,
+    simulator: bool,
+    controller_manager: bool,
+) -> anyhow::Result<()> {
     let opts = |name: String| {
         let o = Options::new(name);
         if controller_manager {
@@ -84,8 +117,24 @@ async fn up(tenants: usize, kubevirt: bool, controller_manager: bool) -> anyhow:
         host.kubeconfig_path().display(),
         host.last_ready_after
     );
-    let _sim = if kubevirt {
+    let _sim = if simulator {
         Some(install_simulator(&host).await?)
+    } else {
+        None
+    };
+    let _kubevirt = if kubevirt {
+        let kv = KubeVirt::start(&host, KubeVirtOptions::new()).await?;
+        println!(
+            "KubeVirt {}: real virt-api on 127.0.0.1:{} and virt-controller; simulated: nodes {:?} (kwok), \
+             virt-handler (node agent); no VM boots  (started in {:.1?}, logs in {})",
+            testenv::kubevirt::KUBEVIRT_VERSION,
+            kv.virt_api_port(),
+            kv.nodes(),
+            kv.started_after,
+            kv.dir().display()
+        );
+        println!("virtctl   {}", kv.binaries().virtctl.display());
+        Some(kv)
     } else {
         None
     };
@@ -104,9 +153,9 @@ async fn up(tenants: usize, kubevirt: bool, controller_manager: bool) -> anyhow:
         "\nTry: kubectl --kubeconfig {} get namespaces",
         host.kubeconfig_path().display()
     );
-    if kubevirt {
+    if kubevirt || simulator {
         println!(
-            "     kubectl --kubeconfig {} get vm -A   (KubeVirt is simulated: no VM boots)",
+            "     kubectl --kubeconfig {} get vm -A   (no VM boots)",
             host.kubeconfig_path().display()
         );
     }

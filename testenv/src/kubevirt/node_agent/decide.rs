@@ -1,0 +1,262 @@
+//! The node agent's decisions, as pure functions of the objects it sees: what virt-handler would
+//! report for a VMI (Running once its virt-launcher pod runs, Succeeded once it is stopped), and
+//! when a virt-launcher pod may go (the simulated kubelet holds it with a finalizer until the
+//! VMI has left Running, as a real virt-launcher keeps its pod until the guest shut down).
+//! Nothing boots: every reported value is simulated.
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+/// Finalizer the node agent holds virt-launcher pods with while their VMI runs.
+pub const POD_FINALIZER: &str = "testenv.kvtenant.dev/node-agent";
+/// Label virt-controller puts on virt-launcher pods.
+pub const LAUNCHER_LABEL: (&str, &str) = ("kubevirt.io", "virt-launcher");
+
+/// What to do with a VMI.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VmiAction {
+    None,
+    /// Replace the VMI with this object (full update as virt-handler): now Running.
+    Run(Value),
+    /// Replace the VMI with this object: the guest shut down, phase Succeeded.
+    Succeed(Value),
+}
+
+/// What to do with a virt-launcher pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodAction {
+    None,
+    /// Add [`POD_FINALIZER`].
+    Hold,
+    /// Remove [`POD_FINALIZER`].
+    Release,
+}
+
+fn str_at<'a>(v: &'a Value, ptr: &str) -> Option<&'a str> {
+    v.pointer(ptr).and_then(Value::as_str)
+}
+
+fn deleting(v: &Value) -> bool {
+    v.pointer("/metadata/deletionTimestamp")
+        .is_some_and(|t| !t.is_null())
+}
+
+/// Whether a pod is Running with condition Ready=True.
+pub fn pod_ready(pod: &Value) -> bool {
+    str_at(pod, "/status/phase") == Some("Running")
+        && pod
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+}
+
+/// The uid of the VMI controlling `pod`, if any.
+pub fn owner_vmi_uid(pod: &Value) -> Option<&str> {
+    pod.pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)?
+        .iter()
+        .find(|r| r["kind"] == "VirtualMachineInstance" && r["controller"] == true)
+        .and_then(|r| r["uid"].as_str())
+}
+
+fn has_finalizer(obj: &Value, name: &str) -> bool {
+    obj.pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|f| f.iter().any(|x| x == name))
+}
+
+/// Decides for one VMI. `pod` is its virt-launcher pod (if any), `on_our_node` whether its
+/// node is one the node agent serves, `now` an RFC 3339 timestamp.
+pub fn decide_vmi(vmi: &Value, pod: Option<&Value>, on_our_node: bool, now: &str) -> VmiAction {
+    if !on_our_node {
+        return VmiAction::None;
+    }
+    match str_at(vmi, "/status/phase") {
+        Some("Scheduled") if !deleting(vmi) => match pod {
+            Some(p) if pod_ready(p) && !deleting(p) => VmiAction::Run(running(vmi, p, now)),
+            _ => VmiAction::None,
+        },
+        Some("Running") if deleting(vmi) || pod.is_some_and(deleting) => {
+            VmiAction::Succeed(with_phase(vmi.clone(), "Succeeded", now))
+        }
+        _ => VmiAction::None,
+    }
+}
+
+/// Decides for one virt-launcher pod. `vmi` is the VMI that controls it (if it still exists).
+pub fn decide_pod(pod: &Value, vmi: Option<&Value>, on_our_node: bool) -> PodAction {
+    if !on_our_node {
+        return PodAction::None;
+    }
+    let held = has_finalizer(pod, POD_FINALIZER);
+    if !deleting(pod) {
+        return if held {
+            PodAction::None
+        } else {
+            PodAction::Hold
+        };
+    }
+    let vmi_running = vmi.is_some_and(|v| str_at(v, "/status/phase") == Some("Running"));
+    if held && !vmi_running {
+        PodAction::Release
+    } else {
+        PodAction::None
+    }
+}
+
+fn with_phase(mut vmi: Value, phase: &str, now: &str) -> Value {
+    let status = &mut vmi["status"];
+    status["phase"] = json!(phase);
+    let entry = json!({"phase": phase, "phaseTransitionTimestamp": now});
+    match status
+        .get_mut("phaseTransitionTimestamps")
+        .and_then(Value::as_array_mut)
+    {
+        Some(list) => list.push(entry),
+        None => status["phaseTransitionTimestamps"] = json!([entry]),
+    }
+    vmi
+}
+
+fn upsert_condition(status: &mut Value, condition: Value) {
+    let list = match status.get_mut("conditions").and_then(Value::as_array_mut) {
+        Some(l) => l,
+        None => {
+            status["conditions"] = json!([]);
+            match status["conditions"].as_array_mut() {
+                Some(l) => l,
+                None => return,
+            }
+        }
+    };
+    list.retain(|c| c["type"] != condition["type"]);
+    list.push(condition);
+}
+
+/// A locally administered MAC address derived from the VMI uid and interface name.
+pub fn simulated_mac(uid: &str, iface: &str) -> String {
+    let digest = Sha256::digest(format!("{uid}/{iface}").as_bytes());
+    let mut bytes = [0u8; 6];
+    bytes[0] = 0x02;
+    bytes[1..].copy_from_slice(&digest[..5]);
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The guest OS the node agent reports (there is no guest: it says so).
+pub fn simulated_guest_os() -> Value {
+    json!({
+        "id": "simulated",
+        "name": "Simulated guest",
+        "prettyName": "Simulated guest (kvtenant testenv node agent; nothing boots)",
+        "version": "0",
+        "versionId": "0",
+        "kernelRelease": "0.0.0-simulated",
+        "kernelVersion": "#1 simulated",
+        "machine": "x86_64",
+    })
+}
+
+fn interfaces(vmi: &Value, pod: &Value) -> Value {
+    let uid = str_at(vmi, "/metadata/uid").unwrap_or_default();
+    let pod_ip = str_at(pod, "/status/podIP");
+    let networks = vmi
+        .pointer("/spec/networks")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let ifaces = vmi
+        .pointer("/spec/domain/devices/interfaces")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let list: Vec<Value> = ifaces
+        .iter()
+        .enumerate()
+        .map(|(i, iface)| {
+            let name = iface["name"].as_str().unwrap_or("default");
+            let mac = iface["macAddress"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| simulated_mac(uid, name));
+            let on_pod_network = networks
+                .iter()
+                .any(|n| n["name"] == name && n.get("pod").is_some());
+            let mut status = json!({
+                "name": name,
+                "mac": mac,
+                "interfaceName": format!("eth{i}"),
+                "infoSource": "domain, guest-agent",
+                "queueCount": 1,
+                "linkState": "up",
+            });
+            if let (true, Some(ip)) = (on_pod_network, pod_ip) {
+                status["ipAddress"] = json!(ip);
+                status["ipAddresses"] = json!([ip]);
+                status["podInterfaceName"] = json!("eth0");
+            }
+            status
+        })
+        .collect();
+    Value::Array(list)
+}
+
+fn migration_method(vmi: &Value) -> &'static str {
+    let local = vmi
+        .pointer("/spec/volumes")
+        .and_then(Value::as_array)
+        .is_some_and(|vs| {
+            vs.iter().any(|v| {
+                v.get("containerDisk").is_some()
+                    || v.get("emptyDisk").is_some()
+                    || v.get("ephemeral").is_some()
+            })
+        });
+    if local {
+        "BlockMigration"
+    } else {
+        "LiveMigration"
+    }
+}
+
+fn running(vmi: &Value, pod: &Value, now: &str) -> Value {
+    let mut out = with_phase(vmi.clone(), "Running", now);
+    let cpu = vmi.pointer("/spec/domain/cpu");
+    let topo = |k: &str| cpu.and_then(|c| c[k].as_u64()).unwrap_or(1);
+    let memory = vmi
+        .pointer("/spec/domain/memory/guest")
+        .or_else(|| vmi.pointer("/spec/domain/resources/requests/memory"))
+        .cloned();
+    let machine = vmi
+        .pointer("/spec/domain/machine/type")
+        .cloned()
+        .unwrap_or_else(|| json!("q35"));
+    let status = &mut out["status"];
+    status["interfaces"] = interfaces(vmi, pod);
+    status["guestOSInfo"] = simulated_guest_os();
+    status["machine"] = json!({ "type": machine });
+    status["migrationMethod"] = json!(migration_method(vmi));
+    status["currentCPUTopology"] = json!({
+        "cores": topo("cores"), "sockets": topo("sockets"), "threads": topo("threads"),
+    });
+    if let Some(m) = memory {
+        status["memory"] = json!({"guestAtBoot": m, "guestCurrent": m, "guestRequested": m});
+    }
+    status["selinuxContext"] = json!("none");
+    for kind in ["LiveMigratable", "AgentConnected"] {
+        upsert_condition(
+            status,
+            json!({"type": kind, "status": "True", "lastProbeTime": null, "lastTransitionTime": now}),
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

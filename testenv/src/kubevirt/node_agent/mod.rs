@@ -1,0 +1,329 @@
+//! The **node agent (simulated virt-handler)**: the one simulated part of testenv's KubeVirt.
+//! No process here can run virt-handler's node work (libvirt, QEMU, containers), so this agent
+//! reports what virt-handler would, for VMIs whose virt-launcher pod kwok runs on a kwok node:
+//! Running with interfaces/IP, guest OS info and conditions once the pod is Running, Succeeded
+//! once the VMI or its pod is deleted, and the node heartbeat. It writes as
+//! `system:serviceaccount:kubevirt:kubevirt-handler` (impersonation, with the node name a bound
+//! token would carry), so KubeVirt's RBAC, webhooks and node restriction policy judge it like
+//! the real one. Acting as the kwok nodes' kubelet, it holds virt-launcher pods with a finalizer
+//! until their VMI has left Running (a real virt-launcher keeps its pod until the guest is down).
+//! Nothing boots: every value it reports is simulated.
+
+pub mod decide;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use self::decide::{LAUNCHER_LABEL, POD_FINALIZER, PodAction, VmiAction};
+use super::identity::{self, HANDLER_SA, NODE_NAME_EXTRA};
+use super::{Error, NAMESPACE};
+
+/// How the node agent names itself in logs and messages.
+pub const NAME: &str = "node agent (simulated virt-handler)";
+/// How often the node heartbeat is written (virt-controller treats a node whose heartbeat is
+/// older than 5 minutes as unresponsive).
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(30);
+/// Retry delay after a pass that could not do everything (conflicts, webhook hiccups).
+const RETRY_AFTER: Duration = Duration::from_millis(250);
+
+/// Counters of what the node agent did.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub vmis_started: AtomicU64,
+    pub vmis_stopped: AtomicU64,
+    pub heartbeats: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+/// A snapshot of [`Counters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeAgentStats {
+    /// VMIs reported Running.
+    pub vmis_started: u64,
+    /// VMIs reported Succeeded.
+    pub vmis_stopped: u64,
+    pub heartbeats: u64,
+    /// Failed writes (all are retried).
+    pub errors: u64,
+}
+
+/// A running node agent; dropping it stops it.
+pub struct NodeAgent {
+    counters: Arc<Counters>,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for NodeAgent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeAgent").finish_non_exhaustive()
+    }
+}
+
+fn vmi_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("kubevirt.io", "v1", "VirtualMachineInstance"),
+        "virtualmachineinstances",
+    )
+}
+
+/// Clients of one node: the admin (kubelet) and virt-handler bound to that node.
+struct Agent {
+    admin: kube::Client,
+    handlers: BTreeMap<String, kube::Client>,
+    counters: Arc<Counters>,
+}
+
+impl NodeAgent {
+    /// Starts the node agent for `nodes`, talking to the cluster of `admin_config` (an admin
+    /// configuration; writes to VMIs and nodes impersonate virt-handler).
+    pub fn start(admin_config: &kube::Config, nodes: &[String]) -> Result<Self, Error> {
+        let admin = kube::Client::try_from(admin_config.clone()).map_err(Error::Kube)?;
+        let user = identity::service_account_user(NAMESPACE, HANDLER_SA);
+        let groups = identity::service_account_groups(NAMESPACE);
+        let mut handlers = BTreeMap::new();
+        for node in nodes {
+            let cfg = identity::impersonating_config(
+                admin_config.clone(),
+                &user,
+                &groups,
+                &[(NODE_NAME_EXTRA, node)],
+            );
+            handlers.insert(
+                node.clone(),
+                kube::Client::try_from(cfg).map_err(Error::Kube)?,
+            );
+        }
+        let counters = Arc::new(Counters::default());
+        let shutdown = CancellationToken::new();
+        let agent = Arc::new(Agent {
+            admin,
+            handlers,
+            counters: counters.clone(),
+        });
+        let tasks = vec![
+            tokio::spawn(run_sync(agent.clone(), shutdown.clone())),
+            tokio::spawn(run_heartbeat(agent, shutdown.clone())),
+        ];
+        tracing::info!(?nodes, "{NAME} started");
+        Ok(Self {
+            counters,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// What the node agent did so far.
+    pub fn stats(&self) -> NodeAgentStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        NodeAgentStats {
+            vmis_started: get(&self.counters.vmis_started),
+            vmis_stopped: get(&self.counters.vmis_stopped),
+            heartbeats: get(&self.counters.heartbeats),
+            errors: get(&self.counters.errors),
+        }
+    }
+
+    /// Stops the node agent.
+    pub fn stop(&mut self) {
+        self.shutdown.cancel();
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for NodeAgent {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn run_heartbeat(agent: Arc<Agent>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for (node, client) in &agent.handlers {
+            // virt-handler's heartbeat: a strategic merge patch of its node's labels and
+            // heartbeat annotation (the node restriction policy allows nothing else).
+            let now = now_rfc3339();
+            let patch = json!({"metadata": {
+                "labels": {
+                    "kubevirt.io/schedulable": "true",
+                    "cpumanager": "false",
+                    "kubevirt.io/cpumanager": "false",
+                },
+                "annotations": {"kubevirt.io/heartbeat": now},
+            }});
+            let api: Api<Node> = Api::all(client.clone());
+            match api
+                .patch(node, &PatchParams::default(), &Patch::Strategic(&patch))
+                .await
+            {
+                Ok(_) => {
+                    agent.counters.heartbeats.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    agent.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%node, error = %e, "{NAME}: heartbeat failed");
+                }
+            }
+        }
+    }
+}
+
+async fn run_sync(agent: Arc<Agent>, shutdown: CancellationToken) {
+    let vmi_api: Api<DynamicObject> = Api::all_with(agent.admin.clone(), &vmi_resource());
+    let pod_api: Api<Pod> = Api::all(agent.admin.clone());
+    let vmi_writer = reflector::store::Writer::<DynamicObject>::new(vmi_resource());
+    let vmis = vmi_writer.as_reader();
+    let (pods, pod_writer) = reflector::store::<Pod>();
+    let vmi_events = watcher(vmi_api, watcher::Config::default())
+        .default_backoff()
+        .reflect(vmi_writer)
+        .map(|_| ());
+    let launcher = format!("{}={}", LAUNCHER_LABEL.0, LAUNCHER_LABEL.1);
+    let pod_events = watcher(pod_api, watcher::Config::default().labels(&launcher))
+        .default_backoff()
+        .reflect(pod_writer)
+        .map(|_| ());
+    let mut events = futures::stream::select(vmi_events.boxed(), pod_events.boxed());
+    let mut retry = false;
+    loop {
+        let wait_retry = async {
+            if retry {
+                tokio::time::sleep(RETRY_AFTER).await
+            } else {
+                futures::future::pending().await
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            ev = events.next() => if ev.is_none() { return },
+            _ = wait_retry => {}
+        }
+        // take every event already queued before one pass over the stores
+        while let Some(Some(())) = events.next().now_or_never() {}
+        let vmi_list: Vec<Value> = vmis.state().iter().map(|o| to_value(o.as_ref())).collect();
+        let pod_list: Vec<Value> = pods.state().iter().map(|o| to_value(o.as_ref())).collect();
+        retry = !agent.pass(&vmi_list, &pod_list).await;
+    }
+}
+
+fn to_value<T: serde::Serialize>(obj: &T) -> Value {
+    serde_json::to_value(obj).unwrap_or(Value::Null)
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+impl Agent {
+    fn serves(&self, node: Option<&str>) -> bool {
+        node.is_some_and(|n| self.handlers.contains_key(n))
+    }
+
+    /// One pass over every VMI and launcher pod; false if something failed and should be
+    /// retried.
+    async fn pass(&self, vmis: &[Value], pods: &[Value]) -> bool {
+        let mut ok = true;
+        let mut pod_of: HashMap<&str, &Value> = HashMap::new();
+        for p in pods {
+            if let Some(uid) = decide::owner_vmi_uid(p) {
+                pod_of.insert(uid, p);
+            }
+        }
+        let mut vmi_of: HashMap<&str, &Value> = HashMap::new();
+        let now = now_rfc3339();
+        for vmi in vmis {
+            let uid = vmi["metadata"]["uid"].as_str().unwrap_or_default();
+            vmi_of.insert(uid, vmi);
+            let node = vmi.pointer("/status/nodeName").and_then(Value::as_str);
+            let pod = pod_of.get(uid).copied();
+            let (obj, counter) = match decide::decide_vmi(vmi, pod, self.serves(node), &now) {
+                VmiAction::None => continue,
+                VmiAction::Run(obj) => (obj, &self.counters.vmis_started),
+                VmiAction::Succeed(obj) => (obj, &self.counters.vmis_stopped),
+            };
+            match self.replace_vmi(node.unwrap_or_default(), obj).await {
+                Ok(()) => {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    ok = false;
+                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(error = %e, "{NAME}: VMI update failed; retrying");
+                }
+            }
+        }
+        for pod in pods {
+            let node = pod.pointer("/spec/nodeName").and_then(Value::as_str);
+            let vmi = decide::owner_vmi_uid(pod).and_then(|u| vmi_of.get(u).copied());
+            let action = decide::decide_pod(pod, vmi, self.serves(node));
+            if action == PodAction::None {
+                continue;
+            }
+            if let Err(e) = self.set_pod_finalizer(pod, action).await {
+                ok = false;
+                self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "{NAME}: pod finalizer update failed; retrying");
+            }
+        }
+        ok
+    }
+
+    async fn replace_vmi(&self, node: &str, obj: Value) -> Result<(), kube::Error> {
+        let client = self.handlers.get(node).unwrap_or(&self.admin);
+        let ns = obj["metadata"]["namespace"].as_str().unwrap_or_default();
+        let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &vmi_resource());
+        let dynamic: DynamicObject =
+            serde_json::from_value(obj.clone()).map_err(kube::Error::SerdeError)?;
+        api.replace(name, &PostParams::default(), &dynamic)
+            .await
+            .map(|_| ())
+    }
+
+    async fn set_pod_finalizer(&self, pod: &Value, action: PodAction) -> Result<(), kube::Error> {
+        let ns = pod["metadata"]["namespace"].as_str().unwrap_or_default();
+        let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+        let rv = pod["metadata"]["resourceVersion"].clone();
+        let mut finalizers: Vec<Value> = pod["metadata"]["finalizers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        match action {
+            PodAction::Hold => finalizers.push(json!(POD_FINALIZER)),
+            PodAction::Release => finalizers.retain(|f| f != POD_FINALIZER),
+            PodAction::None => return Ok(()),
+        }
+        // a merge patch carrying the resourceVersion: refused if the pod changed meanwhile
+        let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": rv}});
+        let api: Api<Pod> = Api::namespaced(self.admin.clone(), ns);
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map(|_| ())
+    }
+}

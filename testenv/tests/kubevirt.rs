@@ -1,0 +1,327 @@
+//! Integration tests of KubeVirt's **real** virt-api and virt-controller (v1.8.1, built from the
+//! Go module proxy) on a testenv control plane, with kube-scheduler, kwok (simulated nodes and
+//! pods) and the node agent (simulated virt-handler). Nothing boots: "Running" means KubeVirt's
+//! control plane did its part and the node agent reported the guest up.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{Api, DynamicObject, ListParams, PostParams, WatchParams};
+use kube::core::{ApiResource, GroupVersionKind, WatchEvent};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use testenv::kubevirt::{KubeVirt, KubeVirtOptions};
+use testenv::process::alive;
+use testenv::testing::wait_for;
+use testenv::{ControlPlane, Options};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn vm_ar() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("kubevirt.io", "v1", "VirtualMachine"),
+        "virtualmachines",
+    )
+}
+
+fn vmi_ar() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("kubevirt.io", "v1", "VirtualMachineInstance"),
+        "virtualmachineinstances",
+    )
+}
+
+struct Host {
+    kv: KubeVirt,
+    client: Client,
+    cp: ControlPlane,
+}
+
+async fn host(name: &str, ns: &str) -> Host {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,testenv=info,kube_client::client::builder=off".into()),
+        )
+        .with_test_writer()
+        .try_init();
+    let cp = ControlPlane::start(Options::new(name).with_controller_manager())
+        .await
+        .expect("control plane");
+    let kv = KubeVirt::start(&cp, KubeVirtOptions::new())
+        .await
+        .expect("KubeVirt");
+    eprintln!("[{name}] KubeVirt started in {:.1?}", kv.started_after);
+    let client = cp.client().unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    Host { kv, client, cp }
+}
+
+fn vm(ns: &str, name: &str, run_strategy: &str) -> Value {
+    json!({
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachine",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "runStrategy": run_strategy,
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "domain": {
+                        "devices": {
+                            "disks": [{"name": "root", "disk": {"bus": "virtio"}}],
+                            "interfaces": [{"name": "default", "masquerade": {}}],
+                        },
+                        "resources": {"requests": {"memory": "128Mi"}},
+                    },
+                    "networks": [{"name": "default", "pod": {}}],
+                    "volumes": [{"name": "root", "containerDisk": {"image": "quay.io/containerdisks/fedora:41"}}],
+                },
+            },
+        },
+    })
+}
+
+async fn create_vm(client: &Client, ns: &str, body: Value) -> DynamicObject {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &vm_ar());
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(body).unwrap(),
+    )
+    .await
+    .expect("create VM")
+}
+
+async fn get(client: &Client, ar: &ApiResource, ns: &str, name: &str) -> Option<DynamicObject> {
+    Api::<DynamicObject>::namespaced_with(client.clone(), ns, ar)
+        .get_opt(name)
+        .await
+        .unwrap()
+}
+
+fn at<'a>(o: &'a DynamicObject, ptr: &str) -> Option<&'a Value> {
+    o.data.pointer(ptr)
+}
+
+fn condition_true(o: &DynamicObject, kind: &str) -> bool {
+    at(o, "/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == kind && c["status"] == "True")
+        })
+}
+
+/// Waits for the VMI to be Running (node agent) and Ready (virt-controller, from the pod).
+async fn vmi_running(client: &Client, ns: &str, name: &str) -> DynamicObject {
+    wait_for(
+        &format!("VMI {ns}/{name} Running and Ready"),
+        WAIT,
+        || async {
+            get(client, &vmi_ar(), ns, name).await.filter(|v| {
+                at(v, "/status/phase") == Some(&json!("Running")) && condition_true(v, "Ready")
+            })
+        },
+    )
+    .await
+}
+
+async fn vm_status(client: &Client, ns: &str, name: &str, want: &str) -> DynamicObject {
+    wait_for(&format!("VM {ns}/{name} {want}"), WAIT, || async {
+        get(client, &vm_ar(), ns, name)
+            .await
+            .filter(|v| at(v, "/status/printableStatus") == Some(&json!(want)))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_reaches_running_through_the_real_virt_controller() {
+    let h = host("kv-running", "vms").await;
+    create_vm(&h.client, "vms", vm("vms", "vm1", "Always")).await;
+
+    let vmi = vmi_running(&h.client, "vms", "vm1").await;
+    // virt-controller made the VMI from the VM...
+    let owner = &vmi.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("VirtualMachine", "vm1")
+    );
+    // ...and its virt-launcher pod, which kube-scheduler bound to a kwok node
+    let pods: Api<Pod> = Api::namespaced(h.client.clone(), "vms");
+    let launcher = pods
+        .list(&ListParams::default().labels("kubevirt.io=virt-launcher"))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(launcher.len(), 1, "one virt-launcher pod");
+    let pod = &launcher[0];
+    let node = pod.spec.as_ref().unwrap().node_name.clone().unwrap();
+    assert!(h.kv.nodes().contains(&node), "{node} is a kwok node");
+    assert_eq!(at(&vmi, "/status/nodeName"), Some(&json!(node)));
+    // the node agent (simulated virt-handler) reported the pod IP and the guest
+    let pod_ip = pod.status.as_ref().unwrap().pod_ip.clone().unwrap();
+    assert_eq!(
+        at(&vmi, "/status/interfaces/0/ipAddress"),
+        Some(&json!(pod_ip))
+    );
+    assert_eq!(
+        at(&vmi, "/status/guestOSInfo/id"),
+        Some(&json!("simulated"))
+    );
+    // virt-controller's part: Ready from the pod, the VM's status from the VMI
+    for kind in ["Ready", "LiveMigratable", "AgentConnected"] {
+        assert!(
+            condition_true(&vmi, kind),
+            "condition {kind} True in {:?}",
+            at(&vmi, "/status/conditions")
+        );
+    }
+    let vm = vm_status(&h.client, "vms", "vm1", "Running").await;
+    assert_eq!(at(&vm, "/status/ready"), Some(&json!(true)));
+    assert_eq!(h.kv.node_agent_stats().vmis_started, 1);
+
+    // everything dies with its owner
+    let mut pids = h.kv.pids();
+    pids.extend(h.cp.pids());
+    drop(h);
+    for pid in pids {
+        assert!(!alive(pid), "process {pid} still running after drop");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_vm_is_refused_with_kubevirts_own_message() {
+    let h = host("kv-invalid", "vms").await;
+    // a disk naming no volume, applied with the real kubectl as a user would
+    let mut bad = vm("vms", "bad", "Halted");
+    bad["spec"]["template"]["spec"]["volumes"] = json!([]);
+    let mut child = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(h.cp.kubeconfig_path())
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl on PATH");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(bad.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("kubectl apply: {stderr}");
+    assert!(!out.status.success(), "an invalid VM was accepted");
+    // KubeVirt's own wording (pkg/virt-api/webhooks), as kubectl shows a 422 with causes
+    assert!(
+        stderr.contains("spec.template.spec.domain.devices.disks[0].Name 'root' not found."),
+        "{stderr}"
+    );
+    // the API answer names the webhook that refused it
+    let api: Api<DynamicObject> = Api::namespaced_with(h.client.clone(), "vms", &vm_ar());
+    let err = api
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(bad).unwrap(),
+        )
+        .await
+        .expect_err("an invalid VM was accepted");
+    let kube::Error::Api(status) = err else {
+        panic!("expected an API error, got {err}");
+    };
+    assert_eq!(status.code, 422, "{status:?}");
+    assert!(
+        status.message.contains(
+            "admission webhook \"virtualmachine-validator.kubevirt.io\" denied the request"
+        ),
+        "{}",
+        status.message
+    );
+    assert!(get(&h.client, &vm_ar(), "vms", "bad").await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_through_the_aggregated_api_ends_succeeded() {
+    let h = host("kv-stop", "vms").await;
+    create_vm(&h.client, "vms", vm("vms", "vm1", "Always")).await;
+    let vmi = vmi_running(&h.client, "vms", "vm1").await;
+    vm_status(&h.client, "vms", "vm1", "Running").await;
+
+    // watch the VMI from its current version, to see every phase it passes
+    let vmis: Api<DynamicObject> = Api::namespaced_with(h.client.clone(), "vms", &vmi_ar());
+    let rv = vmi.resource_version().unwrap();
+    let mut events = vmis
+        .watch(&WatchParams::default().fields("metadata.name=vm1"), &rv)
+        .await
+        .unwrap()
+        .boxed();
+
+    let req = http::Request::put(
+        "/apis/subresources.kubevirt.io/v1/namespaces/vms/virtualmachines/vm1/stop",
+    )
+    .header("content-type", "application/json")
+    .body(b"{}".to_vec())
+    .unwrap();
+    let (parts, _) = h
+        .client
+        .send(req.map(Into::into))
+        .await
+        .unwrap()
+        .into_parts();
+    assert_eq!(parts.status.as_u16(), 202, "stop answered {}", parts.status);
+
+    let mut phases = Vec::new();
+    let deleted = tokio::time::timeout(WAIT, async {
+        while let Some(ev) = events.try_next().await.unwrap() {
+            match ev {
+                WatchEvent::Modified(o) | WatchEvent::Added(o) => {
+                    if let Some(p) = at(&o, "/status/phase").and_then(Value::as_str)
+                        && phases.last().map(String::as_str) != Some(p)
+                    {
+                        phases.push(p.to_string());
+                    }
+                }
+                WatchEvent::Deleted(_) => return true,
+                _ => {}
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(
+        deleted,
+        Ok(true),
+        "VMI deleted after stop; phases seen {phases:?}"
+    );
+    assert_eq!(
+        phases.last().map(String::as_str),
+        Some("Succeeded"),
+        "{phases:?}"
+    );
+    assert!(!phases.iter().any(|p| p == "Failed"), "{phases:?}");
+    vm_status(&h.client, "vms", "vm1", "Stopped").await;
+    let pods: Api<Pod> = Api::namespaced(h.client.clone(), "vms");
+    wait_for("virt-launcher pod gone", WAIT, || async {
+        pods.list(&ListParams::default().labels("kubevirt.io=virt-launcher"))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    assert_eq!(h.kv.node_agent_stats().vmis_stopped, 1);
+}
