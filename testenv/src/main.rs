@@ -104,7 +104,8 @@ async fn up(
 ) -> anyhow::Result<()> {
     let opts = |name: String| {
         let o = Options::new(name);
-        if controller_manager {
+        // KubeVirt's launcher pods need the `default` ServiceAccount kcm creates
+        if controller_manager || kubevirt {
             o.with_controller_manager()
         } else {
             o

@@ -69,6 +69,8 @@ pub enum Error {
     },
     #[error("kubernetes API: {0}")]
     Kube(#[source] kube::Error),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("starting {what}: {source}")]
     Spawn {
         what: String,
@@ -81,6 +83,10 @@ pub enum Error {
         status: String,
         log: String,
     },
+    #[error(
+        "KubeVirt needs kube-controller-manager in the control plane (virt-launcher pods use the namespace's `default` ServiceAccount, which its ServiceAccount controller creates): start it with Options::with_controller_manager()"
+    )]
+    NoControllerManager,
     #[error("{what} not ready after {after:?}: {detail}")]
     NotReady {
         what: String,
@@ -94,13 +100,14 @@ impl Error {
         match self {
             Self::Binaries(_) => "binaries",
             Self::ControlPlane(_) => "control_plane",
-            Self::Pki(_) => "pki",
+            Self::Pki(_) | Self::Tls(_) => "pki",
             Self::Io { .. } => "io",
             Self::InstallStrategy(_) | Self::Unexpected(_) => "install_strategy",
             Self::Apply { .. } => "apply",
             Self::Kube(_) => "kube",
             Self::Spawn { .. } | Self::Exited { .. } => "process",
             Self::NotReady { .. } => "timeout",
+            Self::NoControllerManager => "no_controller_manager",
         }
     }
 }
@@ -185,8 +192,12 @@ async fn blocking<T: Send + 'static>(
 
 impl KubeVirt {
     /// Builds the binaries if needed (minutes, once per machine), installs KubeVirt on `cp`,
-    /// starts everything and waits until VMs can be created and run.
+    /// starts everything and waits until VMs can be created and run. `cp` must run
+    /// kube-controller-manager ([`crate::Options::with_controller_manager`]).
     pub async fn start(cp: &ControlPlane, opts: KubeVirtOptions) -> Result<Self, Error> {
+        if !cp.runs_controller_manager() {
+            return Err(Error::NoControllerManager);
+        }
         let started = Instant::now();
         let bins = blocking(binaries::ensure_kubevirt).await?;
         let cp_bins = blocking(binaries::ensure).await?;
@@ -265,7 +276,17 @@ impl KubeVirt {
             &kv.bins.kwok.clone(),
             processes::kwok_args(&kv.layout),
         )?;
-        kv.node_agent = Some(NodeAgent::start(cp.config(), &kv.nodes)?);
+        let handler_cert = kv.ca.issue_server(
+            node_agent::server::HANDLER_SERVER_CN,
+            &["127.0.0.1", "localhost"],
+        )?;
+        let handler = node_agent::HandlerServer {
+            port: kv.layout.handler_port,
+            cert_pem: handler_cert.cert_pem,
+            key_pem: handler_cert.key_pem,
+            ca_pem: kv.ca.cert_pem().to_string(),
+        };
+        kv.node_agent = Some(NodeAgent::start(cp.config(), &kv.nodes, &handler).await?);
         install::apply(&client, &plan.registrations).await?;
 
         kv.wait_ready(&client, opts.ready_timeout).await?;
@@ -297,7 +318,7 @@ impl KubeVirt {
         // virt-api's client certificate towards virt-handler (the node agent)
         let handler_client = self
             .ca
-            .issue_client("kubevirt.io:system:client:virt-handler", &[])?;
+            .issue_client(node_agent::server::HANDLER_CLIENT_CN, &[])?;
         let admin = &cp.pki().admin;
         let groups = identity::service_account_groups(NAMESPACE);
         let kubeconfig = |sa: &str| {

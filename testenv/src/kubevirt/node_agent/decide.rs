@@ -12,12 +12,21 @@ pub const POD_FINALIZER: &str = "testenv.kvtenant.dev/node-agent";
 /// Label virt-controller puts on virt-launcher pods.
 pub const LAUNCHER_LABEL: (&str, &str) = ("kubevirt.io", "virt-launcher");
 
+/// What the guest was asked to be through virt-handler's API (pause, freeze).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Guest {
+    pub paused: bool,
+    pub frozen: bool,
+}
+
 /// What to do with a VMI.
 #[derive(Debug, Clone, PartialEq)]
 pub enum VmiAction {
     None,
     /// Replace the VMI with this object (full update as virt-handler): now Running.
     Run(Value),
+    /// Replace the VMI with this object: paused/frozen as asked.
+    Report(Value),
     /// Replace the VMI with this object: the guest shut down, phase Succeeded.
     Succeed(Value),
 }
@@ -69,8 +78,15 @@ fn has_finalizer(obj: &Value, name: &str) -> bool {
 }
 
 /// Decides for one VMI. `pod` is its virt-launcher pod (if any), `on_our_node` whether its
-/// node is one the node agent serves, `now` an RFC 3339 timestamp.
-pub fn decide_vmi(vmi: &Value, pod: Option<&Value>, on_our_node: bool, now: &str) -> VmiAction {
+/// node is one the node agent serves, `guest` what virt-api asked of the guest, `now` an
+/// RFC 3339 timestamp.
+pub fn decide_vmi(
+    vmi: &Value,
+    pod: Option<&Value>,
+    on_our_node: bool,
+    guest: &Guest,
+    now: &str,
+) -> VmiAction {
     if !on_our_node {
         return VmiAction::None;
     }
@@ -82,8 +98,49 @@ pub fn decide_vmi(vmi: &Value, pod: Option<&Value>, on_our_node: bool, now: &str
         Some("Running") if deleting(vmi) || pod.is_some_and(deleting) => {
             VmiAction::Succeed(with_phase(vmi.clone(), "Succeeded", now))
         }
+        Some("Running") => report_guest(vmi, guest, now)
+            .map(VmiAction::Report)
+            .unwrap_or(VmiAction::None),
         _ => VmiAction::None,
     }
+}
+
+fn has_condition(vmi: &Value, kind: &str) -> bool {
+    vmi.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == kind && c["status"] == "True")
+        })
+}
+
+/// The VMI with the Paused condition and freeze status virt-handler reports for `guest`, if
+/// that differs from what it shows.
+fn report_guest(vmi: &Value, guest: &Guest, now: &str) -> Option<Value> {
+    let paused = has_condition(vmi, "Paused");
+    let frozen = str_at(vmi, "/status/fsFreezeStatus") == Some("frozen");
+    if paused == guest.paused && frozen == guest.frozen {
+        return None;
+    }
+    let mut out = vmi.clone();
+    let status = &mut out["status"];
+    if guest.paused {
+        upsert_condition(
+            status,
+            json!({"type": "Paused", "status": "True", "reason": "PausedByUser",
+                   "message": "VMI was paused by user", "lastProbeTime": now, "lastTransitionTime": now}),
+        );
+    } else if let Some(list) = status.get_mut("conditions").and_then(Value::as_array_mut) {
+        list.retain(|c| c["type"] != "Paused");
+    }
+    match (guest.frozen, status.as_object_mut()) {
+        (true, _) => status["fsFreezeStatus"] = json!("frozen"),
+        (false, Some(o)) => {
+            o.remove("fsFreezeStatus");
+        }
+        (false, None) => {}
+    }
+    Some(out)
 }
 
 /// Decides for one virt-launcher pod. `vmi` is the VMI that controls it (if it still exists).

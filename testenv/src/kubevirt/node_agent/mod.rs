@@ -7,13 +7,15 @@
 //! token would carry), so KubeVirt's RBAC, webhooks and node restriction policy judge it like
 //! the real one. Acting as the kwok nodes' kubelet, it holds virt-launcher pods with a finalizer
 //! until their VMI has left Running (a real virt-launcher keeps its pod until the guest is down).
-//! Nothing boots: every value it reports is simulated.
+//! It also answers virt-api's calls to virt-handler ([`server`]): console/VNC, pause, freeze,
+//! guest agent reads. Nothing boots: every value it reports is simulated.
 
 pub mod decide;
+pub mod server;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
@@ -23,10 +25,12 @@ use kube::api::{
 };
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use serde_json::{Value, json};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use self::decide::{LAUNCHER_LABEL, POD_FINALIZER, PodAction, VmiAction};
+use self::decide::{Guest, LAUNCHER_LABEL, POD_FINALIZER, PodAction, VmiAction};
+use self::server::{Guests, ServerState};
 use super::identity::{self, HANDLER_SA, NODE_NAME_EXTRA};
 use super::{Error, NAMESPACE};
 
@@ -43,6 +47,8 @@ const RETRY_AFTER: Duration = Duration::from_millis(250);
 pub struct Counters {
     pub vmis_started: AtomicU64,
     pub vmis_stopped: AtomicU64,
+    /// Pause/freeze state changes reported on VMIs.
+    pub reports: AtomicU64,
     pub heartbeats: AtomicU64,
     pub errors: AtomicU64,
 }
@@ -54,6 +60,8 @@ pub struct NodeAgentStats {
     pub vmis_started: u64,
     /// VMIs reported Succeeded.
     pub vmis_stopped: u64,
+    /// Pause/freeze state changes reported on VMIs.
+    pub reports: u64,
     pub heartbeats: u64,
     /// Failed writes (all are retried).
     pub errors: u64,
@@ -79,17 +87,59 @@ fn vmi_resource() -> ApiResource {
     )
 }
 
-/// Clients of one node: the admin (kubelet) and virt-handler bound to that node.
+/// The node agent's clients: the admin (acting as the kwok nodes' kubelet) and virt-handler
+/// bound to each node.
 struct Agent {
     admin: kube::Client,
     handlers: BTreeMap<String, kube::Client>,
     counters: Arc<Counters>,
+    guests: Guests,
+    changed: Arc<Notify>,
+}
+
+/// Where and with which certificate the node agent answers virt-api's handler calls.
+#[derive(Debug, Clone)]
+pub struct HandlerServer {
+    pub port: u16,
+    /// Serving certificate (CN [`server::HANDLER_SERVER_CN`]) and key, PEM.
+    pub cert_pem: String,
+    pub key_pem: String,
+    /// KubeVirt's CA: virt-api's client certificate must chain to it.
+    pub ca_pem: String,
+}
+
+/// The `virt-handler` pod of `node` (what virt-handler's DaemonSet would run there): virt-api
+/// looks it up to find the node's handler; kwok runs it with the node's IP.
+pub fn handler_pod(node: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": format!("virt-handler-{node}"),
+            "namespace": NAMESPACE,
+            "labels": {"kubevirt.io": "virt-handler", "app.kubernetes.io/component": "kubevirt"},
+            "annotations": {"testenv.kvtenant.dev/simulated": NAME},
+        },
+        "spec": {
+            "nodeName": node,
+            "hostNetwork": true,
+            "serviceAccountName": HANDLER_SA,
+            "automountServiceAccountToken": false,
+            "tolerations": [{"operator": "Exists"}],
+            "containers": [{"name": "virt-handler", "image": format!("quay.io/kubevirt/virt-handler:{}", super::KUBEVIRT_VERSION)}],
+        },
+    })
 }
 
 impl NodeAgent {
     /// Starts the node agent for `nodes`, talking to the cluster of `admin_config` (an admin
-    /// configuration; writes to VMIs and nodes impersonate virt-handler).
-    pub fn start(admin_config: &kube::Config, nodes: &[String]) -> Result<Self, Error> {
+    /// configuration; writes to VMIs and nodes impersonate virt-handler), and its handler
+    /// server on 127.0.0.1.
+    pub async fn start(
+        admin_config: &kube::Config,
+        nodes: &[String],
+        handler: &HandlerServer,
+    ) -> Result<Self, Error> {
         let admin = kube::Client::try_from(admin_config.clone()).map_err(Error::Kube)?;
         let user = identity::service_account_user(NAMESPACE, HANDLER_SA);
         let groups = identity::service_account_groups(NAMESPACE);
@@ -108,12 +158,44 @@ impl NodeAgent {
         }
         let counters = Arc::new(Counters::default());
         let shutdown = CancellationToken::new();
+        let guests: Guests = Arc::new(Mutex::new(Default::default()));
+        let changed = Arc::new(Notify::new());
+        let tls = server::tls_config(&handler.cert_pem, &handler.key_pem, &handler.ca_pem)?;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", handler.port))
+            .await
+            .map_err(|source| Error::Io {
+                path: format!("127.0.0.1:{}", handler.port).into(),
+                source,
+            })?;
+        let pods: Api<Pod> = Api::namespaced(admin.clone(), NAMESPACE);
+        for node in nodes {
+            let pod = handler_pod(node);
+            let name = format!("virt-handler-{node}");
+            pods.patch(
+                &name,
+                &PatchParams::apply(super::FIELD_MANAGER).force(),
+                &Patch::Apply(&pod),
+            )
+            .await
+            .map_err(|source| Error::Apply {
+                what: format!("Pod {NAMESPACE}/{name}"),
+                source,
+            })?;
+        }
+        let state = Arc::new(ServerState {
+            guests: guests.clone(),
+            changed: changed.clone(),
+            shutdown: shutdown.clone(),
+        });
         let agent = Arc::new(Agent {
             admin,
             handlers,
             counters: counters.clone(),
+            guests,
+            changed,
         });
         let tasks = vec![
+            tokio::spawn(server::serve(listener, Arc::new(tls), state)),
             tokio::spawn(run_sync(agent.clone(), shutdown.clone())),
             tokio::spawn(run_heartbeat(agent, shutdown.clone())),
         ];
@@ -131,6 +213,7 @@ impl NodeAgent {
         NodeAgentStats {
             vmis_started: get(&self.counters.vmis_started),
             vmis_stopped: get(&self.counters.vmis_stopped),
+            reports: get(&self.counters.reports),
             heartbeats: get(&self.counters.heartbeats),
             errors: get(&self.counters.errors),
         }
@@ -215,6 +298,7 @@ async fn run_sync(agent: Arc<Agent>, shutdown: CancellationToken) {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             ev = events.next() => if ev.is_none() { return },
+            _ = agent.changed.notified() => {}
             _ = wait_retry => {}
         }
         // take every event already queued before one pass over the stores
@@ -241,6 +325,14 @@ fn now_rfc3339() -> String {
 }
 
 impl Agent {
+    fn guest(&self, key: &str) -> Guest {
+        self.guests
+            .lock()
+            .ok()
+            .and_then(|g| g.get(key).cloned())
+            .unwrap_or_default()
+    }
+
     fn serves(&self, node: Option<&str>) -> bool {
         node.is_some_and(|n| self.handlers.contains_key(n))
     }
@@ -262,10 +354,24 @@ impl Agent {
             vmi_of.insert(uid, vmi);
             let node = vmi.pointer("/status/nodeName").and_then(Value::as_str);
             let pod = pod_of.get(uid).copied();
-            let (obj, counter) = match decide::decide_vmi(vmi, pod, self.serves(node), &now) {
+            let key = format!(
+                "{}/{}",
+                vmi["metadata"]["namespace"].as_str().unwrap_or_default(),
+                vmi["metadata"]["name"].as_str().unwrap_or_default()
+            );
+            let guest = self.guest(&key);
+            let (obj, counter) = match decide::decide_vmi(vmi, pod, self.serves(node), &guest, &now)
+            {
                 VmiAction::None => continue,
                 VmiAction::Run(obj) => (obj, &self.counters.vmis_started),
-                VmiAction::Succeed(obj) => (obj, &self.counters.vmis_stopped),
+                VmiAction::Report(obj) => (obj, &self.counters.reports),
+                VmiAction::Succeed(obj) => {
+                    // the guest is gone: a later VMI of the same name starts fresh
+                    if let Ok(mut g) = self.guests.lock() {
+                        g.remove(&key);
+                    }
+                    (obj, &self.counters.vmis_stopped)
+                }
             };
             match self.replace_vmi(node.unwrap_or_default(), obj).await {
                 Ok(()) => {

@@ -1,6 +1,10 @@
 use super::*;
 
 const NOW: &str = "2026-12-05T00:00:00Z";
+const G: Guest = Guest {
+    paused: false,
+    frozen: false,
+};
 
 fn vmi(phase: &str) -> Value {
     json!({
@@ -45,7 +49,8 @@ fn held(mut v: Value) -> Value {
 #[test]
 fn scheduled_vmi_runs_once_its_pod_is_ready() {
     let p = pod("Running", true);
-    let VmiAction::Run(out) = decide_vmi(&vmi("Scheduled"), Some(&p), true, NOW) else {
+    let VmiAction::Run(out) = decide_vmi(&vmi("Scheduled"), Some(&p), true, &Guest::default(), NOW)
+    else {
         panic!("expected Run");
     };
     let s = &out["status"];
@@ -76,17 +81,17 @@ fn scheduled_vmi_runs_once_its_pod_is_ready() {
 #[test]
 fn nothing_happens_before_the_pod_is_ready_or_off_our_nodes() {
     let v = vmi("Scheduled");
-    assert_eq!(decide_vmi(&v, None, true, NOW), VmiAction::None);
+    assert_eq!(decide_vmi(&v, None, true, &G, NOW), VmiAction::None);
     let p = pod("Pending", false);
-    assert_eq!(decide_vmi(&v, Some(&p), true, NOW), VmiAction::None);
+    assert_eq!(decide_vmi(&v, Some(&p), true, &G, NOW), VmiAction::None);
     let p = pod("Running", true);
-    assert_eq!(decide_vmi(&v, Some(&p), false, NOW), VmiAction::None);
+    assert_eq!(decide_vmi(&v, Some(&p), false, &G, NOW), VmiAction::None);
     assert_eq!(
-        decide_vmi(&vmi("Scheduling"), Some(&p), true, NOW),
+        decide_vmi(&vmi("Scheduling"), Some(&p), true, &G, NOW),
         VmiAction::None
     );
     assert_eq!(
-        decide_vmi(&deleting(vmi("Scheduled")), Some(&p), true, NOW),
+        decide_vmi(&deleting(vmi("Scheduled")), Some(&p), true, &G, NOW),
         VmiAction::None,
         "a VMI deleted before it ran is not started"
     );
@@ -95,26 +100,27 @@ fn nothing_happens_before_the_pod_is_ready_or_off_our_nodes() {
 #[test]
 fn running_vmi_succeeds_when_it_or_its_pod_is_deleted() {
     let p = pod("Running", true);
-    let VmiAction::Succeed(out) = decide_vmi(&deleting(vmi("Running")), Some(&p), true, NOW) else {
+    let VmiAction::Succeed(out) = decide_vmi(&deleting(vmi("Running")), Some(&p), true, &G, NOW)
+    else {
         panic!("expected Succeed");
     };
     assert_eq!(out["status"]["phase"], "Succeeded");
     let dp = deleting(pod("Running", true));
     assert!(matches!(
-        decide_vmi(&vmi("Running"), Some(&dp), true, NOW),
+        decide_vmi(&vmi("Running"), Some(&dp), true, &G, NOW),
         VmiAction::Succeed(_)
     ));
     // a running VMI whose pod is not in view is left alone (virt-controller decides)
     assert_eq!(
-        decide_vmi(&vmi("Running"), None, true, NOW),
+        decide_vmi(&vmi("Running"), None, true, &G, NOW),
         VmiAction::None
     );
     assert_eq!(
-        decide_vmi(&vmi("Running"), Some(&p), true, NOW),
+        decide_vmi(&vmi("Running"), Some(&p), true, &G, NOW),
         VmiAction::None
     );
     assert_eq!(
-        decide_vmi(&deleting(vmi("Succeeded")), Some(&p), true, NOW),
+        decide_vmi(&deleting(vmi("Succeeded")), Some(&p), true, &G, NOW),
         VmiAction::None
     );
 }
@@ -167,4 +173,53 @@ fn simulated_macs_are_stable_and_locally_administered() {
     assert_ne!(a, simulated_mac("u", "other"));
     assert!(a.starts_with("02:"), "{a}");
     assert_eq!(a.len(), 17);
+}
+
+#[test]
+fn pause_and_freeze_are_reported_on_running_vmis_only_when_they_change() {
+    let p = pod("Running", true);
+    let paused = Guest {
+        paused: true,
+        frozen: false,
+    };
+    let VmiAction::Report(out) = decide_vmi(&vmi("Running"), Some(&p), true, &paused, NOW) else {
+        panic!("expected Report");
+    };
+    let c = out["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Paused")
+        .unwrap();
+    assert_eq!(
+        (c["status"].as_str(), c["reason"].as_str()),
+        (Some("True"), Some("PausedByUser"))
+    );
+    let obj: Value = out.clone();
+    assert_eq!(
+        decide_vmi(&obj, Some(&p), true, &paused, NOW),
+        VmiAction::None
+    );
+    let VmiAction::Report(unpaused) = decide_vmi(&obj, Some(&p), true, &G, NOW) else {
+        panic!("expected Report");
+    };
+    assert!(
+        !unpaused["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["type"] == "Paused")
+    );
+    let frozen = Guest {
+        paused: false,
+        frozen: true,
+    };
+    let VmiAction::Report(f) = decide_vmi(&vmi("Running"), Some(&p), true, &frozen, NOW) else {
+        panic!("expected Report");
+    };
+    assert_eq!(f["status"]["fsFreezeStatus"], "frozen");
+    assert_eq!(
+        decide_vmi(&vmi("Scheduled"), None, true, &paused, NOW),
+        VmiAction::None
+    );
 }
