@@ -1,5 +1,6 @@
-//! The syncer against real apiservers: one host with the KubeVirt simulator (KubeVirt is
-//! simulated: no VM boots) and tenant control planes driven with the real kubectl.
+//! The syncer against real apiservers: one host running KubeVirt's real virt-api and
+//! virt-controller (nodes, pods and virt-handler simulated: no VM boots) and tenant control
+//! planes driven with the real kubectl.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -37,14 +38,37 @@ async fn sync_refused(tenant: &kube::Client, name: &str) -> Event {
     .await
 }
 
+/// The host VM's spec without what KubeVirt adds on the host: the VM mutator (real virt-api)
+/// defaults the machine type (tenant-side webhooks are a separate feature), and virt-controller
+/// writes the firmware UUID/serial, the architecture, an empty `resources` and the PCI topology
+/// annotation into the template. The syncer leaves those alone (the tenant's spec is contained
+/// in the host's, so nothing is written back).
 fn strip_owned(mut spec: Value) -> Value {
-    // the simulator's mutating webhook (KubeVirt's VM mutator) defaults the machine type on the
-    // host; tenant-side webhooks are a separate feature
     if let Some(domain) = spec
         .pointer_mut("/template/spec/domain")
         .and_then(Value::as_object_mut)
     {
         domain.remove("machine");
+        domain.remove("firmware");
+        if domain.get("resources") == Some(&json!({})) {
+            domain.remove("resources");
+        }
+    }
+    if let Some(tspec) = spec
+        .pointer_mut("/template/spec")
+        .and_then(Value::as_object_mut)
+    {
+        tspec.remove("architecture");
+    }
+    if let Some(meta) = spec
+        .pointer_mut("/template/metadata")
+        .and_then(Value::as_object_mut)
+        && let Some(a) = meta.get_mut("annotations").and_then(Value::as_object_mut)
+    {
+        a.remove("kubevirt.io/pci-topology-version");
+        if a.is_empty() {
+            meta.remove("annotations");
+        }
     }
     spec
 }
@@ -716,7 +740,7 @@ async fn without_datavolume_sync_template_volumes_show_and_direct_ones_are_refus
             .contains_key(kvtenant_kubevirt_sync::translate::MIRROR_OF),
         "{mirror:?}"
     );
-    // the claim CDI (here the simulator) makes for the template's DataVolume is mirrored too,
+    // the claim CDI (here simulated CDI) makes for the template's DataVolume is mirrored too,
     // owned by the tenant's DataVolume mirror
     let pvcs: Api<DynamicObject> = Api::namespaced_with(
         t.client(),

@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 use testenv::kubevirt::{KubeVirt, KubeVirtOptions};
-use testenv::simulator::{Simulator, SimulatorOptions};
 use testenv::{ControlPlane, Options, binaries};
 
 #[derive(Parser)]
@@ -33,14 +32,10 @@ enum Cmd {
         #[arg(long, default_value_t = 0, env = "TESTENV_TENANTS")]
         tenants: usize,
         /// Run KubeVirt's real virt-api and virt-controller on the host, with kube-scheduler,
-        /// kwok (simulated nodes and pods) and the node agent (simulated virt-handler). No VM
-        /// ever boots.
-        #[arg(long, env = "TESTENV_KUBEVIRT", conflicts_with = "simulator")]
+        /// kwok (simulated nodes and pods), the node agent (simulated virt-handler) and a
+        /// simulated CDI. No VM ever boots.
+        #[arg(long, env = "TESTENV_KUBEVIRT")]
         kubevirt: bool,
-        /// Install the old KubeVirt simulator instead (real KubeVirt/CDI CRDs, fake
-        /// virt-controller and virt-api).
-        #[arg(long, env = "TESTENV_KUBEVIRT_SIMULATOR")]
-        simulator: bool,
         /// Run kube-controller-manager in every control plane.
         #[arg(long, env = "TESTENV_CONTROLLER_MANAGER")]
         controller_manager: bool,
@@ -89,19 +84,13 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Up {
             tenants,
             kubevirt,
-            simulator,
             controller_manager,
-        } => up(tenants, kubevirt, simulator, controller_manager).await?,
+        } => up(tenants, kubevirt, controller_manager).await?,
     }
     Ok(())
 }
 
-async fn up(
-    tenants: usize,
-    kubevirt: bool,
-    simulator: bool,
-    controller_manager: bool,
-) -> anyhow::Result<()> {
+async fn up(tenants: usize, kubevirt: bool, controller_manager: bool) -> anyhow::Result<()> {
     let opts = |name: String| {
         let o = Options::new(name);
         // KubeVirt's launcher pods need the `default` ServiceAccount kcm creates
@@ -118,16 +107,11 @@ async fn up(
         host.kubeconfig_path().display(),
         host.last_ready_after
     );
-    let _sim = if simulator {
-        Some(install_simulator(&host).await?)
-    } else {
-        None
-    };
     let _kubevirt = if kubevirt {
         let kv = KubeVirt::start(&host, KubeVirtOptions::new()).await?;
         println!(
             "KubeVirt {}: real virt-api on 127.0.0.1:{} and virt-controller; simulated: nodes {:?} (kwok), \
-             virt-handler (node agent); no VM boots  (started in {:.1?}, logs in {})",
+             virt-handler (node agent), CDI; no VM boots  (started in {:.1?}, logs in {})",
             testenv::kubevirt::KUBEVIRT_VERSION,
             kv.virt_api_port(),
             kv.nodes(),
@@ -154,7 +138,7 @@ async fn up(
         "\nTry: kubectl --kubeconfig {} get namespaces",
         host.kubeconfig_path().display()
     );
-    if kubevirt || simulator {
+    if kubevirt {
         println!(
             "     kubectl --kubeconfig {} get vm -A   (no VM boots)",
             host.kubeconfig_path().display()
@@ -164,18 +148,4 @@ async fn up(
     tokio::signal::ctrl_c().await?;
     eprintln!("stopping");
     Ok(())
-}
-
-async fn install_simulator(host: &ControlPlane) -> anyhow::Result<Simulator> {
-    let sim = Simulator::install(
-        host.client()?,
-        SimulatorOptions::new().with_front_proxy_ca(host.pki().front_proxy_ca.cert_pem()),
-    )
-    .await?;
-    println!(
-        "KubeVirt simulator: CRDs {:?}, virt-api on 127.0.0.1:{} (simulated: no VM boots)",
-        sim.crds_source(),
-        sim.port()
-    );
-    Ok(sim)
 }

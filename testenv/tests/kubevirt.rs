@@ -199,3 +199,74 @@ async fn stop_through_the_aggregated_api_ends_succeeded() {
     .await;
     assert_eq!(h.kv.node_agent_stats().vmis_stopped, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_with_a_datavolume_template_runs_on_simulated_cdi() {
+    let h = host("kv-dv", "vms").await;
+    let mut body = vm("vms", "vm-dv", "Always");
+    body["spec"]["dataVolumeTemplates"] = json!([{
+        "metadata": {"name": "vm-dv-root"},
+        "spec": {"storage": {"resources": {"requests": {"storage": "2Gi"}}},
+                 "source": {"blank": {}}},
+    }]);
+    body["spec"]["template"]["spec"]["volumes"] =
+        json!([{"name": "root", "dataVolume": {"name": "vm-dv-root"}}]);
+    create_vm(&h.client, "vms", body).await;
+    // virt-controller made the DataVolume; simulated CDI reported it imported, with a claim that
+    // kube-controller-manager bound; kube-scheduler placed the launcher pod using it
+    vmi_running(&h.client, "vms", "vm-dv").await;
+    let dv_ar = testenv::cdi::datavolume_resource();
+    let dv = get(&h.client, &dv_ar, "vms", "vm-dv-root").await.unwrap();
+    assert_eq!(at(&dv, "/status/phase"), Some(&json!("Succeeded")));
+    let owner = &dv.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("VirtualMachine", "vm-dv")
+    );
+    let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        Api::namespaced(h.client.clone(), "vms");
+    let claim = claims.get("vm-dv-root").await.unwrap();
+    assert_eq!(claim.status.unwrap().phase.as_deref(), Some("Bound"));
+    let pods: Api<Pod> = Api::namespaced(h.client.clone(), "vms");
+    let pod = &pods
+        .list(&ListParams::default().labels("kubevirt.io=virt-launcher"))
+        .await
+        .unwrap()
+        .items[0];
+    let uses_claim = pod
+        .spec
+        .as_ref()
+        .unwrap()
+        .volumes
+        .iter()
+        .flatten()
+        .any(|v| {
+            v.persistent_volume_claim
+                .as_ref()
+                .is_some_and(|c| c.claim_name == "vm-dv-root")
+        });
+    assert!(uses_claim, "the launcher pod mounts the claim");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_halted_before_its_instance_ran_stops() {
+    let h = host("kv-halt", "vms").await;
+    create_vm(&h.client, "vms", vm("vms", "vm1", "Always")).await;
+    // at once, before anything ran: virt-controller deletes the young VMI
+    let vms: Api<DynamicObject> = Api::namespaced_with(h.client.clone(), "vms", &vm_ar());
+    vms.patch(
+        "vm1",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"spec": {"runStrategy": "Halted"}})),
+    )
+    .await
+    .unwrap();
+    vm_status(&h.client, "vms", "vm1", "Stopped").await;
+    wait_for("the VMI gone", WAIT, || async {
+        get(&h.client, &vmi_ar(), "vms", "vm1")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+}

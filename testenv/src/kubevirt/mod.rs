@@ -9,7 +9,8 @@
 //! - **kwok**, keeping simulated nodes alive and playing their pods' lifecycle (no containers).
 //!
 //! The one simulated KubeVirt part is the [`node_agent`] (simulated virt-handler): it reports
-//! VMIs Running/Succeeded and the node heartbeat as virt-handler would. Nothing boots: a
+//! VMIs Running/Succeeded and the node heartbeat as virt-handler would. CDI is simulated too
+//! when asked ([`crate::cdi`], on by default). Nothing boots: a
 //! Running VMI here means KubeVirt's control plane did its part and the node agent said the
 //! guest runs. Everything started is killed when the [`KubeVirt`] is dropped, on panic, and on
 //! SIGINT/SIGTERM (see [`crate::process`]).
@@ -31,6 +32,7 @@ use kvtenant_pki::Ca;
 use serde_json::json;
 
 use crate::binaries::{self, BinariesError, KubeVirtBinaries};
+use crate::cdi::{CdiError, SimulatedCdi};
 use crate::controlplane::{ControlPlane, free_port};
 use crate::process::Managed;
 pub use node_agent::{NodeAgent, NodeAgentStats};
@@ -49,6 +51,8 @@ pub enum Error {
     Binaries(#[from] BinariesError),
     #[error("control plane: {0}")]
     ControlPlane(#[from] crate::controlplane::Error),
+    #[error("simulated CDI: {0}")]
+    Cdi(#[from] CdiError),
     #[error("generating certificates: {0}")]
     Pki(#[from] rcgen::Error),
     #[error("I/O error on {path}: {source}")]
@@ -100,6 +104,7 @@ impl Error {
         match self {
             Self::Binaries(_) => "binaries",
             Self::ControlPlane(_) => "control_plane",
+            Self::Cdi(_) => "cdi",
             Self::Pki(_) | Self::Tls(_) => "pki",
             Self::Io { .. } => "io",
             Self::InstallStrategy(_) | Self::Unexpected(_) => "install_strategy",
@@ -128,6 +133,9 @@ pub struct KubeVirtOptions {
     pub ready_timeout: Duration,
     /// Also create KubeVirt's common cluster instancetypes and preferences (119 objects).
     pub instancetypes: bool,
+    /// Install the simulated CDI (CDI's CRDs, DataVolumes reported imported at once, see
+    /// [`crate::cdi`]) before virt-controller starts, so VMs can use `dataVolumeTemplates`.
+    pub simulated_cdi: bool,
 }
 
 impl Default for KubeVirtOptions {
@@ -136,6 +144,7 @@ impl Default for KubeVirtOptions {
             nodes: vec!["kwok-node-1".into(), "kwok-node-2".into()],
             ready_timeout: Duration::from_secs(120),
             instancetypes: false,
+            simulated_cdi: true,
         }
     }
 }
@@ -154,6 +163,12 @@ impl KubeVirtOptions {
         self.instancetypes = true;
         self
     }
+
+    /// Without the simulated CDI (no DataVolume CRD: virt-controller runs without CDI).
+    pub fn without_cdi(mut self) -> Self {
+        self.simulated_cdi = false;
+        self
+    }
 }
 
 /// KubeVirt's real virt-api and virt-controller with kube-scheduler, kwok and the node agent
@@ -165,6 +180,7 @@ pub struct KubeVirt {
     nodes: Vec<String>,
     processes: Vec<Managed>,
     node_agent: Option<NodeAgent>,
+    cdi: Option<SimulatedCdi>,
     /// Time [`start`](Self::start) took (binaries cached).
     pub started_after: Duration,
 }
@@ -224,6 +240,7 @@ impl KubeVirt {
             nodes: opts.nodes.clone(),
             processes: Vec::new(),
             node_agent: None,
+            cdi: None,
             started_after: Duration::ZERO,
         };
         // From here on an error drops `kv`, which kills what was started.
@@ -254,6 +271,10 @@ impl KubeVirt {
             })?;
         install::apply_crds(&client, &plan.crds, opts.ready_timeout).await?;
         install::apply(&client, &plan.base).await?;
+        if opts.simulated_cdi {
+            // before virt-controller: it looks for CDI's CRDs when it starts
+            kv.cdi = Some(SimulatedCdi::install(client.clone(), opts.ready_timeout).await?);
+        }
 
         kv.spawn(
             "virt-api",
@@ -430,6 +451,11 @@ impl KubeVirt {
         self.ca.cert_pem()
     }
 
+    /// The simulated CDI, if installed.
+    pub fn cdi(&self) -> Option<&SimulatedCdi> {
+        self.cdi.as_ref()
+    }
+
     /// Names of the simulated nodes.
     pub fn nodes(&self) -> &[String] {
         &self.nodes
@@ -471,6 +497,7 @@ impl KubeVirt {
         if let Some(mut a) = self.node_agent.take() {
             a.stop();
         }
+        self.cdi = None;
         // kwok first (it would otherwise keep playing pods), virt-api last
         while let Some(p) = self.processes.pop() {
             drop(p);

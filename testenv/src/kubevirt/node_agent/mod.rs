@@ -41,6 +41,22 @@ pub const NAME: &str = "node agent (simulated virt-handler)";
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(30);
 /// Retry delay after a pass that could not do everything (conflicts, webhook hiccups).
 const RETRY_AFTER: Duration = Duration::from_millis(250);
+/// Writes of one pass in flight at once (each VMI update passes virt-api's webhooks).
+const WRITES_IN_FLIGHT: usize = 8;
+
+/// One write a pass decided on, with the object version it is based on.
+enum Write {
+    Vmi {
+        node: String,
+        key: String,
+        from: Value,
+        action: VmiAction,
+    },
+    Pod {
+        pod: Value,
+        action: PodAction,
+    },
+}
 
 /// Counters of what the node agent did.
 #[derive(Debug, Default)]
@@ -95,6 +111,8 @@ struct Agent {
     counters: Arc<Counters>,
     guests: Guests,
     changed: Arc<Notify>,
+    /// uid → the resourceVersion our last successful write to the object was based on.
+    written: Mutex<HashMap<String, String>>,
 }
 
 /// Where and with which certificate the node agent answers virt-api's handler calls.
@@ -193,6 +211,7 @@ impl NodeAgent {
             counters: counters.clone(),
             guests,
             changed,
+            written: Mutex::new(HashMap::new()),
         });
         let tasks = vec![
             tokio::spawn(server::serve(listener, Arc::new(tls), state)),
@@ -339,8 +358,40 @@ impl Agent {
 
     /// One pass over every VMI and launcher pod; false if something failed and should be
     /// retried.
+    /// Whether the store still shows the version of `obj` an earlier write of ours was based
+    /// on (the watch has not caught up: writing again would only conflict). Entries for objects
+    /// whose version moved on are dropped.
+    fn written_from(&self, obj: &Value) -> bool {
+        let uid = obj["metadata"]["uid"].as_str().unwrap_or_default();
+        let rv = obj["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or_default();
+        let Ok(mut w) = self.written.lock() else {
+            return false;
+        };
+        match w.get(uid) {
+            Some(old) if old == rv => true,
+            Some(_) => {
+                w.remove(uid);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn mark_written(&self, obj: &Value) {
+        let uid = obj["metadata"]["uid"].as_str().unwrap_or_default();
+        let rv = obj["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or_default();
+        if let Ok(mut w) = self.written.lock() {
+            w.insert(uid.to_string(), rv.to_string());
+        }
+    }
+
+    /// One pass over every VMI and launcher pod; false if something failed and should be
+    /// retried. Writes go out [`WRITES_IN_FLIGHT`] at a time.
     async fn pass(&self, vmis: &[Value], pods: &[Value]) -> bool {
-        let mut ok = true;
         let mut pod_of: HashMap<&str, &Value> = HashMap::new();
         for p in pods {
             if let Some(uid) = decide::owner_vmi_uid(p) {
@@ -349,9 +400,13 @@ impl Agent {
         }
         let mut vmi_of: HashMap<&str, &Value> = HashMap::new();
         let now = now_rfc3339();
+        let mut writes = Vec::new();
         for vmi in vmis {
             let uid = vmi["metadata"]["uid"].as_str().unwrap_or_default();
             vmi_of.insert(uid, vmi);
+            if self.written_from(vmi) {
+                continue;
+            }
             let node = vmi.pointer("/status/nodeName").and_then(Value::as_str);
             let pod = pod_of.get(uid).copied();
             let key = format!(
@@ -360,44 +415,80 @@ impl Agent {
                 vmi["metadata"]["name"].as_str().unwrap_or_default()
             );
             let guest = self.guest(&key);
-            let (obj, counter) = match decide::decide_vmi(vmi, pod, self.serves(node), &guest, &now)
-            {
-                VmiAction::None => continue,
-                VmiAction::Run(obj) => (obj, &self.counters.vmis_started),
-                VmiAction::Report(obj) => (obj, &self.counters.reports),
-                VmiAction::Succeed(obj) => {
-                    // the guest is gone: a later VMI of the same name starts fresh
-                    if let Ok(mut g) = self.guests.lock() {
-                        g.remove(&key);
-                    }
-                    (obj, &self.counters.vmis_stopped)
-                }
-            };
-            match self.replace_vmi(node.unwrap_or_default(), obj).await {
-                Ok(()) => {
-                    counter.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    ok = false;
-                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(error = %e, "{NAME}: VMI update failed; retrying");
-                }
+            let action = decide::decide_vmi(vmi, pod, self.serves(node), &guest, &now);
+            if action == VmiAction::None {
+                continue;
             }
+            writes.push(Write::Vmi {
+                node: node.unwrap_or_default().to_string(),
+                key,
+                from: vmi.clone(),
+                action,
+            });
         }
         for pod in pods {
+            if self.written_from(pod) {
+                continue;
+            }
             let node = pod.pointer("/spec/nodeName").and_then(Value::as_str);
             let vmi = decide::owner_vmi_uid(pod).and_then(|u| vmi_of.get(u).copied());
             let action = decide::decide_pod(pod, vmi, self.serves(node));
-            if action == PodAction::None {
-                continue;
-            }
-            if let Err(e) = self.set_pod_finalizer(pod, action).await {
-                ok = false;
-                self.counters.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(error = %e, "{NAME}: pod finalizer update failed; retrying");
+            if action != PodAction::None {
+                writes.push(Write::Pod {
+                    pod: pod.clone(),
+                    action,
+                });
             }
         }
-        ok
+        let results: Vec<bool> = futures::stream::iter(writes)
+            .map(|w| self.write(w))
+            .buffer_unordered(WRITES_IN_FLIGHT)
+            .collect()
+            .await;
+        results.into_iter().all(|ok| ok)
+    }
+
+    async fn write(&self, w: Write) -> bool {
+        let (from, result, counter) = match w {
+            Write::Vmi {
+                node,
+                key,
+                from,
+                action,
+            } => {
+                let (obj, counter) = match action {
+                    VmiAction::None => return true,
+                    VmiAction::Run(obj) => (obj, &self.counters.vmis_started),
+                    VmiAction::Report(obj) => (obj, &self.counters.reports),
+                    VmiAction::Succeed(obj) => {
+                        // the guest is gone: a later VMI of the same name starts fresh
+                        if let Ok(mut g) = self.guests.lock() {
+                            g.remove(&key);
+                        }
+                        (obj, &self.counters.vmis_stopped)
+                    }
+                };
+                (from, self.replace_vmi(&node, obj).await, Some(counter))
+            }
+            Write::Pod { pod, action } => {
+                let result = self.set_pod_finalizer(&pod, action).await;
+                (pod, result, None)
+            }
+        };
+        match result {
+            Ok(()) => {
+                self.mark_written(&from);
+                if let Some(c) = counter {
+                    c.fetch_add(1, Ordering::Relaxed);
+                }
+                true
+            }
+            Err(e) => {
+                self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "{NAME}: write failed; retrying");
+                false
+            }
+        }
     }
 
     async fn replace_vmi(&self, node: &str, obj: Value) -> Result<(), kube::Error> {

@@ -1,6 +1,6 @@
 //! The node agent's answer to virt-api's calls to virt-handler (port `--console-server-port`,
 //! mutual TLS with KubeVirt's CA, as virt-handler's console server): console and VNC websockets
-//! (a banner saying nothing boots, then an echo), pause/unpause and freeze/unfreeze (recorded
+//! (an echo), pause/unpause and freeze/unfreeze (recorded
 //! and reported on the VMI by the sync loop, as virt-handler does after libvirt's event),
 //! soft reboot and reset (accepted), guest agent reads (simulated guest info, no users, no
 //! file systems). virt-api finds the agent through a `virt-handler` pod per node (kwok runs it
@@ -267,7 +267,8 @@ fn is_websocket(headers: &HeaderMap) -> bool {
     has(header::CONNECTION, "upgrade") && has(header::UPGRADE, "websocket")
 }
 
-/// Accepts a console/VNC websocket: a banner, then every message echoed back.
+/// Accepts a console/VNC websocket and echoes every message back (there is no guest to talk
+/// to; an echo lets tests see bytes travel both ways through virt-api).
 fn stream(
     state: &ServerState,
     key: String,
@@ -286,16 +287,7 @@ fn stream(
         };
         let mut ws =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
-        let banner = format!(
-            "kvtenant testenv: simulated {kind} of {key} ({NAME}); nothing boots, input is echoed\r\n"
-        );
-        if ws
-            .send(Message::Binary(banner.into_bytes().into()))
-            .await
-            .is_err()
-        {
-            return;
-        }
+        tracing::info!(vmi = %key, "{NAME}: {kind} stream (simulated: an echo)");
         loop {
             let next = tokio::select! {
                 m = ws.next() => m,
