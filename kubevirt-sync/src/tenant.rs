@@ -615,12 +615,15 @@ impl Tenant {
                 }
                 if host_needs_update(h, &desired) {
                     self.api_call("host", "replace");
-                    api.replace(
-                        &key.name,
-                        &PostParams::default(),
-                        &merge_for_update(h, &desired),
-                    )
-                    .await?;
+                    let mut merged = merge_for_update(h, &desired);
+                    // KubeVirt's create-time firmware UUID/serial survive tenant edits
+                    crate::translate::keep::keep_host_set(
+                        &mut merged.data,
+                        &h.data,
+                        crate::translate::keep::host_kept(kind.kind()),
+                    );
+                    api.replace(&key.name, &PostParams::default(), &merged)
+                        .await?;
                     self.shared.metrics.synced(&self.label, kind.kind(), "down");
                 }
                 self.clear_refusal(key);

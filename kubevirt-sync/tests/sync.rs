@@ -774,3 +774,74 @@ async fn without_datavolume_sync_template_volumes_show_and_direct_ones_are_refus
         "a refused DataVolume reached the host"
     );
 }
+
+/// KubeVirt's VM mutator gives a VM a random firmware UUID and serial (and the PCI topology
+/// version) only on create; an update whose spec lacks them drops them and virt-controller puts
+/// a different, name-derived UUID in. A tenant's edit must not change what the guest sees.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_edit_keeps_the_firmware_identity_kubevirt_gave_the_host_vm() {
+    let env = Env::start(1).await;
+    let t = &env.tenants[0];
+    let api: Api<DynamicObject> = Api::namespaced_with(t.client(), "default", &vm_resource());
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(vm_manifest("vm1", "default", json!({}))).unwrap(),
+    )
+    .await
+    .unwrap();
+    let host = env.host_api(&vm_resource(), &t.host_ns("default"));
+    let identity = |vm: &DynamicObject| {
+        (
+            vm.data
+                .pointer("/spec/template/spec/domain/firmware")
+                .cloned(),
+            vm.data
+                .pointer("/spec/template/metadata/annotations/kubevirt.io~1pci-topology-version")
+                .cloned(),
+        )
+    };
+    let before = wait_for(
+        "the host VM with KubeVirt's firmware identity",
+        WAIT,
+        || {
+            let host = host.clone();
+            async move {
+                get(&host, "vm1")
+                    .await
+                    .map(|vm| identity(&vm))
+                    .filter(|(fw, pci)| {
+                        fw.as_ref().is_some_and(|f| f.get("serial").is_some()) && pci.is_some()
+                    })
+            }
+        },
+    )
+    .await;
+    // the tenant edits the VM (no tenant-side webhooks here: its spec has no firmware)
+    api.patch(
+        "vm1",
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"spec": {"template": {"spec": {"domain": {"memory": {"guest": "256Mi"}}}}}}),
+        ),
+    )
+    .await
+    .unwrap();
+    let after = wait_for("the edit on the host", WAIT, || {
+        let host = host.clone();
+        async move {
+            get(&host, "vm1")
+                .await
+                .filter(|vm| {
+                    vm.data.pointer("/spec/template/spec/domain/memory/guest")
+                        == Some(&json!("256Mi"))
+                })
+                .map(|vm| identity(&vm))
+        }
+    })
+    .await;
+    assert_eq!(after, before, "firmware UUID/serial and PCI topology kept");
+    // and it stays so once virt-controller has seen the update
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let settled = identity(&get(&host, "vm1").await.unwrap());
+    assert_eq!(settled, before);
+}
