@@ -14,7 +14,7 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Api, DynamicObject, ListParams, PostParams, WatchParams};
-use kube::core::WatchEvent;
+use kube::core::{ApiResource, GroupVersionKind, WatchEvent};
 use serde_json::{Value, json};
 use testenv::process::alive;
 use testenv::testing::wait_for;
@@ -269,4 +269,74 @@ async fn a_vm_halted_before_its_instance_ran_stops() {
             .then_some(())
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_migration_moves_the_vmi_to_the_other_node() {
+    let h = host("kv-migrate", "vms").await;
+    create_vm(&h.client, "vms", vm("vms", "vm1", "Always")).await;
+    let vmi = vmi_running(&h.client, "vms", "vm1").await;
+    let source = at(&vmi, "/status/nodeName")
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let vmim_ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("kubevirt.io", "v1", "VirtualMachineInstanceMigration"),
+        "virtualmachineinstancemigrations",
+    );
+    let vmims: Api<DynamicObject> = Api::namespaced_with(h.client.clone(), "vms", &vmim_ar);
+    let body = json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstanceMigration",
+                      "metadata": {"name": "mig1", "namespace": "vms"},
+                      "spec": {"vmiName": "vm1"}});
+    vmims
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(body).unwrap(),
+        )
+        .await
+        .unwrap();
+    // real virt-controller drives the migration object; the node agent plays both handlers
+    wait_for("the migration Succeeded", WAIT, || async {
+        vmims
+            .get_opt("mig1")
+            .await
+            .unwrap()
+            .filter(|m| at(m, "/status/phase") == Some(&json!("Succeeded")))
+    })
+    .await;
+    let moved = vmi_running(&h.client, "vms", "vm1").await;
+    let target = at(&moved, "/status/nodeName").unwrap().as_str().unwrap();
+    assert_ne!(target, source, "the VMI runs on the other node");
+    assert_eq!(
+        at(&moved, "/status/migrationState/completed"),
+        Some(&json!(true))
+    );
+    assert_eq!(
+        moved
+            .labels()
+            .get("kubevirt.io/nodeName")
+            .map(String::as_str),
+        Some(target)
+    );
+    // the source launcher pod ended; the target pod runs on the target node
+    let pods: Api<Pod> = Api::namespaced(h.client.clone(), "vms");
+    wait_for("the source pod Succeeded", WAIT, || async {
+        let list = pods
+            .list(&ListParams::default().labels("kubevirt.io=virt-launcher"))
+            .await
+            .unwrap()
+            .items;
+        let on = |node: &str, phase: &str| {
+            list.iter().any(|p| {
+                p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node)
+                    && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some(phase)
+            })
+        };
+        (on(&source, "Succeeded") && on(target, "Running")).then_some(())
+    })
+    .await;
+    vm_status(&h.client, "vms", "vm1", "Running").await;
+    assert_eq!(h.kv.node_agent_stats().migration_steps, 4);
 }

@@ -27,18 +27,26 @@ pub enum VmiAction {
     Run(Value),
     /// Replace the VMI with this object: paused/frozen as asked.
     Report(Value),
+    /// Replace the VMI with this object: the next step of a live migration.
+    Migrate(Value),
     /// Replace the VMI with this object: the guest shut down, phase Succeeded.
     Succeed(Value),
 }
 
 /// What to do with a virt-launcher pod.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum PodAction {
     None,
     /// Add [`POD_FINALIZER`].
     Hold,
     /// Remove [`POD_FINALIZER`].
     Release,
+    /// Report the pod Succeeded: its guest migrated away and its virt-launcher exited.
+    Complete,
+    /// Report the image digests of the pod's containers (the status patch), as the kubelet
+    /// does once it pulled them: virt-controller needs a containerDisk's digest to build a
+    /// migration target.
+    Digests(Value),
 }
 
 fn str_at<'a>(v: &'a Value, ptr: &str) -> Option<&'a str> {
@@ -144,24 +152,87 @@ fn report_guest(vmi: &Value, guest: &Guest, now: &str) -> Option<Value> {
 }
 
 /// Decides for one virt-launcher pod. `vmi` is the VMI that controls it (if it still exists).
+/// A deleted pod is held while its guest runs in it: while the VMI is Running on the pod's node
+/// and the pod has not ended.
 pub fn decide_pod(pod: &Value, vmi: Option<&Value>, on_our_node: bool) -> PodAction {
     if !on_our_node {
         return PodAction::None;
     }
     let held = has_finalizer(pod, POD_FINALIZER);
     if !deleting(pod) {
-        return if held {
-            PodAction::None
-        } else {
-            PodAction::Hold
-        };
+        if vmi.is_some_and(|v| super::migration::source_pod_done(pod, v)) {
+            return PodAction::Complete;
+        }
+        if !held {
+            return PodAction::Hold;
+        }
+        return image_digests(pod)
+            .map(PodAction::Digests)
+            .unwrap_or(PodAction::None);
     }
-    let vmi_running = vmi.is_some_and(|v| str_at(v, "/status/phase") == Some("Running"));
-    if held && !vmi_running {
+    let ended = matches!(
+        str_at(pod, "/status/phase"),
+        Some("Succeeded") | Some("Failed")
+    );
+    let guest_inside = vmi.is_some_and(|v| {
+        str_at(v, "/status/phase") == Some("Running")
+            && v.pointer("/status/nodeName") == pod.pointer("/spec/nodeName")
+    });
+    if held && (ended || !guest_inside) {
         PodAction::Release
     } else {
         PodAction::None
     }
+}
+
+/// A simulated, stable image digest for `image` (kwok pulls nothing).
+pub fn simulated_image_id(image: &str) -> String {
+    let repo = match image.split_once("@sha256:") {
+        Some((repo, _)) => repo,
+        None => match image.rfind(':') {
+            Some(i) if i > image.rfind('/').unwrap_or(0) => &image[..i],
+            _ => image,
+        },
+    };
+    format!(
+        "{repo}@sha256:{}",
+        hex::encode(Sha256::digest(image.as_bytes()))
+    )
+}
+
+/// The status patch (a JSON merge patch: the lists are replaced whole) giving every container
+/// status of a Running pod that has none an image ID, or `None` if none lacks one.
+pub fn image_digests(pod: &Value) -> Option<Value> {
+    if str_at(pod, "/status/phase") != Some("Running") {
+        return None;
+    }
+    let mut patch = serde_json::Map::new();
+    for key in ["containerStatuses", "initContainerStatuses"] {
+        let Some(list) = pod
+            .pointer(&format!("/status/{key}"))
+            .and_then(Value::as_array)
+        else {
+            continue;
+        };
+        let lacks = |c: &Value| c["imageID"].as_str().is_none_or(str::is_empty);
+        if !list.iter().any(lacks) {
+            continue;
+        }
+        let filled: Vec<Value> = list
+            .iter()
+            .map(|c| {
+                let mut c = c.clone();
+                if lacks(&c)
+                    && let Some(image) = c["image"].as_str()
+                {
+                    c["imageID"] = json!(simulated_image_id(image));
+                }
+                c
+            })
+            .collect();
+        patch.insert(key.into(), Value::Array(filled));
+    }
+    (!patch.is_empty()).then(|| json!({ "status": patch }))
 }
 
 fn with_phase(mut vmi: Value, phase: &str, now: &str) -> Value {

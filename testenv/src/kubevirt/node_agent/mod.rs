@@ -11,6 +11,7 @@
 //! guest agent reads. Nothing boots: every value it reports is simulated.
 
 pub mod decide;
+pub mod migration;
 pub mod server;
 
 use std::collections::{BTreeMap, HashMap};
@@ -65,6 +66,8 @@ pub struct Counters {
     pub vmis_stopped: AtomicU64,
     /// Pause/freeze state changes reported on VMIs.
     pub reports: AtomicU64,
+    /// Live migration steps reported (four per migration).
+    pub migration_steps: AtomicU64,
     pub heartbeats: AtomicU64,
     pub errors: AtomicU64,
 }
@@ -78,6 +81,8 @@ pub struct NodeAgentStats {
     pub vmis_stopped: u64,
     /// Pause/freeze state changes reported on VMIs.
     pub reports: u64,
+    /// Live migration steps reported (four per migration).
+    pub migration_steps: u64,
     pub heartbeats: u64,
     /// Failed writes (all are retried).
     pub errors: u64,
@@ -233,6 +238,7 @@ impl NodeAgent {
             vmis_started: get(&self.counters.vmis_started),
             vmis_stopped: get(&self.counters.vmis_stopped),
             reports: get(&self.counters.reports),
+            migration_steps: get(&self.counters.migration_steps),
             heartbeats: get(&self.counters.heartbeats),
             errors: get(&self.counters.errors),
         }
@@ -392,11 +398,15 @@ impl Agent {
     /// One pass over every VMI and launcher pod; false if something failed and should be
     /// retried. Writes go out [`WRITES_IN_FLIGHT`] at a time.
     async fn pass(&self, vmis: &[Value], pods: &[Value]) -> bool {
-        let mut pod_of: HashMap<&str, &Value> = HashMap::new();
+        let mut pods_of: HashMap<&str, Vec<&Value>> = HashMap::new();
+        let mut pod_named: HashMap<(&str, &str), &Value> = HashMap::new();
         for p in pods {
             if let Some(uid) = decide::owner_vmi_uid(p) {
-                pod_of.insert(uid, p);
+                pods_of.entry(uid).or_default().push(p);
             }
+            let ns = p["metadata"]["namespace"].as_str().unwrap_or_default();
+            let name = p["metadata"]["name"].as_str().unwrap_or_default();
+            pod_named.insert((ns, name), p);
         }
         let mut vmi_of: HashMap<&str, &Value> = HashMap::new();
         let now = now_rfc3339();
@@ -408,14 +418,32 @@ impl Agent {
                 continue;
             }
             let node = vmi.pointer("/status/nodeName").and_then(Value::as_str);
-            let pod = pod_of.get(uid).copied();
+            // the VMI's pod: the one on its node (a migration target runs elsewhere)
+            let candidates = pods_of.get(uid).map(Vec::as_slice).unwrap_or_default();
+            let pod = candidates
+                .iter()
+                .find(|p| p.pointer("/spec/nodeName").and_then(Value::as_str) == node)
+                .or(candidates.first())
+                .copied();
             let key = format!(
                 "{}/{}",
                 vmi["metadata"]["namespace"].as_str().unwrap_or_default(),
                 vmi["metadata"]["name"].as_str().unwrap_or_default()
             );
             let guest = self.guest(&key);
-            let action = decide::decide_vmi(vmi, pod, self.serves(node), &guest, &now);
+            let mut action = decide::decide_vmi(vmi, pod, self.serves(node), &guest, &now);
+            if action == VmiAction::None
+                && let Some((target_node, target_pod)) = migration::in_progress(vmi)
+                && self.serves(Some(target_node))
+            {
+                let ns = vmi["metadata"]["namespace"].as_str().unwrap_or_default();
+                if let Some(step) = pod_named
+                    .get(&(ns, target_pod))
+                    .and_then(|p| migration::next_step(vmi, p, &now))
+                {
+                    action = VmiAction::Migrate(step);
+                }
+            }
             if action == VmiAction::None {
                 continue;
             }
@@ -460,6 +488,7 @@ impl Agent {
                     VmiAction::None => return true,
                     VmiAction::Run(obj) => (obj, &self.counters.vmis_started),
                     VmiAction::Report(obj) => (obj, &self.counters.reports),
+                    VmiAction::Migrate(obj) => (obj, &self.counters.migration_steps),
                     VmiAction::Succeed(obj) => {
                         // the guest is gone: a later VMI of the same name starts fresh
                         if let Ok(mut g) = self.guests.lock() {
@@ -514,6 +543,23 @@ impl Agent {
         match action {
             PodAction::Hold => finalizers.push(json!(POD_FINALIZER)),
             PodAction::Release => finalizers.retain(|f| f != POD_FINALIZER),
+            PodAction::Complete => {
+                // the simulated kubelet: the launcher container exited after the migration
+                let api: Api<Pod> = Api::namespaced(self.admin.clone(), ns);
+                let status = migration::completed_pod_status(pod, &now_rfc3339());
+                return api
+                    .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+                    .await
+                    .map(|_| ());
+            }
+            PodAction::Digests(status) => {
+                // the simulated kubelet: image IDs of the containers it "pulled"
+                let api: Api<Pod> = Api::namespaced(self.admin.clone(), ns);
+                return api
+                    .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+                    .await
+                    .map(|_| ());
+            }
             PodAction::None => return Ok(()),
         }
         // a merge patch carrying the resourceVersion: refused if the pod changed meanwhile

@@ -223,3 +223,66 @@ fn pause_and_freeze_are_reported_on_running_vmis_only_when_they_change() {
         VmiAction::None
     );
 }
+
+#[test]
+fn a_deleted_pod_whose_guest_left_or_ended_is_released() {
+    let gone = held(deleting(pod("Running", true)));
+    let mut moved = vmi("Running");
+    moved["status"]["nodeName"] = json!("kwok-node-2");
+    assert_eq!(
+        decide_pod(&gone, Some(&moved), true),
+        PodAction::Release,
+        "the guest runs on another node now"
+    );
+    let ended = held(deleting(pod("Succeeded", false)));
+    assert_eq!(
+        decide_pod(&ended, Some(&vmi("Running")), true),
+        PodAction::Release
+    );
+}
+
+#[test]
+fn the_source_pod_of_a_finished_migration_completes() {
+    let mut moved = vmi("Running");
+    moved["status"]["nodeName"] = json!("kwok-node-2");
+    moved["status"]["migrationState"] = json!({
+        "completed": true, "sourcePod": "virt-launcher-vm1-abcde", "targetNode": "kwok-node-2",
+    });
+    assert_eq!(
+        decide_pod(&held(pod("Running", true)), Some(&moved), true),
+        PodAction::Complete
+    );
+}
+
+#[test]
+fn running_pods_get_stable_simulated_image_digests() {
+    let mut p = held(pod("Running", true));
+    p["status"]["containerStatuses"] = json!([
+        {"name": "compute", "image": "quay.io/kubevirt/virt-launcher:v1.8.1"},
+        {"name": "volumeroot", "image": "quay.io/containerdisks/fedora:41", "imageID": "x@sha256:1"},
+    ]);
+    let PodAction::Digests(patch) = decide_pod(&p, Some(&vmi("Running")), true) else {
+        panic!("expected Digests");
+    };
+    let id = patch["status"]["containerStatuses"][0]["imageID"]
+        .as_str()
+        .unwrap();
+    assert!(
+        id.starts_with("quay.io/kubevirt/virt-launcher@sha256:"),
+        "{id}"
+    );
+    assert_eq!(
+        id.len(),
+        "quay.io/kubevirt/virt-launcher@sha256:".len() + 64
+    );
+    assert_eq!(
+        patch["status"]["containerStatuses"][1]["imageID"], "x@sha256:1",
+        "a status that has an ID keeps it"
+    );
+    assert_eq!(patch["status"]["containerStatuses"][0]["name"], "compute");
+    assert_eq!(
+        id,
+        simulated_image_id("quay.io/kubevirt/virt-launcher:v1.8.1")
+    );
+    assert_eq!(image_digests(&pod("Pending", false)), None);
+}
