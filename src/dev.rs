@@ -1,8 +1,9 @@
-//! `kvtenant dev`: everything on one machine, KubeVirt simulated.
+//! `kvtenant dev`: everything on one machine.
 //!
-//! A host control plane from testenv with the KubeVirt simulator (real KubeVirt/CDI CRDs, fake
-//! virt-controller and virt-api: no VM ever boots), a tenant control plane registered as an
-//! External VirtualCluster, and the kvtenant components in this process.
+//! A host control plane from testenv running KubeVirt's real virt-api and virt-controller, with
+//! kube-scheduler, kwok (simulated nodes and pods), the node agent (simulated virt-handler) and
+//! a simulated CDI: no VM ever boots. A tenant control plane registered as an External
+//! VirtualCluster, and the kvtenant components in this process.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -13,7 +14,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
-use testenv::simulator::{Simulator, SimulatorOptions};
+use testenv::kubevirt::{KubeVirt, KubeVirtOptions};
 use testenv::{ControlPlane, Options};
 
 #[derive(Args, Debug)]
@@ -33,11 +34,11 @@ pub struct DevArgs {
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     eprintln!(
-        "kvtenant dev: KubeVirt is SIMULATED here (no VM boots); for real KubeVirt use e2e-kind/."
+        "kvtenant dev: KubeVirt's control plane is real here, its nodes and virt-handler are SIMULATED (no VM boots); for VMs that boot use e2e-kind/."
     );
-    if !testenv::binaries::cached() {
+    if !testenv::binaries::cached() || !testenv::binaries::kubevirt_cached() {
         eprintln!(
-            "kvtenant dev: building the control-plane binaries first (once per machine, several minutes)..."
+            "kvtenant dev: building the control-plane and KubeVirt binaries first (once per machine, several minutes)..."
         );
     }
     let host = ControlPlane::start(Options::new("host").with_controller_manager()).await?;
@@ -47,15 +48,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         host.url()
     );
     let hc = host.client()?;
-    let sim = Simulator::install(
-        hc.clone(),
-        SimulatorOptions::new().with_front_proxy_ca(host.pki().front_proxy_ca.cert_pem()),
-    )
-    .await?;
+    let kubevirt = KubeVirt::start(&host, KubeVirtOptions::new()).await?;
     eprintln!(
-        "[{:>5.1}s] KubeVirt simulator installed ({:?} CRDs)",
+        "[{:>5.1}s] KubeVirt {} running (real virt-api and virt-controller; simulated nodes {:?}, virt-handler and CDI)",
         started.elapsed().as_secs_f64(),
-        sim.crds_source()
+        testenv::kubevirt::KUBEVIRT_VERSION,
+        kubevirt.nodes()
     );
     let crds: Api<CustomResourceDefinition> = Api::all(hc.clone());
     for crd in kvtenant_api::crds() {
@@ -150,7 +148,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         args.name
     );
     println!();
-    println!("Virtual cluster ready (KubeVirt simulated on the host).");
+    println!(
+        "Virtual cluster ready (real KubeVirt control plane on the host; nodes and virt-handler simulated)."
+    );
     println!("  tenant kubeconfig: {}", shown.display());
     println!("  host kubeconfig:   {}", host.kubeconfig_path().display());
     println!();
@@ -161,7 +161,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     );
     println!("  kubectl --kubeconfig {} get vm,vmi", shown.display());
     println!(
-        "  virtctl --kubeconfig {} stop vm1     (through kvtenant's subresource proxy)",
+        "  {} --kubeconfig {} stop vm1     (real virtctl, through kvtenant's subresource proxy)",
+        kubevirt.binaries().virtctl.display(),
         shown.display()
     );
     println!(
@@ -178,7 +179,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => {}
     }
     eprintln!("stopping");
-    drop(sim);
+    drop(kubevirt);
     drop(tenant);
     drop(host);
     Ok(())

@@ -1,5 +1,6 @@
-//! The e2e scenarios of `tests/scenarios` on testenv: a real host apiserver with the KubeVirt
-//! simulator (no VM boots), a real tenant apiserver, and the real `kvtenant dev` process.
+//! The e2e scenarios of `tests/scenarios` on testenv: a real host apiserver running KubeVirt's
+//! real virt-api and virt-controller (nodes, pods and virt-handler simulated: no VM boots), a
+//! real tenant apiserver, and the real `kvtenant dev` process.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -12,7 +13,7 @@ use std::time::Duration;
 use testenv::testing::InterruptOnDrop;
 
 #[test]
-fn scenarios_pass_on_testenv_with_the_kubevirt_simulator() {
+fn scenarios_pass_on_testenv_with_real_kubevirt_and_simulated_nodes() {
     let dir = tempfile::tempdir().unwrap();
     let tenant_kc = dir.path().join("tenant.kubeconfig");
     let child = Command::new(env!("CARGO_BIN_EXE_kvtenant"))
@@ -39,7 +40,8 @@ fn scenarios_pass_on_testenv_with_the_kubevirt_simulator() {
         host_kubeconfig: host_kc.into(),
         tenant_kubeconfig: tenant_kc,
         timeout: Duration::from_secs(120),
-        vm_pods: false,
+        // kwok runs virt-launcher pods (simulated): host Services get ready endpoints
+        vm_pods: true,
     };
     t.vm_boots();
     t.console_answers();

@@ -5,7 +5,7 @@
 //! Deployments are hardened and only pass flags the binary has; every sample says where and how
 //! to apply it; shellcheck passes on `e2e-kind/*.sh`.
 //!
-//! On a real kube-apiserver (testenv) with the KubeVirt simulator's CRDs: server-side dry-runs
+//! On a real kube-apiserver (testenv) running KubeVirt's real control plane (no VM boots): server-side dry-runs
 //! of `deploy/base`, `deploy/overlays/kind` and every sample; the RBAC of each component checked
 //! with SubjectAccessReviews; the admission policies checked with the components' own
 //! ServiceAccount tokens; and the real `kvtenant syncer`, running with the syncer's
@@ -25,7 +25,7 @@ use k8s_openapi::api::authorization::v1::{
 use k8s_openapi::serde::Deserialize;
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
-use testenv::simulator::{Simulator, SimulatorOptions};
+use testenv::kubevirt::{KubeVirt, KubeVirtOptions};
 use testenv::{ControlPlane, Options};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
@@ -866,8 +866,9 @@ async fn deploy_and_samples_on_testenv() {
         .unwrap();
     let admin = host.kubeconfig_path().to_path_buf();
     let client = host.client().unwrap();
-    // real KubeVirt/CDI CRDs (and webhooks) on the host; no VM ever boots
-    let _sim = Simulator::install(client.clone(), SimulatorOptions::new())
+    // KubeVirt's real control plane (CRDs, webhooks, virt-controller) on the host, simulated CDI;
+    // no VM ever boots
+    let _kubevirt = KubeVirt::start(&host, KubeVirtOptions::new())
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -1175,7 +1176,7 @@ async fn deploy_and_samples_on_testenv() {
     )
     .await;
 
-    // --- samples: a server-side dry-run each (tenant ones against the simulator's CRDs) -------
+    // --- samples: a server-side dry-run each (tenant ones against KubeVirt's CRDs and webhooks)
     for &(file, side, ns) in SAMPLES {
         let docs = yaml_docs(&read_sample(file));
         for n in namespaces_of(&docs) {
@@ -1289,7 +1290,8 @@ async fn deploy_and_samples_on_testenv() {
     })
     .await;
     assert!(mirrored, "no KubeVirt CRDs in the tenant:\n{}", logs());
-    // a tenant applies the cloud-init sample and the Service sample; the simulator runs the VM
+    // a tenant applies the cloud-init sample and the Service sample; real virt-controller runs
+    // the VM (the node agent reports it Running: simulated)
     kubectl(
         &tenant_kc,
         &[

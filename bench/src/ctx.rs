@@ -144,7 +144,7 @@ impl Ctx {
             v.push(("kvtenant syncer".into(), pid));
         }
         v.push((
-            "bench process (simulator, load, watches)".into(),
+            "bench process (node agent, simulated CDI, load, watches)".into(),
             std::process::id(),
         ));
         v
@@ -162,7 +162,7 @@ impl Ctx {
         Ok(())
     }
 
-    /// Stops everything in order: the syncer, the watches and the simulator first, then the
+    /// Stops everything in order: the syncer, the watches and KubeVirt first, then the
     /// tenant and host control planes (so nothing logs errors about vanished apiservers).
     pub async fn teardown(self) {
         let self_wrapped = !self.syncer_spec.wrapper.is_empty();
@@ -180,10 +180,10 @@ impl Ctx {
         let BenchEnv {
             host,
             host_client,
-            sim,
+            kubevirt,
             tenants,
         } = env;
-        drop(sim);
+        drop(kubevirt);
         drop(host_client);
         tokio::time::sleep(Duration::from_millis(200)).await;
         drop(tenants);

@@ -1,5 +1,7 @@
-//! The bench environment: a host control plane with the KubeVirt simulator, tenant control
-//! planes registered as External VirtualClusters, and namespaces for the direct path.
+//! The bench environment: a host control plane running KubeVirt's real virt-api and
+//! virt-controller (testenv: kube-scheduler, kwok nodes and pods, the node agent as simulated
+//! virt-handler, simulated CDI), tenant control planes registered as External VirtualClusters,
+//! and namespaces for the direct path.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -14,7 +16,7 @@ use kube::{Client, ResourceExt};
 use kvtenant_api::VirtualCluster;
 use kvtenant_api::labels::VirtualClusterRef;
 use serde_json::json;
-use testenv::simulator::{Simulator, SimulatorOptions};
+use testenv::kubevirt::{KubeVirt, KubeVirtOptions};
 use testenv::{ControlPlane, Options};
 
 /// Host namespace of the VirtualCluster objects.
@@ -67,7 +69,7 @@ impl Tenant {
 pub struct BenchEnv {
     pub host: ControlPlane,
     pub host_client: Client,
-    pub sim: Simulator,
+    pub kubevirt: KubeVirt,
     pub tenants: Vec<Tenant>,
 }
 
@@ -75,19 +77,15 @@ pub struct BenchEnv {
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct SetupTimes {
     pub host_ready_s: f64,
-    pub simulator_installed_s: f64,
+    pub kubevirt_started_s: f64,
     pub tenants_ready_s: f64,
     pub tenants_synced_s: f64,
 }
 
 impl BenchEnv {
-    /// Host (with kube-controller-manager for garbage collection), the KubeVirt simulator, the
+    /// Host (with kube-controller-manager for garbage collection), KubeVirt, the
     /// VirtualCluster CRD, and the direct-path namespaces.
-    pub async fn start_host(
-        phase_delay: Duration,
-        direct_namespaces: usize,
-        times: &mut SetupTimes,
-    ) -> Result<Self> {
+    pub async fn start_host(direct_namespaces: usize, times: &mut SetupTimes) -> Result<Self> {
         let t = Instant::now();
         let host = ControlPlane::start(Options::new("bench-host").with_controller_manager())
             .await
@@ -95,15 +93,10 @@ impl BenchEnv {
         times.host_ready_s = t.elapsed().as_secs_f64();
         let host_client = host.client()?;
         let t = Instant::now();
-        let sim = Simulator::install(
-            host_client.clone(),
-            SimulatorOptions::new()
-                .with_front_proxy_ca(host.pki().front_proxy_ca.cert_pem())
-                .with_phase_delay(phase_delay),
-        )
-        .await
-        .context("installing the KubeVirt simulator")?;
-        times.simulator_installed_s = t.elapsed().as_secs_f64();
+        let kubevirt = KubeVirt::start(&host, KubeVirtOptions::new())
+            .await
+            .context("starting KubeVirt")?;
+        times.kubevirt_started_s = t.elapsed().as_secs_f64();
         install_virtualcluster_crd(&host_client).await?;
         create_namespace(&host_client, VC_NAMESPACE).await?;
         for i in 0..direct_namespaces {
@@ -112,7 +105,7 @@ impl BenchEnv {
         Ok(Self {
             host,
             host_client,
-            sim,
+            kubevirt,
             tenants: Vec::new(),
         })
     }
@@ -181,7 +174,7 @@ impl BenchEnv {
     /// Process ids with a role name: host etcd/apiserver/controller-manager and the tenants'.
     pub fn control_plane_pids(&self) -> Vec<(String, u32)> {
         let mut out = Vec::new();
-        for pid in self.host.pids() {
+        for pid in self.host.pids().into_iter().chain(self.kubevirt.pids()) {
             out.push((format!("host {}", crate::procfs::comm(pid)), pid));
         }
         for t in &self.tenants {

@@ -1,7 +1,7 @@
 //! `kvtenant-bench`: kvtenant's sync path measured against the direct path on testenv, in the
-//! same run. One host control plane with the KubeVirt simulator (KubeVirt is simulated: no VM
-//! boots), T tenant control planes registered as External VirtualClusters, and the
-//! `kvtenant syncer` process. See BENCHMARKS.md for results and how to read them.
+//! same run. One host control plane running KubeVirt's real virt-api and virt-controller (nodes,
+//! pods, virt-handler and CDI simulated: no VM boots), T tenant control planes registered as
+//! External VirtualClusters, and the `kvtenant syncer` process. See BENCHMARKS.md for results and how to read them.
 
 mod ctx;
 mod env;
@@ -51,18 +51,19 @@ enum Scenario {
 }
 
 /// Benchmark harness for kvtenant on testenv: real etcd and kube-apiserver processes on
-/// 127.0.0.1 and a KubeVirt *simulator* (no VM ever boots).
+/// 127.0.0.1 and KubeVirt's real control plane with simulated nodes (no VM ever boots).
 #[derive(Parser, Debug, Clone, Serialize)]
 #[command(
     name = "kvtenant-bench",
     version,
-    about = "Benchmark kvtenant's sync path against the direct path (KubeVirt simulated)",
+    about = "Benchmark kvtenant's sync path against the direct path (real KubeVirt control plane, simulated nodes)",
     long_about = "Benchmark kvtenant's sync path against the direct path, in the same run, on \
-testenv: one host control plane (etcd, kube-apiserver, kube-controller-manager) with the KubeVirt \
-simulator, T tenant control planes registered as External VirtualClusters, and the syncer (by \
-default the real `kvtenant syncer` process, so its RSS and CPU are its own).\n\nKubeVirt is \
-simulated: a Running VMI is only a status written by a fake virt-controller. The numbers measure \
-kvtenant's sync path and the apiservers, not VM boot.\n\nBuild both binaries first:\n  cargo build \
+testenv: one host control plane (etcd, kube-apiserver, kube-controller-manager) running KubeVirt's \
+real virt-api and virt-controller with kube-scheduler, kwok nodes and a simulated virt-handler, T \
+tenant control planes registered as External VirtualClusters, and the syncer (by default the real \
+`kvtenant syncer` process, so its RSS and CPU are its own).\n\nNo VM boots: a Running VMI is \
+KubeVirt's control plane having done its part plus a status the simulated virt-handler wrote. The \
+numbers measure kvtenant's sync path, the apiservers and KubeVirt's controllers, not VM boot.\n\nBuild both binaries first:\n  cargo build \
 --release --bin kvtenant -p kvtenant --bin kvtenant-bench -p kvtenant-bench\nEvery scenario prints \
 Markdown tables; --out writes everything as JSON with machine, date, commit and command line."
 )]
@@ -121,9 +122,6 @@ pub struct Args {
     /// Syncer consistency-scan period, seconds.
     #[arg(long, default_value_t = 60, env = "KVTENANT_BENCH_RESYNC_SECONDS")]
     resync_seconds: u64,
-    /// Simulator: delay before each VMI phase change, milliseconds.
-    #[arg(long, default_value_t = 20, env = "KVTENANT_BENCH_PHASE_DELAY_MS")]
-    phase_delay_ms: u64,
     /// Footprint: seconds over which idle CPU is averaged.
     #[arg(long, default_value_t = 5, env = "KVTENANT_BENCH_IDLE_WINDOW_SECONDS")]
     idle_window_seconds: u64,
@@ -154,20 +152,19 @@ struct Report {
     fairness: Option<fairness::FairnessReport>,
     proxy: Option<proxy::ProxyReport>,
     targets: Vec<TargetCheck>,
-    /// What the KubeVirt simulator did over the whole bench.
-    simulator: Option<SimulatorTotals>,
+    /// What the node agent (simulated virt-handler) did over the whole bench.
+    node_agent: Option<NodeAgentTotals>,
     errors: Vec<String>,
     total_s: f64,
 }
 
 #[derive(Serialize)]
-struct SimulatorTotals {
-    vmis_created: u64,
-    vmis_deleted: u64,
-    admission_reviews: u64,
-    admission_denied: u64,
-    subresource_calls: u64,
-    reconcile_errors: u64,
+struct NodeAgentTotals {
+    vmis_started: u64,
+    vmis_stopped: u64,
+    heartbeats: u64,
+    /// Failed writes (conflicts included; all retried).
+    errors: u64,
 }
 
 impl Report {
@@ -229,7 +226,7 @@ async fn run(args: Args) -> Result<usize> {
         fairness: None,
         proxy: None,
         targets: Vec::new(),
-        simulator: None,
+        node_agent: None,
         errors: Vec::new(),
         total_s: 0.0,
     };
@@ -254,13 +251,8 @@ async fn run(args: Args) -> Result<usize> {
         .context("creating the log folder")?;
     let tenants = args.tenants.max(1);
 
-    // environment: host + simulator, then the syncer alone, then the tenants
-    let mut env = BenchEnv::start_host(
-        Duration::from_millis(args.phase_delay_ms),
-        tenants,
-        &mut rep.setup,
-    )
-    .await?;
+    // environment: host + KubeVirt, then the syncer alone, then the tenants
+    let mut env = BenchEnv::start_host(tenants, &mut rep.setup).await?;
     let spec = SyncerSpec {
         mode: args.syncer,
         bin,
@@ -301,9 +293,9 @@ async fn run(args: Args) -> Result<usize> {
     let tenant_clients: Vec<_> = env.tenants.iter().map(|t| t.client.clone()).collect();
     let obs = Observer::start(&env.host_client, &tenant_clients).await?;
     println!(
-        "setup: host {} s, simulator {} s, {} tenant control planes {} s, CRDs mirrored by the syncer {} s",
+        "setup: host {} s, KubeVirt {} s, {} tenant control planes {} s, CRDs mirrored by the syncer {} s",
         fmt_f(rep.setup.host_ready_s, 1),
-        fmt_f(rep.setup.simulator_installed_s, 1),
+        fmt_f(rep.setup.kubevirt_started_s, 1),
         tenants,
         fmt_f(rep.setup.tenants_ready_s, 1),
         fmt_f(rep.setup.tenants_synced_s, 1)
@@ -375,23 +367,16 @@ async fn run(args: Args) -> Result<usize> {
         note_err(&mut rep, "proxy", r);
     }
 
-    let st = ctx.env.sim.stats();
-    rep.simulator = Some(SimulatorTotals {
-        vmis_created: st.vmis_created,
-        vmis_deleted: st.vmis_deleted,
-        admission_reviews: st.admission_reviews,
-        admission_denied: st.admission_denied,
-        subresource_calls: st.subresource_calls,
-        reconcile_errors: st.reconcile_errors,
+    let st = ctx.env.kubevirt.node_agent_stats();
+    rep.node_agent = Some(NodeAgentTotals {
+        vmis_started: st.vmis_started,
+        vmis_stopped: st.vmis_stopped,
+        heartbeats: st.heartbeats,
+        errors: st.errors,
     });
     println!(
-        "\nKubeVirt simulator over the whole bench: {} VMIs created, {} deleted, {} admission reviews ({} denied), {} subresource calls, {} reconcile errors (conflicts included, retried)",
-        st.vmis_created,
-        st.vmis_deleted,
-        st.admission_reviews,
-        st.admission_denied,
-        st.subresource_calls,
-        st.reconcile_errors
+        "\nnode agent (simulated virt-handler) over the whole bench: {} VMIs reported Running, {} Succeeded, {} failed writes (conflicts included, retried)",
+        st.vmis_started, st.vmis_stopped, st.errors
     );
     rep.targets = targets(&rep);
     report::targets_table(&rep.targets).print();
@@ -406,7 +391,7 @@ async fn run(args: Args) -> Result<usize> {
     for e in &rep.errors {
         println!("ERROR: {e}");
     }
-    // tear down: the syncer first, then the watches, the simulator and the control planes
+    // tear down: the syncer first, then the watches, KubeVirt and the control planes
     ctx.teardown().await;
     if args.keep_logs {
         let kept = logs.keep();

@@ -6,8 +6,10 @@ use crate::procfs::Machine;
 use crate::stats::Summary;
 
 /// Printed on every table and stored in the JSON: what these numbers are.
-pub const SIMULATED: &str = "KubeVirt is simulated (testenv's fake virt-controller/virt-api): \
-no VM boots; the numbers measure kvtenant's sync path and the apiservers, not VM start-up.";
+pub const SIMULATED: &str = "KubeVirt's control plane is real (virt-api and virt-controller \
+v1.8.1 on testenv); nodes and pods (kwok), virt-handler (testenv's node agent) and CDI are \
+simulated: no VM boots; the numbers measure kvtenant's sync path, the apiservers and KubeVirt's \
+control plane, not VM start-up.";
 
 /// Facts about the run.
 #[derive(Debug, Clone, Serialize)]

@@ -43,6 +43,7 @@ use kube::api::DynamicObject;
 use kvtenant_api::labels::VirtualClusterRef;
 use kvtenant_rules::Violation;
 use kvtenant_rules::kinds::{Enablement, Kind, Trigger};
+use kvtenant_rules::translate::keep::keep_host_set;
 use kvtenant_rules::translate::{
     MIRROR_OF, host_needs_update, is_copy_for, is_kvtenant_copy, is_mirror, map_owner_by_name,
     merge_for_update, merge_mirror, mirror_differs, remove_pointers, to_host, to_tenant_mirror,
@@ -258,7 +259,10 @@ fn plan_down(
                 return p.with(Step::TakeUp(patch));
             }
             if host_needs_update(h, &desired) {
-                p = p.with(Step::ReplaceHost(Box::new(merge_for_update(h, &desired))));
+                let mut merged = merge_for_update(h, &desired);
+                // values the host set at creation survive the tenant's edits
+                keep_host_set(&mut merged.data, &h.data, kind.host_kept());
+                p = p.with(Step::ReplaceHost(Box::new(merged)));
             }
             p = p.with(Step::ClearRefusal);
             match h.data.get("status") {

@@ -1,5 +1,5 @@
-//! The subresource proxy against real apiservers: a host with the KubeVirt simulator (simulated:
-//! no VM boots; the console is an echo) and tenant control planes whose aggregators send
+//! The subresource proxy against real apiservers: a host running KubeVirt's real virt-api and
+//! virt-controller (node agent as simulated virt-handler: no VM boots; the console is an echo) and tenant control planes whose aggregators send
 //! `subresources.kubevirt.io` to kvtenant's proxy. Driven with the real kubectl and a Rust
 //! websocket client, as a tenant would drive it with virtctl.
 
@@ -262,14 +262,9 @@ async fn virtctl_verbs_work_from_the_virtual_cluster() {
     wait_host_strategy(&env, &host_ns, "vm1", "Halted").await;
     let (ok, _, err) = put_raw(kc, &vm_path("default", "vm1", "start"));
     assert!(ok, "start: {err}");
+    // the real virt-api on the host set the host VM's runStrategy: the call reached it with
+    // the namespace mapped
     wait_host_strategy(&env, &host_ns, "vm1", "Always").await;
-    let call = env.sim.last_subresource_call().unwrap();
-    assert_eq!(call.method, "PUT");
-    assert_eq!(
-        call.path,
-        format!("/apis/subresources.kubevirt.io/v1/namespaces/{host_ns}/virtualmachines/vm1/start")
-    );
-    assert_eq!(call.status, 202);
     eventually("the tenant VMI Running", WAIT, || async {
         tenant_vmi_phase(&tc, "default", "vm1").await.as_deref() == Some("Running")
     })
@@ -634,8 +629,6 @@ async fn other_namespaces_other_tenants_and_foreign_certificates_are_refused() {
     .await;
     assert_eq!(code, 202, "{status}");
     wait_host_strategy(&env, &t2.host_ns("default"), "same", "Always").await;
-    let call = env.sim.last_subresource_call().unwrap();
-    assert!(call.path.contains(&t2.host_ns("default")), "{call:?}");
 
     // an open console of tenant 2
     eventually("tenant 2's VMI Running", WAIT, || async {

@@ -1,5 +1,6 @@
-//! The syncer against real apiservers: one host with the KubeVirt simulator (KubeVirt is
-//! simulated: no VM boots) and tenant control planes driven with the real kubectl.
+//! The syncer against real apiservers: one host running KubeVirt's real virt-api and
+//! virt-controller (nodes, pods and virt-handler simulated: no VM boots) and tenant control
+//! planes driven with the real kubectl.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -37,14 +38,37 @@ async fn sync_refused(tenant: &kube::Client, name: &str) -> Event {
     .await
 }
 
+/// The host VM's spec without what KubeVirt adds on the host: the VM mutator (real virt-api)
+/// defaults the machine type (tenant-side webhooks are a separate feature), and virt-controller
+/// writes the firmware UUID/serial, the architecture, an empty `resources` and the PCI topology
+/// annotation into the template. The syncer leaves those alone (the tenant's spec is contained
+/// in the host's, so nothing is written back).
 fn strip_owned(mut spec: Value) -> Value {
-    // the simulator's mutating webhook (KubeVirt's VM mutator) defaults the machine type on the
-    // host; tenant-side webhooks are a separate feature
     if let Some(domain) = spec
         .pointer_mut("/template/spec/domain")
         .and_then(Value::as_object_mut)
     {
         domain.remove("machine");
+        domain.remove("firmware");
+        if domain.get("resources") == Some(&json!({})) {
+            domain.remove("resources");
+        }
+    }
+    if let Some(tspec) = spec
+        .pointer_mut("/template/spec")
+        .and_then(Value::as_object_mut)
+    {
+        tspec.remove("architecture");
+    }
+    if let Some(meta) = spec
+        .pointer_mut("/template/metadata")
+        .and_then(Value::as_object_mut)
+        && let Some(a) = meta.get_mut("annotations").and_then(Value::as_object_mut)
+    {
+        a.remove("kubevirt.io/pci-topology-version");
+        if a.is_empty() {
+            meta.remove("annotations");
+        }
     }
     spec
 }
@@ -715,7 +739,7 @@ async fn without_datavolume_sync_template_volumes_show_and_direct_ones_are_refus
             .contains_key(kvtenant_api::labels::MIRROR_OF),
         "{mirror:?}"
     );
-    // the claim CDI (here the simulator) makes for the template's DataVolume is mirrored too,
+    // the claim CDI (here simulated CDI) makes for the template's DataVolume is mirrored too,
     // owned by the tenant's DataVolume mirror
     let pvcs: Api<DynamicObject> = Api::namespaced_with(
         t.client(),
@@ -748,4 +772,75 @@ async fn without_datavolume_sync_template_volumes_show_and_direct_ones_are_refus
         get(&host, "direct").await.is_none(),
         "a refused DataVolume reached the host"
     );
+}
+
+/// KubeVirt's VM mutator gives a VM a random firmware UUID and serial (and the PCI topology
+/// version) only on create; an update whose spec lacks them drops them and virt-controller puts
+/// a different, name-derived UUID in. A tenant's edit must not change what the guest sees.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_edit_keeps_the_firmware_identity_kubevirt_gave_the_host_vm() {
+    let env = Env::start(1).await;
+    let t = &env.tenants[0];
+    let api: Api<DynamicObject> = Api::namespaced_with(t.client(), "default", &vm_resource());
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(vm_manifest("vm1", "default", json!({}))).unwrap(),
+    )
+    .await
+    .unwrap();
+    let host = env.host_api(&vm_resource(), &t.host_ns("default"));
+    let identity = |vm: &DynamicObject| {
+        (
+            vm.data
+                .pointer("/spec/template/spec/domain/firmware")
+                .cloned(),
+            vm.data
+                .pointer("/spec/template/metadata/annotations/kubevirt.io~1pci-topology-version")
+                .cloned(),
+        )
+    };
+    let before = wait_for(
+        "the host VM with KubeVirt's firmware identity",
+        WAIT,
+        || {
+            let host = host.clone();
+            async move {
+                get(&host, "vm1")
+                    .await
+                    .map(|vm| identity(&vm))
+                    .filter(|(fw, pci)| {
+                        fw.as_ref().is_some_and(|f| f.get("serial").is_some()) && pci.is_some()
+                    })
+            }
+        },
+    )
+    .await;
+    // the tenant edits the VM (no tenant-side webhooks here: its spec has no firmware)
+    api.patch(
+        "vm1",
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"spec": {"template": {"spec": {"domain": {"memory": {"guest": "256Mi"}}}}}}),
+        ),
+    )
+    .await
+    .unwrap();
+    let after = wait_for("the edit on the host", WAIT, || {
+        let host = host.clone();
+        async move {
+            get(&host, "vm1")
+                .await
+                .filter(|vm| {
+                    vm.data.pointer("/spec/template/spec/domain/memory/guest")
+                        == Some(&json!("256Mi"))
+                })
+                .map(|vm| identity(&vm))
+        }
+    })
+    .await;
+    assert_eq!(after, before, "firmware UUID/serial and PCI topology kept");
+    // and it stays so once virt-controller has seen the update
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let settled = identity(&get(&host, "vm1").await.unwrap());
+    assert_eq!(settled, before);
 }

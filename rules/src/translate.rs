@@ -318,5 +318,7 @@ pub fn map_owner_by_name(
     })
 }
 
+pub mod keep;
+
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Regenerates go.mod/go.sum for the pinned control-plane binaries.
+# Regenerates go.mod/go.sum for the pinned control-plane binaries (the versions must match
+# testenv/src/versions.rs).
 # The k8s.io/kubernetes module maps its staging modules to ./staging, which a module
 # download does not contain; every staging module it *requires* is replaced here by the
 # published k8s.io/<name> v0.<minor>.<patch> of the same release. The list comes from the
@@ -8,6 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 K8S_VERSION=${K8S_VERSION:-v1.37.2}
 ETCD_VERSION=${ETCD_VERSION:-v3.7.3}
+KUBEVIRT_VERSION=${KUBEVIRT_VERSION:-v1.8.1}
+KWOK_VERSION=${KWOK_VERSION:-v0.8.0}
 staging_version="v0.${K8S_VERSION#v1.}"
 
 modfile=$(go mod download -json "k8s.io/kubernetes@${K8S_VERSION}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
@@ -35,5 +38,37 @@ required=$(awk '/^require \(/{r=1;next} r&&/^\)/{r=0} r{print $1}' "$modfile")
 (
   cd etcd
   printf 'module kvtenant.dev/testenv/etcd\n\ngo 1.26.0\n\nrequire go.etcd.io/etcd/server/v3 %s\n' "$ETCD_VERSION" > go.mod
+  go mod tidy
+)
+(
+  # KubeVirt's own replace directives do not apply when it is a dependency: repeat them, with its
+  # staging modules (./staging/src/kubevirt.io/<name>) replaced by the published ones of the
+  # same tag. The block comes from KubeVirt's real go.mod, never by hand.
+  cd kubevirt
+  kv_modfile=$(go mod download -json "kubevirt.io/kubevirt@${KUBEVIRT_VERSION}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+  {
+    echo "module kvtenant.dev/testenv/kubevirt"
+    echo
+    echo "go 1.26.0"
+    echo
+    echo "require ("
+    printf '\tkubevirt.io/api %s\n\tkubevirt.io/client-go %s\n\tkubevirt.io/kubevirt %s\n' "$KUBEVIRT_VERSION" "$KUBEVIRT_VERSION" "$KUBEVIRT_VERSION"
+    echo ")"
+    echo
+    echo "replace ("
+    awk '/^replace \(/{r=1;next} r&&/^\)/{r=0} r&&NF>=3{print}' "$kv_modfile" | while read -r m _ target version; do
+      if [[ "$target" == ./staging/src/* ]]; then
+        printf '\t%s => %s %s\n' "$m" "$m" "$KUBEVIRT_VERSION"
+      else
+        printf '\t%s => %s %s\n' "$m" "$target" "$version"
+      fi
+    done
+    echo ")"
+  } > go.mod
+  go mod tidy
+)
+(
+  cd kwok
+  printf 'module kvtenant.dev/testenv/kwok\n\ngo 1.26.0\n\nrequire sigs.k8s.io/kwok %s\n' "$KWOK_VERSION" > go.mod
   go mod tidy
 )

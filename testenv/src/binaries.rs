@@ -1,37 +1,33 @@
-//! Control-plane binaries built from pinned Go modules and cached outside the repository.
+//! Binaries built from pinned Go modules and cached outside the repository.
 //!
-//! `kube-apiserver` and `kube-controller-manager` come from `k8s.io/kubernetes` and `etcd` from
-//! `go.etcd.io/etcd/server/v3`, at the versions pinned in `testenv/go/*/go.mod` (embedded in
-//! this crate, so an installed binary builds the same thing). The first use builds them with the
-//! machine's Go through the module proxy; later uses find them in the cache. A file lock makes
-//! parallel tests wait for one build instead of starting several.
+//! Three sets, each cached under its own key (versions plus a hash of the module files, see
+//! [`crate::versions`]):
+//! - control plane: `kube-apiserver`, `kube-controller-manager` and `kube-scheduler` from
+//!   `k8s.io/kubernetes` (one `go build`), `etcd` from `go.etcd.io/etcd/server/v3`;
+//! - KubeVirt: `virt-api`, `virt-controller`, `virtctl` and our `kubevirt-install-strategy`
+//!   (one `go build`), whose output `install-strategy.json` (CRDs, RBAC, webhook configurations,
+//!   APIServices virt-operator would install) is generated once after the build;
+//! - kwok: `kwok` and our `kwok-stages`, whose output `kwok-stages.yaml` (the Stages kwok ships)
+//!   is generated once after the build.
+//!
+//! The module files are embedded in this crate, so an installed binary builds the same thing.
+//! The first use builds with the machine's Go through the module proxy; later uses find the
+//! cache. A file lock makes parallel tests wait for one build instead of starting several.
 
-use std::fs::{self, File};
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Instant;
+use std::path::PathBuf;
 
-use sha2::{Digest, Sha256};
+use crate::gobuild::{Generate, GoBuild, GoModule, GoSet};
+use crate::versions::gomod::*;
+pub use crate::versions::{ETCD_VERSION, KUBERNETES_VERSION, KUBEVIRT_VERSION, KWOK_VERSION};
 
-/// Kubernetes release the binaries are built from.
-pub const KUBERNETES_VERSION: &str = "v1.37.2";
-/// etcd release the binary is built from.
-pub const ETCD_VERSION: &str = "v3.7.3";
-
-const K8S_GO_MOD: &str = include_str!("../go/kubernetes/go.mod");
-const K8S_GO_SUM: &str = include_str!("../go/kubernetes/go.sum");
-const K8S_TOOLS: &str = include_str!("../go/kubernetes/tools.go");
-const ETCD_GO_MOD: &str = include_str!("../go/etcd/go.mod");
-const ETCD_GO_SUM: &str = include_str!("../go/etcd/go.sum");
-const ETCD_TOOLS: &str = include_str!("../go/etcd/tools.go");
-
-/// Environment variable naming a directory with prebuilt `etcd`, `kube-apiserver` and
-/// `kube-controller-manager`; when set, nothing is built.
+/// Environment variable naming a directory with prebuilt `etcd`, `kube-apiserver`,
+/// `kube-controller-manager` (and, for KubeVirt tests, `kube-scheduler`); when set, nothing of
+/// the control-plane set is built.
 pub const BIN_DIR_ENV: &str = "KVTENANT_TESTENV_BIN_DIR";
 /// Environment variable overriding the cache directory.
 pub const CACHE_DIR_ENV: &str = "KVTENANT_TESTENV_CACHE";
 
-/// Errors while finding or building the control-plane binaries.
+/// Errors while finding or building binaries.
 #[derive(Debug, thiserror::Error)]
 pub enum BinariesError {
     #[error("cannot find a cache directory: set {CACHE_DIR_ENV} or HOME")]
@@ -43,7 +39,7 @@ pub enum BinariesError {
         source: std::io::Error,
     },
     #[error(
-        "`go` was not found on PATH; testenv builds kube-apiserver, kube-controller-manager and etcd from Go modules (install Go >= 1.26, or set {BIN_DIR_ENV} to prebuilt binaries): {0}"
+        "`go` was not found on PATH; testenv builds kube-apiserver, kube-controller-manager, etcd and KubeVirt from Go modules (install Go >= 1.26, or set {BIN_DIR_ENV} to prebuilt control-plane binaries): {0}"
     )]
     NoGo(#[source] std::io::Error),
     #[error(
@@ -59,20 +55,26 @@ pub enum BinariesError {
     MissingPrebuilt { dir: PathBuf, binary: &'static str },
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BinariesError + '_ {
-    move |source| BinariesError::Io {
-        path: path.to_path_buf(),
-        source,
+impl BinariesError {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::NoCacheDir => "no_cache_dir",
+            Self::Io { .. } => "io",
+            Self::NoGo(_) => "no_go",
+            Self::Build { .. } => "build",
+            Self::MissingPrebuilt { .. } => "missing_prebuilt",
+        }
     }
 }
 
-/// Paths of the three control-plane binaries.
+/// Paths of the control-plane binaries.
 #[derive(Debug, Clone)]
 pub struct Binaries {
     pub etcd: PathBuf,
     pub kube_apiserver: PathBuf,
     pub kube_controller_manager: PathBuf,
-    /// Directory holding the three.
+    pub kube_scheduler: PathBuf,
+    /// Directory holding them.
     pub dir: PathBuf,
 }
 
@@ -82,42 +84,171 @@ impl Binaries {
             etcd: dir.join("etcd"),
             kube_apiserver: dir.join("kube-apiserver"),
             kube_controller_manager: dir.join("kube-controller-manager"),
+            kube_scheduler: dir.join("kube-scheduler"),
             dir,
         }
     }
+}
 
-    fn all_present(&self) -> bool {
-        [
-            &self.etcd,
-            &self.kube_apiserver,
-            &self.kube_controller_manager,
-        ]
-        .iter()
-        .all(|p| p.is_file())
+/// Paths of the KubeVirt and kwok binaries and the files generated from their modules.
+#[derive(Debug, Clone)]
+pub struct KubeVirtBinaries {
+    pub virt_api: PathBuf,
+    pub virt_controller: PathBuf,
+    pub virtctl: PathBuf,
+    /// The objects virt-operator would install (a JSON `List`), from
+    /// `install.GenerateCurrentInstallStrategy` of the same module.
+    pub install_strategy: PathBuf,
+    pub kwok: PathBuf,
+    /// The Stages kwok ships (node initialize and heartbeat, pod ready/complete/delete), YAML.
+    pub kwok_stages: PathBuf,
+}
+
+fn k8s_ldflags() -> String {
+    let minor = KUBERNETES_VERSION
+        .trim_start_matches("v1.")
+        .split('.')
+        .next()
+        .unwrap_or_default();
+    let pkg = "k8s.io/component-base/version";
+    format!(
+        "-s -w -X {pkg}.gitVersion={KUBERNETES_VERSION} -X {pkg}.gitMajor=1 -X {pkg}.gitMinor={minor} -X {pkg}.gitTreeState=clean"
+    )
+}
+
+fn kubevirt_ldflags() -> String {
+    let pkg = "kubevirt.io/client-go/version";
+    format!("-s -w -X {pkg}.gitVersion={KUBEVIRT_VERSION} -X {pkg}.gitTreeState=clean")
+}
+
+fn control_plane_set() -> GoSet {
+    GoSet {
+        key_prefix: format!("k8s-{KUBERNETES_VERSION}-etcd-{ETCD_VERSION}"),
+        label: format!(
+            "kube-apiserver, kube-controller-manager and kube-scheduler {KUBERNETES_VERSION} and etcd {ETCD_VERSION}"
+        ),
+        modules: vec![
+            GoModule {
+                dir: "kubernetes",
+                files: &[
+                    ("go.mod", K8S_GO_MOD),
+                    ("go.sum", K8S_GO_SUM),
+                    ("tools.go", K8S_TOOLS),
+                ],
+            },
+            GoModule {
+                dir: "etcd",
+                files: &[
+                    ("go.mod", ETCD_GO_MOD),
+                    ("go.sum", ETCD_GO_SUM),
+                    ("tools.go", ETCD_TOOLS),
+                ],
+            },
+        ],
+        builds: vec![
+            GoBuild {
+                module: "kubernetes",
+                what: "kube-apiserver, kube-controller-manager and kube-scheduler".into(),
+                ldflags: k8s_ldflags(),
+                packages: vec![
+                    "k8s.io/kubernetes/cmd/kube-apiserver",
+                    "k8s.io/kubernetes/cmd/kube-controller-manager",
+                    "k8s.io/kubernetes/cmd/kube-scheduler",
+                ],
+                output: None,
+            },
+            GoBuild {
+                module: "etcd",
+                what: "etcd".into(),
+                ldflags: "-s -w".into(),
+                packages: vec!["go.etcd.io/etcd/server/v3"],
+                output: Some("etcd"),
+            },
+        ],
+        generate: vec![],
+        outputs: vec![
+            "etcd",
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+        ],
     }
 }
 
-/// Cache key: the pinned versions plus a hash of the Go module files, so a change of pins
-/// builds anew and an unchanged one is reused.
-pub fn cache_key() -> String {
-    let mut h = Sha256::new();
-    for part in [
-        K8S_GO_MOD,
-        K8S_GO_SUM,
-        K8S_TOOLS,
-        ETCD_GO_MOD,
-        ETCD_GO_SUM,
-        ETCD_TOOLS,
-    ] {
-        h.update(part.as_bytes());
-        h.update([0]);
+fn kubevirt_set() -> GoSet {
+    GoSet {
+        key_prefix: format!("kubevirt-{KUBEVIRT_VERSION}"),
+        label: format!("KubeVirt {KUBEVIRT_VERSION} virt-api, virt-controller and virtctl"),
+        modules: vec![GoModule {
+            dir: "kubevirt",
+            files: &[
+                ("go.mod", KUBEVIRT_GO_MOD),
+                ("go.sum", KUBEVIRT_GO_SUM),
+                ("tools.go", KUBEVIRT_TOOLS),
+                (
+                    "cmd/kubevirt-install-strategy/main.go",
+                    KUBEVIRT_INSTALL_STRATEGY,
+                ),
+            ],
+        }],
+        builds: vec![GoBuild {
+            module: "kubevirt",
+            what: format!("KubeVirt {KUBEVIRT_VERSION} (virt-api, virt-controller, virtctl)"),
+            ldflags: kubevirt_ldflags(),
+            packages: vec![
+                "kubevirt.io/kubevirt/cmd/virt-api",
+                "kubevirt.io/kubevirt/cmd/virt-controller",
+                "kubevirt.io/kubevirt/cmd/virtctl",
+                "./cmd/kubevirt-install-strategy",
+            ],
+            output: None,
+        }],
+        generate: vec![Generate {
+            program: "kubevirt-install-strategy",
+            args: vec!["--namespace", crate::kubevirt::NAMESPACE],
+            output: "install-strategy.json",
+        }],
+        outputs: vec![
+            "virt-api",
+            "virt-controller",
+            "virtctl",
+            "install-strategy.json",
+        ],
     }
-    h.update(build_flags_k8s().join(" ").as_bytes());
-    let digest = hex::encode(h.finalize());
-    format!(
-        "k8s-{KUBERNETES_VERSION}-etcd-{ETCD_VERSION}-{}",
-        &digest[..12]
-    )
+}
+
+fn kwok_set() -> GoSet {
+    GoSet {
+        key_prefix: format!("kwok-{KWOK_VERSION}"),
+        label: format!("kwok {KWOK_VERSION}"),
+        modules: vec![GoModule {
+            dir: "kwok",
+            files: &[
+                ("go.mod", KWOK_GO_MOD),
+                ("go.sum", KWOK_GO_SUM),
+                ("tools.go", KWOK_TOOLS),
+                ("cmd/kwok-stages/main.go", KWOK_STAGES),
+            ],
+        }],
+        builds: vec![GoBuild {
+            module: "kwok",
+            what: format!("kwok {KWOK_VERSION}"),
+            ldflags: "-s -w".into(),
+            packages: vec!["sigs.k8s.io/kwok/cmd/kwok", "./cmd/kwok-stages"],
+            output: None,
+        }],
+        generate: vec![Generate {
+            program: "kwok-stages",
+            args: vec![],
+            output: "kwok-stages.yaml",
+        }],
+        outputs: vec!["kwok", "kwok-stages.yaml"],
+    }
+}
+
+/// Cache key of the control-plane binaries.
+pub fn cache_key() -> String {
+    control_plane_set().key()
 }
 
 /// Root of testenv's cache (`$KVTENANT_TESTENV_CACHE`, else `$XDG_CACHE_HOME/kvtenant/testenv`,
@@ -136,34 +267,24 @@ pub fn cache_root() -> Result<PathBuf, BinariesError> {
         .join("testenv"))
 }
 
-fn build_flags_k8s() -> Vec<String> {
-    let minor = KUBERNETES_VERSION
-        .trim_start_matches("v1.")
-        .split('.')
-        .next()
-        .unwrap_or_default();
-    let pkg = "k8s.io/component-base/version";
-    vec![
-        "-s".into(),
-        "-w".into(),
-        format!("-X {pkg}.gitVersion={KUBERNETES_VERSION}"),
-        format!("-X {pkg}.gitMajor=1"),
-        format!("-X {pkg}.gitMinor={minor}"),
-        format!("-X {pkg}.gitTreeState=clean"),
-    ]
-}
-
-/// Whether the binaries are already cached (or provided through [`BIN_DIR_ENV`]).
+/// Whether the control-plane binaries are already cached (or provided through
+/// [`BIN_DIR_ENV`]).
 pub fn cached() -> bool {
     if let Some(dir) = std::env::var_os(BIN_DIR_ENV) {
-        return Binaries::in_dir(PathBuf::from(dir)).all_present();
+        let b = Binaries::in_dir(PathBuf::from(dir));
+        return [&b.etcd, &b.kube_apiserver, &b.kube_controller_manager]
+            .iter()
+            .all(|p| p.is_file());
     }
-    cache_root()
-        .map(|root| root.join(cache_key()).join(".complete").is_file())
-        .unwrap_or(false)
+    control_plane_set().cached()
 }
 
-/// Returns the binaries, building them first if they are not cached yet.
+/// Whether the KubeVirt and kwok binaries are already cached.
+pub fn kubevirt_cached() -> bool {
+    kubevirt_set().cached() && kwok_set().cached()
+}
+
+/// Returns the control-plane binaries, building them first if they are not cached yet.
 ///
 /// Blocking; the first call on a machine takes minutes (it prints progress to stderr). Callers
 /// in async code should use `tokio::task::spawn_blocking`.
@@ -184,130 +305,72 @@ pub fn ensure() -> Result<Binaries, BinariesError> {
         }
         return Ok(bins);
     }
-    let root = cache_root()?;
-    let dir = root.join(cache_key());
-    let bins = Binaries::in_dir(dir.join("bin"));
-    let stamp = dir.join(".complete");
-    if stamp.is_file() && bins.all_present() {
-        return Ok(bins);
-    }
-    fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-    let lock_path = dir.join(".lock");
-    let lock = File::create(&lock_path).map_err(io_err(&lock_path))?;
-    if lock.try_lock().is_err() {
-        eprintln!(
-            "testenv: waiting for another process building the control-plane binaries in {}",
-            dir.display()
-        );
-        lock.lock().map_err(io_err(&lock_path))?;
-    }
-    if stamp.is_file() && bins.all_present() {
-        return Ok(bins);
-    }
-    build(&dir, &bins)?;
-    fs::write(&stamp, cache_key()).map_err(io_err(&stamp))?;
-    Ok(bins)
+    Ok(Binaries::in_dir(control_plane_set().ensure()?))
 }
 
-fn build(dir: &Path, bins: &Binaries) -> Result<(), BinariesError> {
-    let src = dir.join("src");
-    let k8s_src = src.join("kubernetes");
-    let etcd_src = src.join("etcd");
-    for (d, files) in [
-        (
-            &k8s_src,
-            [
-                ("go.mod", K8S_GO_MOD),
-                ("go.sum", K8S_GO_SUM),
-                ("tools.go", K8S_TOOLS),
-            ],
-        ),
-        (
-            &etcd_src,
-            [
-                ("go.mod", ETCD_GO_MOD),
-                ("go.sum", ETCD_GO_SUM),
-                ("tools.go", ETCD_TOOLS),
-            ],
-        ),
-    ] {
-        fs::create_dir_all(d).map_err(io_err(d))?;
-        for (name, content) in files {
-            let p = d.join(name);
-            fs::write(&p, content).map_err(io_err(&p))?;
+/// Returns the KubeVirt and kwok binaries, building them first if they are not cached yet
+/// (blocking; about 6 + 3 minutes cold on 2 cores).
+pub fn ensure_kubevirt() -> Result<KubeVirtBinaries, BinariesError> {
+    let kv = kubevirt_set().ensure()?;
+    let kwok = kwok_set().ensure()?;
+    Ok(KubeVirtBinaries {
+        virt_api: kv.join("virt-api"),
+        virt_controller: kv.join("virt-controller"),
+        virtctl: kv.join("virtctl"),
+        install_strategy: kv.join("install-strategy.json"),
+        kwok: kwok.join("kwok"),
+        kwok_stages: kwok.join("kwok-stages.yaml"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_name_the_versions_and_differ_between_sets() {
+        let cp = control_plane_set().key();
+        let kv = kubevirt_set().key();
+        let kw = kwok_set().key();
+        assert!(
+            cp.starts_with(&format!("k8s-{KUBERNETES_VERSION}-etcd-{ETCD_VERSION}-")),
+            "{cp}"
+        );
+        assert!(
+            kv.starts_with(&format!("kubevirt-{KUBEVIRT_VERSION}-")),
+            "{kv}"
+        );
+        assert!(kw.starts_with(&format!("kwok-{KWOK_VERSION}-")), "{kw}");
+    }
+
+    #[test]
+    fn kubernetes_binaries_are_stamped_with_the_release() {
+        let f = k8s_ldflags();
+        assert!(
+            f.contains(&format!("gitVersion={KUBERNETES_VERSION}")),
+            "{f}"
+        );
+        assert!(f.contains("gitMinor=37"), "{f}");
+    }
+
+    #[test]
+    fn every_declared_output_is_built_or_generated() {
+        for set in [control_plane_set(), kubevirt_set(), kwok_set()] {
+            for out in &set.outputs {
+                let generated = set.generate.iter().any(|g| g.output == *out);
+                let built = set.builds.iter().any(|b| {
+                    b.output == Some(*out)
+                        || (b.output.is_none()
+                            && b.packages
+                                .iter()
+                                .any(|p| p.rsplit('/').next() == Some(*out)))
+                });
+                assert!(
+                    generated || built,
+                    "{out} of {} is never produced",
+                    set.label
+                );
+            }
         }
     }
-    fs::create_dir_all(&bins.dir).map_err(io_err(&bins.dir))?;
-    let started = Instant::now();
-    eprintln!(
-        "testenv: building kube-apiserver and kube-controller-manager {KUBERNETES_VERSION} and etcd {ETCD_VERSION} with Go \
-         (first run on this machine only; several minutes on 2 cores) into {}",
-        bins.dir.display()
-    );
-    let mut out_dir = bins.dir.as_os_str().to_os_string();
-    out_dir.push("/");
-    go_build(
-        &k8s_src,
-        "kube-apiserver and kube-controller-manager",
-        &[
-            "build".into(),
-            "-trimpath".into(),
-            "-ldflags".into(),
-            build_flags_k8s().join(" ").into(),
-            "-o".into(),
-            out_dir,
-            "k8s.io/kubernetes/cmd/kube-apiserver".into(),
-            "k8s.io/kubernetes/cmd/kube-controller-manager".into(),
-        ],
-    )?;
-    eprintln!(
-        "testenv: kube-apiserver and kube-controller-manager built after {:.0?}; building etcd",
-        started.elapsed()
-    );
-    go_build(
-        &etcd_src,
-        "etcd",
-        &[
-            "build".into(),
-            "-trimpath".into(),
-            "-ldflags".into(),
-            "-s -w".into(),
-            "-o".into(),
-            bins.etcd.as_os_str().to_os_string(),
-            "go.etcd.io/etcd/server/v3".into(),
-        ],
-    )?;
-    eprintln!(
-        "testenv: control-plane binaries built in {:.0?}",
-        started.elapsed()
-    );
-    Ok(())
-}
-
-fn go_build(dir: &Path, what: &str, args: &[std::ffi::OsString]) -> Result<(), BinariesError> {
-    let output = Command::new("go")
-        .args(args)
-        .current_dir(dir)
-        .env("GOFLAGS", "-mod=mod")
-        .env("CGO_ENABLED", "0")
-        .output()
-        .map_err(BinariesError::NoGo)?;
-    if output.status.success() {
-        return Ok(());
-    }
-    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&output.stderr));
-    Err(BinariesError::Build {
-        what: what.to_string(),
-        status: output.status.to_string(),
-        command: format!(
-            "cd {} && go {}",
-            dir.display(),
-            args.iter()
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect::<Vec<_>>()
-                .join(" ")
-        ),
-        output: text,
-    })
 }

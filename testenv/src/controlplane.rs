@@ -451,6 +451,11 @@ impl ControlPlane {
         Ok(path)
     }
 
+    /// Whether kube-controller-manager runs in this control plane.
+    pub fn runs_controller_manager(&self) -> bool {
+        self.kcm_port.is_some()
+    }
+
     /// The apiserver URL, `https://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("https://127.0.0.1:{}", self.apiserver_port)

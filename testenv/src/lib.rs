@@ -1,15 +1,23 @@
-//! Real Kubernetes control planes for tests and local runs, and a KubeVirt simulator.
+//! Real Kubernetes control planes for tests and local runs, and KubeVirt's real control plane on
+//! them.
 //!
 //! `kube-apiserver`, `kube-controller-manager` and `etcd` are built from pinned Go modules (see
-//! [`binaries`]) and started on 127.0.0.1 with random ports and their own PKI
-//! ([`controlplane::ControlPlane`]). Every process is killed when its owner is dropped, on panic
-//! and on SIGINT/SIGTERM ([`process`]).
+//! [`binaries`], versions in [`versions`]) and started on 127.0.0.1 with random ports and their
+//! own PKI ([`controlplane::ControlPlane`]). [`kubevirt::KubeVirt`] runs KubeVirt's real
+//! virt-api and virt-controller, kube-scheduler and kwok (simulated nodes and pods) against a
+//! control plane, with a node agent (simulated virt-handler) as the one simulated KubeVirt part,
+//! and a simulated CDI ([`cdi`]).
+//! Every process is killed when its owner is dropped, on panic and on SIGINT/SIGTERM
+//! ([`process`]).
 pub mod binaries;
+pub mod cdi;
 pub mod controlplane;
+mod gobuild;
+pub mod kubevirt;
 /// Certificates and kubeconfigs (the `kvtenant-pki` crate, shared with the controller).
 pub use kvtenant_pki as pki;
 pub mod process;
-pub mod simulator;
 pub mod testing;
+pub mod versions;
 
 pub use controlplane::{ControlPlane, Options};

@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
-use testenv::simulator::{Simulator, SimulatorOptions};
+use testenv::kubevirt::{KubeVirt, KubeVirtOptions};
 use testenv::{ControlPlane, Options, binaries};
 
 #[derive(Parser)]
@@ -31,16 +31,23 @@ enum Cmd {
         /// Number of tenant control planes besides the host.
         #[arg(long, default_value_t = 0, env = "TESTENV_TENANTS")]
         tenants: usize,
-        /// Install the KubeVirt simulator (real KubeVirt/CDI CRDs, fake virt-controller and
-        /// virt-api) on the host. It simulates KubeVirt; no VM ever boots.
+        /// Run KubeVirt's real virt-api and virt-controller on the host, with kube-scheduler,
+        /// kwok (simulated nodes and pods), the node agent (simulated virt-handler) and a
+        /// simulated CDI. No VM ever boots.
         #[arg(long, env = "TESTENV_KUBEVIRT")]
         kubevirt: bool,
         /// Run kube-controller-manager in every control plane.
         #[arg(long, env = "TESTENV_CONTROLLER_MANAGER")]
         controller_manager: bool,
     },
-    /// Build (or find in the cache) the control-plane binaries and print where they are.
-    Build,
+    /// Build (or find in the cache) the control-plane binaries, KubeVirt's virt-api,
+    /// virt-controller and virtctl, and kwok, and print where they are.
+    Build {
+        /// Only the control-plane binaries (etcd, kube-apiserver, kube-controller-manager,
+        /// kube-scheduler).
+        #[arg(long, env = "TESTENV_BUILD_CONTROL_PLANE_ONLY")]
+        control_plane_only: bool,
+    },
 }
 
 #[tokio::main]
@@ -53,11 +60,26 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Cmd::Build => {
+        Cmd::Build { control_plane_only } => {
             let started = Instant::now();
             let bins = tokio::task::spawn_blocking(binaries::ensure).await??;
             println!("{}", bins.dir.display());
-            eprintln!("ready in {:.1?}", started.elapsed());
+            eprintln!("control plane ready in {:.1?}", started.elapsed());
+            if !control_plane_only {
+                let step = Instant::now();
+                let kv = tokio::task::spawn_blocking(binaries::ensure_kubevirt).await??;
+                for p in [&kv.virt_api, &kv.kwok] {
+                    if let Some(dir) = p.parent() {
+                        println!("{}", dir.display());
+                    }
+                }
+                eprintln!(
+                    "KubeVirt {} and kwok {} ready in {:.1?}",
+                    binaries::KUBEVIRT_VERSION,
+                    binaries::KWOK_VERSION,
+                    step.elapsed()
+                );
+            }
         }
         Cmd::Up {
             tenants,
@@ -71,7 +93,8 @@ async fn main() -> anyhow::Result<()> {
 async fn up(tenants: usize, kubevirt: bool, controller_manager: bool) -> anyhow::Result<()> {
     let opts = |name: String| {
         let o = Options::new(name);
-        if controller_manager {
+        // KubeVirt's launcher pods need the `default` ServiceAccount kcm creates
+        if controller_manager || kubevirt {
             o.with_controller_manager()
         } else {
             o
@@ -84,8 +107,19 @@ async fn up(tenants: usize, kubevirt: bool, controller_manager: bool) -> anyhow:
         host.kubeconfig_path().display(),
         host.last_ready_after
     );
-    let _sim = if kubevirt {
-        Some(install_simulator(&host).await?)
+    let _kubevirt = if kubevirt {
+        let kv = KubeVirt::start(&host, KubeVirtOptions::new()).await?;
+        println!(
+            "KubeVirt {}: real virt-api on 127.0.0.1:{} and virt-controller; simulated: nodes {:?} (kwok), \
+             virt-handler (node agent), CDI; no VM boots  (started in {:.1?}, logs in {})",
+            testenv::kubevirt::KUBEVIRT_VERSION,
+            kv.virt_api_port(),
+            kv.nodes(),
+            kv.started_after,
+            kv.dir().display()
+        );
+        println!("virtctl   {}", kv.binaries().virtctl.display());
+        Some(kv)
     } else {
         None
     };
@@ -106,7 +140,7 @@ async fn up(tenants: usize, kubevirt: bool, controller_manager: bool) -> anyhow:
     );
     if kubevirt {
         println!(
-            "     kubectl --kubeconfig {} get vm -A   (KubeVirt is simulated: no VM boots)",
+            "     kubectl --kubeconfig {} get vm -A   (no VM boots)",
             host.kubeconfig_path().display()
         );
     }
@@ -114,18 +148,4 @@ async fn up(tenants: usize, kubevirt: bool, controller_manager: bool) -> anyhow:
     tokio::signal::ctrl_c().await?;
     eprintln!("stopping");
     Ok(())
-}
-
-async fn install_simulator(host: &ControlPlane) -> anyhow::Result<Simulator> {
-    let sim = Simulator::install(
-        host.client()?,
-        SimulatorOptions::new().with_front_proxy_ca(host.pki().front_proxy_ca.cert_pem()),
-    )
-    .await?;
-    println!(
-        "KubeVirt simulator: CRDs {:?}, virt-api on 127.0.0.1:{} (simulated: no VM boots)",
-        sim.crds_source(),
-        sim.port()
-    );
-    Ok(sim)
 }

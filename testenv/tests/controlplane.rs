@@ -226,7 +226,8 @@ async fn processes_die_on_drop_and_on_panic() {
 /// (SIGINT) tears everything down.
 #[test]
 fn testenv_up_prints_working_kubeconfigs_and_ctrl_c_stops_everything() {
-    // `up --kubevirt` is the manual-check setup: a host with the KubeVirt simulator and a tenant
+    // `up --kubevirt` is the manual-check setup: a host running KubeVirt's real control plane
+    // (simulated nodes and virt-handler) and a tenant
     use std::io::{BufRead, BufReader};
     let child = Command::new(env!("CARGO_BIN_EXE_testenv"))
         .args(["up", "--tenants", "1", "--kubevirt"])
@@ -257,7 +258,7 @@ fn testenv_up_prints_working_kubeconfigs_and_ctrl_c_stops_everything() {
             .unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
     }
-    // the host has the (simulated) KubeVirt: its CRDs answer to the real kubectl
+    // the host runs KubeVirt: its CRDs (and webhooks) answer to the real kubectl
     let vm = serde_json::json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
         "metadata": {"name": "probe", "namespace": "default"},
         "spec": {"runStrategy": "Halted", "template": {"spec": {"domain": {"devices": {}}}}}});
@@ -278,6 +279,18 @@ fn testenv_up_prints_working_kubeconfigs_and_ctrl_c_stops_everything() {
         children.len() >= 4,
         "etcd + kube-apiserver twice: {children:?}"
     );
+    let names: Vec<String> = children
+        .iter()
+        .map(|c| {
+            std::fs::read_to_string(format!("/proc/{c}/comm"))
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        })
+        .collect();
+    for want in ["virt-api", "virt-controller", "kube-scheduler", "kwok"] {
+        assert!(names.iter().any(|n| n == want), "{want} in {names:?}");
+    }
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
     child.0.wait().unwrap();
     for c in children {

@@ -1,5 +1,6 @@
 //! End-to-end scenarios written once against (host kubeconfig, tenant kubeconfig) and run two
-//! ways: on testenv with the KubeVirt simulator (`tests/e2e_testenv.rs`, every `cargo test`)
+//! ways: on testenv with KubeVirt's real control plane and simulated nodes (`tests/e2e_testenv.rs`,
+//! every `cargo test`)
 //! and on kind with real KubeVirt (`tests/e2e_kind.rs`, `e2e-kind/test.sh`). They drive the
 //! real kubectl, as a tenant would.
 #![allow(dead_code)]
@@ -27,10 +28,10 @@ const SUB: &str = "/apis/subresources.kubevirt.io/v1/namespaces/default";
 pub struct Target {
     pub host_kubeconfig: PathBuf,
     pub tenant_kubeconfig: PathBuf,
-    /// Bound on each wait: seconds with the simulator, minutes with real VMs booting.
+    /// Bound on each wait: seconds on testenv (nothing boots), minutes with real VMs booting.
     pub timeout: Duration,
-    /// Whether VMs run in real pods, so host Services get endpoints (kind); the simulator makes
-    /// no pods.
+    /// Whether VMs run in pods, so host Services get endpoints: real pods on kind, kwok's
+    /// simulated virt-launcher pods (Ready, with an IP) on testenv.
     pub vm_pods: bool,
 }
 
@@ -343,7 +344,8 @@ impl Target {
 
     /// 2. Console answers: vm1's serial console, opened as a websocket (`plain.kubevirt.io`, as
     ///    virtctl does) through the tenant apiserver and kvtenant's proxy, sends bytes back after
-    ///    "\r\n" (real KubeVirt: the guest's login prompt or boot output; the simulator: the echo).
+    ///    "\r\n" (a booted guest: its login prompt or boot output; testenv's simulated
+    ///    virt-handler: the echo).
     pub fn console_answers(&self) {
         self.tenant_vmi_running("vm1");
         let rt = runtime();

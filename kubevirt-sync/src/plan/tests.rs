@@ -539,6 +539,30 @@ fn tenant_edits_and_host_drift_are_written_to_the_host() {
 }
 
 #[test]
+fn a_tenant_edit_keeps_the_firmware_identity_the_host_gave_the_vm() {
+    let f = Fake::new();
+    let t = vm(plain_spec());
+    let mut h = copy_of(&f, &t, None);
+    h.data["spec"]["template"]["spec"]["domain"]["firmware"] =
+        json!({"uuid": "u-1", "serial": "s-1"});
+    let mut edited = t.clone();
+    edited.data["spec"]["template"]["spec"]["domain"]["cpu"] = json!({"cores": 2});
+    let p = run(&f, "VirtualMachine", Some(&edited), Some(&h));
+    let Some(Step::ReplaceHost(r)) = p.steps.get(2) else {
+        panic!("{p:?}")
+    };
+    let fw = &r.data["spec"]["template"]["spec"]["domain"]["firmware"];
+    assert_eq!(
+        (fw["uuid"].as_str(), fw["serial"].as_str()),
+        (Some("u-1"), Some("s-1"))
+    );
+    assert_eq!(
+        r.data["spec"]["template"]["spec"]["domain"]["cpu"]["cores"],
+        2
+    );
+}
+
+#[test]
 fn a_start_through_the_host_virt_api_is_taken_up_not_reverted() {
     let f = Fake::new();
     let t = vm(plain_spec());

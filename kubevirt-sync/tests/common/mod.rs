@@ -1,5 +1,7 @@
-//! Test harness: a host control plane with the KubeVirt simulator, N tenant control planes
-//! registered as External VirtualClusters, and kvtenant's syncer running in-process.
+//! Test harness: a host control plane running KubeVirt's real virt-api and virt-controller
+//! (testenv's `KubeVirt`: kube-scheduler, kwok nodes and pods, the node agent as simulated
+//! virt-handler, simulated CDI; no VM boots), N tenant control planes registered as External
+//! VirtualClusters, and kvtenant's syncer running in-process.
 #![allow(dead_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -14,7 +16,7 @@ use kvtenant_api::VirtualCluster;
 use kvtenant_api::labels::VirtualClusterRef;
 use kvtenant_kubevirt_sync::{Syncer, SyncerConfig};
 use serde_json::{Value, json};
-use testenv::simulator::{Simulator, SimulatorOptions};
+use testenv::kubevirt::{KubeVirt, KubeVirtOptions};
 #[allow(unused_imports)] // each test crate uses a different subset
 pub use testenv::testing::{eventually, kubectl, kubectl_json, wait_for};
 use testenv::{ControlPlane, Options};
@@ -41,8 +43,9 @@ impl Tenant {
 }
 
 pub struct Env {
+    /// Declared first: dropped (its processes killed) before the host control plane.
+    pub kv: KubeVirt,
     pub host: ControlPlane,
-    pub sim: Simulator,
     pub tenants: Vec<Tenant>,
     pub syncer: Option<Syncer>,
 }
@@ -66,19 +69,16 @@ pub fn repo_root() -> PathBuf {
 }
 
 impl Env {
-    /// Host (with kube-controller-manager for garbage collection) + simulator + `tenants`
+    /// Host (with kube-controller-manager for garbage collection) + real KubeVirt + `tenants`
     /// tenant control planes, each an External VirtualCluster; the syncer started.
     pub async fn start(tenants: usize) -> Self {
         let host = ControlPlane::start(Options::new("host").with_controller_manager())
             .await
             .unwrap();
         let hc = host.client().unwrap();
-        let sim = Simulator::install(
-            hc.clone(),
-            SimulatorOptions::new().with_front_proxy_ca(host.pki().front_proxy_ca.cert_pem()),
-        )
-        .await
-        .unwrap();
+        let kv = KubeVirt::start(&host, KubeVirtOptions::new())
+            .await
+            .unwrap();
         install_virtualcluster_crd(&hc).await;
         let ns: Namespace =
             serde_json::from_value(json!({"metadata": {"name": VC_NAMESPACE}})).unwrap();
@@ -97,7 +97,7 @@ impl Env {
         }
         let mut env = Self {
             host,
-            sim,
+            kv,
             tenants: list,
             syncer: None,
         };

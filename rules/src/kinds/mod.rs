@@ -165,6 +165,13 @@ pub trait SyncedKind: Send + Sync {
         &[]
     }
 
+    /// JSON pointers (RFC 6901) of values the host sets once, at creation, that every update
+    /// from the tenant carries over where the tenant's object sets none
+    /// ([`crate::translate::keep`]).
+    fn host_kept(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// Where the VM template sits, for VM-like kinds.
     fn vm_template(&self) -> Option<&'static VmTemplate> {
         None

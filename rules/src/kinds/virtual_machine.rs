@@ -33,6 +33,16 @@ impl SyncedKind for VirtualMachine {
     fn mirrors_host_made(&self) -> bool {
         true
     }
+    /// KubeVirt's VM mutator gives a VM its firmware UUID and serial and its PCI topology
+    /// version only at creation; a tenant's update must not drop them (the guest would see new
+    /// SMBIOS identifiers after its next start).
+    fn host_kept(&self) -> &'static [&'static str] {
+        &[
+            "/spec/template/spec/domain/firmware/uuid",
+            "/spec/template/spec/domain/firmware/serial",
+            "/spec/template/metadata/annotations/kubevirt.io~1pci-topology-version",
+        ]
+    }
     fn vm_template(&self) -> Option<&'static VmTemplate> {
         Some(&TEMPLATE)
     }

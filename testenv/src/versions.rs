@@ -1,0 +1,89 @@
+//! Every version testenv builds, in one place. The Go module files under `testenv/go/` pin the
+//! same versions (regenerate them with `testenv/go/update-go-mod.sh`); a unit test checks that
+//! the two agree.
+
+/// Kubernetes release kube-apiserver, kube-controller-manager and kube-scheduler are built from.
+pub const KUBERNETES_VERSION: &str = "v1.37.2";
+/// etcd release.
+pub const ETCD_VERSION: &str = "v3.7.3";
+/// KubeVirt release virt-api, virt-controller, virtctl and the install strategy come from
+/// (v1.9.0 does not build from the module proxy; see `shared/notes/real-kubevirt.md`).
+pub const KUBEVIRT_VERSION: &str = "v1.8.1";
+/// kwok release (simulated nodes and pods).
+pub const KWOK_VERSION: &str = "v0.8.0";
+
+/// The Go module files testenv embeds, by directory under `testenv/go/`.
+pub(crate) mod gomod {
+    pub const K8S_GO_MOD: &str = include_str!("../go/kubernetes/go.mod");
+    pub const K8S_GO_SUM: &str = include_str!("../go/kubernetes/go.sum");
+    pub const K8S_TOOLS: &str = include_str!("../go/kubernetes/tools.go");
+    pub const ETCD_GO_MOD: &str = include_str!("../go/etcd/go.mod");
+    pub const ETCD_GO_SUM: &str = include_str!("../go/etcd/go.sum");
+    pub const ETCD_TOOLS: &str = include_str!("../go/etcd/tools.go");
+    pub const KUBEVIRT_GO_MOD: &str = include_str!("../go/kubevirt/go.mod");
+    pub const KUBEVIRT_GO_SUM: &str = include_str!("../go/kubevirt/go.sum");
+    pub const KUBEVIRT_TOOLS: &str = include_str!("../go/kubevirt/tools.go");
+    pub const KUBEVIRT_INSTALL_STRATEGY: &str =
+        include_str!("../go/kubevirt/cmd/kubevirt-install-strategy/main.go");
+    pub const KWOK_GO_MOD: &str = include_str!("../go/kwok/go.mod");
+    pub const KWOK_GO_SUM: &str = include_str!("../go/kwok/go.sum");
+    pub const KWOK_TOOLS: &str = include_str!("../go/kwok/tools.go");
+    pub const KWOK_STAGES: &str = include_str!("../go/kwok/cmd/kwok-stages/main.go");
+}
+
+/// The version a go.mod `require`s (or replaces) `module` with, if any.
+pub fn required_version<'a>(go_mod: &'a str, module: &str) -> Option<&'a str> {
+    go_mod.lines().find_map(|line| {
+        let line = line.trim();
+        let line = line.strip_prefix("require ").unwrap_or(line);
+        let mut parts = line.split_whitespace();
+        (parts.next() == Some(module))
+            .then(|| parts.next())
+            .flatten()
+            .filter(|v| v.starts_with('v'))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gomod::*;
+    use super::*;
+
+    #[test]
+    fn go_modules_pin_the_versions_declared_here() {
+        assert_eq!(
+            required_version(K8S_GO_MOD, "k8s.io/kubernetes"),
+            Some(KUBERNETES_VERSION)
+        );
+        assert_eq!(
+            required_version(ETCD_GO_MOD, "go.etcd.io/etcd/server/v3"),
+            Some(ETCD_VERSION)
+        );
+        assert_eq!(
+            required_version(KUBEVIRT_GO_MOD, "kubevirt.io/kubevirt"),
+            Some(KUBEVIRT_VERSION)
+        );
+        assert_eq!(
+            required_version(KWOK_GO_MOD, "sigs.k8s.io/kwok"),
+            Some(KWOK_VERSION)
+        );
+    }
+
+    #[test]
+    fn kubevirt_module_repeats_kubevirts_staging_replaces() {
+        // KubeVirt's own replace block does not apply to a dependency; ours must pin its staging
+        // modules to the same tag, or Go picks whatever the graph wants.
+        for m in ["kubevirt.io/api", "kubevirt.io/client-go"] {
+            let line = format!("{m} => {m} {KUBEVIRT_VERSION}");
+            assert!(KUBEVIRT_GO_MOD.contains(&line), "go.mod lacks `{line}`");
+        }
+    }
+
+    #[test]
+    fn required_version_reads_single_and_block_requires() {
+        let m = "module x\n\nrequire a.b/c v1.2.3\n\nrequire (\n\td.e/f v0.1.0 // indirect\n)\n";
+        assert_eq!(required_version(m, "a.b/c"), Some("v1.2.3"));
+        assert_eq!(required_version(m, "d.e/f"), Some("v0.1.0"));
+        assert_eq!(required_version(m, "d.e"), None);
+    }
+}
