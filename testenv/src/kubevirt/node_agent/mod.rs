@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{
     Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
@@ -42,6 +42,8 @@ pub const NAME: &str = "node agent (simulated virt-handler)";
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(30);
 /// Retry delay after a pass that could not do everything (conflicts, webhook hiccups).
 const RETRY_AFTER: Duration = Duration::from_millis(250);
+/// How long events are collected before a pass (at most this much added latency).
+const COALESCE: Duration = Duration::from_millis(50);
 /// Writes of one pass in flight at once (each VMI update passes virt-api's webhooks).
 const WRITES_IN_FLIGHT: usize = 8;
 
@@ -326,8 +328,16 @@ async fn run_sync(agent: Arc<Agent>, shutdown: CancellationToken) {
             _ = agent.changed.notified() => {}
             _ = wait_retry => {}
         }
-        // take every event already queued before one pass over the stores
-        while let Some(Some(())) = events.next().now_or_never() {}
+        // take the events of the next moment too (a burst of creates makes thousands), so one
+        // pass over the stores serves them all
+        let until = tokio::time::Instant::now() + COALESCE;
+        loop {
+            match tokio::time::timeout_at(until, events.next()).await {
+                Ok(Some(())) => continue,
+                Ok(None) => return,
+                Err(_) => break,
+            }
+        }
         let vmi_list: Vec<Value> = vmis.state().iter().map(|o| to_value(o.as_ref())).collect();
         let pod_list: Vec<Value> = pods.state().iter().map(|o| to_value(o.as_ref())).collect();
         retry = !agent.pass(&vmi_list, &pod_list).await;
