@@ -71,6 +71,8 @@ pub struct Counters {
     /// Live migration steps reported (four per migration).
     pub migration_steps: AtomicU64,
     pub heartbeats: AtomicU64,
+    /// Writes refused with 409 Conflict (a newer version existed; retried).
+    pub conflicts: AtomicU64,
     pub errors: AtomicU64,
 }
 
@@ -86,7 +88,9 @@ pub struct NodeAgentStats {
     /// Live migration steps reported (four per migration).
     pub migration_steps: u64,
     pub heartbeats: u64,
-    /// Failed writes (all are retried).
+    /// Writes refused with 409 Conflict (a newer version existed; retried).
+    pub conflicts: u64,
+    /// Other failed writes (all are retried): refusals, webhook errors.
     pub errors: u64,
 }
 
@@ -242,6 +246,7 @@ impl NodeAgent {
             reports: get(&self.counters.reports),
             migration_steps: get(&self.counters.migration_steps),
             heartbeats: get(&self.counters.heartbeats),
+            conflicts: get(&self.counters.conflicts),
             errors: get(&self.counters.errors),
         }
     }
@@ -522,9 +527,14 @@ impl Agent {
                 }
                 true
             }
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                self.counters.conflicts.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(message = %s.message, "{NAME}: conflict; retrying");
+                false
+            }
             Err(e) => {
                 self.counters.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(error = %e, "{NAME}: write failed; retrying");
+                tracing::warn!(error = %e, "{NAME}: write failed; retrying");
                 false
             }
         }
