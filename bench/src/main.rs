@@ -163,7 +163,9 @@ struct NodeAgentTotals {
     vmis_started: u64,
     vmis_stopped: u64,
     heartbeats: u64,
-    /// Failed writes (conflicts included; all retried).
+    /// Writes refused with a conflict (retried).
+    conflicts: u64,
+    /// Other failed writes (retried).
     errors: u64,
 }
 
@@ -372,11 +374,12 @@ async fn run(args: Args) -> Result<usize> {
         vmis_started: st.vmis_started,
         vmis_stopped: st.vmis_stopped,
         heartbeats: st.heartbeats,
+        conflicts: st.conflicts,
         errors: st.errors,
     });
     println!(
-        "\nnode agent (simulated virt-handler) over the whole bench: {} VMIs reported Running, {} Succeeded, {} failed writes (conflicts included, retried)",
-        st.vmis_started, st.vmis_stopped, st.errors
+        "\nnode agent (simulated virt-handler) over the whole bench: {} VMIs reported Running, {} Succeeded, {} conflicts and {} other failed writes (all retried)",
+        st.vmis_started, st.vmis_stopped, st.conflicts, st.errors
     );
     rep.targets = targets(&rep);
     report::targets_table(&rep.targets).print();

@@ -43,31 +43,64 @@ async fn host_acting_fields_and_annotations_never_reach_the_host() {
         ),
         (
             "critical",
-            vm_manifest("critical", "default", json!({"priorityClassName": "system-node-critical"})),
+            vm_manifest(
+                "critical",
+                "default",
+                json!({"priorityClassName": "system-node-critical"}),
+            ),
             "spec.template.spec.priorityClassName",
         ),
         (
             "scheduler",
-            vm_manifest("scheduler", "default", json!({"schedulerName": "host-scheduler"})),
+            vm_manifest(
+                "scheduler",
+                "default",
+                json!({"schedulerName": "host-scheduler"}),
+            ),
             "spec.template.spec.schedulerName",
         ),
         ("sidecar", sidecar, "hooks.kubevirt.io/hookSidecars"),
-        ("keepalive", keepalive, "kubevirt.io/keep-launcher-alive-after-failure"),
+        (
+            "keepalive",
+            keepalive,
+            "kubevirt.io/keep-launcher-alive-after-failure",
+        ),
         ("multus", multus, "k8s.v1.cni.cncf.io/networks"),
     ];
     let mut good = vm_manifest("good", "default", json!({}));
     good["spec"]["template"]["metadata"]["annotations"] =
-        json!({"kubevirt.io/ignitiondata": "{}", "example.com/owner": "team-a"});
+        json!({"vm.kubevirt.io/os": "fedora", "example.com/owner": "team-a"});
+    // passes kvtenant's rules, but the host's KubeVirt refuses it (ignition is behind a feature
+    // gate the host does not enable): the tenant is told the host's reason
+    let mut ignition = vm_manifest("ignition", "default", json!({}));
+    ignition["spec"]["template"]["metadata"]["annotations"] =
+        json!({"kubevirt.io/ignitiondata": "{}"});
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(ignition).unwrap(),
+    )
+    .await
+    .unwrap();
     for (_, vm, _) in &cases {
-        api.create(&PostParams::default(), &serde_json::from_value(vm.clone()).unwrap())
-            .await
-            .unwrap();
-    }
-    api.create(&PostParams::default(), &serde_json::from_value(good).unwrap())
+        api.create(
+            &PostParams::default(),
+            &serde_json::from_value(vm.clone()).unwrap(),
+        )
         .await
         .unwrap();
+    }
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(good).unwrap(),
+    )
+    .await
+    .unwrap();
     let events: Api<Event> = Api::namespaced(t.client(), "default");
-    for (name, _, field) in &cases {
+    let refused = cases
+        .iter()
+        .map(|(n, _, f)| (*n, *f))
+        .chain(std::iter::once(("ignition", "the host cluster refused it")));
+    for (name, field) in refused {
         let ev = wait_for(&format!("a SyncRefused event for {name}"), WAIT, || {
             let events = events.clone();
             async move {
@@ -78,7 +111,7 @@ async fn host_acting_fields_and_annotations_never_reach_the_host() {
                     .items
                     .into_iter()
                     .find(|e| {
-                        e.involved_object.name.as_deref() == Some(*name)
+                        e.involved_object.name.as_deref() == Some(name)
                             && e.reason.as_deref() == Some("SyncRefused")
                     })
             }

@@ -64,6 +64,16 @@ async fn vm_reaches_running_through_the_real_virt_controller() {
     let vm = vm_status(&h.client, "vms", "vm1", "Running").await;
     assert_eq!(at(&vm, "/status/ready"), Some(&json!(true)));
     assert_eq!(h.kv.node_agent_stats().vmis_started, 1);
+    // the heartbeat, written as kubevirt-handler bound to its node, passed KubeVirt's node
+    // restriction policy
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(h.client.clone());
+    let n = nodes.get(&node).await.unwrap();
+    assert!(
+        n.annotations().contains_key("kubevirt.io/heartbeat"),
+        "{:?}",
+        n.annotations()
+    );
+    assert_eq!(h.kv.node_agent_stats().errors, 0, "no refused write");
 
     // everything dies with its owner
     let mut pids = h.kv.pids();

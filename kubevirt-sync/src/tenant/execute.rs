@@ -66,14 +66,18 @@ impl Tenant {
                         Err(e) if classify(&e) == ApiErrorClass::Conflict => {
                             return Ok(Some(CONFLICT_WAIT));
                         }
-                        Err(e) => return Err(Error::api("create", Cluster::Host, host_what)(e)),
+                        Err(e) => {
+                            self.tell_host_refusal(kind, key, &e).await;
+                            return Err(Error::api("create", Cluster::Host, host_what)(e));
+                        }
                     }
                 }
                 Step::ReplaceHost(obj) => {
                     self.api_call(Cluster::Host, "replace");
-                    host.replace(&key.name, &PostParams::default(), &obj)
-                        .await
-                        .map_err(Error::api("replace", Cluster::Host, host_what.clone()))?;
+                    if let Err(e) = host.replace(&key.name, &PostParams::default(), &obj).await {
+                        self.tell_host_refusal(kind, key, &e).await;
+                        return Err(Error::api("replace", Cluster::Host, host_what)(e));
+                    }
                     self.synced(kind, "down");
                 }
                 Step::ConfirmTenantGone => {
@@ -184,6 +188,37 @@ impl Tenant {
             }
         }
         Ok(None)
+    }
+
+    /// When the host refuses the tenant's object (its admission webhooks or validation: the
+    /// host's KubeVirt configuration differs from what the tenant's apiserver checked), the
+    /// tenant is told why, as for kvtenant's own refusals. The write is retried with backoff
+    /// either way (the host's configuration may change).
+    async fn tell_host_refusal(&self, kind: &Kind, key: &Key, e: &kube::Error) {
+        let kube::Error::Api(status) = e else { return };
+        let class = classify(e);
+        // validation, or an admission webhook's denial; not RBAC (that is the platform
+        // admin's to fix, and would show the tenant kvtenant's host identity)
+        let told = match class {
+            ApiErrorClass::Invalid => true,
+            ApiErrorClass::Forbidden => {
+                status.message.contains("admission webhook") && !is_namespace_terminating(e)
+            }
+            _ => false,
+        };
+        if !told {
+            return;
+        }
+        let Some(t) = self.tenant_get(key.kind, &key.namespace, &key.name) else {
+            return;
+        };
+        let v = kvtenant_rules::Violation::new(
+            "(host)",
+            format!("the host cluster refused it: {}", status.message),
+        );
+        if let Err(err) = self.refuse(kind, key, &t, &[v]).await {
+            tracing::debug!(tenant = %self.label, error = %err, "telling the tenant about a host refusal");
+        }
     }
 
     /// Writes `status` onto the tenant object `base` (current resourceVersion): through
