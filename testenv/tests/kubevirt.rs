@@ -61,8 +61,14 @@ async fn vm_reaches_running_through_the_real_virt_controller() {
             at(&vmi, "/status/conditions")
         );
     }
-    let vm = vm_status(&h.client, "vms", "vm1", "Running").await;
-    assert_eq!(at(&vm, "/status/ready"), Some(&json!(true)));
+    vm_status(&h.client, "vms", "vm1", "Running").await;
+    // virt-controller writes printableStatus and ready in separate passes: wait for both
+    wait_for("VM vms/vm1 ready", WAIT, || async {
+        get(&h.client, &vm_ar(), "vms", "vm1")
+            .await
+            .filter(|v| at(v, "/status/ready") == Some(&json!(true)))
+    })
+    .await;
     assert_eq!(h.kv.node_agent_stats().vmis_started, 1);
     // the heartbeat, written as kubevirt-handler bound to its node, passed KubeVirt's node
     // restriction policy
