@@ -26,7 +26,7 @@ fn node_of(vmi: &DynamicObject) -> Option<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn virtctl_migrate_in_the_tenant_moves_the_instance_on_the_host() {
     let env = Env::start(1).await;
-    let shared = env.syncer.as_ref().unwrap().shared.clone();
+    let shared = env.syncer.as_ref().unwrap().tenants();
     let _proxy = Proxy::start(shared, ProxyConfig::local()).await.unwrap();
     let t = &env.tenants[0];
     let apis: Api<APIService> = Api::all(t.client());
