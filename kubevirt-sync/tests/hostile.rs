@@ -59,6 +59,15 @@ async fn host_acting_fields_and_annotations_never_reach_the_host() {
             ),
             "spec.template.spec.schedulerName",
         ),
+        (
+            "host-token",
+            vm_manifest(
+                "host-token",
+                "default",
+                json!({"volumes": [{"name": "sa", "serviceAccount": {"serviceAccountName": "default"}}]}),
+            ),
+            "spec.template.spec.volumes[0].serviceAccount",
+        ),
         ("sidecar", sidecar, "hooks.kubevirt.io/hookSidecars"),
         (
             "keepalive",

@@ -127,6 +127,17 @@ pub fn check_with(
             );
         }
     }
+    for (i, vol) in items(spec, "/volumes") {
+        if vol.get("serviceAccount").is_some() {
+            deny(
+                format!("{p}.volumes[{i}].serviceAccount"),
+                "serviceAccount volumes would put a token of the host cluster into the VM; \
+                 kvtenant does not pass them yet (tokens issued by the virtual cluster are \
+                 planned); use a secret volume with the credentials the guest needs"
+                    .into(),
+            );
+        }
+    }
     for device_list in ["hostDevices", "gpus"] {
         for (i, dev) in items(spec, &format!("/domain/devices/{device_list}")) {
             let name = dev.get("deviceName").and_then(Value::as_str).unwrap_or("");
@@ -336,6 +347,19 @@ mod tests {
             ..VmPolicy::default()
         };
         assert_eq!(check(&VM, &v, &policy).len(), 2, "annotations stay refused");
+    }
+
+    #[test]
+    fn service_account_volumes_would_carry_a_host_token_and_are_refused() {
+        let v = vm(
+            json!({"volumes": [{"name": "sa", "serviceAccount": {"serviceAccountName": "default"}}]}),
+        );
+        let found = check(&VM, &v, &VmPolicy::default());
+        assert_eq!(found.len(), 1);
+        assert_eq!(
+            found[0].path,
+            "spec.template.spec.volumes[0].serviceAccount"
+        );
     }
 
     #[test]
