@@ -43,7 +43,10 @@ pub const SPEC_HASH: &str = "tenancy.kvtenant.io/spec-hash";
 pub const MIRROR_OF: &str = "tenancy.kvtenant.io/mirror-of-uid";
 /// Finalizer on tenant mirrors, so a tenant's delete of a mirror reaches the host object.
 pub const MIRROR_FINALIZER: &str = "tenancy.kvtenant.io/mirror";
-/// Label on tenant Nodes kvtenant shows for host nodes running the tenant's VMIs.
+/// Annotation on a host Secret holding a tenant ServiceAccount token: when the token expires
+/// (seconds since the epoch).
+pub const TOKEN_EXPIRES: &str = "tenancy.kvtenant.io/token-expires";
+/// Label on tenant Nodes kvtenant shows for host nodes running the tenant's workloads.
 pub const HOST_NODE: &str = "tenancy.kvtenant.io/host-node";
 /// Condition type kvtenant sets on a tenant object it refuses to sync.
 pub const SYNCED_CONDITION: &str = "Synced";

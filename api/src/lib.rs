@@ -23,3 +23,18 @@ pub const GROUP: &str = "tenancy.kvtenant.io";
 
 /// The field manager kvtenant uses for server-side apply, and the `managed-by` label value.
 pub const MANAGER: &str = "kvtenant";
+
+/// A virtual cluster's kube-controller-manager `--controllers`: every default controller but
+/// those that manage storage and node health, which the host owns. A virtual cluster has no
+/// storage and no kubelets of its own: its PVCs are views of host claims and its Nodes stand for
+/// host nodes running its pods and VMs (status copied up by the syncer); the volume and
+/// node-lifecycle controllers would fight the syncer (set Bound claims back to Pending, mark the
+/// shown Nodes NotReady and evict their pods). No scheduler runs in a virtual cluster: the host
+/// schedules, and the syncer binds the tenant's pods where the host placed them.
+pub const TENANT_CONTROLLERS: &[&str] = &[
+    "*",
+    "-persistentvolume-binder-controller",
+    "-persistentvolume-attach-detach-controller",
+    "-persistentvolume-expander-controller",
+    "-node-lifecycle-controller",
+];

@@ -14,7 +14,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use kvtenant_api::labels::{HostNamespaceOwner, MANAGED_BY, MANAGED_BY_VALUE};
-use kvtenant_rules::kinds::{self, KindId, Trigger};
+use kvtenant_rules::kinds::{self, KindId};
 
 use crate::metrics::Metrics;
 use crate::queue::FairQueue;
@@ -206,10 +206,10 @@ async fn watch_kind(
     let spec = kinds::get(kind);
     let api: Api<DynamicObject> = Api::all_with(host.client.clone(), &spec.resource);
     let mut cfg = watcher::Config::default();
-    if spec.trigger() != Trigger::Always && !spec.mirrors_host_made() {
-        // only kvtenant's own copies: the syncer never reads other host Secrets. Kinds whose
-        // host-made objects are mirrored (PVCs CDI makes for DataVolumes) are watched whole;
-        // only those in kvtenant's host namespaces are ever looked at.
+    if spec.watch_host_copies_only() {
+        // only kvtenant's own copies: the syncer never reads other host Secrets or Pods. Kinds
+        // whose host-made objects are mirrored (PVCs CDI makes for DataVolumes) are watched
+        // whole; only those in kvtenant's host namespaces are ever looked at.
         cfg = cfg.labels(&format!("{MANAGED_BY}={MANAGED_BY_VALUE}"));
     }
     let mut stream = reflector::reflector(

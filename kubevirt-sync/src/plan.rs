@@ -15,14 +15,17 @@
 //! | none                   | host-made        | mirror it up (kinds that mirror; owners mirrored first, else wait) |
 //! | none                   | foreign          | nothing                                           |
 //! | mirror                 | any              | show its node; revert tenant edits, follow the host; a tenant delete deletes the host object; gone on the host → gone in the tenant |
-//! | own, being deleted     | any              | nothing (its absence deletes the copy)            |
+//! | own, being deleted     | any              | nothing (its absence deletes the copy); Pods: delete the copy gracefully, then the tenant pod |
 //! | own, kind mirror-only  | any              | refuse, naming the setting                        |
 //! | own, not wanted        | copy             | delete the copy (no longer referenced/selecting)  |
 //! | own, not wanted        | none/other       | nothing                                           |
 //! | own, violates policy   | any              | refuse (Event, `Synced=False`)                    |
-//! | own                    | none             | dependencies, host namespace, create              |
+//! | own, not wanted        | ...              | (also: `default/kubernetes`, the tenant apiserver's own Service) |
+//! | own, ran on the host   | none             | a Pod the host removed: delete the tenant pod     |
+//! | own                    | none             | dependencies, host namespace, create (Pods: then their tenant token) |
 //! | own                    | host-made/foreign| refuse: the name is taken on the host             |
-//! | own                    | copy             | dependencies, host namespace; take a host start/stop up, or repair/update the copy; status up |
+//! | own                    | copy             | dependencies, host namespace; take a host start/stop up, or repair/update the copy; refresh a Pod's token; show its node; show the host's decisions (bind a Pod, the host's Service addresses) or else status up |
+//! | none, being recreated  | copy             | wait (kvtenant recreates the tenant Service with the host's cluster IP) |
 //!
 //! # Guarantees
 //!
@@ -41,14 +44,15 @@ use std::time::Duration;
 
 use kube::api::DynamicObject;
 use kvtenant_api::labels::VirtualClusterRef;
-use kvtenant_rules::Violation;
-use kvtenant_rules::kinds::{Enablement, Kind, Trigger};
+use kvtenant_rules::kinds::{Enablement, HostContext, Kind, TenantFix, Trigger};
+use kvtenant_rules::pod::identity::ApiEndpoint;
 use kvtenant_rules::translate::keep::keep_host_set;
 use kvtenant_rules::translate::{
     MIRROR_OF, host_needs_update, is_copy_for, is_kvtenant_copy, is_mirror, map_owner_by_name,
     merge_for_update, merge_mirror, mirror_differs, remove_pointers, to_host, to_tenant_mirror,
 };
 use kvtenant_rules::vm::refs::ObjRef;
+use kvtenant_rules::{Policy, Violation};
 use serde_json::Value;
 
 /// How long to wait for a host-made object's owner to be mirrored first.
@@ -59,13 +63,19 @@ pub const CONFLICT_WAIT: Duration = Duration::from_millis(200);
 /// What the plan needs to know besides the two objects; the tenant implements it over its caches.
 pub trait View {
     fn vc(&self) -> &VirtualClusterRef;
-    fn policy(&self) -> &kvtenant_api::VmPolicy;
+    fn policy(&self) -> Policy<'_>;
+    /// The virtual cluster's apiserver as host pods reach it, when known.
+    fn api_endpoint(&self) -> Option<&ApiEndpoint>;
     /// Whether the kind is synced for this tenant.
     fn enablement(&self, kind: &Kind) -> Enablement;
     /// Whether a synced object of the namespace references this one.
     fn referenced(&self, kind: &Kind, namespace: &str, name: &str) -> bool;
-    /// Whether the selector selects a synced VM's instances in the namespace.
-    fn selects_vm(&self, namespace: &str, selector: &serde_json::Map<String, Value>) -> bool;
+    /// Whether another tenant Service than `namespace/name` has this cluster IP.
+    fn cluster_ip_taken(&self, ip: &str, namespace: &str, name: &str) -> bool;
+    /// Whether kvtenant is recreating this tenant object right now (it is briefly gone).
+    fn recreating(&self, kind: &Kind, namespace: &str, name: &str) -> bool;
+    /// Whether recreating this tenant object failed before (it is not tried again).
+    fn recreate_failed(&self, kind: &Kind, namespace: &str, name: &str) -> bool;
     /// The uid of a host object, by kind name (owner references name kinds).
     fn host_uid(&self, kind: &str, host_namespace: &str, name: &str) -> Option<String>;
     /// The uid of a tenant object, by kind name.
@@ -108,7 +118,19 @@ pub enum Step {
     ConfirmTenantGone,
     /// Delete the host object (gone already is fine).
     DeleteHost,
-    /// Merge-patch the tenant object: a change made on the host the tenant takes up.
+    /// Delete the host object with this grace period (a Pod the tenant deletes).
+    DeleteHostGracefully(i64),
+    /// Delete the tenant object at once (a Pod whose host copy is gone).
+    ForceDeleteTenant,
+    /// Write a token of this tenant ServiceAccount, bound to the tenant object, into the host
+    /// Secret its host copy mounts (when missing or about to expire).
+    EnsureToken(String),
+    /// Bind the tenant pod to this node (where the host scheduled its copy).
+    Bind(String),
+    /// Recreate the tenant object as given (same name; values only a create can set).
+    RecreateTenant(Box<DynamicObject>),
+    /// Merge-patch the tenant object: a change made on the host the tenant takes up, or values
+    /// the host assigned.
     TakeUp(Value),
     /// Write this status onto the tenant object.
     StatusUp(Value),
@@ -151,6 +173,11 @@ impl Plan {
         self
     }
 
+    fn with_all(mut self, steps: impl IntoIterator<Item = Step>) -> Self {
+        self.steps.extend(steps);
+        self
+    }
+
     fn wait(mut self, after: Duration) -> Self {
         self.requeue = Some(after);
         self
@@ -175,9 +202,15 @@ pub fn plan(
     match (tenant, host) {
         (Some(t), h) if is_mirror(t) => plan_mirror(view, kind, namespace, t, h),
         (Some(t), h) => plan_down(view, kind, namespace, t, h),
-        (None, Some(h)) if is_copy_for(h, uid) => Plan::new(Direction::Delete)
-            .with(Step::ConfirmTenantGone)
-            .with(Step::DeleteHost),
+        (None, Some(h)) if is_copy_for(h, uid) => {
+            let name = h.metadata.name.as_deref().unwrap_or_default();
+            if view.recreating(kind, namespace, name) {
+                return Plan::new(Direction::Noop).wait(CONFLICT_WAIT);
+            }
+            Plan::new(Direction::Delete)
+                .with(Step::ConfirmTenantGone)
+                .with(Step::DeleteHost)
+        }
         (None, Some(h)) if kind.mirrors_host_made() && !is_kvtenant_copy(h) => {
             plan_new_mirror(view, namespace, h)
         }
@@ -196,7 +229,18 @@ fn plan_down(
     let p = Plan::new(Direction::Down);
     let uid = &view.vc().uid;
     if t.metadata.deletion_timestamp.is_some() {
-        return p; // gone soon; its absence deletes the host copy
+        if !kind.follows_host_lifecycle() {
+            return p; // gone soon; its absence deletes the host copy
+        }
+        // a Pod: the host copy goes first, gracefully; then the tenant pod
+        return match h {
+            Some(h) if is_copy_for(h, uid) && h.metadata.deletion_timestamp.is_none() => {
+                let grace = t.metadata.deletion_grace_period_seconds.unwrap_or(30);
+                p.with(Step::DeleteHostGracefully(grace))
+            }
+            Some(h) if is_copy_for(h, uid) => p, // the host is stopping it
+            _ => p.with(Step::ForceDeleteTenant),
+        };
     }
     match view.enablement(kind) {
         Enablement::Synced => {}
@@ -210,22 +254,22 @@ fn plan_down(
         Enablement::Off => return p,
     }
     let name = t.metadata.name.as_deref().unwrap_or_default();
-    let wanted = match kind.trigger() {
-        Trigger::Always => true,
-        Trigger::WhenReferenced => view.referenced(kind, namespace, name),
-        Trigger::WhenSelectingVm => t
-            .data
-            .pointer("/spec/selector")
-            .and_then(Value::as_object)
-            .is_some_and(|s| view.selects_vm(namespace, s)),
-    };
+    let wanted = kind.wanted_name(namespace, name)
+        && match kind.trigger() {
+            Trigger::Always => true,
+            Trigger::WhenReferenced => view.referenced(kind, namespace, name),
+        };
     if !wanted {
         return match h {
             Some(h) if is_copy_for(h, uid) => p.with(Step::DeleteHost),
             _ => p,
         };
     }
-    let violations = kind.violations(&with_metadata(kind, t), view.policy(), None);
+    // a Pod the host removed after it ran there (eviction, node loss) ends in the tenant
+    if h.is_none() && kind.follows_host_lifecycle() && kind.ran_on_host(&t.data) {
+        return p.with(Step::ForceDeleteTenant);
+    }
+    let violations = kind.violations(&with_metadata(t), &view.policy(), None);
     if !violations.is_empty() {
         return p.with(Step::Refuse(violations));
     }
@@ -237,6 +281,15 @@ fn plan_down(
     let host_ns = view.vc().host_namespace(namespace);
     let mut prepared = t.clone();
     remove_pointers(&mut prepared.data, kind.host_assigned());
+    kind.to_host_data(
+        &mut prepared.data,
+        &HostContext {
+            tenant_namespace: namespace,
+            name,
+            api: view.api_endpoint(),
+        },
+    );
+    let token = kind.tenant_token(&t.data).map(Step::EnsureToken);
     let desired = to_host(&prepared, &host_ns, view.vc(), |o| {
         map_owner_by_name(o, |k, n| view.host_uid(k, &host_ns, n))
     });
@@ -244,6 +297,7 @@ fn plan_down(
         None => p
             .with(Step::EnsureHostNamespace)
             .with(Step::CreateHost(Box::new(desired)))
+            .with_all(token)
             .with(Step::ClearRefusal),
         Some(h) if !is_copy_for(h, uid) => p.with(Step::Refuse(vec![Violation::new(
             "metadata.name",
@@ -264,7 +318,14 @@ fn plan_down(
                 keep_host_set(&mut merged.data, &h.data, kind.host_kept());
                 p = p.with(Step::ReplaceHost(Box::new(merged)));
             }
-            p = p.with(Step::ClearRefusal);
+            p = p.with_all(token).with(Step::ClearRefusal);
+            if let Some(node) = kind.host_node(&h.data) {
+                p = p.with(Step::ShowNode(node.to_string()));
+            }
+            if let Some(fix) = tenant_fix(view, kind, namespace, t, h) {
+                // the tenant object changes: its status follows on the next event
+                return p.with(fix);
+            }
             match h.data.get("status") {
                 Some(status) if t.data.get("status") != Some(status) => {
                     p.with(Step::StatusUp(status.clone()))
@@ -275,13 +336,66 @@ fn plan_down(
     }
 }
 
-/// The object as the rules read it: its data, and for VM-like kinds the annotations and labels
-/// of its metadata (what reaches the host's VMs and pods).
-fn with_metadata(kind: &Kind, t: &DynamicObject) -> Value {
+/// What the host decided that the tenant object does not show yet, as steps.
+fn tenant_fix(
+    view: &impl View,
+    kind: &Kind,
+    namespace: &str,
+    t: &DynamicObject,
+    h: &DynamicObject,
+) -> Option<Step> {
+    let name = t.metadata.name.as_deref().unwrap_or_default();
+    match kind.tenant_fix(&t.data, &h.data)? {
+        TenantFix::Bind(node) => Some(Step::Bind(node)),
+        TenantFix::Patch(patch) => Some(Step::TakeUp(patch)),
+        TenantFix::Recreate(values) => {
+            let ip = values.pointer("/spec/clusterIP").and_then(Value::as_str);
+            if ip.is_some_and(|ip| view.cluster_ip_taken(ip, namespace, name))
+                || view.recreate_failed(kind, namespace, name)
+            {
+                return None;
+            }
+            Some(Step::RecreateTenant(Box::new(recreated(t, &values))))
+        }
+    }
+}
+
+/// The tenant object to create again: its metadata without the server's fields, its data with
+/// `values` merged in (JSON merge patch), no status.
+pub fn recreated(t: &DynamicObject, values: &Value) -> DynamicObject {
+    let mut out = t.clone();
+    let m = &mut out.metadata;
+    m.uid = None;
+    m.resource_version = None;
+    m.creation_timestamp = None;
+    m.generation = None;
+    m.managed_fields = None;
+    fn merge(into: &mut Value, patch: &Value) {
+        match (into, patch) {
+            (Value::Object(a), Value::Object(b)) => {
+                for (k, v) in b {
+                    if v.is_null() {
+                        a.remove(k);
+                    } else {
+                        merge(a.entry(k.clone()).or_insert(Value::Null), v);
+                    }
+                }
+            }
+            (slot, v) => *slot = v.clone(),
+        }
+    }
+    merge(&mut out.data, values);
+    if let Some(o) = out.data.as_object_mut() {
+        o.remove("status");
+    }
+    out
+}
+
+/// The object as the rules read it: its data with the annotations and labels of its metadata
+/// (what reaches the host's VMs and pods).
+fn with_metadata(t: &DynamicObject) -> Value {
     let mut v = t.data.clone();
-    if kind.vm_template().is_some()
-        && let Some(o) = v.as_object_mut()
-    {
+    if let Some(o) = v.as_object_mut() {
         o.insert(
             "metadata".into(),
             serde_json::json!({
@@ -362,4 +476,8 @@ fn plan_mirror(
 }
 
 #[cfg(test)]
+mod fake;
+#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_pods;

@@ -9,14 +9,43 @@
 //! - [`translate`]: tenant ↔ host objects (lossless JSON).
 //! - [`runstate`]: start/stop through the host's virt-api, taken up by the tenant.
 //! - [`isolation`]: the host namespace of a tenant namespace and its isolation objects.
+//! - [`pod`]: what a Pod references, Pod Security, and its host copy's identity.
 //! - [`Violation`]: one reason an object is refused, with the field and what to fix.
 pub mod isolation;
 pub mod kinds;
+pub mod pod;
 pub mod quantity;
 pub mod quota;
 pub mod runstate;
 pub mod translate;
 pub mod vm;
+
+/// What a virtual cluster allows its objects, as the kinds' rules read it: the VM policy
+/// (`spec.vmPolicy`, also the node, priority-class and scheduler rules of Pods) and the Pod
+/// Security level of its host namespaces (`spec.isolation.podSecurity`).
+#[derive(Clone, Copy, Debug)]
+pub struct Policy<'a> {
+    pub vm: &'a kvtenant_api::VmPolicy,
+    pub pod_security: kvtenant_api::PodSecurityLevel,
+}
+
+impl<'a> Policy<'a> {
+    /// The policy of a VirtualCluster spec.
+    pub fn of(spec: &'a kvtenant_api::VirtualClusterSpec) -> Self {
+        Self {
+            vm: &spec.vm_policy,
+            pod_security: spec.isolation.pod_security,
+        }
+    }
+
+    /// A policy with the default Pod Security level (baseline).
+    pub fn vm_only(vm: &'a kvtenant_api::VmPolicy) -> Self {
+        Self {
+            vm,
+            pod_security: kvtenant_api::PodSecurityLevel::default(),
+        }
+    }
+}
 
 /// One reason an object may not reach the host: the field path and what to fix.
 #[derive(Clone, Debug, PartialEq, Eq)]

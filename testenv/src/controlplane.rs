@@ -68,6 +68,8 @@ pub struct Options {
     pub controller_manager: bool,
     /// Extra kube-apiserver flags, appended last (so they override).
     pub extra_apiserver_args: Vec<String>,
+    /// kube-controller-manager's `--controllers` (default: `*`).
+    pub controllers: Vec<String>,
 }
 
 impl Options {
@@ -76,12 +78,21 @@ impl Options {
             name: name.into(),
             controller_manager: false,
             extra_apiserver_args: Vec::new(),
+            controllers: vec!["*".into()],
         }
     }
 
     /// Enables kube-controller-manager.
     pub fn with_controller_manager(mut self) -> Self {
         self.controller_manager = true;
+        self
+    }
+
+    /// Enables kube-controller-manager with these controllers (`--controllers`), e.g. a virtual
+    /// cluster's.
+    pub fn with_controllers(mut self, controllers: &[&str]) -> Self {
+        self.controller_manager = true;
+        self.controllers = controllers.iter().map(|c| (*c).to_string()).collect();
         self
     }
 }
@@ -147,6 +158,7 @@ pub struct ControlPlane {
     apiserver_port: u16,
     kcm_port: Option<u16>,
     extra_apiserver_args: Vec<String>,
+    controllers: Vec<String>,
     etcd: Option<Managed>,
     apiserver: Option<Managed>,
     controller_manager: Option<Managed>,
@@ -236,6 +248,7 @@ impl ControlPlane {
                 None
             },
             extra_apiserver_args: opts.extra_apiserver_args,
+            controllers: opts.controllers,
             etcd: None,
             apiserver: None,
             controller_manager: None,
@@ -312,7 +325,7 @@ impl ControlPlane {
             .arg(format!("--service-account-private-key-file={d}/sa.key"))
             .arg(format!("--root-ca-file={d}/ca.crt"))
             .arg("--use-service-account-credentials=true")
-            .arg("--controllers=*");
+            .arg(format!("--controllers={}", self.controllers.join(",")));
         cmd
     }
 

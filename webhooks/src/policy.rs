@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use kube::Client;
 use kube::api::{Api, DynamicObject, ListParams};
 use kube::core::{ApiResource, GroupVersionKind};
-use kvtenant_api::{VmPolicy, VmQuota};
+use kvtenant_api::VmQuota;
 use kvtenant_kubeutil::ResultExt;
 use kvtenant_rules::Violation;
 use kvtenant_rules::kinds::{self, Kind};
@@ -184,7 +184,7 @@ pub fn quota_message(kind: &str, name: &str, exceeded: &[QuotaExceeded]) -> Stri
 pub struct PolicyContext<'a> {
     pub tenant: &'a Client,
     pub host: &'a Client,
-    pub policy: &'a VmPolicy,
+    pub policy: kvtenant_rules::Policy<'a>,
     /// The tenant's synced kinds that count toward the quota.
     pub kinds: Vec<&'static Kind>,
 }
@@ -309,7 +309,7 @@ pub async fn review(ctx: &PolicyContext<'_>, admission: &Value) -> Result<Value,
         .vm_template()
         .and_then(|t| instancetype_ref(t, object))
         .map(|_| size);
-    let violations = kind.violations(object, ctx.policy, it_size);
+    let violations = kind.violations(object, &ctx.policy, it_size);
     if !violations.is_empty() {
         let causes = violations
             .iter()
@@ -325,7 +325,7 @@ pub async fn review(ctx: &PolicyContext<'_>, admission: &Value) -> Result<Value,
             causes,
         ));
     }
-    let Some(quota) = ctx.policy.quota.as_ref().filter(|q| has_limits(q)) else {
+    let Some(quota) = ctx.policy.vm.quota.as_ref().filter(|q| has_limits(q)) else {
         return Ok(review::allow(&uid));
     };
     let Some(new) = kind.usage(object, size) else {

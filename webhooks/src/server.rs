@@ -263,7 +263,7 @@ async fn policy_review(state: &State, tenant: &TenantView, review: &Value) -> Ou
     let ctx = PolicyContext {
         tenant: &tenant.client,
         host: state.tenants.host(),
-        policy: &tenant.spec.vm_policy,
+        policy: kvtenant_rules::Policy::of(&tenant.spec),
         kinds,
     };
     match policy::review(&ctx, review).await {

@@ -32,7 +32,7 @@ fn object_violations(
     policy: &VmPolicy,
     instancetype: Option<GuestSize>,
 ) -> Vec<Violation> {
-    kind(k).violations(obj, policy, instancetype)
+    kind(k).violations(obj, &kvtenant_rules::Policy::vm_only(policy), instancetype)
 }
 
 fn vm(run: &str, cores: u64, memory: &str, disk: Option<&str>) -> Value {

@@ -402,20 +402,13 @@ pub fn controller_manager_command() -> Vec<String> {
         // host claims (status copied up by the syncer) and its Nodes stand for host nodes
         // running its VMs. The volume and node-lifecycle controllers would fight the syncer
         // (set Bound claims back to Pending, mark the shown Nodes NotReady), so they are off.
-        format!("--controllers={}", TENANT_CONTROLLERS.join(",")),
+        format!(
+            "--controllers={}",
+            kvtenant_api::TENANT_CONTROLLERS.join(",")
+        ),
         "--profiling=false".into(),
     ]
 }
-
-/// The tenant kube-controller-manager's `--controllers`: every default controller but those
-/// that manage storage and node health, which the host owns.
-pub const TENANT_CONTROLLERS: &[&str] = &[
-    "*",
-    "-persistentvolume-binder-controller",
-    "-persistentvolume-attach-detach-controller",
-    "-persistentvolume-expander-controller",
-    "-node-lifecycle-controller",
-];
 
 fn resources(set: Option<&ResourceRequirements>, cpu: &str, memory: &str) -> serde_json::Value {
     match set {

@@ -53,6 +53,12 @@ impl Tenant {
         let tenant_what = describe(kind.name(), &key.namespace, &key.name);
         let host = self.host_api(kind, &host_ns);
         let tenant = self.tenant_api(kind, &key.namespace);
+        // the host copy's uid (a token Secret is owned by it), and when to look again
+        let mut host_uid = self
+            .host
+            .get(key.kind, &host_ns, &key.name)
+            .and_then(|h| h.metadata.uid.clone());
+        let mut again: Option<Duration> = None;
         for step in steps {
             match step {
                 Step::Dependencies(_) => {
@@ -62,7 +68,10 @@ impl Tenant {
                 Step::CreateHost(obj) => {
                     self.api_call(Cluster::Host, "create");
                     match host.create(&PostParams::default(), &obj).await {
-                        Ok(_) => self.synced(kind, "down"),
+                        Ok(created) => {
+                            host_uid = created.metadata.uid;
+                            self.synced(kind, "down");
+                        }
                         Err(e) if classify(&e) == ApiErrorClass::Conflict => {
                             return Ok(Some(CONFLICT_WAIT));
                         }
@@ -104,6 +113,39 @@ impl Tenant {
                         .map_err(Error::api("delete", Cluster::Host, host_what.clone()))?;
                     self.synced(kind, "delete");
                 }
+                Step::DeleteHostGracefully(grace) => {
+                    self.api_call(Cluster::Host, "delete");
+                    let dp = DeleteParams {
+                        grace_period_seconds: Some(u32::try_from(grace.max(0)).unwrap_or(30)),
+                        ..DeleteParams::default()
+                    };
+                    host.delete(&key.name, &dp)
+                        .await
+                        .gone_ok()
+                        .map_err(Error::api("delete", Cluster::Host, host_what.clone()))?;
+                    self.synced(kind, "delete");
+                }
+                Step::ForceDeleteTenant => {
+                    self.api_call(Cluster::Tenant, "delete");
+                    tenant
+                        .delete(&key.name, &DeleteParams::default().grace_period(0))
+                        .await
+                        .gone_ok()
+                        .map_err(Error::api("delete", Cluster::Tenant, tenant_what.clone()))?;
+                    self.synced(kind, "delete");
+                }
+                Step::EnsureToken(sa) => {
+                    let next = self.ensure_token(key, &sa, host_uid.clone()).await?;
+                    again = match (again, next) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                }
+                Step::Bind(node) => {
+                    self.bind(key, &node).await?;
+                    self.synced(kind, "up");
+                }
+                Step::RecreateTenant(obj) => self.recreate(kind, key, &obj).await?,
                 Step::TakeUp(patch) => {
                     self.api_call(Cluster::Tenant, "patch");
                     tenant
@@ -187,7 +229,7 @@ impl Tenant {
                 }
             }
         }
-        Ok(None)
+        Ok(again)
     }
 
     /// When the host refuses the tenant's object (its admission webhooks or validation: the

@@ -5,7 +5,8 @@
 //! - [`execute`]: the steps of a plan as API calls.
 //! - [`refuse`]: telling the tenant why an object is not synced.
 //! - [`namespaces`]: the host namespace of a tenant namespace and its isolation.
-//! - [`nodes`]: tenant Nodes for the host nodes running the tenant's VMIs.
+//! - [`nodes`]: tenant Nodes for the host nodes running the tenant's pods and VMIs.
+//! - [`pods`]: a Pod's tenant token, its binding, a tenant object recreated with host values.
 //! - [`resync`]: the consistency scan.
 
 mod execute;
@@ -13,11 +14,12 @@ mod execute;
 mod fixtures;
 mod namespaces;
 mod nodes;
+mod pods;
 mod refuse;
 mod resync;
 mod watch;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,9 +29,11 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use kvtenant_api::labels::VirtualClusterRef;
-use kvtenant_api::{VirtualCluster, VirtualClusterSpec, VmPolicy};
+use kvtenant_api::{VirtualCluster, VirtualClusterSpec};
+use kvtenant_rules::Policy;
 use kvtenant_rules::kinds::{self, Enablement, Kind, KindId};
-use kvtenant_rules::translate::{is_mirror, selects};
+use kvtenant_rules::pod::identity::ApiEndpoint;
+use kvtenant_rules::translate::is_mirror;
 use serde_json::Value;
 use tokio::task::AbortHandle;
 
@@ -82,6 +86,12 @@ pub struct Tenant {
     /// Nodes kvtenant created in the tenant (names of host nodes running its VMIs). An async
     /// lock held across the write: workers mirroring VMIs on the same node at once show it once.
     nodes: tokio::sync::Mutex<BTreeSet<String>>,
+    /// Keys whose tenant object kvtenant is recreating right now ([`pods`]).
+    recreating: Mutex<HashSet<Key>>,
+    /// Keys whose recreate the tenant refused (not tried again while this tenant runs).
+    recreate_failed: Mutex<HashSet<Key>>,
+    /// The virtual cluster's apiserver as host pods reach it (VirtualCluster `status.endpoint`).
+    api_endpoint: Option<ApiEndpoint>,
     instance: u64,
 }
 
@@ -126,6 +136,7 @@ impl Tenant {
                 stores.push(None);
             }
         }
+        let endpoint = api_endpoint(&virtual_cluster);
         let tenant = Arc::new(Self {
             label: format!("{}/{}", vc.namespace, vc.name),
             recorder: Recorder::new(
@@ -151,6 +162,9 @@ impl Tenant {
             tasks: Mutex::new(Vec::new()),
             crd_versions: Mutex::new(copied),
             nodes: tokio::sync::Mutex::new(BTreeSet::new()),
+            recreating: Mutex::new(HashSet::new()),
+            recreate_failed: Mutex::new(HashSet::new()),
+            api_endpoint: endpoint,
             instance: INSTANCES.fetch_add(1, Ordering::Relaxed),
         });
         let tasks = writers
@@ -195,6 +209,7 @@ impl Tenant {
                 name: String::new(),
                 uid: String::new(),
             });
+        let endpoint = api_endpoint(&virtual_cluster);
         let tenant = Arc::new(Self {
             label: format!("{}/{}", vc.namespace, vc.name),
             recorder: Recorder::new(
@@ -217,6 +232,9 @@ impl Tenant {
             tasks: Mutex::new(Vec::new()),
             crd_versions: Mutex::new(Vec::new()),
             nodes: tokio::sync::Mutex::new(BTreeSet::new()),
+            recreating: Mutex::new(HashSet::new()),
+            recreate_failed: Mutex::new(HashSet::new()),
+            api_endpoint: endpoint,
             instance: 0,
         });
         (tenant, writers)
@@ -374,24 +392,15 @@ impl Tenant {
         let direction = p.direction;
         Ok((direction, self.execute(key, p).await?))
     }
+}
 
-    /// Queues the Services of a namespace (a VM changed: they may start or stop selecting it).
-    fn enqueue_services(&self, ns: &str) {
-        for kind in kinds::all() {
-            if kind.trigger() != kinds::Trigger::WhenSelectingVm {
-                continue;
-            }
-            for svc in self.objects(kind.id) {
-                if svc.namespace().as_deref() == Some(ns) {
-                    self.enqueue(Key {
-                        kind: kind.id,
-                        namespace: ns.to_string(),
-                        name: svc.name_any(),
-                    });
-                }
-            }
-        }
-    }
+/// The virtual cluster's apiserver as host pods reach it, from the VirtualCluster's status.
+fn api_endpoint(vc: &VirtualCluster) -> Option<ApiEndpoint> {
+    vc.status
+        .as_ref()?
+        .endpoint
+        .as_deref()
+        .and_then(ApiEndpoint::from_url)
 }
 
 impl View for Tenant {
@@ -399,8 +408,12 @@ impl View for Tenant {
         &self.vc
     }
 
-    fn policy(&self) -> &VmPolicy {
-        &self.spec.vm_policy
+    fn policy(&self) -> Policy<'_> {
+        Policy::of(&self.spec)
+    }
+
+    fn api_endpoint(&self) -> Option<&ApiEndpoint> {
+        self.api_endpoint.as_ref()
     }
 
     fn enablement(&self, kind: &Kind) -> Enablement {
@@ -423,16 +436,36 @@ impl View for Tenant {
             })
     }
 
-    fn selects_vm(&self, namespace: &str, selector: &serde_json::Map<String, Value>) -> bool {
-        kinds::all().iter().any(|k| {
-            let Some(template) = k.vm_template() else {
-                return false;
-            };
-            self.objects(k.id).iter().any(|o| {
-                o.namespace().as_deref() == Some(namespace)
-                    && selects(selector, template.instance_labels(o).as_ref())
-            })
+    fn cluster_ip_taken(&self, ip: &str, namespace: &str, name: &str) -> bool {
+        let Some(kind) = kinds::by_kind("Service") else {
+            return false;
+        };
+        self.objects(kind.id).iter().any(|o| {
+            (o.namespace().as_deref(), o.name_any().as_str()) != (Some(namespace), name)
+                && o.data.pointer("/spec/clusterIP").and_then(Value::as_str) == Some(ip)
         })
+    }
+
+    fn recreating(&self, kind: &Kind, namespace: &str, name: &str) -> bool {
+        self.recreating
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&Key {
+                kind: kind.id,
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+            })
+    }
+
+    fn recreate_failed(&self, kind: &Kind, namespace: &str, name: &str) -> bool {
+        self.recreate_failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&Key {
+                kind: kind.id,
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+            })
     }
 
     fn host_uid(&self, kind: &str, host_namespace: &str, name: &str) -> Option<String> {

@@ -1,5 +1,8 @@
-//! Tenant Nodes: each host node running one of the tenant's VMIs is shown as a tenant Node with
-//! its name and a few visible labels; no addresses, no taints, nothing else of the host's.
+//! Tenant Nodes: each host node running one of the tenant's pods or VMIs is shown as a tenant
+//! Node with its name, a few visible labels and the host node's status (conditions, capacity,
+//! allocatable, node info), so `kubectl get nodes` shows it Ready with its version; no addresses,
+//! no taints, nothing else of the host's. The status is written when the node is first shown and
+//! again at every consistency scan.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -9,19 +12,22 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kvtenant_api::labels::{HOST_NODE, MANAGED_BY, MANAGED_BY_VALUE};
 use kvtenant_kubeutil::ResultExt;
 use kvtenant_rules::kinds;
+use kvtenant_rules::pod::placement::VISIBLE_NODE_LABELS;
 use serde_json::json;
 
 use super::Tenant;
 use crate::error::{Cluster, Error};
 
-/// Host node labels a tenant may see (topology and KubeVirt scheduling facts, no host secrets).
-const VISIBLE_NODE_LABELS: &[&str] = &[
-    "kubernetes.io/arch",
-    "kubernetes.io/os",
-    "topology.kubernetes.io/region",
-    "topology.kubernetes.io/zone",
-    "kubevirt.io/schedulable",
-];
+/// The parts of a host node's status a tenant sees.
+pub fn tenant_node_status(host: Option<&serde_json::Value>) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    for field in ["conditions", "capacity", "allocatable", "nodeInfo"] {
+        if let Some(v) = host.and_then(|s| s.get(field)) {
+            out.insert(field.into(), v.clone());
+        }
+    }
+    serde_json::Value::Object(out)
+}
 
 /// The labels of the tenant Node shown for a host node with these labels.
 pub fn tenant_node_labels(
@@ -57,16 +63,29 @@ impl Tenant {
 
     /// Shows a host node as a tenant Node (once; kept until no longer in use).
     pub(super) async fn ensure_node(&self, name: &str) -> Result<(), Error> {
+        self.show_node(name, false).await
+    }
+
+    /// Shows a host node as a tenant Node with the host node's status; `refresh`: even if shown.
+    async fn show_node(&self, name: &str, refresh: bool) -> Result<(), Error> {
         let mut shown = self.nodes.lock().await;
-        if shown.contains(name) {
+        if shown.contains(name) && !refresh {
             return Ok(());
         }
         let host_nodes: Api<Node> = Api::all(self.host.client.clone());
         self.api_call(Cluster::Host, "get");
-        let host_labels = host_nodes
-            .get_opt(name)
-            .await
-            .map_err(Error::api("get", Cluster::Host, format!("Node {name}")))?
+        let host_node = host_nodes.get_opt(name).await.map_err(Error::api(
+            "get",
+            Cluster::Host,
+            format!("Node {name}"),
+        ))?;
+        let status = tenant_node_status(
+            host_node
+                .as_ref()
+                .and_then(|n| serde_json::to_value(n.status.as_ref()?).ok())
+                .as_ref(),
+        );
+        let host_labels = host_node
             .and_then(|n| n.metadata.labels)
             .unwrap_or_default();
         let node = json!({
@@ -83,12 +102,25 @@ impl Tenant {
         )
         .await
         .map_err(Error::api("apply", Cluster::Tenant, format!("Node {name}")))?;
+        let status = json!({"apiVersion": "v1", "kind": "Node", "status": status});
+        self.api_call(Cluster::Tenant, "apply_status");
+        api.patch_status(
+            name,
+            &PatchParams::apply(kvtenant_api::MANAGER).force(),
+            &Patch::Apply(&status),
+        )
+        .await
+        .map_err(Error::api(
+            "apply status of",
+            Cluster::Tenant,
+            format!("Node {name}"),
+        ))?;
         shown.insert(name.to_string());
         Ok(())
     }
 
-    /// Removes tenant Nodes kvtenant made for host nodes no longer running the tenant's VMIs,
-    /// and shows those that do.
+    /// Removes tenant Nodes kvtenant made for host nodes no longer running the tenant's pods or
+    /// VMIs, and shows those that do with their current status.
     pub(super) async fn prune_nodes(&self) -> Result<(), Error> {
         let in_use = self.nodes_in_use();
         let api: Api<Node> = Api::all(self.client.clone());
@@ -114,7 +146,7 @@ impl Tenant {
             self.nodes.lock().await.remove(&name);
         }
         for name in in_use {
-            self.ensure_node(&name).await?;
+            self.show_node(&name, true).await?;
         }
         Ok(())
     }
@@ -146,5 +178,21 @@ mod tests {
         assert!(!l.contains_key("secret.example/rack"));
         assert!(!l.contains_key("node-role.kubernetes.io/control-plane"));
         assert_eq!(l.get(HOST_NODE).map(String::as_str), Some("true"));
+    }
+
+    #[test]
+    fn tenant_nodes_show_the_host_nodes_health_but_not_its_addresses() {
+        let host = serde_json::json!({
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "capacity": {"cpu": "32"}, "allocatable": {"cpu": "31"},
+            "nodeInfo": {"kubeletVersion": "v1.34.2"},
+            "addresses": [{"type": "InternalIP", "address": "192.168.7.4"}],
+            "images": [{"names": ["registry.internal/secret:1"]}],
+        });
+        let s = tenant_node_status(Some(&host));
+        assert_eq!(s["conditions"][0]["status"], "True");
+        assert_eq!(s["nodeInfo"]["kubeletVersion"], "v1.34.2");
+        assert!(s.get("addresses").is_none());
+        assert!(s.get("images").is_none());
     }
 }

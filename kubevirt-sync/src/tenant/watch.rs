@@ -1,5 +1,5 @@
 //! The tenant-side watchers: one per watched kind, filling the tenant's cache and queueing what
-//! changed (and what it references, and the Services that may select it).
+//! changed (and what it references).
 
 use std::sync::Weak;
 
@@ -44,10 +44,6 @@ pub(super) async fn watch_kind(tenant: Weak<Tenant>, kind: KindId, writer: Write
                     namespace: ns.clone(),
                     name: obj.name_any(),
                 });
-                if spec.vm_template().is_some() {
-                    // Services may start or stop selecting this VM's instances
-                    t.enqueue_services(&ns);
-                }
                 if !is_mirror(&obj) {
                     for r in spec.references(&obj.data) {
                         if let Some(dep) = kinds::by_kind(r.kind) {

@@ -1,13 +1,13 @@
 //! CDI DataVolumes: synced when enabled; those the host makes from a VM's
 //! `dataVolumeTemplates` are mirrored up read-only, enabled or not (the VM's status names them).
 
-use kvtenant_api::{SyncKind, VmPolicy};
+use kvtenant_api::SyncKind;
 use serde_json::Value;
 
 use super::{ApiKind, Enablement, SyncedKind};
 use crate::quota::{Usage, owner_kinds};
 use crate::vm::size::{GuestSize, data_volume_storage};
-use crate::{Violation, is_set, translate};
+use crate::{Policy, Violation, is_set, translate};
 
 pub const KIND: &str = "DataVolume";
 
@@ -39,7 +39,7 @@ impl SyncedKind for DataVolume {
         true
     }
     /// No source in another namespace.
-    fn violations(&self, obj: &Value, _: &VmPolicy, _: Option<GuestSize>) -> Vec<Violation> {
+    fn violations(&self, obj: &Value, _: &Policy, _: Option<GuestSize>) -> Vec<Violation> {
         ["/spec/source/pvc/namespace", "/spec/sourceRef/namespace"]
             .into_iter()
             .filter(|p| is_set(obj.pointer(p)))
@@ -77,7 +77,8 @@ mod tests {
 
     #[test]
     fn cross_namespace_sources_are_refused_and_templated_ones_not_counted() {
-        let p = VmPolicy::default();
+        let vm = kvtenant_api::VmPolicy::default();
+        let p = Policy::vm_only(&vm);
         let bad =
             json!({"spec": {"sourceRef": {"kind": "DataSource", "namespace": "os", "name": "f"}}});
         assert_eq!(

@@ -23,6 +23,7 @@ pub mod clone;
 pub mod config_map;
 pub mod data_volume;
 pub mod migration;
+pub mod pod;
 pub mod pool;
 pub mod pvc;
 pub mod secret;
@@ -35,14 +36,15 @@ use std::sync::LazyLock;
 
 use kube::api::DynamicObject;
 use kube::core::{ApiResource, GroupVersionKind};
-use kvtenant_api::{SyncKind, VmPolicy};
+use kvtenant_api::SyncKind;
 use serde_json::Value;
 
-use crate::Violation;
+use crate::pod::identity::ApiEndpoint;
 use crate::quota::Usage;
 use crate::vm::refs::ObjRef;
 use crate::vm::size::GuestSize;
 use crate::vm::{VmTemplate, refs, safety};
+use crate::{Policy, Violation};
 
 /// The kinds, in dependency order: what is referenced comes before what references it.
 /// Adding a kind: one line here.
@@ -52,6 +54,7 @@ pub const KINDS: &[&dyn SyncedKind] = &[
     &service_account::ServiceAccount,
     &pvc::PersistentVolumeClaim,
     &service::Service,
+    &pod::Pod,
     &data_volume::DataVolume,
     &pool::VirtualMachinePool,
     &virtual_machine::VirtualMachine,
@@ -99,8 +102,6 @@ pub enum Trigger {
     /// Only while a synced object references it (Secrets, ConfigMaps, PVCs, ServiceAccounts):
     /// unreferenced ones never reach the host.
     WhenReferenced,
-    /// Only while its selector selects a synced VM's instances (Services exposing VMs).
-    WhenSelectingVm,
 }
 
 /// Whether a kind is synced for a virtual cluster.
@@ -120,6 +121,27 @@ impl Enablement {
     pub fn watched(self) -> bool {
         !matches!(self, Self::Off)
     }
+}
+
+/// What the translation of one tenant object to its host copy may need besides the object.
+#[derive(Clone, Copy, Debug)]
+pub struct HostContext<'a> {
+    pub tenant_namespace: &'a str,
+    pub name: &'a str,
+    /// The virtual cluster's apiserver as host pods reach it, when known.
+    pub api: Option<&'a ApiEndpoint>,
+}
+
+/// A decision of the host the tenant object must show (beyond its status).
+#[derive(Clone, Debug, PartialEq)]
+pub enum TenantFix {
+    /// Bind the tenant pod to the node the host scheduled its copy on.
+    Bind(String),
+    /// Merge-patch the tenant object with values the host assigned (node ports).
+    Patch(Value),
+    /// Recreate the tenant object with these values merged in: the host assigned values the
+    /// tenant's apiserver allows only at creation (cluster IPs).
+    Recreate(Value),
 }
 
 /// Everything kind-specific. Only [`api`](Self::api) is required; the defaults are those of a
@@ -194,11 +216,11 @@ pub trait SyncedKind: Send + Sync {
     fn violations(
         &self,
         obj: &Value,
-        policy: &VmPolicy,
+        policy: &Policy,
         instancetype: Option<GuestSize>,
     ) -> Vec<Violation> {
         self.vm_template()
-            .map(|t| safety::check_with(t, obj, policy, instancetype))
+            .map(|t| safety::check_with(t, obj, policy.vm, instancetype))
             .unwrap_or_default()
     }
 
@@ -221,6 +243,44 @@ pub trait SyncedKind: Send + Sync {
 
     /// The host node a host object runs on, shown to the tenant as a Node (VMIs).
     fn host_node<'a>(&self, _host: &'a Value) -> Option<&'a str> {
+        None
+    }
+
+    /// Whether the host watcher of this kind sees only kvtenant's copies (label-selected): the
+    /// syncer then never caches the host's own objects of the kind. By default, kinds synced
+    /// only when referenced and not mirrored.
+    fn watch_host_copies_only(&self) -> bool {
+        self.trigger() != Trigger::Always && !self.mirrors_host_made()
+    }
+
+    /// Whether an object of this name is synced at all (the tenant apiserver's own objects,
+    /// such as `default/kubernetes`, are not).
+    fn wanted_name(&self, _namespace: &str, _name: &str) -> bool {
+        true
+    }
+
+    /// Rewrites the host copy's data after the generic translation (Pods: their identity).
+    fn to_host_data(&self, _data: &mut Value, _ctx: &HostContext) {}
+
+    /// The tenant ServiceAccount whose token the host copy mounts, if it mounts one (Pods).
+    fn tenant_token(&self, _obj: &Value) -> Option<String> {
+        None
+    }
+
+    /// The host runs the object's lifecycle (Pods): a tenant delete deletes the host copy
+    /// gracefully and completes when the host copy is gone; a host copy gone by itself after
+    /// it ran ([`ran_on_host`](Self::ran_on_host)) ends the tenant object.
+    fn follows_host_lifecycle(&self) -> bool {
+        false
+    }
+
+    /// Whether the tenant object shows it ran on the host (a bound Pod).
+    fn ran_on_host(&self, _tenant: &Value) -> bool {
+        false
+    }
+
+    /// A host decision the tenant object does not show yet.
+    fn tenant_fix(&self, _tenant: &Value, _host: &Value) -> Option<TenantFix> {
         None
     }
 

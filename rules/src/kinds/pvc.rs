@@ -1,10 +1,10 @@
 //! PersistentVolumeClaims: synced while a synced VM references them; the claims CDI makes for
 //! DataVolumes are mirrored into the tenant like the DataVolumes.
 
-use kvtenant_api::VmPolicy;
 use serde_json::Value;
 
 use super::{ApiKind, SyncedKind, Trigger};
+use crate::Policy;
 use crate::vm::size::GuestSize;
 use crate::{Violation, is_set};
 
@@ -23,7 +23,7 @@ impl SyncedKind for PersistentVolumeClaim {
         true
     }
     /// A claim may not bind a host PersistentVolume by name, nor copy from another namespace.
-    fn violations(&self, obj: &Value, _: &VmPolicy, _: Option<GuestSize>) -> Vec<Violation> {
+    fn violations(&self, obj: &Value, _: &Policy, _: Option<GuestSize>) -> Vec<Violation> {
         let mut out = Vec::new();
         if is_set(obj.pointer("/spec/volumeName")) {
             out.push(Violation::new(
@@ -49,7 +49,8 @@ mod tests {
 
     #[test]
     fn claims_may_not_bind_host_volumes_or_copy_across_namespaces() {
-        let p = VmPolicy::default();
+        let vm = kvtenant_api::VmPolicy::default();
+        let p = Policy::vm_only(&vm);
         let bad = json!({"spec": {"volumeName": "pv-1", "dataSourceRef": {"namespace": "x"}}});
         let paths: Vec<String> = PersistentVolumeClaim
             .violations(&bad, &p, None)

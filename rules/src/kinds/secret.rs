@@ -1,9 +1,9 @@
 //! Secrets: synced while a synced VM references them (cloud-init, credentials, volumes).
 
-use kvtenant_api::VmPolicy;
 use serde_json::Value;
 
 use super::{ApiKind, SyncedKind, Trigger};
+use crate::Policy;
 use crate::Violation;
 use crate::vm::size::GuestSize;
 
@@ -23,7 +23,7 @@ impl SyncedKind for Secret {
     }
     /// Service-account token Secrets would make the host mint a token for a host
     /// ServiceAccount, so they are never synced.
-    fn violations(&self, obj: &Value, _: &VmPolicy, _: Option<GuestSize>) -> Vec<Violation> {
+    fn violations(&self, obj: &Value, _: &Policy, _: Option<GuestSize>) -> Vec<Violation> {
         if obj.get("type").and_then(Value::as_str) == Some("kubernetes.io/service-account-token") {
             return vec![Violation::new(
                 "type",
@@ -41,7 +41,8 @@ mod tests {
 
     #[test]
     fn token_secrets_are_refused() {
-        let p = VmPolicy::default();
+        let vm = kvtenant_api::VmPolicy::default();
+        let p = Policy::vm_only(&vm);
         let token = json!({"type": "kubernetes.io/service-account-token"});
         assert_eq!(Secret.violations(&token, &p, None)[0].path, "type");
         assert!(

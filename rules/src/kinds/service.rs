@@ -1,10 +1,13 @@
-//! Services: synced while their selector selects a synced VM's instances; the host assigns the
-//! cluster IPs and node ports.
+//! Services: every tenant Service but the tenant apiserver's own `default/kubernetes` is synced
+//! (its selector selects the host copies of the tenant's pods and VMs' launcher pods in the same
+//! host namespace). The host assigns the cluster IPs and node ports, and the tenant shows the
+//! host's: node ports are patched in; cluster IPs, which a Service takes only at creation, by
+//! recreating the tenant Service once with the host's addresses.
 
-use kvtenant_api::VmPolicy;
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use super::{ApiKind, SyncedKind, Trigger};
+use super::{ApiKind, SyncedKind, TenantFix};
+use crate::Policy;
 use crate::vm::size::GuestSize;
 use crate::{Violation, is_set};
 
@@ -16,8 +19,14 @@ impl SyncedKind for Service {
     fn api(&self) -> ApiKind {
         ApiKind::core(KIND, "services")
     }
-    fn trigger(&self) -> Trigger {
-        Trigger::WhenSelectingVm
+    fn watch_host_copies_only(&self) -> bool {
+        true
+    }
+    fn wanted_name(&self, namespace: &str, name: &str) -> bool {
+        (namespace, name) != ("default", "kubernetes")
+    }
+    fn tenant_fix(&self, tenant: &Value, host: &Value) -> Option<TenantFix> {
+        addresses_fix(tenant, host)
     }
     fn host_assigned(&self) -> &'static [&'static str] {
         &[
@@ -29,7 +38,7 @@ impl SyncedKind for Service {
     }
     /// `externalIPs` would let a tenant capture traffic to any address on the host's nodes
     /// (CVE-2020-8554), so they are refused.
-    fn violations(&self, obj: &Value, _: &VmPolicy, _: Option<GuestSize>) -> Vec<Violation> {
+    fn violations(&self, obj: &Value, _: &Policy, _: Option<GuestSize>) -> Vec<Violation> {
         if is_set(obj.pointer("/spec/externalIPs")) {
             return vec![Violation::new(
                 "spec.externalIPs",
@@ -41,14 +50,110 @@ impl SyncedKind for Service {
     }
 }
 
+/// The tenant Service's ports with the host's node ports (by position: the host copy has the
+/// tenant's ports in the tenant's order).
+fn ports_with_host_node_ports(tenant: &Value, host: &Value) -> Option<Vec<Value>> {
+    let tp = tenant.pointer("/spec/ports").and_then(Value::as_array)?;
+    let hp = host.pointer("/spec/ports").and_then(Value::as_array)?;
+    if tp.len() != hp.len() {
+        return None;
+    }
+    let mut changed = false;
+    let ports = tp
+        .iter()
+        .zip(hp)
+        .map(|(t, h)| {
+            let mut t = t.clone();
+            if let (Some(o), Some(np)) = (t.as_object_mut(), h.get("nodePort"))
+                && o.get("port") == h.get("port")
+                && o.get("nodePort") != Some(np)
+            {
+                o.insert("nodePort".into(), np.clone());
+                changed = true;
+            }
+            t
+        })
+        .collect();
+    changed.then_some(ports)
+}
+
+/// What the tenant Service must take of the host's addresses: the cluster IPs (a recreate) or
+/// only node ports (a patch); `None` when it shows the host's already.
+pub fn addresses_fix(tenant: &Value, host: &Value) -> Option<TenantFix> {
+    let ip = |v: &Value| {
+        v.pointer("/spec/clusterIP")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    let (t_ip, h_ip) = (ip(tenant), ip(host));
+    let ports = ports_with_host_node_ports(tenant, host);
+    match h_ip {
+        Some(h) if !h.is_empty() && h != "None" && t_ip.as_deref() != Some(h.as_str()) => {
+            let mut spec = json!({
+                "clusterIP": h,
+                "clusterIPs": host.pointer("/spec/clusterIPs").cloned().unwrap_or(json!([h])),
+            });
+            if let Some(p) = ports {
+                spec["ports"] = json!(p);
+            }
+            Some(TenantFix::Recreate(json!({"spec": spec})))
+        }
+        _ => ports.map(|p| TenantFix::Patch(json!({"spec": {"ports": p}}))),
+    }
+}
+
+/// The cluster IP a Service recreate asks for, if it is one.
+pub fn recreate_cluster_ip(fix: &TenantFix) -> Option<&str> {
+    match fix {
+        TenantFix::Recreate(v) => v.pointer("/spec/clusterIP").and_then(Value::as_str),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
 
     #[test]
+    fn the_tenant_takes_the_hosts_addresses() {
+        let tenant = json!({"spec": {"clusterIP": "10.0.0.95", "clusterIPs": ["10.0.0.95"],
+            "type": "NodePort", "ports": [{"port": 22, "nodePort": 30022}]}});
+        let host = json!({"spec": {"clusterIP": "10.0.0.242", "clusterIPs": ["10.0.0.242"],
+            "type": "NodePort", "ports": [{"port": 22, "nodePort": 32133}]}});
+        let fix = addresses_fix(&tenant, &host);
+        assert_eq!(
+            fix,
+            Some(TenantFix::Recreate(
+                json!({"spec": {"clusterIP": "10.0.0.242",
+                "clusterIPs": ["10.0.0.242"], "ports": [{"port": 22, "nodePort": 32133}]}})
+            ))
+        );
+        assert_eq!(
+            fix.as_ref().and_then(recreate_cluster_ip),
+            Some("10.0.0.242")
+        );
+        let same_ip = json!({"spec": {"clusterIP": "10.0.0.242", "ports": [{"port": 22, "nodePort": 30022}]}});
+        assert_eq!(
+            addresses_fix(&same_ip, &host),
+            Some(TenantFix::Patch(
+                json!({"spec": {"ports": [{"port": 22, "nodePort": 32133}]}})
+            ))
+        );
+        let done = json!({"spec": {"clusterIP": "10.0.0.242", "ports": [{"port": 22, "nodePort": 32133}]}});
+        assert_eq!(addresses_fix(&done, &host), None);
+        let headless = json!({"spec": {"clusterIP": "None", "ports": [{"port": 80}]}});
+        assert_eq!(addresses_fix(&headless, &headless), None);
+        let external = json!({"spec": {"type": "ExternalName", "externalName": "db.example"}});
+        assert_eq!(addresses_fix(&external, &external), None);
+        assert!(!Service.wanted_name("default", "kubernetes"));
+        assert!(Service.wanted_name("default", "web"));
+    }
+
+    #[test]
     fn external_ips_are_refused() {
-        let p = VmPolicy::default();
+        let vm = kvtenant_api::VmPolicy::default();
+        let p = Policy::vm_only(&vm);
         let bad = json!({"spec": {"externalIPs": ["1.2.3.4"]}});
         assert_eq!(
             Service.violations(&bad, &p, None)[0].path,

@@ -352,19 +352,36 @@ impl KubeVirt {
             )
         };
         let files = [
-            ("ca.crt", self.ca.cert_pem().to_string()),
-            ("virt-api.crt", serving.cert_pem),
-            ("virt-api.key", serving.key_pem),
-            ("virt-api-handler-client.crt", handler_client.cert_pem),
-            ("virt-api-handler-client.key", handler_client.key_pem),
-            ("virt-api.kubeconfig", kubeconfig(identity::APISERVER_SA)),
+            ("ca.crt".to_string(), self.ca.cert_pem().to_string()),
             (
-                "virt-controller.kubeconfig",
+                format!("{}/virt-api.crt", processes::VIRT_API_CERTS),
+                serving.cert_pem,
+            ),
+            (
+                format!("{}/virt-api.key", processes::VIRT_API_CERTS),
+                serving.key_pem,
+            ),
+            (
+                format!("{}/virt-api-handler-client.crt", processes::VIRT_API_CERTS),
+                handler_client.cert_pem,
+            ),
+            (
+                format!("{}/virt-api-handler-client.key", processes::VIRT_API_CERTS),
+                handler_client.key_pem,
+            ),
+            (
+                "virt-api.kubeconfig".to_string(),
+                kubeconfig(identity::APISERVER_SA),
+            ),
+            (
+                "virt-controller.kubeconfig".to_string(),
                 kubeconfig(identity::CONTROLLER_SA),
             ),
         ];
+        let certs = self.layout.file(processes::VIRT_API_CERTS);
+        std::fs::create_dir_all(&certs).map_err(io_err(&certs))?;
         for (name, content) in files {
-            let p = self.layout.file(name);
+            let p = self.layout.file(&name);
             std::fs::write(&p, content).map_err(io_err(&p))?;
         }
         Ok(())

@@ -1,0 +1,127 @@
+//! Pods: every tenant Pod runs on the host under the same name in the mapped namespace (the
+//! host schedules it). The tenant sees the host's decisions: the node (a binding in the
+//! tenant), the status (phase, IPs, container states). Deleting in the tenant deletes on the
+//! host, gracefully; a pod the host removed (eviction, node loss) is removed in the tenant.
+//!
+//! What never reaches the host: Pod Security escapes above the VirtualCluster's level
+//! ([`crate::pod::security`]), host placement ([`crate::pod::placement`]), a host
+//! ServiceAccount or token ([`crate::pod::identity`]).
+
+use serde_json::Value;
+
+use super::{ApiKind, HostContext, SyncedKind, TenantFix};
+use crate::pod::{identity, placement, refs, security};
+use crate::vm::refs::ObjRef;
+use crate::vm::size::GuestSize;
+use crate::{Policy, Violation};
+
+pub const KIND: &str = "Pod";
+
+pub struct Pod;
+
+/// The node a pod runs on.
+fn node_name(pod: &Value) -> Option<&str> {
+    pod.pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+}
+
+impl SyncedKind for Pod {
+    fn api(&self) -> ApiKind {
+        ApiKind::core(KIND, "pods")
+    }
+    /// The node is the host scheduler's choice; priority and preemption are computed by the
+    /// host's Priority admission from the class (a tenant value would be refused there).
+    fn host_assigned(&self) -> &'static [&'static str] {
+        &[
+            "/spec/nodeName",
+            "/spec/priority",
+            "/spec/preemptionPolicy",
+            "/spec/overhead",
+        ]
+    }
+    fn host_kept(&self) -> &'static [&'static str] {
+        &["/spec/nodeName", "/spec/priority", "/spec/preemptionPolicy"]
+    }
+    fn watch_host_copies_only(&self) -> bool {
+        true
+    }
+    fn references_others(&self) -> bool {
+        true
+    }
+    fn references(&self, obj: &Value) -> Vec<ObjRef> {
+        obj.get("spec").map(refs::references).unwrap_or_default()
+    }
+    fn violations(&self, obj: &Value, policy: &Policy, _: Option<GuestSize>) -> Vec<Violation> {
+        let mut out = security::check(obj, policy.pod_security);
+        if let Some(spec) = obj.get("spec") {
+            out.extend(placement::check(spec, policy.vm));
+        }
+        out
+    }
+    fn to_host_data(&self, data: &mut Value, ctx: &HostContext) {
+        if let Some(spec) = data.get_mut("spec") {
+            identity::to_host(spec, ctx.tenant_namespace, ctx.name, ctx.api);
+        }
+    }
+    fn tenant_token(&self, obj: &Value) -> Option<String> {
+        obj.get("spec").and_then(identity::token_service_account)
+    }
+    fn follows_host_lifecycle(&self) -> bool {
+        true
+    }
+    /// Bound, and a status from the host's kubelet (a node the tenant chose itself at creation
+    /// is not the host's doing).
+    fn ran_on_host(&self, tenant: &Value) -> bool {
+        node_name(tenant).is_some()
+            && ["/status/hostIP", "/status/startTime"]
+                .iter()
+                .any(|p| crate::is_set(tenant.pointer(p)))
+    }
+    fn tenant_fix(&self, tenant: &Value, host: &Value) -> Option<TenantFix> {
+        match (node_name(tenant), node_name(host)) {
+            (None, Some(node)) => Some(TenantFix::Bind(node.to_string())),
+            _ => None,
+        }
+    }
+    fn host_node<'a>(&self, host: &'a Value) -> Option<&'a str> {
+        node_name(host)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_scheduled_host_copy_binds_the_tenant_pod_once() {
+        let tenant = json!({"spec": {"containers": []}});
+        let host = json!({"spec": {"nodeName": "n1"}});
+        assert_eq!(
+            Pod.tenant_fix(&tenant, &host),
+            Some(TenantFix::Bind("n1".into()))
+        );
+        let bound = json!({"spec": {"nodeName": "n1"}});
+        assert_eq!(Pod.tenant_fix(&bound, &host), None);
+        assert!(!Pod.ran_on_host(&bound), "no kubelet status yet");
+        let ran = json!({"spec": {"nodeName": "n1"}, "status": {"hostIP": "172.18.0.3"}});
+        assert!(Pod.ran_on_host(&ran));
+        assert!(!Pod.ran_on_host(&tenant));
+        assert_eq!(Pod.host_node(&host), Some("n1"));
+    }
+
+    #[test]
+    fn pod_security_and_placement_are_both_checked() {
+        let vm = kvtenant_api::VmPolicy::default();
+        let p = Policy::vm_only(&vm);
+        let pod = json!({"spec": {"hostNetwork": true, "priorityClassName": "system-node-critical",
+            "containers": [{"name": "c"}]}});
+        let paths: Vec<String> = Pod
+            .violations(&pod, &p, None)
+            .into_iter()
+            .map(|v| v.path)
+            .collect();
+        assert_eq!(paths, ["spec.hostNetwork", "spec.priorityClassName"]);
+    }
+}
