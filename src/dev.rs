@@ -64,9 +64,15 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         )
         .await?;
     }
-    let tenant = ControlPlane::start(Options::new(format!("tenant-{}", args.name))).await?;
+    // the tenant runs a virtual cluster's kube-controller-manager: Deployments make pods,
+    // namespaces delete, ServiceAccounts and kube-root-ca.crt appear in every namespace
+    let tenant = ControlPlane::start(
+        Options::new(format!("tenant-{}", args.name))
+            .with_controllers(kvtenant_api::TENANT_CONTROLLERS),
+    )
+    .await?;
     eprintln!(
-        "[{:>5.1}s] tenant control plane ready at {}",
+        "[{:>5.1}s] tenant control plane (with kube-controller-manager) ready at {}",
         started.elapsed().as_secs_f64(),
         tenant.url()
     );

@@ -24,9 +24,11 @@ pub struct IsolationSpec {
     #[serde(default = "default_true")]
     pub network_policy: bool,
 
-    /// Pod Security Standard enforced on the host namespaces (label
-    /// pod-security.kubernetes.io/enforce): privileged, baseline (default) or restricted. The
-    /// tenant's own Pod Security settings never see VirtualMachines; this level and vmPolicy do.
+    /// Pod Security Standard of the tenant's pods: privileged, baseline (default) or restricted.
+    /// The syncer refuses pods above it before they reach the host (the tenant's own Pod
+    /// Security admission is the tenant admin's to change), and the host namespaces enforce it
+    /// too (label pod-security.kubernetes.io/enforce). The tenant's own Pod Security settings
+    /// never see VirtualMachines; this level and vmPolicy do.
     #[serde(default)]
     pub pod_security: PodSecurityLevel,
 }
@@ -78,9 +80,11 @@ impl PodSecurityLevel {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VmPolicy {
-    /// Whether VMs may pick host nodes and how they are scheduled there (nodeName,
-    /// nodeSelector, node affinity, tolerations, schedulerName) (default false: these fields are
-    /// refused).
+    /// Whether VMs and pods may pick host nodes and how they are scheduled there (VMs:
+    /// nodeName, nodeSelector, node affinity, tolerations, schedulerName; pods: tolerations of
+    /// taints other than node conditions, node selection by labels other than the ones tenant
+    /// Nodes show, schedulerName other than the default) (default false: these are refused).
+    /// A pod's nodeName is always the host scheduler's choice.
     #[serde(default)]
     pub allow_host_nodes: bool,
 
@@ -102,8 +106,9 @@ pub struct VmPolicy {
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub allowed_networks: Vec<String>,
 
-    /// Host PriorityClasses VMs may name in priorityClassName (their launcher pods get that
-    /// priority on the host and may preempt host workloads). Empty (default): none.
+    /// Host PriorityClasses VMs and pods may name in priorityClassName (VMs' launcher pods and
+    /// the tenant's pods get that priority on the host and may preempt host workloads). Empty
+    /// (default): none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub allowed_priority_classes: Vec<String>,

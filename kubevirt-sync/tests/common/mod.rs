@@ -72,6 +72,16 @@ impl Env {
     /// Host (with kube-controller-manager for garbage collection) + real KubeVirt + `tenants`
     /// tenant control planes, each an External VirtualCluster; the syncer started.
     pub async fn start(tenants: usize) -> Self {
+        Self::start_with(tenants, false).await
+    }
+
+    /// As [`start`](Self::start), each tenant also running kube-controller-manager with a
+    /// virtual cluster's controllers (Deployments make pods, `kube-root-ca.crt`, ServiceAccounts).
+    pub async fn start_with_controllers(tenants: usize) -> Self {
+        Self::start_with(tenants, true).await
+    }
+
+    async fn start_with(tenants: usize, controllers: bool) -> Self {
         let host = ControlPlane::start(Options::new("host").with_controller_manager())
             .await
             .unwrap();
@@ -89,9 +99,11 @@ impl Env {
         let mut list = Vec::new();
         for i in 1..=tenants {
             let name = format!("t{i}");
-            let cp = ControlPlane::start(Options::new(format!("tenant-{i}")))
-                .await
-                .unwrap();
+            let mut opts = Options::new(format!("tenant-{i}"));
+            if controllers {
+                opts = opts.with_controllers(kvtenant_api::TENANT_CONTROLLERS);
+            }
+            let cp = ControlPlane::start(opts).await.unwrap();
             let vc = register_external(&hc, &name, cp.kubeconfig_path()).await;
             list.push(Tenant { cp, vc });
         }

@@ -1,0 +1,236 @@
+//! Tenants run containers: a Deployment made in the tenant (its kube-controller-manager runs a
+//! virtual cluster's controllers) becomes pods on the host under the same names, scheduled by
+//! the host's kube-scheduler onto kwok nodes (kwok plays the kubelet: pods only appear to run);
+//! the tenant sees them bound and Running with the host's addresses, its Nodes Ready, its
+//! Service with the host's cluster IP. A pod's token is the tenant's, never the host's; pod
+//! escapes are refused by the syncer without any webhook. Real apiservers, real kubectl.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use k8s_openapi::api::authentication::v1::TokenReview;
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod, Secret, Service};
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+fn apply(kubeconfig: &std::path::Path, manifest: &Value) {
+    let path = std::env::temp_dir().join(format!(
+        "kvtenant-pods-{}-{}.json",
+        std::process::id(),
+        manifest["metadata"]["name"].as_str().unwrap()
+    ));
+    std::fs::write(&path, manifest.to_string()).unwrap();
+    kubectl(kubeconfig, &["apply", "-f", path.to_str().unwrap()]);
+    let _ = std::fs::remove_file(path);
+}
+
+async fn pods_of(api: &Api<Pod>, selector: &str) -> Vec<Pod> {
+    api.list(&ListParams::default().labels(selector))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deployment_runs_on_the_host_and_the_tenant_sees_what_the_host_decided() {
+    let env = Env::start_with_controllers(1).await;
+    let t = &env.tenants[0];
+    let kc = t.kubeconfig();
+    let host_ns = t.host_ns("default");
+    let tenant_pods: Api<Pod> = Api::namespaced(t.client(), "default");
+    let host_pods: Api<Pod> = Api::namespaced(env.host_client(), &host_ns);
+
+    // the seeds' demo: a deployment and a service
+    kubectl(
+        kc,
+        &[
+            "create",
+            "deployment",
+            "nginx",
+            "--image=nginx",
+            "--replicas=2",
+        ],
+    );
+    let running = wait_for("2 tenant pods Running and bound", WAIT, || async {
+        let pods = pods_of(&tenant_pods, "app=nginx").await;
+        let ok = pods.len() == 2
+            && pods.iter().all(|p| {
+                p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                    && p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some()
+            });
+        ok.then_some(pods)
+    })
+    .await;
+    for p in &running {
+        let name = p.metadata.name.clone().unwrap();
+        let h = host_pods.get(&name).await.expect("same name on the host");
+        let hs = h.spec.unwrap();
+        assert_eq!(
+            p.spec.as_ref().unwrap().node_name,
+            hs.node_name,
+            "bound where the host scheduled it"
+        );
+        assert_eq!(
+            p.status.as_ref().unwrap().pod_ip,
+            h.status.unwrap().pod_ip,
+            "the host's pod IP"
+        );
+        // no host identity: no host token, no host ServiceAccount
+        assert_eq!(hs.automount_service_account_token, Some(false));
+        assert_eq!(hs.service_account_name.as_deref(), Some("default"));
+        let projected: Vec<_> = hs
+            .volumes
+            .iter()
+            .flatten()
+            .filter_map(|v| v.projected.as_ref())
+            .flat_map(|p| p.sources.iter().flatten())
+            .collect();
+        assert!(
+            projected.iter().all(|s| s.service_account_token.is_none()),
+            "{projected:?}"
+        );
+    }
+
+    // the tenant's Nodes are the host nodes its pods run on, Ready
+    let nodes = kubectl_json(kc, &["get", "nodes", "-o", "json"]);
+    let items = nodes["items"].as_array().unwrap();
+    assert!(!items.is_empty());
+    for n in items {
+        let ready = n["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True");
+        assert!(ready, "{n}");
+    }
+
+    // the Service shows the host's cluster IP
+    kubectl(
+        kc,
+        &["create", "service", "clusterip", "nginx", "--tcp=80:80"],
+    );
+    let tenant_svcs: Api<Service> = Api::namespaced(t.client(), "default");
+    let host_svcs: Api<Service> = Api::namespaced(env.host_client(), &host_ns);
+    eventually(
+        "the tenant Service shows the host's cluster IP",
+        WAIT,
+        || async {
+            let (Ok(ts), Ok(hs)) = (tenant_svcs.get("nginx").await, host_svcs.get("nginx").await)
+            else {
+                return false;
+            };
+            let ip = |s: &Service| s.spec.as_ref().and_then(|s| s.cluster_ip.clone());
+            ip(&hs).is_some() && ip(&ts) == ip(&hs)
+        },
+    )
+    .await;
+
+    // a ConfigMap a pod uses reaches the host; one no pod uses does not
+    kubectl(
+        kc,
+        &["create", "configmap", "settings", "--from-literal=a=b"],
+    );
+    kubectl(kc, &["create", "configmap", "unused", "--from-literal=a=b"]);
+    apply(
+        kc,
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "reader", "namespace": "default"},
+            "spec": {"containers": [{"name": "c", "image": "busybox",
+                "volumeMounts": [{"name": "s", "mountPath": "/etc/s"}]}],
+                "volumes": [{"name": "s", "configMap": {"name": "settings"}}]}}),
+    );
+    let host_cms: Api<ConfigMap> = Api::namespaced(env.host_client(), &host_ns);
+    eventually("the mounted ConfigMap on the host", WAIT, || async {
+        host_cms.get_opt("settings").await.ok().flatten().is_some()
+    })
+    .await;
+    assert!(host_cms.get_opt("unused").await.unwrap().is_none());
+
+    // the host pod's token is the tenant's: its apiserver accepts it, the host's does not
+    let secret_name = "kvtenant-token-reader";
+    let host_secrets: Api<Secret> = Api::namespaced(env.host_client(), &host_ns);
+    let secret = wait_for("the reader's token Secret", WAIT, || async {
+        host_secrets.get_opt(secret_name).await.ok().flatten()
+    })
+    .await;
+    let data = secret.data.unwrap();
+    let token = String::from_utf8(data["token"].0.clone()).unwrap();
+    assert_eq!(data["namespace"].0, b"default");
+    assert!(String::from_utf8_lossy(&data["ca.crt"].0).contains("BEGIN CERTIFICATE"));
+    let review = |token: &str| -> TokenReview {
+        serde_json::from_value(json!({"apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview", "spec": {"token": token}}))
+        .unwrap()
+    };
+    let tenant_reviews: Api<TokenReview> = Api::all(t.client());
+    let answer = tenant_reviews
+        .create(&PostParams::default(), &review(&token))
+        .await
+        .unwrap();
+    let status = answer.status.unwrap();
+    assert_eq!(status.authenticated, Some(true), "{status:?}");
+    assert_eq!(
+        status.user.unwrap().username.as_deref(),
+        Some("system:serviceaccount:default:default")
+    );
+    let host_reviews: Api<TokenReview> = Api::all(env.host_client());
+    let answer = host_reviews
+        .create(&PostParams::default(), &review(&token))
+        .await
+        .unwrap();
+    assert_ne!(answer.status.unwrap().authenticated, Some(true));
+
+    // escapes are refused by the syncer (no webhook in this tenant) with an Event
+    apply(
+        kc,
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "escape", "namespace": "default"},
+            "spec": {"hostNetwork": true, "containers": [{"name": "c", "image": "busybox",
+                "securityContext": {"privileged": true}}],
+                "volumes": [{"name": "root", "hostPath": {"path": "/"}}]}}),
+    );
+    let events: Api<Event> = Api::namespaced(t.client(), "default");
+    let message = wait_for("a SyncRefused Event for the escape", WAIT, || async {
+        events
+            .list(&ListParams::default().fields("involvedObject.name=escape"))
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("SyncRefused"))
+            .and_then(|e| e.message)
+    })
+    .await;
+    for field in [
+        "spec.hostNetwork",
+        "spec.volumes[0].hostPath",
+        "spec.containers[0].securityContext.privileged",
+    ] {
+        assert!(message.contains(field), "{message}");
+    }
+    assert!(host_pods.get_opt("escape").await.unwrap().is_none());
+
+    // deleting in the tenant deletes on the host, and the tenant pods end
+    kubectl(kc, &["delete", "deployment", "nginx", "--wait=false"]);
+    eventually("the deployment's pods gone on both sides", WAIT, || async {
+        pods_of(&tenant_pods, "app=nginx").await.is_empty()
+            && pods_of(&host_pods, "app=nginx").await.is_empty()
+    })
+    .await;
+    // a pod the host removes ends in the tenant too (its ReplicaSet would make a new one)
+    host_pods
+        .delete(
+            "reader",
+            &kube::api::DeleteParams::default().grace_period(0),
+        )
+        .await
+        .unwrap();
+    eventually("the reader gone in the tenant", WAIT, || async {
+        tenant_pods.get_opt("reader").await.ok().flatten().is_none()
+    })
+    .await;
+}
