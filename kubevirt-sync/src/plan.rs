@@ -44,7 +44,7 @@ use std::time::Duration;
 
 use kube::api::DynamicObject;
 use kvtenant_api::labels::VirtualClusterRef;
-use kvtenant_rules::kinds::{Enablement, HostContext, Kind, TenantFix, Trigger};
+use kvtenant_rules::kinds::{Enablement, HostContext, Kind, MirrorContext, TenantFix, Trigger};
 use kvtenant_rules::pod::identity::ApiEndpoint;
 use kvtenant_rules::translate::keep::keep_host_set;
 use kvtenant_rules::translate::{
@@ -212,7 +212,7 @@ pub fn plan(
                 .with(Step::DeleteHost)
         }
         (None, Some(h)) if kind.mirrors_host_made() && !is_kvtenant_copy(h) => {
-            plan_new_mirror(view, namespace, h)
+            plan_new_mirror(view, kind, namespace, h)
         }
         (None, Some(_)) => Plan::new(Direction::Up),
         (None, None) => Plan::new(Direction::Noop),
@@ -258,6 +258,7 @@ fn plan_down(
         && match kind.trigger() {
             Trigger::Always => true,
             Trigger::WhenReferenced => view.referenced(kind, namespace, name),
+            Trigger::Never => false,
         };
     if !wanted {
         return match h {
@@ -286,6 +287,7 @@ fn plan_down(
         &HostContext {
             tenant_namespace: namespace,
             name,
+            vc_uid: &view.vc().uid,
             api: view.api_endpoint(),
         },
     );
@@ -407,13 +409,26 @@ fn with_metadata(t: &DynamicObject) -> Value {
     v
 }
 
-fn mirror_of(view: &impl View, namespace: &str, h: &DynamicObject) -> DynamicObject {
-    to_tenant_mirror(h, namespace, |o| {
+/// The tenant mirror of a host-made object; `None` when the kind does not show this one.
+fn mirror_of(
+    view: &impl View,
+    kind: &Kind,
+    namespace: &str,
+    h: &DynamicObject,
+) -> Option<DynamicObject> {
+    let mut m = to_tenant_mirror(h, namespace, |o| {
         map_owner_by_name(o, |k, n| view.tenant_uid(k, namespace, n))
-    })
+    });
+    let lookup = |k: &str, n: &str| view.tenant_uid(k, namespace, n);
+    let ctx = MirrorContext {
+        host_namespace: h.metadata.namespace.as_deref().unwrap_or_default(),
+        tenant_namespace: namespace,
+        tenant_uid: &lookup,
+    };
+    kind.to_tenant_data(&mut m.data, &ctx).then_some(m)
 }
 
-fn plan_new_mirror(view: &impl View, namespace: &str, h: &DynamicObject) -> Plan {
+fn plan_new_mirror(view: &impl View, kind: &Kind, namespace: &str, h: &DynamicObject) -> Plan {
     let p = Plan::new(Direction::Up);
     if h.metadata.deletion_timestamp.is_some() {
         return p;
@@ -428,7 +443,10 @@ fn plan_new_mirror(view: &impl View, namespace: &str, h: &DynamicObject) -> Plan
     if !owners_known {
         return p.wait(OWNER_WAIT);
     }
-    p.with(Step::CreateMirror(Box::new(mirror_of(view, namespace, h))))
+    match mirror_of(view, kind, namespace, h) {
+        Some(m) => p.with(Step::CreateMirror(Box::new(m))),
+        None => p,
+    }
 }
 
 fn plan_mirror(
@@ -460,7 +478,9 @@ fn plan_mirror(
         // the host object is gone: so goes the mirror
         return p.with(Step::ReleaseMirror).with(Step::DeleteMirror);
     };
-    let desired = mirror_of(view, namespace, h);
+    let Some(desired) = mirror_of(view, kind, namespace, h) else {
+        return p;
+    };
     if !mirror_differs(t, &desired) {
         return p;
     }

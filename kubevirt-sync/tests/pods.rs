@@ -14,6 +14,8 @@ use std::time::Duration;
 use common::*;
 use k8s_openapi::api::authentication::v1::TokenReview;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 
@@ -97,8 +99,40 @@ async fn a_deployment_runs_on_the_host_and_the_tenant_sees_what_the_host_decided
         );
     }
 
+    // a tenant edit of a running pod reaches its host copy (whose immutable fields the host
+    // set stay)
+    let first = running[0].metadata.name.clone().unwrap();
+    kubectl(kc, &["label", "pod", &first, "tier=front"]);
+    eventually("the label on the host pod", WAIT, || async {
+        host_pods.get(&first).await.is_ok_and(|p| {
+            p.metadata
+                .labels
+                .is_some_and(|l| l.get("tier").map(String::as_str) == Some("front"))
+        })
+    })
+    .await;
+
+    // the host scheduler's Events about them, re-pointed at the tenant pods
+    let first_uid = running[0].metadata.uid.clone().unwrap();
+    let scheduled = wait_for("the scheduler's Event in the tenant", WAIT, || async {
+        let events = kubectl_json(kc, &["get", "events"]);
+        events["items"]
+            .as_array()?
+            .iter()
+            .find(|e| e["reason"] == "Scheduled" && e["involvedObject"]["name"] == first.as_str())
+            .cloned()
+    })
+    .await;
+    assert_eq!(scheduled["involvedObject"]["uid"], first_uid.as_str());
+    assert_eq!(scheduled["involvedObject"]["namespace"], "default");
+    let message = scheduled["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("default/{first}")) && !message.contains(&host_ns),
+        "{message}"
+    );
+
     // the tenant's Nodes are the host nodes its pods run on, Ready
-    let nodes = kubectl_json(kc, &["get", "nodes", "-o", "json"]);
+    let nodes = kubectl_json(kc, &["get", "nodes"]);
     let items = nodes["items"].as_array().unwrap();
     assert!(!items.is_empty());
     for n in items {
@@ -213,6 +247,42 @@ async fn a_deployment_runs_on_the_host_and_the_tenant_sees_what_the_host_decided
         assert!(message.contains(field), "{message}");
     }
     assert!(host_pods.get_opt("escape").await.unwrap().is_none());
+
+    // a PodDisruptionBudget reaches the host and the host's disruption controller's status
+    // comes up; a NetworkPolicy's namespace selector only ever selects this tenant's host
+    // namespaces, and one on labels the host cannot read is refused
+    apply(
+        kc,
+        &json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+            "metadata": {"name": "nginx", "namespace": "default"},
+            "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "nginx"}}}}),
+    );
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(t.client(), "default");
+    eventually("the PDB's host status in the tenant", WAIT, || async {
+        let Ok(Some(pdb)) = pdbs.get_opt("nginx").await else {
+            return false;
+        };
+        pdb.status
+            .is_some_and(|s| s.expected_pods == Some(2) && s.disruptions_allowed == Some(1))
+    })
+    .await;
+    apply(
+        kc,
+        &json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "from-frontend", "namespace": "default"},
+            "spec": {"podSelector": {"matchLabels": {"app": "nginx"}}, "ingress": [{"from": [
+                {"namespaceSelector": {}}]}]}}),
+    );
+    let host_nps: Api<NetworkPolicy> = Api::namespaced(env.host_client(), &host_ns);
+    let host_np = wait_for("the NetworkPolicy on the host", WAIT, || async {
+        host_nps.get_opt("from-frontend").await.ok().flatten()
+    })
+    .await;
+    let np = serde_json::to_value(host_np.spec).unwrap();
+    assert_eq!(
+        np["ingress"][0]["from"][0]["namespaceSelector"],
+        json!({"matchLabels": {"tenancy.kvtenant.io/virtualcluster-uid": t.vc.uid}})
+    );
 
     // deleting in the tenant deletes on the host, and the tenant pods end
     kubectl(kc, &["delete", "deployment", "nginx", "--wait=false"]);

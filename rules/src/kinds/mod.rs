@@ -22,8 +22,11 @@
 pub mod clone;
 pub mod config_map;
 pub mod data_volume;
+pub mod event;
 pub mod migration;
+pub mod network_policy;
 pub mod pod;
+pub mod pod_disruption_budget;
 pub mod pool;
 pub mod pvc;
 pub mod secret;
@@ -55,12 +58,15 @@ pub const KINDS: &[&dyn SyncedKind] = &[
     &pvc::PersistentVolumeClaim,
     &service::Service,
     &pod::Pod,
+    &pod_disruption_budget::PodDisruptionBudget,
+    &network_policy::NetworkPolicy,
     &data_volume::DataVolume,
     &pool::VirtualMachinePool,
     &virtual_machine::VirtualMachine,
     &vmi::VirtualMachineInstance,
     &migration::VirtualMachineInstanceMigration,
     &clone::VirtualMachineClone,
+    &event::Event,
 ];
 
 /// A kind's API coordinates.
@@ -102,6 +108,8 @@ pub enum Trigger {
     /// Only while a synced object references it (Secrets, ConfigMaps, PVCs, ServiceAccounts):
     /// unreferenced ones never reach the host.
     WhenReferenced,
+    /// Never: only the host's objects of the kind are shown in the tenant (Events).
+    Never,
 }
 
 /// Whether a kind is synced for a virtual cluster.
@@ -128,8 +136,18 @@ impl Enablement {
 pub struct HostContext<'a> {
     pub tenant_namespace: &'a str,
     pub name: &'a str,
+    /// The VirtualCluster's uid (host namespaces carry it as a label).
+    pub vc_uid: &'a str,
     /// The virtual cluster's apiserver as host pods reach it, when known.
     pub api: Option<&'a ApiEndpoint>,
+}
+
+/// What the mirror of a host-made object may need besides the object.
+pub struct MirrorContext<'a> {
+    pub host_namespace: &'a str,
+    pub tenant_namespace: &'a str,
+    /// The uid of the tenant object of this kind and name, if the tenant has it.
+    pub tenant_uid: &'a dyn Fn(&str, &str) -> Option<String>,
 }
 
 /// A decision of the host the tenant object must show (beyond its status).
@@ -261,6 +279,12 @@ pub trait SyncedKind: Send + Sync {
 
     /// Rewrites the host copy's data after the generic translation (Pods: their identity).
     fn to_host_data(&self, _data: &mut Value, _ctx: &HostContext) {}
+
+    /// Rewrites the tenant mirror's data of a host-made object (Events: re-pointed at the
+    /// tenant's object); `false`: this host object is not shown in the tenant.
+    fn to_tenant_data(&self, _data: &mut Value, _ctx: &MirrorContext) -> bool {
+        true
+    }
 
     /// The tenant ServiceAccount whose token the host copy mounts, if it mounts one (Pods).
     fn tenant_token(&self, _obj: &Value) -> Option<String> {

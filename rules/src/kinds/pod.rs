@@ -40,8 +40,17 @@ impl SyncedKind for Pod {
             "/spec/overhead",
         ]
     }
+    /// A pod's spec is immutable but for a few fields: an update from the tenant (labels, an
+    /// image) carries what the host set at creation (its node, priority, the host
+    /// ServiceAccount admission's `default`).
     fn host_kept(&self) -> &'static [&'static str] {
-        &["/spec/nodeName", "/spec/priority", "/spec/preemptionPolicy"]
+        &[
+            "/spec/nodeName",
+            "/spec/priority",
+            "/spec/preemptionPolicy",
+            "/spec/serviceAccountName",
+            "/spec/serviceAccount",
+        ]
     }
     fn watch_host_copies_only(&self) -> bool {
         true
