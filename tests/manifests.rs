@@ -981,6 +981,7 @@ async fn deploy_and_samples_on_testenv() {
         (SYNCER_SA, (true, "watch", "", "events", None)),
         (SYNCER_SA, (true, "create", "networking.k8s.io", "networkpolicies", host_ns)),
         (SYNCER_SA, (true, "create", "policy", "poddisruptionbudgets", host_ns)),
+        (SYNCER_SA, (true, "create", "networking.k8s.io", "ingresses", host_ns)),
         (SYNCER_SA, (false, "create", "", "pods/exec", host_ns)),
         (SYNCER_SA, (false, "create", "", "serviceaccounts/token", host_ns)),
         (SYNCER_SA, (true, "get", "", "services", Some("kubevirt"))),

@@ -14,7 +14,7 @@ use std::time::Duration;
 use common::*;
 use k8s_openapi::api::authentication::v1::TokenReview;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod, Secret, Service};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
@@ -283,6 +283,49 @@ async fn a_deployment_runs_on_the_host_and_the_tenant_sees_what_the_host_decided
         np["ingress"][0]["from"][0]["namespaceSelector"],
         json!({"matchLabels": {"tenancy.kvtenant.io/virtualcluster-uid": t.vc.uid}})
     );
+
+    // Ingresses only with a host IngressClass the VirtualCluster allows
+    let ingress = |name: &str| {
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"ingressClassName": "public", "rules": [{"host": format!("{name}.example"),
+                "http": {"paths": [{"path": "/", "pathType": "Prefix",
+                    "backend": {"service": {"name": "nginx", "port": {"number": 80}}}}]}}]}})
+    };
+    apply(kc, &ingress("refused"));
+    let message = wait_for("a SyncRefused Event for the Ingress", WAIT, || async {
+        events
+            .list(&ListParams::default().fields("involvedObject.name=refused"))
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("SyncRefused"))
+            .and_then(|e| e.message)
+    })
+    .await;
+    assert!(message.contains("allowedIngressClasses"), "{message}");
+    let vcs: Api<kvtenant_api::VirtualCluster> = Api::namespaced(env.host_client(), VC_NAMESPACE);
+    vcs.patch(
+        &t.vc.name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(
+            json!({"spec": {"isolation": {"allowedIngressClasses": ["public"]}}}),
+        ),
+    )
+    .await
+    .unwrap();
+    apply(kc, &ingress("allowed"));
+    let host_ingresses: Api<Ingress> = Api::namespaced(env.host_client(), &host_ns);
+    eventually("the allowed Ingress on the host", WAIT, || async {
+        host_ingresses
+            .get_opt("allowed")
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+    })
+    .await;
 
     // deleting in the tenant deletes on the host, and the tenant pods end
     kubectl(kc, &["delete", "deployment", "nginx", "--wait=false"]);

@@ -27,6 +27,8 @@ pub mod vm;
 pub struct Policy<'a> {
     pub vm: &'a kvtenant_api::VmPolicy,
     pub pod_security: kvtenant_api::PodSecurityLevel,
+    /// Host IngressClasses the tenant's Ingresses may name.
+    pub ingress_classes: &'a [String],
 }
 
 impl<'a> Policy<'a> {
@@ -35,6 +37,7 @@ impl<'a> Policy<'a> {
         Self {
             vm: &spec.vm_policy,
             pod_security: spec.isolation.pod_security,
+            ingress_classes: &spec.isolation.allowed_ingress_classes,
         }
     }
 
@@ -43,6 +46,7 @@ impl<'a> Policy<'a> {
         Self {
             vm,
             pod_security: kvtenant_api::PodSecurityLevel::default(),
+            ingress_classes: &[],
         }
     }
 }

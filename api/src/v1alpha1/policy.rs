@@ -31,6 +31,13 @@ pub struct IsolationSpec {
     /// never see VirtualMachines; this level and vmPolicy do.
     #[serde(default)]
     pub pod_security: PodSecurityLevel,
+
+    /// Host IngressClasses the tenant's Ingresses may name in ingressClassName (an Ingress
+    /// without one, or naming another, is refused: a shared ingress controller would serve
+    /// whatever host names a tenant claims). Empty (default): Ingresses are not synced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub allowed_ingress_classes: Vec<String>,
 }
 
 fn default_true() -> bool {
@@ -44,6 +51,7 @@ impl Default for IsolationSpec {
             limit_range: None,
             network_policy: true,
             pod_security: PodSecurityLevel::default(),
+            allowed_ingress_classes: Vec::new(),
         }
     }
 }

@@ -23,6 +23,7 @@ pub mod clone;
 pub mod config_map;
 pub mod data_volume;
 pub mod event;
+pub mod ingress;
 pub mod migration;
 pub mod network_policy;
 pub mod pod;
@@ -60,6 +61,7 @@ pub const KINDS: &[&dyn SyncedKind] = &[
     &pod::Pod,
     &pod_disruption_budget::PodDisruptionBudget,
     &network_policy::NetworkPolicy,
+    &ingress::Ingress,
     &data_volume::DataVolume,
     &pool::VirtualMachinePool,
     &virtual_machine::VirtualMachine,
