@@ -66,6 +66,8 @@ pub trait View {
     fn policy(&self) -> Policy<'_>;
     /// The virtual cluster's apiserver as host pods reach it, when known.
     fn api_endpoint(&self) -> Option<&ApiEndpoint>;
+    /// The host nodes the virtual cluster runs on.
+    fn nodes(&self) -> &kvtenant_api::NodesSpec;
     /// Whether the kind is synced for this tenant.
     fn enablement(&self, kind: &Kind) -> Enablement;
     /// Whether a synced object of the namespace references this one.
@@ -288,6 +290,7 @@ fn plan_down(
             tenant_namespace: namespace,
             name,
             vc_uid: &view.vc().uid,
+            nodes: view.nodes(),
             api: view.api_endpoint(),
         },
     );
@@ -314,6 +317,8 @@ fn plan_down(
             if let Some(patch) = kind.host_change_to_take_up(h, &desired) {
                 return p.with(Step::TakeUp(patch));
             }
+            let mut desired = desired;
+            kind.keep_host_fixed(&mut desired.data, &h.data);
             if host_needs_update(h, &desired) {
                 let mut merged = merge_for_update(h, &desired);
                 // values the host set at creation survive the tenant's edits

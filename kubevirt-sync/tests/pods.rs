@@ -309,9 +309,9 @@ async fn a_deployment_runs_on_the_host_and_the_tenant_sees_what_the_host_decided
     vcs.patch(
         &t.vc.name,
         &kube::api::PatchParams::default(),
-        &kube::api::Patch::Merge(
-            json!({"spec": {"isolation": {"allowedIngressClasses": ["public"]}}}),
-        ),
+        &kube::api::Patch::Merge(json!({"spec": {
+                "isolation": {"allowedIngressClasses": ["public"]},
+                "nodes": {"selector": {"kubernetes.io/hostname": "kwok-node-2"}}}})),
     )
     .await
     .unwrap();
@@ -326,6 +326,44 @@ async fn a_deployment_runs_on_the_host_and_the_tenant_sees_what_the_host_decided
             .is_some()
     })
     .await;
+
+    // confined to a selected host node: new pods go there (the running ones stay where they
+    // are, without complaint), and the tenant sees the selected node
+    apply(
+        kc,
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "pinned", "namespace": "default"},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]}}),
+    );
+    let pinned = wait_for("the pinned pod Running", WAIT, || async {
+        let p = tenant_pods.get_opt("pinned").await.ok().flatten()?;
+        (p.status.as_ref()?.phase.as_deref() == Some("Running")).then_some(p)
+    })
+    .await;
+    assert_eq!(
+        pinned.spec.unwrap().node_name.as_deref(),
+        Some("kwok-node-2")
+    );
+    let host_pinned = host_pods.get("pinned").await.unwrap().spec.unwrap();
+    assert_eq!(
+        host_pinned.node_selector.unwrap()["kubernetes.io/hostname"],
+        "kwok-node-2"
+    );
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(t.client());
+    eventually("the selected node in the tenant", WAIT, || async {
+        nodes.get_opt("kwok-node-2").await.ok().flatten().is_some()
+    })
+    .await;
+    let refused: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("SyncRefused"))
+        .filter_map(|e| e.involved_object.name)
+        .filter(|n| n.starts_with("nginx"))
+        .collect();
+    assert!(refused.is_empty(), "running pods were refused: {refused:?}");
 
     // deleting in the tenant deletes on the host, and the tenant pods end
     kubectl(kc, &["delete", "deployment", "nginx", "--wait=false"]);

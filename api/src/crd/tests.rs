@@ -391,6 +391,7 @@ fn minimal_object_applies_all_defaults() {
             },
             "isolation": {"networkPolicy": true, "podSecurity": "baseline"},
             "vmPolicy": {"allowHostNodes": false, "allowHostDisk": false},
+            "nodes": {},
             "paused": false,
         })
     );

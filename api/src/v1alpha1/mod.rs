@@ -98,6 +98,11 @@ pub struct VirtualClusterSpec {
     #[schemars(extend("default" = {}))]
     pub vm_policy: VmPolicy,
 
+    /// Which host nodes the tenant's pods and VMs run on, and which Nodes the tenant sees.
+    #[serde(default)]
+    #[schemars(extend("default" = {}))]
+    pub nodes: NodesSpec,
+
     /// Pauses the virtual cluster while true: syncing stops, the tenant's running VMs on the host
     /// are stopped, and a Managed control plane scales to zero (data kept). Setting it back to
     /// false restores the control plane and each VM's run strategy; nothing is lost.
@@ -118,6 +123,7 @@ impl Default for VirtualClusterSpec {
             kubevirt: KubeVirtSpec::default(),
             isolation: IsolationSpec::default(),
             vm_policy: VmPolicy::default(),
+            nodes: NodesSpec::default(),
             paused: false,
         }
     }

@@ -1,6 +1,8 @@
 //! `spec.isolation` and `spec.vmPolicy`.
 
-use k8s_openapi::api::core::v1::{LimitRangeSpec, ResourceQuotaSpec};
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{LimitRangeSpec, ResourceQuotaSpec, Toleration};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +56,24 @@ impl Default for IsolationSpec {
             allowed_ingress_classes: Vec::new(),
         }
     }
+}
+
+/// Which host nodes a virtual cluster runs on.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodesSpec {
+    /// Host node labels (all must match) confining the tenant's pods and VMs: kvtenant adds
+    /// them to the nodeSelector of every host copy (pods, and the VMI template of VMs, pools and
+    /// standalone VMIs), whatever the tenant asks, and the tenant sees every matching host node
+    /// as a Node. Empty (default): the host scheduler places them anywhere, and the tenant sees
+    /// the host nodes running its pods and VMs.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub selector: BTreeMap<String, String>,
+
+    /// Tolerations kvtenant adds to every host copy (for host nodes tainted for this tenant).
+    /// The tenant's own tolerations stay limited by vmPolicy.allowHostNodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
 }
 
 /// A Pod Security Standard level.

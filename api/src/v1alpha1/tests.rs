@@ -90,6 +90,8 @@ fn full_spec_round_trips() {
             "maxMemoryPerVm": "16Gi",
             "quota": {"maxVms": 20, "vcpus": 64, "memory": "256Gi", "storage": "2Ti"},
         },
+        "nodes": {"selector": {"pool": "tenant-a"},
+            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "tenant-a", "effect": "NoSchedule"}]},
         "paused": true,
     });
     let parsed: VirtualClusterSpec = serde_json::from_value(spec.clone()).unwrap();

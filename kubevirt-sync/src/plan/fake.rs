@@ -59,6 +59,9 @@ impl View for Fake {
     fn api_endpoint(&self) -> Option<&ApiEndpoint> {
         self.api.as_ref()
     }
+    fn nodes(&self) -> &kvtenant_api::NodesSpec {
+        &self.spec.nodes
+    }
     fn cluster_ip_taken(&self, ip: &str, _: &str, _: &str) -> bool {
         self.taken_ips.iter().any(|t| t == ip)
     }

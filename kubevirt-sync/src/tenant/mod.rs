@@ -416,6 +416,10 @@ impl View for Tenant {
         self.api_endpoint.as_ref()
     }
 
+    fn nodes(&self) -> &kvtenant_api::NodesSpec {
+        &self.spec.nodes
+    }
+
     fn enablement(&self, kind: &Kind) -> Enablement {
         self.enablement[kind.id.index()]
     }

@@ -1,5 +1,6 @@
-//! Tenant Nodes: each host node running one of the tenant's pods or VMIs is shown as a tenant
-//! Node with its name, a few visible labels and the host node's status (conditions, capacity,
+//! Tenant Nodes: each host node running one of the tenant's pods or VMIs (and, when the
+//! VirtualCluster confines it to selected host nodes, each of those) is shown as a tenant Node
+//! with its name, a few visible labels and the host node's status (conditions, capacity,
 //! allocatable, node info), so `kubectl get nodes` shows it Ready with its version; no addresses,
 //! no taints, nothing else of the host's. The status is written when the node is first shown and
 //! again at every consistency scan.
@@ -122,7 +123,19 @@ impl Tenant {
     /// Removes tenant Nodes kvtenant made for host nodes no longer running the tenant's pods or
     /// VMIs, and shows those that do with their current status.
     pub(super) async fn prune_nodes(&self) -> Result<(), Error> {
-        let in_use = self.nodes_in_use();
+        let mut in_use = self.nodes_in_use();
+        // confined to selected host nodes: the tenant sees all of them
+        let selector = &self.spec.nodes.selector;
+        if !selector.is_empty() {
+            let labels: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let host_nodes: Api<Node> = Api::all(self.host.client.clone());
+            self.api_call(Cluster::Host, "list");
+            let selected = host_nodes
+                .list_metadata(&ListParams::default().labels(&labels.join(",")))
+                .await
+                .map_err(Error::api("list", Cluster::Host, "Nodes"))?;
+            in_use.extend(selected.items.into_iter().map(|n| n.name_any()));
+        }
         let api: Api<Node> = Api::all(self.client.clone());
         self.api_call(Cluster::Tenant, "list");
         let listed = api

@@ -140,6 +140,8 @@ pub struct HostContext<'a> {
     pub name: &'a str,
     /// The VirtualCluster's uid (host namespaces carry it as a label).
     pub vc_uid: &'a str,
+    /// The host nodes the virtual cluster runs on.
+    pub nodes: &'a kvtenant_api::NodesSpec,
     /// The virtual cluster's apiserver as host pods reach it, when known.
     pub api: Option<&'a ApiEndpoint>,
 }
@@ -214,6 +216,11 @@ pub trait SyncedKind: Send + Sync {
         &[]
     }
 
+    /// Puts into `desired` (the host copy kvtenant would write) the host copy's values of
+    /// fields fixed at creation that no update may change: what every update sends and what
+    /// drift is measured against (Pods: all of the spec but images and a few others).
+    fn keep_host_fixed(&self, _desired: &mut Value, _host: &Value) {}
+
     /// Where the VM template sits, for VM-like kinds.
     fn vm_template(&self) -> Option<&'static VmTemplate> {
         None
@@ -279,8 +286,15 @@ pub trait SyncedKind: Send + Sync {
         true
     }
 
-    /// Rewrites the host copy's data after the generic translation (Pods: their identity).
-    fn to_host_data(&self, _data: &mut Value, _ctx: &HostContext) {}
+    /// Rewrites the host copy's data after the generic translation: VM-like kinds' VMI
+    /// template is confined to the VirtualCluster's nodes (Pods also get their identity).
+    fn to_host_data(&self, data: &mut Value, ctx: &HostContext) {
+        if let Some(t) = self.vm_template()
+            && let Some(spec) = data.pointer_mut(t.vmi_spec)
+        {
+            crate::pod::placement::confine(spec, ctx.nodes);
+        }
+    }
 
     /// Rewrites the tenant mirror's data of a host-made object (Events: re-pointed at the
     /// tenant's object); `false`: this host object is not shown in the tenant.

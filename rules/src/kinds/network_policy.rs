@@ -170,11 +170,15 @@ fn host_selector(sel: &Value, vc_uid: &str) -> Value {
 mod tests {
     use super::*;
 
+    static NODES: std::sync::LazyLock<kvtenant_api::NodesSpec> =
+        std::sync::LazyLock::new(kvtenant_api::NodesSpec::default);
+
     fn ctx() -> HostContext<'static> {
         HostContext {
             tenant_namespace: "web",
             name: "np",
             vc_uid: "vc-1",
+            nodes: &NODES,
             api: None,
         }
     }

@@ -52,6 +52,13 @@ impl SyncedKind for Pod {
             "/spec/serviceAccount",
         ]
     }
+    /// A pod's spec is immutable but for container images, `activeDeadlineSeconds`, added
+    /// tolerations and removed scheduling gates (which the tenant's apiserver enforces on the
+    /// tenant pod too): what kvtenant adds or rewrites on the host (identity, environment,
+    /// confinement) stays as it was when the host copy was made; images follow the tenant.
+    fn keep_host_fixed(&self, desired: &mut Value, host: &Value) {
+        keep_fixed_pod_spec(desired, host);
+    }
     fn watch_host_copies_only(&self) -> bool {
         true
     }
@@ -71,6 +78,7 @@ impl SyncedKind for Pod {
     fn to_host_data(&self, data: &mut Value, ctx: &HostContext) {
         if let Some(spec) = data.get_mut("spec") {
             identity::to_host(spec, ctx.tenant_namespace, ctx.name, ctx.api);
+            placement::confine(spec, ctx.nodes);
         }
     }
     fn tenant_token(&self, obj: &Value) -> Option<String> {
@@ -98,10 +106,84 @@ impl SyncedKind for Pod {
     }
 }
 
+/// Fields of a pod spec no update may change, that kvtenant's translation may have made
+/// differently at creation.
+const FIXED: &[&str] = &[
+    "/spec/nodeSelector",
+    "/spec/affinity",
+    "/spec/tolerations",
+    "/spec/volumes",
+    "/spec/automountServiceAccountToken",
+    "/spec/serviceAccountName",
+    "/spec/serviceAccount",
+    "/spec/securityContext",
+    "/spec/dnsPolicy",
+    "/spec/dnsConfig",
+    "/spec/enableServiceLinks",
+    "/spec/schedulerName",
+    "/spec/priorityClassName",
+    "/spec/priority",
+    "/spec/preemptionPolicy",
+    "/spec/nodeName",
+];
+
+/// The host pod's fixed fields and containers, with the tenant's images.
+fn keep_fixed_pod_spec(desired: &mut Value, host: &Value) {
+    crate::translate::keep::take_host_values(desired, host, FIXED);
+    for list in ["containers", "initContainers"] {
+        let Some(host_list) = host
+            .pointer(&format!("/spec/{list}"))
+            .and_then(Value::as_array)
+        else {
+            continue;
+        };
+        let images: Vec<(Value, Value)> = desired
+            .pointer(&format!("/spec/{list}"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|c| Some((c.get("name")?.clone(), c.get("image")?.clone())))
+            .collect();
+        let merged: Vec<Value> = host_list
+            .iter()
+            .map(|c| {
+                let mut c = c.clone();
+                let image = images
+                    .iter()
+                    .find(|(n, _)| Some(n) == c.get("name"))
+                    .map(|(_, i)| i.clone());
+                if let (Some(o), Some(i)) = (c.as_object_mut(), image) {
+                    o.insert("image".into(), i);
+                }
+                c
+            })
+            .collect();
+        if let Some(spec) = desired.get_mut("spec").and_then(Value::as_object_mut) {
+            spec.insert(list.into(), Value::Array(merged));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn an_update_keeps_what_the_host_fixed_and_takes_the_tenants_images() {
+        let host = json!({"spec": {"nodeSelector": {"pool": "old"}, "nodeName": "n1",
+            "containers": [{"name": "web", "image": "nginx:1", "env": [{"name": "KUBERNETES_SERVICE_HOST", "value": "old"}]}]}});
+        let mut desired = json!({"spec": {"nodeSelector": {"pool": "new"},
+            "containers": [{"name": "web", "image": "nginx:2", "env": [{"name": "KUBERNETES_SERVICE_HOST", "value": "new"}]}]}});
+        Pod.keep_host_fixed(&mut desired, &host);
+        assert_eq!(desired["spec"]["nodeSelector"]["pool"], "old");
+        assert_eq!(desired["spec"]["nodeName"], "n1");
+        assert_eq!(desired["spec"]["containers"][0]["image"], "nginx:2");
+        assert_eq!(desired["spec"]["containers"][0]["env"][0]["value"], "old");
+        let mut no_affinity = json!({"spec": {"affinity": {"x": 1}}});
+        Pod.keep_host_fixed(&mut no_affinity, &json!({"spec": {}}));
+        assert!(no_affinity["spec"].get("affinity").is_none());
+    }
 
     #[test]
     fn a_scheduled_host_copy_binds_the_tenant_pod_once() {

@@ -113,6 +113,37 @@ pub fn check(spec: &Value, policy: &VmPolicy) -> Vec<Violation> {
     out
 }
 
+/// Confines a host copy's pod spec (a pod, or a VM's VMI template) to the VirtualCluster's host
+/// nodes: its node selector labels added (winning over the tenant's), its tolerations appended.
+pub fn confine(spec: &mut Value, nodes: &kvtenant_api::NodesSpec) {
+    let Some(s) = spec.as_object_mut() else {
+        return;
+    };
+    if !nodes.selector.is_empty() {
+        let sel = s
+            .entry("nodeSelector")
+            .or_insert_with(|| Value::Object(serde_json::Map::new()));
+        if let Some(sel) = sel.as_object_mut() {
+            for (k, v) in &nodes.selector {
+                sel.insert(k.clone(), Value::String(v.clone()));
+            }
+        }
+    }
+    if !nodes.tolerations.is_empty() {
+        let list = s
+            .entry("tolerations")
+            .or_insert_with(|| Value::Array(Vec::new()));
+        if let Some(list) = list.as_array_mut() {
+            for t in &nodes.tolerations {
+                let t = serde_json::to_value(t).unwrap_or(Value::Null);
+                if !t.is_null() && !list.contains(&t) {
+                    list.push(t);
+                }
+            }
+        }
+    }
+}
+
 fn label_violation(path: String, key: &str) -> Violation {
     Violation::new(
         path,
@@ -170,6 +201,28 @@ fn affinity_keys<'a>(spec: &'a Value) -> Vec<(String, &'a str)> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn host_copies_are_confined_to_the_virtual_clusters_nodes() {
+        let nodes: kvtenant_api::NodesSpec = serde_json::from_value(json!({
+            "selector": {"pool": "tenant-a"},
+            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "tenant-a", "effect": "NoSchedule"}]}))
+        .unwrap_or_default();
+        let mut spec = json!({"nodeSelector": {"kubernetes.io/os": "linux", "pool": "other"},
+            "tolerations": [{"key": "node.kubernetes.io/not-ready", "operator": "Exists"}]});
+        confine(&mut spec, &nodes);
+        assert_eq!(
+            spec["nodeSelector"],
+            json!({"kubernetes.io/os": "linux", "pool": "tenant-a"})
+        );
+        assert_eq!(spec["tolerations"].as_array().map(Vec::len), Some(2));
+        let once = spec.clone();
+        confine(&mut spec, &nodes);
+        assert_eq!(spec, once, "confining twice changes nothing");
+        let mut free = json!({"containers": []});
+        confine(&mut free, &kvtenant_api::NodesSpec::default());
+        assert_eq!(free, json!({"containers": []}));
+    }
 
     #[test]
     fn the_tenants_defaults_pass_and_host_placement_is_refused() {

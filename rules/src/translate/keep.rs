@@ -35,6 +35,29 @@ pub fn keep_host_set(out: &mut Value, current: &Value, pointers: &[&str]) {
     }
 }
 
+/// Makes `out` hold, at each pointer, exactly what `current` holds (the value, or nothing):
+/// fields the host fixed at creation (a Pod's spec is immutable but for images and a few
+/// others), so a change of kvtenant's translation (a new node confinement, say) never asks the
+/// host for an update it would refuse, and is not drift.
+pub fn take_host_values(out: &mut Value, current: &Value, pointers: &[&str]) {
+    for p in pointers {
+        let tokens: Vec<String> = p.trim_start_matches('/').split('/').map(unescape).collect();
+        match current.pointer(p) {
+            Some(value) => {
+                set_at(out, &tokens, value.clone());
+            }
+            None => {
+                if let Some((last, parent)) = tokens.split_last() {
+                    let parent_ptr: String = parent.iter().map(|t| format!("/{t}")).collect();
+                    if let Some(o) = out.pointer_mut(&parent_ptr).and_then(Value::as_object_mut) {
+                        o.remove(last);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Sets `value` at `tokens` below `node`, creating objects on the way (never replacing a
 /// non-object); false if the path runs into a non-object.
 fn set_at(node: &mut Value, tokens: &[String], value: Value) -> bool {
