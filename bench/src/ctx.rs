@@ -7,8 +7,8 @@ use kube::Client;
 
 use crate::Args;
 use crate::env::{BenchEnv, TENANT_NS, direct_ns};
-use crate::load::{self, Created, Job};
-use crate::observe::Observer;
+use crate::load::{self, Created, Job, Workload};
+use crate::observe::{Milestones, Observer};
 use crate::syncer::{SyncerCounters, SyncerHandle, SyncerSpec};
 
 /// VMs of a kvtenant run left in place for the footprint and restart scenarios.
@@ -74,31 +74,40 @@ impl Ctx {
         }
     }
 
-    /// When a job's VM is done: tenant VMI Running (kvtenant) or host VMI Running (direct).
-    pub fn done_at(&self, path: PathKind, job: &Job) -> Option<Instant> {
+    /// When a job is done, by the stamps of its workload: its VMI (pod) Running in the tenant
+    /// (kvtenant) or on the host (direct).
+    pub fn done_in(m: &Milestones, path: PathKind, job: &Job) -> Option<Instant> {
         match path {
-            PathKind::Kvtenant => {
-                self.obs.tenant_vmi_running[job.slot].get(&job.namespace, &job.name)
-            }
-            PathKind::Direct => self.obs.host_vmi_running.get(&job.namespace, &job.name),
+            PathKind::Kvtenant => m.tenant_running[job.slot].get(&job.namespace, &job.name),
+            PathKind::Direct => m.host_running.get(&job.namespace, &job.name),
         }
     }
 
-    pub fn host_seen_at(&self, path: PathKind, job: &Job) -> Option<Instant> {
-        self.obs
-            .host_vm_seen
-            .get(&self.host_ns_of(path, job), &job.name)
+    /// When a job's VM (pod) was first seen on the host.
+    pub fn host_seen_in(&self, m: &Milestones, path: PathKind, job: &Job) -> Option<Instant> {
+        m.host_seen.get(&self.host_ns_of(path, job), &job.name)
     }
 
-    pub fn host_running_at(&self, path: PathKind, job: &Job) -> Option<Instant> {
-        self.obs
-            .host_vmi_running
-            .get(&self.host_ns_of(path, job), &job.name)
+    /// When a job's host VMI (pod) was first seen Running.
+    pub fn host_running_in(&self, m: &Milestones, path: PathKind, job: &Job) -> Option<Instant> {
+        m.host_running.get(&self.host_ns_of(path, job), &job.name)
     }
 
     /// Waits until every successfully created job is done, or the timeout; returns how many
     /// are done.
     pub async fn wait_done(&mut self, path: PathKind, jobs: &[Job], created: &[Created]) -> usize {
+        let m = self.obs.stamps.clone();
+        self.wait_done_in(&m, path, jobs, created).await
+    }
+
+    /// [`Self::wait_done`] by the stamps of any workload.
+    pub async fn wait_done_in(
+        &mut self,
+        m: &Milestones,
+        path: PathKind,
+        jobs: &[Job],
+        created: &[Created],
+    ) -> usize {
         let want: Vec<&Job> = created
             .iter()
             .filter(|c| c.error.is_none())
@@ -108,7 +117,7 @@ impl Ctx {
         loop {
             let done = want
                 .iter()
-                .filter(|j| self.done_at(path, j).is_some())
+                .filter(|j| Self::done_in(m, path, j).is_some())
                 .count();
             if done == want.len() || Instant::now() > deadline {
                 if done < want.len() {
@@ -190,15 +199,26 @@ impl Ctx {
         drop(host);
     }
 
-    /// Deletes runs' VMs (kvtenant: in the tenants; direct: on the host) and waits until they
+    /// Deletes a run's VMs (kvtenant: in the tenants; direct: on the host) and waits until they
     /// are gone everywhere.
     pub async fn cleanup(&self, path: PathKind, run: &str) -> Result<Duration> {
+        self.cleanup_of(Workload::Vm, path, run).await
+    }
+
+    /// [`Self::cleanup`] for any workload.
+    pub async fn cleanup_of(
+        &self,
+        workload: Workload,
+        path: PathKind,
+        run: &str,
+    ) -> Result<Duration> {
         let origins: Vec<(Client, String)> = self
             .slots(path, None)
             .into_iter()
             .map(|(_, c, ns)| (c, ns))
             .collect();
         load::cleanup(
+            workload,
             run,
             &origins,
             &self.env.host_client,

@@ -40,6 +40,10 @@ pub fn vmi_resource() -> ApiResource {
     )
 }
 
+pub fn pod_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("", "v1", "Pod"), "pods")
+}
+
 /// The host namespace of the direct path for "tenant slot" `i` (same spread over namespaces
 /// as the tenants' VMs).
 pub fn direct_ns(i: usize) -> String {

@@ -25,9 +25,10 @@ use serde::Serialize;
 
 use crate::ctx::{Ctx, PathKind};
 use crate::env::{BenchEnv, SetupTimes};
+use crate::load::Workload;
 use crate::observe::Observer;
 use crate::report::{Meta, TargetCheck, fmt_bytes, fmt_f};
-use crate::scenarios::{burst, fairness, footprint, proxy, restart};
+use crate::scenarios::{burst, fairness, footprint, pods, proxy, restart};
 use crate::syncer::{SyncerHandle, SyncerMode, SyncerSpec};
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -48,6 +49,10 @@ enum Scenario {
     /// Subresource call through the host (and through the tenant when kvtenant's proxy is
     /// registered); admission overhead when kvtenant's webhooks exist.
     Proxy,
+    /// The VirtualCluster paper's experiment, scaled: T × P pods created in the tenants (synced,
+    /// scheduled on kwok nodes, Running) against as many created on the host directly; wall
+    /// time to all Running and its ratio. Not run by default.
+    Pods,
 }
 
 /// Benchmark harness for kvtenant on testenv: real etcd and kube-apiserver processes on
@@ -85,8 +90,8 @@ pub struct Args {
     /// many host namespaces). Also the population of the footprint and restart scenarios.
     #[arg(long, default_value_t = 1000, env = "KVTENANT_BENCH_VMS")]
     vms: usize,
-    /// How many times the burst (and the baseline) run; runs alternate between the paths and
-    /// the spread is reported.
+    /// How many times the burst (and the baseline) run, and each path of the pods scenario;
+    /// runs alternate between the paths and the spread is reported.
     #[arg(long, default_value_t = 2, env = "KVTENANT_BENCH_REPEAT")]
     repeat: usize,
     /// Create requests in flight at once (tenants together, or on the host for the baseline).
@@ -97,6 +102,10 @@ pub struct Args {
     /// `--rate 10` when the direct path reaches ~24 VMs/s.
     #[arg(long, default_value_t = 0.0, env = "KVTENANT_BENCH_RATE")]
     rate: f64,
+    /// Pods: pods each tenant creates per run (round-robin); the direct path creates as many in
+    /// each of as many host namespaces.
+    #[arg(long, default_value_t = 25, env = "KVTENANT_BENCH_PODS_PER_TENANT")]
+    pods_per_tenant: usize,
     /// Fairness: VMs the greedy tenant (the first) creates.
     #[arg(long, default_value_t = 300, env = "KVTENANT_BENCH_GREEDY_VMS")]
     greedy_vms: usize,
@@ -151,6 +160,8 @@ struct Report {
     restart: Option<restart::RestartReport>,
     fairness: Option<fairness::FairnessReport>,
     proxy: Option<proxy::ProxyReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pods: Option<pods::PodsReport>,
     targets: Vec<TargetCheck>,
     /// What the node agent (simulated virt-handler) did over the whole bench.
     node_agent: Option<NodeAgentTotals>,
@@ -227,6 +238,7 @@ async fn run(args: Args) -> Result<usize> {
         restart: None,
         fairness: None,
         proxy: None,
+        pods: None,
         targets: Vec::new(),
         node_agent: None,
         errors: Vec::new(),
@@ -293,7 +305,7 @@ async fn run(args: Args) -> Result<usize> {
             footprint::sample_pid(syncer_handle.pid(), Duration::from_secs(3), window).await?;
     }
     let tenant_clients: Vec<_> = env.tenants.iter().map(|t| t.client.clone()).collect();
-    let obs = Observer::start(&env.host_client, &tenant_clients).await?;
+    let obs = Observer::start(&env.host_client, &tenant_clients, Workload::Vm).await?;
     println!(
         "setup: host {} s, KubeVirt {} s, {} tenant control planes {} s, CRDs mirrored by the syncer {} s",
         fmt_f(rep.setup.host_ready_s, 1),
@@ -367,6 +379,11 @@ async fn run(args: Args) -> Result<usize> {
     if has(Scenario::Proxy) {
         let r = proxy::run(&mut ctx, &mut rep.proxy).await;
         note_err(&mut rep, "proxy", r);
+    }
+    // last: it changes the simulated nodes' pod capacity while it runs
+    if has(Scenario::Pods) {
+        let r = pods::run(&mut ctx, &mut rep.pods).await;
+        note_err(&mut rep, "pods", r);
     }
 
     let st = ctx.env.kubevirt.node_agent_stats();
@@ -547,5 +564,24 @@ fn targets(rep: &Report) -> Vec<TargetCheck> {
         met: None,
         note: "dry-run creates, sequential; without = a control plane with no webhooks".into(),
     });
+    // only when the pods scenario ran (not part of the targets)
+    if let Some(p) = rep.pods.as_ref() {
+        out.push(TargetCheck {
+            target: "pods: wall time kvtenant / direct (no numeric target; paper ≈ 1.28×)".into(),
+            measured: p
+                .ratios
+                .as_ref()
+                .map(|r| format!("{}×", fmt_f(r.wall_time, 2)))
+                .unwrap_or_else(|| "n/a".into()),
+            met: None,
+            note: format!(
+                "{} tenants × {} pods, median of {} runs per path; {}",
+                p.tenants,
+                p.pods_per_tenant,
+                rep.args.repeat.max(1),
+                pods::PAPER
+            ),
+        });
+    }
     out
 }

@@ -1,6 +1,6 @@
-//! Watches that stamp when each VM reaches a milestone: host VM first seen, host VMI first seen
-//! Running, tenant VMI first seen Running. Keys are `namespace/name` per cluster; the bench
-//! gives every run unique VM names, so the maps only grow.
+//! Watches that stamp when each object reaches a milestone: created object (VM, pod) first seen
+//! on the host, host VMI (pod) first seen Running, tenant VMI (pod) first seen Running. Keys are
+//! `namespace/name` per cluster; the bench gives every run unique names, so the maps only grow.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +15,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tokio::task::JoinSet;
 
-use crate::env::{vm_resource, vmi_resource};
+use crate::load::Workload;
 
 /// First-seen times by `namespace/name`.
 #[derive(Clone, Default)]
@@ -57,47 +57,69 @@ enum Milestone {
     Running,
 }
 
-/// The watches of one bench.
+/// The stamps of one workload's milestones (cheap to clone: shared maps).
+#[derive(Clone, Default)]
+pub struct Milestones {
+    /// The created object (VM, pod) first seen on the host.
+    pub host_seen: Stamps,
+    /// Host VMI (pod) first seen Running.
+    pub host_running: Stamps,
+    /// Tenant VMI (pod) first seen Running, per tenant (same order as the environment's
+    /// tenants).
+    pub tenant_running: Vec<Stamps>,
+}
+
+/// The watches of one workload; dropping it stops them.
 pub struct Observer {
-    pub host_vm_seen: Stamps,
-    pub host_vmi_running: Stamps,
-    /// Per tenant (same order as the environment's tenants).
-    pub tenant_vmi_running: Vec<Stamps>,
+    pub stamps: Milestones,
     _tasks: JoinSet<()>,
 }
 
 impl Observer {
-    pub async fn start(host: &Client, tenants: &[Client]) -> Result<Self> {
+    pub async fn start(host: &Client, tenants: &[Client], workload: Workload) -> Result<Self> {
         let mut tasks = JoinSet::new();
-        let host_vm_seen = Stamps::default();
-        let host_vmi_running = Stamps::default();
-        tasks.spawn(watch(
-            host.clone(),
-            vm_resource(),
-            Milestone::Exists,
-            host_vm_seen.clone(),
-        ));
-        tasks.spawn(watch(
-            host.clone(),
-            vmi_resource(),
-            Milestone::Running,
-            host_vmi_running.clone(),
-        ));
-        let mut tenant_vmi_running = Vec::new();
+        let host_seen = Stamps::default();
+        let host_running = Stamps::default();
+        let created = workload.created();
+        let running = workload.running();
+        if created == running {
+            // one watch stamps both milestones
+            tasks.spawn(watch(
+                host.clone(),
+                created,
+                vec![
+                    (Milestone::Exists, host_seen.clone()),
+                    (Milestone::Running, host_running.clone()),
+                ],
+            ));
+        } else {
+            tasks.spawn(watch(
+                host.clone(),
+                created,
+                vec![(Milestone::Exists, host_seen.clone())],
+            ));
+            tasks.spawn(watch(
+                host.clone(),
+                running.clone(),
+                vec![(Milestone::Running, host_running.clone())],
+            ));
+        }
+        let mut tenant_running = Vec::new();
         for c in tenants {
             let s = Stamps::default();
             tasks.spawn(watch(
                 c.clone(),
-                vmi_resource(),
-                Milestone::Running,
-                s.clone(),
+                running.clone(),
+                vec![(Milestone::Running, s.clone())],
             ));
-            tenant_vmi_running.push(s);
+            tenant_running.push(s);
         }
         let obs = Self {
-            host_vm_seen,
-            host_vmi_running,
-            tenant_vmi_running,
+            stamps: Milestones {
+                host_seen,
+                host_running,
+                tenant_running,
+            },
             _tasks: tasks,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -111,13 +133,15 @@ impl Observer {
     }
 
     fn all_ready(&self) -> bool {
-        self.host_vm_seen.is_ready()
-            && self.host_vmi_running.is_ready()
-            && self.tenant_vmi_running.iter().all(Stamps::is_ready)
+        let m = &self.stamps;
+        m.host_seen.is_ready()
+            && m.host_running.is_ready()
+            && m.tenant_running.iter().all(Stamps::is_ready)
     }
 }
 
-async fn watch(client: Client, ar: ApiResource, milestone: Milestone, stamps: Stamps) {
+/// Watches one kind and stamps each milestone in its own map.
+async fn watch(client: Client, ar: ApiResource, milestones: Vec<(Milestone, Stamps)>) {
     let api: Api<DynamicObject> = Api::all_with(client, &ar);
     let mut stream = watcher(api, watcher::Config::default())
         .default_backoff()
@@ -126,18 +150,24 @@ async fn watch(client: Client, ar: ApiResource, milestone: Milestone, stamps: St
         let now = Instant::now();
         match ev {
             Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
-                let hit = match milestone {
-                    Milestone::Exists => true,
-                    Milestone::Running => {
-                        o.data.pointer("/status/phase").and_then(|p| p.as_str()) == Some("Running")
+                let running =
+                    o.data.pointer("/status/phase").and_then(|p| p.as_str()) == Some("Running");
+                for (milestone, stamps) in &milestones {
+                    let hit = match milestone {
+                        Milestone::Exists => true,
+                        Milestone::Running => running,
+                    };
+                    if hit {
+                        let key = format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any());
+                        stamps.stamp(key, now);
                     }
-                };
-                if hit {
-                    let key = format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any());
-                    stamps.stamp(key, now);
                 }
             }
-            Ok(watcher::Event::InitDone) => stamps.ready.store(true, Ordering::Release),
+            Ok(watcher::Event::InitDone) => {
+                for (_, stamps) in &milestones {
+                    stamps.ready.store(true, Ordering::Release);
+                }
+            }
             Ok(_) => {}
             Err(e) => tracing::debug!(error = %e, "bench watch"),
         }

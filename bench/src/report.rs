@@ -11,6 +11,11 @@ v1.8.1 on testenv); nodes and pods (kwok), virt-handler (testenv's node agent) a
 simulated: no VM boots; the numbers measure kvtenant's sync path, the apiservers and KubeVirt's \
 control plane, not VM start-up.";
 
+/// The same for the pods scenario.
+pub const SIMULATED_PODS: &str = "kube-scheduler is real; nodes and pods are simulated by kwok (a \
+pod is Running once kwok writes its status, no container starts): the numbers measure kvtenant's \
+sync path, the apiservers, the scheduler and kwok, not container start-up.";
+
 /// Facts about the run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Meta {

@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::ctx::{Ctx, PathKind};
 use crate::load::{self, Created, Job};
 use crate::report::{SIMULATED, Table, fmt_f, fmt_summary};
-use crate::scenarios::burst::{Latencies, latencies};
+use crate::scenarios::measured::{Latencies, latencies};
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct FairnessReport {
@@ -98,7 +98,7 @@ pub async fn run(ctx: &mut Ctx, out: &mut Option<FairnessReport>) -> Result<()> 
     let greedy_ns = ctx.env.tenants[0].host_ns();
     let deadline = Instant::now() + ctx.timeout();
     loop {
-        let on_host = ctx.obs.host_vm_seen.count_of(
+        let on_host = ctx.obs.stamps.host_seen.count_of(
             greedy_jobs
                 .iter()
                 .map(|j| (greedy_ns.as_str(), j.name.as_str())),

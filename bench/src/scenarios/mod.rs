@@ -2,5 +2,7 @@
 pub mod burst;
 pub mod fairness;
 pub mod footprint;
+pub mod measured;
+pub mod pods;
 pub mod proxy;
 pub mod restart;
