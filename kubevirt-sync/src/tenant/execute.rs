@@ -101,24 +101,18 @@ impl Tenant {
                         return Ok(Some(CONFLICT_WAIT));
                     }
                 }
-                Step::DeleteHost => {
-                    self.api_call(Cluster::Host, "delete");
-                    let dp = DeleteParams {
-                        propagation_policy: Some(PropagationPolicy::Background),
-                        ..DeleteParams::default()
+                Step::DeleteHost | Step::DeleteHostGracefully(_) => {
+                    let dp = match step {
+                        Step::DeleteHostGracefully(grace) => DeleteParams {
+                            grace_period_seconds: Some(u32::try_from(grace.max(0)).unwrap_or(30)),
+                            ..DeleteParams::default()
+                        },
+                        _ => DeleteParams {
+                            propagation_policy: Some(PropagationPolicy::Background),
+                            ..DeleteParams::default()
+                        },
                     };
-                    host.delete(&key.name, &dp)
-                        .await
-                        .gone_ok()
-                        .map_err(Error::api("delete", Cluster::Host, host_what.clone()))?;
-                    self.synced(kind, "delete");
-                }
-                Step::DeleteHostGracefully(grace) => {
                     self.api_call(Cluster::Host, "delete");
-                    let dp = DeleteParams {
-                        grace_period_seconds: Some(u32::try_from(grace.max(0)).unwrap_or(30)),
-                        ..DeleteParams::default()
-                    };
                     host.delete(&key.name, &dp)
                         .await
                         .gone_ok()

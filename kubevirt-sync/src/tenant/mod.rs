@@ -394,6 +394,17 @@ impl Tenant {
     }
 }
 
+/// Whether a set of keys holds this object's.
+fn holds(set: &Mutex<HashSet<Key>>, kind: &Kind, namespace: &str, name: &str) -> bool {
+    set.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(&Key {
+            kind: kind.id,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        })
+}
+
 /// The virtual cluster's apiserver as host pods reach it, from the VirtualCluster's status.
 fn api_endpoint(vc: &VirtualCluster) -> Option<ApiEndpoint> {
     vc.status
@@ -451,25 +462,11 @@ impl View for Tenant {
     }
 
     fn recreating(&self, kind: &Kind, namespace: &str, name: &str) -> bool {
-        self.recreating
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&Key {
-                kind: kind.id,
-                namespace: namespace.to_string(),
-                name: name.to_string(),
-            })
+        holds(&self.recreating, kind, namespace, name)
     }
 
     fn recreate_failed(&self, kind: &Kind, namespace: &str, name: &str) -> bool {
-        self.recreate_failed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&Key {
-                kind: kind.id,
-                namespace: namespace.to_string(),
-                name: name.to_string(),
-            })
+        holds(&self.recreate_failed, kind, namespace, name)
     }
 
     fn host_uid(&self, kind: &str, host_namespace: &str, name: &str) -> Option<String> {

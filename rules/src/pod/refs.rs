@@ -8,16 +8,7 @@ use serde_json::Value;
 use super::identity::is_token_projection;
 use super::{containers, volumes};
 use crate::kinds::{config_map, pvc, secret};
-use crate::vm::refs::ObjRef;
-
-fn push(out: &mut Vec<ObjRef>, kind: &'static str, name: Option<&Value>) {
-    if let Some(name) = name.and_then(Value::as_str).filter(|n| !n.is_empty()) {
-        out.push(ObjRef {
-            kind,
-            name: name.to_string(),
-        });
-    }
-}
+use crate::vm::refs::{ObjRef, push};
 
 /// Everything the pod spec references (sorted, no duplicates).
 pub fn references(spec: &Value) -> Vec<ObjRef> {

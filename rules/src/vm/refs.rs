@@ -15,7 +15,8 @@ pub struct ObjRef {
     pub name: String,
 }
 
-fn push(out: &mut Vec<ObjRef>, kind: &'static str, name: Option<&Value>) {
+/// Adds a reference to `out` when `name` is a non-empty string.
+pub(crate) fn push(out: &mut Vec<ObjRef>, kind: &'static str, name: Option<&Value>) {
     if let Some(name) = name.and_then(Value::as_str).filter(|n| !n.is_empty()) {
         out.push(ObjRef {
             kind,
