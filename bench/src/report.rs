@@ -178,7 +178,7 @@ pub struct TargetCheck {
 
 pub fn targets_table(targets: &[TargetCheck]) -> Table {
     let mut t = Table::new(
-        "Targets (issue 8) — KubeVirt simulated",
+        "Targets (issue 8) — real KubeVirt control plane, simulated nodes and virt-handler",
         &["target", "measured", "met", "note"],
     );
     for c in targets {
