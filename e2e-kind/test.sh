@@ -20,6 +20,13 @@ kubectl --kubeconfig "${TENANT_KUBECONFIG}" get --raw /readyz >/dev/null \
 export KVTENANT_E2E_HOST_KUBECONFIG="${HOST_KUBECONFIG}"
 export KVTENANT_E2E_TENANT_KUBECONFIG="${TENANT_KUBECONFIG}"
 export KVTENANT_E2E_VIRTUALCLUSTER="${VC_NAMESPACE}/${VC_NAME}"
+# the stop/start scenario runs the real virtctl (KubeVirt's release binary, downloaded once)
+VIRTCTL="${STATE_DIR}/virtctl-${KUBEVIRT_VERSION}"
+if [[ ! -x "${VIRTCTL}" ]]; then
+  curl -fsSL -o "${VIRTCTL}" "${VIRTCTL_URL}" && chmod +x "${VIRTCTL}" \
+    || die "cannot download virtctl from ${VIRTCTL_URL}"
+fi
+export VIRTCTL
 cd "${ROOT_DIR}"
 # one at a time: the scenarios share one virtual cluster and boot real (emulated) VMs
 cargo test --locked --test e2e_kind -- --ignored --test-threads=1 "$@"

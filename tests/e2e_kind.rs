@@ -16,6 +16,8 @@ fn target() -> scenarios::Target {
         tenant_kubeconfig: var("KVTENANT_E2E_TENANT_KUBECONFIG").into(),
         timeout: Duration::from_secs(600),
         vm_pods: true,
+        // e2e-kind/test.sh downloads KubeVirt's virtctl release and sets VIRTCTL
+        virtctl: std::env::var("VIRTCTL").ok().map(Into::into),
     }
 }
 

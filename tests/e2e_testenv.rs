@@ -42,6 +42,8 @@ fn scenarios_pass_on_testenv_with_real_kubevirt_and_simulated_nodes() {
         timeout: Duration::from_secs(120),
         // kwok runs virt-launcher pods (simulated): host Services get ready endpoints
         vm_pods: true,
+        // the real virtctl, built with KubeVirt (cached by `kvtenant dev` above)
+        virtctl: Some(testenv::binaries::ensure_kubevirt().unwrap().virtctl),
     };
     t.vm_boots();
     t.console_answers();

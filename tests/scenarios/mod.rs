@@ -33,6 +33,9 @@ pub struct Target {
     /// Whether VMs run in pods, so host Services get endpoints: real pods on kind, kwok's
     /// simulated virt-launcher pods (Ready, with an IP) on testenv.
     pub vm_pods: bool,
+    /// The real virtctl, for stop/start as a tenant runs them (through the tenant apiserver and
+    /// kvtenant's subresource proxy); without it the scenario patches the run strategy.
+    pub virtctl: Option<PathBuf>,
 }
 
 type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
@@ -352,9 +355,25 @@ impl Target {
         self.console_answers_as(&rt, None);
     }
 
-    /// 3. Stop/start: the tenant halts the VM and its instance goes away; starts it and the
-    ///    instance comes back Running.
-    pub fn stop_start(&self) {
+    /// Stops or starts vm1 as a tenant does: `virtctl stop|start` when the real virtctl is at
+    /// hand, else a patch of its run strategy.
+    fn stop_or_start(&self, verb: &str) {
+        if let Some(virtctl) = &self.virtctl {
+            let out = Command::new(virtctl)
+                .arg("--kubeconfig")
+                .arg(&self.tenant_kubeconfig)
+                .args([verb, "vm1", "-n", "default"])
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run {}: {e}", virtctl.display()));
+            assert!(
+                out.status.success(),
+                "virtctl {verb} vm1: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return;
+        }
+        let strategy = if verb == "stop" { "Halted" } else { "Always" };
         self.tenant(&[
             "patch",
             "vm",
@@ -363,8 +382,14 @@ impl Target {
             "default",
             "--type=merge",
             "-p",
-            r#"{"spec":{"runStrategy":"Halted"}}"#,
+            &format!(r#"{{"spec":{{"runStrategy":"{strategy}"}}}}"#),
         ]);
+    }
+
+    /// 3. Stop/start: the tenant halts the VM (`virtctl stop`) and its instance goes away;
+    ///    starts it (`virtctl start`) and the instance comes back Running.
+    pub fn stop_start(&self) {
+        self.stop_or_start("stop");
         self.wait("the tenant VMI gone after stop", || {
             kubectl(
                 &self.tenant_kubeconfig,
@@ -373,16 +398,7 @@ impl Target {
             .ok()
             .filter(|out| !out.contains("vm1"))
         });
-        self.tenant(&[
-            "patch",
-            "vm",
-            "vm1",
-            "-n",
-            "default",
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"runStrategy":"Always"}}"#,
-        ]);
+        self.stop_or_start("start");
         self.wait("the tenant VMI Running after start", || {
             let v = json(
                 &self.tenant_kubeconfig,
