@@ -102,6 +102,7 @@ pub fn network_policy(
         labels::MANAGED_BY: labels::MANAGED_BY_VALUE,
         labels::VIRTUALCLUSTER_UID: vcref.uid,
     }}});
+    let egress = egress_rules(vc, &tenant);
     serde_json::from_value(json!({
         "metadata": meta(vcref, host_ns),
         "spec": {
@@ -111,20 +112,45 @@ pub fn network_policy(
                 tenant,
                 {"namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: vcref.namespace}}},
             ]}],
-            "egress": [
-                {"to": [tenant]},
-                {
-                    "to": [{
-                        "namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: "kube-system"}},
-                        "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
-                    }],
-                    "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
-                },
-            ],
+            "egress": egress,
         }
     }))
     .map(Some)
 }
+
+/// The egress rules: the same virtual cluster, the host's DNS, and (internetEgress) every
+/// address outside egressExcept, per address family.
+fn egress_rules(vc: &VirtualCluster, tenant: &serde_json::Value) -> Vec<serde_json::Value> {
+    let mut egress = vec![
+        json!({"to": [tenant]}),
+        json!({
+            "to": [{
+                "namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: "kube-system"}},
+                "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+            }],
+            "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+        }),
+    ];
+    if vc.spec.isolation.internet_egress {
+        let except = vc.spec.isolation.egress_except();
+        let blocks: Vec<serde_json::Value> = [("0.0.0.0/0", false), ("::/0", true)]
+            .into_iter()
+            .map(|(all, v6)| {
+                let ex: Vec<&String> = except.iter().filter(|c| c.contains(':') == v6).collect();
+                if ex.is_empty() {
+                    json!({"ipBlock": {"cidr": all}})
+                } else {
+                    json!({"ipBlock": {"cidr": all, "except": ex}})
+                }
+            })
+            .collect();
+        egress.push(json!({"to": blocks}));
+    }
+    egress
+}
+
+#[cfg(test)]
+mod flows;
 
 #[cfg(test)]
 mod tests {

@@ -389,7 +389,7 @@ fn minimal_object_applies_all_defaults() {
                 "webhooks": true,
                 "subresources": true,
             },
-            "isolation": {"networkPolicy": true, "podSecurity": "baseline"},
+            "isolation": {"networkPolicy": true, "internetEgress": true, "podSecurity": "baseline"},
             "vmPolicy": {"allowHostNodes": false, "allowHostDisk": false},
             "nodes": {},
             "paused": false,

@@ -22,9 +22,24 @@ pub struct IsolationSpec {
 
     /// Whether each host namespace gets a NetworkPolicy that admits ingress only from the host
     /// namespaces of the same virtual cluster (and from the virtual cluster's control plane and
-    /// kvtenant), isolating tenants from each other (default true).
+    /// kvtenant), isolating tenants from each other, and egress only to the same virtual
+    /// cluster, the host's DNS and (internetEgress) the Internet (default true). Ingress from
+    /// outside to a Service a tenant exposes (NodePort, LoadBalancer, Ingress) needs the
+    /// tenant's own NetworkPolicy admitting it (an ipBlock), which kvtenant syncs.
     #[serde(default = "default_true")]
     pub network_policy: bool,
+
+    /// Whether that NetworkPolicy lets pods and VMs reach addresses outside the cluster: every
+    /// address but egressExcept (default true).
+    #[serde(default = "default_true")]
+    pub internet_egress: bool,
+
+    /// The address ranges internet egress leaves out: the host's pod, service and node networks
+    /// and whatever else tenants must not reach directly. Unset (default): the private,
+    /// shared, loopback and link-local ranges (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16,
+    /// 100.64.0.0/10, 127.0.0.0/8, 169.254.0.0/16 (cloud metadata), fc00::/7, fe80::/10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_except: Option<Vec<String>>,
 
     /// Pod Security Standard of the tenant's pods: privileged, baseline (default) or restricted.
     /// The syncer refuses pods above it before they reach the host (the tenant's own Pod
@@ -46,12 +61,38 @@ fn default_true() -> bool {
     true
 }
 
+/// The ranges internet egress leaves out by default (`spec.isolation.egressExcept` unset).
+pub const DEFAULT_EGRESS_EXCEPT: &[&str] = &[
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "fc00::/7",
+    "fe80::/10",
+];
+
+impl IsolationSpec {
+    /// The ranges internet egress leaves out.
+    pub fn egress_except(&self) -> Vec<String> {
+        self.egress_except.clone().unwrap_or_else(|| {
+            DEFAULT_EGRESS_EXCEPT
+                .iter()
+                .map(|c| (*c).to_string())
+                .collect()
+        })
+    }
+}
+
 impl Default for IsolationSpec {
     fn default() -> Self {
         Self {
             resource_quota: None,
             limit_range: None,
             network_policy: true,
+            internet_egress: true,
+            egress_except: None,
             pod_security: PodSecurityLevel::default(),
             allowed_ingress_classes: Vec::new(),
         }

@@ -78,7 +78,10 @@ fn full_spec_round_trips() {
             "resourceQuota": {"hard": {"requests.cpu": "8", "requests.memory": "32Gi"}},
             "limitRange": {"limits": [{"type": "Container", "default": {"cpu": "500m"}}]},
             "networkPolicy": false,
+            "internetEgress": false,
+            "egressExcept": ["10.0.0.0/8"],
             "podSecurity": "restricted",
+            "allowedIngressClasses": ["public"],
         },
         "vmPolicy": {
             "allowHostNodes": true,
