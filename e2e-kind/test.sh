@@ -23,8 +23,10 @@ export KVTENANT_E2E_VIRTUALCLUSTER="${VC_NAMESPACE}/${VC_NAME}"
 # the stop/start scenario runs the real virtctl (KubeVirt's release binary, downloaded once)
 VIRTCTL="${STATE_DIR}/virtctl-${KUBEVIRT_VERSION}"
 if [[ ! -x "${VIRTCTL}" ]]; then
-  curl -fsSL -o "${VIRTCTL}" "${VIRTCTL_URL}" && chmod +x "${VIRTCTL}" \
-    || die "cannot download virtctl from ${VIRTCTL_URL}"
+  if ! curl -fsSL -o "${VIRTCTL}" "${VIRTCTL_URL}"; then
+    die "cannot download virtctl from ${VIRTCTL_URL}"
+  fi
+  chmod +x "${VIRTCTL}"
 fi
 export VIRTCTL
 cd "${ROOT_DIR}"
