@@ -46,6 +46,9 @@ pub const MIRROR_FINALIZER: &str = "tenancy.kvtenant.io/mirror";
 /// Annotation on a host Secret holding a tenant ServiceAccount token: when the token expires
 /// (seconds since the epoch).
 pub const TOKEN_EXPIRES: &str = "tenancy.kvtenant.io/token-expires";
+/// Label on the host classes (StorageClasses, IngressClasses, PriorityClasses) kvtenant shows in
+/// a tenant.
+pub const HOST_CLASS: &str = "tenancy.kvtenant.io/host-class";
 /// Label on tenant Nodes kvtenant shows for host nodes running the tenant's workloads.
 pub const HOST_NODE: &str = "tenancy.kvtenant.io/host-node";
 /// Condition type kvtenant sets on a tenant object it refuses to sync.

@@ -312,6 +312,35 @@ async fn a_deployment_runs_on_the_host_and_the_tenant_sees_what_the_host_decided
     .await
     .unwrap();
     apply(kc, &ingress("allowed"));
+
+    // the host's StorageClasses, and the IngressClasses it allows, are shown in the tenant
+    for manifest in [
+        json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+            "metadata": {"name": "fast", "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+            "provisioner": "example.com/fast"}),
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+            "metadata": {"name": "public"}, "spec": {"controller": "example.com/ingress"}}),
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+            "metadata": {"name": "internal"}, "spec": {"controller": "example.com/ingress"}}),
+    ] {
+        apply(env.host.kubeconfig_path(), &manifest);
+    }
+    let storage: Api<k8s_openapi::api::storage::v1::StorageClass> = Api::all(t.client());
+    let ingress_classes: Api<k8s_openapi::api::networking::v1::IngressClass> = Api::all(t.client());
+    eventually(
+        "the host's StorageClass and allowed IngressClass in the tenant",
+        WAIT,
+        || async {
+            let sc = storage.get_opt("fast").await.ok().flatten();
+            let ic = ingress_classes.get_opt("public").await.ok().flatten();
+            sc.is_some_and(|s| s.provisioner == "example.com/fast") && ic.is_some()
+        },
+    )
+    .await;
+    assert!(
+        ingress_classes.get_opt("internal").await.unwrap().is_none(),
+        "an IngressClass the VirtualCluster does not allow stays on the host"
+    );
     let host_ingresses: Api<Ingress> = Api::namespaced(env.host_client(), &host_ns);
     eventually("the allowed Ingress on the host", WAIT, || async {
         host_ingresses

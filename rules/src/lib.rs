@@ -8,9 +8,11 @@
 //! - [`quota`]: what an object takes of a virtual cluster's VM quota.
 //! - [`translate`]: tenant ↔ host objects (lossless JSON).
 //! - [`runstate`]: start/stop through the host's virt-api, taken up by the tenant.
+//! - [`classes`]: the host's StorageClasses, IngressClasses and PriorityClasses a tenant sees.
 //! - [`isolation`]: the host namespace of a tenant namespace and its isolation objects.
 //! - [`pod`]: what a Pod references, Pod Security, and its host copy's identity.
 //! - [`Violation`]: one reason an object is refused, with the field and what to fix.
+pub mod classes;
 pub mod isolation;
 pub mod kinds;
 pub mod pod;

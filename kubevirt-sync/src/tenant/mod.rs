@@ -5,10 +5,12 @@
 //! - [`execute`]: the steps of a plan as API calls.
 //! - [`refuse`]: telling the tenant why an object is not synced.
 //! - [`namespaces`]: the host namespace of a tenant namespace and its isolation.
+//! - [`classes`]: the host's StorageClasses, IngressClasses and PriorityClasses a tenant sees.
 //! - [`nodes`]: tenant Nodes for the host nodes running the tenant's pods and VMIs.
 //! - [`pods`]: a Pod's tenant token, its binding, a tenant object recreated with host values.
 //! - [`resync`]: the consistency scan.
 
+mod classes;
 mod execute;
 #[cfg(test)]
 mod fixtures;

@@ -38,6 +38,9 @@ impl Tenant {
         if let Err(e) = self.prune_nodes().await {
             tracing::warn!(tenant = %self.label, error = %e, "syncing tenant nodes");
         }
+        if let Err(e) = self.show_classes().await {
+            tracing::warn!(tenant = %self.label, error = %e, "showing host classes");
+        }
         if let Err(e) = self.refresh_crds().await {
             tracing::warn!(tenant = %self.label, error = %e, "refreshing CRDs");
         }
