@@ -8,30 +8,23 @@ use kvtenant_api::VirtualClusterSpec;
 use kvtenant_api::labels::{HOST_CLASS, MANAGED_BY, MANAGED_BY_VALUE};
 use serde_json::{Map, Value, json};
 
-/// A cluster-scoped class kind shown in tenants.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ClassKind {
-    pub group: &'static str,
-    pub version: &'static str,
-    pub kind: &'static str,
-    pub plural: &'static str,
-}
+use crate::kinds::ApiKind;
 
 /// The class kinds, in the order they are shown.
-pub const CLASS_KINDS: &[ClassKind] = &[
-    ClassKind {
+pub const CLASS_KINDS: &[ApiKind] = &[
+    ApiKind {
         group: "storage.k8s.io",
         version: "v1",
         kind: "StorageClass",
         plural: "storageclasses",
     },
-    ClassKind {
+    ApiKind {
         group: "networking.k8s.io",
         version: "v1",
         kind: "IngressClass",
         plural: "ingressclasses",
     },
-    ClassKind {
+    ApiKind {
         group: "scheduling.k8s.io",
         version: "v1",
         kind: "PriorityClass",
@@ -46,7 +39,7 @@ const VISIBLE_ANNOTATIONS: &[&str] = &[
 ];
 
 /// Whether the tenant sees the host class `name` of this kind.
-pub fn shown(kind: &ClassKind, name: &str, spec: &VirtualClusterSpec) -> bool {
+pub fn shown(kind: &ApiKind, name: &str, spec: &VirtualClusterSpec) -> bool {
     match kind.kind {
         "StorageClass" => true,
         "IngressClass" => spec
@@ -62,7 +55,7 @@ pub fn shown(kind: &ClassKind, name: &str, spec: &VirtualClusterSpec) -> bool {
 }
 
 /// The tenant's read-only copy of a host class (its data, its default marker, kvtenant's labels).
-pub fn tenant_copy(kind: &ClassKind, host: &Value) -> Value {
+pub fn tenant_copy(kind: &ApiKind, host: &Value) -> Value {
     let mut out = match host.as_object() {
         Some(o) => o.clone(),
         None => Map::new(),

@@ -9,12 +9,13 @@ use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams
 use kube::core::{ApiResource, GroupVersionKind};
 use kvtenant_api::labels::HOST_CLASS;
 use kvtenant_kubeutil::ResultExt;
-use kvtenant_rules::classes::{CLASS_KINDS, ClassKind, shown, tenant_copy};
+use kvtenant_rules::classes::{CLASS_KINDS, shown, tenant_copy};
+use kvtenant_rules::kinds::ApiKind;
 
 use super::Tenant;
 use crate::error::{Cluster, Error};
 
-fn resource(k: &ClassKind) -> ApiResource {
+fn resource(k: &ApiKind) -> ApiResource {
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(k.group, k.version, k.kind), k.plural)
 }
 
