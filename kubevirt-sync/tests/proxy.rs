@@ -308,13 +308,34 @@ async fn virtctl_verbs_work_from_the_virtual_cluster() {
     );
     assert!(!message.contains(&host_ns), "{message}");
 
-    // pause / unpause (VMI actions, 200)
-    for action in ["pause", "unpause"] {
+    // pause / unpause (VMI actions, 200). virt-api unpauses only a VMI whose Paused condition
+    // the handler (here the simulated one) has written, as a user sees it in the tenant
+    let vmis: Api<DynamicObject> = Api::namespaced_with(tc.clone(), "default", &vmi_resource());
+    for (action, paused) in [("pause", true), ("unpause", false)] {
         let (ok, _, err) = put_raw(
             kc,
             &format!("{SUB}/namespaces/default/virtualmachineinstances/vm1/{action}"),
         );
         assert!(ok, "{action}: {err}");
+        eventually(
+            &format!("the tenant VMI paused={paused} after {action}"),
+            Duration::from_secs(60),
+            || {
+                let vmis = vmis.clone();
+                async move {
+                    let Ok(vmi) = vmis.get("vm1").await else {
+                        return false;
+                    };
+                    let is_paused = vmi.data["status"]["conditions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|c| c["type"] == "Paused" && c["status"] == "True");
+                    is_paused == paused
+                }
+            },
+        )
+        .await;
     }
 
     // the console, through the tenant apiserver, both ways
