@@ -175,6 +175,18 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         "  kubectl --kubeconfig {} get vm -A",
         host.kubeconfig_path().display()
     );
+    println!(
+        "  kubectl --kubeconfig {} create deployment nginx --image=nginx --replicas=2",
+        shown.display()
+    );
+    println!(
+        "  kubectl --kubeconfig {} get pods,nodes -o wide     (pods Running on kwok nodes: nothing executes)",
+        shown.display()
+    );
+    println!(
+        "  kubectl --kubeconfig {} get pods -A     (the same pods on the host)",
+        host.kubeconfig_path().display()
+    );
     println!();
     println!("Press Ctrl-C to stop everything.");
     tokio::select! {
