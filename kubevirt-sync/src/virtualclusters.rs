@@ -1,5 +1,6 @@
 //! Which tenants run: a kube-runtime Controller over the host's VirtualClusters starts a tenant
-//! for each active one (KubeVirt enabled, not paused, kubeconfig Secret known), restarts it when
+//! for each active one (not paused, kubeconfig Secret known; with KubeVirt disabled only its
+//! pods, Services and what they use sync), restarts it when
 //! the VirtualCluster's generation or its kubeconfig Secret changes, stops it otherwise, and
 //! reports the `SyncerReady` condition. Pausing also stops the tenant's VMs on the host.
 //!
@@ -16,8 +17,8 @@ use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use kvtenant_api::labels::{
-    PAUSED_RUN_STRATEGY, REASON_KUBECONFIG_UNUSABLE, REASON_KUBEVIRT_DISABLED, REASON_PAUSED,
-    REASON_SYNCING, REASON_WAITING_FOR_KUBECONFIG, VIRTUALCLUSTER_UID, VirtualClusterRef,
+    PAUSED_RUN_STRATEGY, REASON_KUBECONFIG_UNUSABLE, REASON_PAUSED, REASON_SYNCING,
+    REASON_WAITING_FOR_KUBECONFIG, VIRTUALCLUSTER_UID, VirtualClusterRef,
 };
 use kvtenant_api::{CONDITION_SYNCER_READY, SyncKind, VirtualCluster};
 use serde_json::{Value, json};
@@ -60,12 +61,6 @@ pub fn desired(vc: &VirtualCluster) -> Desired {
     }
     if vc.spec.paused {
         return Desired::Paused;
-    }
-    if !vc.spec.kubevirt.enabled {
-        return Desired::Stopped {
-            reason: REASON_KUBEVIRT_DISABLED,
-            message: "spec.kubevirt.enabled is false: nothing is synced",
-        };
     }
     match vc.kubeconfig_secret() {
         Some((secret, key)) => Desired::Running { secret, key },
@@ -407,15 +402,15 @@ mod tests {
                 k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
             ));
         assert_eq!(desired(&vc), Desired::Deleting);
+        // without KubeVirt a virtual cluster still runs (its pods and Services sync)
         let mut off = VirtualCluster::new("b", VirtualClusterSpec::default());
         off.spec.kubevirt.enabled = false;
-        assert!(matches!(
-            desired(&off),
-            Desired::Stopped {
-                reason: REASON_KUBEVIRT_DISABLED,
-                ..
-            }
-        ));
+        off.spec.control_plane.kubeconfig_secret_ref =
+            serde_json::from_value(json!({"name": "b-kubeconfig"})).ok();
+        off.spec.control_plane.mode = kvtenant_api::ControlPlaneMode::External;
+        assert!(matches!(desired(&off), Desired::Running { .. }));
+        assert!(off.spec.kubevirt.synced_kinds().is_empty());
+        assert!(!off.spec.kubevirt.webhooks_on() && !off.spec.kubevirt.subresources_on());
     }
 
     #[test]

@@ -409,4 +409,39 @@ async fn a_deployment_runs_on_the_host_and_the_tenant_sees_what_the_host_decided
         tenant_pods.get_opt("reader").await.ok().flatten().is_none()
     })
     .await;
+
+    // a virtual cluster without KubeVirt still runs its pods
+    vcs.patch(
+        &t.vc.name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"spec": {"kubevirt": {"enabled": false}}})),
+    )
+    .await
+    .unwrap();
+    apply(
+        kc,
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "bare", "namespace": "default"},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]}}),
+    );
+    eventually("a pod Running with KubeVirt disabled", WAIT, || async {
+        tenant_pods
+            .get_opt("bare")
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|p| p.status.and_then(|s| s.phase).as_deref() == Some("Running"))
+    })
+    .await;
+    let vc = serde_json::to_value(vcs.get(&t.vc.name).await.unwrap()).unwrap();
+    let syncer_ready = vc["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == kvtenant_api::CONDITION_SYNCER_READY)
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        syncer_ready["status"], "True",
+        "the syncer keeps serving a virtual cluster without KubeVirt: {syncer_ready}"
+    );
 }

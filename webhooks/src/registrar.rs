@@ -60,7 +60,7 @@ pub(crate) fn desired(
     host_mutating: &[Value],
     ca_bundle: &str,
 ) -> Desired {
-    if !tenant.spec.kubevirt.webhooks {
+    if !tenant.spec.kubevirt.webhooks_on() {
         return Desired::default();
     }
     let synced = state.synced(&tenant.spec);

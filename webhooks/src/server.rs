@@ -179,7 +179,7 @@ pub(crate) async fn admission(
             "kvtenant is not serving this virtual cluster right now",
         );
     };
-    if !tenant.spec.kubevirt.webhooks {
+    if !tenant.spec.kubevirt.webhooks_on() {
         return status_response(
             StatusCode::FORBIDDEN,
             "webhooks are off for this virtual cluster (spec.kubevirt.webhooks)",

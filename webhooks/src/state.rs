@@ -125,7 +125,7 @@ impl State {
 
     /// The (group, resource) pairs synced for a tenant.
     pub fn synced(&self, spec: &VirtualClusterSpec) -> Vec<GroupResource> {
-        mirror::synced_resources(&spec.kubevirt.sync_kinds)
+        mirror::synced_resources(spec.kubevirt.synced_kinds())
     }
 
     /// The tenant with this VirtualCluster uid: running, or seen running within `gone_grace`.

@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 pub struct KubeVirtSpec {
     /// Whether KubeVirt objects are synced at all (default true). When false, the KubeVirt CRDs
-    /// are not offered in the virtual cluster and nothing is synced.
+    /// are not offered in the virtual cluster, no KubeVirt kind is synced and KubeVirt's
+    /// webhooks and subresource API are not served there; pods, Services and what they use
+    /// still are (a virtual cluster of bare-metal compute only).
     #[serde(default = "default_true")]
     pub enabled: bool,
 
@@ -41,6 +43,23 @@ fn default_true() -> bool {
 
 fn default_sync_kinds() -> Vec<SyncKind> {
     SyncKind::DEFAULT.to_vec()
+}
+
+impl KubeVirtSpec {
+    /// The KubeVirt kinds synced: `syncKinds`, or none when KubeVirt is disabled.
+    pub fn synced_kinds(&self) -> &[SyncKind] {
+        if self.enabled { &self.sync_kinds } else { &[] }
+    }
+
+    /// Whether KubeVirt's webhooks are mirrored into the virtual cluster.
+    pub fn webhooks_on(&self) -> bool {
+        self.enabled && self.webhooks
+    }
+
+    /// Whether KubeVirt's subresource API is served in the virtual cluster.
+    pub fn subresources_on(&self) -> bool {
+        self.enabled && self.subresources
+    }
 }
 
 impl Default for KubeVirtSpec {

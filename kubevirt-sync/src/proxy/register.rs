@@ -222,7 +222,7 @@ pub async fn run(state: Arc<ProxyState>) {
                 return true;
             }
             // gone, or subresources switched off: open streams end; restarted: they go on
-            let revoke = current.is_none_or(|t| !t.spec.kubevirt.subresources);
+            let revoke = current.is_none_or(|t| !t.spec.kubevirt.subresources_on());
             state.remove_tenant_auth(uid, revoke);
             false
         });
@@ -234,7 +234,7 @@ pub async fn run(state: Arc<ProxyState>) {
                 vc: t.vc.clone(),
                 label: t.label.clone(),
                 client: t.client.clone(),
-                subresources: t.spec.kubevirt.subresources,
+                subresources: t.spec.kubevirt.subresources_on(),
             };
             let task = tokio::spawn(serve_tenant(state.clone(), info)).abort_handle();
             running.insert(uid, (t.instance, TaskGuard(task)));

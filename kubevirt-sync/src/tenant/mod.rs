@@ -114,7 +114,7 @@ impl Tenant {
         client: Client,
     ) -> Result<Arc<Self>, Error> {
         let spec = Arc::new(virtual_cluster.spec.clone());
-        let enabled = &spec.kubevirt.sync_kinds;
+        let enabled = spec.kubevirt.synced_kinds();
         let enablement = kinds::enablement(enabled);
         let crd_names: Vec<String> = kinds::watched_sync_kinds(enabled)
             .into_iter()
@@ -192,7 +192,7 @@ impl Tenant {
         Vec<Option<kube::runtime::reflector::store::Writer<DynamicObject>>>,
     ) {
         let spec = Arc::new(virtual_cluster.spec.clone());
-        let enablement = kinds::enablement(&spec.kubevirt.sync_kinds);
+        let enablement = kinds::enablement(spec.kubevirt.synced_kinds());
         let mut stores = Vec::new();
         let mut writers = Vec::new();
         for kind in kinds::all() {
