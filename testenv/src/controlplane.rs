@@ -51,6 +51,18 @@ pub enum Error {
     Client(#[from] kube::Error),
 }
 
+impl Error {
+    /// The process could not bind a port it was given (taken after it was picked).
+    pub fn port_taken(&self) -> bool {
+        match self {
+            Self::Exited { log, .. } | Self::NotReady { log, .. } => {
+                log.contains("address already in use")
+            }
+            _ => false,
+        }
+    }
+}
+
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io {
         path: path.to_path_buf(),
@@ -184,6 +196,21 @@ impl ControlPlane {
     /// Builds the binaries if needed, then starts etcd and kube-apiserver (and
     /// kube-controller-manager if asked) and waits for `/readyz`.
     pub async fn start(opts: Options) -> Result<Self, Error> {
+        // a free port is picked before the process binds it: another process (a parallel test)
+        // can take it in between; then start again on new ports
+        let mut attempts = 0;
+        loop {
+            match Self::start_once(opts.clone()).await {
+                Err(e) if attempts < 3 && e.port_taken() => {
+                    attempts += 1;
+                    tracing::warn!(name = %opts.name, error = %e, "a port was taken meanwhile; starting again on new ports");
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn start_once(opts: Options) -> Result<Self, Error> {
         let bins = tokio::task::spawn_blocking(binaries::ensure)
             .await
             .map_err(|e| Error::Spawn {
@@ -501,5 +528,26 @@ impl ControlPlane {
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod port_tests {
+    use super::*;
+
+    #[test]
+    fn a_port_taken_after_it_was_picked_is_recognised() {
+        let taken = Error::Exited {
+            what: "kube-apiserver of control plane t".into(),
+            status: "exit status: 1".into(),
+            log: "failed to listen on 127.0.0.1:44689: bind: address already in use".into(),
+        };
+        assert!(taken.port_taken());
+        let other = Error::Exited {
+            what: "etcd".into(),
+            status: "exit status: 2".into(),
+            log: "panic: corrupt".into(),
+        };
+        assert!(!other.port_taken());
     }
 }
