@@ -11,8 +11,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use k8s_openapi::api::core::v1::Event;
-use kube::api::{Api, DynamicObject, ListParams, PostParams};
+use kube::api::{Api, DynamicObject, PostParams};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -104,28 +103,12 @@ async fn host_acting_fields_and_annotations_never_reach_the_host() {
     )
     .await
     .unwrap();
-    let events: Api<Event> = Api::namespaced(t.client(), "default");
     let refused = cases
         .iter()
         .map(|(n, _, f)| (*n, *f))
         .chain(std::iter::once(("ignition", "the host cluster refused it")));
     for (name, field) in refused {
-        let ev = wait_for(&format!("a SyncRefused event for {name}"), WAIT, || {
-            let events = events.clone();
-            async move {
-                events
-                    .list(&ListParams::default())
-                    .await
-                    .ok()?
-                    .items
-                    .into_iter()
-                    .find(|e| {
-                        e.involved_object.name.as_deref() == Some(name)
-                            && e.reason.as_deref() == Some("SyncRefused")
-                    })
-            }
-        })
-        .await;
+        let ev = sync_refused(&t.client(), "default", name, WAIT).await;
         let msg = ev.message.unwrap_or_default();
         assert!(msg.contains(field), "{name}: {msg}");
     }

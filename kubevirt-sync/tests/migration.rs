@@ -11,7 +11,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::api::{Api, DynamicObject, ListParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kvtenant_kubevirt_sync::proxy::{Proxy, ProxyConfig};
@@ -29,22 +28,7 @@ async fn virtctl_migrate_in_the_tenant_moves_the_instance_on_the_host() {
     let shared = env.syncer.as_ref().unwrap().tenants();
     let _proxy = Proxy::start(shared, ProxyConfig::local()).await.unwrap();
     let t = &env.tenants[0];
-    let apis: Api<APIService> = Api::all(t.client());
-    eventually("the subresource API served in the tenant", WAIT, || {
-        let apis = apis.clone();
-        async move {
-            apis.get_opt("v1.subresources.kubevirt.io")
-                .await
-                .ok()
-                .flatten()
-                .and_then(|a| a.status)
-                .and_then(|s| s.conditions)
-                .into_iter()
-                .flatten()
-                .any(|c| c.type_ == "Available" && c.status == "True")
-        }
-    })
-    .await;
+    wait_subresources_available(&t.client(), WAIT).await;
     let vms: Api<DynamicObject> = Api::namespaced_with(t.client(), "default", &vm_resource());
     vms.create(
         &PostParams::default(),

@@ -39,22 +39,6 @@ async fn pods_of(api: &Api<Pod>, selector: &str) -> Vec<Pod> {
         .unwrap_or_default()
 }
 
-/// The message of the `SyncRefused` Event about the object named `name`, once there is one.
-async fn refusal(events: &Api<Event>, name: &str) -> String {
-    let fields = format!("involvedObject.name={name}");
-    wait_for(&format!("a SyncRefused Event for {name}"), WAIT, || async {
-        events
-            .list(&ListParams::default().fields(&fields))
-            .await
-            .ok()?
-            .items
-            .into_iter()
-            .find(|e| e.reason.as_deref() == Some("SyncRefused"))
-            .and_then(|e| e.message)
-    })
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deployment_runs_on_the_host_and_the_tenant_sees_what_the_host_decided() {
     let env = Env::start_with_controllers(1).await;
@@ -244,7 +228,10 @@ async fn a_deployment_runs_on_the_host_and_the_tenant_sees_what_the_host_decided
                 "volumes": [{"name": "root", "hostPath": {"path": "/"}}]}}),
     );
     let events: Api<Event> = Api::namespaced(t.client(), "default");
-    let message = refusal(&events, "escape").await;
+    let message = sync_refused(&t.client(), "default", "escape", WAIT)
+        .await
+        .message
+        .unwrap_or_default();
     for field in [
         "spec.hostNetwork",
         "spec.volumes[0].hostPath",
@@ -299,7 +286,10 @@ async fn a_deployment_runs_on_the_host_and_the_tenant_sees_what_the_host_decided
                     "backend": {"service": {"name": "nginx", "port": {"number": 80}}}}]}}]}})
     };
     apply(kc, &ingress("refused"));
-    let message = refusal(&events, "refused").await;
+    let message = sync_refused(&t.client(), "default", "refused", WAIT)
+        .await
+        .message
+        .unwrap_or_default();
     assert!(message.contains("allowedIngressClasses"), "{message}");
     let vcs: Api<kvtenant_api::VirtualCluster> = Api::namespaced(env.host_client(), VC_NAMESPACE);
     vcs.patch(

@@ -53,34 +53,6 @@ async fn start_proxy(env: &Env) -> Proxy {
     proxy
 }
 
-/// Waits until the tenant's aggregator reports both APIServices Available.
-async fn wait_available(tenant: &Client) {
-    let api: Api<APIService> = Api::all(tenant.clone());
-    for version in ["v1", "v1alpha3"] {
-        let name = format!("{version}.subresources.kubevirt.io");
-        eventually(
-            &format!("APIService {name} Available in the tenant"),
-            WAIT,
-            || {
-                let api = api.clone();
-                let name = name.clone();
-                async move {
-                    api.get_opt(&name)
-                        .await
-                        .ok()
-                        .flatten()
-                        .and_then(|a| a.status)
-                        .and_then(|s| s.conditions)
-                        .into_iter()
-                        .flatten()
-                        .any(|c| c.type_ == "Available" && c.status == "True")
-                }
-            },
-        )
-        .await;
-    }
-}
-
 /// kubectl that may fail: (success, stdout, stderr).
 fn kubectl_try(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
     let out = Command::new("kubectl")
@@ -230,7 +202,7 @@ async fn virtctl_verbs_work_from_the_virtual_cluster() {
     let t = &env.tenants[0];
     let tc = t.client();
     let kc = t.kubeconfig();
-    wait_available(&tc).await;
+    wait_subresources_available(&tc, WAIT).await;
     let registered = started.elapsed() - env_ready;
 
     // discovery, as kubectl and virtctl see it
@@ -460,7 +432,7 @@ async fn the_tenants_rbac_decides_who_may_call_subresources() {
     let proxy = start_proxy(&env).await;
     let t = &env.tenants[0];
     let tc = t.client();
-    wait_available(&tc).await;
+    wait_subresources_available(&tc, WAIT).await;
     create_halted_vm(&tc, "default", "vm1").await;
     let host_ns = t.host_ns("default");
     wait_host_strategy(&env, &host_ns, "vm1", "Halted").await;
@@ -546,8 +518,8 @@ async fn other_namespaces_other_tenants_and_foreign_certificates_are_refused() {
     let proxy = start_proxy(&env).await;
     let (t1, t2) = (&env.tenants[0], &env.tenants[1]);
     let (c1, c2) = (t1.client(), t2.client());
-    wait_available(&c1).await;
-    wait_available(&c2).await;
+    wait_subresources_available(&c1, WAIT).await;
+    wait_subresources_available(&c2, WAIT).await;
     create_halted_vm(&c1, "default", "same").await;
     create_halted_vm(&c2, "default", "same").await;
     wait_host_strategy(&env, &t1.host_ns("default"), "same", "Halted").await;

@@ -9,34 +9,13 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use k8s_openapi::api::core::v1::{Event, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 /// Bound on each wait: generous, since CI shares 2 cores among several control planes.
 const WAIT: Duration = Duration::from_secs(120);
-
-/// Waits for the `SyncRefused` Event the syncer records on a tenant object in `default`.
-async fn sync_refused(tenant: &kube::Client, name: &str) -> Event {
-    let events: Api<Event> = Api::namespaced(tenant.clone(), "default");
-    wait_for(&format!("a SyncRefused event for {name}"), WAIT, || {
-        let events = events.clone();
-        async move {
-            events
-                .list(&ListParams::default())
-                .await
-                .ok()?
-                .items
-                .into_iter()
-                .find(|e| {
-                    e.involved_object.name.as_deref() == Some(name)
-                        && e.reason.as_deref() == Some("SyncRefused")
-                })
-        }
-    })
-    .await
-}
 
 /// The host VM's spec without what KubeVirt adds on the host: the VM mutator (real virt-api)
 /// defaults the machine type (tenant-side webhooks are a separate feature), and virt-controller
@@ -297,7 +276,7 @@ async fn host_disk_and_node_pinning_are_refused_with_an_event() {
             .unwrap();
     }
     for name in ["hostdisk", "pinned"] {
-        let ev = sync_refused(&t.client(), name).await;
+        let ev = sync_refused(&t.client(), "default", name, WAIT).await;
         let msg = ev.message.unwrap_or_default();
         assert!(
             msg.contains(if name == "hostdisk" {
@@ -731,7 +710,7 @@ async fn without_datavolume_sync_template_volumes_show_and_direct_ones_are_refus
         .await
         .unwrap();
 
-    let ev = sync_refused(&t.client(), "direct").await;
+    let ev = sync_refused(&t.client(), "default", "direct", WAIT).await;
     let msg = ev.message.unwrap_or_default();
     assert!(msg.contains("spec.kubevirt.syncKinds"), "{msg}");
     let mirror = wait_for(

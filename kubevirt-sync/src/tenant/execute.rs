@@ -53,11 +53,9 @@ impl Tenant {
         let tenant_what = describe(kind.name(), &key.namespace, &key.name);
         let host = self.host_api(kind, &host_ns);
         let tenant = self.tenant_api(kind, &key.namespace);
-        // the host copy's uid (a token Secret is owned by it), and when to look again
-        let mut host_uid = self
-            .host
-            .get(key.kind, &host_ns, &key.name)
-            .and_then(|h| h.metadata.uid.clone());
+        // the uid of a host copy created here (its token Secret is owned by it), and when to
+        // look again
+        let mut created_uid: Option<String> = None;
         let mut again: Option<Duration> = None;
         for step in steps {
             match step {
@@ -69,7 +67,7 @@ impl Tenant {
                     self.api_call(Cluster::Host, "create");
                     match host.create(&PostParams::default(), &obj).await {
                         Ok(created) => {
-                            host_uid = created.metadata.uid;
+                            created_uid = created.metadata.uid;
                             self.synced(kind, "down");
                         }
                         Err(e) if classify(&e) == ApiErrorClass::Conflict => {
@@ -129,7 +127,12 @@ impl Tenant {
                     self.synced(kind, "delete");
                 }
                 Step::EnsureToken(sa) => {
-                    let next = self.ensure_token(key, &sa, host_uid.clone()).await?;
+                    let host_uid = created_uid.clone().or_else(|| {
+                        self.host
+                            .get(key.kind, &host_ns, &key.name)
+                            .and_then(|h| h.metadata.uid.clone())
+                    });
+                    let next = self.ensure_token(key, &sa, host_uid).await?;
                     again = match (again, next) {
                         (Some(a), Some(b)) => Some(a.min(b)),
                         (a, b) => a.or(b),

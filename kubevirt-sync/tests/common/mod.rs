@@ -8,8 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{Event, Namespace, Secret};
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::{Client, ResourceExt};
 use kvtenant_api::VirtualCluster;
@@ -230,5 +231,61 @@ fn merge(target: &mut Value, patch: Value) {
             }
         }
         (t, p) => *t = p,
+    }
+}
+
+/// Waits for the `SyncRefused` Event the syncer records on the tenant object `name` in
+/// `namespace`.
+pub async fn sync_refused(
+    tenant: &Client,
+    namespace: &str,
+    name: &str,
+    timeout: Duration,
+) -> Event {
+    let events: Api<Event> = Api::namespaced(tenant.clone(), namespace);
+    wait_for(&format!("a SyncRefused event for {name}"), timeout, || {
+        let events = events.clone();
+        async move {
+            events
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find(|e| {
+                    e.involved_object.name.as_deref() == Some(name)
+                        && e.reason.as_deref() == Some("SyncRefused")
+                })
+        }
+    })
+    .await
+}
+
+/// Waits until the tenant's aggregator reports KubeVirt's subresource APIServices (v1 and
+/// v1alpha3, served by kvtenant's proxy) Available.
+pub async fn wait_subresources_available(tenant: &Client, timeout: Duration) {
+    let api: Api<APIService> = Api::all(tenant.clone());
+    for version in ["v1", "v1alpha3"] {
+        let name = format!("{version}.subresources.kubevirt.io");
+        eventually(
+            &format!("APIService {name} Available in the tenant"),
+            timeout,
+            || {
+                let api = api.clone();
+                let name = name.clone();
+                async move {
+                    api.get_opt(&name)
+                        .await
+                        .ok()
+                        .flatten()
+                        .and_then(|a| a.status)
+                        .and_then(|s| s.conditions)
+                        .into_iter()
+                        .flatten()
+                        .any(|c| c.type_ == "Available" && c.status == "True")
+                }
+            },
+        )
+        .await;
     }
 }

@@ -40,18 +40,6 @@ impl SyncedKind for Pod {
             "/spec/overhead",
         ]
     }
-    /// A pod's spec is immutable but for a few fields: an update from the tenant (labels, an
-    /// image) carries what the host set at creation (its node, priority, the host
-    /// ServiceAccount admission's `default`).
-    fn host_kept(&self) -> &'static [&'static str] {
-        &[
-            "/spec/nodeName",
-            "/spec/priority",
-            "/spec/preemptionPolicy",
-            "/spec/serviceAccountName",
-            "/spec/serviceAccount",
-        ]
-    }
     /// A pod's spec is immutable but for container images, `activeDeadlineSeconds`, added
     /// tolerations and removed scheduling gates (which the tenant's apiserver enforces on the
     /// tenant pod too): what kvtenant adds or rewrites on the host (identity, environment,

@@ -7,20 +7,14 @@ use serde_json::Value;
 
 use super::identity::is_token_projection;
 use super::{containers, volumes};
-use crate::kinds::{config_map, pvc, secret};
-use crate::vm::refs::{ObjRef, push};
+use crate::kinds::{config_map, secret};
+use crate::vm::refs::{ObjRef, push, push_volume_sources};
 
 /// Everything the pod spec references (sorted, no duplicates).
 pub fn references(spec: &Value) -> Vec<ObjRef> {
     let mut out = Vec::new();
     for (_, vol) in volumes(spec) {
-        push(&mut out, secret::KIND, vol.pointer("/secret/secretName"));
-        push(&mut out, config_map::KIND, vol.pointer("/configMap/name"));
-        push(
-            &mut out,
-            pvc::KIND,
-            vol.pointer("/persistentVolumeClaim/claimName"),
-        );
+        push_volume_sources(&mut out, vol);
         push(
             &mut out,
             secret::KIND,

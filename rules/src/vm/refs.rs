@@ -25,6 +25,18 @@ pub(crate) fn push(out: &mut Vec<ObjRef>, kind: &'static str, name: Option<&Valu
     }
 }
 
+/// The Secret, ConfigMap and claim a volume names: the fields a KubeVirt volume shares with a
+/// pod's.
+pub(crate) fn push_volume_sources(out: &mut Vec<ObjRef>, vol: &Value) {
+    push(out, secret::KIND, vol.pointer("/secret/secretName"));
+    push(out, config_map::KIND, vol.pointer("/configMap/name"));
+    push(
+        out,
+        pvc::KIND,
+        vol.pointer("/persistentVolumeClaim/claimName"),
+    );
+}
+
 /// Everything a VM-like object references by name: Secrets, ConfigMaps, PVCs, ServiceAccounts
 /// and DataVolumes (sorted, no duplicates). DataVolumes created from the object's own
 /// `dataVolumeTemplates` are not references: the host makes them.
@@ -45,13 +57,7 @@ pub fn references(template: &VmTemplate, obj: &Value) -> Vec<ObjRef> {
         .into_iter()
         .flatten()
     {
-        push(&mut out, secret::KIND, vol.pointer("/secret/secretName"));
-        push(&mut out, config_map::KIND, vol.pointer("/configMap/name"));
-        push(
-            &mut out,
-            pvc::KIND,
-            vol.pointer("/persistentVolumeClaim/claimName"),
-        );
+        push_volume_sources(&mut out, vol);
         push(&mut out, pvc::KIND, vol.pointer("/memoryDump/claimName"));
         push(
             &mut out,
