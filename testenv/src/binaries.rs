@@ -1,6 +1,6 @@
 //! Binaries built from pinned Go modules and cached outside the repository.
 //!
-//! Three sets, each cached under its own key (versions plus a hash of the module files, see
+//! Four sets, each cached under its own key (versions plus a hash of the module files, see
 //! [`crate::versions`]):
 //! - control plane: `kube-apiserver`, `kube-controller-manager` and `kube-scheduler` from
 //!   `k8s.io/kubernetes` (one `go build`), `etcd` from `go.etcd.io/etcd/server/v3`;
@@ -8,7 +8,9 @@
 //!   (one `go build`), whose output `install-strategy.json` (CRDs, RBAC, webhook configurations,
 //!   APIServices virt-operator would install) is generated once after the build;
 //! - kwok: `kwok` and our `kwok-stages`, whose output `kwok-stages.yaml` (the Stages kwok ships)
-//!   is generated once after the build.
+//!   is generated once after the build;
+//! - CoreDNS: `coredns` from `github.com/coredns/coredns` (its default plugin set, with
+//!   `kubernetes`, `forward`, `hosts` and `template`).
 //!
 //! The module files are embedded in this crate, so an installed binary builds the same thing.
 //! The first use builds with the machine's Go through the module proxy; later uses find the
@@ -18,7 +20,9 @@ use std::path::PathBuf;
 
 use crate::gobuild::{Generate, GoBuild, GoModule, GoSet};
 use crate::versions::gomod::*;
-pub use crate::versions::{ETCD_VERSION, KUBERNETES_VERSION, KUBEVIRT_VERSION, KWOK_VERSION};
+pub use crate::versions::{
+    COREDNS_VERSION, ETCD_VERSION, KUBERNETES_VERSION, KUBEVIRT_VERSION, KWOK_VERSION,
+};
 
 /// Environment variable naming a directory with prebuilt `etcd`, `kube-apiserver`,
 /// `kube-controller-manager` (and, for KubeVirt tests, `kube-scheduler`); when set, nothing of
@@ -246,6 +250,32 @@ fn kwok_set() -> GoSet {
     }
 }
 
+fn coredns_set() -> GoSet {
+    GoSet {
+        key_prefix: format!("coredns-{COREDNS_VERSION}"),
+        label: format!("CoreDNS {COREDNS_VERSION}"),
+        modules: vec![GoModule {
+            dir: "coredns",
+            files: &[
+                ("go.mod", COREDNS_GO_MOD),
+                ("go.sum", COREDNS_GO_SUM),
+                ("tools.go", COREDNS_TOOLS),
+            ],
+        }],
+        builds: vec![GoBuild {
+            module: "coredns",
+            what: format!("CoreDNS {COREDNS_VERSION}"),
+            ldflags: format!(
+                "-s -w -X github.com/coredns/coredns/coremain.GitCommit={COREDNS_VERSION}"
+            ),
+            packages: vec!["github.com/coredns/coredns"],
+            output: None,
+        }],
+        generate: vec![],
+        outputs: vec!["coredns"],
+    }
+}
+
 /// Cache key of the control-plane binaries.
 pub fn cache_key() -> String {
     control_plane_set().key()
@@ -308,6 +338,17 @@ pub fn ensure() -> Result<Binaries, BinariesError> {
     Ok(Binaries::in_dir(control_plane_set().ensure()?))
 }
 
+/// Whether the CoreDNS binary is already cached.
+pub fn coredns_cached() -> bool {
+    coredns_set().cached()
+}
+
+/// Returns the path of the `coredns` binary, building it first if it is not cached yet
+/// (blocking; minutes cold on 2 cores).
+pub fn coredns() -> Result<PathBuf, BinariesError> {
+    Ok(coredns_set().ensure()?.join("coredns"))
+}
+
 /// Returns the KubeVirt and kwok binaries, building them first if they are not cached yet
 /// (blocking; about 6 + 3 minutes cold on 2 cores).
 pub fn ensure_kubevirt() -> Result<KubeVirtBinaries, BinariesError> {
@@ -332,6 +373,11 @@ mod tests {
         let cp = control_plane_set().key();
         let kv = kubevirt_set().key();
         let kw = kwok_set().key();
+        let dns = coredns_set().key();
+        assert!(
+            dns.starts_with(&format!("coredns-{COREDNS_VERSION}-")),
+            "{dns}"
+        );
         assert!(
             cp.starts_with(&format!("k8s-{KUBERNETES_VERSION}-etcd-{ETCD_VERSION}-")),
             "{cp}"
@@ -355,7 +401,12 @@ mod tests {
 
     #[test]
     fn every_declared_output_is_built_or_generated() {
-        for set in [control_plane_set(), kubevirt_set(), kwok_set()] {
+        for set in [
+            control_plane_set(),
+            kubevirt_set(),
+            kwok_set(),
+            coredns_set(),
+        ] {
             for out in &set.outputs {
                 let generated = set.generate.iter().any(|g| g.output == *out);
                 let built = set.builds.iter().any(|b| {

@@ -41,7 +41,7 @@ enum Cmd {
         controller_manager: bool,
     },
     /// Build (or find in the cache) the control-plane binaries, KubeVirt's virt-api,
-    /// virt-controller and virtctl, and kwok, and print where they are.
+    /// virt-controller and virtctl, kwok and CoreDNS, and print where they are.
     Build {
         /// Only the control-plane binaries (etcd, kube-apiserver, kube-controller-manager,
         /// kube-scheduler).
@@ -77,6 +77,16 @@ async fn main() -> anyhow::Result<()> {
                     "KubeVirt {} and kwok {} ready in {:.1?}",
                     binaries::KUBEVIRT_VERSION,
                     binaries::KWOK_VERSION,
+                    step.elapsed()
+                );
+                let step = Instant::now();
+                let dns = tokio::task::spawn_blocking(binaries::coredns).await??;
+                if let Some(dir) = dns.parent() {
+                    println!("{}", dir.display());
+                }
+                eprintln!(
+                    "CoreDNS {} ready in {:.1?}",
+                    binaries::COREDNS_VERSION,
                     step.elapsed()
                 );
             }

@@ -11,6 +11,8 @@ pub const ETCD_VERSION: &str = "v3.7.3";
 pub const KUBEVIRT_VERSION: &str = "v1.8.1";
 /// kwok release (simulated nodes and pods).
 pub const KWOK_VERSION: &str = "v0.8.0";
+/// CoreDNS release (a tenant's DNS server; tests run it locally against a tenant apiserver).
+pub const COREDNS_VERSION: &str = "v1.14.7";
 
 /// The Go module files testenv embeds, by directory under `testenv/go/`.
 pub(crate) mod gomod {
@@ -29,6 +31,9 @@ pub(crate) mod gomod {
     pub const KWOK_GO_SUM: &str = include_str!("../go/kwok/go.sum");
     pub const KWOK_TOOLS: &str = include_str!("../go/kwok/tools.go");
     pub const KWOK_STAGES: &str = include_str!("../go/kwok/cmd/kwok-stages/main.go");
+    pub const COREDNS_GO_MOD: &str = include_str!("../go/coredns/go.mod");
+    pub const COREDNS_GO_SUM: &str = include_str!("../go/coredns/go.sum");
+    pub const COREDNS_TOOLS: &str = include_str!("../go/coredns/tools.go");
 }
 
 /// The version a go.mod `require`s (or replaces) `module` with, if any.
@@ -66,6 +71,10 @@ mod tests {
         assert_eq!(
             required_version(KWOK_GO_MOD, "sigs.k8s.io/kwok"),
             Some(KWOK_VERSION)
+        );
+        assert_eq!(
+            required_version(COREDNS_GO_MOD, "github.com/coredns/coredns"),
+            Some(COREDNS_VERSION)
         );
     }
 

@@ -267,6 +267,10 @@ fn validation_rules_are_in_place() {
         spec["kubernetesVersion"]["pattern"],
         crate::KUBERNETES_VERSION_PATTERN
     );
+    assert_eq!(
+        spec["dns"]["properties"]["clusterDomain"]["pattern"],
+        crate::CLUSTER_DOMAIN_PATTERN
+    );
     let cp = &spec["controlPlane"];
     assert_eq!(
         rules(cp),
@@ -392,6 +396,11 @@ fn minimal_object_applies_all_defaults() {
             "isolation": {"networkPolicy": true, "internetEgress": true, "podSecurity": "baseline"},
             "vmPolicy": {"allowHostNodes": false, "allowHostDisk": false},
             "nodes": {},
+            "dns": {
+                "enabled": true,
+                "image": "registry.k8s.io/coredns/coredns:v1.14.7",
+                "clusterDomain": "cluster.local",
+            },
             "paused": false,
         })
     );

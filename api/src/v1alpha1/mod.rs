@@ -6,11 +6,13 @@
 //! the resolving helpers such as [`VirtualClusterSpec::images`].
 
 mod control_plane;
+mod dns;
 mod kubevirt;
 mod policy;
 mod status;
 
 pub use control_plane::*;
+pub use dns::*;
 pub use kubevirt::*;
 pub use policy::*;
 pub use status::*;
@@ -103,6 +105,12 @@ pub struct VirtualClusterSpec {
     #[schemars(extend("default" = {}))]
     pub nodes: NodesSpec,
 
+    /// The virtual cluster's DNS: a CoreDNS kvtenant installs in the tenant's kube-system
+    /// (Service kube-dns) and the host copies of pods and VMs resolve through.
+    #[serde(default)]
+    #[schemars(extend("default" = {}))]
+    pub dns: DnsSpec,
+
     /// Pauses the virtual cluster while true: syncing stops, the tenant's running VMs on the host
     /// are stopped, and a Managed control plane scales to zero (data kept). Setting it back to
     /// false restores the control plane and each VM's run strategy; nothing is lost.
@@ -124,6 +132,7 @@ impl Default for VirtualClusterSpec {
             isolation: IsolationSpec::default(),
             vm_policy: VmPolicy::default(),
             nodes: NodesSpec::default(),
+            dns: DnsSpec::default(),
             paused: false,
         }
     }

@@ -31,6 +31,9 @@ fn minimal_spec_gets_defaults() {
     assert_eq!(s.isolation.resource_quota, None);
     assert!(!s.vm_policy.allow_host_nodes && !s.vm_policy.allow_host_disk);
     assert!(s.vm_policy.allowed_networks.is_empty());
+    assert!(s.dns.enabled);
+    assert_eq!(s.dns.image, "registry.k8s.io/coredns/coredns:v1.14.7");
+    assert_eq!(s.dns.cluster_domain, "cluster.local");
     assert!(!s.paused);
     assert_eq!(vc.status, None);
 }
@@ -49,6 +52,11 @@ fn nested_defaults_apply_inside_partial_objects() {
     assert!(s.syncs(SyncKind::DataVolume));
     assert!(!s.syncs(SyncKind::VirtualMachinePool));
     assert_eq!(s.control_plane.validate(), Ok(()));
+    let s: VirtualClusterSpec =
+        serde_json::from_value(json!({"dns": {"clusterDomain": "tenant.example"}})).unwrap();
+    assert!(s.dns.enabled);
+    assert_eq!(s.dns.image, DEFAULT_COREDNS_IMAGE);
+    assert_eq!(s.dns.cluster_domain, "tenant.example");
 }
 
 #[test]
@@ -95,6 +103,7 @@ fn full_spec_round_trips() {
         },
         "nodes": {"selector": {"pool": "tenant-a"},
             "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "tenant-a", "effect": "NoSchedule"}]},
+        "dns": {"enabled": false, "image": "mirror.example/coredns:v1.14.7", "clusterDomain": "tenant.example"},
         "paused": true,
     });
     let parsed: VirtualClusterSpec = serde_json::from_value(spec.clone()).unwrap();
