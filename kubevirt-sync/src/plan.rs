@@ -45,6 +45,7 @@ use std::time::Duration;
 use kube::api::DynamicObject;
 use kvtenant_api::labels::VirtualClusterRef;
 use kvtenant_rules::kinds::{Enablement, HostContext, Kind, MirrorContext, TenantFix, Trigger};
+use kvtenant_rules::pod::dns::{TenantDns, uses_cluster_dns};
 use kvtenant_rules::pod::identity::ApiEndpoint;
 use kvtenant_rules::translate::keep::keep_host_set;
 use kvtenant_rules::translate::{
@@ -59,6 +60,8 @@ use serde_json::Value;
 pub const OWNER_WAIT: Duration = Duration::from_millis(500);
 /// How long to wait when the tenant cache still shows an object the host copy says is gone.
 pub const CONFLICT_WAIT: Duration = Duration::from_millis(200);
+/// How long a pod's host copy waits for the tenant's DNS to have an address.
+pub const DNS_WAIT: Duration = Duration::from_millis(500);
 
 /// What the plan needs to know besides the two objects; the tenant implements it over its caches.
 pub trait View {
@@ -68,6 +71,8 @@ pub trait View {
     fn api_endpoint(&self) -> Option<&ApiEndpoint>;
     /// The host nodes the virtual cluster runs on.
     fn nodes(&self) -> &kvtenant_api::NodesSpec;
+    /// The virtual cluster's DNS as host copies see it.
+    fn dns(&self) -> TenantDns;
     /// Whether the kind is synced for this tenant.
     fn enablement(&self, kind: &Kind) -> Enablement;
     /// Whether a synced object of the namespace references this one.
@@ -281,6 +286,18 @@ fn plan_down(
     if !deps.is_empty() {
         p = p.with(Step::Dependencies(deps));
     }
+    // a pod's spec is fixed when its host copy is made: one that uses the cluster's DNS waits
+    // for the tenant's DNS to have an address rather than get the host's
+    let dns = view.dns();
+    let dns_spec = kind.dns_spec();
+    if h.is_none()
+        && dns == TenantDns::Pending
+        && dns_spec
+            .and_then(|s| t.data.pointer(s))
+            .is_some_and(uses_cluster_dns)
+    {
+        return p.wait(DNS_WAIT);
+    }
     let host_ns = view.vc().host_namespace(namespace);
     let mut prepared = t.clone();
     remove_pointers(&mut prepared.data, kind.host_assigned());
@@ -292,6 +309,7 @@ fn plan_down(
             vc_uid: &view.vc().uid,
             nodes: view.nodes(),
             api: view.api_endpoint(),
+            dns: &dns,
         },
     );
     let token = kind.tenant_token(&t.data).map(Step::EnsureToken);
@@ -319,6 +337,16 @@ fn plan_down(
             }
             let mut desired = desired;
             kind.keep_host_fixed(&mut desired.data, &h.data);
+            if let (TenantDns::Pending, Some(s)) = (&dns, dns_spec) {
+                // not known for a moment (a restart): what the copy has is not drift
+                let fields = [format!("{s}/dnsPolicy"), format!("{s}/dnsConfig")];
+                let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
+                kvtenant_rules::translate::keep::take_host_values(
+                    &mut desired.data,
+                    &h.data,
+                    &fields,
+                );
+            }
             if host_needs_update(h, &desired) {
                 let mut merged = merge_for_update(h, &desired);
                 // values the host set at creation survive the tenant's edits

@@ -20,6 +20,7 @@ pub struct Fake {
     pub host_uids: HashMap<(String, String), String>,
     pub tenant_uids: HashMap<(String, String), String>,
     pub api: Option<ApiEndpoint>,
+    pub dns: TenantDns,
     pub taken_ips: Vec<String>,
     pub recreating: bool,
     pub recreate_failed: bool,
@@ -37,6 +38,7 @@ impl Fake {
             enabled: SyncKind::DEFAULT.to_vec(),
             referenced: false,
             api: None,
+            dns: TenantDns::Off,
             taken_ips: Vec::new(),
             recreating: false,
             recreate_failed: false,
@@ -61,6 +63,9 @@ impl View for Fake {
     }
     fn nodes(&self) -> &kvtenant_api::NodesSpec {
         &self.spec.nodes
+    }
+    fn dns(&self) -> TenantDns {
+        self.dns.clone()
     }
     fn cluster_ip_taken(&self, ip: &str, _: &str, _: &str) -> bool {
         self.taken_ips.iter().any(|t| t == ip)

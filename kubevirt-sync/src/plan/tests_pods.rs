@@ -228,3 +228,55 @@ fn recreated_merges_values_and_drops_the_status() {
     assert!(r.data.get("status").is_none());
     let _: &Value = &r.data;
 }
+
+#[test]
+fn a_pod_waits_for_the_tenants_dns_and_its_host_copy_resolves_through_it() {
+    let mut f = Fake::new();
+    f.dns = TenantDns::Pending;
+    let t = pod(json!({}));
+    let p = run(&f, "Pod", Some(&t), None);
+    assert_eq!(p.requeue, Some(DNS_WAIT), "{p:?}");
+    assert!(
+        !p.steps.iter().any(|s| matches!(s, Step::CreateHost(_))),
+        "{p:?}"
+    );
+    // a pod resolving through the node's resolver does not wait
+    let own = pod(json!({"dnsPolicy": "Default"}));
+    let p = run(&f, "Pod", Some(&own), None);
+    assert!(p.steps.iter().any(|s| matches!(s, Step::CreateHost(_))));
+    f.dns = TenantDns::Ready {
+        nameserver: "10.96.0.42".into(),
+        domain: "cluster.local".into(),
+    };
+    let h = scheduled(&f, &t, "n1", "Running");
+    assert_eq!(h.data["spec"]["dnsPolicy"], "None");
+    assert_eq!(
+        h.data["spec"]["dnsConfig"]["searches"][0],
+        "default.svc.cluster.local"
+    );
+    assert!(
+        t.data["spec"].get("dnsPolicy").is_none(),
+        "the tenant's spec"
+    );
+    // the copy keeps what it was made with, whatever the DNS says later (an update sends the
+    // host's values: a pod's spec is fixed)
+    for dns in [TenantDns::Pending, TenantDns::Off] {
+        f.dns = dns;
+        let p = run(&f, "Pod", Some(&t), Some(&h));
+        for s in &p.steps {
+            if let Step::ReplaceHost(u) = s {
+                assert_eq!(u.data["spec"]["dnsPolicy"], "None");
+                assert_eq!(u.data["spec"]["dnsConfig"], h.data["spec"]["dnsConfig"]);
+            }
+        }
+    }
+}
+
+#[test]
+fn with_dns_disabled_a_pod_is_made_at_once_as_the_tenant_wrote_it() {
+    let f = Fake::new();
+    assert_eq!(f.dns, TenantDns::Off);
+    let h = scheduled(&f, &pod(json!({})), "n1", "Running");
+    assert!(h.data["spec"].get("dnsPolicy").is_none());
+    assert!(h.data["spec"].get("dnsConfig").is_none());
+}

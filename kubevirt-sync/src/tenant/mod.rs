@@ -6,11 +6,13 @@
 //! - [`refuse`]: telling the tenant why an object is not synced.
 //! - [`namespaces`]: the host namespace of a tenant namespace and its isolation.
 //! - [`classes`]: the host's StorageClasses, IngressClasses and PriorityClasses a tenant sees.
+//! - [`dns`]: the tenant's DNS objects applied, and the address host copies resolve through.
 //! - [`nodes`]: tenant Nodes for the host nodes running the tenant's pods and VMIs.
 //! - [`pods`]: a Pod's tenant token, its binding, a tenant object recreated with host values.
 //! - [`resync`]: the consistency scan.
 
 mod classes;
+mod dns;
 mod execute;
 #[cfg(test)]
 mod fixtures;
@@ -34,6 +36,7 @@ use kvtenant_api::labels::VirtualClusterRef;
 use kvtenant_api::{VirtualCluster, VirtualClusterSpec};
 use kvtenant_rules::Policy;
 use kvtenant_rules::kinds::{self, Enablement, Kind, KindId};
+use kvtenant_rules::pod::dns::TenantDns;
 use kvtenant_rules::pod::identity::ApiEndpoint;
 use kvtenant_rules::translate::is_mirror;
 use serde_json::Value;
@@ -169,13 +172,14 @@ impl Tenant {
             api_endpoint: endpoint,
             instance: INSTANCES.fetch_add(1, Ordering::Relaxed),
         });
-        let tasks = writers
+        let mut tasks: Vec<AbortHandle> = writers
             .into_iter()
             .map(|(kind, writer)| {
                 tokio::spawn(watch::watch_kind(Arc::downgrade(&tenant), kind, writer))
                     .abort_handle()
             })
             .collect();
+        tasks.push(tokio::spawn(dns::install(Arc::downgrade(&tenant))).abort_handle());
         *tenant.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
         Ok(tenant)
     }
@@ -431,6 +435,10 @@ impl View for Tenant {
 
     fn nodes(&self) -> &kvtenant_api::NodesSpec {
         &self.spec.nodes
+    }
+
+    fn dns(&self) -> TenantDns {
+        self.tenant_dns()
     }
 
     fn enablement(&self, kind: &Kind) -> Enablement {

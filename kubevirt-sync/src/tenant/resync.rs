@@ -1,6 +1,7 @@
 //! The consistency scan: every tenant object and every host object of the tenant's namespaces
 //! reconciled again (drift repaired, orphans removed), isolation re-applied, host namespaces
-//! whose tenant namespace is gone deleted, tenant Nodes pruned, changed CRDs copied again.
+//! whose tenant namespace is gone deleted, tenant Nodes pruned, changed CRDs copied again, the
+//! tenant's DNS objects applied again.
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::ResourceExt;
@@ -40,6 +41,9 @@ impl Tenant {
         }
         if let Err(e) = self.show_classes().await {
             tracing::warn!(tenant = %self.label, error = %e, "showing host classes");
+        }
+        if let Err(e) = self.apply_dns().await {
+            tracing::warn!(tenant = %self.label, error = %e, "applying the tenant's DNS");
         }
         if let Err(e) = self.refresh_crds().await {
             tracing::warn!(tenant = %self.label, error = %e, "refreshing CRDs");

@@ -43,6 +43,7 @@ use kube::core::{ApiResource, GroupVersionKind};
 use kvtenant_api::SyncKind;
 use serde_json::Value;
 
+use crate::pod::dns::TenantDns;
 use crate::pod::identity::ApiEndpoint;
 use crate::quota::Usage;
 use crate::vm::refs::ObjRef;
@@ -144,6 +145,18 @@ pub struct HostContext<'a> {
     pub nodes: &'a kvtenant_api::NodesSpec,
     /// The virtual cluster's apiserver as host pods reach it, when known.
     pub api: Option<&'a ApiEndpoint>,
+    /// The virtual cluster's DNS, which host copies resolving through the cluster's DNS use
+    /// when it is ready.
+    pub dns: &'a TenantDns,
+}
+
+impl HostContext<'_> {
+    /// Points a pod or VMI spec at the tenant's DNS, when it is ready ([`crate::pod::dns`]).
+    pub fn point_dns(&self, spec: &mut Value) {
+        if let TenantDns::Ready { nameserver, domain } = self.dns {
+            crate::pod::dns::to_host(spec, self.tenant_namespace, nameserver, domain);
+        }
+    }
 }
 
 /// What the mirror of a host-made object may need besides the object.
@@ -287,13 +300,21 @@ pub trait SyncedKind: Send + Sync {
     }
 
     /// Rewrites the host copy's data after the generic translation: VM-like kinds' VMI
-    /// template is confined to the VirtualCluster's nodes (Pods also get their identity).
+    /// template is confined to the VirtualCluster's nodes and pointed at the tenant's DNS
+    /// (Pods also get their identity).
     fn to_host_data(&self, data: &mut Value, ctx: &HostContext) {
         if let Some(t) = self.vm_template()
             && let Some(spec) = data.pointer_mut(t.vmi_spec)
         {
             crate::pod::placement::confine(spec, ctx.nodes);
+            ctx.point_dns(spec);
         }
+    }
+
+    /// Where the object keeps the pod or VMI spec whose `dnsPolicy`/`dnsConfig` its host copy
+    /// takes from the tenant's DNS (JSON pointer): Pods' `/spec`, VM-like kinds' VMI template.
+    fn dns_spec(&self) -> Option<&'static str> {
+        self.vm_template().map(|t| t.vmi_spec)
     }
 
     /// Rewrites the tenant mirror's data of a host-made object (Events: re-pointed at the

@@ -180,6 +180,7 @@ mod tests {
             vc_uid: "vc-1",
             nodes: &NODES,
             api: None,
+            dns: &crate::pod::dns::TenantDns::Off,
         }
     }
 

@@ -5,7 +5,8 @@
 //!
 //! What never reaches the host: Pod Security escapes above the VirtualCluster's level
 //! ([`crate::pod::security`]), host placement ([`crate::pod::placement`]), a host
-//! ServiceAccount or token ([`crate::pod::identity`]).
+//! ServiceAccount or token ([`crate::pod::identity`]). A pod that uses the cluster's DNS
+//! resolves through the tenant's own CoreDNS on the host ([`crate::pod::dns`]).
 
 use serde_json::Value;
 
@@ -67,7 +68,11 @@ impl SyncedKind for Pod {
         if let Some(spec) = data.get_mut("spec") {
             identity::to_host(spec, ctx.tenant_namespace, ctx.name, ctx.api);
             placement::confine(spec, ctx.nodes);
+            ctx.point_dns(spec);
         }
+    }
+    fn dns_spec(&self) -> Option<&'static str> {
+        Some("/spec")
     }
     fn tenant_token(&self, obj: &Value) -> Option<String> {
         obj.get("spec").and_then(identity::token_service_account)
