@@ -135,7 +135,11 @@ fn env() -> Env {
     let tenant_api = Mock::default();
     let (h, host_writers) = Host::new(host.client());
     h.mark_all_ready();
-    let mut vc = VirtualCluster::new("alpha", VirtualClusterSpec::default());
+    // DNS off: these tests are about the executor, and no host cache here has kube-dns (a VM
+    // would wait for its address)
+    let mut spec = VirtualClusterSpec::default();
+    spec.dns.enabled = false;
+    let mut vc = VirtualCluster::new("alpha", spec);
     vc.metadata.namespace = Some("tenants".into());
     vc.metadata.uid = Some("vc-uid".into());
     let vcref = VirtualClusterRef::from_virtualcluster(&vc).unwrap();

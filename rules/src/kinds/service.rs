@@ -6,7 +6,7 @@
 
 use serde_json::{Value, json};
 
-use super::{ApiKind, SyncedKind, TenantFix};
+use super::{ApiKind, HostContext, SyncedKind, TenantFix};
 use crate::Policy;
 use crate::vm::size::GuestSize;
 use crate::{Violation, is_set};
@@ -28,13 +28,21 @@ impl SyncedKind for Service {
     fn tenant_fix(&self, tenant: &Value, host: &Value) -> Option<TenantFix> {
         addresses_fix(tenant, host)
     }
+    /// The cluster IPs too, but for a headless Service's `None` (see
+    /// [`to_host_data`](Self::to_host_data)).
     fn host_assigned(&self) -> &'static [&'static str] {
-        &[
-            "/spec/clusterIP",
-            "/spec/clusterIPs",
-            "/spec/healthCheckNodePort",
-            "/spec/ports/*/nodePort",
-        ]
+        &["/spec/healthCheckNodePort", "/spec/ports/*/nodePort"]
+    }
+    /// The host assigns the cluster IPs, but a headless Service (`clusterIP: None`) stays
+    /// headless: its name resolves to its endpoints' addresses.
+    fn to_host_data(&self, data: &mut Value, _: &HostContext) {
+        let headless = data.pointer("/spec/clusterIP").and_then(Value::as_str) == Some("None");
+        if let Some(spec) = data.get_mut("spec").and_then(Value::as_object_mut)
+            && !headless
+        {
+            spec.remove("clusterIP");
+            spec.remove("clusterIPs");
+        }
     }
     /// `externalIPs` would let a tenant capture traffic to any address on the host's nodes
     /// (CVE-2020-8554), so they are refused.
@@ -148,6 +156,26 @@ mod tests {
         assert_eq!(addresses_fix(&external, &external), None);
         assert!(!Service.wanted_name("default", "kubernetes"));
         assert!(Service.wanted_name("default", "web"));
+    }
+
+    #[test]
+    fn the_host_assigns_cluster_ips_but_a_headless_service_stays_headless() {
+        let nodes = kvtenant_api::NodesSpec::default();
+        let ctx = HostContext {
+            tenant_namespace: "web",
+            name: "db",
+            vc_uid: "vc",
+            nodes: &nodes,
+            api: None,
+            dns: &crate::pod::dns::TenantDns::Off,
+        };
+        let mut normal = json!({"spec": {"clusterIP": "10.0.0.95", "clusterIPs": ["10.0.0.95"]}});
+        Service.to_host_data(&mut normal, &ctx);
+        assert_eq!(normal, json!({"spec": {}}));
+        let headless = json!({"spec": {"clusterIP": "None", "clusterIPs": ["None"]}});
+        let mut copy = headless.clone();
+        Service.to_host_data(&mut copy, &ctx);
+        assert_eq!(copy, headless);
     }
 
     #[test]
