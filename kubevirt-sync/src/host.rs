@@ -31,6 +31,28 @@ pub struct Key {
 /// The work queue: keys by VirtualCluster uid.
 pub type WorkQueue = FairQueue<String, Key>;
 
+/// Where the tenants' Nodes say their kubelet is: kvtenant's kubelet proxy
+/// ([`crate::proxy::kubelet`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KubeletEndpoint {
+    /// An IP, or a DNS name the tenant apiservers resolve.
+    pub address: String,
+    pub port: u16,
+}
+
+impl KubeletEndpoint {
+    /// The Node `status.addresses`: an IP is an InternalIP, a name a Hostname (the first type
+    /// kube-apiserver prefers by default).
+    pub fn node_addresses(&self) -> serde_json::Value {
+        let kind = if self.address.parse::<std::net::IpAddr>().is_ok() {
+            "InternalIP"
+        } else {
+            "Hostname"
+        };
+        serde_json::json!([{"type": kind, "address": self.address}])
+    }
+}
+
 /// Host state shared by the workers, the watchers and the tenants.
 pub struct Host {
     pub client: Client,
@@ -43,6 +65,8 @@ pub struct Host {
     pub metrics: Metrics,
     /// The host's KubeVirt/CDI CRDs, read once for all tenants.
     pub crds: crate::crds::HostCrds,
+    /// Set once the kubelet proxy listens.
+    pub kubelet: RwLock<Option<KubeletEndpoint>>,
 }
 
 impl Host {
@@ -63,6 +87,7 @@ impl Host {
             namespaces: RwLock::new(HashMap::new()),
             queue: FairQueue::default(),
             metrics: Metrics::default(),
+            kubelet: RwLock::new(None),
         });
         (host, writers)
     }
@@ -245,5 +270,28 @@ async fn watch_kind(
                 tracing::debug!(kind = %spec.name(), error = %e, "watching host objects (is the CRD installed?)")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_advertise_an_ip_as_internal_ip_and_a_name_as_hostname() {
+        let ip = KubeletEndpoint {
+            address: "127.0.0.1".into(),
+            port: 10250,
+        };
+        assert_eq!(ip.node_addresses()[0]["type"], "InternalIP");
+        let name = KubeletEndpoint {
+            address: "kvtenant-kubelet.kvtenant-system.svc".into(),
+            port: 10250,
+        };
+        assert_eq!(name.node_addresses()[0]["type"], "Hostname");
+        assert_eq!(
+            name.node_addresses()[0]["address"],
+            "kvtenant-kubelet.kvtenant-system.svc"
+        );
     }
 }

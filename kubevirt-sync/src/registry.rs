@@ -68,6 +68,14 @@ impl Tenants {
         self.registry.get(uid).map(|t| t.handle())
     }
 
+    /// Makes the tenants' Nodes advertise the kubelet proxy (shown Nodes take it at their next
+    /// refresh).
+    pub fn set_kubelet_endpoint(&self, endpoint: crate::host::KubeletEndpoint) {
+        if let Ok(mut k) = self.host.kubelet.write() {
+            *k = Some(endpoint);
+        }
+    }
+
     /// The owner of a host namespace kvtenant made.
     pub fn namespace_owner(&self, host_ns: &str) -> Option<HostNamespaceOwner> {
         self.host.namespace_owner(host_ns)

@@ -13,6 +13,8 @@ use crate::process::Managed;
 
 /// The user name the apiserver accepts from the front proxy (aggregated APIs).
 pub const FRONT_PROXY_CLIENT: &str = "front-proxy-client";
+/// The common name of the apiserver's kubelet client certificate (kubeadm's).
+pub const KUBELET_CLIENT: &str = "kube-apiserver-kubelet-client";
 
 /// Errors while starting or talking to a control plane.
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +121,9 @@ pub struct Pki {
     pub admin: CertKey,
     pub front_proxy_client: CertKey,
     pub controller_manager: CertKey,
+    /// The client certificate the apiserver presents to kubelets (`kubectl logs/exec`), as
+    /// kubeadm makes it.
+    pub kubelet_client: CertKey,
     pub service_account: ServiceAccountKey,
 }
 
@@ -145,6 +150,7 @@ impl Pki {
             )?,
             admin: ca.issue_client("kubernetes-admin", &["system:masters"])?,
             controller_manager: ca.issue_client("system:kube-controller-manager", &[])?,
+            kubelet_client: ca.issue_client(KUBELET_CLIENT, &["system:masters"])?,
             front_proxy_client: front_proxy_ca.issue_client(FRONT_PROXY_CLIENT, &[])?,
             service_account: ServiceAccountKey::new()?,
             ca,
@@ -232,6 +238,8 @@ impl ControlPlane {
         write("apiserver.key", &pki.serving.key_pem)?;
         write("front-proxy-client.crt", &pki.front_proxy_client.cert_pem)?;
         write("front-proxy-client.key", &pki.front_proxy_client.key_pem)?;
+        write("kubelet-client.crt", &pki.kubelet_client.cert_pem)?;
+        write("kubelet-client.key", &pki.kubelet_client.key_pem)?;
         write("sa.key", &pki.service_account.private_key_pem)?;
         write("sa.pub", &pki.service_account.public_key_pem)?;
 
@@ -332,6 +340,8 @@ impl ControlPlane {
             "--requestheader-extra-headers-prefix=X-Remote-Extra-".into(),
             format!("--proxy-client-cert-file={d}/front-proxy-client.crt"),
             format!("--proxy-client-key-file={d}/front-proxy-client.key"),
+            format!("--kubelet-client-certificate={d}/kubelet-client.crt"),
+            format!("--kubelet-client-key={d}/kubelet-client.key"),
             "--profiling=false".into(),
         ];
         args.extend(self.extra_apiserver_args.iter().cloned());

@@ -26,6 +26,9 @@ pub const AUTH_CONFIGMAP_NAMESPACE: &str = "kube-system";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestHeaderConfig {
     pub client_ca_pem: String,
+    /// The apiserver's `--client-ca-file` (`client-ca-file`): it signs the client certificate
+    /// the apiserver presents to kubelets, which the kubelet proxy checks.
+    pub kubelet_client_ca_pem: Option<String>,
     pub allowed_names: Vec<String>,
     pub username_headers: Vec<String>,
     pub uid_headers: Vec<String>,
@@ -53,6 +56,10 @@ impl RequestHeaderConfig {
             })?;
         Ok(Self {
             client_ca_pem,
+            kubelet_client_ca_pem: data
+                .get("client-ca-file")
+                .filter(|s| !s.trim().is_empty())
+                .cloned(),
             allowed_names: list("requestheader-allowed-names", &[]),
             username_headers: list("requestheader-username-headers", &["X-Remote-User"]),
             uid_headers: list("requestheader-uid-headers", &["X-Remote-Uid"]),
@@ -72,7 +79,13 @@ pub struct TenantAuth {
     /// Admin client of the tenant apiserver (SubjectAccessReviews).
     pub client: Client,
     pub requestheader: RequestHeaderConfig,
+    /// Whether KubeVirt's subresource API is served to this tenant (the kubelet proxy serves
+    /// every tenant).
+    pub subresources: bool,
     verifier: Arc<dyn ClientCertVerifier>,
+    /// Checks the apiserver's kubelet client certificate; `None`: the apiserver publishes no
+    /// client CA, so its kubelet calls cannot be told apart and are refused.
+    kubelet_verifier: Option<Arc<dyn ClientCertVerifier>>,
 }
 
 impl std::fmt::Debug for TenantAuth {
@@ -89,17 +102,45 @@ impl TenantAuth {
         label: String,
         client: Client,
         requestheader: RequestHeaderConfig,
+        subresources: bool,
         provider: Arc<CryptoProvider>,
     ) -> Result<Self, ProxyError> {
-        let verifier = tls::client_verifier(&requestheader.client_ca_pem, provider)?;
+        let verifier = tls::client_verifier(&requestheader.client_ca_pem, provider.clone())?;
+        let kubelet_verifier = match &requestheader.kubelet_client_ca_pem {
+            Some(pem) => Some(tls::client_verifier(pem, provider)?),
+            None => None,
+        };
         Ok(Self {
             uid: vc.uid.clone(),
             label,
             vc,
             client,
             requestheader,
+            subresources,
             verifier,
+            kubelet_verifier,
         })
+    }
+
+    /// Whether the tenant apiserver's kubelet calls can be recognised (it publishes a client CA).
+    pub fn accepts_kubelet_calls(&self) -> bool {
+        self.kubelet_verifier.is_some()
+    }
+
+    /// Whether a client certificate chain is this tenant apiserver's kubelet client
+    /// certificate: signed by its client CA, with one of the `allowed` common names.
+    pub fn accepts_kubelet_client(
+        &self,
+        chain: &[rustls::pki_types::CertificateDer<'_>],
+        allowed: &[String],
+    ) -> bool {
+        self.kubelet_verifier
+            .as_deref()
+            .is_some_and(|v| tls::chain_verifies(v, chain))
+            && chain
+                .first()
+                .and_then(tls::common_name)
+                .is_some_and(|cn| allowed.contains(&cn))
     }
 
     /// Whether a client certificate chain is this tenant apiserver's front-proxy certificate.
@@ -116,12 +157,30 @@ impl TenantAuth {
     }
 }
 
+/// Which certificate of a tenant apiserver a listener accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// The front-proxy client certificate (the aggregator: KubeVirt's subresource API).
+    FrontProxy,
+    /// The kubelet client certificate (`kubectl logs/exec/attach/port-forward`).
+    Kubelet,
+}
+
 /// Finds the tenant whose apiserver presented the connection's client certificate. Exactly one
-/// tenant must accept it: a certificate two tenants would accept (a shared requestheader CA) is
-/// refused.
-pub fn identify(state: &ProxyState, conn: &ConnInfo) -> Result<Arc<TenantAuth>, String> {
+/// tenant must accept it: a certificate two tenants would accept (a shared CA) is refused.
+pub fn identify(
+    state: &ProxyState,
+    conn: &ConnInfo,
+    caller: Caller,
+) -> Result<Arc<TenantAuth>, String> {
+    let what = match caller {
+        Caller::FrontProxy => "front-proxy client certificate",
+        Caller::Kubelet => "kubelet client certificate",
+    };
     let Some(chain) = conn.peer_chain.as_deref().filter(|c| !c.is_empty()) else {
-        return Err("no client certificate: only a virtual cluster's apiserver (its front-proxy client certificate) may call this server".into());
+        return Err(format!(
+            "no client certificate: only a virtual cluster's apiserver (its {what}) may call this server"
+        ));
     };
     let generation = state.generation();
     let cached = conn
@@ -135,10 +194,14 @@ pub fn identify(state: &ProxyState, conn: &ConnInfo) -> Result<Arc<TenantAuth>, 
     {
         return Ok(t);
     }
+    let kubelet_names = &state.config.kubelet.client_names;
     let matching: Vec<Arc<TenantAuth>> = state
         .tenant_auths()
         .into_iter()
-        .filter(|t| t.accepts(chain))
+        .filter(|t| match caller {
+            Caller::FrontProxy => t.accepts(chain),
+            Caller::Kubelet => t.accepts_kubelet_client(chain, kubelet_names),
+        })
         .collect();
     match matching.as_slice() {
         [one] => {
@@ -147,10 +210,12 @@ pub fn identify(state: &ProxyState, conn: &ConnInfo) -> Result<Arc<TenantAuth>, 
             }
             Ok(one.clone())
         }
-        [] => Err("the client certificate is not the front-proxy certificate of any virtual cluster served here".into()),
+        [] => Err(format!(
+            "the client certificate is not the {what} of any virtual cluster served here"
+        )),
         _ => {
-            tracing::warn!(tenants = ?matching.iter().map(|t| t.label.as_str()).collect::<Vec<_>>(), "virtual clusters share a requestheader CA; their calls are refused");
-            Err("the client certificate is accepted by more than one virtual cluster (shared requestheader CA); refused".into())
+            tracing::warn!(tenants = ?matching.iter().map(|t| t.label.as_str()).collect::<Vec<_>>(), ?caller, "virtual clusters share a CA; their calls are refused");
+            Err("the client certificate is accepted by more than one virtual cluster (a shared CA); refused".into())
         }
     }
 }

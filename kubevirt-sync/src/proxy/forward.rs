@@ -141,7 +141,7 @@ pub fn response_body_to_tenant(
 }
 
 /// User-Agent of calls to the host: host audit logs show for whom kvtenant made the call.
-fn user_agent(auth: &TenantAuth, user: &UserInfo) -> Option<HeaderValue> {
+pub fn user_agent(auth: &TenantAuth, user: &UserInfo) -> Option<HeaderValue> {
     let clean = |s: &str| -> String {
         s.chars()
             .map(|c| {
@@ -229,7 +229,7 @@ pub async fn plain(
 
 /// The host's (non-upgrade) answer as the tenant gets it: status and content type kept, host
 /// namespaces in the body named as the tenant's.
-fn tenant_answer(
+pub fn tenant_answer(
     parts: &http::response::Parts,
     bytes: Bytes,
     target: &Target<'_>,
@@ -250,12 +250,12 @@ fn tenant_answer(
 }
 
 /// 502 for a host request that failed, the message naming tenant namespaces only.
-fn host_unreachable(target: &Target<'_>, e: &kube::Error) -> Response<Body> {
+pub fn host_unreachable(target: &Target<'_>, e: &kube::Error) -> Response<Body> {
     status::failure(
         502,
         "ServiceUnavailable",
         &message_to_tenant(
-            &format!("reaching KubeVirt on the host: {e}"),
+            &format!("reaching the host cluster: {e}"),
             target.host_ns,
             target.tenant_ns,
         ),
@@ -264,12 +264,12 @@ fn host_unreachable(target: &Target<'_>, e: &kube::Error) -> Response<Body> {
 }
 
 /// 504 for a host request that outlived the proxy's request timeout.
-fn host_timeout(state: &ProxyState) -> Response<Body> {
+pub fn host_timeout(state: &ProxyState) -> Response<Body> {
     status::failure(
         504,
         "Timeout",
         &format!(
-            "KubeVirt on the host did not answer within {:?}",
+            "the host cluster did not answer within {:?}",
             state.config.request_timeout
         ),
         None,

@@ -42,8 +42,16 @@ pub async fn handle(
         return status::respond(200, "text/plain", Bytes::from_static(b"ok"));
     }
     let label = metric_label(&route);
-    let tenant = match auth::identify(&state, &conn) {
-        Ok(t) => t,
+    let tenant = match auth::identify(&state, &conn, auth::Caller::FrontProxy) {
+        Ok(t) if t.subresources => t,
+        Ok(t) => {
+            state
+                .metrics
+                .request(&t.label, label, 404, started.elapsed().as_secs_f64());
+            return status::not_found(&format!(
+                "{GROUP} is switched off for this virtual cluster (spec.kubevirt.subresources)"
+            ));
+        }
         Err(message) => {
             state
                 .metrics
@@ -123,7 +131,7 @@ fn path_and_query(req: &Request<Incoming>) -> String {
 }
 
 /// Whether kvtenant made `host_ns` for this tenant's namespace `tenant_ns`.
-fn mapped(state: &ProxyState, tenant: &TenantAuth, tenant_ns: &str, host_ns: &str) -> bool {
+pub fn mapped(state: &ProxyState, tenant: &TenantAuth, tenant_ns: &str, host_ns: &str) -> bool {
     state
         .syncer
         .namespace_owner(host_ns)

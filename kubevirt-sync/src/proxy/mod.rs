@@ -25,6 +25,7 @@ pub mod authz;
 pub mod discovery;
 pub mod forward;
 pub mod handler;
+pub mod kubelet;
 pub mod metrics;
 pub mod register;
 pub mod route;
@@ -120,6 +121,8 @@ pub struct ProxyConfig {
     pub resync_period: Duration,
     /// Bound on one non-streaming call to the host (and on a stream's handshake).
     pub request_timeout: Duration,
+    /// The kubelet proxy (`kubectl logs/exec/attach/port-forward` in the tenants).
+    pub kubelet: kubelet::KubeletConfig,
 }
 
 impl Default for ProxyConfig {
@@ -135,6 +138,7 @@ impl Default for ProxyConfig {
             poll_period: Duration::from_secs(1),
             resync_period: Duration::from_secs(60),
             request_timeout: Duration::from_secs(60),
+            kubelet: kubelet::KubeletConfig::default(),
         }
     }
 }
@@ -145,6 +149,11 @@ impl ProxyConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             advertise_host: "localhost".into(),
+            kubelet: kubelet::KubeletConfig {
+                listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+                advertise_address: Some("127.0.0.1".into()),
+                ..kubelet::KubeletConfig::default()
+            },
             ..Self::default()
         }
     }
@@ -256,6 +265,7 @@ pub struct ConnInfo {
 pub struct Proxy {
     pub state: Arc<ProxyState>,
     local_addr: SocketAddr,
+    kubelet_addr: Option<SocketAddr>,
     tasks: JoinSet<()>,
 }
 
@@ -288,6 +298,7 @@ impl Proxy {
             "127.0.0.1".to_string(),
         ];
         sans.extend(config.extra_sans.iter().cloned());
+        sans.extend(config.kubelet.advertise_address.iter().cloned());
         sans.sort();
         sans.dedup();
         let server_config = tls::server_config(&ca, &sans, provider.clone())?;
@@ -304,16 +315,47 @@ impl Proxy {
             provider,
         });
         let mut tasks = JoinSet::new();
+        let acceptor = TlsAcceptor::from(server_config);
+        let kubelet_addr = match state.config.kubelet.listen {
+            Some(addr) => {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ProxyError::Bind { addr, source })?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(|source| ProxyError::Bind { addr, source })?;
+                let k = &state.config.kubelet;
+                let endpoint = kubelet::KubeletEndpoint {
+                    address: k
+                        .advertise_address
+                        .clone()
+                        .unwrap_or_else(|| state.config.advertise_host.clone()),
+                    port: k.advertise_port.unwrap_or(bound.port()),
+                };
+                tracing::info!(local_addr = %bound, advertised = %format!("{}:{}", endpoint.address, endpoint.port), "kubelet proxy listening");
+                state.syncer.set_kubelet_endpoint(endpoint);
+                tasks.spawn(serve(
+                    listener,
+                    acceptor.clone(),
+                    state.clone(),
+                    Listener::Kubelet,
+                ));
+                Some(bound)
+            }
+            None => None,
+        };
         tasks.spawn(serve(
             listener,
-            TlsAcceptor::from(server_config),
+            acceptor,
             state.clone(),
+            Listener::Subresources,
         ));
         tasks.spawn(register::run(state.clone()));
         tracing::info!(%local_addr, advertised = %format!("{}:{port}", state.config.advertise_host), "subresource proxy listening");
         Ok(Self {
             state,
             local_addr,
+            kubelet_addr,
             tasks,
         })
     }
@@ -321,6 +363,11 @@ impl Proxy {
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address the kubelet proxy listens on, if it runs.
+    pub fn kubelet_addr(&self) -> Option<SocketAddr> {
+        self.kubelet_addr
     }
 
     /// PEM of the proxy CA (the caBundle of the tenants' APIServices).
@@ -335,7 +382,18 @@ impl Proxy {
     /// Whether the proxy serves this tenant now (its requestheader CA is loaded and its
     /// APIServices were applied).
     pub fn serves(&self, vc_uid: &str) -> bool {
-        self.state.tenant_auth(vc_uid).is_some()
+        self.state
+            .tenant_auth(vc_uid)
+            .is_some_and(|t| t.subresources)
+    }
+
+    /// Whether the kubelet proxy serves this tenant now (its apiserver's client CA is loaded).
+    pub fn serves_kubelet(&self, vc_uid: &str) -> bool {
+        self.kubelet_addr.is_some()
+            && self
+                .state
+                .tenant_auth(vc_uid)
+                .is_some_and(|t| t.accepts_kubelet_calls())
     }
 
     /// Runs until the process ends.
@@ -344,14 +402,32 @@ impl Proxy {
     }
 }
 
-async fn serve(listener: TcpListener, acceptor: TlsAcceptor, state: Arc<ProxyState>) {
-    crate::serve::accept_loop(listener, "subresource proxy", move |tcp| {
-        connection(acceptor.clone(), tcp, state.clone())
+/// Which API a listener serves.
+#[derive(Clone, Copy, Debug)]
+enum Listener {
+    /// KubeVirt's `subresources.kubevirt.io`, called by the tenants' aggregators.
+    Subresources,
+    /// The kubelet API of the tenants' Nodes.
+    Kubelet,
+}
+
+async fn serve(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    state: Arc<ProxyState>,
+    kind: Listener,
+) {
+    let name = match kind {
+        Listener::Subresources => "subresource proxy",
+        Listener::Kubelet => "kubelet proxy",
+    };
+    crate::serve::accept_loop(listener, name, move |tcp| {
+        connection(acceptor.clone(), tcp, state.clone(), kind)
     })
     .await;
 }
 
-async fn connection(acceptor: TlsAcceptor, tcp: TcpStream, state: Arc<ProxyState>) {
+async fn connection(acceptor: TlsAcceptor, tcp: TcpStream, state: Arc<ProxyState>, kind: Listener) {
     let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
@@ -371,7 +447,14 @@ async fn connection(acceptor: TlsAcceptor, tcp: TcpStream, state: Arc<ProxyState
     let svc = service_fn(move |req| {
         let state = state.clone();
         let info = info.clone();
-        async move { Ok::<_, Infallible>(handler::handle(state, info, req).await) }
+        async move {
+            Ok::<_, Infallible>(match kind {
+                Listener::Subresources => handler::handle(state, info, req)
+                    .await
+                    .map(http_body_util::Either::Left),
+                Listener::Kubelet => kubelet::handle(state, info, req).await,
+            })
+        }
     });
     if let Err(e) = http1::Builder::new()
         .serve_connection(TokioIo::new(tls), svc)

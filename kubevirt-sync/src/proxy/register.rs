@@ -248,15 +248,11 @@ pub async fn run(state: Arc<ProxyState>) {
     }
 }
 
+/// Serves one running tenant: loads (and follows) its apiserver's client CAs, then keeps the
+/// subresource API registered in it, or removed when its subresources are switched off. The
+/// kubelet proxy serves the tenant either way.
 async fn serve_tenant(state: Arc<ProxyState>, t: TenantInfo) {
     let target = Target::of(&state);
-    if !t.subresources {
-        while let Err(e) = unregister(&t.client, &target).await {
-            tracing::warn!(tenant = %t.label, error = %e, "removing the subresource registrations");
-            tokio::time::sleep(RETRY).await;
-        }
-        return;
-    }
     let cms: Api<ConfigMap> = Api::namespaced(t.client.clone(), AUTH_CONFIGMAP_NAMESPACE);
     let cfg = watcher::Config::default().fields(&format!("metadata.name={AUTH_CONFIGMAP}"));
     let mut events = watcher(cms, cfg).default_backoff().boxed();
@@ -269,20 +265,23 @@ async fn serve_tenant(state: Arc<ProxyState>, t: TenantInfo) {
                     let data = cm.data.unwrap_or_default();
                     match RequestHeaderConfig::from_configmap_data(&data) {
                         Ok(rh) if loaded.as_ref() != Some(&rh) => {
-                            match TenantAuth::new(t.vc.clone(), t.label.clone(), t.client.clone(), rh.clone(), state.provider.clone()) {
+                            match TenantAuth::new(t.vc.clone(), t.label.clone(), t.client.clone(), rh.clone(), t.subresources, state.provider.clone()) {
                                 Ok(auth) => {
+                                    if !auth.accepts_kubelet_calls() {
+                                        tracing::warn!(tenant = %t.label, "the virtual cluster's apiserver publishes no client-ca-file: kubectl logs/exec cannot be served");
+                                    }
                                     state.set_tenant_auth(Arc::new(auth));
                                     if loaded.is_none() {
                                         next_ensure = Instant::now();
                                     }
                                     loaded = Some(rh);
-                                    tracing::info!(tenant = %t.label, "subresource proxy: serving the virtual cluster");
+                                    tracing::info!(tenant = %t.label, subresources = t.subresources, "subresource and kubelet proxy: serving the virtual cluster");
                                 }
-                                Err(e) => tracing::warn!(tenant = %t.label, error = %e, "the virtual cluster's requestheader CA is unusable"),
+                                Err(e) => tracing::warn!(tenant = %t.label, error = %e, "the virtual cluster's client CAs are unusable"),
                             }
                         }
                         Ok(_) => {}
-                        Err(e) => tracing::warn!(tenant = %t.label, error = %e, "cannot serve the virtual cluster's subresources"),
+                        Err(e) => tracing::warn!(tenant = %t.label, error = %e, "cannot serve the virtual cluster's subresources or kubelet API"),
                     }
                 }
                 Some(Ok(watcher::Event::Delete(_))) => {
@@ -294,17 +293,21 @@ async fn serve_tenant(state: Arc<ProxyState>, t: TenantInfo) {
                 None => return,
             },
             () = tokio::time::sleep_until(next_ensure), if loaded.is_some() => {
-                let result = match host_versions(state.syncer.host()).await {
-                    Ok(versions) => {
-                        state.discovery.set_versions(versions.clone());
-                        ensure(&t.client, &target, &versions).await
+                let result = if t.subresources {
+                    match host_versions(state.syncer.host()).await {
+                        Ok(versions) => {
+                            state.discovery.set_versions(versions.clone());
+                            ensure(&t.client, &target, &versions).await
+                        }
+                        Err(e) => Err(e.into()),
                     }
-                    Err(e) => Err(e.into()),
+                } else {
+                    unregister(&t.client, &target).await
                 };
                 next_ensure = match result {
                     Ok(()) => Instant::now() + state.config.resync_period,
                     Err(e) => {
-                        tracing::warn!(tenant = %t.label, error = %e, "registering the subresource API in the virtual cluster");
+                        tracing::warn!(tenant = %t.label, error = %e, subresources = t.subresources, "registering (or removing) the subresource API in the virtual cluster");
                         Instant::now() + RETRY
                     }
                 };

@@ -1,9 +1,11 @@
 //! Tenant Nodes: each host node running one of the tenant's pods or VMIs (and, when the
 //! VirtualCluster confines it to selected host nodes, each of those) is shown as a tenant Node
 //! with its name, a few visible labels and the host node's status (conditions, capacity,
-//! allocatable, node info), so `kubectl get nodes` shows it Ready with its version; no addresses,
-//! no taints, nothing else of the host's. The status is written when the node is first shown and
-//! again at every consistency scan.
+//! allocatable, node info), so `kubectl get nodes` shows it Ready with its version; no taints,
+//! nothing else of the host's. Its address and kubelet port are kvtenant's kubelet proxy
+//! ([`crate::proxy::kubelet`]), never the host node's: the tenant apiserver sends
+//! `kubectl logs/exec` there. The status is written when the node is first shown and again at
+//! every consistency scan.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -18,14 +20,25 @@ use serde_json::json;
 
 use super::Tenant;
 use crate::error::{Cluster, Error};
+use crate::host::KubeletEndpoint;
 
-/// The parts of a host node's status a tenant sees.
-pub fn tenant_node_status(host: Option<&serde_json::Value>) -> serde_json::Value {
+/// The parts of a host node's status a tenant sees, with the kubelet proxy as its kubelet.
+pub fn tenant_node_status(
+    host: Option<&serde_json::Value>,
+    kubelet: Option<&KubeletEndpoint>,
+) -> serde_json::Value {
     let mut out = serde_json::Map::new();
     for field in ["conditions", "capacity", "allocatable", "nodeInfo"] {
         if let Some(v) = host.and_then(|s| s.get(field)) {
             out.insert(field.into(), v.clone());
         }
+    }
+    if let Some(k) = kubelet {
+        out.insert("addresses".into(), k.node_addresses());
+        out.insert(
+            "daemonEndpoints".into(),
+            json!({"kubeletEndpoint": {"Port": k.port}}),
+        );
     }
     serde_json::Value::Object(out)
 }
@@ -80,11 +93,13 @@ impl Tenant {
             Cluster::Host,
             format!("Node {name}"),
         ))?;
+        let kubelet = self.host.kubelet.read().ok().and_then(|k| k.clone());
         let status = tenant_node_status(
             host_node
                 .as_ref()
                 .and_then(|n| serde_json::to_value(n.status.as_ref()?).ok())
                 .as_ref(),
+            kubelet.as_ref(),
         );
         let host_labels = host_node
             .and_then(|n| n.metadata.labels)
@@ -194,7 +209,7 @@ mod tests {
     }
 
     #[test]
-    fn tenant_nodes_show_the_host_nodes_health_but_not_its_addresses() {
+    fn tenant_nodes_show_the_host_nodes_health_and_the_kubelet_proxy_as_their_kubelet() {
         let host = serde_json::json!({
             "conditions": [{"type": "Ready", "status": "True"}],
             "capacity": {"cpu": "32"}, "allocatable": {"cpu": "31"},
@@ -202,10 +217,21 @@ mod tests {
             "addresses": [{"type": "InternalIP", "address": "192.168.7.4"}],
             "images": [{"names": ["registry.internal/secret:1"]}],
         });
-        let s = tenant_node_status(Some(&host));
+        let s = tenant_node_status(Some(&host), None);
         assert_eq!(s["conditions"][0]["status"], "True");
         assert_eq!(s["nodeInfo"]["kubeletVersion"], "v1.34.2");
         assert!(s.get("addresses").is_none());
         assert!(s.get("images").is_none());
+        let proxy = KubeletEndpoint {
+            address: "10.96.0.7".into(),
+            port: 10250,
+        };
+        let s = tenant_node_status(Some(&host), Some(&proxy));
+        assert_eq!(
+            s["addresses"],
+            json!([{"type": "InternalIP", "address": "10.96.0.7"}])
+        );
+        assert_eq!(s["daemonEndpoints"]["kubeletEndpoint"]["Port"], 10250);
+        assert!(!s.to_string().contains("192.168.7.4"));
     }
 }

@@ -229,6 +229,8 @@ impl KubeVirt {
             admin_kubeconfig: cp.kubeconfig_path().to_path_buf(),
             scheduler_kubeconfig: cp.user_kubeconfig("system:kube-scheduler", &[])?,
             kwok_stages: bins.kwok_stages.clone(),
+            kwok_kubelet_port: port()?,
+            port_forward_target: port()?,
             kubevirt_version: KUBEVIRT_VERSION.into(),
             dir,
         };
@@ -377,6 +379,18 @@ impl KubeVirt {
                 "virt-controller.kubeconfig".to_string(),
                 kubeconfig(identity::CONTROLLER_SA),
             ),
+            (
+                processes::KWOK_DEBUGGING.to_string(),
+                processes::kwok_debugging(&self.layout),
+            ),
+            (
+                processes::CONTAINER_LOG.to_string(),
+                processes::cri_log_line("simulated container log (kwok)"),
+            ),
+            (
+                processes::ATTACH_LOG.to_string(),
+                processes::cri_log_line("simulated attach output (kwok)"),
+            ),
         ];
         let certs = self.layout.file(processes::VIRT_API_CERTS);
         std::fs::create_dir_all(&certs).map_err(io_err(&certs))?;
@@ -484,6 +498,11 @@ impl KubeVirt {
     }
 
     /// Directory with certificates, kubeconfigs and the processes' logs.
+    /// The layout: files and ports of the processes (kwok's simulated kubelet API among them).
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
     pub fn dir(&self) -> &Path {
         &self.layout.dir
     }

@@ -29,6 +29,10 @@ pub struct Layout {
     /// Certificate-authenticated kubeconfig of `system:kube-scheduler`.
     pub scheduler_kubeconfig: PathBuf,
     pub kwok_stages: PathBuf,
+    /// Port of kwok's simulated kubelet API (every kwok node advertises it).
+    pub kwok_kubelet_port: u16,
+    /// Where kwok's simulated port-forward goes (a test may listen there).
+    pub port_forward_target: u16,
     pub kubevirt_version: String,
 }
 
@@ -49,6 +53,83 @@ impl Layout {
     pub fn virt_controller_kubeconfig(&self) -> PathBuf {
         self.file("virt-controller.kubeconfig")
     }
+
+    /// kwok's configuration of its simulated kubelet API.
+    pub fn kwok_debugging(&self) -> PathBuf {
+        self.file(KWOK_DEBUGGING)
+    }
+
+    /// The file every simulated container's log is read from (`kubectl logs`).
+    pub fn container_log(&self) -> PathBuf {
+        self.file(CONTAINER_LOG)
+    }
+
+    /// The file every simulated container's attach output is read from (`kubectl attach`).
+    pub fn attach_log(&self) -> PathBuf {
+        self.file(ATTACH_LOG)
+    }
+}
+
+/// kwok's configuration of its simulated kubelet API, in [`Layout::dir`].
+pub const KWOK_DEBUGGING: &str = "kwok-debugging.yaml";
+/// See [`Layout::container_log`].
+pub const CONTAINER_LOG: &str = "simulated-container.log";
+/// See [`Layout::attach_log`].
+pub const ATTACH_LOG: &str = "simulated-attach.log";
+
+/// A line of a container log file as the kubelet keeps it (CRI format), which kwok's simulated
+/// `logs` and `attach` read: `kubectl logs` shows `text`.
+pub fn cri_log_line(text: &str) -> String {
+    format!("2026-01-01T00:00:00.000000000Z stdout F {text}\n")
+}
+
+/// What kwok's simulated kubelet API does (no container runs): `logs` and `attach` read a file
+/// of [`Layout::dir`], `exec` runs the command as a local process of kwok in that directory with
+/// `KWOK_SIMULATED_EXEC=1` set, `port-forward` connects to 127.0.0.1:[`Layout::port_forward_target`].
+pub fn kwok_debugging(l: &Layout) -> String {
+    let dir = l.dir.display();
+    format!(
+        "kind: ClusterLogs
+apiVersion: kwok.x-k8s.io/v1alpha1
+metadata:
+  name: simulated-logs
+spec:
+  logs:
+  - logsFile: {dir}/{CONTAINER_LOG}
+    follow: true
+---
+kind: ClusterAttach
+apiVersion: kwok.x-k8s.io/v1alpha1
+metadata:
+  name: simulated-attach
+spec:
+  attaches:
+  - logsFile: {dir}/{ATTACH_LOG}
+---
+kind: ClusterExec
+apiVersion: kwok.x-k8s.io/v1alpha1
+metadata:
+  name: simulated-exec
+spec:
+  execs:
+  - local:
+      workDir: {dir}
+      envs:
+      - name: KWOK_SIMULATED_EXEC
+        value: \"1\"
+---
+kind: ClusterPortForward
+apiVersion: kwok.x-k8s.io/v1alpha1
+metadata:
+  name: simulated-port-forward
+spec:
+  forwards:
+  - target:
+      port: {port}
+      address: 127.0.0.1
+",
+        port = l.port_forward_target
+    )
 }
 
 fn arg(flag: &str, value: impl AsRef<Path>) -> String {
@@ -111,6 +192,10 @@ pub fn kwok_args(l: &Layout) -> Vec<String> {
     vec![
         arg("kubeconfig", &l.admin_kubeconfig),
         arg("config", &l.kwok_stages),
+        arg("config", l.kwok_debugging()),
+        // the simulated kubelet API (logs, exec, attach, port-forward), advertised by every node
+        format!("--server-address=127.0.0.1:{}", l.kwok_kubelet_port),
+        format!("--node-port={}", l.kwok_kubelet_port),
         "--manage-all-nodes=false".into(),
         format!(
             "--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}={KWOK_NODE_ANNOTATION_VALUE}"
@@ -135,6 +220,8 @@ mod tests {
             admin_kubeconfig: "/tmp/admin.kubeconfig".into(),
             scheduler_kubeconfig: "/tmp/sched.kubeconfig".into(),
             kwok_stages: "/cache/kwok-stages.yaml".into(),
+            kwok_kubelet_port: 1005,
+            port_forward_target: 1006,
             kubevirt_version: "v1.8.1".into(),
         }
     }
@@ -165,5 +252,22 @@ mod tests {
             &"--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake".to_string()
         ));
         assert!(k.contains(&"--config=/cache/kwok-stages.yaml".to_string()));
+        assert!(k.contains(&"--config=/tmp/kv/kwok-debugging.yaml".to_string()));
+        assert!(k.contains(&"--server-address=127.0.0.1:1005".to_string()));
+        assert!(k.contains(&"--node-port=1005".to_string()));
+    }
+
+    #[test]
+    fn kwoks_kubelet_api_reads_files_and_runs_commands_in_the_layout_dir() {
+        let d = kwok_debugging(&layout());
+        assert!(d.contains("logsFile: /tmp/kv/simulated-container.log"));
+        assert!(d.contains("logsFile: /tmp/kv/simulated-attach.log"));
+        assert!(d.contains("workDir: /tmp/kv"));
+        assert!(d.contains("port: 1006"));
+        assert_eq!(d.matches("\n---\n").count(), 3);
+        assert_eq!(
+            cri_log_line("hello"),
+            "2026-01-01T00:00:00.000000000Z stdout F hello\n"
+        );
     }
 }
