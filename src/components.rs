@@ -62,6 +62,30 @@ pub struct SyncerArgs {
     /// Port tenants' apiservers reach the proxy on (the Service port; 0: the listening port).
     #[arg(long, default_value_t = 443, env = "KVTENANT_PROXY_PORT")]
     pub proxy_port: u16,
+    /// Address of the kubelet proxy (HTTPS): the kubelet of every tenant Node, serving
+    /// `kubectl logs/exec/attach/port-forward`.
+    #[arg(
+        long,
+        default_value = "0.0.0.0:10250",
+        env = "KVTENANT_KUBELET_PROXY_ADDR"
+    )]
+    pub kubelet_proxy_addr: SocketAddr,
+    /// Address tenant Nodes advertise for their kubelet (an IP, or a DNS name the tenant
+    /// apiservers resolve); default: --proxy-host.
+    #[arg(long, env = "KVTENANT_KUBELET_PROXY_HOST")]
+    pub kubelet_proxy_host: Option<String>,
+    /// Kubelet port tenant Nodes advertise (the Service port; 0: the listening port).
+    #[arg(long, default_value_t = 10250, env = "KVTENANT_KUBELET_PROXY_PORT")]
+    pub kubelet_proxy_port: u16,
+    /// Common names accepted for a tenant apiserver's kubelet client certificate (it must also
+    /// be signed by the tenant apiserver's client CA).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = kvtenant_kubevirt_sync::proxy::kubelet::KUBELET_CLIENT_CN,
+        env = "KVTENANT_KUBELET_CLIENT_NAMES"
+    )]
+    pub kubelet_client_names: Vec<String>,
     /// Address of the admission webhook server (HTTPS).
     #[arg(long, default_value = "0.0.0.0:9443", env = "KVTENANT_WEBHOOK_ADDR")]
     pub webhook_addr: SocketAddr,
@@ -108,6 +132,12 @@ pub async fn syncer(g: &GlobalArgs, args: SyncerArgs) -> anyhow::Result<()> {
             advertise_host: args.proxy_host.clone(),
             advertise_port: (args.proxy_port != 0).then_some(args.proxy_port),
             ca: Some(ca),
+            kubelet: kvtenant_kubevirt_sync::proxy::kubelet::KubeletConfig {
+                listen: Some(args.kubelet_proxy_addr),
+                advertise_address: args.kubelet_proxy_host.clone(),
+                advertise_port: (args.kubelet_proxy_port != 0).then_some(args.kubelet_proxy_port),
+                client_names: args.kubelet_client_names.clone(),
+            },
             ..kvtenant_kubevirt_sync::proxy::ProxyConfig::default()
         },
     )

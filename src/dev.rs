@@ -187,6 +187,18 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         "  kubectl --kubeconfig {} get pods -A     (the same pods on the host)",
         host.kubeconfig_path().display()
     );
+    println!(
+        "  kubectl --kubeconfig {} run web --image=nginx",
+        shown.display()
+    );
+    println!(
+        "  kubectl --kubeconfig {} logs web     (through kvtenant's kubelet proxy; kwok's simulated log)",
+        shown.display()
+    );
+    println!(
+        "  kubectl --kubeconfig {} exec web -- uname -a     (simulated: kwok runs the command as a local process on this machine)",
+        shown.display()
+    );
     println!();
     println!("Press Ctrl-C to stop everything.");
     tokio::select! {

@@ -387,8 +387,10 @@ fn check_rendered(docs: &[Value], image: &str, controller_replicas: i64) {
             s["spec"]["selector"], syncer["spec"]["selector"]["matchLabels"],
             "{svc}"
         );
-        let target = s["spec"]["ports"][0]["targetPort"].as_str().unwrap();
-        assert!(syncer_ports.contains(target), "{svc}: targetPort {target}");
+        for p in s["spec"]["ports"].as_array().unwrap() {
+            let target = p["targetPort"].as_str().unwrap();
+            assert!(syncer_ports.contains(target), "{svc}: targetPort {target}");
+        }
     }
     // the syncer creates its CA Secrets itself: an existing Secret is taken for an initialized
     // CA (webhooks::certs::load_or_create), so an empty placeholder would stop it
@@ -985,7 +987,15 @@ async fn deploy_and_samples_on_testenv() {
         (SYNCER_SA, (true, "list", "storage.k8s.io", "storageclasses", None)),
         (SYNCER_SA, (false, "create", "storage.k8s.io", "storageclasses", None)),
         (SYNCER_SA, (false, "create", "scheduling.k8s.io", "priorityclasses", None)),
-        (SYNCER_SA, (false, "create", "", "pods/exec", host_ns)),
+        // the kubelet proxy (kubectl logs/exec in tenants) goes through these
+        (SYNCER_SA, (true, "create", "", "pods/exec", host_ns)),
+        (SYNCER_SA, (true, "get", "", "pods/exec", host_ns)),
+        (SYNCER_SA, (true, "create", "", "pods/portforward", host_ns)),
+        (SYNCER_SA, (true, "create", "", "pods/attach", host_ns)),
+        (SYNCER_SA, (true, "get", "", "pods/log", host_ns)),
+        (SYNCER_SA, (false, "create", "", "pods/eviction", host_ns)),
+        (SYNCER_SA, (false, "create", "", "nodes/proxy", None)),
+        (SYNCER_SA, (false, "get", "", "nodes/proxy", None)),
         (SYNCER_SA, (false, "create", "", "serviceaccounts/token", host_ns)),
         (SYNCER_SA, (true, "get", "", "services", Some("kubevirt"))),
         (SYNCER_SA, (true, "get", "", "nodes", None)),
@@ -1258,6 +1268,9 @@ async fn deploy_and_samples_on_testenv() {
             ("KVTENANT_PROXY_ADDR", "127.0.0.1:0"),
             ("KVTENANT_PROXY_HOST", "localhost"),
             ("KVTENANT_PROXY_PORT", "0"),
+            ("KVTENANT_KUBELET_PROXY_ADDR", "127.0.0.1:0"),
+            ("KVTENANT_KUBELET_PROXY_HOST", "127.0.0.1"),
+            ("KVTENANT_KUBELET_PROXY_PORT", "0"),
             ("KVTENANT_WEBHOOK_ADDR", "127.0.0.1:0"),
             ("KVTENANT_WEBHOOK_HOST", "localhost"),
             ("KVTENANT_WEBHOOK_PORT", "0"),

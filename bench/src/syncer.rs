@@ -200,6 +200,14 @@ async fn start_process(spec: &SyncerSpec, generation: u32) -> Result<Inner> {
         .arg("--proxy-addr")
         .arg(proxy.to_string())
         .args(["--proxy-host", "localhost", "--proxy-port", "0"])
+        .args([
+            "--kubelet-proxy-addr",
+            "127.0.0.1:0",
+            "--kubelet-proxy-host",
+            "127.0.0.1",
+            "--kubelet-proxy-port",
+            "0",
+        ])
         .arg("--webhook-addr")
         .arg(webhooks.to_string())
         .args(["--webhook-host", "localhost", "--webhook-port", "0"])

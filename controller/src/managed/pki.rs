@@ -30,6 +30,8 @@ pub mod keys {
     pub const ADMIN_KEY: &str = "admin.key";
     pub const CONTROLLER_MANAGER_CRT: &str = "controller-manager.crt";
     pub const CONTROLLER_MANAGER_KEY: &str = "controller-manager.key";
+    pub const KUBELET_CLIENT_CRT: &str = "apiserver-kubelet-client.crt";
+    pub const KUBELET_CLIENT_KEY: &str = "apiserver-kubelet-client.key";
     pub const SA_KEY: &str = "sa.key";
     pub const SA_PUB: &str = "sa.pub";
     /// The controller-manager's kubeconfig (rendered from the certificates; see
@@ -48,6 +50,9 @@ pub const FRONT_PROXY_CLIENT_CN: &str = "front-proxy-client";
 pub const ADMIN_CN: &str = "kvtenant-admin";
 /// The controller-manager user.
 pub const CONTROLLER_MANAGER_CN: &str = "system:kube-controller-manager";
+/// The apiserver's client certificate towards kubelets (kubeadm's name), which kvtenant's
+/// kubelet proxy accepts from the tenant apiserver (`kubectl logs/exec`).
+pub const KUBELET_CLIENT_CN: &str = "kube-apiserver-kubelet-client";
 
 /// Errors generating or reading certificates.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +86,8 @@ pub struct Pki {
     pub admin: CertKey,
     /// kube-controller-manager client certificate.
     pub controller_manager: CertKey,
+    /// The apiserver's client certificate towards kubelets (kvtenant's kubelet proxy).
+    pub kubelet_client: CertKey,
     /// Service-account signing key pair.
     pub service_account: ServiceAccountKey,
 }
@@ -338,6 +345,23 @@ pub fn ensure(
             )
         },
     )?;
+    let kubelet_client = leaf(
+        &mut issued,
+        "apiserver-kubelet-client",
+        KUBELET_CLIENT_CRT,
+        KUBELET_CLIENT_KEY,
+        new_ca_issued,
+        None,
+        &|| {
+            issue_client(
+                &ca,
+                KUBELET_CLIENT_CN,
+                &[],
+                now,
+                "apiserver kubelet client certificate",
+            )
+        },
+    )?;
     let front_proxy_client = leaf(
         &mut issued,
         "front-proxy-client",
@@ -381,6 +405,7 @@ pub fn ensure(
             front_proxy_client,
             admin,
             controller_manager,
+            kubelet_client,
             service_account,
         },
         issued,
@@ -408,6 +433,8 @@ impl Pki {
         put(ADMIN_KEY, &self.admin.key_pem);
         put(CONTROLLER_MANAGER_CRT, &self.controller_manager.cert_pem);
         put(CONTROLLER_MANAGER_KEY, &self.controller_manager.key_pem);
+        put(KUBELET_CLIENT_CRT, &self.kubelet_client.cert_pem);
+        put(KUBELET_CLIENT_KEY, &self.kubelet_client.key_pem);
         put(SA_KEY, &self.service_account.private_key_pem);
         put(SA_PUB, &self.service_account.public_key_pem);
         m
@@ -442,7 +469,7 @@ mod tests {
     fn issues_everything_then_keeps_it() {
         let now = OffsetDateTime::now_utc();
         let (pki, issued) = ensure(&BTreeMap::new(), &req(), now, RENEW).unwrap();
-        assert_eq!(issued.len(), 7, "{issued:?}");
+        assert_eq!(issued.len(), 8, "{issued:?}");
         let info = cert_info(&pki.apiserver.cert_pem).unwrap();
         assert_eq!(info.sans, canonical_sans(&req().apiserver_sans));
         let (again, issued) = ensure(&data(&pki), &req(), now, RENEW).unwrap();
@@ -462,6 +489,7 @@ mod tests {
                 "apiserver",
                 "admin",
                 "controller-manager",
+                "apiserver-kubelet-client",
                 "front-proxy-client"
             ]
         );
@@ -493,7 +521,13 @@ mod tests {
         let (_, issued) = ensure(&d, &req(), now, RENEW).unwrap();
         assert_eq!(
             issued,
-            ["ca", "apiserver", "admin", "controller-manager"],
+            [
+                "ca",
+                "apiserver",
+                "admin",
+                "controller-manager",
+                "apiserver-kubelet-client"
+            ],
             "the front-proxy CA and its client stay"
         );
         let mut more = req();

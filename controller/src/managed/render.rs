@@ -335,8 +335,8 @@ pub fn apiserver_command() -> Vec<String> {
         "--bind-address=0.0.0.0".into(),
         "--advertise-address=$(POD_IP)".into(),
         format!("--secure-port={APISERVER_PORT}"),
-        // No kubelets and no pods run in the virtual cluster: the tenant's `kubernetes`
-        // Service needs no endpoints.
+        // The tenant's `kubernetes` Service gets no endpoints from the apiserver (its pods reach
+        // the apiserver through the address kvtenant gives them, status.endpoint).
         "--endpoint-reconciler-type=none".into(),
         format!("--tls-cert-file={d}/{}", pki::keys::APISERVER_CRT),
         format!("--tls-private-key-file={d}/{}", pki::keys::APISERVER_KEY),
@@ -370,6 +370,13 @@ pub fn apiserver_command() -> Vec<String> {
             "--proxy-client-key-file={d}/{}",
             pki::keys::FRONT_PROXY_CLIENT_KEY
         ),
+        // towards kubelets, i.e. kvtenant's kubelet proxy, which the tenant's Nodes advertise
+        // (kubectl logs/exec/attach/port-forward); the proxy knows the tenant by this certificate
+        format!(
+            "--kubelet-client-certificate={d}/{}",
+            pki::keys::KUBELET_CLIENT_CRT
+        ),
+        format!("--kubelet-client-key={d}/{}", pki::keys::KUBELET_CLIENT_KEY),
         "--profiling=false".into(),
     ]
 }
@@ -539,7 +546,8 @@ pub fn statefulset(t: &Target<'_>, pki_hash: &str) -> Result<StatefulSet, serde_
                             "secretName": t.names.pki_secret, "defaultMode": 0o440,
                             "items": items(&[k::CA_CRT, k::APISERVER_CRT, k::APISERVER_KEY,
                                 k::FRONT_PROXY_CA_CRT, k::FRONT_PROXY_CLIENT_CRT,
-                                k::FRONT_PROXY_CLIENT_KEY, k::SA_KEY, k::SA_PUB]),
+                                k::FRONT_PROXY_CLIENT_KEY, k::KUBELET_CLIENT_CRT,
+                                k::KUBELET_CLIENT_KEY, k::SA_KEY, k::SA_PUB]),
                         }},
                         {"name": "controller-manager", "secret": {
                             "secretName": t.names.pki_secret, "defaultMode": 0o440,

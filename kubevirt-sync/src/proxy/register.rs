@@ -1,15 +1,17 @@
 //! Tenants: the proxy follows the syncer's running tenants ([`crate::Tenants`]) on its own, so the
-//! syncer needs no hook. For each tenant with `spec.kubevirt.subresources`:
-//! - its requestheader settings are read from `kube-system/extension-apiserver-authentication`
-//!   and watched (a rotated front-proxy CA is picked up);
-//! - an ExternalName Service pointing at the proxy and the `subresources.kubevirt.io`
+//! syncer needs no hook. For each running tenant:
+//! - its requestheader settings and client CA are read from
+//!   `kube-system/extension-apiserver-authentication` and watched (a rotated CA is picked up):
+//!   they recognise its apiserver's front-proxy certificate (subresources) and kubelet client
+//!   certificate (the kubelet proxy, served to every tenant);
+//! - with `spec.kubevirt.subresources`, an ExternalName Service pointing at the proxy and the `subresources.kubevirt.io`
 //!   APIServices of the versions the host serves are applied (server-side apply, field manager
 //!   `kvtenant`), and applied again every resync period (drift repair). An APIService of that
 //!   name that kvtenant did not create (a tenant running its own KubeVirt) is left alone.
 //!
 //! A tenant that stops (paused, deleted, unreachable) is no longer served: its calls get 401 and
 //! its open streams (consoles, port-forwards) are cut. A tenant whose subresources are switched
-//! off gets its registrations removed and its streams cut too. A tenant the syncer merely
+//! off gets its registrations removed and its streams (exec and port-forward ones too) cut. A tenant the syncer merely
 //! restarts (its VirtualCluster changed) keeps its streams.
 
 use std::collections::HashMap;
