@@ -51,6 +51,19 @@ pub const TOKEN_EXPIRES: &str = "tenancy.kvtenant.io/token-expires";
 pub const HOST_CLASS: &str = "tenancy.kvtenant.io/host-class";
 /// Label on tenant Nodes kvtenant shows for host nodes running the tenant's workloads.
 pub const HOST_NODE: &str = "tenancy.kvtenant.io/host-node";
+/// Label on the Services kvtenant keeps for `spec.mapServices`: [`MAPPED_FROM_HOST`] on a tenant
+/// Service showing a host Service, [`MAPPED_TO_HOST`] on a host Service showing a tenant Service.
+/// A tenant Service carrying it is never synced down while it is a `fromHost` target.
+pub const MAPPED_SERVICE: &str = "tenancy.kvtenant.io/mapped-service";
+/// Value of [`MAPPED_SERVICE`] on a tenant Service showing a host Service.
+pub const MAPPED_FROM_HOST: &str = "from-host";
+/// Value of [`MAPPED_SERVICE`] on a host Service showing a tenant Service.
+pub const MAPPED_TO_HOST: &str = "to-host";
+/// Annotation on a mapped Service: the Service it shows, `<namespace>/<name>` on the other side.
+/// Informational: kvtenant reads the source from the VirtualCluster spec only.
+pub const MAPPED_FROM: &str = "tenancy.kvtenant.io/mapped-from";
+/// Reason of the Warning Event about a `spec.mapServices` entry kvtenant refuses.
+pub const REASON_SERVICE_MAP_REFUSED: &str = "ServiceMapRefused";
 /// Condition type kvtenant sets on a tenant object it refuses to sync.
 pub const SYNCED_CONDITION: &str = "Synced";
 /// Reason of the `Synced=False` condition on a refused tenant object.

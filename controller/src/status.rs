@@ -176,6 +176,8 @@ fn apply_patch(status: &VirtualClusterStatus) -> serde_json::Value {
     owned
         .conditions
         .retain(|c| OWNED_CONDITIONS.contains(&c.type_.as_str()));
+    // the syncer's (spec.mapServices); applied by the controller, it would never go away
+    owned.mapped_services = None;
     json!({
         "apiVersion": VirtualCluster::api_version(&()),
         "kind": VirtualCluster::kind(&()),

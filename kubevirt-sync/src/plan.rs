@@ -20,7 +20,7 @@
 //! | own, not wanted        | copy             | delete the copy (no longer referenced/selecting)  |
 //! | own, not wanted        | none/other       | nothing                                           |
 //! | own, violates policy   | any              | refuse (Event, `Synced=False`)                    |
-//! | own, not wanted        | ...              | (also: `default/kubernetes`, the tenant apiserver's own Service) |
+//! | own, not wanted        | ...              | (also: `default/kubernetes`, the tenant apiserver's own Service; a Service kvtenant keeps for `spec.mapServices.fromHost`) |
 //! | own, ran on the host   | none             | a Pod the host removed: delete the tenant pod     |
 //! | own                    | none             | dependencies, host namespace, create (Pods: then their tenant token) |
 //! | own                    | host-made/foreign| refuse: the name is taken on the host             |
@@ -79,6 +79,9 @@ pub trait View {
     fn referenced(&self, kind: &Kind, namespace: &str, name: &str) -> bool;
     /// Whether another tenant Service than `namespace/name` has this cluster IP.
     fn cluster_ip_taken(&self, ip: &str, namespace: &str, name: &str) -> bool;
+    /// Whether the tenant object is one kvtenant keeps in the tenant for a host object
+    /// (`spec.mapServices.fromHost`): never synced down.
+    fn mapped_in(&self, kind: &Kind, obj: &DynamicObject) -> bool;
     /// Whether kvtenant is recreating this tenant object right now (it is briefly gone).
     fn recreating(&self, kind: &Kind, namespace: &str, name: &str) -> bool;
     /// Whether recreating this tenant object failed before (it is not tried again).
@@ -262,6 +265,7 @@ fn plan_down(
     }
     let name = t.metadata.name.as_deref().unwrap_or_default();
     let wanted = kind.wanted_name(namespace, name)
+        && !view.mapped_in(kind, t)
         && match kind.trigger() {
             Trigger::Always => true,
             Trigger::WhenReferenced => view.referenced(kind, namespace, name),

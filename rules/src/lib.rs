@@ -10,6 +10,7 @@
 //! - [`runstate`]: start/stop through the host's virt-api, taken up by the tenant.
 //! - [`classes`]: the host's StorageClasses, IngressClasses and PriorityClasses a tenant sees.
 //! - [`dns`]: the DNS objects kvtenant keeps in a virtual cluster (CoreDNS, `kube-dns`).
+//! - [`map_services`]: `spec.mapServices`, the Services shown on the other side.
 //! - [`isolation`]: the host namespace of a tenant namespace and its isolation objects.
 //! - [`pod`]: what a Pod references, Pod Security, and its host copy's identity.
 //! - [`Violation`]: one reason an object is refused, with the field and what to fix.
@@ -17,6 +18,7 @@ pub mod classes;
 pub mod dns;
 pub mod isolation;
 pub mod kinds;
+pub mod map_services;
 pub mod pod;
 pub mod quantity;
 pub mod quota;

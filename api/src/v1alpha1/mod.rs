@@ -8,12 +8,14 @@
 mod control_plane;
 mod dns;
 mod kubevirt;
+mod map_services;
 mod policy;
 mod status;
 
 pub use control_plane::*;
 pub use dns::*;
 pub use kubevirt::*;
+pub use map_services::*;
 pub use policy::*;
 pub use status::*;
 
@@ -111,6 +113,11 @@ pub struct VirtualClusterSpec {
     #[schemars(extend("default" = {}))]
     pub dns: DnsSpec,
 
+    /// Services shared with the host cluster: host Services shown in the virtual cluster
+    /// (fromHost) and tenant Services shown in host namespaces (toHost).
+    #[serde(default, skip_serializing_if = "MapServicesSpec::is_empty")]
+    pub map_services: MapServicesSpec,
+
     /// Pauses the virtual cluster while true: syncing stops, the tenant's running VMs on the host
     /// are stopped, and a Managed control plane scales to zero (data kept). Setting it back to
     /// false restores the control plane and each VM's run strategy; nothing is lost.
@@ -133,6 +140,7 @@ impl Default for VirtualClusterSpec {
             vm_policy: VmPolicy::default(),
             nodes: NodesSpec::default(),
             dns: DnsSpec::default(),
+            map_services: MapServicesSpec::default(),
             paused: false,
         }
     }

@@ -3,6 +3,8 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use serde::{Deserialize, Serialize};
 
+use super::MappedServicesStatus;
+
 /// Condition type: the control plane's apiserver answers (Managed: its workloads are ready;
 /// External: the imported cluster is reachable with the given kubeconfig).
 pub const CONDITION_CONTROL_PLANE_READY: &str = "ControlPlaneReady";
@@ -16,6 +18,10 @@ pub const CONDITION_SYNCER_READY: &str = "SyncerReady";
 /// subresource APIService registered as `spec.kubevirt` asks; kinds the host lacks are named in
 /// the message).
 pub const CONDITION_KUBEVIRT_READY: &str = "KubeVirtReady";
+/// Condition type: the syncer keeps every Service `spec.mapServices` asks for (False: the
+/// message names each refused or failing mapping and what to fix). Set by the syncer only when
+/// `spec.mapServices` is or was used; not part of the Ready summary.
+pub const CONDITION_SERVICES_MAPPED: &str = "ServicesMapped";
 /// Condition type: summary, True when every other condition is True. Shown in the Ready column.
 pub const CONDITION_READY: &str = "Ready";
 
@@ -63,6 +69,10 @@ pub struct VirtualClusterStatus {
     /// Human-readable explanation of the current phase (for example why it Failed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+
+    /// The Services the syncer keeps for spec.mapServices (written by the syncer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapped_services: Option<MappedServicesStatus>,
 }
 
 impl VirtualClusterStatus {

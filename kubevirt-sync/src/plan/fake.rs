@@ -24,6 +24,8 @@ pub struct Fake {
     pub taken_ips: Vec<String>,
     pub recreating: bool,
     pub recreate_failed: bool,
+    /// What `mapped_in` answers.
+    pub mapped_in: bool,
 }
 
 impl Fake {
@@ -42,6 +44,7 @@ impl Fake {
             taken_ips: Vec::new(),
             recreating: false,
             recreate_failed: false,
+            mapped_in: false,
             host_uids: HashMap::new(),
             tenant_uids: HashMap::new(),
         }
@@ -69,6 +72,9 @@ impl View for Fake {
     }
     fn cluster_ip_taken(&self, ip: &str, _: &str, _: &str) -> bool {
         self.taken_ips.iter().any(|t| t == ip)
+    }
+    fn mapped_in(&self, _: &Kind, _: &DynamicObject) -> bool {
+        self.mapped_in
     }
     fn recreating(&self, _: &Kind, _: &str, _: &str) -> bool {
         self.recreating

@@ -255,6 +255,33 @@ fn services_sync_without_the_addresses_the_host_assigns() {
 }
 
 #[test]
+fn a_service_kvtenant_keeps_for_a_host_service_never_syncs_down() {
+    let mut f = Fake::new();
+    let svc = obj(
+        "Service",
+        json!({"metadata": {"name": "registry", "namespace": "default", "uid": "t-svc"},
+        "spec": {"clusterIP": "10.0.0.20", "ports": [{"port": 5000}]}}),
+    );
+    let copy = copy_of(&f, &svc, None);
+    f.mapped_in = true;
+    assert!(run(&f, "Service", Some(&svc), None).steps.is_empty());
+    // a copy made while it was the tenant's goes
+    assert_eq!(
+        run(&f, "Service", Some(&svc), Some(&copy)).steps,
+        vec![Step::DeleteHost]
+    );
+    f.mapped_in = false;
+    assert!(matches!(
+        run(&f, "Service", Some(&svc), None).steps.as_slice(),
+        [
+            Step::EnsureHostNamespace,
+            Step::CreateHost(_),
+            Step::ClearRefusal
+        ]
+    ));
+}
+
+#[test]
 fn a_vm_that_escapes_the_tenant_is_refused_and_nothing_reaches_the_host() {
     let f = Fake::new();
     let mut spec = plain_spec();

@@ -7,6 +7,8 @@
 //! - [`namespaces`]: the host namespace of a tenant namespace and its isolation.
 //! - [`classes`]: the host's StorageClasses, IngressClasses and PriorityClasses a tenant sees.
 //! - [`dns`]: the tenant's DNS objects applied, and the address host copies resolve through.
+//! - [`map_services`]: `spec.mapServices`, host Services shown in the tenant and tenant
+//!   Services shown on the host.
 //! - [`nodes`]: tenant Nodes for the host nodes running the tenant's pods and VMIs.
 //! - [`pods`]: a Pod's tenant token, its binding, a tenant object recreated with host values.
 //! - [`resync`]: the consistency scan.
@@ -16,6 +18,7 @@ mod dns;
 mod execute;
 #[cfg(test)]
 mod fixtures;
+mod map_services;
 mod namespaces;
 mod nodes;
 mod pods;
@@ -97,6 +100,8 @@ pub struct Tenant {
     recreate_failed: Mutex<HashSet<Key>>,
     /// The virtual cluster's apiserver as host pods reach it (VirtualCluster `status.endpoint`).
     api_endpoint: Option<ApiEndpoint>,
+    /// One `spec.mapServices` pass at a time ([`map_services`]).
+    map_lock: tokio::sync::Mutex<()>,
     instance: u64,
 }
 
@@ -170,6 +175,7 @@ impl Tenant {
             recreating: Mutex::new(HashSet::new()),
             recreate_failed: Mutex::new(HashSet::new()),
             api_endpoint: endpoint,
+            map_lock: tokio::sync::Mutex::new(()),
             instance: INSTANCES.fetch_add(1, Ordering::Relaxed),
         });
         let mut tasks: Vec<AbortHandle> = writers
@@ -180,6 +186,7 @@ impl Tenant {
             })
             .collect();
         tasks.push(tokio::spawn(dns::install(Arc::downgrade(&tenant))).abort_handle());
+        tasks.push(tokio::spawn(map_services::run(Arc::downgrade(&tenant))).abort_handle());
         *tenant.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
         Ok(tenant)
     }
@@ -241,6 +248,7 @@ impl Tenant {
             recreating: Mutex::new(HashSet::new()),
             recreate_failed: Mutex::new(HashSet::new()),
             api_endpoint: endpoint,
+            map_lock: tokio::sync::Mutex::new(()),
             instance: 0,
         });
         (tenant, writers)
@@ -469,6 +477,10 @@ impl View for Tenant {
             (o.namespace().as_deref(), o.name_any().as_str()) != (Some(namespace), name)
                 && o.data.pointer("/spec/clusterIP").and_then(Value::as_str) == Some(ip)
         })
+    }
+
+    fn mapped_in(&self, kind: &Kind, obj: &DynamicObject) -> bool {
+        kind.name() == "Service" && self.is_mapped_in(obj)
     }
 
     fn recreating(&self, kind: &Kind, namespace: &str, name: &str) -> bool {

@@ -1,7 +1,7 @@
 //! The consistency scan: every tenant object and every host object of the tenant's namespaces
 //! reconciled again (drift repaired, orphans removed), isolation re-applied, host namespaces
 //! whose tenant namespace is gone deleted, tenant Nodes pruned, changed CRDs copied again, the
-//! tenant's DNS objects applied again.
+//! tenant's DNS objects applied again, `spec.mapServices` carried out again.
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::ResourceExt;
@@ -44,6 +44,11 @@ impl Tenant {
         }
         if let Err(e) = self.apply_dns().await {
             tracing::warn!(tenant = %self.label, error = %e, "applying the tenant's DNS");
+        }
+        if self.maps_services()
+            && let Err(e) = self.map_services().await
+        {
+            tracing::warn!(tenant = %self.label, error = %e, "mapping Services");
         }
         if let Err(e) = self.refresh_crds().await {
             tracing::warn!(tenant = %self.label, error = %e, "refreshing CRDs");
