@@ -22,7 +22,7 @@ use kvtenant_kubevirt_sync::proxy::{Proxy, ProxyConfig};
 use serde_json::{Value, json};
 use testenv::kubevirt::processes::cri_log_line;
 use testenv::pki::CertKey;
-use testenv::testing::InterruptOnDrop;
+use testenv::testing::{InterruptOnDrop, kubectl_output};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -30,47 +30,7 @@ const WAIT: Duration = Duration::from_secs(120);
 /// kubectl that may fail, given `stdin`, killed after a minute: (success, stdout, stderr).
 fn kubectl_try(kubeconfig: &std::path::Path, args: &[&str], stdin: &str) -> (bool, String, String) {
     eprintln!("kubectl {args:?}");
-    let mut child = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let read = |mut r: Box<dyn std::io::Read + Send>| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = r.read_to_string(&mut s);
-            s
-        })
-    };
-    let out = read(Box::new(child.stdout.take().unwrap()));
-    let err = read(Box::new(child.stderr.take().unwrap()));
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "kubectl {args:?} did not finish within a minute; stdout: {:?} stderr: {:?}",
-                out.join().unwrap(),
-                err.join().unwrap()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    (status.success(), out.join().unwrap(), err.join().unwrap())
+    kubectl_output(kubeconfig, args, stdin, Duration::from_secs(60))
 }
 
 /// A long-running kubectl whose stdout lines arrive on a channel.
@@ -129,26 +89,7 @@ fn rx_has(rx: &mpsc::Receiver<String>, want: &str, wait: Duration) -> bool {
 
 /// A client straight to the kubelet proxy (not through an apiserver).
 async fn direct_client(proxy: &Proxy, cert: Option<&CertKey>) -> Client {
-    use base64::Engine as _;
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
-    let user = match cert {
-        Some(c) => format!(
-            "    client-certificate-data: {}\n    client-key-data: {}\n",
-            b64(&c.cert_pem),
-            b64(&c.key_pem)
-        ),
-        None => "    username: \"\"\n".to_string(),
-    };
-    let kc = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: k\n  cluster:\n    server: https://127.0.0.1:{}\n    certificate-authority-data: {}\nusers:\n- name: u\n  user:\n{user}contexts:\n- name: k\n  context:\n    cluster: k\n    user: u\ncurrent-context: k\n",
-        proxy.kubelet_addr().unwrap().port(),
-        b64(proxy.ca_pem()),
-    );
-    let kc = kube::config::Kubeconfig::from_yaml(&kc).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-        .await
-        .unwrap();
-    Client::try_from(config).unwrap()
+    client_to(proxy.kubelet_addr().unwrap().port(), proxy.ca_pem(), cert).await
 }
 
 /// A raw GET or POST; (status, body text).

@@ -156,29 +156,9 @@ async fn websocket(
     WebSocketStream::from_raw_socket(TokioIo::new(upgraded), WsRole::Client, None).await
 }
 
-/// A client straight to the proxy (not through an apiserver), with an optional client
-/// certificate.
+/// A client straight to the subresource proxy, with an optional client certificate.
 async fn direct_client(proxy: &Proxy, cert: Option<&CertKey>) -> Client {
-    use base64::Engine as _;
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
-    let user = match cert {
-        Some(c) => format!(
-            "    client-certificate-data: {}\n    client-key-data: {}\n",
-            b64(&c.cert_pem),
-            b64(&c.key_pem)
-        ),
-        None => "    username: \"\"\n".to_string(),
-    };
-    let kc = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: proxy\n  cluster:\n    server: https://127.0.0.1:{}\n    certificate-authority-data: {}\nusers:\n- name: u\n  user:\n{user}contexts:\n- name: proxy\n  context:\n    cluster: proxy\n    user: u\ncurrent-context: proxy\n",
-        proxy.local_addr().port(),
-        b64(proxy.ca_pem()),
-    );
-    let kc = kube::config::Kubeconfig::from_yaml(&kc).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-        .await
-        .unwrap();
-    Client::try_from(config).unwrap()
+    client_to(proxy.local_addr().port(), proxy.ca_pem(), cert).await
 }
 
 fn put(path: &str, user: &str, groups: &[&str]) -> http::Request<kube::client::Body> {

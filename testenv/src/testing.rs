@@ -63,6 +63,75 @@ pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs the real kubectl with `stdin` as its input, killed after `timeout`: (success, stdout,
+/// stderr). Panics only when kubectl cannot start or outlives `timeout` (naming what it printed).
+pub fn kubectl_output(
+    kubeconfig: &Path,
+    args: &[&str],
+    stdin: &str,
+    timeout: Duration,
+) -> (bool, String, String) {
+    use std::io::{Read, Write};
+    use std::process::Stdio;
+    let mut child = match Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => panic!("cannot run kubectl (is it on PATH?): {e}"),
+    };
+    if let Some(mut input) = child.stdin.take() {
+        let _ = input.write_all(stdin.as_bytes());
+    }
+    let read = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_string(&mut s);
+            }
+            s
+        })
+    };
+    let out = read(
+        child
+            .stdout
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let err = read(
+        child
+            .stderr
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "kubectl {args:?} did not finish within {timeout:?}; stdout: {:?} stderr: {:?}",
+                out.join().unwrap_or_default(),
+                err.join().unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (
+        status.success(),
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default(),
+    )
+}
+
 /// `kubectl ... -o json`, parsed.
 pub fn kubectl_json(kubeconfig: &Path, args: &[&str]) -> serde_json::Value {
     let mut all = args.to_vec();

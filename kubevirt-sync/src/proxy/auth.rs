@@ -220,6 +220,24 @@ pub fn identify(
     }
 }
 
+/// [`identify`], or the 401 to answer (counted in the metrics under `label`).
+pub fn identify_or_reject(
+    state: &ProxyState,
+    conn: &ConnInfo,
+    caller: Caller,
+    label: &str,
+    started: std::time::Instant,
+    path: &str,
+) -> Result<Arc<TenantAuth>, Box<http::Response<super::status::Body>>> {
+    identify(state, conn, caller).map_err(|message| {
+        state
+            .metrics
+            .request("", label, 401, started.elapsed().as_secs_f64());
+        tracing::debug!(%path, %message, ?caller, "proxy: unauthenticated");
+        Box::new(super::status::unauthorized(&message))
+    })
+}
+
 /// The user a request is made for, as the tenant apiserver authenticated it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UserInfo {

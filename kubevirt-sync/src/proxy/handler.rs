@@ -42,7 +42,14 @@ pub async fn handle(
         return status::respond(200, "text/plain", Bytes::from_static(b"ok"));
     }
     let label = metric_label(&route);
-    let tenant = match auth::identify(&state, &conn, auth::Caller::FrontProxy) {
+    let tenant = match auth::identify_or_reject(
+        &state,
+        &conn,
+        auth::Caller::FrontProxy,
+        label,
+        started,
+        req.uri().path(),
+    ) {
         Ok(t) if t.subresources => t,
         Ok(t) => {
             state
@@ -52,13 +59,7 @@ pub async fn handle(
                 "{GROUP} is switched off for this virtual cluster (spec.kubevirt.subresources)"
             ));
         }
-        Err(message) => {
-            state
-                .metrics
-                .request("", label, 401, started.elapsed().as_secs_f64());
-            tracing::debug!(path = %req.uri().path(), %message, "subresource proxy: unauthenticated");
-            return status::unauthorized(&message);
-        }
+        Err(rejected) => return *rejected,
     };
     let response = serve(&state, &tenant, route, req).await;
     state.metrics.request(

@@ -289,3 +289,27 @@ pub async fn wait_subresources_available(tenant: &Client, timeout: Duration) {
         .await;
     }
 }
+
+/// A client straight to one of kvtenant's servers on 127.0.0.1:`port` (not through an
+/// apiserver), trusting `ca_pem`, with an optional client certificate.
+pub async fn client_to(port: u16, ca_pem: &str, cert: Option<&testenv::pki::CertKey>) -> Client {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
+    let user = match cert {
+        Some(c) => format!(
+            "    client-certificate-data: {}\n    client-key-data: {}\n",
+            b64(&c.cert_pem),
+            b64(&c.key_pem)
+        ),
+        None => "    username: \"\"\n".to_string(),
+    };
+    let kc = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: s\n  cluster:\n    server: https://127.0.0.1:{port}\n    certificate-authority-data: {}\nusers:\n- name: u\n  user:\n{user}contexts:\n- name: s\n  context:\n    cluster: s\n    user: u\ncurrent-context: s\n",
+        b64(ca_pem),
+    );
+    let kc = kube::config::Kubeconfig::from_yaml(&kc).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    Client::try_from(config).unwrap()
+}

@@ -99,15 +99,16 @@ pub async fn handle(
         Route::Pod(c) => c.action.metric_label(),
         _ => "kubelet_other",
     };
-    let tenant = match auth::identify(&state, &conn, Caller::Kubelet) {
+    let tenant = match auth::identify_or_reject(
+        &state,
+        &conn,
+        Caller::Kubelet,
+        label,
+        started,
+        req.uri().path(),
+    ) {
         Ok(t) => t,
-        Err(message) => {
-            state
-                .metrics
-                .request("", label, 401, started.elapsed().as_secs_f64());
-            tracing::debug!(path = %req.uri().path(), %message, "kubelet proxy: unauthenticated");
-            return buffered(status::unauthorized(&message));
-        }
+        Err(rejected) => return buffered(*rejected),
     };
     let response = serve(&state, &tenant, route, req).await;
     state.metrics.request(
