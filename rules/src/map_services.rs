@@ -160,7 +160,7 @@ pub enum Action {
     Keep,
     /// Create it.
     Create,
-    /// Apply it (ports, external name, marks changed).
+    /// Update it (ports, external name, marks changed).
     Apply,
     /// Delete it and create it again: its cluster IP or type changes, which a Service takes
     /// only at creation.

@@ -149,18 +149,26 @@ impl Tenant {
         }
         if matches!(act, Action::Create | Action::Recreate) {
             self.api_call(cluster, "create");
-            api.create(&PostParams::default(), &obj)
+            let params = PostParams {
+                field_manager: Some(kvtenant_api::MANAGER.into()),
+                ..PostParams::default()
+            };
+            api.create(&params, &obj)
                 .await
                 .map_err(Error::api("create", cluster, what()))?;
         } else if *act == Action::Apply {
-            self.api_call(cluster, "apply");
+            // a merge patch: lists (ports) are replaced whole, whoever wrote them
+            self.api_call(cluster, "patch");
             api.patch(
                 name,
-                &PatchParams::apply(kvtenant_api::MANAGER).force(),
-                &Patch::Apply(&obj),
+                &PatchParams {
+                    field_manager: Some(kvtenant_api::MANAGER.into()),
+                    ..PatchParams::default()
+                },
+                &Patch::Merge(&obj),
             )
             .await
-            .map_err(Error::api("apply", cluster, what()))?;
+            .map_err(Error::api("patch", cluster, what()))?;
         }
         Ok(())
     }
