@@ -59,6 +59,11 @@ pub struct Host {
     /// Host caches, by [`KindId::index`].
     stores: Vec<Store<DynamicObject>>,
     ready: Vec<AtomicBool>,
+    /// Second caches, of the host-made objects kinds whose main cache holds only kvtenant's
+    /// copies take to mirror (`SyncedKind::host_made_selector`: virt-launcher pods), by
+    /// [`KindId::index`]; `None` for the other kinds.
+    made: Vec<Option<Store<DynamicObject>>>,
+    made_ready: Vec<AtomicBool>,
     /// Host namespaces kvtenant made, by name.
     namespaces: RwLock<HashMap<String, HostNamespaceOwner>>,
     pub queue: WorkQueue,
@@ -71,18 +76,26 @@ pub struct Host {
 
 impl Host {
     /// The host state and the writers its watchers fill (see [`watch`]).
-    pub(crate) fn new(client: Client) -> (Arc<Self>, Vec<reflector::store::Writer<DynamicObject>>) {
+    pub(crate) fn new(client: Client) -> (Arc<Self>, Writers) {
         let mut stores = Vec::new();
-        let mut writers = Vec::new();
+        let mut made = Vec::new();
+        let mut writers = Writers::default();
         for kind in kinds::all() {
             let writer = reflector::store::Writer::new(kind.resource.clone());
             stores.push(writer.as_reader());
-            writers.push(writer);
+            writers.copies.push(writer);
+            let made_writer = kind
+                .host_made_selector()
+                .map(|_| reflector::store::Writer::new(kind.resource.clone()));
+            made.push(made_writer.as_ref().map(|w| w.as_reader()));
+            writers.made.push(made_writer);
         }
         let host = Arc::new(Self {
             crds: crate::crds::HostCrds::new(client.clone()),
             client,
             ready: stores.iter().map(|_| AtomicBool::new(false)).collect(),
+            made_ready: made.iter().map(|m| AtomicBool::new(m.is_none())).collect(),
+            made,
             stores,
             namespaces: RwLock::new(HashMap::new()),
             queue: FairQueue::default(),
@@ -95,27 +108,33 @@ impl Host {
     /// Marks every host cache listed (tests that fill the caches themselves).
     #[cfg(test)]
     pub(crate) fn mark_all_ready(&self) {
-        for r in &self.ready {
+        for r in self.ready.iter().chain(&self.made_ready) {
             r.store(true, Ordering::Release);
         }
     }
 
-    /// Whether the host cache of a kind has listed everything once.
+    /// Whether the host caches of a kind have listed everything once.
     pub fn ready(&self, kind: KindId) -> bool {
         self.ready[kind.index()].load(Ordering::Acquire)
+            && self.made_ready[kind.index()].load(Ordering::Acquire)
+    }
+
+    /// The host caches of a kind: kvtenant's copies (or all objects), then the host-made ones
+    /// kept apart.
+    fn caches(&self, kind: KindId) -> impl Iterator<Item = &Store<DynamicObject>> {
+        std::iter::once(&self.stores[kind.index()]).chain(self.made[kind.index()].as_ref())
     }
 
     /// The host object of a kind, by namespace and name, from the cache.
     pub fn get(&self, kind: KindId, ns: &str, name: &str) -> Option<Arc<DynamicObject>> {
-        let ar = kinds::get(kind).resource.clone();
-        self.stores[kind.index()].get(&ObjectRef::new_with(name, ar).within(ns))
+        let r = ObjectRef::new_with(name, kinds::get(kind).resource.clone()).within(ns);
+        self.caches(kind).find_map(|s| s.get(&r))
     }
 
     /// The host objects of a kind in a namespace, from the cache.
     pub fn objects_in(&self, kind: KindId, ns: &str) -> Vec<Arc<DynamicObject>> {
-        self.stores[kind.index()]
-            .state()
-            .into_iter()
+        self.caches(kind)
+            .flat_map(Store::state)
             .filter(|o| o.namespace().as_deref() == Some(ns))
             .collect()
     }
@@ -126,9 +145,8 @@ impl Host {
         kind: KindId,
         namespaces: &std::collections::HashMap<String, String>,
     ) -> Vec<Arc<DynamicObject>> {
-        self.stores[kind.index()]
-            .state()
-            .into_iter()
+        self.caches(kind)
+            .flat_map(Store::state)
             .filter(|o| o.namespace().is_some_and(|ns| namespaces.contains_key(&ns)))
             .collect()
     }
@@ -182,14 +200,45 @@ impl Host {
 }
 
 /// The host watchers: kvtenant's namespaces and every synced kind.
-pub(crate) fn watch(
-    host: &Arc<Host>,
-    writers: Vec<reflector::store::Writer<DynamicObject>>,
-    tasks: &mut tokio::task::JoinSet<()>,
-) {
+/// The writers of the host caches, by [`KindId::index`] (see [`Host::new`]).
+#[derive(Default)]
+pub(crate) struct Writers {
+    copies: Vec<reflector::store::Writer<DynamicObject>>,
+    made: Vec<Option<reflector::store::Writer<DynamicObject>>>,
+}
+
+impl Writers {
+    /// The writer of a kind's main cache (tests fill the caches themselves).
+    #[cfg(test)]
+    pub(crate) fn copy_writer(
+        &mut self,
+        kind: KindId,
+    ) -> &mut reflector::store::Writer<DynamicObject> {
+        &mut self.copies[kind.index()]
+    }
+}
+
+/// Which of a kind's host caches a watcher fills.
+#[derive(Clone, Copy, Debug)]
+enum Cache {
+    /// kvtenant's copies (label-selected) or every object of the kind.
+    Main,
+    /// The host-made objects of `SyncedKind::host_made_selector`.
+    HostMade(&'static str),
+}
+
+pub(crate) fn watch(host: &Arc<Host>, writers: Writers, tasks: &mut tokio::task::JoinSet<()>) {
     tasks.spawn(watch_namespaces(host.clone()));
-    for (kind, writer) in kinds::all().iter().zip(writers) {
-        tasks.spawn(watch_kind(host.clone(), kind.id, writer));
+    for ((kind, writer), made) in kinds::all().iter().zip(writers.copies).zip(writers.made) {
+        tasks.spawn(watch_kind(host.clone(), kind.id, writer, Cache::Main));
+        if let (Some(writer), Some(selector)) = (made, kind.host_made_selector()) {
+            tasks.spawn(watch_kind(
+                host.clone(),
+                kind.id,
+                writer,
+                Cache::HostMade(selector),
+            ));
+        }
     }
 }
 
@@ -227,16 +276,28 @@ async fn watch_kind(
     host: Arc<Host>,
     kind: KindId,
     writer: reflector::store::Writer<DynamicObject>,
+    cache: Cache,
 ) {
     let spec = kinds::get(kind);
     let api: Api<DynamicObject> = Api::all_with(host.client.clone(), &spec.resource);
     let mut cfg = watcher::Config::default();
-    if spec.watch_host_copies_only() {
-        // only kvtenant's own copies: the syncer never reads other host Secrets or Pods. Kinds
-        // whose host-made objects are mirrored (PVCs CDI makes for DataVolumes) are watched
-        // whole; only those in kvtenant's host namespaces are ever looked at.
-        cfg = cfg.labels(&format!("{MANAGED_BY}={MANAGED_BY_VALUE}"));
-    }
+    let ready = match cache {
+        Cache::Main => {
+            if spec.watch_host_copies_only() {
+                // only kvtenant's own copies: the syncer never reads other host Secrets or
+                // Pods. Kinds whose host-made objects are mirrored (PVCs CDI makes for
+                // DataVolumes) are watched whole; only those in kvtenant's host namespaces are
+                // ever looked at.
+                cfg = cfg.labels(&format!("{MANAGED_BY}={MANAGED_BY_VALUE}"));
+            }
+            &host.ready[kind.index()]
+        }
+        // the host-made objects to mirror, by their own label (virt-launcher pods)
+        Cache::HostMade(selector) => {
+            cfg = cfg.labels(selector);
+            &host.made_ready[kind.index()]
+        }
+    };
     let mut stream = reflector::reflector(
         writer,
         watcher(api, cfg).default_backoff().modify(crate::slim),
@@ -246,7 +307,7 @@ async fn watch_kind(
         match ev {
             Ok(watcher::Event::InitDone) => {
                 // everything listed during init was queued as it came
-                host.ready[kind.index()].store(true, Ordering::Release);
+                ready.store(true, Ordering::Release);
             }
             Ok(
                 watcher::Event::Apply(obj)

@@ -504,20 +504,32 @@ fn plan_mirror(
         .and_then(|a| a.get(MIRROR_OF));
     // a host object of the same name made after the mirrored one is not what it mirrors
     let h = h.filter(|h| h.metadata.uid.as_ref() == mirrored_uid);
+    // a pod mirror is deleted at once: no kubelet of the tenant would ever confirm it
+    let delete_mirror = if kind.follows_host_lifecycle() {
+        Step::ForceDeleteTenant
+    } else {
+        Step::DeleteMirror
+    };
     if t.metadata.deletion_timestamp.is_some() {
         // the tenant deleted the mirror: delete the host object, then let the mirror go
         if h.is_some() {
             p = p.with(Step::DeleteHost);
         }
-        return p.with(Step::ReleaseMirror);
+        p = p.with(Step::ReleaseMirror);
+        if kind.follows_host_lifecycle() {
+            p = p.with(Step::ForceDeleteTenant);
+        }
+        return p;
     }
     let Some(h) = h else {
         // the host object is gone: so goes the mirror
-        return p.with(Step::ReleaseMirror).with(Step::DeleteMirror);
+        return p.with(Step::ReleaseMirror).with(delete_mirror);
     };
-    let Some(desired) = mirror_of(view, kind, namespace, h) else {
+    let Some(mut desired) = mirror_of(view, kind, namespace, h) else {
         return p;
     };
+    // what the mirror's apiserver fixed at creation stays (a pod mirror's spec)
+    kind.keep_host_fixed(&mut desired.data, &t.data);
     if !mirror_differs(t, &desired) {
         return p;
     }

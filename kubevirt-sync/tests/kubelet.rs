@@ -3,7 +3,8 @@
 //! calls it with its kubelet client certificate, and kvtenant forwards to the host apiserver's
 //! pod subresources. On the host, kwok plays the kubelet (simulated: logs and attach read a file,
 //! exec runs the command as a local process, port-forward reaches a local port; no container
-//! runs). Real apiservers, real kubectl.
+//! runs). A VM's virt-launcher pod is shown in the tenant read-only and its logs read there.
+//! Real apiservers, real kubectl.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -341,6 +342,79 @@ async fn kubectl_logs_exec_attach_port_forward_and_cp_reach_the_tenants_own_pods
         let (code, body) = call(&client, "GET", logs_path).await;
         assert_eq!(code, 401, "{what}: {body}");
     }
+    // a VM's virt-launcher pod is shown in the tenant, read-only, and its logs read there
+    let vms =
+        Api::<kube::api::DynamicObject>::namespaced_with(t1.client(), "default", &vm_resource());
+    vms.create(
+        &kube::api::PostParams::default(),
+        &serde_json::from_value(vm_manifest("vm1", "default", json!({}))).unwrap(),
+    )
+    .await
+    .unwrap();
+    let tenant_pods: Api<Pod> = Api::namespaced(t1.client(), "default");
+    let deadline = std::time::Instant::now() + WAIT;
+    let launcher = loop {
+        let list = tenant_pods
+            .list(&kube::api::ListParams::default().labels("kubevirt.io=virt-launcher"))
+            .await
+            .unwrap();
+        let shown = list.items.into_iter().find(|p| {
+            p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                && p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some()
+        });
+        if let Some(p) = shown {
+            break p;
+        }
+        if std::time::Instant::now() > deadline {
+            let host_kc = env.host.kubeconfig_path();
+            panic!(
+                "no Running virt-launcher pod in the tenant after {WAIT:?}\nhost:\n{}\ntenant:\n{}",
+                kubectl(host_kc, &["get", "pods,vmi", "-A", "--show-labels"]),
+                kubectl(kc, &["get", "pods,vmi", "-A", "-o", "wide"])
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let launcher_name = launcher.metadata.name.clone().unwrap();
+    let owner = &launcher.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(owner.kind, "VirtualMachineInstance");
+    assert_eq!(owner.name, "vm1");
+    let (ok, out, err) = kubectl_try(kc, &["logs", &launcher_name, "-c", "compute"], "");
+    assert!(ok && out.contains("simulated container log"), "{err}");
+    // read-only: a label the tenant adds is taken away again
+    kubectl(kc, &["label", "pod", &launcher_name, "mine=yes"]);
+    eventually(
+        "the tenant's edit of the launcher mirror reverted",
+        WAIT,
+        || async {
+            tenant_pods
+                .get_opt(&launcher_name)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|p| !p.metadata.labels.unwrap_or_default().contains_key("mine"))
+        },
+    )
+    .await;
+    // the VM stops: its launcher pod goes from the tenant too
+    kubectl(
+        kc,
+        &[
+            "patch",
+            "vm",
+            "vm1",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"runStrategy":"Halted"}}"#,
+        ],
+    );
+    eventually(
+        "the launcher mirror gone after the VM stopped",
+        WAIT,
+        || async { matches!(tenant_pods.get_opt(&launcher_name).await, Ok(None)) },
+    )
+    .await;
+
     let v: Value = serde_json::from_str(
         &call(&direct_client(&proxy, None).await, "GET", logs_path)
             .await

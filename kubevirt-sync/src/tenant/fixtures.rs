@@ -126,7 +126,7 @@ struct Env {
     tenant_api: Mock,
     tenant: Arc<Tenant>,
     tenant_writers: Vec<Option<kube::runtime::reflector::store::Writer<DynamicObject>>>,
-    host_writers: Vec<kube::runtime::reflector::store::Writer<DynamicObject>>,
+    host_writers: crate::host::Writers,
     vc: VirtualClusterRef,
 }
 
@@ -171,7 +171,9 @@ impl Env {
     }
     fn put_host(&mut self, kind: &str, obj: &DynamicObject) {
         let k = kinds::by_kind(kind).unwrap();
-        self.host_writers[k.id.index()].apply_watcher_event(&watcher::Event::Apply(obj.clone()));
+        self.host_writers
+            .copy_writer(k.id)
+            .apply_watcher_event(&watcher::Event::Apply(obj.clone()));
     }
     fn key(&self, kind: &str, name: &str) -> Key {
         Key {

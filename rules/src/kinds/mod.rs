@@ -293,6 +293,13 @@ pub trait SyncedKind: Send + Sync {
         self.trigger() != Trigger::Always && !self.mirrors_host_made()
     }
 
+    /// A label selector of the host-made objects of this kind to mirror when the kind's host
+    /// watcher sees only kvtenant's copies ([`watch_host_copies_only`](Self::watch_host_copies_only)):
+    /// a second host watcher takes those (Pods: KubeVirt's virt-launcher pods).
+    fn host_made_selector(&self) -> Option<&'static str> {
+        None
+    }
+
     /// Whether an object of this name is synced at all (the tenant apiserver's own objects,
     /// such as `default/kubernetes`, are not).
     fn wanted_name(&self, _namespace: &str, _name: &str) -> bool {

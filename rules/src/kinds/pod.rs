@@ -7,16 +7,48 @@
 //! ([`crate::pod::security`]), host placement ([`crate::pod::placement`]), a host
 //! ServiceAccount or token ([`crate::pod::identity`]). A pod that uses the cluster's DNS
 //! resolves through the tenant's own CoreDNS on the host ([`crate::pod::dns`]).
+//!
+//! KubeVirt's virt-launcher pods of the tenant's VMs are mirrored into the tenant, read-only, as
+//! vcluster shows them: `kubectl logs` reads a VM's launcher and `guest-console-log` there.
 
 use serde_json::Value;
 
-use super::{ApiKind, HostContext, SyncedKind, TenantFix};
+use super::{ApiKind, HostContext, MirrorContext, SyncedKind, TenantFix};
 use crate::pod::{identity, placement, refs, security};
 use crate::vm::refs::ObjRef;
 use crate::vm::size::GuestSize;
 use crate::{Policy, Violation};
 
 pub const KIND: &str = "Pod";
+
+/// KubeVirt's label on the virt-launcher pods it makes: the host-made pods mirrored up.
+pub const LAUNCHER_SELECTOR: &str = "kubevirt.io=virt-launcher";
+
+/// Values of a host pod the tenant's admission computes itself and refuses when they come set
+/// (priority from its PriorityClasses, overhead from its RuntimeClasses).
+const MIRROR_DROPPED: &[&str] = &[
+    "/spec/priority",
+    "/spec/preemptionPolicy",
+    "/spec/overhead",
+    "/spec/runtimeClassName",
+];
+
+/// The tenant mirror of a virt-launcher pod; `false` until the host bound the pod (a pod's spec
+/// cannot change after creation: the mirror is made with its node) and while the tenant lacks
+/// the pod's ServiceAccount (its admission would refuse the pod; the mirror follows once it
+/// exists).
+fn launcher_mirror(data: &mut Value, ctx: &MirrorContext) -> bool {
+    if node_name(data).is_none() {
+        return false;
+    }
+    crate::translate::remove_pointers(data, MIRROR_DROPPED);
+    let sa = data
+        .pointer("/spec/serviceAccountName")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("default");
+    (ctx.tenant_uid)("ServiceAccount", sa).is_some()
+}
 
 pub struct Pod;
 
@@ -50,6 +82,15 @@ impl SyncedKind for Pod {
     }
     fn watch_host_copies_only(&self) -> bool {
         true
+    }
+    fn mirrors_host_made(&self) -> bool {
+        true
+    }
+    fn host_made_selector(&self) -> Option<&'static str> {
+        Some(LAUNCHER_SELECTOR)
+    }
+    fn to_tenant_data(&self, data: &mut Value, ctx: &MirrorContext) -> bool {
+        launcher_mirror(data, ctx)
     }
     fn references_others(&self) -> bool {
         true
@@ -117,6 +158,8 @@ const FIXED: &[&str] = &[
     "/spec/priorityClassName",
     "/spec/priority",
     "/spec/preemptionPolicy",
+    "/spec/overhead",
+    "/spec/runtimeClassName",
     "/spec/nodeName",
 ];
 
@@ -161,6 +204,39 @@ fn keep_fixed_pod_spec(desired: &mut Value, host: &Value) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_launcher_pod_is_mirrored_without_what_the_tenants_admission_computes() {
+        let mut pending = json!({"spec": {"serviceAccountName": "default"}});
+        let mut data = json!({"spec": {"priority": 1000, "preemptionPolicy": "PreemptLowerPriority",
+            "runtimeClassName": "kata", "overhead": {"cpu": "1"}, "serviceAccountName": "default",
+            "nodeName": "n1", "containers": [{"name": "compute", "image": "virt-launcher"}]},
+            "status": {"phase": "Running", "podIP": "10.244.0.9"}});
+        let has_default =
+            |k: &str, n: &str| (k == "ServiceAccount" && n == "default").then(|| "u".to_string());
+        let ctx = MirrorContext {
+            host_namespace: "h",
+            tenant_namespace: "default",
+            tenant_uid: &has_default,
+        };
+        assert!(!Pod.to_tenant_data(&mut pending, &ctx), "not bound yet");
+        assert!(Pod.to_tenant_data(&mut data, &ctx));
+        for p in MIRROR_DROPPED {
+            assert!(data.pointer(p).is_none(), "{p}");
+        }
+        assert_eq!(data["spec"]["nodeName"], "n1");
+        assert_eq!(data["status"]["podIP"], "10.244.0.9");
+        // the VM's own ServiceAccount, not in the tenant (yet): no mirror
+        let mut other = json!({"spec": {"serviceAccountName": "builder", "nodeName": "n1"}});
+        assert!(!Pod.to_tenant_data(&mut other, &ctx));
+        let none = |_: &str, _: &str| None;
+        let ctx = MirrorContext {
+            tenant_uid: &none,
+            ..ctx
+        };
+        assert!(!Pod.to_tenant_data(&mut json!({"spec": {"nodeName": "n1"}}), &ctx));
+        assert_eq!(Pod.host_made_selector(), Some("kubevirt.io=virt-launcher"));
+    }
 
     #[test]
     fn an_update_keeps_what_the_host_fixed_and_takes_the_tenants_images() {
