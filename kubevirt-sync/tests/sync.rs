@@ -78,9 +78,23 @@ async fn kubectl_apply_runs_the_vm_on_the_host_and_status_comes_back() {
     })
     .await;
     let tenant_vm = kubectl_json(t.kubeconfig(), &["get", "vm", "vm1"]);
+    // the host copy resolves through the tenant's DNS (kvtenant's, see tests/dns.rs); the rest
+    // of the spec is the tenant's
+    let mut host_spec = strip_owned(serde_json::to_value(&host_vm.data["spec"]).unwrap());
+    let template = host_spec
+        .pointer_mut("/template/spec")
+        .and_then(Value::as_object_mut)
+        .unwrap();
+    assert_eq!(template.remove("dnsPolicy"), Some(json!("None")));
+    let dns = template.remove("dnsConfig").unwrap();
+    assert_eq!(dns["searches"][0], "default.svc.cluster.local", "{dns}");
+    assert!(
+        tenant_vm["spec"]["template"]["spec"]
+            .get("dnsConfig")
+            .is_none()
+    );
     assert_eq!(
-        strip_owned(serde_json::to_value(&host_vm.data["spec"]).unwrap()),
-        tenant_vm["spec"],
+        host_spec, tenant_vm["spec"],
         "the host VM's spec must be the tenant's"
     );
     assert_eq!(host_vm.metadata.labels.as_ref().unwrap()["app"], "web");
