@@ -1120,6 +1120,51 @@ async fn deploy_and_samples_on_testenv() {
         &[&probe_secret[..], &["-n", "probe-host-ns"]].concat(),
     )
     .await;
+    // outside those, only spec.mapServices.toHost's ExternalName Services, labelled as such
+    let service = |labels: &str, spec: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: mapped\n  namespace: default\n  \
+             labels: {{{labels}}}\nspec: {spec}\n"
+        )
+    };
+    let to_host = "tenancy.kvtenant.io/mapped-service: to-host";
+    let external = "{type: ExternalName, externalName: db.tenants-x-default.svc.cluster.local}";
+    kubectl_in(
+        &syncer_kc,
+        &["create", "--dry-run=server", "-f", "-"],
+        Some(&service(to_host, external)),
+    )
+    .await;
+    for (what, manifest) in [
+        ("unlabelled", service("", external)),
+        (
+            "a ClusterIP Service",
+            service(to_host, "{ports: [{port: 80}], selector: {app: x}}"),
+        ),
+    ] {
+        eprintln!("syncer policy: {what} Service outside kvtenant's namespaces");
+        denied_by_policy(
+            &syncer_kc,
+            &["create", "--dry-run=server", "-f", "-"],
+            Some(&manifest),
+            syncer_policy,
+        )
+        .await;
+    }
+    denied_by_policy(
+        &syncer_kc,
+        &[
+            "delete",
+            "service",
+            "kubernetes",
+            "-n",
+            "default",
+            "--dry-run=server",
+        ],
+        None,
+        syncer_policy,
+    )
+    .await;
 
     wait_for(
         "the controller's admission policy",
