@@ -100,7 +100,7 @@ impl LocalDns {
         dns
     }
 
-    async fn ask(&self, name: &str, qtype: u16) -> client::Response {
+    async fn ask(&self, name: &str, qtype: hickory_proto::rr::RecordType) -> client::Response {
         client::query(self.addr, name, qtype)
             .await
             .unwrap_or_else(|| panic!("no answer for {name}: {}", self.process.log_tail(30)))

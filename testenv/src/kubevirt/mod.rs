@@ -115,6 +115,16 @@ impl Error {
             Self::NoControllerManager => "no_controller_manager",
         }
     }
+
+    /// A process could not bind a port picked for it (taken after it was picked).
+    pub fn port_taken(&self) -> bool {
+        match self {
+            Self::Exited { log, .. } => log.contains("address already in use"),
+            Self::NotReady { detail, .. } => detail.contains("address already in use"),
+            Self::ControlPlane(e) => e.port_taken(),
+            _ => false,
+        }
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -210,7 +220,23 @@ impl KubeVirt {
     /// Builds the binaries if needed (minutes, once per machine), installs KubeVirt on `cp`,
     /// starts everything and waits until VMs can be created and run. `cp` must run
     /// kube-controller-manager ([`crate::Options::with_controller_manager`]).
+    ///
+    /// A process that could not bind a port picked for it (taken in between by another test)
+    /// makes a new start on new ports, up to three times.
     pub async fn start(cp: &ControlPlane, opts: KubeVirtOptions) -> Result<Self, Error> {
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(cp, opts.clone()).await {
+                Err(e) if e.port_taken() && attempt < 3 => {
+                    tracing::warn!(error = %e, attempt, "a KubeVirt process lost its port; starting again on new ports");
+                    attempt += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn start_once(cp: &ControlPlane, opts: KubeVirtOptions) -> Result<Self, Error> {
         if !cp.runs_controller_manager() {
             return Err(Error::NoControllerManager);
         }
@@ -544,5 +570,27 @@ impl KubeVirt {
 impl Drop for KubeVirt {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod port_tests {
+    use super::*;
+
+    #[test]
+    fn a_process_that_lost_its_port_is_recognised() {
+        let lost = Error::Exited {
+            what: "virt-api".into(),
+            status: "exit status: 2".into(),
+            log: "panic: listen tcp 127.0.0.1:39711: bind: address already in use".into(),
+        };
+        assert!(lost.port_taken());
+        let other = Error::Exited {
+            what: "virt-api".into(),
+            status: "exit status: 2".into(),
+            log: "panic: no kubeconfig".into(),
+        };
+        assert!(!other.port_taken());
+        assert!(!Error::NoControllerManager.port_taken());
     }
 }
