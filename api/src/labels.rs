@@ -16,6 +16,12 @@ use crate::naming::host_namespace;
 
 /// Label: name of the VirtualCluster a host object belongs to.
 pub const VIRTUALCLUSTER: &str = "tenancy.kvtenant.io/virtualcluster";
+/// `app.kubernetes.io/name` of a Managed control plane's pod (`app.kubernetes.io/instance` is
+/// the VirtualCluster's name); the tenant's host namespaces may reach it (their pods use the
+/// tenant's API).
+pub const CONTROL_PLANE_APP: &str = "kvtenant-control-plane";
+/// The port a Managed control plane's kube-apiserver listens on.
+pub const CONTROL_PLANE_APISERVER_PORT: u16 = 6443;
 /// Label: host namespace of the VirtualCluster a host object belongs to.
 pub const VIRTUALCLUSTER_NAMESPACE: &str = "tenancy.kvtenant.io/virtualcluster-namespace";
 /// Label: uid of the VirtualCluster a host object belongs to. Select by this one: unlike the

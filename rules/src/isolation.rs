@@ -89,7 +89,9 @@ pub fn limit_range(
 /// The NetworkPolicy (unless `spec.isolation.networkPolicy` is false): every pod of the host
 /// namespace accepts traffic only from the tenant's own host namespaces (selected by the
 /// VirtualCluster's uid label) and from the VirtualCluster's namespace (its control plane), and
-/// sends traffic only to the tenant's own host namespaces and to the cluster DNS.
+/// sends traffic only to the tenant's own host namespaces, its Managed control plane's apiserver
+/// (pods use the tenant's API with the tenant's token), the cluster DNS and (internetEgress)
+/// addresses outside egressExcept.
 pub fn network_policy(
     vcref: &VirtualClusterRef,
     vc: &VirtualCluster,
@@ -102,7 +104,7 @@ pub fn network_policy(
         labels::MANAGED_BY: labels::MANAGED_BY_VALUE,
         labels::VIRTUALCLUSTER_UID: vcref.uid,
     }}});
-    let egress = egress_rules(vc, &tenant);
+    let egress = egress_rules(vcref, vc, &tenant);
     serde_json::from_value(json!({
         "metadata": meta(vcref, host_ns),
         "spec": {
@@ -118,11 +120,25 @@ pub fn network_policy(
     .map(Some)
 }
 
-/// The egress rules: the same virtual cluster, the host's DNS, and (internetEgress) every
-/// address outside egressExcept, per address family.
-fn egress_rules(vc: &VirtualCluster, tenant: &serde_json::Value) -> Vec<serde_json::Value> {
+/// The egress rules: the same virtual cluster, its control plane's apiserver, the host's DNS,
+/// and (internetEgress) every address outside egressExcept, per address family.
+fn egress_rules(
+    vcref: &VirtualClusterRef,
+    vc: &VirtualCluster,
+    tenant: &serde_json::Value,
+) -> Vec<serde_json::Value> {
     let mut egress = vec![
         json!({"to": [tenant]}),
+        json!({
+            "to": [{
+                "namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: vcref.namespace}},
+                "podSelector": {"matchLabels": {
+                    "app.kubernetes.io/name": labels::CONTROL_PLANE_APP,
+                    "app.kubernetes.io/instance": vcref.name,
+                }},
+            }],
+            "ports": [{"protocol": "TCP", "port": labels::CONTROL_PLANE_APISERVER_PORT}],
+        }),
         json!({
             "to": [{
                 "namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: "kube-system"}},
@@ -183,7 +199,13 @@ mod tests {
             "tenants"
         );
         assert_eq!(from.as_array().unwrap().len(), 2);
-        let dns = &v["spec"]["egress"][1];
+        let api = &v["spec"]["egress"][1];
+        assert_eq!(api["ports"][0]["port"], 6443);
+        assert_eq!(
+            api["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/instance"],
+            r.name
+        );
+        let dns = &v["spec"]["egress"][2];
         assert_eq!(dns["ports"][0]["port"], 53);
         assert_eq!(
             dns["to"][0]["podSelector"]["matchLabels"]["k8s-app"],

@@ -21,7 +21,7 @@ use serde_json::json;
 use super::pki::{self, Pki};
 
 /// kube-apiserver's port in the pod.
-pub const APISERVER_PORT: u16 = 6443;
+pub const APISERVER_PORT: u16 = kvtenant_api::labels::CONTROL_PLANE_APISERVER_PORT;
 /// The `<vc>-apiserver` Service's port.
 pub const SERVICE_PORT: u16 = 443;
 /// etcd (or kine) client port, on the pod's loopback.
@@ -120,7 +120,7 @@ impl<'a> Target<'a> {
         BTreeMap::from([
             (
                 "app.kubernetes.io/name".to_owned(),
-                "kvtenant-control-plane".to_owned(),
+                kvtenant_api::labels::CONTROL_PLANE_APP.to_owned(),
             ),
             (
                 "app.kubernetes.io/instance".to_owned(),

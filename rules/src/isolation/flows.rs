@@ -162,6 +162,48 @@ fn the_default_policy_as_a_table_of_flows() {
             egress(pod(ns(None, "monitoring"), &[]), ("TCP", 9090)),
             false,
         ),
+        (
+            "its own control plane's apiserver (pods use the tenant's API)",
+            egress(
+                pod(
+                    ns(None, "tenants"),
+                    &[
+                        ("app.kubernetes.io/name", "kvtenant-control-plane"),
+                        ("app.kubernetes.io/instance", "alpha"),
+                    ],
+                ),
+                ("TCP", 6443),
+            ),
+            true,
+        ),
+        (
+            "another VirtualCluster's control plane in the same namespace",
+            egress(
+                pod(
+                    ns(None, "tenants"),
+                    &[
+                        ("app.kubernetes.io/name", "kvtenant-control-plane"),
+                        ("app.kubernetes.io/instance", "beta"),
+                    ],
+                ),
+                ("TCP", 6443),
+            ),
+            false,
+        ),
+        (
+            "its control plane's etcd",
+            egress(
+                pod(
+                    ns(None, "tenants"),
+                    &[
+                        ("app.kubernetes.io/name", "kvtenant-control-plane"),
+                        ("app.kubernetes.io/instance", "alpha"),
+                    ],
+                ),
+                ("TCP", 2379),
+            ),
+            false,
+        ),
         ("DNS over UDP", egress(dns(), ("UDP", 53)), true),
         ("DNS over TCP", egress(dns(), ("TCP", 53)), true),
         (
