@@ -271,7 +271,7 @@ fn resource(k: &kvtenant_rules::kinds::ApiKind) -> ApiResource {
 /// Whether each DNS object exists in the tenant.
 async fn dns_objects(t: &Tenant) -> Vec<bool> {
     let mut out = Vec::new();
-    for o in dns::objects(&kvtenant_api::DnsSpec::default()) {
+    for o in dns::objects(&kvtenant_api::DnsSpec::default(), None) {
         let ar = resource(&o.api);
         let api: Api<DynamicObject> = match o.namespace {
             Some(ns) => Api::namespaced_with(t.client(), ns, &ar),
@@ -321,6 +321,30 @@ async fn the_syncer_keeps_the_tenants_dns_and_points_host_pods_at_it() {
     })
     .await;
     assert_eq!(dns_pod.spec.unwrap().dns_policy.as_deref(), Some("Default"));
+
+    // the host has a cluster DNS: outside names go there (the NetworkPolicy admits it)
+    let host_dns: Service = serde_json::from_value(json!({
+        "metadata": {"name": "kube-dns", "namespace": "kube-system"},
+        "spec": {"ports": [{"name": "dns", "port": 53, "protocol": "UDP"}],
+                 "selector": {"k8s-app": "kube-dns"}},
+    }))
+    .unwrap();
+    let host_dns = Api::<Service>::namespaced(env.host_client(), "kube-system")
+        .create(&Default::default(), &host_dns)
+        .await
+        .unwrap();
+    let host_dns_ip = host_dns.spec.unwrap().cluster_ip.unwrap();
+    let tenant_cms: Api<ConfigMap> = Api::namespaced(t.client(), dns::NAMESPACE);
+    eventually("the tenant's Corefile forwarding to the host's DNS", WAIT, || async {
+        tenant_cms
+            .get_opt(dns::NAME)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|c| c.data?.get("Corefile").cloned())
+            .is_some_and(|c| c.contains(&format!("forward . {host_dns_ip} {{")))
+    })
+    .await;
 
     // a tenant deleting them gets them back (at the consistency scan)
     let tenant_deploys: Api<DynamicObject> =

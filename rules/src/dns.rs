@@ -38,12 +38,14 @@ pub struct CorefileOptions {
     pub bind: Option<String>,
     /// The kubernetes plugin's `kubeconfig`; the pod's ServiceAccount when `None`.
     pub kubeconfig: Option<String>,
-    /// Where names outside the cluster domain go (`forward . <upstream>`): the node's resolver.
+    /// Where names outside the cluster domain go (`forward . <upstream>`): the host cluster's
+    /// DNS when known, else the node's resolver.
     pub upstream: String,
 }
 
 impl CorefileOptions {
-    /// The Corefile of the virtual cluster's CoreDNS pods.
+    /// The Corefile of the virtual cluster's CoreDNS pods; outside names go to the node's
+    /// resolver (see [`Self::forwarding_to`]).
     pub fn in_cluster(cluster_domain: &str) -> Self {
         Self {
             cluster_domain: cluster_domain.to_string(),
@@ -55,6 +57,16 @@ impl CorefileOptions {
             kubeconfig: None,
             upstream: "/etc/resolv.conf".into(),
         }
+    }
+
+    /// Outside names forwarded to `host_dns` (the host cluster's DNS Service address), which
+    /// the host namespaces' NetworkPolicy lets the tenant's pods reach; the node's resolver is
+    /// usually a private address outside `egressExcept`.
+    pub fn forwarding_to(mut self, host_dns: Option<&str>) -> Self {
+        if let Some(ip) = host_dns.filter(|ip| ip.parse::<std::net::IpAddr>().is_ok()) {
+            self.upstream = ip.to_string();
+        }
+        self
     }
 }
 
@@ -169,12 +181,14 @@ fn object(i: usize, name: &'static str, namespaced: bool, rest: Value) -> DnsObj
     }
 }
 
-/// The DNS objects of a virtual cluster, in apply order; none when DNS is disabled.
-pub fn objects(spec: &DnsSpec) -> Vec<DnsObject> {
+/// The DNS objects of a virtual cluster, in apply order; none when DNS is disabled. `host_dns`:
+/// the host cluster's DNS address, where names outside the cluster domain go when known.
+pub fn objects(spec: &DnsSpec, host_dns: Option<&str>) -> Vec<DnsObject> {
     if !spec.enabled {
         return Vec::new();
     }
-    let corefile = corefile(&CorefileOptions::in_cluster(&spec.cluster_domain));
+    let corefile =
+        corefile(&CorefileOptions::in_cluster(&spec.cluster_domain).forwarding_to(host_dns));
     vec![
         object(0, NAME, true, json!({})),
         object(
@@ -311,13 +325,20 @@ mod tests {
         );
         assert!(local.contains("       kubeconfig /tmp/k\n       pods insecure"));
         assert!(local.contains("forward . 127.0.0.1:15354 {"));
+        // the host cluster's DNS when known (an address only)
+        let to_host =
+            CorefileOptions::in_cluster("cluster.local").forwarding_to(Some("10.96.0.10"));
+        assert!(corefile(&to_host).contains("forward . 10.96.0.10 {"));
+        let not_an_ip =
+            CorefileOptions::in_cluster("cluster.local").forwarding_to(Some("evil; reload"));
+        assert_eq!(not_an_ip.upstream, "/etc/resolv.conf");
         // the same braces open and close
         assert_eq!(local.matches('{').count(), local.matches('}').count());
     }
 
     #[test]
     fn the_objects_kubeadm_installs_in_apply_order() {
-        let objs = objects(&enabled());
+        let objs = objects(&enabled(), None);
         let names: Vec<(&str, Option<&str>, &str)> = objs
             .iter()
             .map(|o| (o.api.kind, o.namespace, o.name))
@@ -356,10 +377,13 @@ mod tests {
             .collect();
         assert_eq!(ports, [(53, "UDP"), (53, "TCP"), (9153, "TCP")]);
         assert!(
-            objects(&DnsSpec {
-                enabled: false,
-                ..enabled()
-            })
+            objects(
+                &DnsSpec {
+                    enabled: false,
+                    ..enabled()
+                },
+                Some("10.96.0.10")
+            )
             .is_empty()
         );
     }
@@ -371,7 +395,7 @@ mod tests {
             cluster_domain: "tenant.example".into(),
             ..enabled()
         };
-        let objs = objects(&spec);
+        let objs = objects(&spec, None);
         let pod = &objs[4].body["spec"]["template"]["spec"];
         assert_eq!(
             pod["containers"][0]["image"],
@@ -390,7 +414,7 @@ mod tests {
 
     #[test]
     fn the_pod_passes_every_pod_security_level_and_placement() {
-        let objs = objects(&enabled());
+        let objs = objects(&enabled(), None);
         let pod = json!({"metadata": objs[4].body["spec"]["template"]["metadata"],
                          "spec": objs[4].body["spec"]["template"]["spec"]});
         let vm = kvtenant_api::VmPolicy::default();

@@ -61,10 +61,24 @@ impl Tenant {
         if !self.spec.dns.enabled {
             return self.remove_dns().await;
         }
-        for o in dns::objects(&self.spec.dns) {
+        let host_dns = self.host_dns().await;
+        for o in dns::objects(&self.spec.dns, host_dns.as_deref()) {
             self.apply_dns_object(&o).await?;
         }
         Ok(())
+    }
+
+    /// The host cluster's DNS address (`kube-system/kube-dns`), where the tenant's CoreDNS
+    /// sends names outside its cluster domain; `None` (the node's resolver) when the host has
+    /// no such Service or it cannot be read.
+    async fn host_dns(&self) -> Option<String> {
+        let services: Api<k8s_openapi::api::core::v1::Service> =
+            Api::namespaced(self.host.client.clone(), dns::NAMESPACE);
+        self.api_call(Cluster::Host, "get");
+        let svc = services.get_opt(dns::SERVICE).await.ok()??;
+        svc.spec?
+            .cluster_ip
+            .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok())
     }
 
     async fn apply_dns_object(&self, o: &DnsObject) -> Result<(), Error> {
@@ -91,7 +105,7 @@ impl Tenant {
             enabled: true,
             ..self.spec.dns.clone()
         };
-        for o in dns::objects(&spec).iter().rev() {
+        for o in dns::objects(&spec, None).iter().rev() {
             let api = self.dns_api(&o.api, o.namespace);
             let what = || format!("{} {}", o.api.kind, o.name);
             self.api_call(Cluster::Tenant, "get");
