@@ -5,7 +5,7 @@
 //! with its own field manager ([`FIELD_MANAGER`]), so its server-side applies to the Namespace
 //! touch only the Pod Security labels and never drop labels the syncer set.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -104,20 +104,51 @@ pub fn network_policy(
         labels::MANAGED_BY: labels::MANAGED_BY_VALUE,
         labels::VIRTUALCLUSTER_UID: vcref.uid,
     }}});
-    let egress = egress_rules(vcref, vc, &tenant);
+    let mut egress = egress_rules(vcref, vc, &tenant);
+    let mut from = vec![
+        tenant,
+        json!({"namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: vcref.namespace}}}),
+    ];
+    let (sources, targets) = mapped_namespaces(vcref, vc, host_ns);
+    if !sources.is_empty() {
+        egress.push(json!({"to": sources.iter().map(|ns| by_name(ns)).collect::<Vec<_>>()}));
+    }
+    from.extend(targets.iter().map(|ns| by_name(ns)));
     serde_json::from_value(json!({
         "metadata": meta(vcref, host_ns),
         "spec": {
             "podSelector": {},
             "policyTypes": ["Ingress", "Egress"],
-            "ingress": [{"from": [
-                tenant,
-                {"namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: vcref.namespace}}},
-            ]}],
+            "ingress": [{"from": from}],
             "egress": egress,
         }
     }))
     .map(Some)
+}
+
+fn by_name(ns: &str) -> serde_json::Value {
+    json!({"namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: ns}}})
+}
+
+/// The host namespaces `spec.mapServices` connects to host namespace `host_ns`: those of
+/// fromHost sources (the tenant's pods reach the mapped host Services) and, when a toHost
+/// source lives in `host_ns`, those of its targets (host workloads reach the tenant's Service).
+/// The platform admin chose them; malformed references are skipped.
+fn mapped_namespaces(
+    vcref: &VirtualClusterRef,
+    vc: &VirtualCluster,
+    host_ns: &str,
+) -> (BTreeSet<String>, BTreeSet<String>) {
+    let ns_of = |r: &str| kvtenant_api::parse_service_ref(r).map(|(ns, _)| ns.to_string());
+    let m = &vc.spec.map_services;
+    let sources = m.from_host.iter().filter_map(|x| ns_of(&x.from)).collect();
+    let targets = m
+        .to_host
+        .iter()
+        .filter(|x| ns_of(&x.from).is_some_and(|t| vcref.host_namespace(&t) == host_ns))
+        .filter_map(|x| ns_of(&x.to))
+        .collect();
+    (sources, targets)
 }
 
 /// The egress rules: the same virtual cluster, its control plane's apiserver, the host's DNS,

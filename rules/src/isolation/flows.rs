@@ -130,9 +130,51 @@ fn policy(spec: Value) -> (Value, BTreeMap<String, String>) {
         name: String::new(),
         uid: String::new(),
     });
-    let np = network_policy(&r, &vc, "h-a-web").ok().flatten();
+    // the host namespace of the tenant's namespace "web"
+    let host_ns = r.host_namespace("web");
+    let np = network_policy(&r, &vc, &host_ns).ok().flatten();
     let v = serde_json::to_value(np).unwrap_or_default();
-    (v["spec"].clone(), ns(Some("uid-a"), "h-a-web"))
+    (v["spec"].clone(), ns(Some("uid-a"), &host_ns))
+}
+
+#[test]
+fn mapped_services_open_their_namespaces_only() {
+    let (spec, own) = policy(json!({"mapServices": {
+        "fromHost": [{"from": "databases/pg", "to": "web/pg"}],
+        "toHost": [{"from": "web/api", "to": "monitoring/tenant-a-api"},
+                   {"from": "other/x", "to": "ops/x"}],
+    }}));
+    let egress = |end: End| allowed(&spec["egress"], "to", &end, ("TCP", 5432), &own);
+    let ingress = |end: End| allowed(&spec["ingress"], "from", &end, ("TCP", 8080), &own);
+    let rows: Vec<(&str, bool, bool)> = vec![
+        (
+            "egress to a fromHost source namespace",
+            egress(pod(ns(None, "databases"), &[])),
+            true,
+        ),
+        (
+            "egress to another host namespace",
+            egress(pod(ns(None, "payments"), &[])),
+            false,
+        ),
+        (
+            "ingress from a toHost target namespace",
+            ingress(pod(ns(None, "monitoring"), &[])),
+            true,
+        ),
+        (
+            "ingress from another host namespace",
+            ingress(pod(ns(None, "payments"), &[])),
+            false,
+        ),
+        (
+            "ingress from a toHost target of another tenant namespace",
+            ingress(pod(ns(None, "ops"), &[])),
+            false,
+        ),
+    ];
+    let wrong: Vec<_> = rows.iter().filter(|(_, got, want)| got != want).collect();
+    assert!(wrong.is_empty(), "flows not as expected: {wrong:?}");
 }
 
 #[test]
