@@ -164,6 +164,26 @@ async fn the_real_coredns_with_kvtenants_corefile_serves_the_tenants_services() 
             "--external-name=db.example.org",
         ],
     );
+    // a host Service the platform admin maps into the tenant (spec.mapServices.fromHost)
+    let registry: Service = serde_json::from_value(json!({
+        "metadata": {"name": "registry", "namespace": "default"},
+        "spec": {"ports": [{"port": 5000}], "selector": {"app": "registry"}},
+    }))
+    .unwrap();
+    let registry = Api::<Service>::namespaced(env.host_client(), "default")
+        .create(&Default::default(), &registry)
+        .await
+        .unwrap();
+    let registry_ip = registry.spec.unwrap().cluster_ip.unwrap();
+    Api::<VirtualCluster>::namespaced(env.host_client(), VC_NAMESPACE)
+        .patch(
+            &t.vc.name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"mapServices": {
+                "fromHost": [{"from": "default/registry", "to": "shared/registry"}]}}})),
+        )
+        .await
+        .unwrap();
     let web_ip = host_assigned_ip(&env, t, "default", "web").await;
     let pods: Api<Pod> = Api::namespaced(t.client(), "default");
     let slices: Api<EndpointSlice> = Api::namespaced(t.client(), "default");
@@ -243,6 +263,18 @@ async fn the_real_coredns_with_kvtenants_corefile_serves_the_tenants_services() 
         web.ips(),
         [web_ip.parse::<IpAddr>().unwrap()],
         "the host-assigned IP"
+    );
+    let mapped = wait_for("the mapped host Service resolves", WAIT, || async {
+        let r = coredns
+            .ask("registry.shared.svc.cluster.local", client::A)
+            .await;
+        (!r.ips().is_empty()).then_some(r)
+    })
+    .await;
+    assert_eq!(
+        mapped.ips(),
+        [registry_ip.parse::<IpAddr>().unwrap()],
+        "a mapped host Service: the host's address"
     );
     let db = coredns.ask("db.default.svc.cluster.local", client::A).await;
     assert_eq!(db.ips(), db_ips, "a headless Service: its endpoints");
@@ -335,15 +367,19 @@ async fn the_syncer_keeps_the_tenants_dns_and_points_host_pods_at_it() {
         .unwrap();
     let host_dns_ip = host_dns.spec.unwrap().cluster_ip.unwrap();
     let tenant_cms: Api<ConfigMap> = Api::namespaced(t.client(), dns::NAMESPACE);
-    eventually("the tenant's Corefile forwarding to the host's DNS", WAIT, || async {
-        tenant_cms
-            .get_opt(dns::NAME)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|c| c.data?.get("Corefile").cloned())
-            .is_some_and(|c| c.contains(&format!("forward . {host_dns_ip} {{")))
-    })
+    eventually(
+        "the tenant's Corefile forwarding to the host's DNS",
+        WAIT,
+        || async {
+            tenant_cms
+                .get_opt(dns::NAME)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|c| c.data?.get("Corefile").cloned())
+                .is_some_and(|c| c.contains(&format!("forward . {host_dns_ip} {{")))
+        },
+    )
     .await;
 
     // a tenant deleting them gets them back (at the consistency scan)
