@@ -371,8 +371,8 @@ fn crds_prints_the_committed_yaml() {
 }
 
 /// `kvtenant dev`: one command brings up a host with the (simulated) KubeVirt, a virtual
-/// cluster and the components; a tenant applies the sample VM and sees it Running; Ctrl-C
-/// removes everything.
+/// cluster and the components; a tenant applies the sample VM and sees it Running, runs a pod,
+/// reads its logs and execs in it; Ctrl-C removes everything.
 #[test]
 fn dev_mode_runs_a_sample_vm_and_ctrl_c_cleans_up() {
     use std::io::{BufRead, BufReader};
@@ -420,6 +420,16 @@ fn dev_mode_runs_a_sample_vm_and_ctrl_c_cleans_up() {
         running,
         "the sample VM's instance did not become Running in the tenant"
     );
+    // the walkthrough's pod: run it, read its logs, exec in it (kwok plays the kubelet)
+    kubectl(&tenant_kc, &["run", "web", "--image=nginx"]);
+    kubectl(
+        &tenant_kc,
+        &["wait", "--for=condition=Ready", "pod/web", "--timeout=120s"],
+    );
+    let logs = kubectl(&tenant_kc, &["logs", "web"]);
+    assert!(logs.contains("simulated container log"), "{logs}");
+    let hi = kubectl(&tenant_kc, &["exec", "web", "--", "echo", "hi from web"]);
+    assert_eq!(hi.trim(), "hi from web");
     let children = children_of(child.0.id());
     assert!(
         children.len() >= 4,
