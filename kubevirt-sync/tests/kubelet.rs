@@ -61,31 +61,28 @@ fn kubectl_stream(
     (InterruptOnDrop(child), rx)
 }
 
-/// Waits for a line containing `want`; returns it.
-fn line_with(rx: &mpsc::Receiver<String>, want: &str, what: &str) -> String {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+/// The first line containing `want` arriving within `wait`, or the lines seen instead.
+fn next_line_with(
+    rx: &mpsc::Receiver<String>,
+    want: &str,
+    wait: Duration,
+) -> Result<String, Vec<String>> {
+    let deadline = std::time::Instant::now() + wait;
     let mut seen = Vec::new();
     while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
         match rx.recv_timeout(left) {
-            Ok(line) if line.contains(want) => return line,
+            Ok(line) if line.contains(want) => return Ok(line),
             Ok(line) => seen.push(line),
             Err(_) => break,
         }
     }
-    panic!("{what}: no line with {want:?}; got {seen:?}");
+    Err(seen)
 }
 
-/// Whether a line containing `want` arrives within `wait`.
-fn rx_has(rx: &mpsc::Receiver<String>, want: &str, wait: Duration) -> bool {
-    let deadline = std::time::Instant::now() + wait;
-    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
-        match rx.recv_timeout(left) {
-            Ok(line) if line.contains(want) => return true,
-            Ok(_) => {}
-            Err(_) => return false,
-        }
-    }
-    false
+/// Waits for a line containing `want`; returns it.
+fn line_with(rx: &mpsc::Receiver<String>, want: &str, what: &str) -> String {
+    next_line_with(rx, want, Duration::from_secs(30))
+        .unwrap_or_else(|seen| panic!("{what}: no line with {want:?}; got {seen:?}"))
 }
 
 /// A client straight to the kubelet proxy (not through an apiserver).
@@ -230,7 +227,7 @@ async fn kubectl_logs_exec_attach_port_forward_and_cp_reach_the_tenants_own_pods
             .unwrap()
             .write_all(cri_log_line(&format!("attached output {i}")).as_bytes())
             .unwrap();
-        rx_has(&lines, "attached output", Duration::from_millis(500))
+        next_line_with(&lines, "attached output", Duration::from_millis(500)).is_ok()
     });
     assert!(
         attached,

@@ -105,10 +105,7 @@ pub fn network_policy(
         labels::VIRTUALCLUSTER_UID: vcref.uid,
     }}});
     let mut egress = egress_rules(vcref, vc, &tenant);
-    let mut from = vec![
-        tenant,
-        json!({"namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: vcref.namespace}}}),
-    ];
+    let mut from = vec![tenant, by_name(&vcref.namespace)];
     let (sources, targets) = mapped_namespaces(vcref, vc, host_ns);
     if !sources.is_empty() {
         egress.push(json!({"to": sources.iter().map(|ns| by_name(ns)).collect::<Vec<_>>()}));

@@ -57,12 +57,15 @@ impl Error {
     /// The process could not bind a port it was given (taken after it was picked).
     pub fn port_taken(&self) -> bool {
         match self {
-            Self::Exited { log, .. } | Self::NotReady { log, .. } => {
-                log.contains("address already in use")
-            }
+            Self::Exited { log, .. } | Self::NotReady { log, .. } => lost_its_port(log),
             _ => false,
         }
     }
+}
+
+/// Whether a process's log says it could not bind a port (taken after it was picked).
+pub(crate) fn lost_its_port(log: &str) -> bool {
+    log.contains("address already in use")
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {

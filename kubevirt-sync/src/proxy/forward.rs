@@ -276,6 +276,44 @@ pub fn host_timeout(state: &ProxyState) -> Response<Body> {
     )
 }
 
+/// Sends a request without a body (`b`: method, path, headers) to the host for `target`, with
+/// kvtenant's user agent, within the request timeout: the host's response (its body not read
+/// yet, for streams), or the answer the tenant gets instead (500, 502, 504).
+pub async fn send_bodiless(
+    state: &ProxyState,
+    target: &Target<'_>,
+    mut b: http::request::Builder,
+) -> Result<Response<kube::client::Body>, Box<Response<Body>>> {
+    if let Some(ua) = user_agent(target.auth, target.user) {
+        b = b.header(header::USER_AGENT, ua);
+    }
+    let req = b
+        .body(kube::client::Body::empty())
+        .map_err(|e| Box::new(status::internal(&format!("building the host request: {e}"))))?;
+    let host: Client = state.syncer.host().clone();
+    match tokio::time::timeout(state.config.request_timeout, host.send(req)).await {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => Err(Box::new(host_unreachable(target, &e))),
+        Err(_) => Err(Box::new(host_timeout(state))),
+    }
+}
+
+/// The host's answer where a stream was asked for and none came (a failure: no such VMI, pod
+/// or container), read within the request timeout and shown as [`tenant_answer`] does.
+pub async fn unstreamed_answer(
+    state: &ProxyState,
+    target: &Target<'_>,
+    res: Response<kube::client::Body>,
+) -> Response<Body> {
+    let (parts, body) = res.into_parts();
+    let bytes = match tokio::time::timeout(state.config.request_timeout, body.collect_bytes()).await
+    {
+        Ok(Ok(b)) => b,
+        _ => Bytes::new(),
+    };
+    tenant_answer(&parts, bytes, target)
+}
+
 /// What a stream is counted under.
 pub struct StreamMetrics {
     pub to_host: Counter,
@@ -299,29 +337,13 @@ pub async fn upgrade(
             b = b.header(*name, v.clone());
         }
     }
-    if let Some(ua) = user_agent(target.auth, target.user) {
-        b = b.header(header::USER_AGENT, ua);
-    }
-    let host_req = match b.body(kube::client::Body::empty()) {
+    let mut res = match send_bodiless(state, target, b).await {
         Ok(r) => r,
-        Err(e) => return status::internal(&format!("building the host request: {e}")),
+        Err(answer) => return *answer,
     };
-    let host: Client = state.syncer.host().clone();
-    let mut res =
-        match tokio::time::timeout(state.config.request_timeout, host.send(host_req)).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => return host_unreachable(target, &e),
-            Err(_) => return host_timeout(state),
-        };
     if res.status() != http::StatusCode::SWITCHING_PROTOCOLS {
         // an error before the upgrade (e.g. the VMI is not running): a normal answer
-        let (parts, body) = res.into_parts();
-        let bytes =
-            match tokio::time::timeout(state.config.request_timeout, body.collect_bytes()).await {
-                Ok(Ok(b)) => b,
-                _ => Bytes::new(),
-            };
-        return tenant_answer(&parts, bytes, target);
+        return unstreamed_answer(state, target, res).await;
     }
     let host_side = hyper::upgrade::on(&mut res);
     let mut out = Response::builder().status(http::StatusCode::SWITCHING_PROTOCOLS);

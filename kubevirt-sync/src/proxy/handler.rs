@@ -39,7 +39,7 @@ pub async fn handle(
     let started = Instant::now();
     let route = route::parse(req.uri().path());
     if route == Route::Health {
-        return status::respond(200, "text/plain", Bytes::from_static(b"ok"));
+        return status::healthy();
     }
     let label = metric_label(&route);
     let tenant = match auth::identify_or_reject(
@@ -79,7 +79,7 @@ async fn serve(
 ) -> Response<Body> {
     let versions = state.discovery.versions();
     match route {
-        Route::Health => status::respond(200, "text/plain", Bytes::from_static(b"ok")),
+        Route::Health => status::healthy(),
         Route::Root => status::json(200, &discovery::root_paths(&versions)),
         Route::Apis => status::json(200, &discovery::api_group_list(&versions)),
         Route::Group => status::json(200, &discovery::api_group(&versions)),

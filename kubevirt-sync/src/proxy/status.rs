@@ -15,6 +15,11 @@ pub fn respond(code: u16, content_type: &str, body: Bytes) -> Response<Body> {
         .unwrap_or_else(|_| Response::new(Full::default()))
 }
 
+/// The answer to a health check.
+pub fn healthy() -> Response<Body> {
+    respond(200, "text/plain", Bytes::from_static(b"ok"))
+}
+
 pub fn json(code: u16, v: &Value) -> Response<Body> {
     respond(
         code,

@@ -119,8 +119,8 @@ impl Error {
     /// A process could not bind a port picked for it (taken after it was picked).
     pub fn port_taken(&self) -> bool {
         match self {
-            Self::Exited { log, .. } => log.contains("address already in use"),
-            Self::NotReady { detail, .. } => detail.contains("address already in use"),
+            Self::Exited { log, .. } => crate::controlplane::lost_its_port(log),
+            Self::NotReady { detail, .. } => crate::controlplane::lost_its_port(detail),
             Self::ControlPlane(e) => e.port_taken(),
             _ => false,
         }

@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::{Request, Response, header};
-use http_body_util::{BodyExt, Either, Full};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use super::auth::{self, Caller, TenantAuth, UserInfo};
@@ -89,11 +89,7 @@ pub async fn handle(
     let started = Instant::now();
     let route = route::parse(req.method(), req.uri().path(), req.uri().query());
     if route == Route::Health {
-        return buffered(status::respond(
-            200,
-            "text/plain",
-            Bytes::from_static(b"ok"),
-        ));
+        return buffered(status::healthy());
     }
     let label = match &route {
         Route::Pod(c) => c.action.metric_label(),
@@ -127,11 +123,7 @@ async fn serve(
     req: Request<Incoming>,
 ) -> Response<Body> {
     match route {
-        Route::Health => buffered(status::respond(
-            200,
-            "text/plain",
-            Bytes::from_static(b"ok"),
-        )),
+        Route::Health => buffered(status::healthy()),
         Route::Refused(message) => buffered(status::failure(403, "Forbidden", &message, None)),
         Route::BadRequest(message) => buffered(status::bad_request(&message)),
         Route::MethodNotAllowed => buffered(status::failure(
@@ -196,32 +188,17 @@ async fn serve_pod(
 /// A log read: the host's answer streams through as it comes (`kubectl logs -f`); a failure
 /// (no such pod or container) comes back as the host's Status, naming tenant namespaces only.
 async fn logs(state: &ProxyState, target: &Target<'_>) -> Response<Body> {
-    let mut b = Request::builder()
+    let b = Request::builder()
         .method(http::Method::GET)
         .uri(target.path_and_query.as_str());
-    if let Some(ua) = forward::user_agent(target.auth, target.user) {
-        b = b.header(header::USER_AGENT, ua);
-    }
-    let req = match b.body(kube::client::Body::empty()) {
+    let res = match forward::send_bodiless(state, target, b).await {
         Ok(r) => r,
-        Err(e) => {
-            return buffered(status::internal(&format!("building the host request: {e}")));
-        }
+        Err(answer) => return buffered(*answer),
     };
-    let host = state.syncer.host().clone();
-    let res = match tokio::time::timeout(state.config.request_timeout, host.send(req)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => return buffered(forward::host_unreachable(target, &e)),
-        Err(_) => return buffered(forward::host_timeout(state)),
-    };
-    let (parts, body) = res.into_parts();
-    if !parts.status.is_success() {
-        let bytes = match tokio::time::timeout(state.config.request_timeout, body.collect()).await {
-            Ok(Ok(b)) => b.to_bytes(),
-            _ => Bytes::new(),
-        };
-        return buffered(forward::tenant_answer(&parts, bytes, target));
+    if !res.status().is_success() {
+        return buffered(forward::unstreamed_answer(state, target, res).await);
     }
+    let (parts, body) = res.into_parts();
     let mut out = Response::builder().status(parts.status);
     if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
         out = out.header(header::CONTENT_TYPE, ct.clone());
