@@ -17,6 +17,7 @@ pub mod kubevirt;
 /// Certificates and kubeconfigs (the `kvtenant-pki` crate, shared with the controller).
 pub use kvtenant_pki as pki;
 pub mod process;
+pub mod runner;
 pub mod testing;
 pub mod versions;
 

@@ -1,0 +1,252 @@
+//! The control-plane runner: in testenv and `kvtenant dev` only, it stands in for the kubelet
+//! (and kube-proxy, and a local-path provisioner) for the pods of kvtenant's own Managed control
+//! planes, so a Managed virtual cluster comes up for real on one machine. Production pods run on
+//! the host's kubelets; nothing of this exists there.
+//!
+//! - **Its node.** It registers a Node (Ready, at 127.0.0.1, tainted so nothing else is scheduled
+//!   there) and keeps its Lease fresh. A MutatingAdmissionPolicy puts new pods matching
+//!   [`RunnerOptions::selector`] on that node by name, so they never reach the scheduler or kwok.
+//! - **Its pods.** For each pod bound to its node it runs the containers' command lines as local
+//!   processes with the cached testenv binaries ([`RunnerOptions::programs`]), rewriting only
+//!   what a pod gets from its volumes and network ([`plan`]): volume paths → local directories,
+//!   `$(POD_IP)` and `0.0.0.0` → 127.0.0.1, the pod's ports → free local ports (in arguments
+//!   and in the text of mounted Secrets and ConfigMaps). It reports the pod status a kubelet
+//!   would (Running, Ready once the startup and readiness probes answer), restarts exited
+//!   processes, and stops them when the pod is deleted (then removes the pod, as a kubelet does).
+//! - **Its volumes.** Claims of its pods get a hostPath PersistentVolume in a directory of its
+//!   own, so data survives pod restarts, pause and resume; released when the claim goes.
+//! - **Node ports.** A NodePort (or LoadBalancer) Service selecting one of its pods is served on
+//!   127.0.0.1:<nodePort> (this machine is the node).
+
+mod node;
+mod nodeport;
+mod plan;
+mod pods;
+mod volumes;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::api::{Api, DeleteParams, ListParams, Preconditions};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+pub use node::TAINT_KEY;
+pub use plan::LOOPBACK;
+
+/// What the runner runs and how.
+#[derive(Clone, Debug)]
+pub struct RunnerOptions {
+    /// Name of the runner's Node.
+    pub node: String,
+    /// Labels (all must match) of the pods the runner takes: new pods with them are put on its
+    /// node.
+    pub selector: BTreeMap<String, String>,
+    /// Ports the pods' processes use on the pod's loopback without declaring them as container
+    /// ports (e.g. etcd's client and peer ports); remapped to free local ports per pod like the
+    /// declared ones.
+    pub pod_ports: Vec<u16>,
+    /// Program name (`command[0]`'s file name) → local binary.
+    pub programs: BTreeMap<String, PathBuf>,
+}
+
+impl RunnerOptions {
+    /// Runs pods labelled `selector`, with the testenv control-plane binaries (etcd,
+    /// kube-apiserver, kube-controller-manager, kube-scheduler; built first if not cached).
+    pub fn new(selector: BTreeMap<String, String>) -> Result<Self, crate::binaries::BinariesError> {
+        let bins = crate::binaries::ensure()?;
+        Ok(Self {
+            node: "testenv-control-planes".into(),
+            selector,
+            pod_ports: Vec::new(),
+            programs: [
+                ("etcd", bins.etcd),
+                ("kube-apiserver", bins.kube_apiserver),
+                ("kube-controller-manager", bins.kube_controller_manager),
+                ("kube-scheduler", bins.kube_scheduler),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+        })
+    }
+
+    pub fn with_pod_ports(mut self, ports: &[u16]) -> Self {
+        self.pod_ports = ports.to_vec();
+        self
+    }
+
+    pub fn with_node(mut self, name: impl Into<String>) -> Self {
+        self.node = name.into();
+        self
+    }
+}
+
+/// What the runner is running, for callers and tests.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    /// `namespace/name` → pids of the pod's running processes.
+    pub pods: BTreeMap<String, Vec<u32>>,
+}
+
+/// A running control-plane runner. Dropping it stops every process it started.
+pub struct Runner {
+    node: String,
+    task: tokio::task::JoinHandle<()>,
+    snapshot: Arc<Mutex<Snapshot>>,
+    root: tempfile::TempDir,
+}
+
+impl Runner {
+    /// Registers the node and the pinning policy, then runs pods until dropped.
+    pub async fn start(
+        client: Client,
+        opts: RunnerOptions,
+    ) -> Result<Self, crate::controlplane::Error> {
+        let root = tempfile::Builder::new()
+            .prefix("kvtenant-runner-")
+            .tempdir()
+            .map_err(|source| crate::controlplane::Error::Io {
+                path: std::env::temp_dir(),
+                source,
+            })?;
+        node::register(&client, &opts.node).await?;
+        let policy = node::pin_policy(
+            &format!("{}-pin", opts.node),
+            &opts.node,
+            &json!(opts.selector),
+        );
+        node::apply_all(&client, &policy).await?;
+        let snapshot = Arc::new(Mutex::new(Snapshot::default()));
+        let state = pods::Pods::new(client.clone(), opts.clone(), root.path().to_path_buf());
+        let task = tokio::spawn(run(client, opts.clone(), state, snapshot.clone()));
+        tracing::info!(node = %opts.node, "control-plane runner started (dev/testenv only)");
+        Ok(Self {
+            node: opts.node,
+            task,
+            snapshot,
+            root,
+        })
+    }
+
+    /// The runner's Node name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// What it runs now.
+    pub fn snapshot(&self) -> Snapshot {
+        self.snapshot.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Directory holding the pods' files, logs (`pods/<ns>_<name>_<uid>/<container>.log`) and
+    /// claims.
+    pub fn dir(&self) -> &std::path::Path {
+        self.root.path()
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        // aborting drops the task's state, which kills every process it started
+        self.task.abort();
+    }
+}
+
+const TICK: Duration = Duration::from_millis(500);
+const HEARTBEAT: Duration = Duration::from_secs(10);
+const HOUSEKEEPING: Duration = Duration::from_secs(5);
+
+async fn run(
+    client: Client,
+    opts: RunnerOptions,
+    mut state: pods::Pods,
+    snapshot: Arc<Mutex<Snapshot>>,
+) {
+    let pods_api: Api<Pod> = Api::all(client.clone());
+    let on_node = ListParams::default().fields(&format!("spec.nodeName={}", opts.node));
+    let mut node_ports = nodeport::NodePorts::default();
+    let mut reported = std::collections::BTreeSet::new();
+    let mut last_heartbeat = Instant::now();
+    let mut last_housekeeping = Instant::now();
+    loop {
+        tokio::time::sleep(TICK).await;
+        if last_heartbeat.elapsed() >= HEARTBEAT {
+            last_heartbeat = Instant::now();
+            if let Err(e) = node::heartbeat(&client, &opts.node).await {
+                tracing::warn!(error = %e, "runner node heartbeat failed");
+            }
+        }
+        let listed = match pods_api.list(&on_node).await {
+            Ok(l) => l.items,
+            Err(e) => {
+                tracing::debug!(error = %e, "listing the runner's pods");
+                continue;
+            }
+        };
+        for pod in &listed {
+            if pod.metadata.deletion_timestamp.is_some() {
+                state.stop(pod);
+                let ns = pod.namespace().unwrap_or_default();
+                let dp = DeleteParams {
+                    grace_period_seconds: Some(0),
+                    preconditions: Some(Preconditions {
+                        uid: pod.uid(),
+                        resource_version: None,
+                    }),
+                    ..Default::default()
+                };
+                if let Err(e) = Api::<Pod>::namespaced(client.clone(), &ns)
+                    .delete(&pod.name_any(), &dp)
+                    .await
+                {
+                    tracing::debug!(error = %e, pod = %pod.name_any(), "removing a stopped pod");
+                }
+                continue;
+            }
+            state.sync(pod).await;
+        }
+        state.forget_missing(&listed);
+
+        // node ports of the Services selecting the running pods
+        let mut wanted = BTreeMap::new();
+        let mut services: BTreeMap<String, Vec<Service>> = BTreeMap::new();
+        for pod in &listed {
+            let ns = pod.namespace().unwrap_or_default();
+            let Some(local) = state.ports_of(pod) else {
+                continue;
+            };
+            if !services.contains_key(&ns) {
+                let listed = Api::<Service>::namespaced(client.clone(), &ns)
+                    .list(&ListParams::default())
+                    .await
+                    .map(|l| l.items)
+                    .unwrap_or_default();
+                services.insert(ns.clone(), listed);
+            }
+            for (node_port, pod_port) in nodeport::node_ports_for(pod, &services[&ns]) {
+                if let Some(l) = local.get(&pod_port) {
+                    wanted.insert(node_port, *l);
+                }
+            }
+        }
+        for problem in node_ports.serve(&wanted).await {
+            if reported.insert(problem.clone()) {
+                tracing::warn!("{problem}");
+            }
+        }
+
+        if last_housekeeping.elapsed() >= HOUSEKEEPING {
+            last_housekeeping = Instant::now();
+            if let Err(e) = volumes::release_orphans(&client, &state.claims_root()).await {
+                tracing::debug!(error = %e, "releasing volumes");
+            }
+        }
+        if let Ok(mut s) = snapshot.lock() {
+            *s = state.snapshot();
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! A runner pod's volumes as local directories: Secrets and ConfigMaps written out (rewritten
+//! for this machine like the command lines), emptyDirs, and claims backed by directories the
+//! runner provisions as hostPath PersistentVolumes (it is the local-path provisioner of the
+//! claims of the pods it runs; the data stays across pod restarts, pause and resume).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::{
+    ConfigMap, KeyToPath, PersistentVolume, PersistentVolumeClaim, Pod, Secret,
+};
+use kube::api::{Api, DeleteParams, ListParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+
+use super::node::{MANAGER, TAINT_KEY};
+use super::plan::rewrite;
+
+/// Writes the pod's volumes under `pod_dir` (claims under `claims_root`) and returns volume
+/// name → local directory. An error says which volume cannot be provided yet or at all.
+pub async fn prepare(
+    client: &Client,
+    pod: &Pod,
+    node: &str,
+    pod_dir: &Path,
+    claims_root: &Path,
+    ports: &BTreeMap<u16, u16>,
+) -> Result<BTreeMap<String, PathBuf>, String> {
+    let ns = pod.namespace().unwrap_or_default();
+    let mut dirs = BTreeMap::new();
+    for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+        let dir = if let Some(claim) = &v.persistent_volume_claim {
+            provision(client, &ns, &claim.claim_name, node, claims_root).await?
+        } else {
+            let dir = pod_dir.join("volumes").join(&v.name);
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            if let Some(s) = &v.secret {
+                let name = s.secret_name.clone().unwrap_or_default();
+                let secret = Api::<Secret>::namespaced(client.clone(), &ns)
+                    .get_opt(&name)
+                    .await
+                    .map_err(|e| format!("reading Secret {ns}/{name}: {e}"))?
+                    .ok_or_else(|| format!("Secret {ns}/{name} of volume {} not found", v.name))?;
+                let data = secret
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0))
+                    .collect();
+                write_items(&dir, &data, s.items.as_deref(), ports)?;
+            } else if let Some(c) = &v.config_map {
+                let name = c.name.clone();
+                let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+                    .get_opt(&name)
+                    .await
+                    .map_err(|e| format!("reading ConfigMap {ns}/{name}: {e}"))?
+                    .ok_or_else(|| {
+                        format!("ConfigMap {ns}/{name} of volume {} not found", v.name)
+                    })?;
+                let data = cm
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_bytes()))
+                    .collect();
+                write_items(&dir, &data, c.items.as_deref(), ports)?;
+            } else if v.empty_dir.is_none() {
+                return Err(format!(
+                    "volume {}: the runner provides Secret, ConfigMap, emptyDir and persistentVolumeClaim volumes only",
+                    v.name
+                ));
+            }
+            dir
+        };
+        dirs.insert(v.name.clone(), dir);
+    }
+    Ok(dirs)
+}
+
+/// Writes `data` (all keys, or the listed items) into `dir`; text is rewritten for this machine.
+fn write_items(
+    dir: &Path,
+    data: &BTreeMap<String, Vec<u8>>,
+    items: Option<&[KeyToPath]>,
+    ports: &BTreeMap<u16, u16>,
+) -> Result<(), String> {
+    let wanted: Vec<(String, String)> = match items {
+        Some(items) => items
+            .iter()
+            .map(|i| (i.key.clone(), i.path.clone()))
+            .collect(),
+        None => data.keys().map(|k| (k.clone(), k.clone())).collect(),
+    };
+    for (key, path) in wanted {
+        let bytes = data
+            .get(&key)
+            .ok_or_else(|| format!("key {key} missing from the volume's source"))?;
+        let bytes = match std::str::from_utf8(bytes) {
+            Ok(text) => rewrite(text, &[], ports).into_bytes(),
+            Err(_) => bytes.clone(),
+        };
+        let file = dir.join(&path);
+        if let Some(parent) = file.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        }
+        std::fs::write(&file, bytes).map_err(|e| format!("{}: {e}", file.display()))?;
+    }
+    Ok(())
+}
+
+/// Name of the PersistentVolume the runner provisions for a claim.
+pub fn volume_name(claim_uid: &str) -> String {
+    format!("testenv-runner-{claim_uid}")
+}
+
+/// The hostPath PersistentVolume bound to `claim`, at `path` on the runner's node.
+pub fn volume_for(claim: &PersistentVolumeClaim, node: &str, path: &Path) -> Value {
+    let spec = claim.spec.clone().unwrap_or_default();
+    let size = spec
+        .resources
+        .as_ref()
+        .and_then(|r| r.requests.as_ref())
+        .and_then(|r| r.get("storage"))
+        .map(|q| q.0.clone())
+        .unwrap_or_else(|| "1Gi".into());
+    json!({
+        "apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": volume_name(&claim.uid().unwrap_or_default()), "labels": {TAINT_KEY: "true"}},
+        "spec": {
+            "capacity": {"storage": size},
+            "accessModes": spec.access_modes.unwrap_or_else(|| vec!["ReadWriteOnce".into()]),
+            "persistentVolumeReclaimPolicy": "Retain",
+            "storageClassName": spec.storage_class_name.unwrap_or_default(),
+            "hostPath": {"path": path.display().to_string(), "type": "DirectoryOrCreate"},
+            "claimRef": {"namespace": claim.namespace(), "name": claim.name_any(), "uid": claim.uid()},
+            "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}
+            ]}]}},
+        },
+    })
+}
+
+async fn provision(
+    client: &Client,
+    ns: &str,
+    claim_name: &str,
+    node: &str,
+    root: &Path,
+) -> Result<PathBuf, String> {
+    let claim = Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
+        .get_opt(claim_name)
+        .await
+        .map_err(|e| format!("reading PersistentVolumeClaim {ns}/{claim_name}: {e}"))?
+        .ok_or_else(|| format!("PersistentVolumeClaim {ns}/{claim_name} not found"))?;
+    let uid = claim.uid().unwrap_or_default();
+    let dir = root.join(&uid);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    if pvs
+        .get_opt(&volume_name(&uid))
+        .await
+        .map_err(|e| e.to_string())?
+        .is_none()
+    {
+        let pv: PersistentVolume =
+            serde_json::from_value(volume_for(&claim, node, &dir)).map_err(|e| e.to_string())?;
+        pvs.create(
+            &kube::api::PostParams {
+                field_manager: Some(MANAGER.into()),
+                ..Default::default()
+            },
+            &pv,
+        )
+        .await
+        .map_err(|e| format!("creating PersistentVolume for {ns}/{claim_name}: {e}"))?;
+    }
+    Ok(dir)
+}
+
+/// Deletes the runner's PersistentVolumes (and their directories) whose claim is gone.
+pub async fn release_orphans(client: &Client, root: &Path) -> Result<(), kube::Error> {
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    for pv in pvs
+        .list(&ListParams::default().labels(&format!("{TAINT_KEY}=true")))
+        .await?
+    {
+        let Some(claim) = pv.spec.as_ref().and_then(|s| s.claim_ref.clone()) else {
+            continue;
+        };
+        let (Some(ns), Some(name), Some(uid)) = (claim.namespace, claim.name, claim.uid) else {
+            continue;
+        };
+        let live = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns)
+            .get_opt(&name)
+            .await?;
+        if live.and_then(|c| c.uid()).as_deref() == Some(uid.as_str()) {
+            continue;
+        }
+        pvs.delete(&pv.name_any(), &DeleteParams::default()).await?;
+        let _ = std::fs::remove_dir_all(root.join(&uid));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_volume_is_pre_bound_to_the_claim_on_the_runner_node() {
+        let claim: PersistentVolumeClaim = serde_json::from_value(json!({
+            "metadata": {"name": "data-a-cp-0", "namespace": "vc-a", "uid": "u9"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "5Gi"}}}
+        }))
+        .unwrap();
+        let pv: PersistentVolume =
+            serde_json::from_value(volume_for(&claim, "runner", Path::new("/tmp/c/u9"))).unwrap();
+        assert_eq!(pv.metadata.name.as_deref(), Some("testenv-runner-u9"));
+        let spec = pv.spec.unwrap();
+        let claim_ref = spec.claim_ref.unwrap();
+        assert_eq!(claim_ref.uid.as_deref(), Some("u9"));
+        assert_eq!(claim_ref.namespace.as_deref(), Some("vc-a"));
+        assert_eq!(spec.capacity.unwrap()["storage"].0, "5Gi");
+        assert_eq!(spec.storage_class_name.as_deref(), Some(""));
+        assert_eq!(spec.host_path.unwrap().path, "/tmp/c/u9");
+    }
+
+    #[test]
+    fn items_are_written_and_text_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: BTreeMap<String, Vec<u8>> = [
+            (
+                "a.conf".to_owned(),
+                b"server: https://127.0.0.1:6443\n".to_vec(),
+            ),
+            ("b.bin".to_owned(), vec![0xff, 0x3a, b'6']),
+        ]
+        .into();
+        let ports = [(6443, 40003)].into();
+        write_items(dir.path(), &data, None, &ports).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("a.conf")).unwrap(),
+            "server: https://127.0.0.1:40003\n"
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("b.bin")).unwrap(),
+            [0xff, 0x3a, b'6']
+        );
+        let items: [KeyToPath; 1] =
+            [serde_json::from_value(json!({"key": "nope", "path": "x"})).unwrap()];
+        let err = write_items(dir.path(), &data, Some(&items), &ports).unwrap_err();
+        assert!(err.contains("key nope missing"), "{err}");
+    }
+}
