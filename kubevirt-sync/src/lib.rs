@@ -9,11 +9,13 @@
 //! - [`plan`]: the decision for one key, pure (the state table).
 //! - Kind-specific rules, translation and safety live in `kvtenant-rules`.
 //! - [`crds`]: copying the host's KubeVirt CRDs into tenants.
+//! - [`guard`]: watches of what kvtenant keeps in tenants, so a tenant's delete is undone at once.
 //! - [`isolation`]: quota, limits, NetworkPolicy and Pod Security of host namespaces, applied.
 //! - [`queue`]: the per-tenant fair work queue with deduplicated delays.
 //! - [`proxy`]: KubeVirt's subresource API (console, vnc, start/stop, ...) for the tenants.
 pub mod crds;
 pub mod error;
+pub mod guard;
 pub mod host;
 pub mod isolation;
 pub mod metrics;

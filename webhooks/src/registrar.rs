@@ -3,8 +3,9 @@
 //! It watches the host's Validating/MutatingWebhookConfigurations and polls the syncer's
 //! running tenants ([`kvtenant_kubevirt_sync::Tenants`]): when a tenant appears or restarts (a new instance after
 //! a VirtualCluster change), when what it should have changes (host configurations, CA
-//! bundle, `spec.kubevirt.webhooks`, synced kinds) and at every resync period (reverting a
-//! tenant admin's edits), it server-side-applies the tenant Service and configurations and
+//! bundle, `spec.kubevirt.webhooks`, synced kinds), when the tenant deletes or edits one of them
+//! (a watch in each tenant; restored within a second) and at every resync period, it
+//! server-side-applies the tenant Service and configurations and
 //! deletes the ones kvtenant made that are no longer wanted. When a tenant stops being served
 //! for longer than a grace period (a restart after a VirtualCluster change is shorter), its
 //! configurations are removed (best effort), so a paused or deleted VirtualCluster does not
@@ -167,9 +168,59 @@ struct Registered {
     applied: Instant,
 }
 
+/// Stops a tenant's watch when dropped.
+struct GuardTask {
+    instance: u64,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for GuardTask {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Watches kvtenant's webhook configurations and Service in a tenant
+/// ([`kvtenant_kubevirt_sync::guard`]): a tenant's delete or edit marks the tenant due and wakes
+/// the registration loop, which applies them again at once.
+async fn guard(state: Arc<State>, uid: String, client: Client) {
+    use kube::api::PartialObjectMeta;
+    use kvtenant_kubevirt_sync::guard::changes;
+    let selected = || watcher::Config::default().labels(&mirror::selector());
+    let cfg = &state.config;
+    let streams = vec![
+        changes(
+            Api::<PartialObjectMeta<ValidatingWebhookConfiguration>>::all(client.clone()),
+            selected(),
+        )
+        .boxed(),
+        changes(
+            Api::<PartialObjectMeta<MutatingWebhookConfiguration>>::all(client.clone()),
+            selected(),
+        )
+        .boxed(),
+        changes(
+            Api::<PartialObjectMeta<Service>>::namespaced(
+                client.clone(),
+                &cfg.tenant_service_namespace,
+            ),
+            watcher::Config::default()
+                .fields(&format!("metadata.name={}", cfg.tenant_service_name)),
+        )
+        .boxed(),
+    ];
+    let mut all = futures::stream::select_all(streams);
+    while let Some(change) = all.next().await {
+        tracing::debug!(tenant = %uid, ?change, "webhook registration changed in the tenant");
+        state.mark_dirty(&uid);
+        state.changed.notify_one();
+    }
+}
+
 /// The registration loop.
 pub(crate) async fn run(state: Arc<State>) {
     let mut known: HashMap<String, Registered> = HashMap::new();
+    let mut guards: HashMap<String, GuardTask> = HashMap::new();
     let mut missing_since: HashMap<String, Instant> = HashMap::new();
     let mut tick = tokio::time::interval(state.config.tenant_poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -189,16 +240,28 @@ pub(crate) async fn run(state: Arc<State>) {
         {
             let tenants: Vec<TenantHandle> = state.tenants.running();
             state.remember(&tenants);
+            guards.retain(|uid, g| {
+                tenants
+                    .iter()
+                    .any(|t| t.vc.uid == *uid && t.instance == g.instance)
+            });
             for t in &tenants {
                 current.insert(t.vc.uid.clone());
+                guards.entry(t.vc.uid.clone()).or_insert_with(|| GuardTask {
+                    instance: t.instance,
+                    task: tokio::spawn(guard(state.clone(), t.vc.uid.clone(), t.client.clone()))
+                        .abort_handle(),
+                });
                 let d = desired(&state, t, &host_v, &host_m, &bundle);
                 let fp = d.fingerprint();
                 let id = t.instance;
-                let due = known.get(&t.vc.uid).is_none_or(|r| {
-                    r.tenant != id
-                        || r.fingerprint != fp
-                        || r.applied.elapsed() >= state.config.resync
-                });
+                let tampered = state.take_dirty(&t.vc.uid);
+                let due = tampered
+                    || known.get(&t.vc.uid).is_none_or(|r| {
+                        r.tenant != id
+                            || r.fingerprint != fp
+                            || r.applied.elapsed() >= state.config.resync
+                    });
                 if due {
                     work.push((
                         t.vc.uid.clone(),

@@ -1,6 +1,6 @@
 //! State shared by the server, the registrar and the background tasks.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -52,6 +52,8 @@ pub(crate) struct State {
     /// Tenants last seen running, by VirtualCluster uid: served from this while the syncer
     /// restarts one (after its VirtualCluster changed), for up to `gone_grace`.
     recent: Mutex<HashMap<String, (Instant, TenantView)>>,
+    /// Tenants whose registrations changed in the tenant since they were last applied.
+    dirty: Mutex<HashSet<String>>,
 }
 
 impl State {
@@ -80,6 +82,7 @@ impl State {
             host_user,
             services: Mutex::new(HashMap::new()),
             recent: Mutex::new(HashMap::new()),
+            dirty: Mutex::new(HashSet::new()),
         }
     }
 
@@ -149,6 +152,22 @@ impl State {
         }
         let grace = self.config.gone_grace;
         recent.retain(|_, (seen, _)| seen.elapsed() < grace);
+    }
+
+    /// Marks a tenant's registrations as changed in the tenant (to apply again).
+    pub fn mark_dirty(&self, vc_uid: &str) {
+        self.dirty
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(vc_uid.to_string());
+    }
+
+    /// Whether a tenant's registrations changed in the tenant; clears the mark.
+    pub fn take_dirty(&self, vc_uid: &str) -> bool {
+        self.dirty
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(vc_uid)
     }
 
     /// `/t/<uid>/<token>` of a tenant.

@@ -6,8 +6,10 @@
 //!   certificate (the kubelet proxy, served to every tenant);
 //! - with `spec.kubevirt.subresources`, an ExternalName Service pointing at the proxy and the `subresources.kubevirt.io`
 //!   APIServices of the versions the host serves are applied (server-side apply, field manager
-//!   `kvtenant`), and applied again every resync period (drift repair). An APIService of that
-//!   name that kvtenant did not create (a tenant running its own KubeVirt) is left alone.
+//!   `kvtenant`), applied again within a fraction of a second when the tenant deletes or edits
+//!   one of them (a watch of kvtenant's APIServices and Service, [`crate::guard`]), and every
+//!   resync period besides. An APIService of that name that kvtenant did not create (a tenant
+//!   running its own KubeVirt) is left alone.
 //!
 //! A tenant that stops (paused, deleted, unreachable) is no longer served: its calls get 401 and
 //! its open streams (consoles, port-forwards) are cut. A tenant whose subresources are switched
@@ -20,6 +22,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -39,6 +42,9 @@ pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
 pub const COMPONENT: &str = "subresource-proxy";
 /// Retry delay after a failed registration.
 const RETRY: Duration = Duration::from_secs(5);
+/// After a tenant changed a registration, how long to wait for more changes before restoring
+/// (a tenant deleting several objects gets one pass).
+const GUARD_DELAY: Duration = Duration::from_millis(200);
 
 /// Where a tenant's registrations point.
 #[derive(Clone, Debug)]
@@ -187,6 +193,21 @@ pub async fn unregister(client: &Client, t: &Target) -> Result<(), ProxyError> {
     Ok(())
 }
 
+/// Changes in the tenant to kvtenant's APIServices and Service ([`crate::guard`]).
+fn guard(client: &Client, t: &Target) -> BoxStream<'static, crate::guard::Change> {
+    use kube::api::PartialObjectMeta;
+    let selector = format!("{MANAGED_BY}={MANAGED_BY_VALUE},{COMPONENT_LABEL}={COMPONENT}");
+    let apis = crate::guard::changes(
+        Api::<PartialObjectMeta<APIService>>::all(client.clone()),
+        watcher::Config::default().labels(&selector),
+    );
+    let services = crate::guard::changes(
+        Api::<PartialObjectMeta<Service>>::namespaced(client.clone(), &t.namespace),
+        watcher::Config::default().fields(&format!("metadata.name={}", t.service_name)),
+    );
+    futures::stream::select(apis, services).boxed()
+}
+
 /// What the proxy keeps of a running tenant (no `Arc<Tenant>`: the syncer's drop of a tenant
 /// must stop it).
 struct TenantInfo {
@@ -260,8 +281,14 @@ async fn serve_tenant(state: Arc<ProxyState>, t: TenantInfo) {
     let mut events = watcher(cms, cfg).default_backoff().boxed();
     let mut loaded: Option<RequestHeaderConfig> = None;
     let mut next_ensure = Instant::now();
+    let mut tampered = guard(&t.client, &target);
     loop {
         tokio::select! {
+            Some(change) = tampered.next() => {
+                // a tenant deleted or edited a registration: put it back now, not at the resync
+                tracing::debug!(tenant = %t.label, ?change, "subresource registration changed in the tenant");
+                next_ensure = next_ensure.min(Instant::now() + GUARD_DELAY);
+            }
             ev = events.next() => match ev {
                 Some(Ok(watcher::Event::Apply(cm) | watcher::Event::InitApply(cm))) => {
                     let data = cm.data.unwrap_or_default();

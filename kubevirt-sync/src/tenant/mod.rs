@@ -23,6 +23,7 @@ mod namespaces;
 mod nodes;
 mod pods;
 mod refuse;
+mod restore;
 mod resync;
 mod watch;
 
@@ -187,6 +188,7 @@ impl Tenant {
             .collect();
         tasks.push(tokio::spawn(dns::install(Arc::downgrade(&tenant))).abort_handle());
         tasks.push(tokio::spawn(map_services::run(Arc::downgrade(&tenant))).abort_handle());
+        tasks.push(tokio::spawn(restore::run(Arc::downgrade(&tenant))).abort_handle());
         *tenant.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
         Ok(tenant)
     }

@@ -1,6 +1,6 @@
 //! The consistency scan: every tenant object and every host object of the tenant's namespaces
 //! reconciled again (drift repaired, orphans removed), isolation re-applied, host namespaces
-//! whose tenant namespace is gone deleted, tenant Nodes pruned, changed CRDs copied again, the
+//! whose tenant namespace is gone deleted, tenant Nodes pruned, missing or changed CRD copies applied again, the
 //! tenant's DNS objects applied again, `spec.mapServices` carried out again.
 
 use k8s_openapi::api::core::v1::Namespace;
@@ -83,25 +83,17 @@ impl Tenant {
             ))
     }
 
-    /// Copies CRDs again whose host resourceVersion changed since they were copied.
+    /// Copies CRDs again that the tenant lacks, or whose copy differs from today's host CRD
+    /// (a host upgrade, a tenant's edit or delete); unchanged copies are not written.
     async fn refresh_crds(&self) -> Result<(), Error> {
-        let versions = self
+        let names: Vec<String> = self
             .crd_versions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let mut changed = Vec::new();
-        for (name, rv) in &versions {
-            if let Some(crd) = self.host.crds.get(name).await?
-                && crd.resource_version != *rv
-            {
-                changed.push(name.clone());
-            }
-        }
-        if changed.is_empty() {
-            return Ok(());
-        }
-        let (copied, _) = crate::crds::mirror(&self.host.crds, &self.client, &changed).await?;
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect();
+        let (copied, _) = crate::crds::mirror(&self.host.crds, &self.client, &names).await?;
         let mut v = self.crd_versions.lock().unwrap_or_else(|e| e.into_inner());
         for (name, rv) in copied {
             if let Some(entry) = v.iter_mut().find(|(n, _)| *n == name) {

@@ -1,0 +1,201 @@
+//! kvtenant's objects in a tenant come back within seconds when the tenant deletes them: the
+//! webhook configurations and their Service (webhook server), the subresource APIServices and
+//! their Service (proxy), a CRD copy and the DNS objects (syncer). Real apiservers (testenv) with
+//! KubeVirt's real control plane on the host; every periodic pass here is minutes long, so only
+//! the watches can bring the objects back in time.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../../kubevirt-sync/tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::{Client, Resource};
+use kvtenant_kubevirt_sync::proxy::{Proxy, ProxyConfig};
+use kvtenant_kubevirt_sync::{Syncer, SyncerConfig};
+use kvtenant_webhooks::{WebhookConfig, Webhooks};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+/// Longer than any test waits: nothing periodic restores anything during the test.
+const PERIODIC: Duration = Duration::from_secs(600);
+/// How long an object may stay gone.
+const BACK_WITHIN: Duration = Duration::from_secs(10);
+
+async fn exists<K>(api: &Api<K>, name: &str) -> bool
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    api.get_opt(name).await.ok().flatten().is_some()
+}
+
+/// Deletes an object and waits until kvtenant made it again (a new uid); returns how long it
+/// took from the delete.
+async fn delete_and_see_back<K>(api: Api<K>, name: &str) -> Duration
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + serde::Serialize,
+{
+    let before = api.get(name).await.unwrap();
+    let old_uid = before.meta().uid.clone();
+    api.delete(name, &DeleteParams::background()).await.unwrap();
+    let deleted = Instant::now();
+    wait_for(
+        &format!("{name} restored after its delete"),
+        BACK_WITHIN,
+        || {
+            let api = api.clone();
+            let old_uid = old_uid.clone();
+            async move {
+                api.get_opt(name)
+                    .await
+                    .ok()
+                    .flatten()
+                    .filter(|o| o.meta().uid != old_uid && o.meta().deletion_timestamp.is_none())
+                    .map(|_| ())
+            }
+        },
+    )
+    .await;
+    deleted.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kvtenants_objects_deleted_in_the_tenant_come_back_within_seconds() {
+    let mut env = Env::start(1).await;
+    // the syncer again, with a consistency scan that never comes during the test
+    env.syncer = None;
+    env.syncer = Some(Syncer::start(
+        env.host_client(),
+        SyncerConfig {
+            resync_period: PERIODIC,
+            ..SyncerConfig::default()
+        },
+    ));
+    let tenants = env.syncer.as_ref().unwrap().tenants();
+    let wh = Webhooks::start(
+        tenants.clone(),
+        WebhookConfig {
+            tenant_poll: Duration::from_millis(200),
+            resync: PERIODIC,
+            ..WebhookConfig::local()
+        },
+    )
+    .await
+    .unwrap();
+    let _proxy = Proxy::start(
+        tenants,
+        ProxyConfig {
+            resync_period: PERIODIC,
+            ..ProxyConfig::local()
+        },
+    )
+    .await
+    .unwrap();
+    let tc: Client = env.tenants[0].client();
+    let vwc: Api<ValidatingWebhookConfiguration> = Api::all(tc.clone());
+    let mwc: Api<MutatingWebhookConfiguration> = Api::all(tc.clone());
+    let apis: Api<APIService> = Api::all(tc.clone());
+    let crds: Api<CustomResourceDefinition> = Api::all(tc.clone());
+    let kube_system_services: Api<Service> = Api::namespaced(tc.clone(), "kube-system");
+    let configmaps: Api<ConfigMap> = Api::namespaced(tc.clone(), "kube-system");
+    let deployments: Api<Deployment> = Api::namespaced(tc.clone(), "kube-system");
+    eventually(
+        "everything registered in the tenant",
+        Duration::from_secs(60),
+        || {
+            let (vwc, mwc, apis, svc, cm) = (
+                vwc.clone(),
+                mwc.clone(),
+                apis.clone(),
+                kube_system_services.clone(),
+                configmaps.clone(),
+            );
+            async move {
+                exists(&vwc, "kvtenant-vm-policy").await
+                    && exists(&vwc, "virt-api-validator").await
+                    && exists(&mwc, "virt-api-mutator").await
+                    && exists(&apis, "v1.subresources.kubevirt.io").await
+                    && exists(&svc, "kvtenant-webhooks").await
+                    && exists(&svc, "kube-dns").await
+                    && exists(&cm, "coredns").await
+            }
+        },
+    )
+    .await;
+    assert!(wh.is_ready());
+
+    let mut took = Vec::new();
+    took.push((
+        "ValidatingWebhookConfiguration kvtenant-vm-policy",
+        delete_and_see_back(vwc.clone(), "kvtenant-vm-policy").await,
+    ));
+    took.push((
+        "ValidatingWebhookConfiguration virt-api-validator",
+        delete_and_see_back(vwc.clone(), "virt-api-validator").await,
+    ));
+    took.push((
+        "MutatingWebhookConfiguration virt-api-mutator",
+        delete_and_see_back(mwc.clone(), "virt-api-mutator").await,
+    ));
+    took.push((
+        "Service kube-system/kvtenant-webhooks",
+        delete_and_see_back(kube_system_services.clone(), "kvtenant-webhooks").await,
+    ));
+    took.push((
+        "APIService v1.subresources.kubevirt.io",
+        delete_and_see_back(apis.clone(), "v1.subresources.kubevirt.io").await,
+    ));
+    took.push((
+        "CRD virtualmachinepools.pool.kubevirt.io",
+        delete_and_see_back(crds.clone(), "virtualmachinepools.pool.kubevirt.io").await,
+    ));
+    took.push((
+        "ConfigMap kube-system/coredns",
+        delete_and_see_back(configmaps.clone(), "coredns").await,
+    ));
+    took.push((
+        "Deployment kube-system/coredns",
+        delete_and_see_back(deployments.clone(), "coredns").await,
+    ));
+
+    // an edit is reverted too: the policy webhook's failurePolicy set to Ignore by the tenant
+    vwc.patch(
+        "kvtenant-vm-policy",
+        &PatchParams::default(),
+        &Patch::Json::<()>(
+            serde_json::from_value(json!([
+                {"op": "replace", "path": "/webhooks/0/failurePolicy", "value": "Ignore"}
+            ]))
+            .unwrap(),
+        ),
+    )
+    .await
+    .unwrap();
+    let edited = Instant::now();
+    eventually("the edited policy webhook reverted", BACK_WITHIN, || {
+        let vwc = vwc.clone();
+        async move {
+            vwc.get("kvtenant-vm-policy")
+                .await
+                .ok()
+                .and_then(|c| c.webhooks)
+                .and_then(|w| w.first().and_then(|w| w.failure_policy.clone()))
+                .as_deref()
+                == Some("Fail")
+        }
+    })
+    .await;
+    took.push(("failurePolicy edit reverted", edited.elapsed()));
+    for (what, d) in &took {
+        eprintln!("restored: {what} after {} ms", d.as_millis());
+    }
+}
