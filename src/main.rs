@@ -70,7 +70,11 @@ enum Command {
     /// Delete a virtual cluster and everything kvtenant made for it on the host.
     Delete(cli::DeleteArgs),
     /// Print the CustomResourceDefinition YAML of kvtenant's API.
-    Crds,
+    Crds(cli::CrdsArgs),
+    /// Print this binary's version and the kvtenant controller's on the host cluster.
+    Version(cli::VersionArgs),
+    /// Print a shell completion script (e.g. `source <(kvtenant completion bash)`).
+    Completion(cli::CompletionArgs),
     /// Run the VirtualCluster controller (in the host cluster).
     Controller(components::ControllerArgs),
     /// Run the syncer (with the subresource proxy and admission webhooks) for all tenants.
@@ -97,7 +101,8 @@ fn init_tracing(json: bool) {
 
 #[tokio::main]
 async fn main() {
-    let cli = Cli::parse();
+    // as `kubectl kvtenant` when run as the kubectl plugin (kubectl-kvtenant)
+    let cli: Cli = cli::parse();
     init_tracing(cli.global.log_json);
     let result = match cli.command {
         Command::Create(a) => cli::create(&cli.global, a).await,
@@ -107,10 +112,9 @@ async fn main() {
         Command::Pause(a) => cli::set_paused(&cli.global, a, true).await,
         Command::Resume(a) => cli::set_paused(&cli.global, a, false).await,
         Command::Delete(a) => cli::delete(&cli.global, a).await,
-        Command::Crds => {
-            print!("{}", kvtenant_api::crd_yaml());
-            Ok(())
-        }
+        Command::Crds(a) => cli::crds(a),
+        Command::Version(a) => cli::version(&cli.global, a).await,
+        Command::Completion(a) => cli::completion::<Cli>(a),
         Command::Controller(a) => components::controller(&cli.global, a).await,
         Command::Syncer(a) => components::syncer(&cli.global, a).await,
         #[cfg(feature = "dev")]

@@ -1,7 +1,10 @@
 //! Admin commands: create, list, connect, disconnect, pause, resume, delete.
 
+mod completion;
 mod forward;
+mod global;
 mod kubeconfig;
+mod version;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -11,64 +14,15 @@ use anyhow::{Context as _, bail};
 use clap::{Args, ValueEnum};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::config::Kubeconfig;
 use kube::{Client, ResourceExt};
 use kvtenant_api::{ControlPlaneMode, DEFAULT_KUBECONFIG_KEY, VirtualCluster};
 use serde_json::{Value, json};
 
+pub use completion::{CompletionArgs, completion, parse};
+pub use global::{GlobalArgs, Output};
 pub use kubeconfig::disconnect;
-
-/// Flags shared by every command.
-#[derive(Args, Clone, Debug)]
-pub struct GlobalArgs {
-    /// Kubeconfig of the host cluster (default: $KUBECONFIG, then ~/.kube/config, then
-    /// in-cluster).
-    #[arg(long, global = true, env = "KUBECONFIG")]
-    pub kubeconfig: Option<PathBuf>,
-    /// Kubeconfig context of the host cluster (default: the current context).
-    #[arg(long, global = true, env = "KVTENANT_CONTEXT")]
-    pub context: Option<String>,
-    /// Log as JSON lines (for components).
-    #[arg(long, global = true, env = "KVTENANT_LOG_JSON")]
-    pub log_json: bool,
-}
-
-impl GlobalArgs {
-    /// The kubeconfig file `connect`/`disconnect` edit.
-    pub fn kubeconfig_path(&self) -> anyhow::Result<PathBuf> {
-        if let Some(p) = &self.kubeconfig {
-            // KUBECONFIG may be a list; the first file is the one kubectl writes to
-            let first = p
-                .to_string_lossy()
-                .split(':')
-                .next()
-                .unwrap_or_default()
-                .to_string();
-            return Ok(PathBuf::from(first));
-        }
-        let home = std::env::var_os("HOME").context("HOME is not set; pass --kubeconfig")?;
-        Ok(PathBuf::from(home).join(".kube").join("config"))
-    }
-
-    /// A client for the host cluster.
-    pub async fn host_client(&self) -> anyhow::Result<Client> {
-        let opts = KubeConfigOptions {
-            context: self.context.clone(),
-            ..KubeConfigOptions::default()
-        };
-        let config = match &self.kubeconfig {
-            Some(_) => {
-                let path = self.kubeconfig_path()?;
-                let kc = Kubeconfig::read_from(&path)
-                    .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-                kube::Config::from_custom_kubeconfig(kc, &opts).await?
-            }
-            None if self.context.is_some() => kube::Config::from_kubeconfig(&opts).await?,
-            None => kube::Config::infer().await?,
-        };
-        Ok(Client::try_from(config)?)
-    }
-}
+pub use version::{VersionArgs, version};
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
 pub enum ExposeType {
@@ -134,13 +88,6 @@ pub struct DeleteArgs {
     pub timeout: u64,
 }
 
-#[derive(ValueEnum, Clone, Copy, Debug)]
-pub enum Output {
-    Table,
-    Json,
-    Yaml,
-}
-
 #[derive(Args, Debug)]
 pub struct ListArgs {
     /// Only this host namespace (default: all).
@@ -148,6 +95,19 @@ pub struct ListArgs {
     pub namespace: Option<String>,
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum CrdsOutput {
+    Yaml,
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct CrdsArgs {
+    /// yaml: a multi-document stream (as committed in deploy/base/crds); json: a v1 List.
+    #[arg(short, long, value_enum, default_value_t = CrdsOutput::Yaml)]
+    pub output: CrdsOutput,
 }
 
 #[derive(Args, Debug)]
@@ -396,59 +356,68 @@ pub async fn list(g: &GlobalArgs, args: ListArgs) -> anyhow::Result<()> {
         .await
         .context("listing VirtualClusters")?
         .items;
+    if let Some(text) = global::render(args.output, &items)? {
+        print!("{text}");
+        return Ok(());
+    }
+    let rows: Vec<[String; 6]> = items
+        .iter()
+        .map(|vc| {
+            let (phase, _) = phase_of(vc);
+            let status = vc.status.as_ref();
+            [
+                vc.namespace().unwrap_or_default(),
+                vc.name_any(),
+                match vc.spec.control_plane.mode {
+                    ControlPlaneMode::Managed => "Managed".into(),
+                    ControlPlaneMode::External => "External".into(),
+                },
+                if vc.spec.paused {
+                    "Paused".into()
+                } else {
+                    phase
+                },
+                status
+                    .and_then(|s| s.kubernetes_version.clone())
+                    .unwrap_or_default(),
+                status.and_then(|s| s.endpoint.clone()).unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let header = ["NAMESPACE", "NAME", "MODE", "PHASE", "VERSION", "ENDPOINT"];
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("   ")
+            .trim_end()
+            .to_string()
+    };
+    if rows.is_empty() {
+        println!("No virtual clusters. Create one with: kvtenant create NAME");
+    } else {
+        println!("{}", line(header.to_vec()));
+        for r in &rows {
+            println!("{}", line(r.iter().map(String::as_str).collect()));
+        }
+    }
+    Ok(())
+}
+
+pub fn crds(args: CrdsArgs) -> anyhow::Result<()> {
     match args.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&items)?),
-        Output::Yaml => print!("{}", serde_yaml::to_string(&items)?),
-        Output::Table => {
-            let rows: Vec<[String; 6]> = items
-                .iter()
-                .map(|vc| {
-                    let (phase, _) = phase_of(vc);
-                    let status = vc.status.as_ref();
-                    [
-                        vc.namespace().unwrap_or_default(),
-                        vc.name_any(),
-                        match vc.spec.control_plane.mode {
-                            ControlPlaneMode::Managed => "Managed".into(),
-                            ControlPlaneMode::External => "External".into(),
-                        },
-                        if vc.spec.paused {
-                            "Paused".into()
-                        } else {
-                            phase
-                        },
-                        status
-                            .and_then(|s| s.kubernetes_version.clone())
-                            .unwrap_or_default(),
-                        status.and_then(|s| s.endpoint.clone()).unwrap_or_default(),
-                    ]
-                })
-                .collect();
-            let header = ["NAMESPACE", "NAME", "MODE", "PHASE", "VERSION", "ENDPOINT"];
-            let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-            for r in &rows {
-                for (w, c) in widths.iter_mut().zip(r) {
-                    *w = (*w).max(c.len());
-                }
-            }
-            let line = |cells: Vec<&str>| {
-                cells
-                    .iter()
-                    .zip(&widths)
-                    .map(|(c, w)| format!("{c:<w$}"))
-                    .collect::<Vec<_>>()
-                    .join("   ")
-                    .trim_end()
-                    .to_string()
-            };
-            if rows.is_empty() {
-                println!("No virtual clusters. Create one with: kvtenant create NAME");
-            } else {
-                println!("{}", line(header.to_vec()));
-                for r in &rows {
-                    println!("{}", line(r.iter().map(String::as_str).collect()));
-                }
-            }
+        CrdsOutput::Yaml => print!("{}", kvtenant_api::crd_yaml()),
+        CrdsOutput::Json => {
+            let list = json!({"apiVersion": "v1", "kind": "List", "items": kvtenant_api::crds()});
+            println!("{}", serde_json::to_string_pretty(&list)?);
         }
     }
     Ok(())
