@@ -1,24 +1,14 @@
-//! Managed mode on a real host apiserver. No kubelet runs here, so the boot test plays the
-//! kubelet: it runs the testenv binaries with exactly the StatefulSet's rendered command lines,
-//! certificates and kubeconfigs, rewriting only what a pod gets from its volumes and network:
-//!
-//! - each volume mount path → a directory under a temp dir holding that volume's files (Secret
-//!   items written from the Secret the controller created; emptyDir and the data PVC empty);
-//! - `$(POD_IP)` → 127.0.0.1 (the kubelet expands it from the downward-API env var);
-//! - `0.0.0.0` → 127.0.0.1 (listen on loopback only, not on the machine's network);
-//! - the pod's ports (6443 apiserver, 2379/2380/2381 etcd, 10257 controller-manager) → free
-//!   loopback ports, in the command lines and in the controller-manager kubeconfig file. The
-//!   apiserver's port becomes the node port the host allocated to the NodePort Service, i.e.
-//!   this machine plays the node the Service forwards to;
-//! - the program name (`etcd`, `kube-apiserver`, `kube-controller-manager`) → the testenv
-//!   binary.
-//!
-//! The VirtualCluster is exposed as a NodePort with `127.0.0.1` as its first extra SAN, so the
-//! generated tenant admin kubeconfig points at `https://127.0.0.1:<node port>` and is used
-//! unchanged; TLS is verified against the generated CA, so the serving certificate must carry
-//! 127.0.0.1. Playing the StatefulSet controller, the test then marks the pod ready in the
-//! StatefulSet's status, and the controller's own probe of `/readyz` through that endpoint turns
-//! the VirtualCluster Ready.
+//! Managed mode on a real host apiserver. No kubelet runs here, so the boot test runs the
+//! control plane with testenv's control-plane runner (`testenv::runner`, dev/testenv only): the
+//! host's StatefulSet controller makes the pod, the runner (on a Node of its own) runs the pod's
+//! containers with exactly the StatefulSet's rendered command lines, certificates and
+//! kubeconfigs as local processes, rewriting only what a pod gets from its volumes and network
+//! (volume paths, `$(POD_IP)` and `0.0.0.0` → 127.0.0.1, the pod's ports → free local ports), and
+//! serves the NodePort Service's node port on 127.0.0.1. The VirtualCluster is exposed as a
+//! NodePort with `127.0.0.1` as its first extra SAN, so the generated tenant admin kubeconfig
+//! points at `https://127.0.0.1:<node port>` and is used unchanged; TLS is verified against the
+//! generated CA, so the serving certificate must carry 127.0.0.1. The controller's own probe of
+//! `/readyz` through that endpoint turns the VirtualCluster Ready.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -26,7 +16,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -40,152 +29,72 @@ use kube::{Client, ResourceExt};
 use kvtenant_api::{CONDITION_KUBECONFIG_READY, Phase, VirtualCluster, VirtualClusterSpec};
 use kvtenant_controller::managed::pki::{self, cert_info};
 use kvtenant_controller::managed::render;
-use testenv::process::Managed;
+use testenv::runner::{Runner, RunnerOptions};
 
 const NS: &str = "tenants";
 
-/// The control-plane pod, run as local processes.
-struct Pod {
-    /// Pod port → local port.
-    ports: BTreeMap<u16, u16>,
-    processes: Vec<Managed>,
-    _dir: tempfile::TempDir,
+/// The runner for kvtenant's control-plane pods, with the pod-local ports of the rendered pod.
+async fn runner(client: &Client) -> Runner {
+    let selector = [(
+        "app.kubernetes.io/name".to_owned(),
+        kvtenant_api::labels::CONTROL_PLANE_APP.to_owned(),
+    )]
+    .into();
+    let opts = RunnerOptions::new(selector)
+        .expect("testenv binaries")
+        .with_pod_ports(&[render::ETCD_CLIENT_PORT, render::ETCD_PEER_PORT]);
+    Runner::start(client.clone(), opts).await.expect("runner")
 }
 
-fn rewrite(s: &str, mounts: &[(String, PathBuf)], ports: &BTreeMap<u16, u16>) -> String {
-    let mut s = s
-        .replace("$(POD_IP)", "127.0.0.1")
-        .replace("0.0.0.0", "127.0.0.1");
-    for (path, local) in mounts {
-        s = s.replace(path.as_str(), &local.display().to_string());
-    }
-    for (from, to) in ports {
-        s = s
-            .replace(&format!(":{from}"), &format!(":{to}"))
-            .replace(&format!("={from}"), &format!("={to}"));
-    }
-    s
-}
-
-/// Starts the StatefulSet's containers as local processes, as described in the module docs.
-fn run_pod(sts: &StatefulSet, secrets: &BTreeMap<String, Secret>, apiserver_port: u16) -> Pod {
-    let bins = testenv::binaries::ensure().expect("testenv binaries");
-    let dir = tempfile::Builder::new()
-        .prefix("kvtenant-pod-")
-        .tempdir()
-        .unwrap();
-    let pod = sts.spec.template.spec.clone().unwrap();
-    let ports: BTreeMap<u16, u16> = [
-        render::APISERVER_PORT,
-        render::ETCD_CLIENT_PORT,
-        render::ETCD_PEER_PORT,
-        render::ETCD_METRICS_PORT,
-        render::CONTROLLER_MANAGER_PORT,
-    ]
-    .into_iter()
-    .map(|p| (p, testenv::controlplane::free_port().unwrap()))
-    .chain([(render::APISERVER_PORT, apiserver_port)])
-    .collect();
-
-    // Volumes: one directory each.
-    let mut volume_dirs = BTreeMap::new();
-    for v in pod.volumes.clone().unwrap_or_default() {
-        let d = dir.path().join(&v.name);
-        std::fs::create_dir_all(&d).unwrap();
-        if let Some(sv) = &v.secret {
-            let secret = &secrets[sv.secret_name.as_deref().unwrap()];
-            let data = secret.data.clone().unwrap_or_default();
-            for item in sv.items.clone().unwrap_or_default() {
-                let bytes = &data
-                    .get(&item.key)
-                    .unwrap_or_else(|| panic!("Secret lacks {}", item.key))
-                    .0;
-                let mut text = String::from_utf8(bytes.clone()).unwrap();
-                if item.key.ends_with(".conf") {
-                    text = rewrite(&text, &[], &ports);
-                }
-                std::fs::write(d.join(&item.path), text).unwrap();
-            }
+/// The last log lines of every container of the runner's pods.
+fn runner_logs(runner: &Runner) -> String {
+    let mut out = String::new();
+    for entry in walk(&runner.dir().join("pods")) {
+        if entry.extension().is_some_and(|e| e == "log") {
+            let text = std::fs::read_to_string(&entry).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            out.push_str(&format!(
+                "--- {}:\n{}\n",
+                entry.display(),
+                lines[lines.len().saturating_sub(15)..].join("\n")
+            ));
         }
-        volume_dirs.insert(v.name.clone(), d);
     }
-    for claim in sts.spec.volume_claim_templates.clone().unwrap_or_default() {
-        let name = claim.metadata.name.unwrap();
-        let d = dir.path().join(&name);
-        std::fs::create_dir_all(&d).unwrap();
-        volume_dirs.insert(name, d);
-    }
-
-    let mut processes = Vec::new();
-    for c in &pod.containers {
-        let mut mounts: Vec<(String, PathBuf)> = c
-            .volume_mounts
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|m| (m.mount_path, volume_dirs[&m.name].clone()))
-            .collect();
-        mounts.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
-        let command = c.command.clone().unwrap();
-        let program = match command[0].as_str() {
-            "etcd" => bins.etcd.clone(),
-            "kube-apiserver" => bins.kube_apiserver.clone(),
-            "kube-controller-manager" => bins.kube_controller_manager.clone(),
-            other => panic!("no testenv binary for {other}"),
-        };
-        let args: Vec<String> = command[1..]
-            .iter()
-            .chain(c.args.clone().unwrap_or_default().iter())
-            .map(|a| rewrite(a, &mounts, &ports))
-            .collect();
-        eprintln!("{}: {} {}", c.name, program.display(), args.join(" "));
-        let mut cmd = Command::new(&program);
-        cmd.args(&args);
-        let log = dir.path().join(format!("{}.log", c.name));
-        processes.push(Managed::spawn(&c.name, cmd, &log, None).expect("spawn"));
-    }
-    Pod {
-        ports,
-        processes,
-        _dir: dir,
-    }
+    out
 }
 
-impl Pod {
-    fn logs(&mut self) -> String {
-        self.processes
-            .iter_mut()
-            .map(|p| {
-                let exited = p
-                    .exited()
-                    .map(|s| format!(" (exited: {s})"))
-                    .unwrap_or_default();
-                format!("--- {}{exited}:\n{}", p.name(), p.log_tail(15))
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
     }
+    out
+}
 
-    fn port_of(
-        &self,
-        c: &Container,
-        port: &k8s_openapi::apimachinery::pkg::util::intstr::IntOrString,
-    ) -> u16 {
-        use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-        let pod_port = match port {
-            IntOrString::Int(p) => *p as u16,
-            IntOrString::String(name) => {
-                c.ports
-                    .clone()
-                    .unwrap_or_default()
-                    .iter()
-                    .find(|p| p.name.as_deref() == Some(name.as_str()))
-                    .unwrap_or_else(|| panic!("{}: no port named {name}", c.name))
-                    .container_port as u16
-            }
-        };
-        self.ports[&pod_port]
-    }
+fn port_of(
+    ports: &BTreeMap<u16, u16>,
+    c: &Container,
+    port: &k8s_openapi::apimachinery::pkg::util::intstr::IntOrString,
+) -> u16 {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let pod_port = match port {
+        IntOrString::Int(p) => *p as u16,
+        IntOrString::String(name) => {
+            c.ports
+                .clone()
+                .unwrap_or_default()
+                .iter()
+                .find(|p| p.name.as_deref() == Some(name.as_str()))
+                .unwrap_or_else(|| panic!("{}: no port named {name}", c.name))
+                .container_port as u16
+        }
+    };
+    ports[&pod_port]
 }
 
 async fn http_get_status(port: u16, path: &str) -> Result<u16, String> {
@@ -221,9 +130,11 @@ async fn https_get_ok(port: u16, path: &str) -> Result<(), String> {
 
 #[tokio::test]
 async fn managed_objects_are_rendered_and_the_rendered_control_plane_boots() {
-    let host = host("mgd-host", false).await;
+    // the host's controller-manager runs the StatefulSet controller and binds the runner's volume
+    let host = host("mgd-host", true).await;
     let client = host.client().unwrap();
     create_namespace(&client, NS).await;
+    let runner = runner(&client).await;
     let _ctl = RunningController::start(client.clone(), test_config());
 
     let mut spec = VirtualClusterSpec::default();
@@ -251,9 +162,11 @@ async fn managed_objects_are_rendered_and_the_rendered_control_plane_boots() {
         t0.elapsed()
     );
     let status = vc.status.unwrap();
-    assert_eq!(
-        status.message.as_deref(),
-        Some("waiting for StatefulSet tenants/alpha-cp: 0 of 1 pod(s) ready")
+    let message = status.message.clone().unwrap_or_default();
+    assert!(
+        message.starts_with("waiting for StatefulSet tenants/alpha-cp: 0 of 1 pod(s) ready")
+            || message.starts_with("waiting for"),
+        "{message}"
     );
     assert_eq!(
         status.kubeconfig_secret_name.as_deref(),
@@ -305,10 +218,6 @@ async fn managed_objects_are_rendered_and_the_rendered_control_plane_boots() {
     let node_port = svc_spec.ports.as_ref().unwrap()[0].node_port.unwrap() as u16;
     let endpoint = format!("https://127.0.0.1:{node_port}");
     assert_eq!(status.endpoint.as_deref(), Some(endpoint.as_str()));
-    assert!(
-        std::net::TcpListener::bind(("127.0.0.1", node_port)).is_ok(),
-        "node port {node_port} is in use on this machine; rerun"
-    );
     assert_eq!(svc_spec.ports.as_ref().unwrap()[0].port, 443);
     let cluster_ip = svc_spec.cluster_ip.clone().unwrap();
     let headless = services.get("alpha-cp").await.unwrap();
@@ -357,8 +266,50 @@ async fn managed_objects_are_rendered_and_the_rendered_control_plane_boots() {
         Some("data")
     );
 
-    // --- Boot the rendered pod.
-    let mut running = run_pod(&sts, &secret_map, node_port);
+    // --- The runner boots the rendered pod; the controller probes it through the node port.
+    let t1 = Instant::now();
+    let ready = wait_for(
+        "the VirtualCluster Ready through the node port",
+        Duration::from_secs(120),
+        || {
+            let vcs: Api<VirtualCluster> = Api::namespaced(client.clone(), NS);
+            let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), NS);
+            let logs = runner_logs(&runner);
+            async move {
+                let pod = pods
+                    .get_opt("alpha-cp-0")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let pod_status = pod
+                    .and_then(|p| p.status)
+                    .map(|s| serde_json::to_string(&s).unwrap());
+                let vc = vcs.get("alpha").await.map_err(|e| e.to_string())?;
+                let s = vc.status.clone().unwrap_or_default();
+                if s.phase == Some(Phase::Ready)
+                    && s.is_true(kvtenant_api::CONDITION_CONTROL_PLANE_READY)
+                {
+                    Ok(vc)
+                } else {
+                    Err(format!(
+                        "{:?}: {:?}\npod status: {pod_status:?}\n{logs}",
+                        s.phase, s.message
+                    ))
+                }
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "VirtualCluster Ready {:.2?} after the control plane was created",
+        t1.elapsed()
+    );
+    let s = ready.status.unwrap();
+    assert_eq!(
+        s.kubernetes_version.as_deref(),
+        Some(testenv::binaries::KUBERNETES_VERSION)
+    );
+    assert!(s.is_true(kvtenant_api::CONDITION_READY));
+    assert_eq!(s.message, None);
     let config = kube::Config::from_custom_kubeconfig(
         Kubeconfig::from_yaml(&admin_kubeconfig).unwrap(),
         &KubeConfigOptions::default(),
@@ -366,25 +317,8 @@ async fn managed_objects_are_rendered_and_the_rendered_control_plane_boots() {
     .await
     .unwrap();
     let tenant = Client::try_from(config).unwrap();
-    let t1 = Instant::now();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let req = http::Request::get("/readyz").body(Vec::new()).unwrap();
-        match tenant.request_text(req).await {
-            Ok(text) if text.trim() == "ok" => break,
-            other => {
-                let exited = running.processes.iter_mut().any(|p| p.exited().is_some());
-                if exited || Instant::now() > deadline {
-                    panic!(
-                        "the rendered control plane did not get ready ({other:?}); logs:\n{}",
-                        running.logs()
-                    );
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    eprintln!("rendered control plane /readyz after {:.2?}", t1.elapsed());
+    let req = http::Request::get("/readyz").body(Vec::new()).unwrap();
+    assert_eq!(tenant.request_text(req).await.unwrap().trim(), "ok");
 
     let namespaces: Api<Namespace> = Api::all(tenant.clone());
     let listed: Vec<String> = namespaces
@@ -440,14 +374,15 @@ async fn managed_objects_are_rendered_and_the_rendered_control_plane_boots() {
         t2.elapsed()
     );
 
-    // Every probe of every container answers 200 on its (rewritten) port.
+    // Every probe of every container answers 200 on its (local) port.
+    let ports = runner.snapshot().ports[&format!("{NS}/alpha-cp-0")].clone();
     for c in &pod.containers {
         for probe in [&c.readiness_probe, &c.liveness_probe, &c.startup_probe]
             .into_iter()
             .flatten()
         {
             let get = probe.http_get.as_ref().expect("httpGet probe");
-            let port = running.port_of(c, &get.port);
+            let port = port_of(&ports, c, &get.port);
             let path = get.path.clone().unwrap();
             let result = match get.scheme.as_deref() {
                 Some("HTTPS") => https_get_ok(port, &path).await,
@@ -460,52 +395,10 @@ async fn managed_objects_are_rendered_and_the_rendered_control_plane_boots() {
                 result.is_ok(),
                 "{} probe {path}: {result:?}\n{}",
                 c.name,
-                running.logs()
+                runner_logs(&runner)
             );
         }
     }
-
-    // Playing the StatefulSet controller: the pod is ready. The controller now asks the tenant
-    // apiserver itself, through the endpoint in the kubeconfig, and reports Ready.
-    let t3 = Instant::now();
-    statefulsets
-        .patch_status(
-            "alpha-cp",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(serde_json::json!({
-                "status": {"replicas": 1, "readyReplicas": 1, "availableReplicas": 1}
-            })),
-        )
-        .await
-        .unwrap();
-    let ready = wait_status(
-        &client,
-        NS,
-        "alpha",
-        "Ready through the Service endpoint",
-        |s| {
-            if s.phase == Some(Phase::Ready)
-                && s.is_true(kvtenant_api::CONDITION_CONTROL_PLANE_READY)
-            {
-                Ok(())
-            } else {
-                Err("not ready".into())
-            }
-        },
-    )
-    .await;
-    eprintln!(
-        "VirtualCluster Ready {:.2?} after the pod was marked ready",
-        t3.elapsed()
-    );
-    let s = ready.status.unwrap();
-    assert_eq!(
-        s.kubernetes_version.as_deref(),
-        Some(testenv::binaries::KUBERNETES_VERSION)
-    );
-    assert!(s.is_true(kvtenant_api::CONDITION_READY));
-    assert_eq!(s.message, None);
-    drop(running);
 }
 
 #[tokio::test]

@@ -90,6 +90,8 @@ impl RunnerOptions {
 pub struct Snapshot {
     /// `namespace/name` → pids of the pod's running processes.
     pub pods: BTreeMap<String, Vec<u32>>,
+    /// `namespace/name` → the pod's ports (pod port → local port on 127.0.0.1).
+    pub ports: BTreeMap<String, BTreeMap<u16, u16>>,
 }
 
 /// A running control-plane runner. Dropping it stops every process it started.
