@@ -27,6 +27,7 @@ pub async fn prepare(
     ports: &BTreeMap<u16, u16>,
 ) -> Result<BTreeMap<String, PathBuf>, String> {
     let ns = pod.namespace().unwrap_or_default();
+    let mounts = mounted_paths(pod, pod_dir);
     let mut dirs = BTreeMap::new();
     for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
         let dir = if let Some(claim) = &v.persistent_volume_claim {
@@ -47,7 +48,7 @@ pub async fn prepare(
                     .into_iter()
                     .map(|(k, v)| (k, v.0))
                     .collect();
-                write_items(&dir, &data, s.items.as_deref(), ports)?;
+                write_items(&dir, &data, s.items.as_deref(), &mounts, ports)?;
             } else if let Some(c) = &v.config_map {
                 let name = c.name.clone();
                 let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns)
@@ -63,7 +64,7 @@ pub async fn prepare(
                     .into_iter()
                     .map(|(k, v)| (k, v.into_bytes()))
                     .collect();
-                write_items(&dir, &data, c.items.as_deref(), ports)?;
+                write_items(&dir, &data, c.items.as_deref(), &mounts, ports)?;
             } else if v.empty_dir.is_none() {
                 return Err(format!(
                     "volume {}: the runner provides Secret, ConfigMap, emptyDir and persistentVolumeClaim volumes only",
@@ -77,11 +78,39 @@ pub async fn prepare(
     Ok(dirs)
 }
 
-/// Writes `data` (all keys, or the listed items) into `dir`; text is rewritten for this machine.
+/// The containers' mount paths of the pod's Secret, ConfigMap and emptyDir volumes → their
+/// local directories (longest first): a file naming another file by its path in the pod (a
+/// kube-apiserver admission configuration naming its kubeconfig) names it here too.
+fn mounted_paths(pod: &Pod, pod_dir: &Path) -> Vec<(String, PathBuf)> {
+    let Some(spec) = pod.spec.as_ref() else {
+        return Vec::new();
+    };
+    let local: Vec<&str> = spec
+        .volumes
+        .iter()
+        .flatten()
+        .filter(|v| v.persistent_volume_claim.is_none())
+        .map(|v| v.name.as_str())
+        .collect();
+    let mut mounts: Vec<(String, PathBuf)> = spec
+        .containers
+        .iter()
+        .flat_map(|c| c.volume_mounts.iter().flatten())
+        .filter(|m| local.contains(&m.name.as_str()))
+        .map(|m| (m.mount_path.clone(), pod_dir.join("volumes").join(&m.name)))
+        .collect();
+    mounts.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+    mounts.dedup();
+    mounts
+}
+
+/// Writes `data` (all keys, or the listed items) into `dir`; text is rewritten for this machine
+/// (ports, and the pod's mount paths).
 fn write_items(
     dir: &Path,
     data: &BTreeMap<String, Vec<u8>>,
     items: Option<&[KeyToPath]>,
+    mounts: &[(String, PathBuf)],
     ports: &BTreeMap<u16, u16>,
 ) -> Result<(), String> {
     let wanted: Vec<(String, String)> = match items {
@@ -96,7 +125,7 @@ fn write_items(
             .get(&key)
             .ok_or_else(|| format!("key {key} missing from the volume's source"))?;
         let bytes = match std::str::from_utf8(bytes) {
-            Ok(text) => rewrite(text, &[], ports).into_bytes(),
+            Ok(text) => rewrite(text, mounts, ports).into_bytes(),
             Err(_) => bytes.clone(),
         };
         let file = dir.join(&path);
@@ -234,13 +263,25 @@ mod tests {
                 b"server: https://127.0.0.1:6443\n".to_vec(),
             ),
             ("b.bin".to_owned(), vec![0xff, 0x3a, b'6']),
+            (
+                "admission.yaml".to_owned(),
+                b"kubeConfigFile: /etc/kubernetes/pki/webhook.kubeconfig\n".to_vec(),
+            ),
         ]
         .into();
         let ports = [(6443, 40003)].into();
-        write_items(dir.path(), &data, None, &ports).unwrap();
+        let mounts = [(
+            "/etc/kubernetes/pki".to_owned(),
+            PathBuf::from("/tmp/v/pki"),
+        )];
+        write_items(dir.path(), &data, None, &mounts, &ports).unwrap();
         assert_eq!(
             std::fs::read_to_string(dir.path().join("a.conf")).unwrap(),
             "server: https://127.0.0.1:40003\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("admission.yaml")).unwrap(),
+            "kubeConfigFile: /tmp/v/pki/webhook.kubeconfig\n"
         );
         assert_eq!(
             std::fs::read(dir.path().join("b.bin")).unwrap(),
@@ -248,7 +289,7 @@ mod tests {
         );
         let items: [KeyToPath; 1] =
             [serde_json::from_value(json!({"key": "nope", "path": "x"})).unwrap()];
-        let err = write_items(dir.path(), &data, Some(&items), &ports).unwrap_err();
+        let err = write_items(dir.path(), &data, Some(&items), &[], &ports).unwrap_err();
         assert!(err.contains("key nope missing"), "{err}");
     }
 }
