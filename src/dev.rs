@@ -4,6 +4,14 @@
 //! kube-scheduler, kwok (simulated nodes and pods), the node agent (simulated virt-handler) and
 //! a simulated CDI: no VM ever boots. A tenant control plane registered as an External
 //! VirtualCluster, and the kvtenant components in this process.
+//!
+//! Managed virtual clusters (`kvtenant create NAME`) come up for real: testenv's control-plane
+//! runner (`testenv::runner`) stands in for the kubelet for kvtenant's own control-plane pods
+//! only, running their etcd, kube-apiserver and kube-controller-manager as local processes, and
+//! serves their node ports on 127.0.0.1. A MutatingAdmissionPolicy of this dev host exposes
+//! Managed VirtualClusters as NodePort with 127.0.0.1 first among their extra SANs, since this
+//! machine is the only real node and cannot reach a ClusterIP. Neither exists in production,
+//! where control-plane pods run on the host's kubelets.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -108,9 +116,21 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         }
     }
 
+    let runner = testenv::runner::Runner::start(hc.clone(), runner_options()?).await?;
+    testenv::runner::apply_all(&hc, &expose_policy()).await?;
+    eprintln!(
+        "[{:>5.1}s] control-plane runner on node {} (Managed virtual clusters run as local processes; dev only)",
+        started.elapsed().as_secs_f64(),
+        runner.node()
+    );
+
     let controller = tokio::spawn(kvtenant_controller::run_with(
         hc.clone(),
-        kvtenant_controller::ControllerConfig::default(),
+        kvtenant_controller::ControllerConfig {
+            // a local control plane is ready in seconds: notice it sooner than a real one
+            provisioning_poll: Duration::from_secs(2),
+            ..Default::default()
+        },
         std::sync::Arc::new(kvtenant_controller::Metrics::default()),
         std::future::pending(),
     ));
@@ -200,6 +220,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         shown.display()
     );
     println!();
+    println!(
+        "Managed virtual clusters (etcd, kube-apiserver and kube-controller-manager run as local processes here):"
+    );
+    println!("  export KUBECONFIG={}", host.kubeconfig_path().display());
+    println!("  kvtenant create team-a --connect     (then kubectl talks to team-a)");
+    println!("  kvtenant pause team-a | kvtenant resume team-a | kvtenant delete team-a");
+    println!();
     println!("Press Ctrl-C to stop everything.");
     tokio::select! {
         _ = syncer.run() => anyhow::bail!("the syncer stopped"),
@@ -209,8 +236,61 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => {}
     }
     eprintln!("stopping");
+    drop(runner);
     drop(kubevirt);
     drop(tenant);
     drop(host);
     Ok(())
+}
+
+/// The runner for kvtenant's control-plane pods (their label; etcd's undeclared pod-local
+/// ports).
+fn runner_options() -> anyhow::Result<testenv::runner::RunnerOptions> {
+    use kvtenant_controller::managed::render;
+    let selector = [(
+        "app.kubernetes.io/name".to_owned(),
+        kvtenant_api::labels::CONTROL_PLANE_APP.to_owned(),
+    )]
+    .into();
+    Ok(testenv::runner::RunnerOptions::new(selector)?
+        .with_node("kvtenant-dev-control-planes")
+        .with_pod_ports(&[render::ETCD_CLIENT_PORT, render::ETCD_PEER_PORT]))
+}
+
+/// Name of the dev host's policy exposing Managed virtual clusters on 127.0.0.1.
+pub const EXPOSE_POLICY: &str = "kvtenant-dev-expose-on-loopback";
+
+/// The dev host's MutatingAdmissionPolicy (and binding): a Managed VirtualCluster not exposed
+/// as LoadBalancer becomes NodePort with 127.0.0.1 as its first extra SAN, so its kubeconfig
+/// names `https://127.0.0.1:<node port>`, which the runner serves.
+pub fn expose_policy() -> [serde_json::Value; 2] {
+    let patch = r#"[JSONPatch{op: "add", path: "/spec/expose/type", value: "NodePort"}] +
+(!has(object.spec.expose.extraSANs) ?
+  [JSONPatch{op: "add", path: "/spec/expose/extraSANs", value: ["127.0.0.1"]}] :
+ object.spec.expose.extraSANs.exists(s, s == "127.0.0.1") ? [] :
+  [JSONPatch{op: "add", path: "/spec/expose/extraSANs/0", value: "127.0.0.1"}])"#;
+    [
+        json!({
+            "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingAdmissionPolicy",
+            "metadata": {"name": EXPOSE_POLICY},
+            "spec": {
+                "matchConstraints": {"resourceRules": [{
+                    "apiGroups": [kvtenant_api::GROUP], "apiVersions": ["*"],
+                    "operations": ["CREATE", "UPDATE"], "resources": ["virtualclusters"],
+                }]},
+                "matchConditions": [{
+                    "name": "managed-and-not-load-balancer",
+                    "expression": "(!has(object.spec.controlPlane) || !has(object.spec.controlPlane.mode) || object.spec.controlPlane.mode == 'Managed') && has(object.spec.expose) && (!has(object.spec.expose.type) || object.spec.expose.type != 'LoadBalancer')",
+                }],
+                "failurePolicy": "Fail",
+                "reinvocationPolicy": "Never",
+                "mutations": [{"patchType": "JSONPatch", "jsonPatch": {"expression": patch}}],
+            },
+        }),
+        json!({
+            "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingAdmissionPolicyBinding",
+            "metadata": {"name": EXPOSE_POLICY},
+            "spec": {"policyName": EXPOSE_POLICY},
+        }),
+    ]
 }

@@ -34,7 +34,7 @@ use kube::api::{Api, DeleteParams, ListParams, Preconditions};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
-pub use node::TAINT_KEY;
+pub use node::{TAINT_KEY, apply_all};
 pub use plan::LOOPBACK;
 
 /// What the runner runs and how.

@@ -88,7 +88,8 @@ pub fn pin_policy(name: &str, node: &str, selector: &Value) -> [Value; 2] {
     ]
 }
 
-/// Server-side applies `objects` (any kind) with the runner's field manager.
+/// Server-side applies `objects` (any kind, JSON with apiVersion and kind) with the runner's field
+/// manager.
 pub async fn apply_all(client: &Client, objects: &[Value]) -> Result<(), kube::Error> {
     for o in objects {
         let obj: DynamicObject =

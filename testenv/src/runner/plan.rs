@@ -107,6 +107,15 @@ pub fn expand(arg: &str, env: &BTreeMap<String, String>) -> String {
 pub fn environment(pod: &Pod, c: &Container) -> BTreeMap<String, String> {
     let meta = &pod.metadata;
     let mut env = BTreeMap::new();
+    // as the kubelet does: the pod's hostname (its name, or spec.hostname)
+    let hostname = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.hostname.clone())
+        .or_else(|| meta.name.clone());
+    if let Some(h) = hostname {
+        env.insert("HOSTNAME".to_owned(), h);
+    }
     for e in c.env.iter().flatten() {
         let value = match (&e.value, &e.value_from) {
             (Some(v), _) => Some(v.clone()),

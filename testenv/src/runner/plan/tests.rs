@@ -116,6 +116,7 @@ fn process_plan_expands_env_and_rewrites_for_this_machine() {
         ]
     );
     assert_eq!(plan.env["NS"], "vc-a");
+    assert_eq!(plan.env["HOSTNAME"], "a-cp-0");
     let etcd = &pod.spec.as_ref().unwrap().containers[0];
     let plan = process_plan(&pod, etcd, &volumes, &ports()).unwrap();
     assert_eq!(plan.args[2], "--data-dir=/tmp/v/data/etcd");

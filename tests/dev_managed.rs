@@ -1,0 +1,273 @@
+//! A Managed virtual cluster on `kvtenant dev`, as a new user would try it: `kvtenant create
+//! team-a --connect` against the dev host gives a Ready virtual cluster whose control plane
+//! (etcd, kube-apiserver, kube-controller-manager) runs as local processes of the dev runner
+//! (dev/testenv only); a VM applied through it reaches the host; pause stops its processes,
+//! resume brings them back with the data, delete removes them.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use testenv::testing::{InterruptOnDrop, children_of, kubectl};
+
+fn kvtenant(kubeconfig: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kvtenant"))
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env_remove("KVTENANT_CONTEXT")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Pids of the dev process's children that belong to the control-plane pod `pod` (the runner
+/// gives them `HOSTNAME=<pod>`, as a kubelet does).
+fn pod_processes(dev: u32, pod: &str) -> Vec<u32> {
+    children_of(dev)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|e| {
+                    e.split(|b| *b == 0)
+                        .any(|kv| kv == format!("HOSTNAME={pod}").as_bytes())
+                })
+                .unwrap_or(false)
+        })
+        .filter(|pid| testenv::process::alive(*pid))
+        .collect()
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<(), String>) {
+    let started = Instant::now();
+    loop {
+        match f() {
+            Ok(()) => return,
+            Err(e) if started.elapsed() > timeout => {
+                panic!("timed out after {timeout:?} waiting for {what}: {e}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+fn kubectl_ok(kubeconfig: &Path, args: &[&str]) -> Result<String, String> {
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn managed_virtual_cluster_on_the_dev_host_create_connect_vm_pause_resume_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("dev.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_kvtenant"))
+        .arg("dev")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut child = InterruptOnDrop(child);
+    let dev = child.0.id();
+    let stdout = child.0.stdout.take().unwrap();
+    let mut host_kc = None;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if let Some(path) = line.trim().strip_prefix("export KUBECONFIG=") {
+            host_kc = Some(path.to_owned());
+        }
+        if line.starts_with("Press Ctrl-C") {
+            break;
+        }
+    }
+    // the README's walkthrough: export KUBECONFIG as printed (a copy: connect edits it)
+    let kc = dir.path().join("config");
+    let Some(host_kc) = host_kc else {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(30).collect();
+        panic!(
+            "kvtenant dev did not come up; its last log lines:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    };
+    std::fs::copy(host_kc, &kc).unwrap();
+    let host_context = kubectl(&kc, &["config", "current-context"])
+        .trim()
+        .to_owned();
+
+    let t0 = Instant::now();
+    let created = ok(kvtenant(&kc, &["create", "team-a", "--connect"]));
+    eprintln!(
+        "kvtenant create team-a --connect: {:.1?}\n{created}",
+        t0.elapsed()
+    );
+    assert!(created.contains("is Ready"), "{created}");
+    let tenant_context = kubectl(&kc, &["config", "current-context"])
+        .trim()
+        .to_owned();
+    assert_ne!(
+        tenant_context, host_context,
+        "connect switches to the tenant"
+    );
+    let server = kubectl(
+        &kc,
+        &[
+            "config",
+            "view",
+            "--minify",
+            "-o",
+            "jsonpath={.clusters[0].cluster.server}",
+        ],
+    );
+    assert!(server.starts_with("https://127.0.0.1:"), "{server}");
+    let first = pod_processes(dev, "team-a-cp-0");
+    assert_eq!(
+        first.len(),
+        3,
+        "etcd, kube-apiserver, kube-controller-manager: {first:?}"
+    );
+    // the tenant's own kube-controller-manager runs: a new namespace gets its ServiceAccount
+    kubectl(&kc, &["create", "namespace", "apps"]);
+    wait_until(
+        "the tenant's default ServiceAccount in apps",
+        Duration::from_secs(60),
+        || kubectl_ok(&kc, &["get", "serviceaccount", "default", "-n", "apps"]).map(|_| ()),
+    );
+
+    // a VM through the Managed virtual cluster reaches the host
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/vm-cloudinit.yaml");
+    wait_until(
+        "the tenant to serve KubeVirt's API",
+        Duration::from_secs(90),
+        || kubectl_ok(&kc, &["apply", "-f", sample.to_str().unwrap()]).map(|_| ()),
+    );
+    let host_vms = || {
+        kubectl_ok(
+            &kc,
+            &[
+                "--context",
+                &host_context,
+                "get",
+                "vm",
+                "-A",
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.namespace}/{.metadata.name} {end}",
+            ],
+        )
+    };
+    wait_until("vm1 of team-a on the host", Duration::from_secs(90), || {
+        let vms = host_vms()?;
+        if vms
+            .split_whitespace()
+            .any(|v| v.ends_with("/vm1") && !v.starts_with("default/"))
+        {
+            Ok(())
+        } else {
+            Err(vms)
+        }
+    });
+
+    // pause stops the processes; the tenant apiserver is gone
+    ok(kvtenant(
+        &kc,
+        &["--context", &host_context, "pause", "team-a"],
+    ));
+    wait_until(
+        "the control-plane processes to stop",
+        Duration::from_secs(60),
+        || {
+            let left = pod_processes(dev, "team-a-cp-0");
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{left:?}"))
+            }
+        },
+    );
+    assert!(
+        kubectl_ok(&kc, &["get", "namespaces", "--request-timeout=5s"]).is_err(),
+        "the paused tenant still answers"
+    );
+
+    // resume brings them back, with the data
+    ok(kvtenant(
+        &kc,
+        &["--context", &host_context, "resume", "team-a"],
+    ));
+    wait_until(
+        "the tenant to answer again with its VM",
+        Duration::from_secs(120),
+        || kubectl_ok(&kc, &["get", "vm", "vm1", "-o", "name"]).map(|_| ()),
+    );
+    let second = pod_processes(dev, "team-a-cp-0");
+    assert_eq!(second.len(), 3, "{second:?}");
+    assert!(
+        second.iter().all(|p| !first.contains(p)),
+        "new processes after resume"
+    );
+    kubectl(&kc, &["get", "namespace", "apps"]);
+
+    // delete removes the processes and the host VM
+    let deleted = ok(kvtenant(
+        &kc,
+        &["--context", &host_context, "delete", "team-a"],
+    ));
+    assert!(deleted.contains("deleted"), "{deleted}");
+    wait_until(
+        "the control-plane processes to stop after delete",
+        Duration::from_secs(60),
+        || {
+            let left = pod_processes(dev, "team-a-cp-0");
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{left:?}"))
+            }
+        },
+    );
+    wait_until(
+        "vm1 of team-a gone from the host",
+        Duration::from_secs(60),
+        || {
+            let vms = host_vms()?;
+            if vms
+                .split_whitespace()
+                .any(|v| v.ends_with("/vm1") && !v.starts_with("default/"))
+            {
+                Err(vms)
+            } else {
+                Ok(())
+            }
+        },
+    );
+
+    let children = children_of(dev);
+    drop(child);
+    for pid in children {
+        assert!(
+            !testenv::process::alive(pid),
+            "process {pid} survived Ctrl-C"
+        );
+    }
+}
