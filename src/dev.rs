@@ -226,6 +226,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("  export KUBECONFIG={}", host.kubeconfig_path().display());
     println!("  kvtenant create team-a --connect     (then kubectl talks to team-a)");
     println!("  kvtenant pause team-a | kvtenant resume team-a | kvtenant delete team-a");
+    println!(
+        "  control-plane logs: {}/pods/<namespace>_<pod>_<uid>/<container>.log",
+        runner.dir().display()
+    );
     println!();
     println!("Press Ctrl-C to stop everything.");
     tokio::select! {

@@ -1,8 +1,8 @@
 //! A Managed virtual cluster on `kvtenant dev`, as a new user would try it: `kvtenant create
 //! team-a --connect` against the dev host gives a Ready virtual cluster whose control plane
 //! (etcd, kube-apiserver, kube-controller-manager) runs as local processes of the dev runner
-//! (dev/testenv only); a VM applied through it reaches the host; pause stops its processes,
-//! resume brings them back with the data, delete removes them.
+//! (dev/testenv only); a VM applied through it reaches the host; a second one runs beside it;
+//! pause stops its processes, resume brings them back with the data, delete removes them.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -188,6 +188,16 @@ fn managed_virtual_cluster_on_the_dev_host_create_connect_vm_pause_resume_delete
         }
     });
 
+    // a second Managed virtual cluster runs beside it, with processes of its own
+    let b = ok(kvtenant(
+        &kc,
+        &["--context", &host_context, "create", "team-b"],
+    ));
+    assert!(b.contains("is Ready"), "{b}");
+    let team_b = pod_processes(dev, "team-b-cp-0");
+    assert_eq!(team_b.len(), 3, "{team_b:?}");
+    assert_eq!(pod_processes(dev, "team-a-cp-0"), first);
+
     // pause stops the processes; the tenant apiserver is gone
     ok(kvtenant(
         &kc,
@@ -258,6 +268,28 @@ fn managed_virtual_cluster_on_the_dev_host_create_connect_vm_pause_resume_delete
                 Err(vms)
             } else {
                 Ok(())
+            }
+        },
+    );
+
+    assert_eq!(
+        pod_processes(dev, "team-b-cp-0"),
+        team_b,
+        "team-b untouched"
+    );
+    ok(kvtenant(
+        &kc,
+        &["--context", &host_context, "delete", "team-b"],
+    ));
+    wait_until(
+        "team-b's processes to stop after delete",
+        Duration::from_secs(60),
+        || {
+            let left = pod_processes(dev, "team-b-cp-0");
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{left:?}"))
             }
         },
     );
