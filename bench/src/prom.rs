@@ -1,12 +1,15 @@
-//! Prometheus text exposition: a small parser and an HTTP/1.0 scraper for the syncer's
-//! admin port.
+//! Prometheus text exposition: a small parser and a scraper (reqwest) for the syncer's admin
+//! port.
+//!
+//! The parser keeps every sample line as it is (`_bucket`, `_sum` and `_count` apart), which is
+//! what the scenarios sum and subtract; the `prometheus-parse` crate folds histograms and
+//! summaries into one value per series and brings regex and chrono, so it does not fit here.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// One sample line.
 #[derive(Debug, Clone, PartialEq)]
@@ -131,34 +134,56 @@ fn parse_labels(s: &str) -> Option<(BTreeMap<String, String>, &str)> {
     }
 }
 
-/// GETs `path` from a plain-HTTP admin port (HTTP/1.0, so the body ends with the connection).
+/// GETs `path` from a plain-HTTP admin port (10 s at most); the body of a 200 answer.
 pub async fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
-    let fut = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        stream
-            .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-            .await?;
-        let mut buf = Vec::new();
-        stream.read_to_end(&mut buf).await?;
-        anyhow::Ok(buf)
-    };
-    let buf = tokio::time::timeout(Duration::from_secs(10), fut)
+    let url = format!("http://{addr}{path}");
+    let resp = reqwest::Client::new()
+        .get(&url)
+        .timeout(Duration::from_secs(10))
+        .send()
         .await
-        .with_context(|| format!("GET http://{addr}{path} timed out"))??;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .with_context(|| format!("GET http://{addr}{path}: malformed response"))?;
-    let status = head.lines().next().unwrap_or_default();
-    if !status.contains(" 200") {
-        bail!("GET http://{addr}{path}: {status}");
+        .with_context(|| format!("GET {url}"))?;
+    if resp.status() != reqwest::StatusCode::OK {
+        bail!("GET {url}: {}", resp.status());
     }
-    Ok(body.to_string())
+    resp.text().await.with_context(|| format!("GET {url}"))
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     use super::*;
+
+    /// A server answering one request per connection with `status` and body `metric 1`.
+    async fn admin_port(status: &'static str) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = tcp.read(&mut buf).await;
+                let body = "metric 1\n";
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tcp.write_all(resp.as_bytes()).await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn scrapes_a_200_body_and_refuses_other_answers() {
+        let ok = admin_port("200 OK").await;
+        assert_eq!(http_get(ok, "/metrics").await.unwrap(), "metric 1\n");
+        let busy = admin_port("503 Service Unavailable").await;
+        let err = http_get(busy, "/readyz").await.unwrap_err().to_string();
+        assert!(err.contains("503"), "{err}");
+    }
 
     #[test]
     fn parses_labels_values_and_comments() {
