@@ -1,7 +1,8 @@
 //! A Managed virtual cluster on `kvtenant dev`, as a new user would try it: `kvtenant create
 //! team-a --connect` against the dev host gives a Ready virtual cluster whose control plane
 //! (etcd, kube-apiserver, kube-controller-manager) runs as local processes of the dev runner
-//! (dev/testenv only); a VM applied through it reaches the host; a second one runs beside it;
+//! (dev/testenv only); a VM applied through it reaches the host; a pod runs (on a kwok node) and
+//! answers `kubectl logs` / `exec` through the kubelet proxy; a second one runs beside it;
 //! pause stops its processes, resume brings them back with the data, delete removes them.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -187,6 +188,18 @@ fn managed_virtual_cluster_on_the_dev_host_create_connect_vm_pause_resume_delete
             Err(vms)
         }
     });
+
+    // a pod of the Managed virtual cluster runs on the host (a kwok node: nothing executes) and
+    // kubectl logs / exec reach it through kvtenant's kubelet proxy
+    kubectl(&kc, &["run", "web", "--image=nginx"]);
+    kubectl(
+        &kc,
+        &["wait", "--for=condition=Ready", "pod/web", "--timeout=120s"],
+    );
+    let logs = kubectl(&kc, &["logs", "web"]);
+    assert!(logs.contains("simulated container log"), "{logs}");
+    let hi = kubectl(&kc, &["exec", "web", "--", "echo", "hi from team-a"]);
+    assert_eq!(hi.trim(), "hi from team-a");
 
     // a second Managed virtual cluster runs beside it, with processes of its own
     let b = ok(kvtenant(
