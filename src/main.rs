@@ -103,6 +103,9 @@ fn init_tracing(json: bool) {
 async fn main() {
     // as `kubectl kvtenant` when run as the kubectl plugin (kubectl-kvtenant)
     let cli: Cli = cli::parse();
+    // one rustls crypto provider in the process, ring (the only one compiled in): kube's,
+    // reqwest's and kvtenant's own TLS configurations all use it
+    let _ = rustls::crypto::ring::default_provider().install_default();
     init_tracing(cli.global.log_json);
     let result = match cli.command {
         Command::Create(a) => cli::create(&cli.global, a).await,
@@ -123,5 +126,17 @@ async fn main() {
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// rustls picks its process default from the crypto features compiled in; with two of them
+    /// (aws-lc-rs pulled in by some dependency's defaults) this panics.
+    #[test]
+    fn one_rustls_crypto_provider_is_compiled_in() {
+        let _ = rustls::ClientConfig::builder();
+        let provider = rustls::crypto::CryptoProvider::get_default().map(|p| p.cipher_suites.len());
+        assert!(provider.is_some_and(|n| n > 0));
     }
 }
