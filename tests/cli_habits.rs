@@ -131,6 +131,19 @@ fn as_kubectl_kvtenant_usage_names_the_kubectl_command() {
         help.contains("Usage: kvtenant [OPTIONS] <COMMAND>"),
         "{help}"
     );
+    // hints name the command as typed
+    let kc_dir = tempfile::tempdir().unwrap();
+    let kc = kc_dir.path().join("config");
+    std::fs::write(&kc, "apiVersion: v1\nkind: Config\n").unwrap();
+    for (program, hint) in [
+        (plugin.as_path(), "(did you `kubectl kvtenant connect`?)"),
+        (Path::new(BIN), "(did you `kvtenant connect`?)"),
+    ] {
+        let out = run(program, Some(kc.to_str().unwrap()), &["disconnect"]);
+        assert_eq!(out.status.code(), Some(1));
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains(hint), "{text}");
+    }
     // completion registers the executable a shell runs
     let fish = ok(run(&plugin, None, &["completion", "fish"]));
     assert!(fish.contains("complete -c kubectl-kvtenant"), "{fish}");

@@ -37,6 +37,11 @@ pub fn completion_name(argv0: Option<&OsStr>) -> &'static str {
     }
 }
 
+/// The command as typed, for the hints commands print (`kvtenant` or `kubectl kvtenant`).
+pub fn command_name() -> &'static str {
+    display_name(std::env::args_os().next().as_deref())
+}
+
 /// Parses the command line, usage and errors naming the command as it was invoked. Exits 2
 /// on a usage error, 0 after `--help`/`--version` (clap's codes).
 pub fn parse<C: Parser>() -> C {

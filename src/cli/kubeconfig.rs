@@ -10,8 +10,8 @@ use kube::config::{Kubeconfig, NamedAuthInfo, NamedCluster, NamedContext};
 use kvtenant_api::ControlPlaneMode;
 use kvtenant_controller::managed::render::Names;
 
-use super::GlobalArgs;
 use super::forward::{self, ForwardMode, ForwardOptions, Plan};
+use super::{GlobalArgs, command_name};
 
 /// Where the context active before `connect` is remembered, next to the kubeconfig.
 fn previous_file(kubeconfig: &Path) -> PathBuf {
@@ -163,7 +163,7 @@ pub async fn connect(
             path.display()
         ));
         if forwarding.is_none() {
-            say("Switch back with: kvtenant disconnect");
+            say(&format!("Switch back with: {} disconnect", command_name()));
         }
     }
     let Some((listener, target, _)) = forwarding else {
@@ -174,9 +174,10 @@ pub async fn connect(
             "The printed kubeconfig (context {ctx:?}) works while this runs."
         ));
     }
-    say(
-        "Press Ctrl-C to stop forwarding (the context stays; run `kvtenant disconnect` to switch back)",
-    );
+    say(&format!(
+        "Press Ctrl-C to stop forwarding (the context stays; run `{} disconnect` to switch back)",
+        command_name()
+    ));
     // Ctrl-C or SIGTERM, as the components stop
     let shutdown = async {
         kvtenant_controller::shutdown_signal().await;
@@ -239,8 +240,9 @@ pub fn disconnect(g: &GlobalArgs) -> anyhow::Result<()> {
     let prev_file = previous_file(&path);
     let Ok(previous) = std::fs::read_to_string(&prev_file) else {
         bail!(
-            "no previous context recorded for {} (did you `kvtenant connect`?)",
-            path.display()
+            "no previous context recorded for {} (did you `{} connect`?)",
+            path.display(),
+            command_name()
         );
     };
     let mut kc =

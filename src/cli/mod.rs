@@ -19,7 +19,7 @@ use kube::{Client, ResourceExt};
 use kvtenant_api::{ControlPlaneMode, DEFAULT_KUBECONFIG_KEY, VirtualCluster};
 use serde_json::{Value, json};
 
-pub use completion::{CompletionArgs, completion, parse};
+pub use completion::{CompletionArgs, command_name, completion, parse};
 pub use global::{GlobalArgs, Output};
 pub use kubeconfig::disconnect;
 pub use version::{VersionArgs, version};
@@ -237,19 +237,24 @@ pub async fn create(g: &GlobalArgs, args: CreateArgs) -> anyhow::Result<()> {
         Ok(_) => println!("VirtualCluster {ns}/{} created", args.name),
         Err(e) if kvtenant_kubeutil::classify(&e) == kvtenant_kubeutil::ApiErrorClass::Conflict => {
             bail!(
-                "VirtualCluster {ns}/{} already exists (kvtenant list)",
-                args.name
+                "VirtualCluster {ns}/{} already exists ({} list)",
+                args.name,
+                command_name()
             )
         }
         Err(e) if kvtenant_kubeutil::classify(&e) == kvtenant_kubeutil::ApiErrorClass::NotFound => {
             bail!(
-                "the host cluster does not know VirtualClusters: install kvtenant first (kubectl apply -k deploy/base, or kvtenant crds | kubectl apply --server-side -f -)"
+                "the host cluster does not know VirtualClusters: install kvtenant first (kubectl apply -k deploy/base, or {} crds | kubectl apply --server-side -f -)",
+                command_name()
             )
         }
         Err(e) => return Err(e).context("creating the VirtualCluster"),
     }
     if args.no_wait {
-        println!("Not waiting. Check progress with: kvtenant list -n {ns}");
+        println!(
+            "Not waiting. Check progress with: {} list -n {ns}",
+            command_name()
+        );
         return Ok(());
     }
     wait_ready(&client, &ns, &args.name, Duration::from_secs(args.timeout)).await?;
@@ -264,7 +269,11 @@ pub async fn create(g: &GlobalArgs, args: CreateArgs) -> anyhow::Result<()> {
         )
         .await
     } else {
-        println!("Connect with: kvtenant connect {} -n {ns}", args.name);
+        println!(
+            "Connect with: {} connect {} -n {ns}",
+            command_name(),
+            args.name
+        );
         Ok(())
     }
 }
@@ -402,7 +411,10 @@ pub async fn list(g: &GlobalArgs, args: ListArgs) -> anyhow::Result<()> {
             .to_string()
     };
     if rows.is_empty() {
-        println!("No virtual clusters. Create one with: kvtenant create NAME");
+        println!(
+            "No virtual clusters. Create one with: {} create NAME",
+            command_name()
+        );
     } else {
         println!("{}", line(header.to_vec()));
         for r in &rows {
@@ -447,22 +459,25 @@ pub async fn set_paused(g: &GlobalArgs, args: NameArgs, paused: bool) -> anyhow:
         )
         .await
         .map_err(|e| not_found_hint(e, &ns, &args.name))?;
-    println!(
-        "VirtualCluster {ns}/{} {}",
-        args.name,
-        if paused {
-            "paused: its control plane scales to zero and its VMs on the host stop. Resume with: kvtenant resume"
-        } else {
-            "resumed"
-        }
-    );
+    if paused {
+        println!(
+            "VirtualCluster {ns}/{} paused: its control plane scales to zero and its VMs on the host stop. Resume with: {} resume",
+            args.name,
+            command_name()
+        );
+    } else {
+        println!("VirtualCluster {ns}/{} resumed", args.name);
+    }
     Ok(())
 }
 
 fn not_found_hint(e: kube::Error, ns: &str, name: &str) -> anyhow::Error {
     match e {
         e if kvtenant_kubeutil::classify(&e) == kvtenant_kubeutil::ApiErrorClass::NotFound => {
-            anyhow::anyhow!("VirtualCluster {ns}/{name} not found (kvtenant list shows them all)")
+            anyhow::anyhow!(
+                "VirtualCluster {ns}/{name} not found ({} list shows them all)",
+                command_name()
+            )
         }
         e => anyhow::Error::new(e),
     }
@@ -513,7 +528,10 @@ pub async fn read_kubeconfig(
         .await
         .map_err(|e| not_found_hint(e, ns, name))?;
     let (secret, key) = vc.kubeconfig_secret().with_context(|| {
-        format!("{ns}/{name} has no kubeconfig yet (is it Ready? kvtenant list)")
+        format!(
+            "{ns}/{name} has no kubeconfig yet (is it Ready? {} list)",
+            command_name()
+        )
     })?;
     let s = Api::<Secret>::namespaced(client.clone(), ns)
         .get(&secret)
