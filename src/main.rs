@@ -8,6 +8,7 @@ mod cli;
 mod components;
 #[cfg(feature = "dev")]
 mod dev;
+mod telemetry;
 
 use clap::{Parser, Subcommand};
 
@@ -85,20 +86,6 @@ enum Command {
     Dev(dev::DevArgs),
 }
 
-fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        "info,kube_client=warn,kube_client::client::builder=off,kube_runtime=warn".into()
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 #[tokio::main]
 async fn main() {
     // as `kubectl kvtenant` when run as the kubectl plugin (kubectl-kvtenant)
@@ -106,7 +93,7 @@ async fn main() {
     // one rustls crypto provider in the process, ring (the only one compiled in): kube's,
     // reqwest's and kvtenant's own TLS configurations all use it
     let _ = rustls::crypto::ring::default_provider().install_default();
-    init_tracing(cli.global.log_json);
+    let telemetry = telemetry::init(cli.global.log_json);
     let result = match cli.command {
         Command::Create(a) => cli::create(&cli.global, a).await,
         Command::List(a) => cli::list(&cli.global, a).await,
@@ -123,6 +110,7 @@ async fn main() {
         #[cfg(feature = "dev")]
         Command::Dev(a) => dev::run(a).await,
     };
+    telemetry.shutdown();
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kube::Client;
+use kvtenant_rules::kinds;
 use tokio::task::JoinSet;
+use tracing::Instrument as _;
 
 use crate::host::Host;
 use crate::metrics::TenantLabels;
@@ -92,7 +94,16 @@ async fn worker(host: Arc<Host>, registry: Arc<Registry>) {
             continue;
         };
         let started = Instant::now();
-        let result = t.reconcile(&key).await;
+        // one span per sync, from the queued key to the host write (OTLP exports it when
+        // configured): which tenant, which object
+        let span = tracing::info_span!(
+            "sync",
+            tenant = %t.label,
+            kind = kinds::get(key.kind).name(),
+            namespace = %key.namespace,
+            name = %key.name,
+        );
+        let result = t.reconcile(&key).instrument(span).await;
         host.queue.done(uid.clone(), key.clone());
         match result {
             Ok((direction, again)) => {
