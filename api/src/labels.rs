@@ -82,6 +82,19 @@ pub const APPLIED_HASH: &str = "tenancy.kvtenant.io/applied-hash";
 /// Pod template annotation of a managed control plane: hash of its PKI Secret, so new
 /// certificates roll the pod.
 pub const PKI_HASH: &str = "tenancy.kvtenant.io/pki-hash";
+/// Key, in the Secret holding a virtual cluster's kubeconfig, of the CA (PEM) that signs the
+/// client certificate its apiserver presents to kvtenant's webhook server. With it, the webhook
+/// server accepts that virtual cluster's calls only with such a certificate; kvtenant writes it
+/// for Managed control planes, a platform admin may add it for an External one.
+pub const WEBHOOK_CLIENT_CA_KEY: &str = "webhook-client-ca.crt";
+/// Common name of that client certificate.
+pub const WEBHOOK_CLIENT_CN: &str = "kvtenant-webhook-client";
+/// Where tenants' webhook configurations send calls: the tenant Service (an ExternalName of the
+/// webhook server) `namespace/name` and port, as kvtenant installs it by default. A tenant
+/// apiserver's admission kubeconfig names its certificate's user after them.
+pub const TENANT_WEBHOOK_SERVICE_NAMESPACE: &str = "kube-system";
+pub const TENANT_WEBHOOK_SERVICE_NAME: &str = "kvtenant-webhooks";
+pub const TENANT_WEBHOOK_SERVICE_PORT: u16 = 443;
 /// Finalizer on VirtualClusters: the controller cleans up the tenant's host objects first.
 pub const CLEANUP_FINALIZER: &str = "tenancy.kvtenant.io/cleanup";
 /// Annotation on tenant copies of host CRDs: hash of the copy (an unchanged copy is not

@@ -200,23 +200,23 @@ async fn reconcile(vc: Arc<VirtualCluster>, ctx: Arc<Ctx>) -> Result<Action, Err
     if recent && ctx.registry.get(&vcref.uid).is_some() {
         return Ok(Action::requeue(RECHECK));
     }
-    let (client, rv) = match tenant_client(&ctx.host.client, &vcref.namespace, &secret, &key).await
-    {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(vc = %label, error = %e, "cannot reach the tenant");
-            set_condition(
-                &ctx.host.client,
-                &vc,
-                false,
-                REASON_KUBECONFIG_UNUSABLE,
-                &format!("cannot use the tenant kubeconfig: {e}"),
-            )
-            .await;
-            ctx.stop(&vcref.uid);
-            return Ok(Action::requeue(RETRY));
-        }
-    };
+    let (client, rv, webhook_client_ca) =
+        match tenant_client(&ctx.host.client, &vcref.namespace, &secret, &key).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(vc = %label, error = %e, "cannot reach the tenant");
+                set_condition(
+                    &ctx.host.client,
+                    &vc,
+                    false,
+                    REASON_KUBECONFIG_UNUSABLE,
+                    &format!("cannot use the tenant kubeconfig: {e}"),
+                )
+                .await;
+                ctx.stop(&vcref.uid);
+                return Ok(Action::requeue(RETRY));
+            }
+        };
     let fp = fingerprint(&vc, &rv);
     {
         let mut running = ctx.running.lock().unwrap_or_else(|e| e.into_inner());
@@ -229,7 +229,14 @@ async fn reconcile(vc: Arc<VirtualCluster>, ctx: Arc<Ctx>) -> Result<Action, Err
         }
     }
     ctx.stop(&vcref.uid);
-    let tenant = Tenant::start(ctx.host.clone(), vcref.clone(), (*vc).clone(), client).await?;
+    let tenant = Tenant::start(
+        ctx.host.clone(),
+        vcref.clone(),
+        (*vc).clone(),
+        client,
+        webhook_client_ca,
+    )
+    .await?;
     tracing::info!(vc = %label, "syncing tenant");
     ctx.registry.insert(tenant);
     ctx.running
@@ -253,14 +260,15 @@ async fn reconcile(vc: Arc<VirtualCluster>, ctx: Arc<Ctx>) -> Result<Action, Err
     Ok(Action::requeue(RECHECK))
 }
 
-/// A client for the tenant from the VirtualCluster's kubeconfig Secret, and the Secret's
-/// resourceVersion.
+/// A client for the tenant from the VirtualCluster's kubeconfig Secret, the Secret's
+/// resourceVersion, and the CA of the tenant apiserver's webhook client certificate when the
+/// Secret has one ([`kvtenant_api::labels::WEBHOOK_CLIENT_CA_KEY`]).
 async fn tenant_client(
     host: &Client,
     ns: &str,
     secret: &str,
     key: &str,
-) -> Result<(Client, String), Error> {
+) -> Result<(Client, String, Option<String>), Error> {
     let api: Api<Secret> = Api::namespaced(host.clone(), ns);
     let s = api.get(secret).await.map_err(Error::api(
         "get",
@@ -279,7 +287,13 @@ async fn tenant_client(
     let (client, _) = kvtenant_kubeutil::kubeconfig::client(&text, Duration::from_secs(30))
         .await
         .map_err(|e| Error::Kubeconfig(format!("Secret {ns}/{secret}: {e}")))?;
-    Ok((client, rv))
+    let webhook_client_ca = s
+        .data
+        .as_ref()
+        .and_then(|d| d.get(kvtenant_api::labels::WEBHOOK_CLIENT_CA_KEY))
+        .and_then(|b| String::from_utf8(b.0.clone()).ok())
+        .filter(|pem| !pem.trim().is_empty());
+    Ok((client, rv, webhook_client_ca))
 }
 
 /// Sets the `SyncerReady` condition of a VirtualCluster (server-side apply of that one

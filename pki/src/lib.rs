@@ -2,6 +2,8 @@
 //! serving and client certificates, the service-account key pair, and kubeconfigs with embedded
 //! certificates. ECDSA P-256 throughout; private keys never appear in `Debug` output.
 
+pub mod admission;
+
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,

@@ -290,13 +290,16 @@ impl CertManager {
         Ok(done)
     }
 
-    /// A rustls server configuration serving the current certificate (HTTP/1.1).
+    /// A rustls server configuration serving the current certificate (HTTP/1.1), asking for a
+    /// client certificate without requiring one (checked per call: [`crate::caller`]).
     pub fn server_config(self: &Arc<Self>) -> Result<Arc<rustls::ServerConfig>, CertError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        let mut config = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| CertError::Tls(e.to_string()))?
-            .with_no_client_auth()
+            .with_client_cert_verifier(
+                kvtenant_kubevirt_sync::proxy::tls::deferred_client_verifier(provider),
+            )
             .with_cert_resolver(Arc::new(Resolver(self.clone())));
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(config))

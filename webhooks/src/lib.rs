@@ -18,20 +18,35 @@
 //!   sees `failed calling webhook "<name>": ... host unreachable ...`; Ignore → allowed.
 //! - [`policy`]: the VM policy (the syncer's safety rules, per-VM limits, instancetypes) and
 //!   the tenant-wide quota, with messages naming the VirtualCluster field.
+//! - [`caller`]: who may call a tenant's paths (client certificate, token).
 //! - [`metrics`]: requests by tenant/webhook/result, latencies.
 //!
 //! # Who is calling
 //!
-//! Verified: the path names the tenant (VirtualCluster uid) and carries a token, an HMAC of
-//! the uid under a key only kvtenant holds; a call with another tenant's uid and no matching
-//! token is refused, so a tenant can only ever act on its own admission. The tenant's own
-//! admins can read the token (it is in their webhook configurations) and call the path
-//! themselves: that lets them do nothing they could not do by editing those configurations.
-//! Not verified: that the caller is the tenant's apiserver process. The apiserver presents no
-//! client certificate unless it is started with an admission kubeconfig
-//! (`--admission-control-config-file`), which kvtenant cannot set for External control
-//! planes; for Managed ones that would be the controller's to add, and then a client CA here.
+//! Every tenant path names the tenant (VirtualCluster uid) and carries a token, an HMAC of the
+//! uid under a key only kvtenant holds ([`paths`]): a path of another tenant cannot be forged.
+//! The token is no secret from the tenant, though: it is in the tenant's webhook
+//! configurations, which anyone allowed to read them there (the tenant's admins) can read, and
+//! it never changes. Whoever holds a tenant's token and reaches this server (a tenant admin,
+//! anyone the token leaked to, any pod that can connect to the server) could, with the token
+//! alone, send that tenant's paths crafted AdmissionReviews: have kvtenant's VM policy evaluate
+//! them (reading that tenant's objects and the host's cluster-wide instancetypes) and have
+//! them forwarded, translated to the tenant's host namespaces, to the host's KubeVirt webhooks
+//! with kvtenant's own host identity as the requester; answers only, nothing is written, but
+//! the host webhooks answer (and spend their time) for whoever asks. It cannot act as another
+//! tenant, and it cannot change what the tenant's own apiserver is told.
 //!
+//! So the caller is authenticated by certificate where kvtenant can arrange it ([`caller`]):
+//! a Managed control plane's apiserver is started with an admission configuration whose
+//! kubeconfig holds a client certificate from a CA of that tenant's PKI; the CA (not its key)
+//! is in the tenant's kubeconfig Secret, which the syncer reads. The server asks every client
+//! for a certificate (TLS, not required), and serves a tenant that has such a CA only on a
+//! connection whose certificate verifies against it, names `kvtenant-webhook-client` and is
+//! accepted by no other tenant, with the path's token as well. A certificate of another
+//! tenant is refused on any path. External control planes (kvtenant cannot set their apiserver's
+//! flags) are served on the token alone unless their platform admin adds such a CA to their
+//! kubeconfig Secret and the matching admission configuration to their apiserver.
+
 //! # What a tenant can make the server call
 //!
 //! Only a webhook registered on the host, chosen by configuration and webhook name, that
@@ -39,6 +54,7 @@
 //! Service, port, path and CA all come from the host's configuration; path segments are
 //! plain names (no URL, port, escape or `..`).
 
+pub mod caller;
 pub mod certs;
 pub mod forward;
 pub mod lookup;
@@ -134,9 +150,9 @@ impl Default for WebhookConfig {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 9443)),
             external_name: "kvtenant-webhooks.kvtenant-system.svc".into(),
-            external_port: Some(443),
-            tenant_service_namespace: "kube-system".into(),
-            tenant_service_name: "kvtenant-webhooks".into(),
+            external_port: Some(kvtenant_api::labels::TENANT_WEBHOOK_SERVICE_PORT),
+            tenant_service_namespace: kvtenant_api::labels::TENANT_WEBHOOK_SERVICE_NAMESPACE.into(),
+            tenant_service_name: kvtenant_api::labels::TENANT_WEBHOOK_SERVICE_NAME.into(),
             extra_sans: Vec::new(),
             ca_secret: Some(SecretRef {
                 namespace: "kvtenant-system".into(),

@@ -1,6 +1,7 @@
 //! The HTTPS server: `/healthz`, `/readyz`, and the tenant paths ([`crate::paths`]).
 //!
-//! A tenant path is served only when its token matches its VirtualCluster uid, that
+//! A tenant path is served only when its token matches its VirtualCluster uid, the caller is
+//! who [`crate::caller`] requires (a Managed tenant's apiserver: its client certificate), that
 //! VirtualCluster is a running tenant of the syncer (or was, less than `gone_grace` ago: the
 //! syncer restarts a tenant when its VirtualCluster changes) and has `spec.kubevirt.webhooks`
 //! on.
@@ -24,6 +25,7 @@ use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
+use crate::caller;
 use crate::lookup::{self, ClientConfig, Endpoint, HostHook};
 use crate::mirror::POLICY_WEBHOOK;
 use crate::paths::{self, HookType, Route};
@@ -57,9 +59,19 @@ async fn connection(acceptor: TlsAcceptor, tcp: TcpStream, state: Arc<State>) {
         }
         Err(_) => return,
     };
+    // the client certificate chain, as presented (its key proven in the handshake; which tenant
+    // it belongs to is decided per call, [`crate::caller`])
+    let peer = Arc::new(caller::Peer::new(
+        tls.get_ref()
+            .1
+            .peer_certificates()
+            .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
+            .unwrap_or_default(),
+    ));
     let svc = service_fn(move |req| {
         let state = state.clone();
-        async move { Ok::<_, Infallible>(handle(&state, req).await) }
+        let peer = peer.clone();
+        async move { Ok::<_, Infallible>(handle(&state, req, &peer).await) }
     });
     if let Err(e) = http1::Builder::new()
         .serve_connection(TokioIo::new(tls), svc)
@@ -84,6 +96,7 @@ fn text(status: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {
 fn status_response(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
     let reason = match status {
         StatusCode::FORBIDDEN => "Forbidden",
+        StatusCode::UNAUTHORIZED => "Unauthorized",
         StatusCode::BAD_REQUEST => "BadRequest",
         StatusCode::NOT_FOUND => "NotFound",
         _ => "InternalError",
@@ -112,7 +125,11 @@ fn json_response(v: &Value) -> Response<Full<Bytes>> {
     r
 }
 
-async fn handle(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(
+    state: &State,
+    req: Request<Incoming>,
+    peer: &caller::Peer,
+) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
     match (req.method(), path.as_str()) {
@@ -135,7 +152,7 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> 
                     );
                 }
             };
-            admission(state, &path, query.as_deref(), &body).await
+            admission(state, &path, query.as_deref(), &body, peer).await
         }
         _ => text(StatusCode::NOT_FOUND, "not found"),
     }
@@ -158,20 +175,22 @@ fn query_timeout(query: Option<&str>) -> Option<Duration> {
     (secs.is_finite() && secs > 0.0).then(|| Duration::from_secs_f64(secs.min(60.0)))
 }
 
-/// Handles a call on a tenant path (exposed for tests through [`crate::Webhooks`]).
+/// Handles a call on a tenant path, made by `peer`.
 pub(crate) async fn admission(
     state: &State,
     path: &str,
     query: Option<&str>,
     body: &[u8],
+    peer: &caller::Peer,
 ) -> Response<Full<Bytes>> {
     let started = Instant::now();
     let tp = match paths::parse(path) {
         Ok(tp) => tp,
         Err(e) => return status_response(StatusCode::FORBIDDEN, &e.to_string()),
     };
-    if !state.certs.token_key().verify(&tp.vc_uid, &tp.token) {
-        return status_response(StatusCode::FORBIDDEN, "unknown tenant path");
+    let token_ok = state.certs.token_key().verify(&tp.vc_uid, &tp.token);
+    if !token_ok {
+        return refused(state, "", caller::Refusal::BadToken);
     }
     let Some(tenant) = state.tenant(&tp.vc_uid) else {
         return status_response(
@@ -179,6 +198,11 @@ pub(crate) async fn admission(
             "kvtenant is not serving this virtual cluster right now",
         );
     };
+    let presented = peer.presented(&state.verifiers, &state.known_tenants());
+    let required = caller::required(tenant.managed, tenant.webhook_client_ca.is_some());
+    if let Err(r) = caller::decide(&tp.vc_uid, token_ok, required, &presented) {
+        return refused(state, &tenant.label, r);
+    }
     if !tenant.spec.kubevirt.webhooks_on() {
         return status_response(
             StatusCode::FORBIDDEN,
@@ -236,6 +260,18 @@ pub(crate) async fn admission(
             status_response(status, &message)
         }
     }
+}
+
+/// A call refused for who made it: 403 for a path no tenant has, else 401, with the reason (the
+/// caller is an apiserver: it reports `failed calling webhook` and applies the failurePolicy).
+fn refused(state: &State, tenant: &str, r: caller::Refusal) -> Response<Full<Bytes>> {
+    state.metrics.observe(tenant, "", r.metric_label(), 0.0);
+    tracing::info!(%tenant, reason = %r, "webhook call refused: caller not authenticated");
+    let status = match r {
+        caller::Refusal::BadToken => StatusCode::FORBIDDEN,
+        _ => StatusCode::UNAUTHORIZED,
+    };
+    status_response(status, &r.to_string())
 }
 
 fn result_of(answer: &Value) -> &'static str {

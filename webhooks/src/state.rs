@@ -17,6 +17,7 @@ use serde_json::Value;
 use tokio::sync::Notify;
 
 use crate::WebhookConfig;
+use crate::caller::Verifiers;
 use crate::certs::CertManager;
 use crate::forward::Forwarder;
 use crate::metrics::Metrics;
@@ -54,6 +55,8 @@ pub(crate) struct State {
     recent: Mutex<HashMap<String, (Instant, TenantView)>>,
     /// Tenants whose registrations changed in the tenant since they were last applied.
     dirty: Mutex<HashSet<String>>,
+    /// The tenants' webhook client CAs ([`crate::caller`]).
+    pub verifiers: Verifiers,
 }
 
 impl State {
@@ -83,6 +86,7 @@ impl State {
             services: Mutex::new(HashMap::new()),
             recent: Mutex::new(HashMap::new()),
             dirty: Mutex::new(HashSet::new()),
+            verifiers: Verifiers::default(),
         }
     }
 
@@ -141,6 +145,18 @@ impl State {
             .get(vc_uid)
             .filter(|(seen, _)| seen.elapsed() < self.config.gone_grace)
             .map(|(_, v)| v.clone())
+    }
+
+    /// The tenants served now: running, or seen running within `gone_grace`.
+    pub fn known_tenants(&self) -> Vec<TenantView> {
+        let mut out = self.tenants.running();
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        for (uid, (seen, t)) in recent.iter() {
+            if seen.elapsed() < self.config.gone_grace && !out.iter().any(|r| r.vc.uid == *uid) {
+                out.push(t.clone());
+            }
+        }
+        out
     }
 
     /// Records the running tenants (the registrar calls this at every poll).

@@ -32,6 +32,16 @@ pub mod keys {
     pub const CONTROLLER_MANAGER_KEY: &str = "controller-manager.key";
     pub const KUBELET_CLIENT_CRT: &str = "apiserver-kubelet-client.crt";
     pub const KUBELET_CLIENT_KEY: &str = "apiserver-kubelet-client.key";
+    /// The CA of the client certificate the apiserver presents to kvtenant's webhook server
+    /// (its certificate, not its key, also goes into the kubeconfig Secret).
+    pub const WEBHOOK_CLIENT_CA_CRT: &str = kvtenant_api::labels::WEBHOOK_CLIENT_CA_KEY;
+    pub const WEBHOOK_CLIENT_CA_KEY: &str = "webhook-client-ca.key";
+    pub const WEBHOOK_CLIENT_CRT: &str = "webhook-client.crt";
+    pub const WEBHOOK_CLIENT_KEY: &str = "webhook-client.key";
+    /// The apiserver's `--admission-control-config-file` and the kubeconfig it names (rendered
+    /// by [`crate::managed::render`]).
+    pub const ADMISSION_CONFIG: &str = "admission-config.yaml";
+    pub const WEBHOOK_KUBECONFIG: &str = "webhook-client.kubeconfig";
     pub const SA_KEY: &str = "sa.key";
     pub const SA_PUB: &str = "sa.pub";
     /// The controller-manager's kubeconfig (rendered from the certificates; see
@@ -88,6 +98,11 @@ pub struct Pki {
     pub controller_manager: CertKey,
     /// The apiserver's client certificate towards kubelets (kvtenant's kubelet proxy).
     pub kubelet_client: CertKey,
+    /// CA of the webhook client certificate (this tenant's alone: the webhook server knows the
+    /// tenant by it).
+    pub webhook_client_ca: CertKey,
+    /// The apiserver's client certificate towards kvtenant's webhook server.
+    pub webhook_client: CertKey,
     /// Service-account signing key pair.
     pub service_account: ServiceAccountKey,
 }
@@ -293,6 +308,18 @@ pub fn ensure(
             }
         };
 
+    let (webhook_client_ca, new_wh_ca) = match keep(
+        pair(existing, WEBHOOK_CLIENT_CA_CRT, WEBHOOK_CLIENT_CA_KEY),
+        None,
+    ) {
+        Some(ca) => (ca, false),
+        None => {
+            issued.push("webhook-client-ca");
+            let cn = format!("kvtenant-webhook-client-ca {}", req.cluster);
+            (new_ca(&cn, now)?, true)
+        }
+    };
+
     let wanted_sans = canonical_sans(&req.apiserver_sans);
     let leaf = |issued: &mut Vec<&'static str>,
                 name: &'static str,
@@ -379,6 +406,24 @@ pub fn ensure(
             )
         },
     )?;
+    let webhook_client = leaf(
+        &mut issued,
+        "webhook-client",
+        WEBHOOK_CLIENT_CRT,
+        WEBHOOK_CLIENT_KEY,
+        new_wh_ca,
+        None,
+        &|| {
+            let cn = kvtenant_api::labels::WEBHOOK_CLIENT_CN;
+            issue_client(
+                &webhook_client_ca,
+                cn,
+                &[],
+                now,
+                "webhook client certificate",
+            )
+        },
+    )?;
     let service_account = match (text(existing, SA_KEY), text(existing, SA_PUB)) {
         (Some(private_key_pem), Some(public_key_pem))
             if KeyPair::from_pem(&private_key_pem).is_ok() =>
@@ -406,6 +451,8 @@ pub fn ensure(
             admin,
             controller_manager,
             kubelet_client,
+            webhook_client_ca,
+            webhook_client,
             service_account,
         },
         issued,
@@ -435,6 +482,10 @@ impl Pki {
         put(CONTROLLER_MANAGER_KEY, &self.controller_manager.key_pem);
         put(KUBELET_CLIENT_CRT, &self.kubelet_client.cert_pem);
         put(KUBELET_CLIENT_KEY, &self.kubelet_client.key_pem);
+        put(WEBHOOK_CLIENT_CA_CRT, &self.webhook_client_ca.cert_pem);
+        put(WEBHOOK_CLIENT_CA_KEY, &self.webhook_client_ca.key_pem);
+        put(WEBHOOK_CLIENT_CRT, &self.webhook_client.cert_pem);
+        put(WEBHOOK_CLIENT_KEY, &self.webhook_client.key_pem);
         put(SA_KEY, &self.service_account.private_key_pem);
         put(SA_PUB, &self.service_account.public_key_pem);
         m
@@ -469,7 +520,7 @@ mod tests {
     fn issues_everything_then_keeps_it() {
         let now = OffsetDateTime::now_utc();
         let (pki, issued) = ensure(&BTreeMap::new(), &req(), now, RENEW).unwrap();
-        assert_eq!(issued.len(), 8, "{issued:?}");
+        assert_eq!(issued.len(), 10, "{issued:?}");
         let info = cert_info(&pki.apiserver.cert_pem).unwrap();
         assert_eq!(info.sans, canonical_sans(&req().apiserver_sans));
         let (again, issued) = ensure(&data(&pki), &req(), now, RENEW).unwrap();
@@ -490,7 +541,8 @@ mod tests {
                 "admin",
                 "controller-manager",
                 "apiserver-kubelet-client",
-                "front-proxy-client"
+                "front-proxy-client",
+                "webhook-client"
             ]
         );
         assert_eq!(renewed.ca, pki.ca);
@@ -528,8 +580,13 @@ mod tests {
                 "controller-manager",
                 "apiserver-kubelet-client"
             ],
-            "the front-proxy CA and its client stay"
+            "the front-proxy and webhook client CAs and their clients stay"
         );
+        let mut d = data(&pki);
+        d.remove(keys::WEBHOOK_CLIENT_CA_KEY);
+        let (renewed, issued) = ensure(&d, &req(), now, RENEW).unwrap();
+        assert_eq!(issued, ["webhook-client-ca", "webhook-client"]);
+        assert_ne!(renewed.webhook_client_ca, pki.webhook_client_ca);
         let mut more = req();
         more.apiserver_sans.push("vc.example.com".into());
         let (_, issued) = ensure(&data(&pki), &more, now, RENEW).unwrap();

@@ -226,9 +226,11 @@ fn to_bytes(m: BTreeMap<String, String>) -> BTreeMap<String, ByteString> {
 }
 
 /// The `<vc>-pki` Secret: every certificate and key, plus the controller-manager kubeconfig
-/// (pointing at the apiserver on the pod's loopback).
+/// (pointing at the apiserver on the pod's loopback) and the apiserver's admission configuration
+/// with its webhook kubeconfig ([`admission_files`]).
 pub fn pki_secret(t: &Target<'_>, pki: &Pki) -> Secret {
     let mut entries = pki.secret_entries();
+    entries.extend(admission_files(pki));
     entries.insert(
         pki::keys::CONTROLLER_MANAGER_CONF.to_owned(),
         pki::render_kubeconfig(
@@ -248,7 +250,8 @@ pub fn pki_secret(t: &Target<'_>, pki: &Pki) -> Secret {
 }
 
 /// The `<vc>-kubeconfig` Secret: the tenant admin kubeconfig (key `kubeconfig`) pointing at
-/// `endpoint`, and the CA (key `ca.crt`).
+/// `endpoint`, the CA (key `ca.crt`) and the webhook client CA the syncer's webhook server knows
+/// the tenant's apiserver by (key `webhook-client-ca.crt`, certificate only).
 pub fn kubeconfig_secret(t: &Target<'_>, pki: &Pki, endpoint: &str) -> Secret {
     let kubeconfig = pki::render_kubeconfig(
         &t.vcref.name,
@@ -263,6 +266,10 @@ pub fn kubeconfig_secret(t: &Target<'_>, pki: &Pki, endpoint: &str) -> Secret {
         data: Some(to_bytes(BTreeMap::from([
             (KUBECONFIG_KEY.to_owned(), kubeconfig),
             (pki::keys::CA_CRT.to_owned(), pki.ca.cert_pem.clone()),
+            (
+                pki::keys::WEBHOOK_CLIENT_CA_CRT.to_owned(),
+                pki.webhook_client_ca.cert_pem.clone(),
+            ),
         ]))),
         ..Secret::default()
     }
@@ -377,6 +384,11 @@ pub fn apiserver_command() -> Vec<String> {
             pki::keys::KUBELET_CLIENT_CRT
         ),
         format!("--kubelet-client-key={d}/{}", pki::keys::KUBELET_CLIENT_KEY),
+        // towards kvtenant's webhook server: the webhook client certificate it knows the tenant by
+        format!(
+            "--admission-control-config-file={d}/{}",
+            pki::keys::ADMISSION_CONFIG
+        ),
         "--profiling=false".into(),
     ]
 }
@@ -547,7 +559,8 @@ pub fn statefulset(t: &Target<'_>, pki_hash: &str) -> Result<StatefulSet, serde_
                             "items": items(&[k::CA_CRT, k::APISERVER_CRT, k::APISERVER_KEY,
                                 k::FRONT_PROXY_CA_CRT, k::FRONT_PROXY_CLIENT_CRT,
                                 k::FRONT_PROXY_CLIENT_KEY, k::KUBELET_CLIENT_CRT,
-                                k::KUBELET_CLIENT_KEY, k::SA_KEY, k::SA_PUB]),
+                                k::KUBELET_CLIENT_KEY, k::ADMISSION_CONFIG,
+                                k::WEBHOOK_KUBECONFIG, k::SA_KEY, k::SA_PUB]),
                         }},
                         {"name": "controller-manager", "secret": {
                             "secretName": t.names.pki_secret, "defaultMode": 0o440,
@@ -564,6 +577,9 @@ pub fn statefulset(t: &Target<'_>, pki_hash: &str) -> Result<StatefulSet, serde_
         }
     }))
 }
+
+mod admission;
+pub use admission::admission_files;
 
 #[cfg(test)]
 mod tests;

@@ -166,6 +166,22 @@ pub enum Caller {
     Kubelet,
 }
 
+/// Who a client certificate belongs to, among candidate tenants (pure): the one tenant that
+/// accepts it, or how many did (0: nobody's; 2 or more: a shared CA, refused). Every listener
+/// that tells tenant apiservers apart by their certificates decides with this (the proxy's, the
+/// kubelet proxy's, the webhook server's).
+pub fn the_one<T>(
+    candidates: impl IntoIterator<Item = T>,
+    accepts: impl Fn(&T) -> bool,
+) -> Result<T, usize> {
+    let mut matching: Vec<T> = candidates.into_iter().filter(|c| accepts(c)).collect();
+    if matching.len() == 1 {
+        matching.pop().ok_or(0)
+    } else {
+        Err(matching.len())
+    }
+}
+
 /// Finds the tenant whose apiserver presented the connection's client certificate. Exactly one
 /// tenant must accept it: a certificate two tenants would accept (a shared CA) is refused.
 pub fn identify(
@@ -195,26 +211,26 @@ pub fn identify(
         return Ok(t);
     }
     let kubelet_names = &state.config.kubelet.client_names;
-    let matching: Vec<Arc<TenantAuth>> = state
-        .tenant_auths()
-        .into_iter()
-        .filter(|t| match caller {
-            Caller::FrontProxy => t.accepts(chain),
-            Caller::Kubelet => t.accepts_kubelet_client(chain, kubelet_names),
-        })
-        .collect();
-    match matching.as_slice() {
-        [one] => {
+    let found = the_one(state.tenant_auths(), |t| match caller {
+        Caller::FrontProxy => t.accepts(chain),
+        Caller::Kubelet => t.accepts_kubelet_client(chain, kubelet_names),
+    });
+    match found {
+        Ok(one) => {
             if let Ok(mut g) = conn.identity.lock() {
                 *g = Some((generation, one.uid.clone()));
             }
-            Ok(one.clone())
+            Ok(one)
         }
-        [] => Err(format!(
+        Err(0) => Err(format!(
             "the client certificate is not the {what} of any virtual cluster served here"
         )),
-        _ => {
-            tracing::warn!(tenants = ?matching.iter().map(|t| t.label.as_str()).collect::<Vec<_>>(), ?caller, "virtual clusters share a CA; their calls are refused");
+        Err(n) => {
+            tracing::warn!(
+                tenants = n,
+                ?caller,
+                "virtual clusters share a CA; their calls are refused"
+            );
             Err("the client certificate is accepted by more than one virtual cluster (a shared CA); refused".into())
         }
     }
@@ -366,6 +382,13 @@ mod tests {
             vec!["X509SHA256=ab"]
         );
         assert!(user_from_headers(&HeaderMap::new(), &rh).is_none());
+    }
+
+    #[test]
+    fn exactly_one_candidate_owns_a_certificate() {
+        assert_eq!(the_one([1, 2, 3], |c| *c == 2), Ok(2));
+        assert_eq!(the_one([1, 2, 3], |_| false), Err(0));
+        assert_eq!(the_one([1, 2, 3], |c| *c > 1), Err(2), "a shared CA");
     }
 
     #[test]

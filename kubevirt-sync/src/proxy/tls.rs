@@ -155,7 +155,7 @@ pub fn server_config(
     let mut config = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| ProxyError::Tls(e.to_string()))?
-        .with_client_cert_verifier(Arc::new(DeferredClientVerifier { provider }))
+        .with_client_cert_verifier(deferred_client_verifier(provider))
         .with_single_cert(chain, key)
         .map_err(|e| ProxyError::Tls(e.to_string()))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -208,6 +208,14 @@ pub fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
         .next()
         .and_then(|cn| cn.as_str().ok())
         .map(str::to_string)
+}
+
+/// A client certificate verifier that asks for a certificate without requiring one and accepts
+/// any chain at the TLS level, checking only that the client holds its key; the chain is to be
+/// verified per request against the tenants' CAs ([`super::auth::the_one`]). The webhook server
+/// uses it too.
+pub fn deferred_client_verifier(provider: Arc<CryptoProvider>) -> Arc<dyn ClientCertVerifier> {
+    Arc::new(DeferredClientVerifier { provider })
 }
 
 /// Accepts any client certificate chain at the TLS level (the chain is verified per request),

@@ -68,6 +68,11 @@ pub struct TenantHandle {
     pub client: Client,
     /// Tells one start of a tenant from the next (a restarted tenant gets a new number).
     pub instance: u64,
+    /// Whether kvtenant runs the control plane (`spec.controlPlane.mode: Managed`).
+    pub managed: bool,
+    /// The CA (PEM) of the client certificate the tenant apiserver presents to the webhook
+    /// server, from its kubeconfig Secret; `None`: it presents none kvtenant knows.
+    pub webhook_client_ca: Option<Arc<str>>,
 }
 
 /// A tenant being synced.
@@ -104,6 +109,7 @@ pub struct Tenant {
     /// One `spec.mapServices` pass at a time ([`map_services`]).
     map_lock: tokio::sync::Mutex<()>,
     instance: u64,
+    webhook_client_ca: Option<Arc<str>>,
 }
 
 impl Drop for Tenant {
@@ -121,6 +127,7 @@ impl Tenant {
         vc: VirtualClusterRef,
         virtual_cluster: VirtualCluster,
         client: Client,
+        webhook_client_ca: Option<String>,
     ) -> Result<Arc<Self>, Error> {
         let spec = Arc::new(virtual_cluster.spec.clone());
         let enabled = spec.kubevirt.synced_kinds();
@@ -178,6 +185,7 @@ impl Tenant {
             api_endpoint: endpoint,
             map_lock: tokio::sync::Mutex::new(()),
             instance: INSTANCES.fetch_add(1, Ordering::Relaxed),
+            webhook_client_ca: webhook_client_ca.map(Arc::from),
         });
         let mut tasks: Vec<AbortHandle> = writers
             .into_iter()
@@ -252,6 +260,7 @@ impl Tenant {
             api_endpoint: endpoint,
             map_lock: tokio::sync::Mutex::new(()),
             instance: 0,
+            webhook_client_ca: None,
         });
         (tenant, writers)
     }
@@ -264,6 +273,8 @@ impl Tenant {
             spec: self.spec.clone(),
             client: self.client.clone(),
             instance: self.instance,
+            managed: self.spec.control_plane.mode == kvtenant_api::ControlPlaneMode::Managed,
+            webhook_client_ca: self.webhook_client_ca.clone(),
         }
     }
 

@@ -291,3 +291,87 @@ fn the_tenant_controller_manager_leaves_storage_and_node_health_to_the_host() {
         assert!(controllers.contains(&off), "{off} missing: {controllers:?}");
     }
 }
+
+#[test]
+fn the_apiserver_presents_its_webhook_client_certificate_to_kvtenants_webhook_service() {
+    let v = vc(VirtualClusterSpec::default());
+    let t = Target::new(&v).unwrap();
+    let pki = pki_for(&t);
+    let data = pki_secret(&t, &pki).data.unwrap();
+    let text = |k: &str| String::from_utf8(data[k].0.clone()).unwrap();
+    // the flag names a file of the apiserver's mounted Secret items; the file names another
+    let sts = statefulset(&t, "h").unwrap();
+    let args = container(&sts, "kube-apiserver").args.clone().unwrap();
+    let flag = format!("--admission-control-config-file={APISERVER_PKI_DIR}/admission-config.yaml");
+    assert!(args.contains(&flag), "{args:?}");
+    let volumes = sts
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .volumes
+        .clone()
+        .unwrap();
+    let mounted: Vec<String> = volumes
+        .iter()
+        .find(|v| v.name == "apiserver-pki")
+        .and_then(|v| v.secret.as_ref())
+        .and_then(|s| s.items.clone())
+        .unwrap()
+        .into_iter()
+        .map(|i| i.path)
+        .collect();
+    for key in [pki::keys::ADMISSION_CONFIG, pki::keys::WEBHOOK_KUBECONFIG] {
+        assert!(mounted.iter().any(|m| m == key), "{key} mounted");
+    }
+    assert!(
+        !mounted
+            .iter()
+            .any(|m| m == pki::keys::WEBHOOK_CLIENT_CA_KEY),
+        "the CA key stays in the Secret"
+    );
+    let config = text(pki::keys::ADMISSION_CONFIG);
+    assert!(config.contains(&format!(
+        "kubeConfigFile: \"{APISERVER_PKI_DIR}/{}\"",
+        pki::keys::WEBHOOK_KUBECONFIG
+    )));
+    let kubeconfig = text(pki::keys::WEBHOOK_KUBECONFIG);
+    assert!(kubeconfig.contains("- name: \"kvtenant-webhooks.kube-system.svc:443\""));
+    assert!(kubeconfig.contains("- name: \"kvtenant-webhooks.kube-system.svc\""));
+    assert!(
+        kubeconfig.contains("- name: \"*\""),
+        "the webhook server on another port"
+    );
+    use base64::Engine as _;
+    let b64 =
+        base64::engine::general_purpose::STANDARD.encode(pki.webhook_client.cert_pem.as_bytes());
+    assert!(kubeconfig.contains(&b64));
+    // the syncer reads the CA (not its key) from the kubeconfig Secret
+    let kc = kubeconfig_secret(&t, &pki, "https://alpha-apiserver.tenants.svc:443")
+        .data
+        .unwrap();
+    assert_eq!(
+        kc[kvtenant_api::labels::WEBHOOK_CLIENT_CA_KEY].0,
+        pki.webhook_client_ca.cert_pem.as_bytes()
+    );
+    assert!(!format!("{kc:?}").contains("PRIVATE KEY"));
+    // signed by that CA, named as the webhook server expects
+    let (_, cert) =
+        x509_parser::pem::parse_x509_pem(pki.webhook_client.cert_pem.as_bytes()).unwrap();
+    let cert = cert.parse_x509().unwrap();
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(cn, kvtenant_api::labels::WEBHOOK_CLIENT_CN);
+    assert!(
+        cert.issuer()
+            .to_string()
+            .contains("kvtenant-webhook-client-ca")
+    );
+}
