@@ -49,12 +49,14 @@ fn ok(out: Output) -> String {
     stdout(&out)
 }
 
-/// A directory holding the binary as the kubectl plugin `kubectl-kvtenant` (a symlink, as a
-/// package manager or krew installs it).
+/// A directory holding the binary as the kubectl plugin `kubectl-kvtenant` and as its
+/// completion executable `kubectl_complete-kvtenant` (symlinks, as a package manager or krew
+/// installs them).
 fn plugin_dir() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let plugin = dir.path().join("kubectl-kvtenant");
     std::os::unix::fs::symlink(BIN, &plugin).unwrap();
+    std::os::unix::fs::symlink(BIN, dir.path().join("kubectl_complete-kvtenant")).unwrap();
     (dir, plugin)
 }
 
@@ -187,6 +189,21 @@ fn kubectl_runs_it_as_a_plugin() {
         &["kvtenant", "list", "--help"],
     ));
     assert!(help.contains("Usage: kubectl kvtenant list"), "{help}");
+    // kubectl's own completion asks kubectl_complete-kvtenant (cobra's format)
+    let verbs = ok(kubectl_with_plugin(
+        dir.path(),
+        &["__complete", "kvtenant", "ver"],
+    ));
+    assert!(
+        verbs.starts_with("version\tPrint this binary's version"),
+        "{verbs}"
+    );
+    assert!(verbs.ends_with(":4\n"), "{verbs}");
+    let outputs = ok(kubectl_with_plugin(
+        dir.path(),
+        &["__complete", "kvtenant", "list", "-o", ""],
+    ));
+    assert_eq!(outputs, "table\njson\nyaml\n:4\n");
     // kubectl passes the plugin's exit code on
     let bad = kubectl_with_plugin(dir.path(), &["kvtenant", "no-such-verb"]);
     assert_eq!(bad.status.code(), Some(2));

@@ -1,7 +1,8 @@
-//! How the binary was invoked (as `kvtenant`, or as the kubectl plugin `kubectl-kvtenant`, which
-//! kubectl runs for `kubectl kvtenant ...`), and `kvtenant completion SHELL`.
+//! How the binary was invoked (as `kvtenant`, as the kubectl plugin `kubectl-kvtenant`, which
+//! kubectl runs for `kubectl kvtenant ...`, or as `kubectl_complete-kvtenant`, which kubectl runs
+//! to complete `kubectl kvtenant <TAB>`), and `kvtenant completion SHELL`.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::path::Path;
 
 use clap::{Args, CommandFactory, Parser};
@@ -10,12 +11,58 @@ use clap_complete::Shell;
 /// The executable name kubectl looks for on PATH to run `kubectl kvtenant`.
 pub const PLUGIN_EXECUTABLE: &str = "kubectl-kvtenant";
 
+/// The executable kubectl (1.26+) runs to complete `kubectl kvtenant ...`: with the words after
+/// `kvtenant` (the last one being completed), it prints cobra's completion format.
+pub const PLUGIN_COMPLETION_EXECUTABLE: &str = "kubectl_complete-kvtenant";
+
 /// Whether `argv0` is the kubectl plugin's executable (a copy or symlink of this binary
 /// named `kubectl-kvtenant`; kubectl runs it by its path).
 pub fn is_plugin(argv0: Option<&OsStr>) -> bool {
     argv0
         .and_then(|a| Path::new(a).file_name())
         .is_some_and(|n| n == PLUGIN_EXECUTABLE)
+}
+
+/// Whether `argv0` is the kubectl plugin's completion executable.
+pub fn is_plugin_completion(argv0: Option<&OsStr>) -> bool {
+    argv0
+        .and_then(|a| Path::new(a).file_name())
+        .is_some_and(|n| n == PLUGIN_COMPLETION_EXECUTABLE)
+}
+
+/// Completions of the last of `words` (the words after `kvtenant`, the last one possibly
+/// empty) in the format kubectl takes from a plugin's completion executable (cobra's): one
+/// `value<TAB>help` per line, then `:4` (no file names) when there are any, else `:0` (the
+/// shell's own completion, e.g. file names for `-f`).
+pub fn kubectl_completions<C: CommandFactory>(words: &[OsString]) -> String {
+    let mut cmd = C::command();
+    let mut args = vec![OsString::from("kvtenant")];
+    args.extend(words.iter().cloned());
+    if words.is_empty() {
+        args.push(OsString::new());
+    }
+    let index = args.len() - 1;
+    let candidates =
+        clap_complete::engine::complete(&mut cmd, args, index, None).unwrap_or_default();
+    let mut out = String::new();
+    for c in candidates.iter().filter(|c| !c.is_hide_set()) {
+        out.push_str(&c.get_value().to_string_lossy());
+        if let Some(help) = c.get_help() {
+            let help = help.to_string();
+            let first = help.lines().next().unwrap_or_default();
+            if !first.is_empty() {
+                out.push('\t');
+                out.push_str(first);
+            }
+        }
+        out.push('\n');
+    }
+    out.push_str(if candidates.is_empty() {
+        ":0\n"
+    } else {
+        ":4\n"
+    });
+    out
 }
 
 /// The command name usage and help show.
@@ -28,7 +75,7 @@ pub fn display_name(argv0: Option<&OsStr>) -> &'static str {
 }
 
 /// The name a completion script registers: the executable a shell runs (`kubectl kvtenant`
-/// is not one; kubectl's own completion does not reach into plugins written without cobra).
+/// is not one: kubectl's own completion asks `kubectl_complete-kvtenant`).
 pub fn completion_name(argv0: Option<&OsStr>) -> &'static str {
     if is_plugin(argv0) {
         PLUGIN_EXECUTABLE
@@ -46,6 +93,11 @@ pub fn command_name() -> &'static str {
 /// on a usage error, 0 after `--help`/`--version` (clap's codes).
 pub fn parse<C: Parser>() -> C {
     let argv0 = std::env::args_os().next();
+    if is_plugin_completion(argv0.as_deref()) {
+        let words: Vec<OsString> = std::env::args_os().skip(1).collect();
+        print!("{}", kubectl_completions::<C>(&words));
+        std::process::exit(0);
+    }
     let matches = C::command()
         .bin_name(display_name(argv0.as_deref()))
         .get_matches();
@@ -112,6 +164,24 @@ mod tests {
     enum Sub {
         /// Lists things.
         List,
+    }
+
+    #[test]
+    fn kubectl_completions_are_cobras_format() {
+        let words = |w: &[&str]| w.iter().map(OsString::from).collect::<Vec<_>>();
+        assert_eq!(
+            kubectl_completions::<Demo>(&words(&["li"])),
+            "list\tLists things\n:4\n"
+        );
+        let all = kubectl_completions::<Demo>(&words(&[]));
+        assert!(all.starts_with("list\tLists things\n"), "{all}");
+        assert_eq!(kubectl_completions::<Demo>(&words(&["zz"])), ":0\n");
+        assert!(is_plugin_completion(Some(OsStr::new(
+            "/p/kubectl_complete-kvtenant"
+        ))));
+        assert!(!is_plugin_completion(Some(OsStr::new(
+            "/p/kubectl-kvtenant"
+        ))));
     }
 
     #[test]
