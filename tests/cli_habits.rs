@@ -258,6 +258,29 @@ fn kubeconfigs(host: &ControlPlane, dir: &Path) -> (PathBuf, PathBuf, String) {
     (dead, current, host_ctx)
 }
 
+/// A kubeconfig for a new ServiceAccount that is granted nothing.
+fn no_rights_kubeconfig(host: &ControlPlane, dir: &Path) -> PathBuf {
+    let admin = host.kubeconfig_path();
+    testenv::testing::kubectl(
+        admin,
+        &["create", "serviceaccount", "nobody", "-n", "default"],
+    );
+    let token = testenv::testing::kubectl(admin, &["create", "token", "nobody", "-n", "default"]);
+    let ca = dir.join("host-ca.crt");
+    std::fs::write(&ca, host.pki().ca.cert_pem()).unwrap();
+    let kc = json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "host", "cluster": {
+            "server": host.url(), "certificate-authority": ca.to_str().unwrap()}}],
+        "users": [{"name": "nobody", "user": {"token": token.trim()}}],
+        "contexts": [{"name": "nobody", "context": {"cluster": "host", "user": "nobody"}}],
+        "current-context": "nobody",
+    });
+    let path = dir.join("nobody.kubeconfig");
+    std::fs::write(&path, serde_yaml::to_string(&kc).unwrap()).unwrap();
+    path
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn version_reports_the_controller_and_kubeconfig_is_read_as_kubectl_reads_it() {
     let host = ControlPlane::start(Options::new("habits-host"))
@@ -328,6 +351,13 @@ async fn version_reports_the_controller_and_kubeconfig_is_read_as_kubectl_reads_
         ],
     ));
     assert!(text.contains("  version: v9.8.7\n"), "{text}");
+    // a user who may not read Deployments still gets an answer (exit 0)
+    let sa_kc = no_rights_kubeconfig(&host, dir.path());
+    let text = ok(kvtenant(Some(sa_kc.to_str().unwrap()), &["version"]));
+    assert!(
+        text.contains("Controller Version: unknown (not allowed to list Deployments"),
+        "{text}"
+    );
     // --kubeconfig is one file: current.yaml alone names a context it does not hold
     let out = kvtenant(
         Some(dead_s),

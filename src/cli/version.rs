@@ -47,6 +47,10 @@ pub struct Versions {
 pub struct ControllerInfo {
     /// False when the host has no controller Deployment.
     pub installed: bool,
+    /// Why the controller's version is unknown: the host answered, but this user may not read
+    /// Deployments where it looked (`installed` is then false: not seen).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unknown: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -84,6 +88,7 @@ pub fn controller_info(d: &Deployment) -> ControllerInfo {
     let status = d.status.as_ref();
     ControllerInfo {
         installed: true,
+        unknown: None,
         version,
         deployment: Some(format!(
             "{}/{}",
@@ -101,6 +106,10 @@ pub fn text(v: &Versions) -> String {
     let mut out = format!("Client Version: {}\n", v.client_version);
     match &v.controller {
         None => {}
+        Some(c) if c.unknown.is_some() => out.push_str(&format!(
+            "Controller Version: unknown ({})\n",
+            c.unknown.as_deref().unwrap_or_default()
+        )),
         Some(c) if !c.installed => out.push_str(&format!(
             "Controller Version: not installed (no Deployment labelled {CONTROLLER_SELECTOR} on the host)\n"
         )),
@@ -119,17 +128,29 @@ pub fn text(v: &Versions) -> String {
 async fn find_controller(g: &GlobalArgs) -> anyhow::Result<ControllerInfo> {
     let client = g.host_client().await?;
     let lp = ListParams::default().labels(CONTROLLER_SELECTOR);
+    let forbidden = |e: &kube::Error| {
+        kvtenant_kubeutil::classify(e) == kvtenant_kubeutil::ApiErrorClass::Forbidden
+    };
     let listed = match Api::<Deployment>::all(client.clone()).list(&lp).await {
-        Err(e)
-            if kvtenant_kubeutil::classify(&e) == kvtenant_kubeutil::ApiErrorClass::Forbidden =>
-        {
+        Err(e) if forbidden(&e) => {
             Api::<Deployment>::namespaced(client, INSTALL_NAMESPACE)
                 .list(&lp)
                 .await
         }
         r => r,
-    }
-    .context("looking for the kvtenant controller's Deployment on the host")?;
+    };
+    let listed = match listed {
+        // the host answered: a user without read access to Deployments still gets an answer
+        Err(e) if forbidden(&e) => {
+            return Ok(ControllerInfo {
+                unknown: Some(format!(
+                    "not allowed to list Deployments in any namespace or in {INSTALL_NAMESPACE}"
+                )),
+                ..ControllerInfo::default()
+            });
+        }
+        r => r.context("looking for the kvtenant controller's Deployment on the host")?,
+    };
     Ok(listed
         .items
         .first()
@@ -208,6 +229,11 @@ mod tests {
         assert_eq!(text(&v), "Client Version: v1\n");
         v.controller = Some(ControllerInfo::default());
         assert!(text(&v).contains("Controller Version: not installed"));
+        v.controller = Some(ControllerInfo {
+            unknown: Some("not allowed".into()),
+            ..ControllerInfo::default()
+        });
+        assert!(text(&v).ends_with("Controller Version: unknown (not allowed)\n"));
         v.controller = Some(controller_info(&deployment("k:v2")));
         assert!(
             text(&v).ends_with(
