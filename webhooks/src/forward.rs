@@ -68,7 +68,9 @@ const MAX_CACHED: usize = 64;
 const USER_AGENT: &str = concat!("kvtenant/", env!("CARGO_PKG_VERSION"));
 
 /// Calls host webhooks; one reqwest client per CA bundle (sha256), so a connection verified
-/// against one bundle never serves a review that must trust another.
+/// against one bundle never serves a review that must trust another. Pools are keyed by the
+/// certificate's name and port: after an ExternalName Service is pointed elsewhere, connections
+/// to the old target serve until they idle out ([`IDLE_TIMEOUT`]) or close.
 #[derive(Default)]
 pub struct Forwarder {
     clients: Mutex<HashMap<[u8; 32], reqwest::Client>>,
