@@ -44,7 +44,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     eprintln!(
         "kvtenant dev: KubeVirt's control plane is real here, its nodes and virt-handler are SIMULATED (no VM boots); for VMs that boot use e2e-kind/."
     );
-    if !testenv::binaries::cached() || !testenv::binaries::kubevirt_cached() {
+    if !testenv::binaries::cached()
+        || !testenv::binaries::kubevirt_cached()
+        || !testenv::binaries::kine_cached()
+    {
         eprintln!(
             "kvtenant dev: building the control-plane and KubeVirt binaries first (once per machine, several minutes)..."
         );

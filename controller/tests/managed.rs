@@ -401,6 +401,101 @@ async fn managed_objects_are_rendered_and_the_rendered_control_plane_boots() {
     }
 }
 
+/// Datastore Kine (SQLite) boots on a fresh volume (the runner's claim directory starts empty)
+/// and keeps its data when the pod is replaced.
+#[tokio::test]
+async fn kine_control_plane_boots_on_a_fresh_volume_and_keeps_its_data() {
+    let host = host("kine-host", true).await;
+    let client = host.client().unwrap();
+    create_namespace(&client, NS).await;
+    let runner = runner(&client).await;
+    let _ctl = RunningController::start(client.clone(), test_config());
+    let mut spec = VirtualClusterSpec::default();
+    spec.control_plane.datastore = kvtenant_api::Datastore::Kine;
+    spec.expose.type_ = kvtenant_api::ExposeType::NodePort;
+    spec.expose.extra_sans = vec!["127.0.0.1".into()];
+    create_vc(&client, NS, &vc("kappa", spec)).await;
+    let t0 = Instant::now();
+    let vc = wait_status(&client, NS, "kappa", "Ready on kine", |s| {
+        if s.phase == Some(Phase::Ready) {
+            Ok(())
+        } else {
+            Err(format!("{:?}\n{}", s.message, runner_logs(&runner)))
+        }
+    })
+    .await;
+    eprintln!("kine control plane Ready after {:.2?}", t0.elapsed());
+    let secret = Api::<Secret>::namespaced(client.clone(), NS)
+        .get("kappa-kubeconfig")
+        .await
+        .unwrap();
+    let text = String::from_utf8(secret.data.unwrap()[render::KUBECONFIG_KEY].0.clone()).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(
+        Kubeconfig::from_yaml(&text).unwrap(),
+        &KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    let tenant = Client::try_from(config).unwrap();
+    let namespaces: Api<Namespace> = Api::all(tenant.clone());
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "kept"}})).unwrap();
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+    let claims = walk(&runner.dir().join("claims"));
+    assert!(
+        claims
+            .iter()
+            .any(|p| p.file_name().is_some_and(|n| n == "kine.db")),
+        "the database is on the claim's volume: {claims:?}"
+    );
+
+    // the pod is replaced (as on a node drain): the new one has the data
+    let first = runner.snapshot().pods[&format!("{NS}/kappa-cp-0")].clone();
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), NS);
+    let uid = vc.uid().unwrap();
+    pods.delete("kappa-cp-0", &Default::default())
+        .await
+        .unwrap();
+    wait_for("a new kine pod", Duration::from_secs(60), || {
+        let runner = &runner;
+        let first = first.clone();
+        async move {
+            match runner.snapshot().pods.get(&format!("{NS}/kappa-cp-0")) {
+                Some(now) if !now.is_empty() && now.iter().all(|p| !first.contains(p)) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+    wait_for(
+        "the tenant to answer with its namespace",
+        Duration::from_secs(60),
+        || {
+            let namespaces = namespaces.clone();
+            async move {
+                namespaces
+                    .get("kept")
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        Api::<VirtualCluster>::namespaced(client.clone(), NS)
+            .get("kappa")
+            .await
+            .unwrap()
+            .uid()
+            .unwrap(),
+        uid
+    );
+}
+
 #[tokio::test]
 async fn pause_resume_version_change_isolation_and_delete() {
     let host = host("life-host", true).await;

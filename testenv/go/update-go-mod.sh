@@ -12,6 +12,7 @@ ETCD_VERSION=${ETCD_VERSION:-v3.7.3}
 KUBEVIRT_VERSION=${KUBEVIRT_VERSION:-v1.8.1}
 KWOK_VERSION=${KWOK_VERSION:-v0.8.0}
 COREDNS_VERSION=${COREDNS_VERSION:-v1.14.7}
+KINE_VERSION=${KINE_VERSION:-v0.17.5}
 staging_version="v0.${K8S_VERSION#v1.}"
 
 modfile=$(go mod download -json "k8s.io/kubernetes@${K8S_VERSION}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
@@ -76,5 +77,10 @@ required=$(awk '/^require \(/{r=1;next} r&&/^\)/{r=0} r{print $1}' "$modfile")
 (
   cd coredns
   printf 'module kvtenant.dev/testenv/coredns\n\ngo 1.26.0\n\nrequire github.com/coredns/coredns %s\n' "$COREDNS_VERSION" > go.mod
+  go mod tidy
+)
+(
+  cd kine
+  printf 'module kvtenant.dev/testenv/kine\n\ngo 1.26.0\n\nrequire github.com/k3s-io/kine %s\n' "$KINE_VERSION" > go.mod
   go mod tidy
 )

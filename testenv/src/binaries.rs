@@ -1,6 +1,6 @@
 //! Binaries built from pinned Go modules and cached outside the repository.
 //!
-//! Four sets, each cached under its own key (versions plus a hash of the module files, see
+//! Five sets, each cached under its own key (versions plus a hash of the module files, see
 //! [`crate::versions`]):
 //! - control plane: `kube-apiserver`, `kube-controller-manager` and `kube-scheduler` from
 //!   `k8s.io/kubernetes` (one `go build`), `etcd` from `go.etcd.io/etcd/server/v3`;
@@ -10,7 +10,8 @@
 //! - kwok: `kwok` and our `kwok-stages`, whose output `kwok-stages.yaml` (the Stages kwok ships)
 //!   is generated once after the build;
 //! - CoreDNS: `coredns` from `github.com/coredns/coredns` (its default plugin set, with
-//!   `kubernetes`, `forward`, `hosts` and `template`).
+//!   `kubernetes`, `forward`, `hosts` and `template`);
+//! - kine: `kine` from `github.com/k3s-io/kine` (pure-Go SQLite, built without cgo like the rest).
 //!
 //! The module files are embedded in this crate, so an installed binary builds the same thing.
 //! The first use builds with the machine's Go through the module proxy; later uses find the
@@ -21,7 +22,7 @@ use std::path::PathBuf;
 use crate::gobuild::{Generate, GoBuild, GoModule, GoSet};
 use crate::versions::gomod::*;
 pub use crate::versions::{
-    COREDNS_VERSION, ETCD_VERSION, KUBERNETES_VERSION, KUBEVIRT_VERSION, KWOK_VERSION,
+    COREDNS_VERSION, ETCD_VERSION, KINE_VERSION, KUBERNETES_VERSION, KUBEVIRT_VERSION, KWOK_VERSION,
 };
 
 /// Environment variable naming a directory with prebuilt `etcd`, `kube-apiserver`,
@@ -276,6 +277,30 @@ fn coredns_set() -> GoSet {
     }
 }
 
+fn kine_set() -> GoSet {
+    GoSet {
+        key_prefix: format!("kine-{KINE_VERSION}"),
+        label: format!("kine {KINE_VERSION}"),
+        modules: vec![GoModule {
+            dir: "kine",
+            files: &[
+                ("go.mod", KINE_GO_MOD),
+                ("go.sum", KINE_GO_SUM),
+                ("tools.go", KINE_TOOLS),
+            ],
+        }],
+        builds: vec![GoBuild {
+            module: "kine",
+            what: format!("kine {KINE_VERSION}"),
+            ldflags: format!("-s -w -X github.com/k3s-io/kine/pkg/version.Version={KINE_VERSION}"),
+            packages: vec!["github.com/k3s-io/kine"],
+            output: None,
+        }],
+        generate: vec![],
+        outputs: vec!["kine"],
+    }
+}
+
 /// Cache key of the control-plane binaries.
 pub fn cache_key() -> String {
     control_plane_set().key()
@@ -349,6 +374,17 @@ pub fn coredns() -> Result<PathBuf, BinariesError> {
     Ok(coredns_set().ensure()?.join("coredns"))
 }
 
+/// Whether the kine binary is already cached.
+pub fn kine_cached() -> bool {
+    kine_set().cached()
+}
+
+/// Returns the path of the `kine` binary, building it first if it is not cached yet (blocking;
+/// about 3 minutes cold on 2 cores).
+pub fn kine() -> Result<PathBuf, BinariesError> {
+    Ok(kine_set().ensure()?.join("kine"))
+}
+
 /// Returns the KubeVirt and kwok binaries, building them first if they are not cached yet
 /// (blocking; about 6 + 3 minutes cold on 2 cores).
 pub fn ensure_kubevirt() -> Result<KubeVirtBinaries, BinariesError> {
@@ -406,6 +442,7 @@ mod tests {
             kubevirt_set(),
             kwok_set(),
             coredns_set(),
+            kine_set(),
         ] {
             for out in &set.outputs {
                 let generated = set.generate.iter().any(|g| g.output == *out);

@@ -41,7 +41,7 @@ enum Cmd {
         controller_manager: bool,
     },
     /// Build (or find in the cache) the control-plane binaries, KubeVirt's virt-api,
-    /// virt-controller and virtctl, kwok and CoreDNS, and print where they are.
+    /// virt-controller and virtctl, kwok, CoreDNS and kine, and print where they are.
     Build {
         /// Only the control-plane binaries (etcd, kube-apiserver, kube-controller-manager,
         /// kube-scheduler).
@@ -87,6 +87,16 @@ async fn main() -> anyhow::Result<()> {
                 eprintln!(
                     "CoreDNS {} ready in {:.1?}",
                     binaries::COREDNS_VERSION,
+                    step.elapsed()
+                );
+                let step = Instant::now();
+                let kine = tokio::task::spawn_blocking(binaries::kine).await??;
+                if let Some(dir) = kine.parent() {
+                    println!("{}", dir.display());
+                }
+                eprintln!(
+                    "kine {} ready in {:.1?}",
+                    binaries::KINE_VERSION,
                     step.elapsed()
                 );
             }

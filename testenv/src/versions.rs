@@ -13,6 +13,9 @@ pub const KUBEVIRT_VERSION: &str = "v1.8.1";
 pub const KWOK_VERSION: &str = "v0.8.0";
 /// CoreDNS release (a tenant's DNS server; tests run it locally against a tenant apiserver).
 pub const COREDNS_VERSION: &str = "v1.14.7";
+/// kine release (the etcd shim of Managed virtual clusters with datastore Kine; the
+/// control-plane runner runs it).
+pub const KINE_VERSION: &str = "v0.17.5";
 
 /// The Go module files testenv embeds, by directory under `testenv/go/`.
 pub(crate) mod gomod {
@@ -34,6 +37,9 @@ pub(crate) mod gomod {
     pub const COREDNS_GO_MOD: &str = include_str!("../go/coredns/go.mod");
     pub const COREDNS_GO_SUM: &str = include_str!("../go/coredns/go.sum");
     pub const COREDNS_TOOLS: &str = include_str!("../go/coredns/tools.go");
+    pub const KINE_GO_MOD: &str = include_str!("../go/kine/go.mod");
+    pub const KINE_GO_SUM: &str = include_str!("../go/kine/go.sum");
+    pub const KINE_TOOLS: &str = include_str!("../go/kine/tools.go");
 }
 
 /// The version a go.mod `require`s (or replaces) `module` with, if any.
@@ -75,6 +81,10 @@ mod tests {
         assert_eq!(
             required_version(COREDNS_GO_MOD, "github.com/coredns/coredns"),
             Some(COREDNS_VERSION)
+        );
+        assert_eq!(
+            required_version(KINE_GO_MOD, "github.com/k3s-io/kine"),
+            Some(KINE_VERSION)
         );
     }
 

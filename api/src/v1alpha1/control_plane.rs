@@ -16,7 +16,7 @@ pub const DEFAULT_ETCD_IMAGE: &str = "registry.k8s.io/etcd:3.7.0-0";
 
 /// The kine image used when `spec.controlPlane.images.kine` is not set. kine is not published on
 /// registry.k8s.io; this is the upstream k3s-io/kine image.
-pub const DEFAULT_KINE_IMAGE: &str = "docker.io/rancher/kine:v0.16.3";
+pub const DEFAULT_KINE_IMAGE: &str = "docker.io/rancher/kine:v0.17.5";
 
 /// The size of the datastore volume when `spec.controlPlane.storage.size` is not set.
 pub const DEFAULT_STORAGE_SIZE: &str = "5Gi";
@@ -154,7 +154,7 @@ pub struct ControlPlaneImages {
     /// etcd image, used when datastore is Etcd (default registry.k8s.io/etcd:3.7.0-0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd: Option<String>,
-    /// kine image, used when datastore is Kine (default docker.io/rancher/kine:v0.16.3).
+    /// kine image, used when datastore is Kine (default docker.io/rancher/kine:v0.17.5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kine: Option<String>,
 }

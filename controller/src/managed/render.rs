@@ -41,6 +41,8 @@ pub const CONTROLLER_MANAGER_DIR: &str = "/etc/kubernetes/controller-manager";
 pub const CONTROLLER_MANAGER_CERT_DIR: &str = "/run/kube-controller-manager";
 /// Where the datastore volume is mounted.
 pub const DATA_DIR: &str = "/var/lib/kvtenant";
+/// kine's SQLite database, at the root of [`DATA_DIR`].
+pub const KINE_DATABASE: &str = "kine.db";
 /// The tenant's Service IP range (only meaningful inside the virtual cluster).
 pub const SERVICE_CIDR: &str = "10.96.0.0/12";
 /// The first address of [`SERVICE_CIDR`]: the tenant's `kubernetes` Service.
@@ -324,10 +326,16 @@ pub fn datastore_command(datastore: Datastore) -> Vec<String> {
                 "--log-level=warn".into(),
             ]
         }
+        // The database sits at the volume's root: kine creates directories only for its default
+        // DSN, so a file in a subdirectory fails on a fresh volume ("unable to open database
+        // file"). Its metrics listener (default :8080) is off: nothing scrapes it.
         Datastore::Kine => vec![
             "kine".into(),
-            format!("--endpoint=sqlite://{DATA_DIR}/kine/state.db?_journal=WAL&cache=shared"),
+            format!(
+                "--endpoint=sqlite://{DATA_DIR}/{KINE_DATABASE}?_journal=WAL&cache=shared&_busy_timeout=30000&_txlock=immediate"
+            ),
             format!("--listen-address=127.0.0.1:{ETCD_CLIENT_PORT}"),
+            "--metrics-bind-address=0".into(),
         ],
     }
 }

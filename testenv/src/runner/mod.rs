@@ -55,9 +55,11 @@ pub struct RunnerOptions {
 
 impl RunnerOptions {
     /// Runs pods labelled `selector`, with the testenv control-plane binaries (etcd,
-    /// kube-apiserver, kube-controller-manager, kube-scheduler; built first if not cached).
+    /// kube-apiserver, kube-controller-manager, kube-scheduler) and kine; built first if not
+    /// cached (minutes, once per machine).
     pub fn new(selector: BTreeMap<String, String>) -> Result<Self, crate::binaries::BinariesError> {
         let bins = crate::binaries::ensure()?;
+        let kine = crate::binaries::kine()?;
         Ok(Self {
             node: "testenv-control-planes".into(),
             selector,
@@ -67,6 +69,7 @@ impl RunnerOptions {
                 ("kube-apiserver", bins.kube_apiserver),
                 ("kube-controller-manager", bins.kube_controller_manager),
                 ("kube-scheduler", bins.kube_scheduler),
+                ("kine", kine),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))

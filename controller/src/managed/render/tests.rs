@@ -210,12 +210,20 @@ fn kine_replaces_etcd() {
         kine.image.as_deref(),
         Some(kvtenant_api::DEFAULT_KINE_IMAGE)
     );
+    // the database file sits at the root of the mounted volume: kine does not create the
+    // directories of a DSN it is given, and a fresh volume has only its root
+    let mount = &kine.volume_mounts.as_ref().unwrap()[0].mount_path;
+    assert!(
+        kine.args.as_ref().unwrap().iter().any(|a| a
+            == &format!("--endpoint=sqlite://{mount}/kine.db?_journal=WAL&cache=shared&_busy_timeout=30000&_txlock=immediate")),
+        "{:?}",
+        kine.args
+    );
     assert!(
         kine.args
             .as_ref()
             .unwrap()
-            .iter()
-            .any(|a| a.starts_with("--endpoint=sqlite://"))
+            .contains(&"--metrics-bind-address=0".to_owned())
     );
     let names: Vec<_> = sts
         .spec
