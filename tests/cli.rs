@@ -183,7 +183,10 @@ async fn create_list_connect_disconnect_pause_resume_delete() {
     );
     let json: serde_json::Value =
         serde_json::from_str(&ok(kvtenant(&kc, &["list", "-o", "json"]))).unwrap();
-    assert_eq!(json[0]["metadata"]["name"], "t1");
+    // as kubectl prints several objects: a v1 List
+    assert_eq!(json["kind"], "List");
+    assert_eq!(json["items"][0]["kind"], "VirtualCluster");
+    assert_eq!(json["items"][0]["metadata"]["name"], "t1");
 
     // connect: the tenant's server answers, so no port-forward: the command ends and the
     // context points at the server itself; kubectl now talks to the tenant

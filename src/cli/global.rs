@@ -106,6 +106,16 @@ pub fn render<T: Serialize>(output: Output, value: &T) -> anyhow::Result<Option<
     })
 }
 
+/// Objects as `kubectl get -o json|yaml` prints several: a `v1` `List`.
+pub fn as_list<T: Serialize>(items: &[T]) -> anyhow::Result<serde_json::Value> {
+    Ok(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "List",
+        "metadata": {"resourceVersion": ""},
+        "items": serde_json::to_value(items)?,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -132,6 +142,15 @@ mod tests {
             PathBuf::from("/home/u/.kube/config")
         );
         assert!(file_to_edit(None, None, None).is_err());
+    }
+
+    #[test]
+    fn several_objects_are_a_v1_list() {
+        let list = as_list(&[serde_json::json!({"kind": "VirtualCluster"})]).unwrap();
+        assert_eq!(list["kind"], "List");
+        assert_eq!(list["apiVersion"], "v1");
+        assert_eq!(list["items"][0]["kind"], "VirtualCluster");
+        assert_eq!(as_list::<u8>(&[]).unwrap()["items"], serde_json::json!([]));
     }
 
     #[test]

@@ -365,7 +365,7 @@ pub async fn list(g: &GlobalArgs, args: ListArgs) -> anyhow::Result<()> {
         .await
         .context("listing VirtualClusters")?
         .items;
-    if let Some(text) = global::render(args.output, &items)? {
+    if let Some(text) = global::render(args.output, &global::as_list(&items)?)? {
         print!("{text}");
         return Ok(());
     }
