@@ -374,6 +374,23 @@ async fn managed_objects_are_rendered_and_the_rendered_control_plane_boots() {
         t2.elapsed()
     );
 
+    // kubectl logs of the control-plane pod on the host: the runner's node serves them (kubectl
+    // runs off the test's runtime thread, which serves them)
+    let host_kc = host.kubeconfig_path().to_path_buf();
+    let (logs, etcd) = tokio::task::spawn_blocking(move || {
+        let logs = |c: &str, tail: &str| {
+            testenv::testing::kubectl(
+                &host_kc,
+                &["logs", "-n", NS, "alpha-cp-0", "-c", c, "--tail", tail],
+            )
+        };
+        (logs("kube-apiserver", "3"), logs("etcd", "-1"))
+    })
+    .await
+    .unwrap();
+    assert_eq!(logs.lines().count(), 3, "{logs}");
+    assert!(etcd.contains("\"level\""), "etcd logs JSON: {etcd}");
+
     // Every probe of every container answers 200 on its (local) port.
     let ports = runner.snapshot().ports[&format!("{NS}/alpha-cp-0")].clone();
     for c in &pod.containers {

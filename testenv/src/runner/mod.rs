@@ -17,7 +17,10 @@
 //!   own, so data survives pod restarts, pause and resume; released when the claim goes.
 //! - **Node ports.** A NodePort (or LoadBalancer) Service selecting one of its pods is served on
 //!   127.0.0.1:<nodePort> (this machine is the node).
+//! - **Logs.** Its node's kubelet endpoint serves container logs to the host apiserver
+//!   (`kubectl logs [-f]` of its pods), from the files its processes write ([`kubelet`]).
 
+mod kubelet;
 mod node;
 mod nodeport;
 mod plan;
@@ -101,6 +104,7 @@ pub struct Snapshot {
 pub struct Runner {
     node: String,
     task: tokio::task::JoinHandle<()>,
+    kubelet: tokio::task::JoinHandle<()>,
     snapshot: Arc<Mutex<Snapshot>>,
     root: tempfile::TempDir,
 }
@@ -118,7 +122,8 @@ impl Runner {
                 path: std::env::temp_dir(),
                 source,
             })?;
-        node::register(&client, &opts.node).await?;
+        let (kubelet_port, kubelet) = kubelet::start(&client, root.path().to_path_buf()).await?;
+        node::register(&client, &opts.node, kubelet_port).await?;
         let policy = node::pin_policy(
             &format!("{}-pin", opts.node),
             &opts.node,
@@ -127,11 +132,18 @@ impl Runner {
         node::apply_all(&client, &policy).await?;
         let snapshot = Arc::new(Mutex::new(Snapshot::default()));
         let state = pods::Pods::new(client.clone(), opts.clone(), root.path().to_path_buf());
-        let task = tokio::spawn(run(client, opts.clone(), state, snapshot.clone()));
+        let task = tokio::spawn(run(
+            client,
+            opts.clone(),
+            state,
+            snapshot.clone(),
+            kubelet_port,
+        ));
         tracing::info!(node = %opts.node, "control-plane runner started (dev/testenv only)");
         Ok(Self {
             node: opts.node,
             task,
+            kubelet,
             snapshot,
             root,
         })
@@ -158,6 +170,7 @@ impl Drop for Runner {
     fn drop(&mut self) {
         // aborting drops the task's state, which kills every process it started
         self.task.abort();
+        self.kubelet.abort();
     }
 }
 
@@ -170,6 +183,7 @@ async fn run(
     opts: RunnerOptions,
     mut state: pods::Pods,
     snapshot: Arc<Mutex<Snapshot>>,
+    kubelet_port: u16,
 ) {
     let pods_api: Api<Pod> = Api::all(client.clone());
     let on_node = ListParams::default().fields(&format!("spec.nodeName={}", opts.node));
@@ -181,7 +195,7 @@ async fn run(
         tokio::time::sleep(TICK).await;
         if last_heartbeat.elapsed() >= HEARTBEAT {
             last_heartbeat = Instant::now();
-            if let Err(e) = node::heartbeat(&client, &opts.node).await {
+            if let Err(e) = node::heartbeat(&client, &opts.node, kubelet_port).await {
                 tracing::warn!(error = %e, "runner node heartbeat failed");
             }
         }

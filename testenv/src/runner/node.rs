@@ -15,8 +15,8 @@ pub const MANAGER: &str = "testenv-control-plane-runner";
 /// name, bypassing the scheduler).
 pub const TAINT_KEY: &str = "testenv.kvtenant.io/control-plane-runner";
 
-/// The runner's Node: Ready, at 127.0.0.1, tainted NoSchedule.
-pub fn node(name: &str, now: &str) -> Value {
+/// The runner's Node: Ready, at 127.0.0.1 (its kubelet API on `port`), tainted NoSchedule.
+pub fn node(name: &str, now: &str, port: u16) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Node",
         "metadata": {"name": name, "labels": {
@@ -24,12 +24,12 @@ pub fn node(name: &str, now: &str) -> Value {
             TAINT_KEY: "true",
         }},
         "spec": {"taints": [{"key": TAINT_KEY, "value": "true", "effect": "NoSchedule"}]},
-        "status": node_status(now),
+        "status": node_status(now, port),
     })
 }
 
 /// The Node status the runner reports (and refreshes as its heartbeat).
-pub fn node_status(now: &str) -> Value {
+pub fn node_status(now: &str, port: u16) -> Value {
     json!({
         "conditions": [{
             "type": "Ready", "status": "True", "reason": "RunnerReady",
@@ -37,6 +37,7 @@ pub fn node_status(now: &str) -> Value {
             "lastHeartbeatTime": now, "lastTransitionTime": now,
         }],
         "addresses": [{"type": "InternalIP", "address": LOOPBACK}],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": port}},
         "capacity": {"cpu": "2", "memory": "8Gi", "pods": "20"},
         "allocatable": {"cpu": "2", "memory": "8Gi", "pods": "20"},
         "nodeInfo": {
@@ -115,21 +116,21 @@ pub async fn apply_all(client: &Client, objects: &[Value]) -> Result<(), kube::E
 }
 
 /// Registers the node (object, status, lease).
-pub async fn register(client: &Client, name: &str) -> Result<(), kube::Error> {
+pub async fn register(client: &Client, name: &str, port: u16) -> Result<(), kube::Error> {
     let now = now();
-    apply_all(client, &[node(name, &now)]).await?;
-    heartbeat(client, name).await
+    apply_all(client, &[node(name, &now, port)]).await?;
+    heartbeat(client, name, port).await
 }
 
 /// Renews the Lease and the Ready condition's heartbeat.
-pub async fn heartbeat(client: &Client, name: &str) -> Result<(), kube::Error> {
+pub async fn heartbeat(client: &Client, name: &str, port: u16) -> Result<(), kube::Error> {
     let nodes: Api<Node> = Api::all(client.clone());
     nodes
         .patch_status(
             name,
             &PatchParams::apply(MANAGER).force(),
             &Patch::Apply(
-                json!({"apiVersion": "v1", "kind": "Node", "status": node_status(&now())}),
+                json!({"apiVersion": "v1", "kind": "Node", "status": node_status(&now(), port)}),
             ),
         )
         .await?;
@@ -152,12 +153,14 @@ pub fn now() -> String {
         .unwrap_or_default()
 }
 
-/// Now, RFC 3339 in microseconds (MicroTime fields).
+/// Now, RFC 3339 with exactly six fractional digits (MicroTime fields: the apiserver parses
+/// them with a fixed layout).
 fn now_micro() -> String {
-    k8s_openapi::jiff::Timestamp::now()
-        .round(k8s_openapi::jiff::Unit::Microsecond)
-        .map(|t| t.to_string())
-        .unwrap_or_default()
+    micro(k8s_openapi::jiff::Timestamp::now())
+}
+
+fn micro(t: k8s_openapi::jiff::Timestamp) -> String {
+    t.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
 }
 
 #[cfg(test)]
@@ -166,12 +169,30 @@ mod tests {
 
     #[test]
     fn the_node_is_ready_tainted_and_at_loopback() {
-        let n: Node = serde_json::from_value(node("runner", "2026-01-01T00:00:00Z")).unwrap();
+        let n: Node =
+            serde_json::from_value(node("runner", "2026-01-01T00:00:00Z", 10250)).unwrap();
         let taints = n.spec.unwrap().taints.unwrap();
         assert_eq!(taints[0].effect, "NoSchedule");
         let status = n.status.unwrap();
         assert_eq!(status.addresses.unwrap()[0].address, "127.0.0.1");
+        assert_eq!(
+            status
+                .daemon_endpoints
+                .unwrap()
+                .kubelet_endpoint
+                .unwrap()
+                .port,
+            10250
+        );
         assert_eq!(status.conditions.unwrap()[0].status, "True");
+    }
+
+    #[test]
+    fn micro_time_has_six_fractional_digits() {
+        let t: k8s_openapi::jiff::Timestamp = "2026-12-05T10:00:00Z".parse().unwrap();
+        assert_eq!(micro(t), "2026-12-05T10:00:00.000000Z");
+        let t: k8s_openapi::jiff::Timestamp = "2026-12-05T10:00:00.1234567Z".parse().unwrap();
+        assert_eq!(micro(t), "2026-12-05T10:00:00.123456Z");
     }
 
     #[test]

@@ -162,7 +162,7 @@ pub fn tls_config(
     Ok(config)
 }
 
-fn common_name(certs: &[CertificateDer<'_>]) -> Option<String> {
+pub(crate) fn common_name(certs: &[CertificateDer<'_>]) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(certs.first()?.as_ref()).ok()?;
     cert.subject()
         .iter_common_name()
