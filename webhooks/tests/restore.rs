@@ -1,6 +1,7 @@
 //! kvtenant's objects in a tenant come back within seconds when the tenant deletes them: the
 //! webhook configurations and their Service (webhook server), the subresource APIServices and
-//! their Service (proxy), a CRD copy and the DNS objects (syncer). Real apiservers (testenv) with
+//! their Service (proxy), a CRD copy, the DNS objects, a host class shown and a Service mapped in
+//! from the host (syncer). Real apiservers (testenv) with
 //! KubeVirt's real control plane on the host; every periodic pass here is minutes long, so only
 //! the watches can bring the objects back in time.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -15,7 +16,8 @@ use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
+use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -68,9 +70,70 @@ where
     deleted.elapsed()
 }
 
+/// Shown in the tenant by the first syncer's consistency scan (10 s): a host StorageClass, and a
+/// host Service mapped in by `spec.mapServices.fromHost`.
+async fn show_a_class_and_a_mapped_service(env: &Env) {
+    let hc = env.host_client();
+    let apply = |v: serde_json::Value| {
+        let hc = hc.clone();
+        async move {
+            let name = v["metadata"]["name"].as_str().unwrap().to_string();
+            let ns = v["metadata"]["namespace"].as_str().map(str::to_string);
+            let ar = match v["kind"].as_str().unwrap() {
+                "StorageClass" => kube::core::ApiResource::erase::<StorageClass>(&()),
+                "Namespace" => kube::core::ApiResource::erase::<Namespace>(&()),
+                _ => kube::core::ApiResource::erase::<Service>(&()),
+            };
+            let api: Api<kube::api::DynamicObject> = match ns {
+                Some(ns) => Api::namespaced_with(hc, &ns, &ar),
+                None => Api::all_with(hc, &ar),
+            };
+            api.patch(
+                &name,
+                &PatchParams::apply("test").force(),
+                &Patch::Apply(&v),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    apply(
+        json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+        "metadata": {"name": "standard"}, "provisioner": "kubernetes.io/no-provisioner"}),
+    )
+    .await;
+    apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "platform"}})).await;
+    apply(json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "registry", "namespace": "platform"},
+        "spec": {"ports": [{"port": 5000, "protocol": "TCP"}]}}))
+    .await;
+    Api::<kvtenant_api::VirtualCluster>::namespaced(hc.clone(), VC_NAMESPACE)
+        .patch(
+            "t1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"mapServices": {
+                "fromHost": [{"from": "platform/registry", "to": "shared/registry"}]}}})),
+        )
+        .await
+        .unwrap();
+    let tc = env.tenants[0].client();
+    let classes: Api<StorageClass> = Api::all(tc.clone());
+    let shared: Api<Service> = Api::namespaced(tc, "shared");
+    eventually(
+        "the class and the mapped Service shown",
+        Duration::from_secs(60),
+        || {
+            let (classes, shared) = (classes.clone(), shared.clone());
+            async move { exists(&classes, "standard").await && exists(&shared, "registry").await }
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kvtenants_objects_deleted_in_the_tenant_come_back_within_seconds() {
     let mut env = Env::start(1).await;
+    show_a_class_and_a_mapped_service(&env).await;
     // the syncer again, with a consistency scan that never comes during the test
     env.syncer = None;
     env.syncer = Some(Syncer::start(
@@ -108,6 +171,8 @@ async fn kvtenants_objects_deleted_in_the_tenant_come_back_within_seconds() {
     let kube_system_services: Api<Service> = Api::namespaced(tc.clone(), "kube-system");
     let configmaps: Api<ConfigMap> = Api::namespaced(tc.clone(), "kube-system");
     let deployments: Api<Deployment> = Api::namespaced(tc.clone(), "kube-system");
+    let classes: Api<StorageClass> = Api::all(tc.clone());
+    let shared: Api<Service> = Api::namespaced(tc.clone(), "shared");
     eventually(
         "everything registered in the tenant",
         Duration::from_secs(60),
@@ -165,6 +230,14 @@ async fn kvtenants_objects_deleted_in_the_tenant_come_back_within_seconds() {
     took.push((
         "Deployment kube-system/coredns",
         delete_and_see_back(deployments.clone(), "coredns").await,
+    ));
+    took.push((
+        "StorageClass standard (a host class shown)",
+        delete_and_see_back(classes.clone(), "standard").await,
+    ));
+    took.push((
+        "Service shared/registry (mapServices.fromHost)",
+        delete_and_see_back(shared.clone(), "registry").await,
     ));
 
     // an edit is reverted too: the policy webhook's failurePolicy set to Ignore by the tenant

@@ -1,6 +1,7 @@
 //! kvtenant's own objects in the tenant restored within seconds of a tenant change, not at the
-//! next consistency scan: the CRD copies and the DNS objects are watched ([`crate::guard`]);
-//! a delete or an edit makes the tenant apply them again (a no-op write when nothing differs).
+//! next consistency scan: the CRD copies, the DNS objects, the host classes shown and the
+//! Services `spec.mapServices.fromHost` shows are watched ([`crate::guard`]); a delete or an
+//! edit makes the tenant apply them again (a no-op write when nothing differs).
 //! The consistency scan still applies them too (a watch can miss what happened while it was
 //! down; it then lists again and that counts as a change).
 
@@ -13,6 +14,8 @@ use futures::stream::BoxStream;
 use kube::api::{Api, PartialObjectMeta};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::watcher;
+use kvtenant_api::labels::{HOST_CLASS, MAPPED_FROM_HOST, MAPPED_SERVICE};
+use kvtenant_rules::classes::CLASS_KINDS;
 use kvtenant_rules::dns::{self, APP_LABEL, MANAGED_BY_LABEL};
 
 use super::Tenant;
@@ -29,6 +32,21 @@ const RETRY: Duration = Duration::from_secs(2);
 pub struct Touched {
     pub crds: bool,
     pub dns: bool,
+    pub classes: bool,
+    pub services: bool,
+}
+
+impl Touched {
+    fn any(self) -> bool {
+        self != Self::default()
+    }
+
+    fn add(&mut self, o: Self) {
+        self.crds |= o.crds;
+        self.dns |= o.dns;
+        self.classes |= o.classes;
+        self.services |= o.services;
+    }
 }
 
 /// Where a change came from.
@@ -36,24 +54,26 @@ pub struct Touched {
 pub enum Source {
     Crds,
     Dns,
+    Classes,
+    MappedServices,
 }
 
 /// Whether a change is to one of kvtenant's objects (pure): a CRD copy only when it is one of
 /// the copies kvtenant made (a tenant's own CRDs are watched too, the watch cannot select
-/// copies); every selected DNS object.
+/// copies); every object the other watches select (by kvtenant's labels).
 pub fn touches(source: Source, change: &Change, copies: &BTreeSet<String>) -> Touched {
+    let none = Touched::default();
     match (source, change) {
-        (Source::Crds, Change::Relisted) => Touched {
-            crds: true,
-            dns: false,
+        (Source::Crds, Change::Applied(n) | Change::Deleted(n)) if !copies.contains(n) => none,
+        (Source::Crds, _) => Touched { crds: true, ..none },
+        (Source::Dns, _) => Touched { dns: true, ..none },
+        (Source::Classes, _) => Touched {
+            classes: true,
+            ..none
         },
-        (Source::Crds, Change::Applied(n) | Change::Deleted(n)) => Touched {
-            crds: copies.contains(n),
-            dns: false,
-        },
-        (Source::Dns, _) => Touched {
-            crds: false,
-            dns: true,
+        (Source::MappedServices, _) => Touched {
+            services: true,
+            ..none
         },
     }
 }
@@ -62,8 +82,27 @@ fn resource(k: &kvtenant_rules::kinds::ApiKind) -> ApiResource {
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(k.group, k.version, k.kind), k.plural)
 }
 
-/// The watches of one tenant: its CRDs, and each kind (and namespace) of its DNS objects
-/// selected by kvtenant's labels.
+/// Changes of the objects of one resource that carry kvtenant's labels (`selector`).
+fn labelled(
+    t: &Tenant,
+    ar: &ApiResource,
+    namespace: Option<&str>,
+    selector: &str,
+    source: Source,
+) -> BoxStream<'static, (Source, Change)> {
+    let api = match namespace {
+        Some(ns) => {
+            Api::<PartialObjectMeta<DynamicObject>>::namespaced_with(t.client.clone(), ns, ar)
+        }
+        None => Api::<PartialObjectMeta<DynamicObject>>::all_with(t.client.clone(), ar),
+    };
+    guard::changes(api, watcher::Config::default().labels(selector))
+        .map(move |c| (source, c))
+        .boxed()
+}
+
+/// The watches of one tenant: its CRDs; each kind (and namespace) of its DNS objects, the host
+/// classes and the fromHost Services, selected by kvtenant's labels.
 fn watches(t: &Tenant) -> BoxStream<'static, (Source, Change)> {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     let mut all = vec![
@@ -83,24 +122,32 @@ fn watches(t: &Tenant) -> BoxStream<'static, (Source, Change)> {
         );
         let mut seen = BTreeSet::new();
         for o in dns::objects(&t.spec.dns, None) {
-            if !seen.insert((o.api.kind, o.namespace)) {
-                continue;
+            if seen.insert((o.api.kind, o.namespace)) {
+                all.push(labelled(
+                    t,
+                    &resource(&o.api),
+                    o.namespace,
+                    &selector,
+                    Source::Dns,
+                ));
             }
-            let ar = resource(&o.api);
-            let api = match o.namespace {
-                Some(ns) => Api::<PartialObjectMeta<DynamicObject>>::namespaced_with(
-                    t.client.clone(),
-                    ns,
-                    &ar,
-                ),
-                None => Api::<PartialObjectMeta<DynamicObject>>::all_with(t.client.clone(), &ar),
-            };
-            all.push(
-                guard::changes(api, watcher::Config::default().labels(&selector))
-                    .map(|c| (Source::Dns, c))
-                    .boxed(),
-            );
         }
+    }
+    let shown = format!("{HOST_CLASS}=true");
+    for kind in CLASS_KINDS {
+        all.push(labelled(t, &resource(kind), None, &shown, Source::Classes));
+    }
+    if t.maps_services()
+        && let Some(service) = kvtenant_rules::kinds::by_kind("Service")
+    {
+        let mapped = format!("{MAPPED_SERVICE}={MAPPED_FROM_HOST}");
+        all.push(labelled(
+            t,
+            &service.resource,
+            None,
+            &mapped,
+            Source::MappedServices,
+        ));
     }
     futures::stream::select_all(all).boxed()
 }
@@ -117,7 +164,7 @@ pub(super) async fn run(tenant: Weak<Tenant>) {
     let mut pending = Touched::default();
     loop {
         // wait for a change (none pending) or gather more for a moment
-        let next = if pending == Touched::default() {
+        let next = if !pending.any() {
             changes.next().await
         } else {
             match tokio::time::timeout(GATHER, changes.next()).await {
@@ -128,7 +175,7 @@ pub(super) async fn run(tenant: Weak<Tenant>) {
                     };
                     pending = t.restore(pending).await;
                     drop(t);
-                    if pending != Touched::default() {
+                    if pending.any() {
                         tokio::time::sleep(RETRY).await;
                     }
                     continue;
@@ -149,11 +196,10 @@ pub(super) async fn run(tenant: Weak<Tenant>) {
             .map(|(n, _)| n.clone())
             .collect();
         let touched = touches(source, &change, &copies);
-        if touched.crds || touched.dns {
-            tracing::debug!(tenant = %t.label, ?change, "kvtenant's object changed in the tenant");
+        if touched.any() {
+            tracing::debug!(tenant = %t.label, ?source, ?change, "kvtenant's object changed in the tenant");
         }
-        pending.crds |= touched.crds;
-        pending.dns |= touched.dns;
+        pending.add(touched);
     }
 }
 
@@ -180,6 +226,19 @@ impl Tenant {
             tracing::warn!(tenant = %self.label, error = %e, "restoring the tenant's DNS objects");
             failed.dns = true;
         }
+        if what.classes
+            && let Err(e) = self.show_classes().await
+        {
+            tracing::warn!(tenant = %self.label, error = %e, "restoring the host classes shown");
+            failed.classes = true;
+        }
+        if what.services
+            && self.maps_services()
+            && let Err(e) = self.map_services().await
+        {
+            tracing::warn!(tenant = %self.label, error = %e, "restoring the mapped Services");
+            failed.services = true;
+        }
         failed
     }
 }
@@ -200,12 +259,15 @@ mod tests {
             "a tenant's own CRD"
         );
         assert!(crd(Change::Relisted).crds);
-        assert_eq!(
-            touches(Source::Dns, &Change::Deleted("coredns".into()), &copies),
-            Touched {
-                crds: false,
-                dns: true
-            }
+        let dns = touches(Source::Dns, &Change::Deleted("coredns".into()), &copies);
+        assert!(dns.dns && !dns.crds && !dns.classes && !dns.services);
+        let class = touches(
+            Source::Classes,
+            &Change::Deleted("standard".into()),
+            &copies,
         );
+        assert!(class.classes && !class.dns);
+        let svc = touches(Source::MappedServices, &Change::Relisted, &copies);
+        assert!(svc.services && !svc.crds);
     }
 }
