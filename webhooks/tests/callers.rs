@@ -3,7 +3,9 @@
 //! a kubeconfig whose user carries the webhook client certificate) are served; an apiserver
 //! presenting another virtual cluster's certificate, or none, is refused; so are direct calls
 //! with only the path's token, another tenant's certificate, or a certificate of the right CA
-//! with another name. Host: testenv with KubeVirt's real control plane (no VM boots).
+//! with another name. External virtual clusters are served on the path's token, unless their
+//! kubeconfig Secret holds a webhook client CA. Host: testenv with KubeVirt's real control
+//! plane (no VM boots).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../../kubevirt-sync/tests/common/mod.rs"]
@@ -52,6 +54,18 @@ async fn register_managed(
     kubeconfig: &Path,
     ca: Option<&Ca>,
 ) -> VirtualClusterRef {
+    register(host, name, kubeconfig, ca, true).await
+}
+
+/// A VirtualCluster, Managed (as the controller leaves it) or External (as a platform admin
+/// imports it), whose kubeconfig Secret holds the webhook client CA when given.
+async fn register(
+    host: &Client,
+    name: &str,
+    kubeconfig: &Path,
+    ca: Option<&Ca>,
+    managed: bool,
+) -> VirtualClusterRef {
     let mut data = json!({"kubeconfig": std::fs::read_to_string(kubeconfig).unwrap()});
     if let Some(ca) = ca {
         data[WEBHOOK_CLIENT_CA_KEY] = json!(ca.cert_pem());
@@ -66,13 +80,21 @@ async fn register_managed(
         .await
         .unwrap();
     let vcs = Api::<VirtualCluster>::namespaced(host.clone(), VC_NAMESPACE);
+    let control_plane = if managed {
+        json!({"mode": "Managed"})
+    } else {
+        json!({"mode": "External", "kubeconfigSecretRef": {"name": format!("{name}-kubeconfig")}})
+    };
     let vc: VirtualCluster = serde_json::from_value(json!({
         "apiVersion": "tenancy.kvtenant.io/v1alpha1", "kind": "VirtualCluster",
         "metadata": {"name": name, "namespace": VC_NAMESPACE},
-        "spec": {"controlPlane": {"mode": "Managed"}}
+        "spec": {"controlPlane": control_plane}
     }))
     .unwrap();
     let created = vcs.create(&PostParams::default(), &vc).await.unwrap();
+    if !managed {
+        return VirtualClusterRef::from_virtualcluster(&created).unwrap();
+    }
     vcs.patch_status(
         name,
         &PatchParams::default(),
@@ -238,11 +260,17 @@ async fn managed_apiservers_are_known_by_their_certificate_and_the_token_alone_i
         .await
         .unwrap();
     let cp_d = start("tenant-d", None).await.unwrap();
+    // e: External, imported with no CA (token only); f: External whose platform admin added one
+    let cp_e = start("tenant-e", None).await.unwrap();
+    let cp_f = start("tenant-f", None).await.unwrap();
     let vc_a = register_managed(&hc, "a", cp_a.kubeconfig_path(), Some(&ca_a)).await;
     let vc_b = register_managed(&hc, "b", cp_b.kubeconfig_path(), Some(&ca_b)).await;
     let ca_d = Ca::new("webhook-client-ca d").unwrap();
     let _vc_d = register_managed(&hc, "d", cp_d.kubeconfig_path(), Some(&ca_d)).await;
-    for cp in [&cp_a, &cp_b, &cp_d] {
+    let _vc_e = register(&hc, "e", cp_e.kubeconfig_path(), None, false).await;
+    let ca_f = Ca::new("webhook-client-ca f").unwrap();
+    let _vc_f = register(&hc, "f", cp_f.kubeconfig_path(), Some(&ca_f), false).await;
+    for cp in [&cp_a, &cp_b, &cp_d, &cp_e, &cp_f] {
         wait_crd(&cp.client().unwrap(), "virtualmachines.kubevirt.io").await;
     }
     let path_a = policy_path(&cp_a.client().unwrap()).await;
@@ -317,6 +345,21 @@ async fn managed_apiservers_are_known_by_their_certificate_and_the_token_alone_i
     let (status, body) = call(&wh, &forged, Some(&cert_a)).await;
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("unknown tenant path"), "{body}");
+    // External: e is served on its token alone (a's certificate still refused there); f, whose
+    // Secret has a CA, needs its certificate like a Managed tenant
+    let path_e = policy_path(&cp_e.client().unwrap()).await;
+    let path_f = policy_path(&cp_f.client().unwrap()).await;
+    ok(call(&wh, &path_e, None).await);
+    refused(
+        call(&wh, &path_e, Some(&cert_a)).await,
+        "belongs to another virtual cluster",
+    );
+    apply_vm(cp_e.kubeconfig_path(), "vm1").unwrap();
+    refused(
+        call(&wh, &path_f, None).await,
+        "must present its webhook client certificate",
+    );
+    ok(call(&wh, &path_f, Some(&client_cert(&ca_f, WEBHOOK_CLIENT_CN))).await);
     assert!(
         wh.metrics().count("tenants/b", "", "foreign_certificate") >= 2,
         "refusals counted"
