@@ -15,118 +15,20 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use common::runner::*;
 use common::*;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, Namespace, Secret, Service, ServiceAccount,
-};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
 use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, ResourceExt};
 use kvtenant_api::{CONDITION_KUBECONFIG_READY, Phase, VirtualCluster, VirtualClusterSpec};
 use kvtenant_controller::managed::pki::{self, cert_info};
 use kvtenant_controller::managed::render;
-use testenv::runner::{Runner, RunnerOptions};
 
 const NS: &str = "tenants";
-
-/// The runner for kvtenant's control-plane pods, with the pod-local ports of the rendered pod.
-async fn runner(client: &Client) -> Runner {
-    let selector = [(
-        "app.kubernetes.io/name".to_owned(),
-        kvtenant_api::labels::CONTROL_PLANE_APP.to_owned(),
-    )]
-    .into();
-    let opts = RunnerOptions::new(selector)
-        .expect("testenv binaries")
-        .with_pod_ports(&[render::ETCD_CLIENT_PORT, render::ETCD_PEER_PORT]);
-    Runner::start(client.clone(), opts).await.expect("runner")
-}
-
-/// The last log lines of every container of the runner's pods.
-fn runner_logs(runner: &Runner) -> String {
-    let mut out = String::new();
-    for entry in walk(&runner.dir().join("pods")) {
-        if entry.extension().is_some_and(|e| e == "log") {
-            let text = std::fs::read_to_string(&entry).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            out.push_str(&format!(
-                "--- {}:\n{}\n",
-                entry.display(),
-                lines[lines.len().saturating_sub(15)..].join("\n")
-            ));
-        }
-    }
-    out
-}
-
-fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
-fn port_of(
-    ports: &BTreeMap<u16, u16>,
-    c: &Container,
-    port: &k8s_openapi::apimachinery::pkg::util::intstr::IntOrString,
-) -> u16 {
-    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-    let pod_port = match port {
-        IntOrString::Int(p) => *p as u16,
-        IntOrString::String(name) => {
-            c.ports
-                .clone()
-                .unwrap_or_default()
-                .iter()
-                .find(|p| p.name.as_deref() == Some(name.as_str()))
-                .unwrap_or_else(|| panic!("{}: no port named {name}", c.name))
-                .container_port as u16
-        }
-    };
-    ports[&pod_port]
-}
-
-async fn http_get_status(port: u16, path: &str) -> Result<u16, String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .map_err(|e| e.to_string())?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&buf);
-    text.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("bad response: {text}"))
-}
-
-async fn https_get_ok(port: u16, path: &str) -> Result<(), String> {
-    let mut config = kube::Config::new(format!("https://127.0.0.1:{port}").parse().unwrap());
-    config.accept_invalid_certs = true;
-    let client = Client::try_from(config).map_err(|e| e.to_string())?;
-    let req = http::Request::get(path).body(Vec::new()).unwrap();
-    client
-        .request_text(req)
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-}
 
 #[tokio::test]
 async fn managed_objects_are_rendered_and_the_rendered_control_plane_boots() {
@@ -416,101 +318,6 @@ async fn managed_objects_are_rendered_and_the_rendered_control_plane_boots() {
             );
         }
     }
-}
-
-/// Datastore Kine (SQLite) boots on a fresh volume (the runner's claim directory starts empty)
-/// and keeps its data when the pod is replaced.
-#[tokio::test]
-async fn kine_control_plane_boots_on_a_fresh_volume_and_keeps_its_data() {
-    let host = host("kine-host", true).await;
-    let client = host.client().unwrap();
-    create_namespace(&client, NS).await;
-    let runner = runner(&client).await;
-    let _ctl = RunningController::start(client.clone(), test_config());
-    let mut spec = VirtualClusterSpec::default();
-    spec.control_plane.datastore = kvtenant_api::Datastore::Kine;
-    spec.expose.type_ = kvtenant_api::ExposeType::NodePort;
-    spec.expose.extra_sans = vec!["127.0.0.1".into()];
-    create_vc(&client, NS, &vc("kappa", spec)).await;
-    let t0 = Instant::now();
-    let vc = wait_status(&client, NS, "kappa", "Ready on kine", |s| {
-        if s.phase == Some(Phase::Ready) {
-            Ok(())
-        } else {
-            Err(format!("{:?}\n{}", s.message, runner_logs(&runner)))
-        }
-    })
-    .await;
-    eprintln!("kine control plane Ready after {:.2?}", t0.elapsed());
-    let secret = Api::<Secret>::namespaced(client.clone(), NS)
-        .get("kappa-kubeconfig")
-        .await
-        .unwrap();
-    let text = String::from_utf8(secret.data.unwrap()[render::KUBECONFIG_KEY].0.clone()).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(
-        Kubeconfig::from_yaml(&text).unwrap(),
-        &KubeConfigOptions::default(),
-    )
-    .await
-    .unwrap();
-    let tenant = Client::try_from(config).unwrap();
-    let namespaces: Api<Namespace> = Api::all(tenant.clone());
-    let ns: Namespace =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": "kept"}})).unwrap();
-    namespaces
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap();
-    let claims = walk(&runner.dir().join("claims"));
-    assert!(
-        claims
-            .iter()
-            .any(|p| p.file_name().is_some_and(|n| n == "kine.db")),
-        "the database is on the claim's volume: {claims:?}"
-    );
-
-    // the pod is replaced (as on a node drain): the new one has the data
-    let first = runner.snapshot().pods[&format!("{NS}/kappa-cp-0")].clone();
-    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), NS);
-    let uid = vc.uid().unwrap();
-    pods.delete("kappa-cp-0", &Default::default())
-        .await
-        .unwrap();
-    wait_for("a new kine pod", Duration::from_secs(60), || {
-        let runner = &runner;
-        let first = first.clone();
-        async move {
-            match runner.snapshot().pods.get(&format!("{NS}/kappa-cp-0")) {
-                Some(now) if !now.is_empty() && now.iter().all(|p| !first.contains(p)) => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        }
-    })
-    .await;
-    wait_for(
-        "the tenant to answer with its namespace",
-        Duration::from_secs(60),
-        || {
-            let namespaces = namespaces.clone();
-            async move {
-                namespaces
-                    .get("kept")
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            }
-        },
-    )
-    .await;
-    assert_eq!(
-        Api::<VirtualCluster>::namespaced(client.clone(), NS)
-            .get("kappa")
-            .await
-            .unwrap()
-            .uid()
-            .unwrap(),
-        uid
-    );
 }
 
 #[tokio::test]

@@ -28,6 +28,46 @@ pub const DEFAULT_KUBERNETES_VERSION: &str = "v1.37.2";
 /// The pattern `spec.kubernetesVersion` must match (`v1.<minor>.<patch>`).
 pub const KUBERNETES_VERSION_PATTERN: &str = r"^v1\.\d+\.\d+$";
 
+/// CEL transition rule on `spec.kubernetesVersion`: no downgrade (a lower minor, or a lower
+/// patch of the same minor). The datastore of a newer apiserver may not be readable by an older
+/// one.
+pub(crate) const NO_DOWNGRADE_RULE: &str = "int(self.split('.')[1]) > int(oldSelf.split('.')[1]) || (int(self.split('.')[1]) == int(oldSelf.split('.')[1]) && int(self.split('.')[2]) >= int(oldSelf.split('.')[2]))";
+
+/// CEL transition rule on `spec.kubernetesVersion`: at most one minor version up at a time
+/// (Kubernetes' own version skew policy for control-plane upgrades).
+pub(crate) const ONE_MINOR_RULE: &str = "int(self.split('.')[1]) <= int(oldSelf.split('.')[1]) + 1";
+
+/// What is wrong with changing `spec.kubernetesVersion` from `old` to `new`, as the CRD's rules
+/// say it (for clients that want to fail early; the apiserver enforces the same rules).
+pub fn version_change_problem(old: &str, new: &str) -> Option<String> {
+    fn parts(v: &str) -> Option<(u64, u64)> {
+        let mut it = v.strip_prefix("v1.")?.split('.');
+        let minor = it.next()?.parse().ok()?;
+        let patch = it.next()?.parse().ok()?;
+        it.next().is_none().then_some((minor, patch))
+    }
+    let (Some(o), Some(n)) = (parts(old), parts(new)) else {
+        return Some(format!(
+            "kubernetesVersion must look like v1.<minor>.<patch> (got {new:?}, was {old:?})"
+        ));
+    };
+    if n < o {
+        Some(format!("{}: {old} → {new}", messages::DOWNGRADE))
+    } else if n.0 > o.0 + 1 {
+        Some(format!("{}: {old} → {new}", messages::ONE_MINOR))
+    } else {
+        None
+    }
+}
+
+/// The messages of the version rules.
+pub mod messages {
+    pub const DOWNGRADE: &str =
+        "kubernetesVersion cannot be lowered (downgrades are not supported)";
+    pub const ONE_MINOR: &str =
+        "kubernetesVersion can go up one minor version at a time (e.g. v1.37.x to v1.38.x)";
+}
+
 /// The longest name a VirtualCluster may have. Names are also DNS-1035 labels (start with a
 /// letter), so the controller can derive Service/StatefulSet names such as
 /// `<name>-controller-manager` (≤ 63 characters) without hashing.
@@ -41,7 +81,7 @@ pub(crate) const NAME_RULE: &str =
 /// kube-controller-manager and a datastore) run by kvtenant in the host cluster. Tenants use it
 /// with plain kubectl and virtctl; the KubeVirt VirtualMachines they create in it run on the host
 /// cluster's KubeVirt, in host namespaces that belong to the tenant, under the policy set here.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, kube::KubeSchema)]
 #[kube(
     group = "tenancy.kvtenant.io",
     version = "v1alpha1",
@@ -65,9 +105,15 @@ pub(crate) const NAME_RULE: &str =
 #[serde(rename_all = "camelCase")]
 pub struct VirtualClusterSpec {
     /// Kubernetes version of the virtual cluster's control plane, as `v1.<minor>.<patch>`
-    /// (default v1.37.2). It selects the default control-plane images.
+    /// (default v1.37.2). It selects the default control-plane images. Changing it upgrades a
+    /// Managed control plane (the pod rolls, the data stays); it may go up one minor version at
+    /// a time and never down.
     #[serde(default = "default_kubernetes_version")]
-    #[schemars(regex(pattern = r"^v1\.\d+\.\d+$"))]
+    #[schemars(regex(pattern = r"^v1\.\d+\.\d+$"), length(max = 20))]
+    #[x_kube(
+        validation = kube::core::Rule::new(NO_DOWNGRADE_RULE).message(messages::DOWNGRADE),
+        validation = kube::core::Rule::new(ONE_MINOR_RULE).message(messages::ONE_MINOR),
+    )]
     pub kubernetes_version: String,
 
     /// Where the virtual cluster's control plane comes from: run by kvtenant (Managed, the

@@ -285,3 +285,17 @@ fn object_returned_by_the_apiserver_deserializes() {
         Some(Quantity("1Ti".into()))
     );
 }
+
+#[test]
+fn version_changes_go_up_one_minor_at_a_time_and_never_down() {
+    assert_eq!(version_change_problem("v1.37.2", "v1.37.2"), None);
+    assert_eq!(version_change_problem("v1.37.2", "v1.37.3"), None);
+    assert_eq!(version_change_problem("v1.37.2", "v1.38.0"), None);
+    let down = version_change_problem("v1.37.2", "v1.37.1").unwrap();
+    assert!(down.starts_with(messages::DOWNGRADE), "{down}");
+    let down = version_change_problem("v1.37.2", "v1.36.9").unwrap();
+    assert!(down.starts_with(messages::DOWNGRADE), "{down}");
+    let skip = version_change_problem("v1.37.2", "v1.39.0").unwrap();
+    assert!(skip.starts_with(messages::ONE_MINOR), "{skip}");
+    assert!(version_change_problem("v1.37.2", "1.38.0").is_some());
+}

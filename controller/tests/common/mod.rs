@@ -240,3 +240,4 @@ pub fn counting_client(config: kube::Config) -> (Client, Writes) {
         .build();
     (client, writes)
 }
+pub mod runner;

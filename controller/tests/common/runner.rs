@@ -1,0 +1,105 @@
+//! The control-plane runner (testenv's stand-in for the kubelet of kvtenant's control-plane
+//! pods) and probes of its pods' ports, for the Managed tests.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use k8s_openapi::api::core::v1::Container;
+use kube::Client;
+use kvtenant_controller::managed::render;
+use testenv::runner::{Runner, RunnerOptions};
+
+/// The runner for kvtenant's control-plane pods, with the pod-local ports of the rendered pod.
+pub async fn runner(client: &Client) -> Runner {
+    let selector = [(
+        "app.kubernetes.io/name".to_owned(),
+        kvtenant_api::labels::CONTROL_PLANE_APP.to_owned(),
+    )]
+    .into();
+    let opts = RunnerOptions::new(selector)
+        .expect("testenv binaries")
+        .with_pod_ports(&[render::ETCD_CLIENT_PORT, render::ETCD_PEER_PORT]);
+    Runner::start(client.clone(), opts).await.expect("runner")
+}
+
+/// The last log lines of every container of the runner's pods.
+pub fn runner_logs(runner: &Runner) -> String {
+    let mut out = String::new();
+    for entry in walk(&runner.dir().join("pods")) {
+        if entry.extension().is_some_and(|e| e == "log") {
+            let text = std::fs::read_to_string(&entry).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            out.push_str(&format!(
+                "--- {}:\n{}\n",
+                entry.display(),
+                lines[lines.len().saturating_sub(15)..].join("\n")
+            ));
+        }
+    }
+    out
+}
+
+pub fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+pub fn port_of(
+    ports: &BTreeMap<u16, u16>,
+    c: &Container,
+    port: &k8s_openapi::apimachinery::pkg::util::intstr::IntOrString,
+) -> u16 {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let pod_port = match port {
+        IntOrString::Int(p) => *p as u16,
+        IntOrString::String(name) => {
+            c.ports
+                .clone()
+                .unwrap_or_default()
+                .iter()
+                .find(|p| p.name.as_deref() == Some(name.as_str()))
+                .unwrap_or_else(|| panic!("{}: no port named {name}", c.name))
+                .container_port as u16
+        }
+    };
+    ports[&pod_port]
+}
+
+pub async fn http_get_status(port: u16, path: &str) -> Result<u16, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&buf);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("bad response: {text}"))
+}
+
+pub async fn https_get_ok(port: u16, path: &str) -> Result<(), String> {
+    let mut config = kube::Config::new(format!("https://127.0.0.1:{port}").parse().unwrap());
+    config.accept_invalid_certs = true;
+    let client = Client::try_from(config).map_err(|e| e.to_string())?;
+    let req = http::Request::get(path).body(Vec::new()).unwrap();
+    client
+        .request_text(req)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,248 @@
+//! Managed control planes on the runner (testenv's stand-in for the kubelet of kvtenant's
+//! control-plane pods): datastore Kine on a fresh volume, and `kubernetesVersion` changes (the
+//! CRD's rules on a real apiserver, and an upgrade rolling the pod with its data kept).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::runner::*;
+use common::*;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, ResourceExt};
+use kvtenant_api::{Phase, VirtualCluster, VirtualClusterSpec};
+use kvtenant_controller::managed::render;
+
+const NS: &str = "tenants";
+
+/// A client of the tenant through the kubeconfig the controller wrote.
+async fn tenant_client(client: &Client, name: &str) -> Client {
+    let secret = Api::<Secret>::namespaced(client.clone(), NS)
+        .get(&format!("{name}-kubeconfig"))
+        .await
+        .unwrap();
+    let text = String::from_utf8(secret.data.unwrap()[render::KUBECONFIG_KEY].0.clone()).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(
+        Kubeconfig::from_yaml(&text).unwrap(),
+        &KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    Client::try_from(config).unwrap()
+}
+
+/// Datastore Kine (SQLite) boots on a fresh volume (the runner's claim directory starts empty)
+/// and keeps its data when the pod is replaced.
+#[tokio::test]
+async fn kine_control_plane_boots_on_a_fresh_volume_and_keeps_its_data() {
+    let host = host("kine-host", true).await;
+    let client = host.client().unwrap();
+    create_namespace(&client, NS).await;
+    let runner = runner(&client).await;
+    let _ctl = RunningController::start(client.clone(), test_config());
+    let mut spec = VirtualClusterSpec::default();
+    spec.control_plane.datastore = kvtenant_api::Datastore::Kine;
+    spec.expose.type_ = kvtenant_api::ExposeType::NodePort;
+    spec.expose.extra_sans = vec!["127.0.0.1".into()];
+    create_vc(&client, NS, &vc("kappa", spec)).await;
+    let t0 = Instant::now();
+    let vc = wait_status(&client, NS, "kappa", "Ready on kine", |s| {
+        if s.phase == Some(Phase::Ready) {
+            Ok(())
+        } else {
+            Err(format!("{:?}\n{}", s.message, runner_logs(&runner)))
+        }
+    })
+    .await;
+    eprintln!("kine control plane Ready after {:.2?}", t0.elapsed());
+    let secret = Api::<Secret>::namespaced(client.clone(), NS)
+        .get("kappa-kubeconfig")
+        .await
+        .unwrap();
+    let text = String::from_utf8(secret.data.unwrap()[render::KUBECONFIG_KEY].0.clone()).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(
+        Kubeconfig::from_yaml(&text).unwrap(),
+        &KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    let tenant = Client::try_from(config).unwrap();
+    let namespaces: Api<Namespace> = Api::all(tenant.clone());
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "kept"}})).unwrap();
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+    let claims = walk(&runner.dir().join("claims"));
+    assert!(
+        claims
+            .iter()
+            .any(|p| p.file_name().is_some_and(|n| n == "kine.db")),
+        "the database is on the claim's volume: {claims:?}"
+    );
+
+    // the pod is replaced (as on a node drain): the new one has the data
+    let first = runner.snapshot().pods[&format!("{NS}/kappa-cp-0")].clone();
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), NS);
+    let uid = vc.uid().unwrap();
+    pods.delete("kappa-cp-0", &Default::default())
+        .await
+        .unwrap();
+    wait_for("a new kine pod", Duration::from_secs(60), || {
+        let runner = &runner;
+        let first = first.clone();
+        async move {
+            match runner.snapshot().pods.get(&format!("{NS}/kappa-cp-0")) {
+                Some(now) if !now.is_empty() && now.iter().all(|p| !first.contains(p)) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+    wait_for(
+        "the tenant to answer with its namespace",
+        Duration::from_secs(60),
+        || {
+            let namespaces = namespaces.clone();
+            async move {
+                namespaces
+                    .get("kept")
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        Api::<VirtualCluster>::namespaced(client.clone(), NS)
+            .get("kappa")
+            .await
+            .unwrap()
+            .uid()
+            .unwrap(),
+        uid
+    );
+}
+
+/// `kubernetesVersion` goes up one minor at a time and never down (the CRD's rules, enforced by
+/// the real apiserver); an accepted change rolls the control-plane pod and the data stays. The
+/// runner runs the testenv binaries whatever the image tag, so the new pod reports the same
+/// version: what is checked is the rolled pod with the new image and the kept data.
+#[tokio::test]
+async fn version_changes_are_checked_and_an_upgrade_rolls_the_pod_with_its_data() {
+    let host = host("ver-host", true).await;
+    let client = host.client().unwrap();
+    create_namespace(&client, NS).await;
+    let runner = runner(&client).await;
+    let _ctl = RunningController::start(client.clone(), test_config());
+    let mut spec = VirtualClusterSpec::default();
+    spec.expose.type_ = kvtenant_api::ExposeType::NodePort;
+    spec.expose.extra_sans = vec!["127.0.0.1".into()];
+    create_vc(&client, NS, &vc("upsy", spec)).await;
+    wait_status(&client, NS, "upsy", "Ready", |s| {
+        if s.phase == Some(Phase::Ready) {
+            Ok(())
+        } else {
+            Err(format!("{:?}\n{}", s.message, runner_logs(&runner)))
+        }
+    })
+    .await;
+    let tenant = tenant_client(&client, "upsy").await;
+    let namespaces: Api<Namespace> = Api::all(tenant.clone());
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "kept"}})).unwrap();
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+
+    let vcs: Api<VirtualCluster> = Api::namespaced(client.clone(), NS);
+    let set = |v: &'static str| {
+        let vcs = vcs.clone();
+        async move {
+            vcs.patch(
+                "upsy",
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"spec": {"kubernetesVersion": v}})),
+            )
+            .await
+        }
+    };
+    for (to, message) in [
+        ("v1.37.1", kvtenant_api::messages::DOWNGRADE),
+        ("v1.36.9", kvtenant_api::messages::DOWNGRADE),
+        ("v1.39.0", kvtenant_api::messages::ONE_MINOR),
+    ] {
+        let err = set(to).await.unwrap_err().to_string();
+        assert!(err.contains(message), "{to}: {err}");
+    }
+
+    let first = runner.snapshot().pods[&format!("{NS}/upsy-cp-0")].clone();
+    set("v1.37.3").await.unwrap();
+    let t0 = Instant::now();
+    wait_for(
+        "the pod rolled to the new version",
+        Duration::from_secs(90),
+        || {
+            let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), NS);
+            let runner = &runner;
+            let first = first.clone();
+            async move {
+                let pod = pods.get_opt("upsy-cp-0").await.map_err(|e| e.to_string())?;
+                let image = pod
+                    .and_then(|p| p.spec)
+                    .map(|s| s.containers[1].image.clone().unwrap_or_default())
+                    .unwrap_or_default();
+                let pids = runner
+                    .snapshot()
+                    .pods
+                    .get(&format!("{NS}/upsy-cp-0"))
+                    .cloned();
+                match pids {
+                    Some(now)
+                        if image.ends_with(":v1.37.3")
+                            && now.len() == 3
+                            && now.iter().all(|p| !first.contains(p)) =>
+                    {
+                        Ok(())
+                    }
+                    other => Err(format!("{image} {other:?}")),
+                }
+            }
+        },
+    )
+    .await;
+    wait_status(&client, NS, "upsy", "Ready after the upgrade", |s| {
+        if s.phase == Some(Phase::Ready) {
+            Ok(())
+        } else {
+            Err(format!("{:?}", s.message))
+        }
+    })
+    .await;
+    eprintln!(
+        "rolled and Ready again {:.2?} after the change",
+        t0.elapsed()
+    );
+    wait_for(
+        "the namespace after the upgrade",
+        Duration::from_secs(60),
+        || {
+            let namespaces = namespaces.clone();
+            async move {
+                namespaces
+                    .get("kept")
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        },
+    )
+    .await;
+}
