@@ -68,6 +68,9 @@ enum Command {
     Pause(cli::NameArgs),
     /// Resume a paused virtual cluster.
     Resume(cli::NameArgs),
+    /// Upgrade a Managed virtual cluster's control plane to another Kubernetes version (the same
+    /// minor or the next one; never down) and follow the rollout until it is Ready again.
+    Upgrade(cli::UpgradeArgs),
     /// Delete a virtual cluster and everything kvtenant made for it on the host.
     Delete(cli::DeleteArgs),
     /// Print the CustomResourceDefinition YAML of kvtenant's API.
@@ -101,6 +104,7 @@ async fn main() {
         Command::Disconnect => cli::disconnect(&cli.global),
         Command::Pause(a) => cli::set_paused(&cli.global, a, true).await,
         Command::Resume(a) => cli::set_paused(&cli.global, a, false).await,
+        Command::Upgrade(a) => cli::upgrade(&cli.global, a).await,
         Command::Delete(a) => cli::delete(&cli.global, a).await,
         Command::Crds(a) => cli::crds(a),
         Command::Version(a) => cli::version(&cli.global, a).await,

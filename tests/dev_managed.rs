@@ -3,7 +3,8 @@
 //! (etcd, kube-apiserver, kube-controller-manager) runs as local processes of the dev runner
 //! (dev/testenv only); a VM applied through it reaches the host; a pod runs (on a kwok node) and
 //! answers `kubectl logs` / `exec` through the kubelet proxy; a second one runs beside it;
-//! pause stops its processes, resume brings them back with the data, delete removes them.
+//! pause stops its processes, resume brings them back with the data, `kvtenant upgrade` refuses a
+//! downgrade and rolls them to a new patch release with the data, delete removes them.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -250,6 +251,42 @@ fn managed_virtual_cluster_on_the_dev_host_create_connect_vm_pause_resume_delete
         "new processes after resume"
     );
     kubectl(&kc, &["get", "namespace", "apps"]);
+
+    // upgrade: refused down, then a patch release rolls the processes and keeps the data
+    let down = kvtenant(
+        &kc,
+        &[
+            "--context",
+            &host_context,
+            "upgrade",
+            "team-a",
+            "--version",
+            "v1.36.0",
+        ],
+    );
+    assert!(!down.status.success());
+    let said = String::from_utf8_lossy(&down.stderr);
+    assert!(said.contains(kvtenant_api::messages::DOWNGRADE), "{said}");
+    let up = ok(kvtenant(
+        &kc,
+        &[
+            "--context",
+            &host_context,
+            "upgrade",
+            "team-a",
+            "--version",
+            "v1.37.3",
+        ],
+    ));
+    assert!(up.contains("is Ready"), "{up}");
+    let upgraded = pod_processes(dev, "team-a-cp-0");
+    assert_eq!(upgraded.len(), 3, "{upgraded:?}");
+    assert!(upgraded.iter().all(|p| !second.contains(p)), "rolled: {up}");
+    wait_until(
+        "the tenant to answer after the upgrade",
+        Duration::from_secs(60),
+        || kubectl_ok(&kc, &["get", "vm", "vm1", "-o", "name"]).map(|_| ()),
+    );
 
     // delete removes the processes and the host VM
     let deleted = ok(kvtenant(

@@ -4,6 +4,7 @@ mod completion;
 mod forward;
 mod global;
 mod kubeconfig;
+mod upgrade;
 mod version;
 
 use std::collections::BTreeMap;
@@ -22,6 +23,7 @@ use serde_json::{Value, json};
 pub use completion::{CompletionArgs, command_name, completion, parse};
 pub use global::{GlobalArgs, Output};
 pub use kubeconfig::disconnect;
+pub use upgrade::{UpgradeArgs, upgrade};
 pub use version::{VersionArgs, version};
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
