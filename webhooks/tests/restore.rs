@@ -1,7 +1,7 @@
 //! kvtenant's objects in a tenant come back within seconds when the tenant deletes them: the
 //! webhook configurations and their Service (webhook server), the subresource APIServices and
-//! their Service (proxy), a CRD copy, the DNS objects, a host class shown and a Service mapped in
-//! from the host (syncer). Real apiservers (testenv) with
+//! their Service (proxy), a CRD copy, the DNS objects, a host class shown, a Service mapped in
+//! from the host and a tenant Node standing for a host node (syncer). Real apiservers (testenv) with
 //! KubeVirt's real control plane on the host; every periodic pass here is minutes long, so only
 //! the watches can bring the objects back in time.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -16,7 +16,7 @@ use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Service};
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
@@ -111,20 +111,32 @@ async fn show_a_class_and_a_mapped_service(env: &Env) {
         .patch(
             "t1",
             &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"mapServices": {
-                "fromHost": [{"from": "platform/registry", "to": "shared/registry"}]}}})),
+            &Patch::Merge(json!({"spec": {
+                "mapServices": {
+                    "fromHost": [{"from": "platform/registry", "to": "shared/registry"}]},
+                // the tenant is shown the (simulated) host nodes KubeVirt may use
+                "nodes": {"selector": {"kubevirt.io/schedulable": "true"}},
+            }})),
         )
         .await
         .unwrap();
     let tc = env.tenants[0].client();
     let classes: Api<StorageClass> = Api::all(tc.clone());
-    let shared: Api<Service> = Api::namespaced(tc, "shared");
+    let shared: Api<Service> = Api::namespaced(tc.clone(), "shared");
+    let nodes: Api<Node> = Api::all(tc);
     eventually(
-        "the class and the mapped Service shown",
+        "the class, the mapped Service and the nodes shown",
         Duration::from_secs(60),
         || {
-            let (classes, shared) = (classes.clone(), shared.clone());
-            async move { exists(&classes, "standard").await && exists(&shared, "registry").await }
+            let (classes, shared, nodes) = (classes.clone(), shared.clone(), nodes.clone());
+            async move {
+                exists(&classes, "standard").await
+                    && exists(&shared, "registry").await
+                    && nodes
+                        .list(&Default::default())
+                        .await
+                        .is_ok_and(|l| !l.items.is_empty())
+            }
         },
     )
     .await;
@@ -173,6 +185,7 @@ async fn kvtenants_objects_deleted_in_the_tenant_come_back_within_seconds() {
     let deployments: Api<Deployment> = Api::namespaced(tc.clone(), "kube-system");
     let classes: Api<StorageClass> = Api::all(tc.clone());
     let shared: Api<Service> = Api::namespaced(tc.clone(), "shared");
+    let nodes: Api<Node> = Api::all(tc.clone());
     eventually(
         "everything registered in the tenant",
         Duration::from_secs(60),
@@ -238,6 +251,15 @@ async fn kvtenants_objects_deleted_in_the_tenant_come_back_within_seconds() {
     took.push((
         "Service shared/registry (mapServices.fromHost)",
         delete_and_see_back(shared.clone(), "registry").await,
+    ));
+    let node = nodes.list(&Default::default()).await.unwrap().items[0]
+        .metadata
+        .name
+        .clone()
+        .unwrap();
+    took.push((
+        "Node (a host node shown)",
+        delete_and_see_back(nodes.clone(), &node).await,
     ));
 
     // an edit is reverted too: the policy webhook's failurePolicy set to Ignore by the tenant

@@ -1,7 +1,9 @@
 //! kvtenant's own objects in the tenant restored within seconds of a tenant change, not at the
-//! next consistency scan: the CRD copies, the DNS objects, the host classes shown and the
-//! Services `spec.mapServices.fromHost` shows are watched ([`crate::guard`]); a delete or an
-//! edit makes the tenant apply them again (a no-op write when nothing differs).
+//! next consistency scan: the CRD copies, the DNS objects, the host classes shown, the Services
+//! `spec.mapServices.fromHost` shows and the tenant Nodes standing for host nodes are watched
+//! ([`crate::guard`]); a delete or an edit makes the tenant apply them again (a no-op write when
+//! nothing differs). For Nodes only a delete counts: kvtenant itself rewrites their status with
+//! the host node's heartbeats.
 //! The consistency scan still applies them too (a watch can miss what happened while it was
 //! down; it then lists again and that counts as a change).
 
@@ -14,7 +16,7 @@ use futures::stream::BoxStream;
 use kube::api::{Api, PartialObjectMeta};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::watcher;
-use kvtenant_api::labels::{HOST_CLASS, MAPPED_FROM_HOST, MAPPED_SERVICE};
+use kvtenant_api::labels::{HOST_CLASS, HOST_NODE, MAPPED_FROM_HOST, MAPPED_SERVICE};
 use kvtenant_rules::classes::CLASS_KINDS;
 use kvtenant_rules::dns::{self, APP_LABEL, MANAGED_BY_LABEL};
 
@@ -34,6 +36,7 @@ pub struct Touched {
     pub dns: bool,
     pub classes: bool,
     pub services: bool,
+    pub nodes: bool,
 }
 
 impl Touched {
@@ -46,6 +49,7 @@ impl Touched {
         self.dns |= o.dns;
         self.classes |= o.classes;
         self.services |= o.services;
+        self.nodes |= o.nodes;
     }
 }
 
@@ -56,6 +60,7 @@ pub enum Source {
     Dns,
     Classes,
     MappedServices,
+    Nodes,
 }
 
 /// Whether a change is to one of kvtenant's objects (pure): a CRD copy only when it is one of
@@ -73,6 +78,11 @@ pub fn touches(source: Source, change: &Change, copies: &BTreeSet<String>) -> To
         },
         (Source::MappedServices, _) => Touched {
             services: true,
+            ..none
+        },
+        (Source::Nodes, Change::Applied(_)) => none,
+        (Source::Nodes, _) => Touched {
+            nodes: true,
             ..none
         },
     }
@@ -149,6 +159,9 @@ fn watches(t: &Tenant) -> BoxStream<'static, (Source, Change)> {
             Source::MappedServices,
         ));
     }
+    let shown_nodes = format!("{HOST_NODE}=true");
+    let nodes = ApiResource::erase::<k8s_openapi::api::core::v1::Node>(&());
+    all.push(labelled(t, &nodes, None, &shown_nodes, Source::Nodes));
     futures::stream::select_all(all).boxed()
 }
 
@@ -239,6 +252,12 @@ impl Tenant {
             tracing::warn!(tenant = %self.label, error = %e, "restoring the mapped Services");
             failed.services = true;
         }
+        if what.nodes
+            && let Err(e) = self.prune_nodes().await
+        {
+            tracing::warn!(tenant = %self.label, error = %e, "restoring the tenant's Nodes");
+            failed.nodes = true;
+        }
         failed
     }
 }
@@ -269,5 +288,10 @@ mod tests {
         assert!(class.classes && !class.dns);
         let svc = touches(Source::MappedServices, &Change::Relisted, &copies);
         assert!(svc.services && !svc.crds);
+        // a Node's status changes with every host heartbeat kvtenant copies: only deletes count
+        let node = |c: Change| touches(Source::Nodes, &c, &copies);
+        assert!(node(Change::Deleted("node-1".into())).nodes);
+        assert!(node(Change::Relisted).nodes);
+        assert_eq!(node(Change::Applied("node-1".into())), Touched::default());
     }
 }
