@@ -119,7 +119,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         }
     }
 
-    let runner = testenv::runner::Runner::start(hc.clone(), runner_options()?).await?;
+    // finds (or, the first time, builds) kine besides the control-plane binaries: off the runtime
+    let options = tokio::task::spawn_blocking(runner_options).await??;
+    let runner = testenv::runner::Runner::start(hc.clone(), options).await?;
     testenv::runner::apply_all(&hc, &expose_policy()).await?;
     eprintln!(
         "[{:>5.1}s] control-plane runner on node {} (Managed virtual clusters run as local processes; dev only)",
