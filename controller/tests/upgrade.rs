@@ -246,3 +246,97 @@ async fn version_changes_are_checked_and_an_upgrade_rolls_the_pod_with_its_data(
     )
     .await;
 }
+
+/// Two virtual clusters share one external etcd, each under its own key prefix: both come up,
+/// and what one writes the other never sees.
+#[tokio::test]
+async fn virtual_clusters_share_an_external_etcd_under_their_own_prefixes() {
+    // the external etcd: the testenv binary on loopback, outside any pod
+    let bins = testenv::binaries::ensure().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let client_port = testenv::controlplane::free_port().unwrap();
+    let peer_port = testenv::controlplane::free_port().unwrap();
+    let client_url = format!("http://127.0.0.1:{client_port}");
+    let peer_url = format!("http://127.0.0.1:{peer_port}");
+    let mut cmd = std::process::Command::new(&bins.etcd);
+    cmd.arg(format!("--data-dir={}", dir.path().join("etcd").display()))
+        .arg(format!("--listen-client-urls={client_url}"))
+        .arg(format!("--advertise-client-urls={client_url}"))
+        .arg(format!("--listen-peer-urls={peer_url}"))
+        .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+        .arg(format!("--initial-cluster=default={peer_url}"));
+    let _etcd =
+        testenv::process::Managed::spawn("etcd", cmd, &dir.path().join("etcd.log"), None).unwrap();
+    wait_for(
+        "the external etcd",
+        Duration::from_secs(30),
+        || async move {
+            match http_get_status(client_port, "/health").await {
+                Ok(200) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+
+    let host = host("ext-etcd-host", true).await;
+    let client = host.client().unwrap();
+    create_namespace(&client, NS).await;
+    let runner = runner(&client).await;
+    let _ctl = RunningController::start(client.clone(), test_config());
+    let mut uids = Vec::new();
+    for name in ["ea", "eb"] {
+        let mut spec = VirtualClusterSpec::default();
+        spec.control_plane.datastore = kvtenant_api::Datastore::ExternalEtcd;
+        spec.control_plane.external_etcd =
+            Some(serde_json::from_value(serde_json::json!({"endpoints": [client_url]})).unwrap());
+        spec.expose.type_ = kvtenant_api::ExposeType::NodePort;
+        spec.expose.extra_sans = vec!["127.0.0.1".into()];
+        uids.push(create_vc(&client, NS, &vc(name, spec)).await.uid().unwrap());
+    }
+    for name in ["ea", "eb"] {
+        wait_status(&client, NS, name, "Ready on the external etcd", |s| {
+            if s.phase == Some(Phase::Ready) {
+                Ok(())
+            } else {
+                Err(format!("{:?}\n{}", s.message, runner_logs(&runner)))
+            }
+        })
+        .await;
+    }
+    assert!(
+        runner.snapshot().pods.values().all(|pids| pids.len() == 2),
+        "kube-apiserver and kube-controller-manager only: {:?}",
+        runner.snapshot().pods
+    );
+    // the CRD's rule: no externalEtcd, no ExternalEtcd datastore
+    let mut spec = VirtualClusterSpec::default();
+    spec.control_plane.datastore = kvtenant_api::Datastore::ExternalEtcd;
+    let refused = Api::<VirtualCluster>::namespaced(client.clone(), NS)
+        .create(&PostParams::default(), &vc("ec", spec))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("externalEtcd is required when datastore is ExternalEtcd"),
+        "{refused}"
+    );
+
+    let a: Api<Namespace> = Api::all(tenant_client(&client, "ea").await);
+    let b: Api<Namespace> = Api::all(tenant_client(&client, "eb").await);
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "only-in-ea"}})).unwrap();
+    a.create(&PostParams::default(), &ns).await.unwrap();
+    assert!(a.get_opt("only-in-ea").await.unwrap().is_some());
+    assert!(
+        b.get_opt("only-in-ea").await.unwrap().is_none(),
+        "eb sees ea's namespace"
+    );
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), NS);
+    let pod = pods.get("ea-cp-0").await.unwrap();
+    let args = pod.spec.unwrap().containers[0].args.clone().unwrap();
+    assert!(
+        args.contains(&format!("--etcd-prefix=/kvtenant/{}", uids[0])),
+        "{args:?}"
+    );
+}

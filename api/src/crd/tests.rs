@@ -274,7 +274,21 @@ fn validation_rules_are_in_place() {
     let cp = &spec["controlPlane"];
     assert_eq!(
         rules(cp),
-        ["(has(self.mode) && self.mode == 'External') == has(self.kubeconfigSecretRef)"]
+        [
+            "(has(self.mode) && self.mode == 'External') == has(self.kubeconfigSecretRef)",
+            crate::v1alpha1::EXTERNAL_ETCD_RULE
+        ]
+    );
+    assert_eq!(
+        rules(&cp["properties"]["externalEtcd"]),
+        ["self == oldSelf"]
+    );
+    assert_eq!(
+        rules(&spec["kubernetesVersion"]),
+        [
+            crate::v1alpha1::NO_DOWNGRADE_RULE,
+            crate::v1alpha1::ONE_MINOR_RULE
+        ]
     );
     assert_eq!(rules(&cp["properties"]["mode"]), ["self == oldSelf"]);
     assert_eq!(rules(&cp["properties"]["datastore"]), ["self == oldSelf"]);

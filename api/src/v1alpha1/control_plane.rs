@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::KubeSchema;
+
+use super::datastore::{Datastore, ExternalEtcdSpec};
 use serde::{Deserialize, Serialize};
 
 /// The registry the default control-plane images come from.
@@ -36,6 +38,10 @@ const MODE_RULE: &str =
     .message("kubeconfigSecretRef is required when mode is External and must not be set when mode is Managed")
     .field_path(".kubeconfigSecretRef")
     .reason(Reason::FieldValueInvalid))]
+#[x_kube(validation = Rule::new(super::datastore::EXTERNAL_ETCD_RULE)
+    .message("externalEtcd is required when datastore is ExternalEtcd and must not be set otherwise")
+    .field_path(".externalEtcd")
+    .reason(Reason::FieldValueInvalid))]
 pub struct ControlPlaneSpec {
     /// Managed (default): kvtenant runs kube-apiserver, kube-controller-manager and the datastore
     /// as workloads in this VirtualCluster's namespace, with their own PKI. External: an existing
@@ -45,8 +51,10 @@ pub struct ControlPlaneSpec {
     #[x_kube(validation = Rule::new("self == oldSelf").message("controlPlane.mode is immutable"))]
     pub mode: ControlPlaneMode,
 
-    /// Managed only: the datastore behind the virtual cluster's apiserver, Etcd (default) or
-    /// Kine (an etcd shim over SQLite, lighter for small clusters). Immutable.
+    /// Managed only: the datastore behind the virtual cluster's apiserver, Etcd (default),
+    /// Kine (an etcd shim over SQLite, lighter for small clusters) or ExternalEtcd (an etcd
+    /// cluster run elsewhere, in externalEtcd; the apiserver keeps its keys under
+    /// /kvtenant/<VirtualCluster uid>, so many virtual clusters can share one). Immutable.
     #[serde(default)]
     #[x_kube(validation = Rule::new("self == oldSelf").message("controlPlane.datastore is immutable"))]
     pub datastore: Datastore,
@@ -73,6 +81,11 @@ pub struct ControlPlaneSpec {
     #[schemars(extend("default" = {}))]
     pub storage: StorageSpec,
 
+    /// Managed with datastore ExternalEtcd only (required there): the etcd cluster. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("controlPlane.externalEtcd is immutable"))]
+    pub external_etcd: Option<ExternalEtcdSpec>,
+
     /// External only (required there, forbidden with Managed): the Secret, in this
     /// VirtualCluster's namespace, holding a kubeconfig with cluster-admin rights on the
     /// imported cluster.
@@ -93,6 +106,7 @@ impl Default for ControlPlaneSpec {
             images: ControlPlaneImages::default(),
             resources: None,
             storage: StorageSpec::default(),
+            external_etcd: None,
             kubeconfig_secret_ref: None,
         }
     }
@@ -109,7 +123,15 @@ impl ControlPlaneSpec {
             (ControlPlaneMode::Managed, Some(_)) => {
                 Err("kubeconfigSecretRef must not be set when mode is Managed".into())
             }
-            _ => Ok(()),
+            _ => match (self.datastore, &self.external_etcd) {
+                (Datastore::ExternalEtcd, None) => {
+                    Err("externalEtcd is required when datastore is ExternalEtcd".into())
+                }
+                (Datastore::Etcd | Datastore::Kine, Some(_)) => {
+                    Err("externalEtcd must not be set unless datastore is ExternalEtcd".into())
+                }
+                _ => Ok(()),
+            },
         }
     }
 }
@@ -124,18 +146,6 @@ pub enum ControlPlaneMode {
     Managed,
     /// An existing cluster, reached through a kubeconfig, is used as the virtual cluster.
     External,
-}
-
-/// The datastore of a Managed control plane.
-#[derive(
-    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, schemars::JsonSchema,
-)]
-pub enum Datastore {
-    /// A single-member etcd.
-    #[default]
-    Etcd,
-    /// kine (etcd API over SQLite).
-    Kine,
 }
 
 /// Container images of a Managed control plane. Unset fields default to the upstream image of

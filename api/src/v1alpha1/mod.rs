@@ -6,6 +6,7 @@
 //! the resolving helpers such as [`VirtualClusterSpec::images`].
 
 mod control_plane;
+mod datastore;
 mod dns;
 mod kubevirt;
 mod map_services;
@@ -13,6 +14,7 @@ mod policy;
 mod status;
 
 pub use control_plane::*;
+pub use datastore::*;
 pub use dns::*;
 pub use kubevirt::*;
 pub use map_services::*;

@@ -10,7 +10,6 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ResourceRequirements, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
@@ -304,9 +303,10 @@ pub fn services(t: &Target<'_>) -> Result<[Service; 2], serde_json::Error> {
     Ok([main, headless])
 }
 
-/// The datastore container's command line.
-pub fn datastore_command(datastore: Datastore) -> Vec<String> {
-    match datastore {
+/// The datastore container's command line; `None` for an external etcd (no container).
+pub fn datastore_command(datastore: Datastore) -> Option<Vec<String>> {
+    Some(match datastore {
+        Datastore::ExternalEtcd => return None,
         Datastore::Etcd => {
             let client = format!("http://127.0.0.1:{ETCD_CLIENT_PORT}");
             let peer = format!("http://127.0.0.1:{ETCD_PEER_PORT}");
@@ -337,7 +337,7 @@ pub fn datastore_command(datastore: Datastore) -> Vec<String> {
             format!("--listen-address=127.0.0.1:{ETCD_CLIENT_PORT}"),
             "--metrics-bind-address=0".into(),
         ],
-    }
+    })
 }
 
 /// kube-apiserver's command line. `$(POD_IP)` is expanded by the kubelet from the container's
@@ -452,142 +452,10 @@ fn command_args(cmd: Vec<String>) -> (Vec<String>, Vec<String>) {
 
 pub use kvtenant_kubeutil::apply::content_hash;
 
-/// The control-plane StatefulSet. `pki_hash` goes into the pod template so new certificates
-/// roll the pod; `spec.paused` scales it to 0.
-pub fn statefulset(t: &Target<'_>, pki_hash: &str) -> Result<StatefulSet, serde_json::Error> {
-    let spec = &t.vc.spec;
-    let cp = &spec.control_plane;
-    let images = spec.images();
-    let res = cp.resources.as_ref();
-    let replicas = if spec.paused { 0 } else { cp.replicas };
-    let restricted = json!({
-        "allowPrivilegeEscalation": false,
-        "readOnlyRootFilesystem": true,
-        "capabilities": {"drop": ["ALL"]},
-    });
-    let https_probe = |path: &str, port: &str, period: i32, failures: i32| {
-        json!({"httpGet": {"path": path, "port": port, "scheme": "HTTPS"},
-               "periodSeconds": period, "timeoutSeconds": 5, "failureThreshold": failures})
-    };
-
-    let (ds_cmd, ds_args) = command_args(datastore_command(cp.datastore));
-    let mut datastore = json!({
-        "name": match cp.datastore { Datastore::Etcd => "etcd", Datastore::Kine => "kine" },
-        "image": match cp.datastore { Datastore::Etcd => &images.etcd, Datastore::Kine => &images.kine },
-        "command": ds_cmd,
-        "args": ds_args,
-        "resources": resources(res.and_then(|r| r.datastore.as_ref()), "100m", "256Mi"),
-        "securityContext": restricted,
-        "volumeMounts": [{"name": "data", "mountPath": DATA_DIR}],
-    });
-    if cp.datastore == Datastore::Etcd {
-        let http_probe = |path: &str, period: i32, failures: i32| {
-            json!({"httpGet": {"path": path, "port": "etcd-metrics", "scheme": "HTTP"},
-                   "periodSeconds": period, "timeoutSeconds": 5, "failureThreshold": failures})
-        };
-        datastore["ports"] = json!([{"name": "etcd-metrics", "containerPort": ETCD_METRICS_PORT}]);
-        datastore["livenessProbe"] = http_probe("/livez", 10, 6);
-        datastore["readinessProbe"] = http_probe("/readyz", 5, 3);
-        datastore["startupProbe"] = http_probe("/livez", 5, 30);
-    }
-
-    let (as_cmd, as_args) = command_args(apiserver_command());
-    let apiserver = json!({
-        "name": "kube-apiserver",
-        "image": images.apiserver,
-        "command": as_cmd,
-        "args": as_args,
-        "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
-        "ports": [{"name": "https", "containerPort": APISERVER_PORT, "protocol": "TCP"}],
-        "resources": resources(res.and_then(|r| r.apiserver.as_ref()), "250m", "512Mi"),
-        "securityContext": restricted,
-        "readinessProbe": https_probe("/readyz", "https", 5, 3),
-        "livenessProbe": https_probe("/livez", "https", 10, 6),
-        "startupProbe": https_probe("/livez", "https", 5, 60),
-        "volumeMounts": [{"name": "apiserver-pki", "mountPath": APISERVER_PKI_DIR, "readOnly": true}],
-    });
-
-    let (cm_cmd, cm_args) = command_args(controller_manager_command());
-    let controller_manager = json!({
-        "name": "kube-controller-manager",
-        "image": images.controller_manager,
-        "command": cm_cmd,
-        "args": cm_args,
-        "ports": [{"name": "kcm-https", "containerPort": CONTROLLER_MANAGER_PORT, "protocol": "TCP"}],
-        "resources": resources(res.and_then(|r| r.controller_manager.as_ref()), "100m", "128Mi"),
-        "securityContext": restricted,
-        "livenessProbe": https_probe("/healthz", "kcm-https", 10, 6),
-        "startupProbe": https_probe("/healthz", "kcm-https", 5, 60),
-        "volumeMounts": [
-            {"name": "controller-manager", "mountPath": CONTROLLER_MANAGER_DIR, "readOnly": true},
-            {"name": "controller-manager-certs", "mountPath": CONTROLLER_MANAGER_CERT_DIR},
-        ],
-    });
-
-    let items = |keys: &[&str]| -> serde_json::Value {
-        keys.iter().map(|k| json!({"key": k, "path": k})).collect()
-    };
-    use pki::keys as k;
-    let mut pvc_spec = json!({
-        "accessModes": ["ReadWriteOnce"],
-        "resources": {"requests": {"storage": cp.storage.size}},
-    });
-    if let Some(class) = &cp.storage.storage_class_name {
-        pvc_spec["storageClassName"] = json!(class);
-    }
-    serde_json::from_value(json!({
-        "metadata": t.meta(&t.names.statefulset),
-        "spec": {
-            "replicas": replicas,
-            "serviceName": t.names.statefulset,
-            "selector": {"matchLabels": t.pod_labels()},
-            "podManagementPolicy": "OrderedReady",
-            "updateStrategy": {"type": "RollingUpdate"},
-            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Delete", "whenScaled": "Retain"},
-            "template": {
-                "metadata": {
-                    "labels": t.pod_labels(),
-                    "annotations": {PKI_HASH: pki_hash},
-                },
-                "spec": {
-                    "automountServiceAccountToken": false,
-                    "enableServiceLinks": false,
-                    "terminationGracePeriodSeconds": 30,
-                    "securityContext": {
-                        "runAsNonRoot": true,
-                        "runAsUser": RUN_AS,
-                        "runAsGroup": RUN_AS,
-                        "fsGroup": RUN_AS,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
-                    "containers": [datastore, apiserver, controller_manager],
-                    "volumes": [
-                        {"name": "apiserver-pki", "secret": {
-                            "secretName": t.names.pki_secret, "defaultMode": 0o440,
-                            "items": items(&[k::CA_CRT, k::APISERVER_CRT, k::APISERVER_KEY,
-                                k::FRONT_PROXY_CA_CRT, k::FRONT_PROXY_CLIENT_CRT,
-                                k::FRONT_PROXY_CLIENT_KEY, k::KUBELET_CLIENT_CRT,
-                                k::KUBELET_CLIENT_KEY, k::ADMISSION_CONFIG,
-                                k::WEBHOOK_KUBECONFIG, k::SA_KEY, k::SA_PUB]),
-                        }},
-                        {"name": "controller-manager", "secret": {
-                            "secretName": t.names.pki_secret, "defaultMode": 0o440,
-                            "items": items(&[k::CA_CRT, k::SA_KEY, k::CONTROLLER_MANAGER_CONF]),
-                        }},
-                        {"name": "controller-manager-certs", "emptyDir": {}},
-                    ],
-                },
-            },
-            "volumeClaimTemplates": [{
-                "metadata": {"name": "data", "labels": t.vcref.labels()},
-                "spec": pvc_spec,
-            }],
-        }
-    }))
-}
-
 mod admission;
 pub use admission::admission_files;
+mod statefulset;
+pub use statefulset::{ETCD_CLIENT_DIR, etcd_prefix, statefulset, with_external_etcd};
 
 #[cfg(test)]
 mod tests;

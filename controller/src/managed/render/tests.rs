@@ -1,4 +1,5 @@
 use super::*;
+use k8s_openapi::api::apps::v1::StatefulSet;
 use kvtenant_api::{ExposeType, VirtualClusterSpec};
 use time::OffsetDateTime;
 
@@ -381,5 +382,54 @@ fn the_apiserver_presents_its_webhook_client_certificate_to_kvtenants_webhook_se
         cert.issuer()
             .to_string()
             .contains("kvtenant-webhook-client-ca")
+    );
+}
+
+#[test]
+fn an_external_etcd_replaces_the_datastore_container_and_the_volume() {
+    let mut spec = VirtualClusterSpec::default();
+    spec.control_plane.datastore = kvtenant_api::Datastore::ExternalEtcd;
+    spec.control_plane.external_etcd = Some(
+        serde_json::from_value(serde_json::json!({
+            "endpoints": ["https://etcd-0.db:2379", "https://etcd-1.db:2379"],
+            "tlsSecretRef": {"name": "etcd-client"}
+        }))
+        .unwrap(),
+    );
+    let v = vc(spec);
+    let t = Target::new(&v).unwrap();
+    let sts = statefulset(&t, "h").unwrap();
+    let pod = sts.spec.template.spec.as_ref().unwrap();
+    let names: Vec<_> = pod.containers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["kube-apiserver", "kube-controller-manager"]);
+    assert!(
+        sts.spec
+            .volume_claim_templates
+            .as_ref()
+            .is_none_or(|v| v.is_empty()),
+        "no volume of its own"
+    );
+    let args = container(&sts, "kube-apiserver").args.clone().unwrap();
+    let servers: Vec<_> = args
+        .iter()
+        .filter(|a| a.starts_with("--etcd-servers="))
+        .collect();
+    assert_eq!(
+        servers,
+        ["--etcd-servers=https://etcd-0.db:2379,https://etcd-1.db:2379"]
+    );
+    let uid = v.metadata.uid.clone().unwrap();
+    assert!(args.contains(&format!("--etcd-prefix=/kvtenant/{uid}")));
+    assert!(args.contains(&format!("--etcd-certfile={ETCD_CLIENT_DIR}/tls.crt")));
+    let volume = pod
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "etcd-client")
+        .unwrap();
+    assert_eq!(
+        volume.secret.as_ref().unwrap().secret_name.as_deref(),
+        Some("etcd-client")
     );
 }

@@ -1,0 +1,199 @@
+//! The control-plane StatefulSet: the datastore (etcd or kine, none for an external etcd),
+//! kube-apiserver and kube-controller-manager in one pod.
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use kvtenant_api::{Datastore, ExternalEtcdSpec, etcd_keys};
+use serde_json::json;
+
+use super::*;
+
+/// Where an external etcd's client certificate is mounted in the apiserver's container.
+pub const ETCD_CLIENT_DIR: &str = "/etc/kubernetes/etcd";
+
+/// The key prefix of a virtual cluster in an external etcd: its own, so many can share one.
+pub fn etcd_prefix(vc_uid: &str) -> String {
+    format!("/kvtenant/{vc_uid}")
+}
+
+/// kube-apiserver's command line for an external etcd: its endpoints instead of the pod's
+/// loopback, the virtual cluster's key prefix, and the client certificate when one is given.
+pub fn with_external_etcd(
+    mut cmd: Vec<String>,
+    vc_uid: &str,
+    external: &ExternalEtcdSpec,
+) -> Vec<String> {
+    cmd.retain(|a| !a.starts_with("--etcd-servers="));
+    cmd.push(format!("--etcd-servers={}", external.endpoints.join(",")));
+    cmd.push(format!("--etcd-prefix={}", etcd_prefix(vc_uid)));
+    if external.tls_secret_ref.is_some() {
+        let d = ETCD_CLIENT_DIR;
+        cmd.push(format!("--etcd-cafile={d}/{}", etcd_keys::CA));
+        cmd.push(format!("--etcd-certfile={d}/{}", etcd_keys::CERT));
+        cmd.push(format!("--etcd-keyfile={d}/{}", etcd_keys::KEY));
+    }
+    cmd
+}
+
+/// The control-plane StatefulSet. `pki_hash` goes into the pod template so new certificates
+/// roll the pod; `spec.paused` scales it to 0.
+pub fn statefulset(t: &Target<'_>, pki_hash: &str) -> Result<StatefulSet, serde_json::Error> {
+    let spec = &t.vc.spec;
+    let cp = &spec.control_plane;
+    let images = spec.images();
+    let res = cp.resources.as_ref();
+    let replicas = if spec.paused { 0 } else { cp.replicas };
+    let restricted = json!({
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+        "capabilities": {"drop": ["ALL"]},
+    });
+    let https_probe = |path: &str, port: &str, period: i32, failures: i32| {
+        json!({"httpGet": {"path": path, "port": port, "scheme": "HTTPS"},
+               "periodSeconds": period, "timeoutSeconds": 5, "failureThreshold": failures})
+    };
+
+    let datastore = datastore_command(cp.datastore).map(|cmd| {
+        let (ds_cmd, ds_args) = command_args(cmd);
+        let mut datastore = json!({
+            "name": if cp.datastore == Datastore::Kine { "kine" } else { "etcd" },
+            "image": if cp.datastore == Datastore::Kine { &images.kine } else { &images.etcd },
+            "command": ds_cmd,
+            "args": ds_args,
+            "resources": resources(res.and_then(|r| r.datastore.as_ref()), "100m", "256Mi"),
+            "securityContext": restricted,
+            "volumeMounts": [{"name": "data", "mountPath": DATA_DIR}],
+        });
+        if cp.datastore == Datastore::Etcd {
+            let http_probe = |path: &str, period: i32, failures: i32| {
+                json!({"httpGet": {"path": path, "port": "etcd-metrics", "scheme": "HTTP"},
+                   "periodSeconds": period, "timeoutSeconds": 5, "failureThreshold": failures})
+            };
+            datastore["ports"] =
+                json!([{"name": "etcd-metrics", "containerPort": ETCD_METRICS_PORT}]);
+            datastore["livenessProbe"] = http_probe("/livez", 10, 6);
+            datastore["readinessProbe"] = http_probe("/readyz", 5, 3);
+            datastore["startupProbe"] = http_probe("/livez", 5, 30);
+        }
+        datastore
+    });
+
+    let mut as_command = apiserver_command();
+    let mut as_mounts =
+        vec![json!({"name": "apiserver-pki", "mountPath": APISERVER_PKI_DIR, "readOnly": true})];
+    let mut extra_volumes = Vec::new();
+    if let Some(external) = &cp.external_etcd {
+        as_command = with_external_etcd(as_command, &t.vcref.uid, external);
+        if let Some(secret) = &external.tls_secret_ref {
+            as_mounts.push(
+                json!({"name": "etcd-client", "mountPath": ETCD_CLIENT_DIR, "readOnly": true}),
+            );
+            let items: Vec<_> = [etcd_keys::CA, etcd_keys::CERT, etcd_keys::KEY]
+                .iter()
+                .map(|k| json!({"key": k, "path": k}))
+                .collect();
+            extra_volumes.push(json!({"name": "etcd-client", "secret": {
+                "secretName": secret.name, "defaultMode": 0o440, "items": items,
+            }}));
+        }
+    }
+    let (as_cmd, as_args) = command_args(as_command);
+    let apiserver = json!({
+        "name": "kube-apiserver",
+        "image": images.apiserver,
+        "command": as_cmd,
+        "args": as_args,
+        "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+        "ports": [{"name": "https", "containerPort": APISERVER_PORT, "protocol": "TCP"}],
+        "resources": resources(res.and_then(|r| r.apiserver.as_ref()), "250m", "512Mi"),
+        "securityContext": restricted,
+        "readinessProbe": https_probe("/readyz", "https", 5, 3),
+        "livenessProbe": https_probe("/livez", "https", 10, 6),
+        "startupProbe": https_probe("/livez", "https", 5, 60),
+        "volumeMounts": as_mounts,
+    });
+
+    let (cm_cmd, cm_args) = command_args(controller_manager_command());
+    let controller_manager = json!({
+        "name": "kube-controller-manager",
+        "image": images.controller_manager,
+        "command": cm_cmd,
+        "args": cm_args,
+        "ports": [{"name": "kcm-https", "containerPort": CONTROLLER_MANAGER_PORT, "protocol": "TCP"}],
+        "resources": resources(res.and_then(|r| r.controller_manager.as_ref()), "100m", "128Mi"),
+        "securityContext": restricted,
+        "livenessProbe": https_probe("/healthz", "kcm-https", 10, 6),
+        "startupProbe": https_probe("/healthz", "kcm-https", 5, 60),
+        "volumeMounts": [
+            {"name": "controller-manager", "mountPath": CONTROLLER_MANAGER_DIR, "readOnly": true},
+            {"name": "controller-manager-certs", "mountPath": CONTROLLER_MANAGER_CERT_DIR},
+        ],
+    });
+
+    let items = |keys: &[&str]| -> serde_json::Value {
+        keys.iter().map(|k| json!({"key": k, "path": k})).collect()
+    };
+    use pki::keys as k;
+    let mut pvc_spec = json!({
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": cp.storage.size}},
+    });
+    if let Some(class) = &cp.storage.storage_class_name {
+        pvc_spec["storageClassName"] = json!(class);
+    }
+    let mut volumes = vec![
+        json!({"name": "apiserver-pki", "secret": {
+            "secretName": t.names.pki_secret, "defaultMode": 0o440,
+            "items": items(&[k::CA_CRT, k::APISERVER_CRT, k::APISERVER_KEY,
+                k::FRONT_PROXY_CA_CRT, k::FRONT_PROXY_CLIENT_CRT,
+                k::FRONT_PROXY_CLIENT_KEY, k::KUBELET_CLIENT_CRT,
+                k::KUBELET_CLIENT_KEY, k::ADMISSION_CONFIG,
+                k::WEBHOOK_KUBECONFIG, k::SA_KEY, k::SA_PUB]),
+        }}),
+        json!({"name": "controller-manager", "secret": {
+            "secretName": t.names.pki_secret, "defaultMode": 0o440,
+            "items": items(&[k::CA_CRT, k::SA_KEY, k::CONTROLLER_MANAGER_CONF]),
+        }}),
+        json!({"name": "controller-manager-certs", "emptyDir": {}}),
+    ];
+    volumes.extend(extra_volumes);
+    let containers: Vec<_> = datastore
+        .into_iter()
+        .chain([apiserver, controller_manager])
+        .collect();
+    serde_json::from_value(json!({
+        "metadata": t.meta(&t.names.statefulset),
+        "spec": {
+            "replicas": replicas,
+            "serviceName": t.names.statefulset,
+            "selector": {"matchLabels": t.pod_labels()},
+            "podManagementPolicy": "OrderedReady",
+            "updateStrategy": {"type": "RollingUpdate"},
+            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Delete", "whenScaled": "Retain"},
+            "template": {
+                "metadata": {
+                    "labels": t.pod_labels(),
+                    "annotations": {PKI_HASH: pki_hash},
+                },
+                "spec": {
+                    "automountServiceAccountToken": false,
+                    "enableServiceLinks": false,
+                    "terminationGracePeriodSeconds": 30,
+                    "securityContext": {
+                        "runAsNonRoot": true,
+                        "runAsUser": RUN_AS,
+                        "runAsGroup": RUN_AS,
+                        "fsGroup": RUN_AS,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": containers,
+                    "volumes": volumes,
+                },
+            },
+            // an external etcd keeps the data: the pod has no volume of its own
+            "volumeClaimTemplates": if cp.datastore == Datastore::ExternalEtcd { json!([]) } else { json!([{
+                "metadata": {"name": "data", "labels": t.vcref.labels()},
+                "spec": pvc_spec,
+            }]) },
+        }
+    }))
+}
