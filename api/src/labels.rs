@@ -89,6 +89,13 @@ pub const PKI_HASH: &str = "tenancy.kvtenant.io/pki-hash";
 pub const WEBHOOK_CLIENT_CA_KEY: &str = "webhook-client-ca.crt";
 /// Common name of that client certificate.
 pub const WEBHOOK_CLIENT_CN: &str = "kvtenant-webhook-client";
+/// Keys, in the Secret holding a virtual cluster's kubeconfig, of the CAs (PEM) its apiserver's
+/// front-proxy client certificate (aggregated API calls) and kubelet client certificate chain
+/// to. With both, kvtenant's subresource and kubelet proxies trust these, not what the tenant
+/// publishes in its own `kube-system/extension-apiserver-authentication` (which the tenant may
+/// edit); kvtenant writes them for Managed control planes.
+pub const FRONT_PROXY_CA_KEY: &str = "front-proxy-ca.crt";
+pub const CLIENT_CA_KEY: &str = "ca.crt";
 /// Where tenants' webhook configurations send calls: the tenant Service (an ExternalName of the
 /// webhook server) `namespace/name` and port, as kvtenant installs it by default. A tenant
 /// apiserver's admission kubeconfig names its certificate's user after them.

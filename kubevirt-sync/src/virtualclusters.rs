@@ -200,7 +200,7 @@ async fn reconcile(vc: Arc<VirtualCluster>, ctx: Arc<Ctx>) -> Result<Action, Err
     if recent && ctx.registry.get(&vcref.uid).is_some() {
         return Ok(Action::requeue(RECHECK));
     }
-    let (client, rv, webhook_client_ca) =
+    let (client, rv, cas) =
         match tenant_client(&ctx.host.client, &vcref.namespace, &secret, &key).await {
             Ok(c) => c,
             Err(e) => {
@@ -234,7 +234,8 @@ async fn reconcile(vc: Arc<VirtualCluster>, ctx: Arc<Ctx>) -> Result<Action, Err
         vcref.clone(),
         (*vc).clone(),
         client,
-        webhook_client_ca,
+        cas.webhook_client,
+        cas.proxy,
     )
     .await?;
     tracing::info!(vc = %label, "syncing tenant");
@@ -261,14 +262,16 @@ async fn reconcile(vc: Arc<VirtualCluster>, ctx: Arc<Ctx>) -> Result<Action, Err
 }
 
 /// A client for the tenant from the VirtualCluster's kubeconfig Secret, the Secret's
-/// resourceVersion, and the CA of the tenant apiserver's webhook client certificate when the
-/// Secret has one ([`kvtenant_api::labels::WEBHOOK_CLIENT_CA_KEY`]).
+/// resourceVersion, and the CAs the Secret pins: of the tenant apiserver's webhook client
+/// certificate ([`kvtenant_api::labels::WEBHOOK_CLIENT_CA_KEY`]), and of its front-proxy and
+/// kubelet client certificates ([`kvtenant_api::labels::FRONT_PROXY_CA_KEY`],
+/// [`kvtenant_api::labels::CLIENT_CA_KEY`]).
 async fn tenant_client(
     host: &Client,
     ns: &str,
     secret: &str,
     key: &str,
-) -> Result<(Client, String, Option<String>), Error> {
+) -> Result<(Client, String, HostCas), Error> {
     let api: Api<Secret> = Api::namespaced(host.clone(), ns);
     let s = api.get(secret).await.map_err(Error::api(
         "get",
@@ -287,13 +290,30 @@ async fn tenant_client(
     let (client, _) = kvtenant_kubeutil::kubeconfig::client(&text, Duration::from_secs(30))
         .await
         .map_err(|e| Error::Kubeconfig(format!("Secret {ns}/{secret}: {e}")))?;
-    let webhook_client_ca = s
-        .data
-        .as_ref()
-        .and_then(|d| d.get(kvtenant_api::labels::WEBHOOK_CLIENT_CA_KEY))
-        .and_then(|b| String::from_utf8(b.0.clone()).ok())
-        .filter(|pem| !pem.trim().is_empty());
-    Ok((client, rv, webhook_client_ca))
+    let pem = |key: &str| {
+        s.data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .and_then(|b| String::from_utf8(b.0.clone()).ok())
+            .filter(|pem| !pem.trim().is_empty())
+    };
+    let cas = HostCas {
+        webhook_client: pem(kvtenant_api::labels::WEBHOOK_CLIENT_CA_KEY),
+        proxy: pem(kvtenant_api::labels::FRONT_PROXY_CA_KEY)
+            .zip(pem(kvtenant_api::labels::CLIENT_CA_KEY))
+            .map(|(front_proxy, client)| crate::tenant::ProxyCas {
+                front_proxy: front_proxy.into(),
+                client: client.into(),
+            }),
+    };
+    Ok((client, rv, cas))
+}
+
+/// The CAs a virtual cluster's kubeconfig Secret pins (kvtenant writes them for Managed control
+/// planes).
+pub struct HostCas {
+    pub webhook_client: Option<String>,
+    pub proxy: Option<crate::tenant::ProxyCas>,
 }
 
 /// Sets the `SyncerReady` condition of a VirtualCluster (server-side apply of that one

@@ -424,3 +424,87 @@ async fn kubectl_logs_exec_attach_port_forward_and_cp_reach_the_tenants_own_pods
 fn tempfile_path(name: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("kvtenant-kubelet-{}-{name}", std::process::id()))
 }
+
+/// A tenant admin may add any CA to their own `extension-apiserver-authentication` (the
+/// apiserver keeps what is added). Adding another tenant's CAs there made that tenant's
+/// certificates acceptable to two tenants, so its `kubectl logs` was refused. With the CAs
+/// pinned in the victim's kubeconfig Secret (kvtenant writes them for Managed control planes)
+/// the victim's calls are its own again, whatever the other publishes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_publishing_another_tenants_cas_cannot_take_its_kubectl_logs_away() {
+    let env = Env::start_with_controllers(2).await;
+    let proxy = Proxy::start(env.syncer.as_ref().unwrap().tenants(), ProxyConfig::local())
+        .await
+        .unwrap();
+    let (attacker, victim) = (&env.tenants[0], &env.tenants[1]);
+    for t in [attacker, victim] {
+        eventually("the kubelet proxy serves the tenant", WAIT, || async {
+            proxy.serves_kubelet(&t.vc.uid)
+        })
+        .await;
+    }
+    run_pod(victim, "web").await;
+    let logs_ok = || {
+        let (ok, out, err) = kubectl_try(victim.kubeconfig(), &["logs", "web"], "");
+        (ok && out.contains("simulated container log"))
+            .then_some(())
+            .ok_or(err)
+    };
+    wait_for("the victim's kubectl logs", WAIT, || async {
+        logs_ok().ok()
+    })
+    .await;
+
+    // the attacker publishes the victim's CAs next to its own
+    let victim_pki = victim.cp.pki();
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(attacker.client(), "kube-system");
+    let cm = cms.get("extension-apiserver-authentication").await.unwrap();
+    let mut data = cm.data.unwrap();
+    for (key, pem) in [
+        ("client-ca-file", victim_pki.ca.cert_pem()),
+        (
+            "requestheader-client-ca-file",
+            victim_pki.front_proxy_ca.cert_pem(),
+        ),
+    ] {
+        let own = data.get(key).cloned().unwrap_or_default();
+        data.insert(key.to_owned(), format!("{own}\n{pem}"));
+    }
+    cms.patch(
+        "extension-apiserver-authentication",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(serde_json::json!({"data": data})),
+    )
+    .await
+    .unwrap();
+    wait_for(
+        "the victim's logs refused (its CAs published twice)",
+        WAIT,
+        || async { logs_ok().err() },
+    )
+    .await;
+
+    // the host pins the victim's CAs (as for a Managed control plane): its calls are its own
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(env.host_client(), common::VC_NAMESPACE);
+    secrets
+        .patch(
+            &format!("{}-kubeconfig", victim.vc.name),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"stringData": {
+                kvtenant_api::labels::FRONT_PROXY_CA_KEY: victim_pki.front_proxy_ca.cert_pem(),
+                kvtenant_api::labels::CLIENT_CA_KEY: victim_pki.ca.cert_pem(),
+            }})),
+        )
+        .await
+        .unwrap();
+    wait_for("the victim's kubectl logs again", WAIT, || async {
+        logs_ok().ok()
+    })
+    .await;
+    // and the attacker's own calls still work
+    run_pod(attacker, "own").await;
+    let (ok, _, err) = kubectl_try(attacker.kubeconfig(), &["logs", "own"], "");
+    assert!(ok, "{err}");
+}

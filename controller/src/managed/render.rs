@@ -266,7 +266,14 @@ pub fn kubeconfig_secret(t: &Target<'_>, pki: &Pki, endpoint: &str) -> Secret {
         type_: Some("Opaque".to_owned()),
         data: Some(to_bytes(BTreeMap::from([
             (KUBECONFIG_KEY.to_owned(), kubeconfig),
-            (pki::keys::CA_CRT.to_owned(), pki.ca.cert_pem.clone()),
+            (
+                kvtenant_api::labels::CLIENT_CA_KEY.to_owned(),
+                pki.ca.cert_pem.clone(),
+            ),
+            (
+                kvtenant_api::labels::FRONT_PROXY_CA_KEY.to_owned(),
+                pki.front_proxy_ca.cert_pem.clone(),
+            ),
             (
                 pki::keys::WEBHOOK_CLIENT_CA_CRT.to_owned(),
                 pki.webhook_client_ca.cert_pem.clone(),

@@ -30,6 +30,9 @@ pub struct RequestHeaderConfig {
     /// the apiserver presents to kubelets, which the kubelet proxy checks.
     pub kubelet_client_ca_pem: Option<String>,
     pub allowed_names: Vec<String>,
+    /// Whether the two CAs above come from the host (a Secret kvtenant wrote), not from what
+    /// the tenant publishes.
+    pub pinned: bool,
     pub username_headers: Vec<String>,
     pub uid_headers: Vec<String>,
     pub group_headers: Vec<String>,
@@ -61,11 +64,26 @@ impl RequestHeaderConfig {
                 .filter(|s| !s.trim().is_empty())
                 .cloned(),
             allowed_names: list("requestheader-allowed-names", &[]),
+            pinned: false,
             username_headers: list("requestheader-username-headers", &["X-Remote-User"]),
             uid_headers: list("requestheader-uid-headers", &["X-Remote-Uid"]),
             group_headers: list("requestheader-group-headers", &["X-Remote-Group"]),
             extra_header_prefixes: list("requestheader-extra-headers-prefix", &["X-Remote-Extra-"]),
         })
+    }
+}
+
+impl RequestHeaderConfig {
+    /// With the CAs the host pins for the tenant (Managed), in place of the published ones: a
+    /// tenant admin may add any CA to the ConfigMap (the apiserver keeps what is added), e.g.
+    /// another tenant's, to make that tenant's certificates ambiguous.
+    pub fn pinned(mut self, cas: Option<&crate::tenant::ProxyCas>) -> Self {
+        if let Some(cas) = cas {
+            self.client_ca_pem = cas.front_proxy.to_string();
+            self.kubelet_client_ca_pem = Some(cas.client.to_string());
+            self.pinned = true;
+        }
+        self
     }
 }
 
@@ -182,6 +200,21 @@ pub fn the_one<T>(
     }
 }
 
+/// [`the_one`] among the tenants whose CAs the host pins first, then among the others: a
+/// tenant that publishes another tenant's CA cannot make that tenant's certificates ambiguous
+/// when the other's CA is pinned (pure).
+pub fn the_one_pinned_first<T>(
+    candidates: impl IntoIterator<Item = T>,
+    pinned: impl Fn(&T) -> bool,
+    accepts: impl Fn(&T) -> bool,
+) -> Result<T, usize> {
+    let (first, rest): (Vec<T>, Vec<T>) = candidates.into_iter().partition(|c| pinned(c));
+    match the_one(first, &accepts) {
+        Err(0) => the_one(rest, &accepts),
+        found => found,
+    }
+}
+
 /// Finds the tenant whose apiserver presented the connection's client certificate. Exactly one
 /// tenant must accept it: a certificate two tenants would accept (a shared CA) is refused.
 pub fn identify(
@@ -211,10 +244,14 @@ pub fn identify(
         return Ok(t);
     }
     let kubelet_names = &state.config.kubelet.client_names;
-    let found = the_one(state.tenant_auths(), |t| match caller {
-        Caller::FrontProxy => t.accepts(chain),
-        Caller::Kubelet => t.accepts_kubelet_client(chain, kubelet_names),
-    });
+    let found = the_one_pinned_first(
+        state.tenant_auths(),
+        |t| t.requestheader.pinned,
+        |t| match caller {
+            Caller::FrontProxy => t.accepts(chain),
+            Caller::Kubelet => t.accepts_kubelet_client(chain, kubelet_names),
+        },
+    );
     match found {
         Ok(one) => {
             if let Ok(mut g) = conn.identity.lock() {
@@ -330,6 +367,47 @@ pub fn user_from_headers(headers: &HeaderMap, rh: &RequestHeaderConfig) -> Optio
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pinned_tenant_wins_over_tenants_that_merely_publish_its_ca() {
+        // (name, pinned, accepts)
+        let t = |n: &'static str, p: bool, a: bool| (n, p, a);
+        let pick = |c: Vec<(&'static str, bool, bool)>| {
+            the_one_pinned_first(c, |c| c.1, |c| c.2).map(|c| c.0)
+        };
+        assert_eq!(
+            pick(vec![t("victim", true, true), t("attacker", false, true)]),
+            Ok("victim")
+        );
+        assert_eq!(pick(vec![t("a", false, true), t("b", false, true)]), Err(2));
+        assert_eq!(pick(vec![t("a", true, true), t("b", true, true)]), Err(2));
+        assert_eq!(
+            pick(vec![t("a", true, false), t("b", false, true)]),
+            Ok("b")
+        );
+        assert_eq!(
+            pick(vec![t("a", true, false), t("b", false, false)]),
+            Err(0)
+        );
+    }
+
+    #[test]
+    fn pinned_cas_replace_the_published_ones() {
+        let published = RequestHeaderConfig::from_configmap_data(&data(&[
+            ("requestheader-client-ca-file", "PUBLISHED-FP"),
+            ("client-ca-file", "PUBLISHED-CA"),
+        ]))
+        .unwrap();
+        assert!(!published.clone().pinned(None).pinned);
+        let cas = crate::tenant::ProxyCas {
+            front_proxy: "HOST-FP".into(),
+            client: "HOST-CA".into(),
+        };
+        let pinned = published.pinned(Some(&cas));
+        assert!(pinned.pinned);
+        assert_eq!(pinned.client_ca_pem, "HOST-FP");
+        assert_eq!(pinned.kubelet_client_ca_pem.as_deref(), Some("HOST-CA"));
+    }
 
     fn data(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs

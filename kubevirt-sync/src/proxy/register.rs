@@ -215,6 +215,9 @@ struct TenantInfo {
     label: String,
     client: Client,
     subresources: bool,
+    /// The client CAs the host pins for this tenant (Managed): they replace what the tenant
+    /// publishes, which its admin may edit.
+    pinned: Option<crate::tenant::ProxyCas>,
 }
 
 /// Aborts a task when dropped (so stopping the proxy stops every tenant's task).
@@ -258,6 +261,7 @@ pub async fn run(state: Arc<ProxyState>) {
                 label: t.label.clone(),
                 client: t.client.clone(),
                 subresources: t.spec.kubevirt.subresources_on(),
+                pinned: t.proxy_cas.clone(),
             };
             let task = tokio::spawn(serve_tenant(state.clone(), info)).abort_handle();
             running.insert(uid, (t.instance, TaskGuard(task)));
@@ -292,7 +296,7 @@ async fn serve_tenant(state: Arc<ProxyState>, t: TenantInfo) {
             ev = events.next() => match ev {
                 Some(Ok(watcher::Event::Apply(cm) | watcher::Event::InitApply(cm))) => {
                     let data = cm.data.unwrap_or_default();
-                    match RequestHeaderConfig::from_configmap_data(&data) {
+                    match RequestHeaderConfig::from_configmap_data(&data).map(|rh| rh.pinned(t.pinned.as_ref())) {
                         Ok(rh) if loaded.as_ref() != Some(&rh) => {
                             match TenantAuth::new(t.vc.clone(), t.label.clone(), t.client.clone(), rh.clone(), t.subresources, state.provider.clone()) {
                                 Ok(auth) => {

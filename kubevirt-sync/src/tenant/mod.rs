@@ -73,6 +73,16 @@ pub struct TenantHandle {
     /// The CA (PEM) of the client certificate the tenant apiserver presents to the webhook
     /// server, from its kubeconfig Secret; `None`: it presents none kvtenant knows.
     pub webhook_client_ca: Option<Arc<str>>,
+    /// The CAs of the tenant apiserver's front-proxy and kubelet client certificates as its
+    /// kubeconfig Secret pins them (Managed); `None`: the proxies read them from the tenant.
+    pub proxy_cas: Option<ProxyCas>,
+}
+
+/// CAs (PEM) a host Secret pins for the subresource and kubelet proxies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxyCas {
+    pub front_proxy: Arc<str>,
+    pub client: Arc<str>,
 }
 
 /// A tenant being synced.
@@ -110,6 +120,7 @@ pub struct Tenant {
     map_lock: tokio::sync::Mutex<()>,
     instance: u64,
     webhook_client_ca: Option<Arc<str>>,
+    proxy_cas: Option<ProxyCas>,
 }
 
 impl Drop for Tenant {
@@ -128,6 +139,7 @@ impl Tenant {
         virtual_cluster: VirtualCluster,
         client: Client,
         webhook_client_ca: Option<String>,
+        proxy_cas: Option<ProxyCas>,
     ) -> Result<Arc<Self>, Error> {
         let spec = Arc::new(virtual_cluster.spec.clone());
         let enabled = spec.kubevirt.synced_kinds();
@@ -186,6 +198,7 @@ impl Tenant {
             map_lock: tokio::sync::Mutex::new(()),
             instance: INSTANCES.fetch_add(1, Ordering::Relaxed),
             webhook_client_ca: webhook_client_ca.map(Arc::from),
+            proxy_cas,
         });
         let mut tasks: Vec<AbortHandle> = writers
             .into_iter()
@@ -261,6 +274,7 @@ impl Tenant {
             map_lock: tokio::sync::Mutex::new(()),
             instance: 0,
             webhook_client_ca: None,
+            proxy_cas: None,
         });
         (tenant, writers)
     }
@@ -275,6 +289,7 @@ impl Tenant {
             instance: self.instance,
             managed: self.spec.control_plane.mode == kvtenant_api::ControlPlaneMode::Managed,
             webhook_client_ca: self.webhook_client_ca.clone(),
+            proxy_cas: self.proxy_cas.clone(),
         }
     }
 
