@@ -288,7 +288,7 @@ async fn watch_kind(
                 // Pods. Kinds whose host-made objects are mirrored (PVCs CDI makes for
                 // DataVolumes) are watched whole; only those in kvtenant's host namespaces are
                 // ever looked at.
-                cfg = cfg.labels(&format!("{MANAGED_BY}={MANAGED_BY_VALUE}"));
+                cfg = cfg.labels(&spec.host_copies_selector());
             }
             &host.ready[kind.index()]
         }

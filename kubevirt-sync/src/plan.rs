@@ -20,7 +20,8 @@
 //! | own, not wanted        | copy             | delete the copy (no longer referenced/selecting)  |
 //! | own, not wanted        | none/other       | nothing                                           |
 //! | own, violates policy   | any              | refuse (Event, `Synced=False`)                    |
-//! | own, not wanted        | ...              | (also: `default/kubernetes`, the tenant apiserver's own Service; a Service kvtenant keeps for `spec.mapServices.fromHost`) |
+//! | own, not wanted        | ...              | (also: `default/kubernetes`, the tenant apiserver's own Service; a Service kvtenant keeps for `spec.mapServices.fromHost`; an EndpointSlice whose Service has a selector, is not synced or is gone) |
+//! | own, what it belongs to gone from the cache, its host copy still there | any | nothing (an EndpointSlice while kvtenant recreates its Service) |
 //! | own, ran on the host   | none             | a Pod the host removed: delete the tenant pod     |
 //! | own                    | none             | dependencies, host namespace, create (Pods: then their tenant token) |
 //! | own                    | host-made/foreign| refuse: the name is taken on the host             |
@@ -34,7 +35,8 @@
 //!   cluster already has.
 //! - A host object is deleted only if it is this virtual cluster's copy of a tenant object the
 //!   tenant's apiserver (not only the cache) no longer has, or the tenant deleted its mirror.
-//! - Dependencies (Secrets, ConfigMaps, ...) are synced before the object naming them.
+//! - Dependencies (Secrets, ConfigMaps, ...) are synced before the object naming them, and the
+//!   object one belongs to (an EndpointSlice's Service) before it.
 //!
 //! # Errors
 //!
@@ -44,7 +46,9 @@ use std::time::Duration;
 
 use kube::api::DynamicObject;
 use kvtenant_api::labels::VirtualClusterRef;
-use kvtenant_rules::kinds::{Enablement, HostContext, Kind, MirrorContext, TenantFix, Trigger};
+use kvtenant_rules::kinds::{
+    self, Enablement, HostContext, Kind, MirrorContext, TenantFix, Trigger,
+};
 use kvtenant_rules::pod::dns::{TenantDns, uses_cluster_dns};
 use kvtenant_rules::pod::identity::ApiEndpoint;
 use kvtenant_rules::translate::keep::keep_host_set;
@@ -77,6 +81,8 @@ pub trait View {
     fn enablement(&self, kind: &Kind) -> Enablement;
     /// Whether a synced object of the namespace references this one.
     fn referenced(&self, kind: &Kind, namespace: &str, name: &str) -> bool;
+    /// The tenant object of this kind and name, from the cache.
+    fn tenant_object(&self, kind: &Kind, namespace: &str, name: &str) -> Option<DynamicObject>;
     /// Whether another tenant Service than `namespace/name` has this cluster IP.
     fn cluster_ip_taken(&self, ip: &str, namespace: &str, name: &str) -> bool;
     /// Whether the tenant object is one kvtenant keeps in the tenant for a host object
@@ -264,7 +270,17 @@ fn plan_down(
         Enablement::Off => return p,
     }
     let name = t.metadata.name.as_deref().unwrap_or_default();
-    let wanted = kind.wanted_name(namespace, name)
+    let read = with_metadata(t);
+    let owner = kind.belongs_to(&read);
+    let owner_wants = match &owner {
+        None => true,
+        Some(r) => match wanted_with_owner(view, kind, namespace, &read, r) {
+            Some(w) => w,
+            None => return p,
+        },
+    };
+    let wanted = owner_wants
+        && kind.wanted_name(namespace, name)
         && !view.mapped_in(kind, t)
         && match kind.trigger() {
             Trigger::Always => true,
@@ -281,12 +297,13 @@ fn plan_down(
     if h.is_none() && kind.follows_host_lifecycle() && kind.ran_on_host(&t.data) {
         return p.with(Step::ForceDeleteTenant);
     }
-    let violations = kind.violations(&with_metadata(t), &view.policy(), None);
+    let violations = kind.violations(&read, &view.policy(), None);
     if !violations.is_empty() {
         return p.with(Step::Refuse(violations));
     }
     let mut p = p;
-    let deps = kind.references(&t.data);
+    let mut deps = kind.references(&t.data);
+    deps.extend(owner);
     if !deps.is_empty() {
         p = p.with(Step::Dependencies(deps));
     }
@@ -304,6 +321,9 @@ fn plan_down(
     }
     let host_ns = view.vc().host_namespace(namespace);
     let mut prepared = t.clone();
+    let mut labels = prepared.metadata.labels.take().unwrap_or_default();
+    kind.to_host_labels(&mut labels);
+    prepared.metadata.labels = Some(labels);
     remove_pointers(&mut prepared.data, kind.host_assigned());
     kind.to_host_data(
         &mut prepared.data,
@@ -372,6 +392,31 @@ fn plan_down(
                 _ => p,
             }
         }
+    }
+}
+
+/// Whether an object that belongs to another (`owner`: an EndpointSlice's Service) syncs, given
+/// that one as the tenant's cache has it; `None`: leave the host copy as it is, the other one is
+/// gone from the cache while its host copy is still there (a Service kvtenant is recreating
+/// with the host's cluster IP, or one whose host copy goes first; the consistency scan removes
+/// what is left).
+fn wanted_with_owner(
+    view: &impl View,
+    kind: &Kind,
+    namespace: &str,
+    read: &Value,
+    owner: &ObjRef,
+) -> Option<bool> {
+    let Some(k) = kinds::by_kind(owner.kind) else {
+        return Some(kind.wanted_with(read, None));
+    };
+    let host_ns = view.vc().host_namespace(namespace);
+    match view.tenant_object(k, namespace, &owner.name) {
+        Some(o) if o.metadata.deletion_timestamp.is_none() && !view.mapped_in(k, &o) => {
+            Some(kind.wanted_with(read, Some(&o.data)))
+        }
+        None if view.host_uid(owner.kind, &host_ns, &owner.name).is_some() => None,
+        _ => Some(kind.wanted_with(read, None)),
     }
 }
 
@@ -548,5 +593,7 @@ fn plan_mirror(
 mod fake;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_endpoints;
 #[cfg(test)]
 mod tests_pods;

@@ -26,6 +26,8 @@ pub struct Fake {
     pub recreate_failed: bool,
     /// What `mapped_in` answers.
     pub mapped_in: bool,
+    /// What `tenant_object` finds, by kind and name.
+    pub tenant_objects: HashMap<(String, String), DynamicObject>,
 }
 
 impl Fake {
@@ -47,6 +49,7 @@ impl Fake {
             mapped_in: false,
             host_uids: HashMap::new(),
             tenant_uids: HashMap::new(),
+            tenant_objects: HashMap::new(),
         }
     }
     pub fn host_ns(&self) -> String {
@@ -72,6 +75,11 @@ impl View for Fake {
     }
     fn cluster_ip_taken(&self, ip: &str, _: &str, _: &str) -> bool {
         self.taken_ips.iter().any(|t| t == ip)
+    }
+    fn tenant_object(&self, kind: &Kind, _: &str, name: &str) -> Option<DynamicObject> {
+        self.tenant_objects
+            .get(&(kind.name().into(), name.into()))
+            .cloned()
     }
     fn mapped_in(&self, _: &Kind, _: &DynamicObject) -> bool {
         self.mapped_in

@@ -335,6 +335,29 @@ impl Tenant {
         }
     }
 
+    /// Queues the tenant objects that belong to this one ([`kinds::SyncedKind::belongs_to`]):
+    /// whether they sync depends on it (an EndpointSlice on its Service's selector).
+    fn enqueue_belonging(&self, kind: &Kind, namespace: &str, name: &str) {
+        for k in kinds::all() {
+            if k.belongs_to_kind() != Some(kind.name()) {
+                continue;
+            }
+            for o in self.objects(k.id) {
+                if o.namespace().as_deref() != Some(namespace) {
+                    continue;
+                }
+                let read = serde_json::json!({"metadata": {"labels": o.metadata.labels}});
+                if k.belongs_to(&read).is_some_and(|r| r.name == name) {
+                    self.enqueue(Key {
+                        kind: k.id,
+                        namespace: namespace.to_string(),
+                        name: o.name_any(),
+                    });
+                }
+            }
+        }
+    }
+
     /// The tenant objects of a watched kind, from the cache.
     fn objects(&self, kind: KindId) -> Vec<Arc<DynamicObject>> {
         self.stores[kind.index()]
@@ -410,7 +433,18 @@ impl Tenant {
         if self.stores[key.kind.index()].is_none() {
             return Some(plan::plan(self, kind, &key.namespace, None, None));
         }
-        if !self.ready[key.kind.index()].load(Ordering::Acquire) || !self.host.ready(key.kind) {
+        // what an object belongs to decides whether it syncs: its cache must have listed too
+        let owner_ready = kind
+            .belongs_to_kind()
+            .and_then(kinds::by_kind)
+            .is_none_or(|o| {
+                self.stores[o.id.index()].is_none()
+                    || self.ready[o.id.index()].load(Ordering::Acquire)
+            });
+        if !self.ready[key.kind.index()].load(Ordering::Acquire)
+            || !self.host.ready(key.kind)
+            || !owner_ready
+        {
             return None;
         }
         let host_ns = self.vc.host_namespace(&key.namespace);
@@ -495,6 +529,11 @@ impl View for Tenant {
                             .any(|r| r.kind == kind.name() && r.name == name)
                 })
             })
+    }
+
+    fn tenant_object(&self, kind: &Kind, namespace: &str, name: &str) -> Option<DynamicObject> {
+        self.tenant_get(kind.id, namespace, name)
+            .map(|o| DynamicObject::clone(&o))
     }
 
     fn cluster_ip_taken(&self, ip: &str, namespace: &str, name: &str) -> bool {

@@ -31,6 +31,7 @@ pub(super) async fn watch_kind(tenant: Weak<Tenant>, kind: KindId, writer: Write
     .boxed();
     while let Some(ev) = stream.next().await {
         let Some(t) = tenant.upgrade() else { return };
+        let listing = matches!(ev, Ok(watcher::Event::InitApply(_)));
         match ev {
             Ok(watcher::Event::InitDone) => t.mark_ready(kind),
             Ok(
@@ -44,6 +45,10 @@ pub(super) async fn watch_kind(tenant: Weak<Tenant>, kind: KindId, writer: Write
                     namespace: ns.clone(),
                     name: obj.name_any(),
                 });
+                // what belongs to it syncs or not with it (listing queues those anyway)
+                if !listing {
+                    t.enqueue_belonging(spec, &ns, &obj.name_any());
+                }
                 if !is_mirror(&obj) {
                     for r in spec.references(&obj.data) {
                         if let Some(dep) = kinds::by_kind(r.kind) {

@@ -22,6 +22,7 @@
 pub mod clone;
 pub mod config_map;
 pub mod data_volume;
+pub mod endpoint_slice;
 pub mod event;
 pub mod ingress;
 pub mod migration;
@@ -36,6 +37,7 @@ pub mod service_account;
 pub mod virtual_machine;
 pub mod vmi;
 
+use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use kube::api::DynamicObject;
@@ -59,6 +61,7 @@ pub const KINDS: &[&dyn SyncedKind] = &[
     &service_account::ServiceAccount,
     &pvc::PersistentVolumeClaim,
     &service::Service,
+    &endpoint_slice::EndpointSlice,
     &pod::Pod,
     &pod_disruption_budget::PodDisruptionBudget,
     &network_policy::NetworkPolicy,
@@ -251,6 +254,29 @@ pub trait SyncedKind: Send + Sync {
             .unwrap_or_default()
     }
 
+    /// The tenant object of the same namespace this one belongs to and syncs with, read from
+    /// the object with its metadata (EndpointSlices: the Service their
+    /// `kubernetes.io/service-name` label names); `None`: it stands alone.
+    fn belongs_to(&self, _obj: &Value) -> Option<ObjRef> {
+        None
+    }
+
+    /// The kind of the objects [`belongs_to`](Self::belongs_to) names, if any: a change of one
+    /// of those plans this kind's objects belonging to it again.
+    fn belongs_to_kind(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// Whether an object that [`belongs_to`](Self::belongs_to) another syncs, given that other
+    /// one (`None`: the tenant has none, or it is not synced down itself). The object it
+    /// belongs to is synced first.
+    fn wanted_with(&self, _obj: &Value, _owner: Option<&Value>) -> bool {
+        true
+    }
+
+    /// Rewrites the host copy's labels (the tenant's, before kvtenant adds its own).
+    fn to_host_labels(&self, _labels: &mut BTreeMap<String, String>) {}
+
     /// Why the object may not reach the host (empty: it may). `instancetype` is the size of
     /// the instancetype a VM names, when the caller looked it up.
     fn violations(
@@ -291,6 +317,18 @@ pub trait SyncedKind: Send + Sync {
     /// only when referenced and not mirrored.
     fn watch_host_copies_only(&self) -> bool {
         self.trigger() != Trigger::Always && !self.mirrors_host_made()
+    }
+
+    /// The label selector of the host watcher when it sees only kvtenant's copies
+    /// ([`watch_host_copies_only`](Self::watch_host_copies_only)): kvtenant's managed-by label,
+    /// and whatever else tells its copies from host-made objects that carry a copy's labels
+    /// (EndpointSlices the host computes for a Service take the labels of its host copy).
+    fn host_copies_selector(&self) -> String {
+        format!(
+            "{}={}",
+            kvtenant_api::labels::MANAGED_BY,
+            kvtenant_api::labels::MANAGED_BY_VALUE
+        )
     }
 
     /// A label selector of the host-made objects of this kind to mirror when the kind's host
