@@ -984,6 +984,8 @@ async fn deploy_and_samples_on_testenv() {
         (SYNCER_SA, (true, "create", "networking.k8s.io", "networkpolicies", host_ns)),
         (SYNCER_SA, (true, "create", "policy", "poddisruptionbudgets", host_ns)),
         (SYNCER_SA, (true, "create", "networking.k8s.io", "ingresses", host_ns)),
+        (SYNCER_SA, (true, "create", "discovery.k8s.io", "endpointslices", host_ns)),
+        (SYNCER_SA, (true, "watch", "discovery.k8s.io", "endpointslices", None)),
         (SYNCER_SA, (true, "list", "storage.k8s.io", "storageclasses", None)),
         (SYNCER_SA, (false, "create", "storage.k8s.io", "storageclasses", None)),
         (SYNCER_SA, (false, "create", "scheduling.k8s.io", "priorityclasses", None)),
@@ -1097,6 +1099,18 @@ async fn deploy_and_samples_on_testenv() {
         &syncer_kc,
         &["create", "--dry-run=server", "-f", "-"],
         Some(foreign_vm),
+        syncer_policy,
+    )
+    .await;
+    // a slice outside kvtenant's namespaces would redirect a host Service (default/kubernetes)
+    let foreign_slice = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  \
+                         name: x\n  namespace: default\n  labels:\n    \
+                         kubernetes.io/service-name: kubernetes\naddressType: IPv4\n\
+                         endpoints: [{addresses: [192.0.2.1]}]\n";
+    denied_by_policy(
+        &syncer_kc,
+        &["create", "--dry-run=server", "-f", "-"],
+        Some(foreign_slice),
         syncer_policy,
     )
     .await;
