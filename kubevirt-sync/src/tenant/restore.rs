@@ -201,13 +201,7 @@ pub(super) async fn run(tenant: Weak<Tenant>) {
         let Some(t) = tenant.upgrade() else {
             return;
         };
-        let copies: BTreeSet<String> = t
-            .crd_versions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(n, _)| n.clone())
-            .collect();
+        let copies: BTreeSet<String> = t.crd_copy_names().into_iter().collect();
         let touched = touches(source, &change, &copies);
         if touched.any() {
             tracing::debug!(tenant = %t.label, ?source, ?change, "kvtenant's object changed in the tenant");
@@ -220,18 +214,12 @@ impl Tenant {
     /// Applies again what a change touched; returns what failed (to retry).
     async fn restore(&self, what: Touched) -> Touched {
         let mut failed = Touched::default();
-        if what.crds {
-            let names: Vec<String> = self
-                .crd_versions
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .map(|(n, _)| n.clone())
-                .collect();
-            if let Err(e) = crate::crds::mirror(&self.host.crds, &self.client, &names).await {
-                tracing::warn!(tenant = %self.label, error = %e, "restoring CRD copies");
-                failed.crds = true;
-            }
+        // the scan's own pass: copies what differs and records the copies' versions
+        if what.crds
+            && let Err(e) = self.refresh_crds().await
+        {
+            tracing::warn!(tenant = %self.label, error = %e, "restoring CRD copies");
+            failed.crds = true;
         }
         if what.dns
             && let Err(e) = self.apply_dns().await

@@ -83,16 +83,20 @@ impl Tenant {
             ))
     }
 
-    /// Copies CRDs again that the tenant lacks, or whose copy differs from today's host CRD
-    /// (a host upgrade, a tenant's edit or delete); unchanged copies are not written.
-    async fn refresh_crds(&self) -> Result<(), Error> {
-        let names: Vec<String> = self
-            .crd_versions
+    /// Names of the CRDs copied into the tenant.
+    pub(super) fn crd_copy_names(&self) -> Vec<String> {
+        self.crd_versions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .map(|(n, _)| n.clone())
-            .collect();
+            .collect()
+    }
+
+    /// Copies CRDs again that the tenant lacks, or whose copy differs from today's host CRD
+    /// (a host upgrade, a tenant's edit or delete); unchanged copies are not written.
+    pub(super) async fn refresh_crds(&self) -> Result<(), Error> {
+        let names = self.crd_copy_names();
         let (copied, _) = crate::crds::mirror(&self.host.crds, &self.client, &names).await?;
         let mut v = self.crd_versions.lock().unwrap_or_else(|e| e.into_inner());
         for (name, rv) in copied {
