@@ -53,6 +53,18 @@ fn pod_processes(dev: u32, pod: &str) -> Vec<u32> {
         .collect()
 }
 
+/// Waits (60 s at most) until the control-plane pod `pod` has no process left.
+fn wait_stopped(dev: u32, pod: &str, what: &str) {
+    wait_until(what, Duration::from_secs(60), || {
+        let left = pod_processes(dev, pod);
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{left:?}"))
+        }
+    });
+}
+
 fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<(), String>) {
     let started = Instant::now();
     loop {
@@ -164,8 +176,10 @@ fn managed_virtual_cluster_on_the_dev_host_create_connect_vm_pause_resume_delete
         Duration::from_secs(90),
         || kubectl_ok(&kc, &["apply", "-f", sample.to_str().unwrap()]).map(|_| ()),
     );
-    let host_vms = || {
-        kubectl_ok(
+    // whether team-a's vm1 is on the host (in a host namespace of team-a, not `default`), and
+    // what the host lists
+    let vm1_on_host = || {
+        let vms = kubectl_ok(
             &kc,
             &[
                 "--context",
@@ -176,19 +190,20 @@ fn managed_virtual_cluster_on_the_dev_host_create_connect_vm_pause_resume_delete
                 "-o",
                 "jsonpath={range .items[*]}{.metadata.namespace}/{.metadata.name} {end}",
             ],
-        )
-    };
-    wait_until("vm1 of team-a on the host", Duration::from_secs(90), || {
-        let vms = host_vms()?;
-        if vms
+        )?;
+        let there = vms
             .split_whitespace()
-            .any(|v| v.ends_with("/vm1") && !v.starts_with("default/"))
-        {
-            Ok(())
-        } else {
-            Err(vms)
-        }
-    });
+            .any(|v| v.ends_with("/vm1") && !v.starts_with("default/"));
+        Ok::<_, String>((there, vms))
+    };
+    wait_until(
+        "vm1 of team-a on the host",
+        Duration::from_secs(90),
+        || match vm1_on_host()? {
+            (true, _) => Ok(()),
+            (false, vms) => Err(vms),
+        },
+    );
 
     // a pod of the Managed virtual cluster runs on the host (a kwok node: nothing executes) and
     // kubectl logs / exec reach it through kvtenant's kubelet proxy
@@ -217,18 +232,7 @@ fn managed_virtual_cluster_on_the_dev_host_create_connect_vm_pause_resume_delete
         &kc,
         &["--context", &host_context, "pause", "team-a"],
     ));
-    wait_until(
-        "the control-plane processes to stop",
-        Duration::from_secs(60),
-        || {
-            let left = pod_processes(dev, "team-a-cp-0");
-            if left.is_empty() {
-                Ok(())
-            } else {
-                Err(format!("{left:?}"))
-            }
-        },
-    );
+    wait_stopped(dev, "team-a-cp-0", "the control-plane processes to stop");
     assert!(
         kubectl_ok(&kc, &["get", "namespaces", "--request-timeout=5s"]).is_err(),
         "the paused tenant still answers"
@@ -294,31 +298,17 @@ fn managed_virtual_cluster_on_the_dev_host_create_connect_vm_pause_resume_delete
         &["--context", &host_context, "delete", "team-a"],
     ));
     assert!(deleted.contains("deleted"), "{deleted}");
-    wait_until(
+    wait_stopped(
+        dev,
+        "team-a-cp-0",
         "the control-plane processes to stop after delete",
-        Duration::from_secs(60),
-        || {
-            let left = pod_processes(dev, "team-a-cp-0");
-            if left.is_empty() {
-                Ok(())
-            } else {
-                Err(format!("{left:?}"))
-            }
-        },
     );
     wait_until(
         "vm1 of team-a gone from the host",
         Duration::from_secs(60),
-        || {
-            let vms = host_vms()?;
-            if vms
-                .split_whitespace()
-                .any(|v| v.ends_with("/vm1") && !v.starts_with("default/"))
-            {
-                Err(vms)
-            } else {
-                Ok(())
-            }
+        || match vm1_on_host()? {
+            (true, vms) => Err(vms),
+            (false, _) => Ok(()),
         },
     );
 
@@ -331,17 +321,10 @@ fn managed_virtual_cluster_on_the_dev_host_create_connect_vm_pause_resume_delete
         &kc,
         &["--context", &host_context, "delete", "team-b"],
     ));
-    wait_until(
+    wait_stopped(
+        dev,
+        "team-b-cp-0",
         "team-b's processes to stop after delete",
-        Duration::from_secs(60),
-        || {
-            let left = pod_processes(dev, "team-b-cp-0");
-            if left.is_empty() {
-                Ok(())
-            } else {
-                Err(format!("{left:?}"))
-            }
-        },
     );
 
     let children = children_of(dev);
