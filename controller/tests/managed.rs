@@ -22,8 +22,8 @@ use common::*;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
 use kube::api::{Api, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, ResourceExt};
+
+use kube::ResourceExt;
 use kvtenant_api::{CONDITION_KUBECONFIG_READY, Phase, VirtualCluster, VirtualClusterSpec};
 use kvtenant_controller::managed::pki::{self, cert_info};
 use kvtenant_controller::managed::render;
@@ -33,15 +33,11 @@ const NS: &str = "tenants";
 #[tokio::test]
 async fn managed_objects_are_rendered_and_the_rendered_control_plane_boots() {
     // the host's controller-manager runs the StatefulSet controller and binds the runner's volume
-    let host = host("mgd-host", true).await;
-    let client = host.client().unwrap();
-    create_namespace(&client, NS).await;
-    let runner = runner(&client).await;
-    let _ctl = RunningController::start(client.clone(), test_config());
+    let m = managed_host("mgd-host", NS).await;
+    let (host, client, runner) = (&m.host, m.client.clone(), &m.runner);
 
-    let mut spec = VirtualClusterSpec::default();
-    spec.expose.type_ = kvtenant_api::ExposeType::NodePort;
-    spec.expose.extra_sans = vec!["127.0.0.1".into(), "alpha.example.test".into()];
+    let mut spec = loopback_spec();
+    spec.expose.extra_sans.push("alpha.example.test".into());
     let created = create_vc(&client, NS, &vc("alpha", spec)).await;
     let uid = created.uid().unwrap();
     let t0 = Instant::now();
@@ -176,7 +172,7 @@ async fn managed_objects_are_rendered_and_the_rendered_control_plane_boots() {
         || {
             let vcs: Api<VirtualCluster> = Api::namespaced(client.clone(), NS);
             let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), NS);
-            let logs = runner_logs(&runner);
+            let logs = runner_logs(runner);
             async move {
                 let pod = pods
                     .get_opt("alpha-cp-0")
@@ -212,13 +208,7 @@ async fn managed_objects_are_rendered_and_the_rendered_control_plane_boots() {
     );
     assert!(s.is_true(kvtenant_api::CONDITION_READY));
     assert_eq!(s.message, None);
-    let config = kube::Config::from_custom_kubeconfig(
-        Kubeconfig::from_yaml(&admin_kubeconfig).unwrap(),
-        &KubeConfigOptions::default(),
-    )
-    .await
-    .unwrap();
-    let tenant = Client::try_from(config).unwrap();
+    let tenant = client_from_kubeconfig(&admin_kubeconfig).await;
     let req = http::Request::get("/readyz").body(Vec::new()).unwrap();
     assert_eq!(tenant.request_text(req).await.unwrap().trim(), "ok");
 
@@ -314,7 +304,7 @@ async fn managed_objects_are_rendered_and_the_rendered_control_plane_boots() {
                 result.is_ok(),
                 "{} probe {path}: {result:?}\n{}",
                 c.name,
-                runner_logs(&runner)
+                runner_logs(runner)
             );
         }
     }

@@ -10,68 +10,26 @@ use std::time::{Duration, Instant};
 
 use common::runner::*;
 use common::*;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, ResourceExt};
-use kvtenant_api::{Phase, VirtualCluster, VirtualClusterSpec};
-use kvtenant_controller::managed::render;
+use kvtenant_api::{VirtualCluster, VirtualClusterSpec};
 
 const NS: &str = "tenants";
-
-/// A client of the tenant through the kubeconfig the controller wrote.
-async fn tenant_client(client: &Client, name: &str) -> Client {
-    let secret = Api::<Secret>::namespaced(client.clone(), NS)
-        .get(&format!("{name}-kubeconfig"))
-        .await
-        .unwrap();
-    let text = String::from_utf8(secret.data.unwrap()[render::KUBECONFIG_KEY].0.clone()).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(
-        Kubeconfig::from_yaml(&text).unwrap(),
-        &KubeConfigOptions::default(),
-    )
-    .await
-    .unwrap();
-    Client::try_from(config).unwrap()
-}
 
 /// Datastore Kine (SQLite) boots on a fresh volume (the runner's claim directory starts empty)
 /// and keeps its data when the pod is replaced.
 #[tokio::test]
 async fn kine_control_plane_boots_on_a_fresh_volume_and_keeps_its_data() {
-    let host = host("kine-host", true).await;
-    let client = host.client().unwrap();
-    create_namespace(&client, NS).await;
-    let runner = runner(&client).await;
-    let _ctl = RunningController::start(client.clone(), test_config());
-    let mut spec = VirtualClusterSpec::default();
+    let m = managed_host("kine-host", NS).await;
+    let (client, runner) = (&m.client, &m.runner);
+    let mut spec = loopback_spec();
     spec.control_plane.datastore = kvtenant_api::Datastore::Kine;
-    spec.expose.type_ = kvtenant_api::ExposeType::NodePort;
-    spec.expose.extra_sans = vec!["127.0.0.1".into()];
-    create_vc(&client, NS, &vc("kappa", spec)).await;
+    create_vc(client, NS, &vc("kappa", spec)).await;
     let t0 = Instant::now();
-    let vc = wait_status(&client, NS, "kappa", "Ready on kine", |s| {
-        if s.phase == Some(Phase::Ready) {
-            Ok(())
-        } else {
-            Err(format!("{:?}\n{}", s.message, runner_logs(&runner)))
-        }
-    })
-    .await;
+    let vc = wait_ready(&m, NS, "kappa", "Ready on kine").await;
     eprintln!("kine control plane Ready after {:.2?}", t0.elapsed());
-    let secret = Api::<Secret>::namespaced(client.clone(), NS)
-        .get("kappa-kubeconfig")
-        .await
-        .unwrap();
-    let text = String::from_utf8(secret.data.unwrap()[render::KUBECONFIG_KEY].0.clone()).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(
-        Kubeconfig::from_yaml(&text).unwrap(),
-        &KubeConfigOptions::default(),
-    )
-    .await
-    .unwrap();
-    let tenant = Client::try_from(config).unwrap();
-    let namespaces: Api<Namespace> = Api::all(tenant.clone());
+    let namespaces: Api<Namespace> = Api::all(tenant_client(client, NS, "kappa").await);
     let ns: Namespace =
         serde_json::from_value(serde_json::json!({"metadata": {"name": "kept"}})).unwrap();
     namespaces
@@ -104,19 +62,10 @@ async fn kine_control_plane_boots_on_a_fresh_volume_and_keeps_its_data() {
         }
     })
     .await;
-    wait_for(
+    wait_namespace(
+        &namespaces,
+        "kept",
         "the tenant to answer with its namespace",
-        Duration::from_secs(60),
-        || {
-            let namespaces = namespaces.clone();
-            async move {
-                namespaces
-                    .get("kept")
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            }
-        },
     )
     .await;
     assert_eq!(
@@ -136,25 +85,11 @@ async fn kine_control_plane_boots_on_a_fresh_volume_and_keeps_its_data() {
 /// version: what is checked is the rolled pod with the new image and the kept data.
 #[tokio::test]
 async fn version_changes_are_checked_and_an_upgrade_rolls_the_pod_with_its_data() {
-    let host = host("ver-host", true).await;
-    let client = host.client().unwrap();
-    create_namespace(&client, NS).await;
-    let runner = runner(&client).await;
-    let _ctl = RunningController::start(client.clone(), test_config());
-    let mut spec = VirtualClusterSpec::default();
-    spec.expose.type_ = kvtenant_api::ExposeType::NodePort;
-    spec.expose.extra_sans = vec!["127.0.0.1".into()];
-    create_vc(&client, NS, &vc("upsy", spec)).await;
-    wait_status(&client, NS, "upsy", "Ready", |s| {
-        if s.phase == Some(Phase::Ready) {
-            Ok(())
-        } else {
-            Err(format!("{:?}\n{}", s.message, runner_logs(&runner)))
-        }
-    })
-    .await;
-    let tenant = tenant_client(&client, "upsy").await;
-    let namespaces: Api<Namespace> = Api::all(tenant.clone());
+    let m = managed_host("ver-host", NS).await;
+    let (client, runner) = (&m.client, &m.runner);
+    create_vc(client, NS, &vc("upsy", loopback_spec())).await;
+    wait_ready(&m, NS, "upsy", "Ready").await;
+    let namespaces: Api<Namespace> = Api::all(tenant_client(client, NS, "upsy").await);
     let ns: Namespace =
         serde_json::from_value(serde_json::json!({"metadata": {"name": "kept"}})).unwrap();
     namespaces
@@ -218,33 +153,12 @@ async fn version_changes_are_checked_and_an_upgrade_rolls_the_pod_with_its_data(
         },
     )
     .await;
-    wait_status(&client, NS, "upsy", "Ready after the upgrade", |s| {
-        if s.phase == Some(Phase::Ready) {
-            Ok(())
-        } else {
-            Err(format!("{:?}", s.message))
-        }
-    })
-    .await;
+    wait_ready(&m, NS, "upsy", "Ready after the upgrade").await;
     eprintln!(
         "rolled and Ready again {:.2?} after the change",
         t0.elapsed()
     );
-    wait_for(
-        "the namespace after the upgrade",
-        Duration::from_secs(60),
-        || {
-            let namespaces = namespaces.clone();
-            async move {
-                namespaces
-                    .get("kept")
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            }
-        },
-    )
-    .await;
+    wait_namespace(&namespaces, "kept", "the namespace after the upgrade").await;
 }
 
 /// Two virtual clusters share one external etcd, each under its own key prefix: both come up,
@@ -279,30 +193,18 @@ async fn virtual_clusters_share_an_external_etcd_under_their_own_prefixes() {
     )
     .await;
 
-    let host = host("ext-etcd-host", true).await;
-    let client = host.client().unwrap();
-    create_namespace(&client, NS).await;
-    let runner = runner(&client).await;
-    let _ctl = RunningController::start(client.clone(), test_config());
+    let m = managed_host("ext-etcd-host", NS).await;
+    let (client, runner) = (&m.client, &m.runner);
     let mut uids = Vec::new();
     for name in ["ea", "eb"] {
-        let mut spec = VirtualClusterSpec::default();
+        let mut spec = loopback_spec();
         spec.control_plane.datastore = kvtenant_api::Datastore::ExternalEtcd;
         spec.control_plane.external_etcd =
             Some(serde_json::from_value(serde_json::json!({"endpoints": [client_url]})).unwrap());
-        spec.expose.type_ = kvtenant_api::ExposeType::NodePort;
-        spec.expose.extra_sans = vec!["127.0.0.1".into()];
-        uids.push(create_vc(&client, NS, &vc(name, spec)).await.uid().unwrap());
+        uids.push(create_vc(client, NS, &vc(name, spec)).await.uid().unwrap());
     }
     for name in ["ea", "eb"] {
-        wait_status(&client, NS, name, "Ready on the external etcd", |s| {
-            if s.phase == Some(Phase::Ready) {
-                Ok(())
-            } else {
-                Err(format!("{:?}\n{}", s.message, runner_logs(&runner)))
-            }
-        })
-        .await;
+        wait_ready(&m, NS, name, "Ready on the external etcd").await;
     }
     assert!(
         runner.snapshot().pods.values().all(|pids| pids.len() == 2),
@@ -322,8 +224,8 @@ async fn virtual_clusters_share_an_external_etcd_under_their_own_prefixes() {
         "{refused}"
     );
 
-    let a: Api<Namespace> = Api::all(tenant_client(&client, "ea").await);
-    let b: Api<Namespace> = Api::all(tenant_client(&client, "eb").await);
+    let a: Api<Namespace> = Api::all(tenant_client(client, NS, "ea").await);
+    let b: Api<Namespace> = Api::all(tenant_client(client, NS, "eb").await);
     let ns: Namespace =
         serde_json::from_value(serde_json::json!({"metadata": {"name": "only-in-ea"}})).unwrap();
     a.create(&PostParams::default(), &ns).await.unwrap();

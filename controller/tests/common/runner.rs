@@ -4,10 +4,99 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use k8s_openapi::api::core::v1::Container;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Container, Namespace, Secret};
 use kube::Client;
+use kube::api::Api;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kvtenant_api::{ExposeType, Phase, VirtualCluster, VirtualClusterSpec};
 use kvtenant_controller::managed::render;
+use testenv::ControlPlane;
 use testenv::runner::{Runner, RunnerOptions};
+
+use super::{RunningController, create_namespace, host, test_config, wait_for, wait_status};
+
+/// A host for Managed tests: kube-controller-manager (StatefulSets, volume binding), the
+/// runner and the controller, with the namespace `ns`. Dropped in field order: the controller
+/// and the runner before the host.
+pub struct ManagedHost {
+    _ctl: RunningController,
+    pub runner: Runner,
+    pub client: Client,
+    pub host: ControlPlane,
+}
+
+pub async fn managed_host(name: &str, ns: &str) -> ManagedHost {
+    let host = host(name, true).await;
+    let client = host.client().unwrap();
+    create_namespace(&client, ns).await;
+    let runner = runner(&client).await;
+    let ctl = RunningController::start(client.clone(), test_config());
+    ManagedHost {
+        _ctl: ctl,
+        runner,
+        client,
+        host,
+    }
+}
+
+/// A spec exposed as NodePort with 127.0.0.1 as its first extra SAN, so the kubeconfig the
+/// controller writes names `https://127.0.0.1:<node port>`, which the runner serves.
+pub fn loopback_spec() -> VirtualClusterSpec {
+    let mut spec = VirtualClusterSpec::default();
+    spec.expose.type_ = ExposeType::NodePort;
+    spec.expose.extra_sans = vec!["127.0.0.1".into()];
+    spec
+}
+
+/// Waits for the VirtualCluster to be Ready; a timeout shows the runner's logs.
+pub async fn wait_ready(m: &ManagedHost, ns: &str, name: &str, what: &str) -> VirtualCluster {
+    wait_status(&m.client, ns, name, what, |s| {
+        if s.phase == Some(Phase::Ready) {
+            Ok(())
+        } else {
+            Err(format!("{:?}\n{}", s.message, runner_logs(&m.runner)))
+        }
+    })
+    .await
+}
+
+/// A client from kubeconfig text.
+pub async fn client_from_kubeconfig(text: &str) -> Client {
+    let config = kube::Config::from_custom_kubeconfig(
+        Kubeconfig::from_yaml(text).unwrap(),
+        &KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    Client::try_from(config).unwrap()
+}
+
+/// A client of the tenant through the kubeconfig the controller wrote.
+pub async fn tenant_client(client: &Client, ns: &str, name: &str) -> Client {
+    let secret = Api::<Secret>::namespaced(client.clone(), ns)
+        .get(&format!("{name}-kubeconfig"))
+        .await
+        .unwrap();
+    let text = String::from_utf8(secret.data.unwrap()[render::KUBECONFIG_KEY].0.clone()).unwrap();
+    client_from_kubeconfig(&text).await
+}
+
+/// Waits until the tenant answers with its namespace `name`.
+pub async fn wait_namespace(namespaces: &Api<Namespace>, name: &str, what: &str) {
+    wait_for(what, Duration::from_secs(60), || {
+        let namespaces = namespaces.clone();
+        async move {
+            namespaces
+                .get(name)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await;
+}
 
 /// The runner for kvtenant's control-plane pods, with the pod-local ports of the rendered pod.
 pub async fn runner(client: &Client) -> Runner {
