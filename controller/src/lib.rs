@@ -172,7 +172,8 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// The VirtualClusters a Secret concerns: its owner, and those whose External kubeconfig it is.
+/// The VirtualClusters a Secret concerns: its owner, and those that name it (an External
+/// kubeconfig, an external datastore's DSN or TLS files).
 fn virtualclusters_for_secret(
     store: &Store<VirtualCluster>,
     secret: &Secret,
@@ -193,9 +194,8 @@ fn virtualclusters_for_secret(
             .filter(|vc| {
                 vc.spec
                     .control_plane
-                    .kubeconfig_secret_ref
-                    .as_ref()
-                    .is_some_and(|r| r.name == name)
+                    .secret_names()
+                    .contains(&name.as_str())
             })
             .map(|vc| ObjectRef::from_obj(vc.as_ref())),
     );

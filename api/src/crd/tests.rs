@@ -276,11 +276,16 @@ fn validation_rules_are_in_place() {
         rules(cp),
         [
             "(has(self.mode) && self.mode == 'External') == has(self.kubeconfigSecretRef)",
-            crate::v1alpha1::EXTERNAL_ETCD_RULE
+            crate::v1alpha1::EXTERNAL_ETCD_RULE,
+            crate::v1alpha1::EXTERNAL_DATABASE_RULE
         ]
     );
     assert_eq!(
         rules(&cp["properties"]["externalEtcd"]),
+        ["self == oldSelf"]
+    );
+    assert_eq!(
+        rules(&cp["properties"]["externalDatabase"]),
         ["self == oldSelf"]
     );
     assert_eq!(

@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::KubeSchema;
 
-use super::datastore::{Datastore, ExternalEtcdSpec};
+use super::datastore::{Datastore, ExternalDatabaseSpec, ExternalEtcdSpec};
 use serde::{Deserialize, Serialize};
 
 /// The registry the default control-plane images come from.
@@ -42,6 +42,10 @@ const MODE_RULE: &str =
     .message("externalEtcd is required when datastore is ExternalEtcd and must not be set otherwise")
     .field_path(".externalEtcd")
     .reason(Reason::FieldValueInvalid))]
+#[x_kube(validation = Rule::new(super::datastore::EXTERNAL_DATABASE_RULE)
+    .message("externalDatabase is required when datastore is ExternalDatabase and must not be set otherwise")
+    .field_path(".externalDatabase")
+    .reason(Reason::FieldValueInvalid))]
 pub struct ControlPlaneSpec {
     /// Managed (default): kvtenant runs kube-apiserver, kube-controller-manager and the datastore
     /// as workloads in this VirtualCluster's namespace, with their own PKI. External: an existing
@@ -52,9 +56,11 @@ pub struct ControlPlaneSpec {
     pub mode: ControlPlaneMode,
 
     /// Managed only: the datastore behind the virtual cluster's apiserver, Etcd (default),
-    /// Kine (an etcd shim over SQLite, lighter for small clusters) or ExternalEtcd (an etcd
-    /// cluster run elsewhere, in externalEtcd; the apiserver keeps its keys under
-    /// /kvtenant/<VirtualCluster uid>, so many virtual clusters can share one). Immutable.
+    /// Kine (an etcd shim over SQLite, lighter for small clusters), ExternalEtcd (an etcd
+    /// cluster run elsewhere, in externalEtcd) or ExternalDatabase (kine in the pod over a
+    /// PostgreSQL or MySQL database run elsewhere, in externalDatabase). With the external ones
+    /// the apiserver keeps its keys under /kvtenant/<VirtualCluster uid>, so many virtual
+    /// clusters can share one. Immutable.
     #[serde(default)]
     #[x_kube(validation = Rule::new("self == oldSelf").message("controlPlane.datastore is immutable"))]
     pub datastore: Datastore,
@@ -86,6 +92,12 @@ pub struct ControlPlaneSpec {
     #[x_kube(validation = Rule::new("self == oldSelf").message("controlPlane.externalEtcd is immutable"))]
     pub external_etcd: Option<ExternalEtcdSpec>,
 
+    /// Managed with datastore ExternalDatabase only (required there): the PostgreSQL or MySQL
+    /// database. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("controlPlane.externalDatabase is immutable"))]
+    pub external_database: Option<ExternalDatabaseSpec>,
+
     /// External only (required there, forbidden with Managed): the Secret, in this
     /// VirtualCluster's namespace, holding a kubeconfig with cluster-admin rights on the
     /// imported cluster.
@@ -107,12 +119,28 @@ impl Default for ControlPlaneSpec {
             resources: None,
             storage: StorageSpec::default(),
             external_etcd: None,
+            external_database: None,
             kubeconfig_secret_ref: None,
         }
     }
 }
 
 impl ControlPlaneSpec {
+    /// The Secrets (in the VirtualCluster's namespace) this control plane reads: the External
+    /// kubeconfig, the external datastore's DSN and TLS files.
+    pub fn secret_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        names.extend(self.kubeconfig_secret_ref.as_ref().map(|r| r.name.as_str()));
+        if let Some(etcd) = &self.external_etcd {
+            names.extend(etcd.tls_secret_ref.as_ref().map(|r| r.name.as_str()));
+        }
+        if let Some(db) = &self.external_database {
+            names.push(db.dsn_secret_ref.name.as_str());
+            names.extend(db.tls_secret_ref.as_ref().map(|r| r.name.as_str()));
+        }
+        names
+    }
+
     /// The problems the CRD's CEL rule would report for this control plane (for clients that
     /// want to fail early; the apiserver enforces the same rule).
     pub fn validate(&self) -> Result<(), String> {
@@ -123,15 +151,33 @@ impl ControlPlaneSpec {
             (ControlPlaneMode::Managed, Some(_)) => {
                 Err("kubeconfigSecretRef must not be set when mode is Managed".into())
             }
-            _ => match (self.datastore, &self.external_etcd) {
-                (Datastore::ExternalEtcd, None) => {
-                    Err("externalEtcd is required when datastore is ExternalEtcd".into())
+            _ => {
+                let etcd = self.datastore == Datastore::ExternalEtcd;
+                let database = self.datastore == Datastore::ExternalDatabase;
+                match (etcd, self.external_etcd.is_some()) {
+                    (true, false) => {
+                        return Err(
+                            "externalEtcd is required when datastore is ExternalEtcd".into()
+                        );
+                    }
+                    (false, true) => {
+                        return Err(
+                            "externalEtcd must not be set unless datastore is ExternalEtcd".into(),
+                        );
+                    }
+                    _ => {}
                 }
-                (Datastore::Etcd | Datastore::Kine, Some(_)) => {
-                    Err("externalEtcd must not be set unless datastore is ExternalEtcd".into())
+                match (database, self.external_database.is_some()) {
+                    (true, false) => Err(
+                        "externalDatabase is required when datastore is ExternalDatabase".into(),
+                    ),
+                    (false, true) => Err(
+                        "externalDatabase must not be set unless datastore is ExternalDatabase"
+                            .into(),
+                    ),
+                    _ => Ok(()),
                 }
-                _ => Ok(()),
-            },
+            }
         }
     }
 }

@@ -8,6 +8,7 @@
 //! Readiness: the StatefulSet has a ready pod, then the tenant apiserver answers `/readyz`
 //! through the Service endpoint written in the kubeconfig.
 
+pub mod datastore;
 pub mod pki;
 pub mod render;
 
@@ -28,11 +29,14 @@ use render::Target;
 
 /// Reconciles a Managed VirtualCluster's host objects and observes its readiness.
 pub async fn reconcile(vc: &VirtualCluster, ctx: &Context) -> Result<Observation, Error> {
-    let t = Target::new(vc).ok_or_else(|| {
+    let mut t = Target::new(vc).ok_or_else(|| {
         Error::InvalidSpec("the VirtualCluster has no namespace, name or uid yet".into())
     })?;
     let ns = t.vcref.namespace.clone();
     let client = ctx.client.clone();
+    if let Some(db) = &vc.spec.control_plane.external_database {
+        t.database_client_cert = check_database(&client, &ns, db).await?.client_cert;
+    }
     let ser = |what: &str| {
         let what = what.to_owned();
         move |source| Error::Serialize { what, source }
@@ -200,6 +204,31 @@ pub async fn reconcile(vc: &VirtualCluster, ctx: &Context) -> Result<Observation
         }
     }
     Ok(obs)
+}
+
+/// The external database's Secrets, checked before anything is rendered (a permanent error with
+/// what to fix; the controller watches Secrets, so creating or fixing one reconciles again).
+async fn check_database(
+    client: &kube::Client,
+    ns: &str,
+    db: &kvtenant_api::ExternalDatabaseSpec,
+) -> Result<datastore::DatabaseTls, Error> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let get = |name: String| {
+        let secrets = secrets.clone();
+        async move {
+            secrets
+                .get_opt(&name)
+                .await
+                .map_err(|e| Error::kube(format!("reading Secret {ns}/{name}"), e))
+        }
+    };
+    let dsn = get(db.dsn_secret_ref.name.clone()).await?;
+    let tls = match &db.tls_secret_ref {
+        Some(r) => get(r.name.clone()).await?,
+        None => None,
+    };
+    datastore::check(ns, db, dsn.as_ref(), tls.as_ref()).map_err(Error::InvalidSpec)
 }
 
 /// An Event for an object that was created or changed (nothing when it was already current).

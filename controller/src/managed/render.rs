@@ -90,6 +90,9 @@ pub struct Target<'a> {
     pub vcref: VirtualClusterRef,
     pub names: Names,
     pub owner: OwnerReference,
+    /// Datastore ExternalDatabase: whether its TLS Secret carries a client certificate (read
+    /// off the Secret by the reconciler; the pod is given the files it has).
+    pub database_client_cert: bool,
 }
 
 impl<'a> Target<'a> {
@@ -102,6 +105,7 @@ impl<'a> Target<'a> {
             vcref,
             owner,
             vc,
+            database_client_cert: false,
         })
     }
 
@@ -310,7 +314,9 @@ pub fn services(t: &Target<'_>) -> Result<[Service; 2], serde_json::Error> {
     Ok([main, headless])
 }
 
-/// The datastore container's command line; `None` for an external etcd (no container).
+/// The datastore container's command line; `None` for an external etcd (no container). For an
+/// external database kine reads its DSN from `KINE_ENDPOINT` (set from the Secret), so the
+/// password is never on a command line.
 pub fn datastore_command(datastore: Datastore) -> Option<Vec<String>> {
     Some(match datastore {
         Datastore::ExternalEtcd => return None,
@@ -341,6 +347,11 @@ pub fn datastore_command(datastore: Datastore) -> Option<Vec<String>> {
             format!(
                 "--endpoint=sqlite://{DATA_DIR}/{KINE_DATABASE}?_journal=WAL&cache=shared&_busy_timeout=30000&_txlock=immediate"
             ),
+            format!("--listen-address=127.0.0.1:{ETCD_CLIENT_PORT}"),
+            "--metrics-bind-address=0".into(),
+        ],
+        Datastore::ExternalDatabase => vec![
+            "kine".into(),
             format!("--listen-address=127.0.0.1:{ETCD_CLIENT_PORT}"),
             "--metrics-bind-address=0".into(),
         ],
@@ -462,7 +473,10 @@ pub use kvtenant_kubeutil::apply::content_hash;
 mod admission;
 pub use admission::admission_files;
 mod statefulset;
-pub use statefulset::{ETCD_CLIENT_DIR, etcd_prefix, statefulset, with_external_etcd};
+pub use statefulset::{
+    DATABASE_TLS_DIR, ETCD_CLIENT_DIR, KINE_ENDPOINT_ENV, etcd_prefix, statefulset,
+    with_external_database, with_external_etcd, with_prefix,
+};
 
 #[cfg(test)]
 mod tests;

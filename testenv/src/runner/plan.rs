@@ -103,8 +103,12 @@ pub fn expand(arg: &str, env: &BTreeMap<String, String>) -> String {
     out
 }
 
+/// Values of Secret keys the containers' environment refers to: (Secret name, key) → value,
+/// read by the runner before planning (the pod's namespace).
+pub type SecretValues = BTreeMap<(String, String), String>;
+
 /// The container's environment as the kubelet would give it to a local process.
-pub fn environment(pod: &Pod, c: &Container) -> BTreeMap<String, String> {
+pub fn environment(pod: &Pod, c: &Container, secrets: &SecretValues) -> BTreeMap<String, String> {
     let meta = &pod.metadata;
     let mut env = BTreeMap::new();
     // as the kubelet does: the pod's hostname (its name, or spec.hostname)
@@ -119,6 +123,10 @@ pub fn environment(pod: &Pod, c: &Container) -> BTreeMap<String, String> {
     for e in c.env.iter().flatten() {
         let value = match (&e.value, &e.value_from) {
             (Some(v), _) => Some(v.clone()),
+            (None, Some(from)) if from.secret_key_ref.is_some() => from
+                .secret_key_ref
+                .as_ref()
+                .and_then(|r| secrets.get(&(r.name.clone(), r.key.clone())).cloned()),
             (None, Some(from)) => {
                 from.field_ref
                     .as_ref()
@@ -160,6 +168,7 @@ pub fn process_plan(
     c: &Container,
     volumes: &BTreeMap<String, PathBuf>,
     ports: &BTreeMap<u16, u16>,
+    secrets: &SecretValues,
 ) -> Result<ProcessPlan, String> {
     let mut mounts = Vec::new();
     for m in c.volume_mounts.iter().flatten() {
@@ -179,7 +188,7 @@ pub fn process_plan(
             c.name
         ));
     };
-    let env = environment(pod, c);
+    let env = environment(pod, c, secrets);
     let args = command[1..]
         .iter()
         .chain(c.args.iter().flatten())

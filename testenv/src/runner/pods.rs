@@ -167,10 +167,11 @@ impl Pods {
         let claims = self.claims_root();
         let vols =
             volumes::prepare(&self.client, pod, &self.opts.node, &dir, &claims, &ports).await?;
+        let secrets = volumes::secret_env(&self.client, pod).await?;
         tracing::info!(pod = %key(pod), ?ports, "runner: starting the pod's containers as local processes");
         let slots = containers(pod)
             .map(|c| {
-                let plan = plan::process_plan(pod, c, &vols, &ports)
+                let plan = plan::process_plan(pod, c, &vols, &ports, &secrets)
                     .map_err(|m| ("CreateContainerConfigError".to_owned(), m))
                     .and_then(|p| match self.opts.programs.get(&p.program) {
                         Some(bin) => Ok((bin.clone(), p)),

@@ -2,13 +2,42 @@
 //! kube-apiserver and kube-controller-manager in one pod.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use kvtenant_api::{Datastore, ExternalEtcdSpec, etcd_keys};
+use kvtenant_api::{Datastore, ExternalDatabaseSpec, ExternalEtcdSpec, etcd_keys};
 use serde_json::json;
 
 use super::*;
 
 /// Where an external etcd's client certificate is mounted in the apiserver's container.
 pub const ETCD_CLIENT_DIR: &str = "/etc/kubernetes/etcd";
+
+/// Where an external database's TLS files are mounted in kine's container.
+pub const DATABASE_TLS_DIR: &str = "/etc/kine/tls";
+
+/// The environment variable kine reads its DSN from.
+pub const KINE_ENDPOINT_ENV: &str = "KINE_ENDPOINT";
+
+/// kine's command line, environment and volume for an external database: the DSN from the
+/// Secret's key as `KINE_ENDPOINT`; with a TLS Secret, its CA (and client certificate when the
+/// Secret has one) mounted and passed.
+pub fn with_external_database(
+    mut cmd: Vec<String>,
+    db: &ExternalDatabaseSpec,
+    client_cert: bool,
+) -> (Vec<String>, serde_json::Value, Option<serde_json::Value>) {
+    let env = json!([{"name": KINE_ENDPOINT_ENV, "valueFrom": {"secretKeyRef": {
+        "name": db.dsn_secret_ref.name, "key": db.dsn_secret_ref.key_or_default(),
+    }}}]);
+    let volume = db.tls_secret_ref.as_ref().map(|secret| {
+        let d = DATABASE_TLS_DIR;
+        cmd.push(format!("--ca-file={d}/{}", etcd_keys::CA));
+        if client_cert {
+            cmd.push(format!("--cert-file={d}/{}", etcd_keys::CERT));
+            cmd.push(format!("--key-file={d}/{}", etcd_keys::KEY));
+        }
+        json!({"name": "database-tls", "secret": {"secretName": secret.name, "defaultMode": 0o440}})
+    });
+    (cmd, env, volume)
+}
 
 /// The key prefix of a virtual cluster in an external etcd: its own, so many can share one.
 pub fn etcd_prefix(vc_uid: &str) -> String {
@@ -24,13 +53,21 @@ pub fn with_external_etcd(
 ) -> Vec<String> {
     cmd.retain(|a| !a.starts_with("--etcd-servers="));
     cmd.push(format!("--etcd-servers={}", external.endpoints.join(",")));
-    cmd.push(format!("--etcd-prefix={}", etcd_prefix(vc_uid)));
+    cmd = with_prefix(cmd, vc_uid);
     if external.tls_secret_ref.is_some() {
         let d = ETCD_CLIENT_DIR;
         cmd.push(format!("--etcd-cafile={d}/{}", etcd_keys::CA));
         cmd.push(format!("--etcd-certfile={d}/{}", etcd_keys::CERT));
         cmd.push(format!("--etcd-keyfile={d}/{}", etcd_keys::KEY));
     }
+    cmd
+}
+
+/// kube-apiserver's command line with the virtual cluster's key prefix (a datastore shared with
+/// other virtual clusters).
+pub fn with_prefix(mut cmd: Vec<String>, vc_uid: &str) -> Vec<String> {
+    cmd.retain(|a| !a.starts_with("--etcd-prefix="));
+    cmd.push(format!("--etcd-prefix={}", etcd_prefix(vc_uid)));
     cmd
 }
 
@@ -52,16 +89,33 @@ pub fn statefulset(t: &Target<'_>, pki_hash: &str) -> Result<StatefulSet, serde_
                "periodSeconds": period, "timeoutSeconds": 5, "failureThreshold": failures})
     };
 
+    let mut extra_volumes = Vec::new();
+    let kine = cp.datastore.runs_kine();
     let datastore = datastore_command(cp.datastore).map(|cmd| {
+        let (cmd, env, tls) = match &cp.external_database {
+            Some(db) if cp.datastore == Datastore::ExternalDatabase => {
+                with_external_database(cmd, db, t.database_client_cert)
+            }
+            _ => (cmd, json!([]), None),
+        };
         let (ds_cmd, ds_args) = command_args(cmd);
+        let mounts = match (&tls, cp.datastore.is_external()) {
+            (Some(_), _) => {
+                json!([{"name": "database-tls", "mountPath": DATABASE_TLS_DIR, "readOnly": true}])
+            }
+            (None, true) => json!([]),
+            (None, false) => json!([{"name": "data", "mountPath": DATA_DIR}]),
+        };
+        extra_volumes.extend(tls);
         let mut datastore = json!({
-            "name": if cp.datastore == Datastore::Kine { "kine" } else { "etcd" },
-            "image": if cp.datastore == Datastore::Kine { &images.kine } else { &images.etcd },
+            "name": if kine { "kine" } else { "etcd" },
+            "image": if kine { &images.kine } else { &images.etcd },
             "command": ds_cmd,
             "args": ds_args,
+            "env": env,
             "resources": resources(res.and_then(|r| r.datastore.as_ref()), "100m", "256Mi"),
             "securityContext": restricted,
-            "volumeMounts": [{"name": "data", "mountPath": DATA_DIR}],
+            "volumeMounts": mounts,
         });
         if cp.datastore == Datastore::Etcd {
             let http_probe = |path: &str, period: i32, failures: i32| {
@@ -80,7 +134,9 @@ pub fn statefulset(t: &Target<'_>, pki_hash: &str) -> Result<StatefulSet, serde_
     let mut as_command = apiserver_command();
     let mut as_mounts =
         vec![json!({"name": "apiserver-pki", "mountPath": APISERVER_PKI_DIR, "readOnly": true})];
-    let mut extra_volumes = Vec::new();
+    if cp.datastore == Datastore::ExternalDatabase {
+        as_command = with_prefix(as_command, &t.vcref.uid);
+    }
     if let Some(external) = &cp.external_etcd {
         as_command = with_external_etcd(as_command, &t.vcref.uid, external);
         if let Some(secret) = &external.tls_secret_ref {
@@ -189,8 +245,8 @@ pub fn statefulset(t: &Target<'_>, pki_hash: &str) -> Result<StatefulSet, serde_
                     "volumes": volumes,
                 },
             },
-            // an external etcd keeps the data: the pod has no volume of its own
-            "volumeClaimTemplates": if cp.datastore == Datastore::ExternalEtcd { json!([]) } else { json!([{
+            // an external datastore keeps the data: the pod has no volume of its own
+            "volumeClaimTemplates": if cp.datastore.is_external() { json!([]) } else { json!([{
                 "metadata": {"name": "data", "labels": t.vcref.labels()},
                 "spec": pvc_spec,
             }]) },

@@ -433,3 +433,59 @@ fn an_external_etcd_replaces_the_datastore_container_and_the_volume() {
         Some("etcd-client")
     );
 }
+
+#[test]
+fn an_external_database_runs_kine_with_the_dsn_from_the_secret_and_no_volume() {
+    let mut spec = VirtualClusterSpec::default();
+    spec.control_plane.datastore = kvtenant_api::Datastore::ExternalDatabase;
+    spec.control_plane.external_database = Some(
+        serde_json::from_value(serde_json::json!({
+            "dsnSecretRef": {"name": "pg", "key": "url"},
+            "tlsSecretRef": {"name": "pg-tls"}
+        }))
+        .unwrap(),
+    );
+    let v = vc(spec);
+    let mut t = Target::new(&v).unwrap();
+    let sts = statefulset(&t, "h").unwrap();
+    assert!(
+        sts.spec
+            .volume_claim_templates
+            .as_ref()
+            .is_none_or(|v| v.is_empty()),
+        "no volume of its own"
+    );
+    let kine = container(&sts, "kine");
+    let args = kine.args.clone().unwrap_or_default();
+    assert!(
+        !args.iter().any(|a| a.starts_with("--endpoint")),
+        "the DSN is not on the command line: {args:?}"
+    );
+    let env = &kine.env.as_ref().unwrap()[0];
+    assert_eq!(env.name, KINE_ENDPOINT_ENV);
+    let from = env
+        .value_from
+        .as_ref()
+        .unwrap()
+        .secret_key_ref
+        .as_ref()
+        .unwrap();
+    assert_eq!((from.name.as_str(), from.key.as_str()), ("pg", "url"));
+    assert!(args.contains(&format!("--ca-file={DATABASE_TLS_DIR}/ca.crt")));
+    assert!(
+        !args.iter().any(|a| a.starts_with("--cert-file")),
+        "no client certificate in the Secret: none passed"
+    );
+    let mounts = kine.volume_mounts.as_ref().unwrap();
+    assert_eq!(mounts.len(), 1, "the TLS files only, no data volume");
+    assert_eq!(mounts[0].mount_path, DATABASE_TLS_DIR);
+    let uid = v.metadata.uid.clone().unwrap();
+    let apiserver = container(&sts, "kube-apiserver").args.clone().unwrap();
+    assert!(apiserver.contains(&format!("--etcd-prefix=/kvtenant/{uid}")));
+
+    t.database_client_cert = true;
+    let sts = statefulset(&t, "h").unwrap();
+    let args = container(&sts, "kine").args.clone().unwrap();
+    assert!(args.contains(&format!("--cert-file={DATABASE_TLS_DIR}/tls.crt")));
+    assert!(args.contains(&format!("--key-file={DATABASE_TLS_DIR}/tls.key")));
+}

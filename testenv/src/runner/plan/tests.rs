@@ -102,7 +102,7 @@ fn process_plan_expands_env_and_rewrites_for_this_machine() {
     ]
     .into();
     let c = &pod.spec.as_ref().unwrap().containers[1];
-    let plan = process_plan(&pod, c, &volumes, &ports()).unwrap();
+    let plan = process_plan(&pod, c, &volumes, &ports(), &SecretValues::new()).unwrap();
     assert_eq!(plan.program, "kube-apiserver");
     assert_eq!(
         plan.args,
@@ -118,7 +118,7 @@ fn process_plan_expands_env_and_rewrites_for_this_machine() {
     assert_eq!(plan.env["NS"], "vc-a");
     assert_eq!(plan.env["HOSTNAME"], "a-cp-0");
     let etcd = &pod.spec.as_ref().unwrap().containers[0];
-    let plan = process_plan(&pod, etcd, &volumes, &ports()).unwrap();
+    let plan = process_plan(&pod, etcd, &volumes, &ports(), &SecretValues::new()).unwrap();
     assert_eq!(plan.args[2], "--data-dir=/tmp/v/data/etcd");
 }
 
@@ -126,12 +126,19 @@ fn process_plan_expands_env_and_rewrites_for_this_machine() {
 fn process_plan_says_what_it_cannot_run() {
     let pod = control_plane_pod();
     let c = &pod.spec.as_ref().unwrap().containers[1];
-    let err = process_plan(&pod, c, &BTreeMap::new(), &ports()).unwrap_err();
+    let err = process_plan(&pod, c, &BTreeMap::new(), &ports(), &SecretValues::new()).unwrap_err();
     assert!(err.contains("mounts volume \"pki\""), "{err}");
     let mut no_cmd = c.clone();
     no_cmd.command = None;
     no_cmd.volume_mounts = None;
-    let err = process_plan(&pod, &no_cmd, &BTreeMap::new(), &ports()).unwrap_err();
+    let err = process_plan(
+        &pod,
+        &no_cmd,
+        &BTreeMap::new(),
+        &ports(),
+        &SecretValues::new(),
+    )
+    .unwrap_err();
     assert!(err.contains("has no command"), "{err}");
 }
 
@@ -187,4 +194,28 @@ fn pod_status_is_ready_only_when_every_container_is() {
     assert_eq!(c["state"]["waiting"]["reason"], "NoLocalProgram");
     assert_eq!(c["lastState"]["terminated"]["exitCode"], 1);
     assert_eq!(c["restartCount"], 2);
+}
+
+#[test]
+fn environment_takes_secret_keys_the_runner_read() {
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "p", "namespace": "n"},
+        "spec": {"containers": [{"name": "kine", "command": ["kine"], "env": [
+            {"name": "KINE_ENDPOINT", "valueFrom": {"secretKeyRef": {"name": "db", "key": "dsn"}}},
+            {"name": "ECHO", "value": "$(KINE_ENDPOINT)"},
+            {"name": "ABSENT", "valueFrom": {"secretKeyRef": {"name": "db", "key": "other", "optional": true}}},
+        ]}]}
+    }))
+    .unwrap();
+    let secrets: SecretValues = [(
+        ("db".to_owned(), "dsn".to_owned()),
+        "postgres://x".to_owned(),
+    )]
+    .into_iter()
+    .collect();
+    let c = &pod.spec.as_ref().unwrap().containers[0];
+    let env = environment(&pod, c, &secrets);
+    assert_eq!(env["KINE_ENDPOINT"], "postgres://x");
+    assert_eq!(env["ECHO"], "postgres://x");
+    assert!(!env.contains_key("ABSENT"));
 }

@@ -1,0 +1,123 @@
+//! Datastore ExternalDatabase on the runner (testenv's stand-in for the kubelet of kvtenant's
+//! control-plane pods): kine in the control-plane pod over a real PostgreSQL server (Debian's
+//! package, started on 127.0.0.1 by the test), two virtual clusters sharing one database.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::runner::*;
+use common::*;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::ResourceExt;
+use kube::api::{Api, PostParams};
+use kvtenant_api::{Datastore, VirtualClusterSpec};
+use testenv::postgres::Postgres;
+
+const NS: &str = "tenants";
+
+fn database_spec(secret: &str) -> VirtualClusterSpec {
+    let mut spec = loopback_spec();
+    spec.control_plane.datastore = Datastore::ExternalDatabase;
+    spec.control_plane.external_database = Some(
+        serde_json::from_value(serde_json::json!({"dsnSecretRef": {"name": secret}})).unwrap(),
+    );
+    spec
+}
+
+fn namespace(name: &str) -> Namespace {
+    serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap()
+}
+
+/// Two virtual clusters keep their objects in one PostgreSQL database, each under its own key
+/// prefix, and see only their own; a missing DSN Secret is reported with what to fix and
+/// creating it is enough; a replaced pod finds its data in the database.
+#[tokio::test]
+async fn kine_on_postgres_serves_two_virtual_clusters_from_one_database() {
+    let pg = Postgres::start().unwrap_or_else(|e| panic!("{e}"));
+    let m = managed_host("pg-host", NS).await;
+    let client = &m.client;
+
+    // the Secret is missing: the status says which one and what to put in it
+    let a = create_vc(client, NS, &vc("pa", database_spec("pg-dsn"))).await;
+    wait_status(client, NS, "pa", "a missing-Secret message", |s| {
+        let msg = s.message.clone().unwrap_or_default();
+        if msg.contains("Secret tenants/pg-dsn") && msg.contains("not found") {
+            Ok(())
+        } else {
+            Err(msg)
+        }
+    })
+    .await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    assert!(
+        pods.get_opt("pa-cp-0").await.unwrap().is_none(),
+        "no pod is made before its Secret exists"
+    );
+
+    // creating the Secret is enough (the controller watches it)
+    put_secret(client, NS, secret("pg-dsn", "dsn", &pg.dsn("kvtenant"))).await;
+    let b = create_vc(client, NS, &vc("pb", database_spec("pg-dsn"))).await;
+    for name in ["pa", "pb"] {
+        wait_ready(&m, NS, name, "Ready on PostgreSQL").await;
+    }
+    let pod = pods.get("pa-cp-0").await.unwrap();
+    let kine = pod.spec.as_ref().unwrap().containers[0].clone();
+    assert_eq!(kine.name, "kine");
+    assert!(
+        !format!("{:?}", kine.args).contains("postgres://"),
+        "the DSN is not on a command line: {:?}",
+        kine.args
+    );
+
+    let ta: Api<Namespace> = Api::all(tenant_client(client, NS, "pa").await);
+    let tb: Api<Namespace> = Api::all(tenant_client(client, NS, "pb").await);
+    ta.create(&PostParams::default(), &namespace("only-in-pa"))
+        .await
+        .unwrap();
+    assert!(
+        tb.get_opt("only-in-pa").await.unwrap().is_none(),
+        "pb sees pa's namespace"
+    );
+    // both are in the one database, each under its own prefix
+    for uid in [a.uid().unwrap(), b.uid().unwrap()] {
+        let rows = pg
+            .query(
+                "kvtenant",
+                &format!("select count(*) from kine where name like '/kvtenant/{uid}/%'"),
+            )
+            .unwrap();
+        assert!(
+            rows.parse::<u64>().unwrap() > 10,
+            "keys of {uid} in PostgreSQL: {rows}"
+        );
+    }
+    let stray = pg
+        .query(
+            "kvtenant",
+            // kine's own bookkeeping keys aside
+            "select coalesce(string_agg(distinct name, ','), '') from kine \
+             where name not like '/kvtenant/%' and name not in ('/registry/health', 'compact_rev_key')",
+        )
+        .unwrap();
+    assert_eq!(stray, "", "no keys outside the virtual clusters' prefixes");
+
+    // the pod is replaced: the new one serves the same data from the database
+    let first = m.runner.snapshot().pods[&format!("{NS}/pa-cp-0")].clone();
+    pods.delete("pa-cp-0", &Default::default()).await.unwrap();
+    wait_for("a new pa pod", Duration::from_secs(60), || {
+        let runner = &m.runner;
+        let first = first.clone();
+        async move {
+            match runner.snapshot().pods.get(&format!("{NS}/pa-cp-0")) {
+                Some(now) if !now.is_empty() && now.iter().all(|p| !first.contains(p)) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+    wait_namespace(&ta, "only-in-pa", "pa to answer with its namespace").await;
+    eprintln!("PostgreSQL log tail:\n{}", pg.log_tail(5));
+}
