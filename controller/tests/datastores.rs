@@ -1,6 +1,7 @@
 //! Datastore ExternalDatabase on the runner (testenv's stand-in for the kubelet of kvtenant's
-//! control-plane pods): kine in the control-plane pod over a real PostgreSQL server (Debian's
-//! package, started on 127.0.0.1 by the test), two virtual clusters sharing one database.
+//! control-plane pods): kine in the control-plane pod over a real PostgreSQL server, two virtual
+//! clusters sharing one database, and over a real MariaDB (MySQL's protocol). Both servers come
+//! from Debian's packages and are started on 127.0.0.1 by the tests.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -14,7 +15,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::ResourceExt;
 use kube::api::{Api, PostParams};
 use kvtenant_api::{Datastore, VirtualClusterSpec};
-use testenv::postgres::Postgres;
+use testenv::sqldb::Server;
 
 const NS: &str = "tenants";
 
@@ -36,7 +37,7 @@ fn namespace(name: &str) -> Namespace {
 /// creating it is enough; a replaced pod finds its data in the database.
 #[tokio::test]
 async fn kine_on_postgres_serves_two_virtual_clusters_from_one_database() {
-    let pg = Postgres::start().unwrap_or_else(|e| panic!("{e}"));
+    let pg = Server::postgres().unwrap_or_else(|e| panic!("{e}"));
     let m = managed_host("pg-host", NS).await;
     let client = &m.client;
 
@@ -97,9 +98,9 @@ async fn kine_on_postgres_serves_two_virtual_clusters_from_one_database() {
     let stray = pg
         .query(
             "kvtenant",
-            // kine's own bookkeeping keys aside
+            // kine's own bookkeeping (compact_rev_key, gap-N fillers, its health key) aside
             "select coalesce(string_agg(distinct name, ','), '') from kine \
-             where name not like '/kvtenant/%' and name not in ('/registry/health', 'compact_rev_key')",
+             where name like '/%' and name not like '/kvtenant/%' and name <> '/registry/health'",
         )
         .unwrap();
     assert_eq!(stray, "", "no keys outside the virtual clusters' prefixes");
@@ -120,4 +121,33 @@ async fn kine_on_postgres_serves_two_virtual_clusters_from_one_database() {
     .await;
     wait_namespace(&ta, "only-in-pa", "pa to answer with its namespace").await;
     eprintln!("PostgreSQL log tail:\n{}", pg.log_tail(5));
+}
+
+/// kine speaks MySQL's protocol too: a virtual cluster on a real MariaDB keeps its objects there.
+#[tokio::test]
+async fn kine_on_mariadb_serves_a_virtual_cluster() {
+    let db = Server::mariadb().unwrap_or_else(|e| panic!("{e}"));
+    let m = managed_host("mariadb-host", NS).await;
+    let client = &m.client;
+    put_secret(client, NS, secret("my-dsn", "dsn", &db.dsn("kvtenant_m"))).await;
+    let v = create_vc(client, NS, &vc("ma", database_spec("my-dsn"))).await;
+    wait_ready(&m, NS, "ma", "Ready on MariaDB").await;
+    let tenant: Api<Namespace> = Api::all(tenant_client(client, NS, "ma").await);
+    tenant
+        .create(&PostParams::default(), &namespace("in-mariadb"))
+        .await
+        .unwrap();
+    let uid = v.uid().unwrap();
+    let rows = db
+        .query(
+            "kvtenant_m",
+            &format!(
+                "select count(*) from kine where name = '/kvtenant/{uid}/namespaces/in-mariadb'"
+            ),
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", db.log_tail(20)));
+    assert!(
+        rows.parse::<u64>().unwrap() >= 1,
+        "the namespace's key in MariaDB: {rows}"
+    );
 }

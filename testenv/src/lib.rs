@@ -16,9 +16,9 @@ mod gobuild;
 pub mod kubevirt;
 /// Certificates and kubeconfigs (the `kvtenant-pki` crate, shared with the controller).
 pub use kvtenant_pki as pki;
-pub mod postgres;
 pub mod process;
 pub mod runner;
+pub mod sqldb;
 pub mod testing;
 pub mod versions;
 

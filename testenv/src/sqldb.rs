@@ -1,0 +1,406 @@
+//! Real SQL servers on 127.0.0.1 for tests of kine's external-database datastore: PostgreSQL
+//! and MariaDB (MySQL's protocol), from Debian's `postgresql` and `mariadb-server` packages
+//! (`.ci/run` installs them when missing).
+//!
+//! Each [`Server`] is a fresh database cluster in a temporary directory with password
+//! authentication for user [`USER`], served on a free port until it is dropped. PostgreSQL
+//! refuses to run as root, so as root it runs as the package's `postgres` user.
+
+use std::fs;
+use std::os::unix::fs::chown;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::process::Managed;
+
+/// Errors starting PostgreSQL.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "PostgreSQL server binaries (initdb, postgres) not found under /usr/lib/postgresql/*/bin: \
+         install Debian's postgresql package (apt-get install postgresql; .ci/run does)"
+    )]
+    NotInstalled,
+    #[error(
+        "MariaDB server binaries ({0}) not found: install Debian's mariadb-server package \
+         (apt-get install mariadb-server; .ci/run does)"
+    )]
+    MariaDbNotInstalled(String),
+    #[error("running as root, but there is no 'postgres' user to run PostgreSQL as: {0}")]
+    NoUser(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what} failed: {output}")]
+    Command { what: String, output: String },
+    #[error(
+        "{server} did not accept connections on 127.0.0.1:{port} within {secs} s; log:\n{log}"
+    )]
+    NotReady {
+        server: &'static str,
+        port: u16,
+        secs: u64,
+        log: String,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Io { what, source }
+}
+
+/// The user the tests connect as (all rights).
+pub const USER: &str = "kvtenant";
+
+/// Which server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Postgres,
+    MariaDb,
+}
+
+/// A running SQL server; stopped and its data removed on drop.
+pub struct Server {
+    kind: Kind,
+    port: u16,
+    password: String,
+    process: Managed,
+    // dropped after the process (fields drop in order)
+    dir: tempfile::TempDir,
+}
+
+fn run(what: &str, cmd: &mut Command) -> Result<(), Error> {
+    let out = cmd.output().map_err(io(format!("running {what}")))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(Error::Command {
+        what: what.into(),
+        output: format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    })
+}
+
+/// The directory with `initdb` and `postgres`: `pg_config --bindir` when it has them, else the
+/// newest `/usr/lib/postgresql/<major>/bin`.
+pub fn bin_dir() -> Result<PathBuf, Error> {
+    let has_server = |d: &Path| d.join("initdb").exists() && d.join("postgres").exists();
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if has_server(&dir) {
+            return Ok(dir);
+        }
+    }
+    let mut majors: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .map_err(|_| Error::NotInstalled)?
+        .flatten()
+        .filter_map(|e| {
+            let major = e.file_name().to_string_lossy().parse().ok()?;
+            Some((major, e.path().join("bin")))
+        })
+        .filter(|(_, d)| has_server(d))
+        .collect();
+    majors.sort();
+    majors.pop().map(|(_, d)| d).ok_or(Error::NotInstalled)
+}
+
+/// `(uid, gid)` of the `postgres` user when running as root (PostgreSQL refuses root).
+fn run_as() -> Result<Option<(u32, u32)>, Error> {
+    if !nix::unistd::Uid::effective().is_root() {
+        return Ok(None);
+    }
+    let passwd = fs::read_to_string("/etc/passwd").map_err(io("reading /etc/passwd"))?;
+    passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.first() == Some(&"postgres") && f.len() > 3)
+        .and_then(|f| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
+        .map(Some)
+        .ok_or_else(|| Error::NoUser("no such line in /etc/passwd".into()))
+}
+
+impl Server {
+    /// A fresh PostgreSQL cluster on a free port of 127.0.0.1 (a few seconds).
+    pub fn postgres() -> Result<Self, Error> {
+        let bin = bin_dir()?;
+        let owner = run_as()?;
+        let dir = tempfile::Builder::new()
+            .prefix("kvtenant-postgres-")
+            .tempdir()
+            .map_err(io("creating a temporary directory"))?;
+        let data = dir.path().join("data");
+        let pwfile = dir.path().join("password");
+        let password = format!("pw-{}", std::process::id());
+        fs::write(&pwfile, &password).map_err(io("writing the password file"))?;
+        if let Some((uid, gid)) = owner {
+            for p in [dir.path(), &pwfile] {
+                chown(p, Some(uid), Some(gid)).map_err(io(format!("chown {}", p.display())))?;
+            }
+        }
+        let command = |program: &str| {
+            let mut cmd = Command::new(bin.join(program));
+            if let Some((uid, gid)) = owner {
+                cmd.uid(uid).gid(gid);
+            }
+            cmd.env("LC_ALL", "C.UTF-8");
+            cmd
+        };
+        let out = command("initdb")
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-U",
+                USER,
+                "--auth=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ])
+            .arg(format!("--pwfile={}", pwfile.display()))
+            .output()
+            .map_err(io("running initdb"))?;
+        if !out.status.success() {
+            return Err(Error::Command {
+                what: "initdb".into(),
+                output: format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            });
+        }
+        let port = crate::controlplane::free_port().map_err(io("picking a port"))?;
+        let mut cmd = command("postgres");
+        cmd.arg("-D")
+            .arg(&data)
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .arg("-k")
+            .arg(dir.path())
+            // test data: durability is not the point, speed is
+            .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
+            .args(["-c", "full_page_writes=off", "-c", "max_connections=200"]);
+        Self::spawn(Kind::Postgres, cmd, port, password, dir)
+    }
+
+    /// A fresh MariaDB server on a free port of 127.0.0.1 (a few seconds).
+    pub fn mariadb() -> Result<Self, Error> {
+        let (install, server) = (
+            Path::new("/usr/bin/mariadb-install-db"),
+            Path::new("/usr/sbin/mariadbd"),
+        );
+        for p in [install, server] {
+            if !p.exists() {
+                return Err(Error::MariaDbNotInstalled(p.display().to_string()));
+            }
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("kvtenant-mariadb-")
+            .tempdir()
+            .map_err(io("creating a temporary directory"))?;
+        let data = dir.path().join("data");
+        // as root, mariadbd runs as root when told so; otherwise as whoever runs the test
+        let user = if nix::unistd::Uid::effective().is_root() {
+            "root".to_owned()
+        } else {
+            nix::unistd::User::from_uid(nix::unistd::Uid::effective())
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+                .unwrap_or_else(|| "mysql".into())
+        };
+        run(
+            "mariadb-install-db",
+            Command::new(install)
+                .arg("--no-defaults")
+                .arg(format!("--datadir={}", data.display()))
+                .arg(format!("--user={user}"))
+                .args(["--auth-root-authentication-method=socket", "--skip-test-db"]),
+        )?;
+        let password = format!("pw-{}", std::process::id());
+        let init = dir.path().join("init.sql");
+        fs::write(
+            &init,
+            format!(
+                "CREATE USER '{USER}'@'127.0.0.1' IDENTIFIED BY '{password}';\n\
+                 GRANT ALL PRIVILEGES ON *.* TO '{USER}'@'127.0.0.1';\n"
+            ),
+        )
+        .map_err(io("writing the init file"))?;
+        let port = crate::controlplane::free_port().map_err(io("picking a port"))?;
+        let mut cmd = Command::new(server);
+        cmd.arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--socket={}", dir.path().join("sock").display()))
+            .arg(format!("--pid-file={}", dir.path().join("pid").display()))
+            .arg(format!("--init-file={}", init.display()))
+            .arg(format!("--user={user}"))
+            .args(["--bind-address=127.0.0.1", &format!("--port={port}")])
+            .args([
+                "--skip-name-resolve",
+                "--skip-log-bin",
+                "--max-connections=200",
+            ])
+            // test data: durability is not the point, speed is
+            .args(["--innodb-flush-log-at-trx-commit=0", "--sync-binlog=0"]);
+        Self::spawn(Kind::MariaDb, cmd, port, password, dir)
+    }
+
+    fn spawn(
+        kind: Kind,
+        cmd: Command,
+        port: u16,
+        password: String,
+        dir: tempfile::TempDir,
+    ) -> Result<Self, Error> {
+        let name = match kind {
+            Kind::Postgres => "postgres",
+            Kind::MariaDb => "mariadbd",
+        };
+        let log = dir.path().join(format!("{name}.log"));
+        fs::write(&log, "").map_err(io("creating the log"))?;
+        let process =
+            Managed::spawn(name, cmd, &log, None).map_err(io(format!("starting {name}")))?;
+        let server = Self {
+            kind,
+            port,
+            password,
+            process,
+            dir,
+        };
+        server.wait_ready(Duration::from_secs(60))?;
+        Ok(server)
+    }
+
+    fn wait_ready(&self, timeout: Duration) -> Result<(), Error> {
+        let start = Instant::now();
+        let ready_line = match self.kind {
+            Kind::Postgres => "database system is ready to accept connections",
+            Kind::MariaDb => "ready for connections",
+        };
+        while start.elapsed() < timeout {
+            let log = fs::read_to_string(self.process.log()).unwrap_or_default();
+            if log.contains(ready_line)
+                && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(Error::NotReady {
+            server: match self.kind {
+                Kind::Postgres => "PostgreSQL",
+                Kind::MariaDb => "MariaDB",
+            },
+            port: self.port,
+            secs: timeout.as_secs(),
+            log: self.process.log_tail(30),
+        })
+    }
+
+    /// The server's port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// kine's DSN for `database` (kine creates it when missing), as user [`USER`] with its
+    /// password, without TLS.
+    pub fn dsn(&self, database: &str) -> String {
+        let (pw, port) = (&self.password, self.port);
+        match self.kind {
+            Kind::Postgres => {
+                format!("postgres://{USER}:{pw}@127.0.0.1:{port}/{database}?sslmode=disable")
+            }
+            Kind::MariaDb => format!("mysql://{USER}:{pw}@tcp(127.0.0.1:{port})/{database}"),
+        }
+    }
+
+    /// Runs SQL with the server's client against `database` and returns its unaligned output
+    /// (one row per line, columns tab-separated).
+    pub fn query(&self, database: &str, sql: &str) -> Result<String, Error> {
+        let port = self.port.to_string();
+        let mut cmd = match self.kind {
+            Kind::Postgres => {
+                let psql = bin_dir()?.join("psql");
+                let mut cmd = Command::new(if psql.exists() {
+                    psql
+                } else {
+                    PathBuf::from("psql")
+                });
+                cmd.args(["-h", "127.0.0.1", "-p", &port, "-U", USER])
+                    .args(["-d", database, "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
+                    .env("PGPASSWORD", &self.password);
+                cmd
+            }
+            Kind::MariaDb => {
+                let mut cmd = Command::new("mariadb");
+                cmd.arg("--no-defaults")
+                    .args(["-h", "127.0.0.1", "-P", &port, "-u", USER])
+                    .args(["-N", "-B", "-e", sql, database])
+                    .env("MYSQL_PWD", &self.password);
+                cmd
+            }
+        };
+        let out = cmd.output().map_err(io("running the SQL client"))?;
+        if !out.status.success() {
+            return Err(Error::Command {
+                what: format!("psql {sql:?}"),
+                output: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// The directory of the server's data and log.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The last lines of the server's log, for failure messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        self.process.log_tail(lines)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A real MariaDB: SQL runs as the test user, and the DSN names the server.
+    #[test]
+    fn mariadb_starts_and_runs_sql() {
+        let db = Server::mariadb().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(db.query("mysql", "select 1 + 1").unwrap(), "2");
+        assert!(
+            db.dsn("kv")
+                .ends_with(&format!("@tcp(127.0.0.1:{})/kv", db.port()))
+        );
+    }
+
+    /// A real PostgreSQL: password authentication holds (a wrong password is refused) and SQL
+    /// runs.
+    #[test]
+    fn postgres_starts_and_checks_passwords() {
+        let pg = Server::postgres().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(pg.query("postgres", "select 1 + 1").unwrap(), "2");
+        let refused = Command::new(bin_dir().unwrap().join("psql"))
+            .args(["-h", "127.0.0.1", "-p", &pg.port().to_string(), "-U", USER])
+            .args(["-d", "postgres", "-c", "select 1"])
+            .env("PGPASSWORD", "wrong")
+            .output()
+            .unwrap();
+        assert!(!refused.status.success());
+        assert!(
+            String::from_utf8_lossy(&refused.stderr).contains("password authentication failed"),
+            "{}",
+            String::from_utf8_lossy(&refused.stderr)
+        );
+    }
+}
