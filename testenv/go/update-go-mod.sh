@@ -13,6 +13,8 @@ KUBEVIRT_VERSION=${KUBEVIRT_VERSION:-v1.8.1}
 KWOK_VERSION=${KWOK_VERSION:-v0.8.0}
 COREDNS_VERSION=${COREDNS_VERSION:-v1.14.7}
 KINE_VERSION=${KINE_VERSION:-v0.17.5}
+HELM_VERSION=${HELM_VERSION:-v4.3.2}
+CLUSTER_API_VERSION=${CLUSTER_API_VERSION:-v1.14.2}
 staging_version="v0.${K8S_VERSION#v1.}"
 
 modfile=$(go mod download -json "k8s.io/kubernetes@${K8S_VERSION}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
@@ -82,5 +84,17 @@ required=$(awk '/^require \(/{r=1;next} r&&/^\)/{r=0} r{print $1}' "$modfile")
 (
   cd kine
   printf 'module kvtenant.dev/testenv/kine\n\ngo 1.26.0\n\nrequire github.com/k3s-io/kine %s\n' "$KINE_VERSION" > go.mod
+  go mod tidy
+)
+(
+  cd helm
+  printf 'module kvtenant.dev/testenv/helm\n\ngo 1.26.0\n\nrequire helm.sh/helm/v4 %s\n' "$HELM_VERSION" > go.mod
+  go mod tidy
+)
+(
+  # Cluster API replaces its api module with ./api, which a dependency does not see: require the
+  # published sigs.k8s.io/cluster-api/api of the same tag (the versions in testenv/src/tools.rs)
+  cd cluster-api
+  printf 'module kvtenant.dev/testenv/cluster-api\n\ngo 1.26.0\n\nrequire (\n\tsigs.k8s.io/cluster-api %s\n\tsigs.k8s.io/cluster-api/api %s\n)\n' "$CLUSTER_API_VERSION" "$CLUSTER_API_VERSION" > go.mod
   go mod tidy
 )

@@ -20,6 +20,7 @@ pub mod process;
 pub mod runner;
 pub mod sqldb;
 pub mod testing;
+pub mod tools;
 pub mod versions;
 
 pub use controlplane::{ControlPlane, Options};

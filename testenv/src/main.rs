@@ -99,6 +99,16 @@ async fn main() -> anyhow::Result<()> {
                     binaries::KINE_VERSION,
                     step.elapsed()
                 );
+                let step = Instant::now();
+                let helm = tokio::task::spawn_blocking(testenv::tools::helm).await??;
+                if let Some(dir) = helm.parent() {
+                    println!("{}", dir.display());
+                }
+                eprintln!(
+                    "helm {} ready in {:.1?}",
+                    testenv::tools::HELM_VERSION,
+                    step.elapsed()
+                );
             }
         }
         Cmd::Up {
