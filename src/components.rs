@@ -107,6 +107,47 @@ pub struct SyncerArgs {
         env = "KVTENANT_SYSTEM_NAMESPACE"
     )]
     pub system_namespace: String,
+    /// Sync only while holding a Lease, so several replicas are safe (every replica serves the
+    /// proxies and the webhooks).
+    #[arg(long, default_value_t = true, env = "KVTENANT_LEADER_ELECT", action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// Namespace of the syncer's leader-election Lease (`kvtenant-syncer`).
+    #[arg(
+        long,
+        default_value = "kvtenant-system",
+        env = "KVTENANT_LEASE_NAMESPACE"
+    )]
+    pub lease_namespace: String,
+    /// Seconds a Lease is valid after its last renewal: after a crash of the leader, another
+    /// replica syncs about this long later (the holder steps down after two thirds of it
+    /// without renewing).
+    #[arg(long, default_value_t = 15, env = "KVTENANT_LEASE_SECONDS")]
+    pub lease_seconds: u64,
+}
+
+/// The syncer's Lease.
+pub const SYNCER_LEASE: &str = "kvtenant-syncer";
+
+/// The syncer's leader election from its flags (`None`: off).
+fn syncer_leader_election(
+    args: &SyncerArgs,
+) -> Option<kvtenant_kubeutil::leader::LeaderElectionConfig> {
+    if !args.leader_elect {
+        return None;
+    }
+    let identity = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| format!("kvtenant-syncer-{}", std::process::id()));
+    let mut le = kvtenant_kubeutil::leader::LeaderElectionConfig::new(
+        args.lease_namespace.clone(),
+        SYNCER_LEASE,
+        identity,
+    );
+    let lease = Duration::from_secs(args.lease_seconds.max(3));
+    le.lease_duration = lease;
+    le.renew_deadline = lease * 2 / 3;
+    le.retry_period = (lease / 7).max(Duration::from_millis(500));
+    Some(le)
 }
 
 pub async fn syncer(g: &GlobalArgs, args: SyncerArgs) -> anyhow::Result<()> {
@@ -116,6 +157,7 @@ pub async fn syncer(g: &GlobalArgs, args: SyncerArgs) -> anyhow::Result<()> {
         kvtenant_kubevirt_sync::SyncerConfig {
             workers: args.workers,
             resync_period: Duration::from_secs(args.resync_seconds),
+            leader_election: syncer_leader_election(&args),
         },
     );
     let host = g.host_client().await?;
@@ -162,13 +204,22 @@ pub async fn syncer(g: &GlobalArgs, args: SyncerArgs) -> anyhow::Result<()> {
     webhooks.metrics().register(&mut registry);
     let ready = Arc::new(AtomicBool::new(true));
     let admin = tokio::spawn(crate::admin::serve(args.admin.admin_addr, registry, ready));
+    // on SIGINT/SIGTERM the syncer gives its Lease up, so another replica syncs at once
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let syncer = syncer.run_until(async move {
+        let _ = stopped.await;
+    });
+    tokio::pin!(syncer);
     tokio::select! {
-        _ = syncer.run() => anyhow::bail!("the syncer stopped"),
+        _ = &mut syncer => anyhow::bail!("the syncer stopped"),
         _ = proxy.run() => anyhow::bail!("the subresource proxy stopped"),
         _ = webhooks.run() => anyhow::bail!("the webhook server stopped"),
         r = admin => { r??; anyhow::bail!("the admin server stopped") }
-        _ = tokio::signal::ctrl_c() => Ok(()),
+        _ = kvtenant_controller::shutdown_signal() => {}
     }
+    let _ = stop.send(());
+    syncer.await;
+    Ok(())
 }
 
 pub async fn controller(g: &GlobalArgs, args: ControllerArgs) -> anyhow::Result<()> {

@@ -319,7 +319,7 @@ fn check_deployment(d: &Value, image: &str) {
     }
 }
 
-fn check_rendered(docs: &[Value], image: &str, controller_replicas: i64) {
+fn check_rendered(docs: &[Value], image: &str, replicas: i64) {
     for d in docs {
         let kind = d["kind"].as_str().unwrap();
         let cluster_scoped = matches!(
@@ -337,9 +337,16 @@ fn check_rendered(docs: &[Value], image: &str, controller_replicas: i64) {
     }
     let controller = find(docs, "Deployment", "kvtenant-controller");
     let syncer = find(docs, "Deployment", "kvtenant-syncer");
-    assert_eq!(controller["spec"]["replicas"], controller_replicas);
-    assert_eq!(syncer["spec"]["replicas"], 1);
-    assert_eq!(syncer["spec"]["strategy"]["type"], "Recreate");
+    assert_eq!(controller["spec"]["replicas"], replicas);
+    // every syncer replica serves the proxies and the webhooks; one syncs (Lease)
+    assert_eq!(syncer["spec"]["replicas"], replicas);
+    assert_eq!(
+        syncer["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"],
+        0
+    );
+    let pdb = find(docs, "PodDisruptionBudget", "kvtenant-syncer");
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+    assert_eq!(pdb["spec"]["selector"], syncer["spec"]["selector"]);
     check_deployment(controller, image);
     check_deployment(syncer, image);
     let ctl = &controller["spec"]["template"]["spec"]["containers"][0];
@@ -350,9 +357,13 @@ fn check_rendered(docs: &[Value], image: &str, controller_replicas: i64) {
             .unwrap()
             .contains(&json!("--leader-elect=true"))
     );
-    assert_eq!(
-        syncer["spec"]["template"]["spec"]["containers"][0]["args"][0],
-        "syncer"
+    let sync = &syncer["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(sync["args"][0], "syncer");
+    assert!(
+        sync["args"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("--leader-elect=true"))
     );
 
     // one ServiceAccount per component, each bound to its own roles
@@ -751,6 +762,41 @@ async fn can(
     created.status.unwrap().allowed
 }
 
+/// Whether a ServiceAccount may do `verb` on one named object.
+async fn can_named(
+    client: &kube::Client,
+    user: &str,
+    verb: &str,
+    (group, resource): (&str, &str),
+    ns: Option<&str>,
+    name: &str,
+) -> bool {
+    let sa_ns = user.split(':').nth(2).unwrap_or_default();
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(user.to_owned()),
+            groups: Some(vec![
+                "system:serviceaccounts".into(),
+                format!("system:serviceaccounts:{sa_ns}"),
+                "system:authenticated".into(),
+            ]),
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(verb.to_owned()),
+                group: Some(group.to_owned()),
+                resource: Some(resource.to_owned()),
+                namespace: ns.map(str::to_owned),
+                name: Some(name.to_owned()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let api: Api<SubjectAccessReview> = Api::all(client.clone());
+    let created = api.create(&PostParams::default(), &review).await.unwrap();
+    created.status.unwrap().allowed
+}
+
 /// A kubeconfig authenticating with a fresh token of ServiceAccount `sa` in kvtenant-system.
 async fn service_account_kubeconfig(host: &ControlPlane, dir: &Path, sa: &str) -> PathBuf {
     let admin = host.kubeconfig_path();
@@ -1012,7 +1058,11 @@ async fn deploy_and_samples_on_testenv() {
         (SYNCER_SA, (false, "create", "apiextensions.k8s.io", "customresourcedefinitions", None)),
         (SYNCER_SA, (false, "create", "admissionregistration.k8s.io", "validatingwebhookconfigurations", None)),
         (SYNCER_SA, (false, "create", "apiregistration.k8s.io", "apiservices", None)),
+        // leader election: its own Lease only (by name, checked below)
+        (SYNCER_SA, (true, "create", "coordination.k8s.io", "leases", system)),
+        (SYNCER_SA, (false, "create", "coordination.k8s.io", "leases", Some("default"))),
         (SYNCER_SA, (false, "update", "coordination.k8s.io", "leases", system)),
+        (SYNCER_SA, (false, "list", "coordination.k8s.io", "leases", system)),
         (SYNCER_SA, (false, "create", "rbac.authorization.k8s.io", "rolebindings", host_ns)),
     ];
     // the CLI's ClusterRole, bound to a platform admin who is not cluster-admin
@@ -1052,6 +1102,28 @@ async fn deploy_and_samples_on_testenv() {
                 "{} {verb} {group}/{resource} in {ns:?}: expected {}",
                 user.rsplit(':').next().unwrap(),
                 if expect { "allowed" } else { "denied" }
+            ));
+        }
+    }
+    #[rustfmt::skip]
+    let named_leases: &[(bool, &str, &str)] = &[
+        (true, "get", "kvtenant-syncer"),
+        (true, "update", "kvtenant-syncer"),
+        (false, "update", "kvtenant-controller"),
+        (false, "delete", "kvtenant-syncer"),
+    ];
+    for &(expect, verb, name) in named_leases {
+        let r = can_named(
+            &client,
+            SYNCER_SA,
+            verb,
+            ("coordination.k8s.io", "leases"),
+            system,
+            name,
+        );
+        if r.await != expect {
+            wrong.push(format!(
+                "kvtenant-syncer {verb} Lease {name}: expected {expect}"
             ));
         }
     }

@@ -1,4 +1,6 @@
-//! Leader election on a `coordination.k8s.io/v1` Lease, with client-go's semantics.
+//! Leader election on a `coordination.k8s.io/v1` Lease, with client-go's semantics. Used by the
+//! controller (only the holder reconciles) and the syncer (only the holder syncs; every replica
+//! serves the proxies and the webhooks).
 //!
 //! Why not a crate: `kube-lease-manager` (the maintained one, compatible with kube 5) keeps
 //! reporting leadership while it cannot reach the apiserver, so a partitioned leader would go on
@@ -94,7 +96,7 @@ impl std::fmt::Debug for LeaderElector {
 }
 
 fn is_conflict(e: &kube::Error) -> bool {
-    kvtenant_kubeutil::classify(e) == kvtenant_kubeutil::ApiErrorClass::Conflict
+    crate::classify(e) == crate::ApiErrorClass::Conflict
 }
 
 impl LeaderElector {

@@ -6,9 +6,11 @@
 //! - [`kubeconfig`]: a client from kubeconfig text, refusing kubeconfigs that would make kvtenant
 //!   run programs or read its own files.
 //! - [`apply`]: server-side apply that skips writes when nothing changed.
+//! - [`leader`]: Lease-based leader election (client-go's semantics).
 
 pub mod apply;
 pub mod kubeconfig;
+pub mod leader;
 
 /// What kind of failure a Kubernetes API call had, decided once from the status code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -67,16 +67,29 @@ pub struct Host {
     /// Host namespaces kvtenant made, by name.
     namespaces: RwLock<HashMap<String, HostNamespaceOwner>>,
     pub queue: WorkQueue,
+    /// Shared by every start of the syncer in this process (a replica leads again after a
+    /// loss: the counters go on).
     pub metrics: Metrics,
     /// The host's KubeVirt/CDI CRDs, read once for all tenants.
     pub crds: crate::crds::HostCrds,
-    /// Set once the kubelet proxy listens.
-    pub kubelet: RwLock<Option<KubeletEndpoint>>,
+    /// Set once the kubelet proxy listens (shared with [`crate::Tenants`], whose proxy sets it).
+    pub kubelet: Arc<RwLock<Option<KubeletEndpoint>>>,
 }
 
 impl Host {
     /// The host state and the writers its watchers fill (see [`watch`]).
+    #[cfg(test)]
     pub(crate) fn new(client: Client) -> (Arc<Self>, Writers) {
+        Self::new_shared(client, Metrics::default(), Arc::default())
+    }
+
+    /// As [`Host::new`], with the metrics and the kubelet endpoint the syncer keeps across
+    /// its starts.
+    pub(crate) fn new_shared(
+        client: Client,
+        metrics: Metrics,
+        kubelet: Arc<RwLock<Option<KubeletEndpoint>>>,
+    ) -> (Arc<Self>, Writers) {
         let mut stores = Vec::new();
         let mut made = Vec::new();
         let mut writers = Writers::default();
@@ -99,8 +112,8 @@ impl Host {
             stores,
             namespaces: RwLock::new(HashMap::new()),
             queue: FairQueue::default(),
-            metrics: Metrics::default(),
-            kubelet: RwLock::new(None),
+            metrics,
+            kubelet,
         });
         (host, writers)
     }

@@ -4,6 +4,7 @@
 //! - [`syncer`]: starts everything; the workers and the consistency scan.
 //! - [`virtualclusters`]: which tenants run (a Controller over VirtualClusters).
 //! - [`registry`]: the running tenants, and the narrow view the proxy and webhooks get.
+//! - [`directory`]: what every replica, leading or not, knows of the tenants it serves.
 //! - [`host`]: host caches, host namespaces, the work queue, metrics (knows no tenant).
 //! - [`tenant`]: one tenant: caches, watchers, the execution of plans.
 //! - [`plan`]: the decision for one key, pure (the state table).
@@ -14,6 +15,7 @@
 //! - [`queue`]: the per-tenant fair work queue with deduplicated delays.
 //! - [`proxy`]: KubeVirt's subresource API (console, vnc, start/stop, ...) for the tenants.
 pub mod crds;
+pub mod directory;
 pub mod error;
 pub mod guard;
 pub mod host;

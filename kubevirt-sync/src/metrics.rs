@@ -43,13 +43,19 @@ pub struct ApiLabels {
     pub verb: String,
 }
 
-/// The syncer's metrics.
+/// The syncer's metrics. A clone shares the values.
+#[derive(Clone)]
 pub struct Metrics {
     pub queue_depth: Family<TenantLabels, Gauge>,
     pub syncs: Family<SyncLabels, Counter>,
     pub errors: Family<ErrorLabels, Counter>,
     pub api_calls: Family<ApiLabels, Counter>,
     pub reconcile_seconds: Family<LatencyLabels, Histogram>,
+    /// 1 while this replica holds the syncer's Lease and syncs (always 1 without leader
+    /// election).
+    pub leader: Gauge,
+    /// Times this replica started syncing (took the Lease).
+    pub leader_starts: Counter,
 }
 
 impl Default for Metrics {
@@ -62,6 +68,8 @@ impl Default for Metrics {
             reconcile_seconds: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.0005, 2.0, 16))
             }),
+            leader: Gauge::default(),
+            leader_starts: Counter::default(),
         }
     }
 }
@@ -94,6 +102,16 @@ impl Metrics {
             "reconcile_seconds",
             "Time to reconcile one key (tenant and host in agreement), by tenant and direction",
             self.reconcile_seconds.clone(),
+        );
+        r.register(
+            "leader",
+            "1 while this replica holds the syncer Lease and syncs",
+            self.leader.clone(),
+        );
+        r.register(
+            "leader_starts",
+            "Times this replica took the syncer Lease and started syncing",
+            self.leader_starts.clone(),
         );
     }
 

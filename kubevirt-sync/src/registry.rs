@@ -3,8 +3,8 @@
 //! when it is dropped).
 //!
 //! The proxy and the webhooks see tenants only through [`Tenants`]: a [`TenantHandle`] per
-//! running tenant (its identity, spec and client), the host client and the host namespace
-//! owners. They never reach the syncer's internals.
+//! served tenant (its identity, spec and client), the host client and the host namespace
+//! owners, from the [`Directory`] every replica keeps. They never reach the syncer's internals.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -12,7 +12,8 @@ use std::sync::{Arc, RwLock};
 use kube::Client;
 use kvtenant_api::labels::HostNamespaceOwner;
 
-use crate::host::Host;
+use crate::directory::Directory;
+use crate::host::KubeletEndpoint;
 use crate::tenant::Tenant;
 pub use crate::tenant::TenantHandle;
 
@@ -45,39 +46,42 @@ impl Registry {
     }
 }
 
-/// The narrow view of the syncer the proxy and the webhooks use.
+/// The narrow view of the syncer the proxy and the webhooks use. Every replica has it, leading
+/// or not: it reads the [`Directory`], which every replica fills, never the leader's tenants.
 #[derive(Clone)]
 pub struct Tenants {
-    pub(crate) registry: Arc<Registry>,
-    pub(crate) host: Arc<Host>,
+    pub(crate) directory: Arc<Directory>,
+    pub(crate) client: Client,
+    /// Shared with the leader's syncer, whatever replica leads.
+    pub(crate) kubelet: Arc<RwLock<Option<KubeletEndpoint>>>,
 }
 
 impl Tenants {
     /// The host client.
     pub fn host(&self) -> &Client {
-        &self.host.client
+        &self.client
     }
 
-    /// The running tenants.
+    /// The tenants served.
     pub fn running(&self) -> Vec<TenantHandle> {
-        self.registry.all().iter().map(|t| t.handle()).collect()
+        self.directory.all()
     }
 
-    /// The running tenant with this VirtualCluster uid.
+    /// The served tenant with this VirtualCluster uid.
     pub fn get(&self, uid: &str) -> Option<TenantHandle> {
-        self.registry.get(uid).map(|t| t.handle())
+        self.directory.get(uid)
     }
 
     /// Makes the tenants' Nodes advertise the kubelet proxy (shown Nodes take it at their next
     /// refresh).
-    pub fn set_kubelet_endpoint(&self, endpoint: crate::host::KubeletEndpoint) {
-        if let Ok(mut k) = self.host.kubelet.write() {
+    pub fn set_kubelet_endpoint(&self, endpoint: KubeletEndpoint) {
+        if let Ok(mut k) = self.kubelet.write() {
             *k = Some(endpoint);
         }
     }
 
     /// The owner of a host namespace kvtenant made.
     pub fn namespace_owner(&self, host_ns: &str) -> Option<HostNamespaceOwner> {
-        self.host.namespace_owner(host_ns)
+        self.directory.namespace_owner(host_ns)
     }
 }

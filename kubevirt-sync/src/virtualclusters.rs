@@ -72,7 +72,7 @@ pub fn desired(vc: &VirtualCluster) -> Desired {
 }
 
 /// A fingerprint of what a running tenant was started from; a change restarts it.
-fn fingerprint(vc: &VirtualCluster, secret_rv: &str) -> String {
+pub(crate) fn fingerprint(vc: &VirtualCluster, secret_rv: &str) -> String {
     format!("{}/{secret_rv}", vc.metadata.generation.unwrap_or_default())
 }
 
@@ -266,7 +266,7 @@ async fn reconcile(vc: Arc<VirtualCluster>, ctx: Arc<Ctx>) -> Result<Action, Err
 /// certificate ([`kvtenant_api::labels::WEBHOOK_CLIENT_CA_KEY`]), and of its front-proxy and
 /// kubelet client certificates ([`kvtenant_api::labels::FRONT_PROXY_CA_KEY`],
 /// [`kvtenant_api::labels::CLIENT_CA_KEY`]).
-async fn tenant_client(
+pub(crate) async fn tenant_client(
     host: &Client,
     ns: &str,
     secret: &str,

@@ -53,6 +53,11 @@ use crate::plan::{self, Direction, Plan, View};
 /// Every tenant start gets a new number ([`TenantHandle::instance`]).
 static INSTANCES: AtomicU64 = AtomicU64::new(1);
 
+/// A new [`TenantHandle::instance`] number.
+pub(crate) fn next_instance() -> u64 {
+    INSTANCES.fetch_add(1, Ordering::Relaxed)
+}
+
 /// How long a key waits while the caches it needs are still listing.
 const CACHE_WAIT: Duration = Duration::from_millis(200);
 
@@ -196,7 +201,7 @@ impl Tenant {
             recreate_failed: Mutex::new(HashSet::new()),
             api_endpoint: endpoint,
             map_lock: tokio::sync::Mutex::new(()),
-            instance: INSTANCES.fetch_add(1, Ordering::Relaxed),
+            instance: next_instance(),
             webhook_client_ca: webhook_client_ca.map(Arc::from),
             proxy_cas,
         });
