@@ -277,7 +277,9 @@ fn validation_rules_are_in_place() {
         [
             "(has(self.mode) && self.mode == 'External') == has(self.kubeconfigSecretRef)",
             crate::v1alpha1::EXTERNAL_ETCD_RULE,
-            crate::v1alpha1::EXTERNAL_DATABASE_RULE
+            crate::v1alpha1::EXTERNAL_DATABASE_RULE,
+            crate::v1alpha1::KINE_REPLICAS_RULE,
+            crate::v1alpha1::ETCD_MEMBERS_RULE
         ]
     );
     assert_eq!(
@@ -298,7 +300,8 @@ fn validation_rules_are_in_place() {
     assert_eq!(rules(&cp["properties"]["mode"]), ["self == oldSelf"]);
     assert_eq!(rules(&cp["properties"]["datastore"]), ["self == oldSelf"]);
     assert_eq!(cp["properties"]["replicas"]["minimum"], json!(0.0));
-    assert_eq!(cp["properties"]["replicas"]["maximum"], json!(1.0));
+    assert_eq!(cp["properties"]["replicas"]["maximum"], json!(3.0));
+    assert_eq!(rules(&cp["properties"]["replicas"]), ["self != 2"]);
     let conditions = &s["properties"]["status"]["properties"]["conditions"];
     assert_eq!(conditions["x-kubernetes-list-type"], "map");
     assert_eq!(conditions["x-kubernetes-list-map-keys"], json!(["type"]));

@@ -31,6 +31,15 @@ pub const DEFAULT_KUBECONFIG_KEY: &str = "kubeconfig";
 const MODE_RULE: &str =
     "(has(self.mode) && self.mode == 'External') == has(self.kubeconfigSecretRef)";
 
+/// The CEL rule keeping a Kine (SQLite) control plane at one pod.
+pub(crate) const KINE_REPLICAS_RULE: &str =
+    "!has(self.datastore) || self.datastore != 'Kine' || self.replicas <= 1";
+
+/// The CEL transition rule keeping an Etcd control plane's member count (1 ↔ 3 is refused; 0
+/// stops it, so 1 → 0 → 3 passes here and is refused by the controller, which knows the count
+/// the etcd was created with).
+pub(crate) const ETCD_MEMBERS_RULE: &str = "(has(self.datastore) && self.datastore != 'Etcd') || self.replicas == 0 || oldSelf.replicas == 0 || self.replicas == oldSelf.replicas";
+
 /// The control plane of a virtual cluster.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
@@ -45,6 +54,14 @@ const MODE_RULE: &str =
 #[x_kube(validation = Rule::new(super::datastore::EXTERNAL_DATABASE_RULE)
     .message("externalDatabase is required when datastore is ExternalDatabase and must not be set otherwise")
     .field_path(".externalDatabase")
+    .reason(Reason::FieldValueInvalid))]
+#[x_kube(validation = Rule::new(KINE_REPLICAS_RULE)
+    .message("datastore Kine (SQLite in the pod's volume) runs one pod: use replicas 0 or 1, or datastore Etcd, ExternalEtcd or ExternalDatabase for 3")
+    .field_path(".replicas")
+    .reason(Reason::FieldValueInvalid))]
+#[x_kube(validation = Rule::new(ETCD_MEMBERS_RULE)
+    .message("an Etcd control plane keeps the member count it was created with: replicas may change between 0 and that count (1 or 3) only; for another size, create a new VirtualCluster")
+    .field_path(".replicas")
     .reason(Reason::FieldValueInvalid))]
 pub struct ControlPlaneSpec {
     /// Managed (default): kvtenant runs kube-apiserver, kube-controller-manager and the datastore
@@ -65,10 +82,15 @@ pub struct ControlPlaneSpec {
     #[x_kube(validation = Rule::new("self == oldSelf").message("controlPlane.datastore is immutable"))]
     pub datastore: Datastore,
 
-    /// Managed only: number of control-plane replicas, 1 (default) or 0 to stop the control
-    /// plane while keeping its data.
+    /// Managed only: number of control-plane pods: 1 (default), 3 for high availability (with
+    /// datastore Etcd a 3-member etcd cluster, one member per pod; with an external datastore
+    /// three apiservers; kube-controller-manager elects a leader; a PodDisruptionBudget lets one
+    /// pod go at a time), or 0 to stop the control plane while keeping its data. An Etcd control
+    /// plane keeps the member count it was created with (1 or 3); Kine (SQLite in one pod's
+    /// volume) runs one pod.
     #[serde(default = "default_replicas")]
-    #[schemars(range(min = 0, max = 1))]
+    #[schemars(range(min = 0, max = 3))]
+    #[x_kube(validation = Rule::new("self != 2").message("controlPlane.replicas must be 0, 1 or 3: an etcd cluster needs an odd number of members"))]
     pub replicas: i32,
 
     /// Managed only: container images of the control-plane components. Each one not set

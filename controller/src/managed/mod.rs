@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ObjectReference, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
 use kube::runtime::events::EventType;
 use kvtenant_api::{Phase, VirtualCluster};
@@ -64,6 +65,7 @@ pub async fn reconcile(vc: &VirtualCluster, ctx: &Context) -> Result<Observation
     let req = pki::PkiRequest {
         cluster: format!("{ns}/{}", t.vcref.name),
         apiserver_sans: render::apiserver_sans(&t, Some(&main)),
+        etcd_peer_sans: render::etcd_peer_sans(&t),
     };
     let renew_before =
         time::Duration::try_from(ctx.config.renew_before).unwrap_or(time::Duration::days(30));
@@ -99,8 +101,20 @@ pub async fn reconcile(vc: &VirtualCluster, ctx: &Context) -> Result<Observation
     let (_, changed) = apply_if_changed(&secrets, kubeconfig, kvtenant_api::MANAGER).await?;
     step(ctx, vc, changed, "v1", "Secret", &t.names.kubeconfig_secret).await;
 
-    // StatefulSet.
-    let statefulsets: Api<StatefulSet> = Api::namespaced(client, &ns);
+    // StatefulSet, unless the spec asks for an etcd membership change kvtenant cannot make.
+    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+    let existing = statefulsets
+        .get_opt(&t.names.statefulset)
+        .await
+        .map_err(|e| {
+            Error::kube(
+                format!("reading StatefulSet {ns}/{}", t.names.statefulset),
+                e,
+            )
+        })?;
+    if let Some(problem) = render::etcd_members_problem(&t, existing.as_ref()) {
+        return Err(Error::InvalidSpec(problem));
+    }
     let sts = render::statefulset(&t, &pki_hash).map_err(ser("the StatefulSet"))?;
     let (sts, changed) = apply_if_changed(&statefulsets, sts, kvtenant_api::MANAGER).await?;
     step(
@@ -109,6 +123,20 @@ pub async fn reconcile(vc: &VirtualCluster, ctx: &Context) -> Result<Observation
         changed,
         "apps/v1",
         "StatefulSet",
+        &t.names.statefulset,
+    )
+    .await;
+
+    // One pod at a time may be disrupted (an etcd of 3 keeps its quorum).
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(client, &ns);
+    let pdb = render::pod_disruption_budget(&t).map_err(ser("the PodDisruptionBudget"))?;
+    let (_, changed) = apply_if_changed(&budgets, pdb, kvtenant_api::MANAGER).await?;
+    step(
+        ctx,
+        vc,
+        changed,
+        "policy/v1",
+        "PodDisruptionBudget",
         &t.names.statefulset,
     )
     .await;

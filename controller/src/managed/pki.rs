@@ -42,6 +42,12 @@ pub mod keys {
     /// by [`crate::managed::render`]).
     pub const ADMISSION_CONFIG: &str = "admission-config.yaml";
     pub const WEBHOOK_KUBECONFIG: &str = "webhook-client.kubeconfig";
+    /// An etcd cluster's own CA and the members' peer certificate (replicas > 1 with datastore
+    /// Etcd): a separate CA, so no tenant client certificate can talk to the peer port.
+    pub const ETCD_CA_CRT: &str = "etcd-ca.crt";
+    pub const ETCD_CA_KEY: &str = "etcd-ca.key";
+    pub const ETCD_PEER_CRT: &str = "etcd-peer.crt";
+    pub const ETCD_PEER_KEY: &str = "etcd-peer.key";
     pub const SA_KEY: &str = "sa.key";
     pub const SA_PUB: &str = "sa.pub";
     /// The controller-manager's kubeconfig (rendered from the certificates; see
@@ -105,6 +111,17 @@ pub struct Pki {
     pub webhook_client: CertKey,
     /// Service-account signing key pair.
     pub service_account: ServiceAccountKey,
+    /// The etcd cluster's CA and peer certificate, when the datastore is a multi-member etcd.
+    pub etcd: Option<EtcdPki>,
+}
+
+/// The PKI of a multi-member etcd in the control-plane pods.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct EtcdPki {
+    /// Signs the peer certificate; trusted by the members for peer traffic only.
+    pub ca: CertKey,
+    /// Every member's peer certificate (server and client), valid for the members' names.
+    pub peer: CertKey,
 }
 
 /// What [`ensure`] should produce.
@@ -114,6 +131,9 @@ pub struct PkiRequest {
     pub cluster: String,
     /// DNS names and IP addresses of the serving certificate.
     pub apiserver_sans: Vec<String>,
+    /// Names of the etcd members' peer certificate; empty: a single-member etcd (no peer
+    /// certificate).
+    pub etcd_peer_sans: Vec<String>,
 }
 
 fn validity(params: &mut CertificateParams, now: OffsetDateTime, days: i64) {
@@ -180,6 +200,17 @@ fn issue_server(ca: &CertKey, sans: &[String], now: OffsetDateTime) -> Result<Ce
     params.distinguished_name = dn("kube-apiserver", &[]);
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     issue(ca, params, now, "serving certificate")
+}
+
+fn issue_peer(ca: &CertKey, sans: &[String], now: OffsetDateTime) -> Result<CertKey, PkiError> {
+    let what = "etcd peer certificate";
+    let mut params = CertificateParams::new(sans.to_vec()).map_err(gen_err(what))?;
+    params.distinguished_name = dn("kvtenant-etcd-peer", &[]);
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    issue(ca, params, now, what)
 }
 
 fn issue_client(
@@ -442,6 +473,29 @@ pub fn ensure(
             }
         }
     };
+    let etcd = if req.etcd_peer_sans.is_empty() {
+        None
+    } else {
+        let (etcd_ca, new_etcd_ca) = match keep(pair(existing, ETCD_CA_CRT, ETCD_CA_KEY), None) {
+            Some(ca) => (ca, false),
+            None => {
+                issued.push("etcd-ca");
+                let cn = format!("kvtenant-etcd-ca {}", req.cluster);
+                (new_ca(&cn, now)?, true)
+            }
+        };
+        let peer_sans = canonical_sans(&req.etcd_peer_sans);
+        let peer = leaf(
+            &mut issued,
+            "etcd-peer",
+            ETCD_PEER_CRT,
+            ETCD_PEER_KEY,
+            new_etcd_ca,
+            Some(&peer_sans),
+            &|| issue_peer(&etcd_ca, &req.etcd_peer_sans, now),
+        )?;
+        Some(EtcdPki { ca: etcd_ca, peer })
+    };
     Ok((
         Pki {
             ca,
@@ -454,6 +508,7 @@ pub fn ensure(
             webhook_client_ca,
             webhook_client,
             service_account,
+            etcd,
         },
         issued,
     ))
@@ -488,116 +543,15 @@ impl Pki {
         put(WEBHOOK_CLIENT_KEY, &self.webhook_client.key_pem);
         put(SA_KEY, &self.service_account.private_key_pem);
         put(SA_PUB, &self.service_account.public_key_pem);
+        if let Some(etcd) = &self.etcd {
+            put(ETCD_CA_CRT, &etcd.ca.cert_pem);
+            put(ETCD_CA_KEY, &etcd.ca.key_pem);
+            put(ETCD_PEER_CRT, &etcd.peer.cert_pem);
+            put(ETCD_PEER_KEY, &etcd.peer.key_pem);
+        }
         m
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn req() -> PkiRequest {
-        PkiRequest {
-            cluster: "ns/vc".into(),
-            apiserver_sans: vec![
-                "vc-apiserver.ns.svc".into(),
-                "localhost".into(),
-                "127.0.0.1".into(),
-            ],
-        }
-    }
-
-    fn data(pki: &Pki) -> BTreeMap<String, Vec<u8>> {
-        pki.secret_entries()
-            .into_iter()
-            .map(|(k, v)| (k, v.into_bytes()))
-            .collect()
-    }
-
-    const RENEW: Duration = Duration::days(30);
-
-    #[test]
-    fn issues_everything_then_keeps_it() {
-        let now = OffsetDateTime::now_utc();
-        let (pki, issued) = ensure(&BTreeMap::new(), &req(), now, RENEW).unwrap();
-        assert_eq!(issued.len(), 10, "{issued:?}");
-        let info = cert_info(&pki.apiserver.cert_pem).unwrap();
-        assert_eq!(info.sans, canonical_sans(&req().apiserver_sans));
-        let (again, issued) = ensure(&data(&pki), &req(), now, RENEW).unwrap();
-        assert!(issued.is_empty(), "{issued:?}");
-        assert_eq!(again, pki);
-    }
-
-    #[test]
-    fn renews_leaves_expiring_within_the_window_but_keeps_the_ca() {
-        let now = OffsetDateTime::now_utc();
-        let (pki, _) = ensure(&BTreeMap::new(), &req(), now, RENEW).unwrap();
-        let later = now + Duration::days(LEAF_VALIDITY_DAYS - 29);
-        let (renewed, issued) = ensure(&data(&pki), &req(), later, RENEW).unwrap();
-        assert_eq!(
-            issued,
-            [
-                "apiserver",
-                "admin",
-                "controller-manager",
-                "apiserver-kubelet-client",
-                "front-proxy-client",
-                "webhook-client"
-            ]
-        );
-        assert_eq!(renewed.ca, pki.ca);
-        assert_eq!(renewed.service_account, pki.service_account);
-        assert_ne!(renewed.apiserver, pki.apiserver);
-        let left =
-            cert_info(&renewed.apiserver.cert_pem).unwrap().not_after - later.unix_timestamp();
-        assert!(
-            left > 300 * 86400,
-            "renewed certificate valid for {left}s only"
-        );
-        // 31 days before expiry: nothing to do yet.
-        let not_yet = now + Duration::days(LEAF_VALIDITY_DAYS - 31);
-        assert!(
-            ensure(&data(&pki), &req(), not_yet, RENEW)
-                .unwrap()
-                .1
-                .is_empty()
-        );
-    }
-
-    #[test]
-    fn a_new_ca_reissues_what_it_signs_and_san_changes_reissue_the_serving_cert() {
-        let now = OffsetDateTime::now_utc();
-        let (pki, _) = ensure(&BTreeMap::new(), &req(), now, RENEW).unwrap();
-        let mut d = data(&pki);
-        d.remove(keys::CA_KEY);
-        let (_, issued) = ensure(&d, &req(), now, RENEW).unwrap();
-        assert_eq!(
-            issued,
-            [
-                "ca",
-                "apiserver",
-                "admin",
-                "controller-manager",
-                "apiserver-kubelet-client"
-            ],
-            "the front-proxy and webhook client CAs and their clients stay"
-        );
-        let mut d = data(&pki);
-        d.remove(keys::WEBHOOK_CLIENT_CA_KEY);
-        let (renewed, issued) = ensure(&d, &req(), now, RENEW).unwrap();
-        assert_eq!(issued, ["webhook-client-ca", "webhook-client"]);
-        assert_ne!(renewed.webhook_client_ca, pki.webhook_client_ca);
-        let mut more = req();
-        more.apiserver_sans.push("vc.example.com".into());
-        let (_, issued) = ensure(&data(&pki), &more, now, RENEW).unwrap();
-        assert_eq!(issued, ["apiserver"]);
-    }
-
-    #[test]
-    fn keys_are_never_printed() {
-        let (pki, _) = ensure(&BTreeMap::new(), &req(), OffsetDateTime::now_utc(), RENEW).unwrap();
-        let dbg = format!("{pki:?}");
-        assert!(!dbg.contains("PRIVATE KEY"), "{dbg}");
-        assert!(!dbg.contains("BEGIN"), "{dbg}");
-    }
-}
+mod tests;

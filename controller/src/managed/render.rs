@@ -302,13 +302,20 @@ pub fn services(t: &Target<'_>) -> Result<[Service; 2], serde_json::Error> {
             "ports": [{"name": "https", "port": SERVICE_PORT, "targetPort": "https", "protocol": "TCP"}],
         }
     }))?;
+    let mut ports = vec![
+        json!({"name": "https", "port": APISERVER_PORT, "targetPort": "https", "protocol": "TCP"}),
+    ];
+    if etcd_cluster(t) {
+        // the members find each other as <pod>.<headless Service>.<namespace>.svc
+        ports.push(json!({"name": "etcd-peer", "port": ETCD_PEER_PORT, "targetPort": "etcd-peer", "protocol": "TCP"}));
+    }
     let headless: Service = serde_json::from_value(json!({
         "metadata": t.meta(&t.names.statefulset),
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": true,
             "selector": t.pod_labels(),
-            "ports": [{"name": "https", "port": APISERVER_PORT, "targetPort": "https", "protocol": "TCP"}],
+            "ports": ports,
         }
     }))?;
     Ok([main, headless])
@@ -472,7 +479,12 @@ pub use kvtenant_kubeutil::apply::content_hash;
 
 mod admission;
 pub use admission::admission_files;
+mod ha;
 mod statefulset;
+pub use ha::{
+    ETCD_MEMBERS, ETCD_PKI_DIR, etcd_cluster, etcd_cluster_command, etcd_members,
+    etcd_members_problem, etcd_peer_sans, pod_disruption_budget,
+};
 pub use statefulset::{
     DATABASE_TLS_DIR, ETCD_CLIENT_DIR, KINE_ENDPOINT_ENV, etcd_prefix, statefulset,
     with_external_database, with_external_etcd, with_prefix,

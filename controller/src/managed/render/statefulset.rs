@@ -91,7 +91,13 @@ pub fn statefulset(t: &Target<'_>, pki_hash: &str) -> Result<StatefulSet, serde_
 
     let mut extra_volumes = Vec::new();
     let kine = cp.datastore.runs_kine();
-    let datastore = datastore_command(cp.datastore).map(|cmd| {
+    let members = super::ha::etcd_members(t);
+    let cluster = super::ha::etcd_cluster(t);
+    let command = match members {
+        Some(n) if cluster => Some(super::ha::etcd_cluster_command(t, n)),
+        _ => datastore_command(cp.datastore),
+    };
+    let datastore = command.map(|cmd| {
         let (cmd, env, tls) = match &cp.external_database {
             Some(db) if cp.datastore == Datastore::ExternalDatabase => {
                 with_external_database(cmd, db, t.database_client_cert)
@@ -127,9 +133,15 @@ pub fn statefulset(t: &Target<'_>, pki_hash: &str) -> Result<StatefulSet, serde_
             datastore["livenessProbe"] = http_probe("/livez", 10, 6);
             datastore["readinessProbe"] = http_probe("/readyz", 5, 3);
             datastore["startupProbe"] = http_probe("/livez", 5, 30);
+            if cluster {
+                super::ha::etcd_cluster_container(&mut datastore);
+            }
         }
         datastore
     });
+    if cluster {
+        extra_volumes.push(super::ha::etcd_pki_volume(t));
+    }
 
     let mut as_command = apiserver_command();
     let mut as_mounts =
@@ -168,7 +180,17 @@ pub fn statefulset(t: &Target<'_>, pki_hash: &str) -> Result<StatefulSet, serde_
         "volumeMounts": as_mounts,
     });
 
-    let (cm_cmd, cm_args) = command_args(controller_manager_command());
+    let mut cm_command = controller_manager_command();
+    if cp.replicas > 1 {
+        // more than one pod: one controller-manager works at a time
+        for a in cm_command
+            .iter_mut()
+            .filter(|a| a.starts_with("--leader-elect="))
+        {
+            *a = "--leader-elect=true".into();
+        }
+    }
+    let (cm_cmd, cm_args) = command_args(cm_command);
     let controller_manager = json!({
         "name": "kube-controller-manager",
         "image": images.controller_manager,
@@ -216,13 +238,20 @@ pub fn statefulset(t: &Target<'_>, pki_hash: &str) -> Result<StatefulSet, serde_
         .into_iter()
         .chain([apiserver, controller_manager])
         .collect();
-    serde_json::from_value(json!({
-        "metadata": t.meta(&t.names.statefulset),
+    let mut meta = t.meta(&t.names.statefulset);
+    if let Some(n) = members {
+        meta.annotations
+            .get_or_insert_with(Default::default)
+            .insert(super::ha::ETCD_MEMBERS.to_owned(), n.to_string());
+    }
+    let mut sts: StatefulSet = serde_json::from_value(json!({
+        "metadata": meta,
         "spec": {
             "replicas": replicas,
             "serviceName": t.names.statefulset,
             "selector": {"matchLabels": t.pod_labels()},
-            "podManagementPolicy": "OrderedReady",
+            // an etcd cluster's members must start together to form a quorum
+            "podManagementPolicy": if cluster { "Parallel" } else { "OrderedReady" },
             "updateStrategy": {"type": "RollingUpdate"},
             "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Delete", "whenScaled": "Retain"},
             "template": {
@@ -251,5 +280,11 @@ pub fn statefulset(t: &Target<'_>, pki_hash: &str) -> Result<StatefulSet, serde_
                 "spec": pvc_spec,
             }]) },
         }
-    }))
+    }))?;
+    if cp.replicas > 1
+        && let Some(pod) = sts.spec.template.spec.as_mut()
+    {
+        pod.topology_spread_constraints = Some(serde_json::from_value(super::ha::spread(t))?);
+    }
+    Ok(sts)
 }

@@ -14,6 +14,7 @@ fn pki_for(t: &Target<'_>) -> Pki {
     let req = pki::PkiRequest {
         cluster: "tenants/alpha".into(),
         apiserver_sans: apiserver_sans(t, None),
+        etcd_peer_sans: etcd_peer_sans(t),
     };
     pki::ensure(
         &BTreeMap::new(),
