@@ -33,12 +33,12 @@ const MODE_RULE: &str =
 
 /// The CEL rule keeping a Kine (SQLite) control plane at one pod.
 pub(crate) const KINE_REPLICAS_RULE: &str =
-    "!has(self.datastore) || self.datastore != 'Kine' || self.replicas <= 1";
+    "!has(self.datastore) || self.datastore != 'Kine' || !has(self.replicas) || self.replicas <= 1";
 
 /// The CEL transition rule keeping an Etcd control plane's member count (1 ↔ 3 is refused; 0
 /// stops it, so 1 → 0 → 3 passes here and is refused by the controller, which knows the count
 /// the etcd was created with).
-pub(crate) const ETCD_MEMBERS_RULE: &str = "(has(self.datastore) && self.datastore != 'Etcd') || self.replicas == 0 || oldSelf.replicas == 0 || self.replicas == oldSelf.replicas";
+pub(crate) const ETCD_MEMBERS_RULE: &str = "(has(self.datastore) && self.datastore != 'Etcd') || !has(self.replicas) || !has(oldSelf.replicas) || self.replicas == 0 || oldSelf.replicas == 0 || self.replicas == oldSelf.replicas";
 
 /// The control plane of a virtual cluster.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]

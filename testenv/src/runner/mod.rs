@@ -230,10 +230,13 @@ async fn run(
         }
         state.forget_missing(&listed);
 
-        // node ports of the Services selecting the running pods
+        // node ports of the Services selecting the running pods; with several pods behind one
+        // Service, a ready one (ready pods come last and win)
         let mut wanted = BTreeMap::new();
         let mut services: BTreeMap<String, Vec<Service>> = BTreeMap::new();
-        for pod in &listed {
+        let mut by_readiness: Vec<&Pod> = listed.iter().collect();
+        by_readiness.sort_by_key(|p| is_ready(p));
+        for pod in by_readiness {
             let ns = pod.namespace().unwrap_or_default();
             let Some(local) = state.ports_of(pod) else {
                 continue;
@@ -268,4 +271,12 @@ async fn run(
             *s = state.snapshot();
         }
     }
+}
+
+/// Whether the pod's Ready condition is True (as the runner last reported it).
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }

@@ -1,7 +1,7 @@
 //! Pure decisions of the control-plane runner: how a pod's containers become local command
 //! lines (ports, volume paths, environment), and the pod status it reports.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{Container, Pod, Probe};
@@ -46,6 +46,92 @@ pub fn rewrite(s: &str, mounts: &[(String, PathBuf)], ports: &BTreeMap<u16, u16>
         s = s.replace(path.as_str(), &local.display().to_string());
     }
     rewrite_ports(&s, ports)
+}
+
+/// Local ports of the pods a pod addresses by name: pod name → (pod port → local port).
+pub type Peers = BTreeMap<String, BTreeMap<u16, u16>>;
+
+/// One `<pod>.<service>.<ns>.svc[.cluster.local]` name in a text: byte range, pod, port.
+struct PeerRef<'a> {
+    start: usize,
+    end: usize,
+    pod: &'a str,
+    port: Option<u16>,
+}
+
+fn peer_refs<'a>(s: &'a str, ns: &str) -> Vec<PeerRef<'a>> {
+    let needle = format!(".{ns}.svc");
+    let host_char = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.';
+    let bytes = s.as_bytes();
+    let mut refs = Vec::new();
+    let mut from = 0;
+    while let Some(at) = s[from..].find(&needle).map(|i| i + from) {
+        from = at + needle.len();
+        let mut end = from;
+        if s[end..].starts_with(".cluster.local") {
+            end += ".cluster.local".len();
+        }
+        // the name ends here: not a longer label (`.svcx`), not another domain
+        if bytes.get(end).is_some_and(|&c| host_char(c) && c != b'.') {
+            continue;
+        }
+        let mut start = at;
+        while start > 0 && host_char(bytes[start - 1]) {
+            start -= 1;
+        }
+        let Some((pod, service)) = s[start..at].split_once('.') else {
+            continue;
+        };
+        if pod.is_empty() || service.is_empty() || service.contains('.') {
+            continue;
+        }
+        let mut port = None;
+        if bytes.get(end) == Some(&b':') {
+            let digits: String = s[end + 1..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            if let Ok(p) = digits.parse() {
+                port = Some(p);
+                end += 1 + digits.len();
+            }
+        }
+        refs.push(PeerRef {
+            start,
+            end,
+            pod,
+            port,
+        });
+    }
+    refs
+}
+
+/// The pods of namespace `ns` that `text` addresses as `<pod>.<service>.<ns>.svc` (a
+/// StatefulSet's members through its headless Service).
+pub fn peer_names(text: &str, ns: &str) -> BTreeSet<String> {
+    peer_refs(text, ns)
+        .into_iter()
+        .map(|r| r.pod.to_owned())
+        .collect()
+}
+
+/// Rewrites `<pod>.<service>.<ns>.svc[.cluster.local]:PORT` of a pod in `peers` to loopback and
+/// that pod's local port (there is no cluster DNS here; every pod is a set of local processes).
+pub fn rewrite_peers(s: &str, ns: &str, peers: &Peers) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut last = 0;
+    for r in peer_refs(s, ns) {
+        let local = r
+            .port
+            .and_then(|p| peers.get(r.pod).and_then(|ports| ports.get(&p)));
+        if let Some(local) = local {
+            out.push_str(&s[last..r.start]);
+            out.push_str(&format!("{LOOPBACK}:{local}"));
+            last = r.end;
+        }
+    }
+    out.push_str(&s[last..]);
+    out
 }
 
 fn rewrite_ports(s: &str, ports: &BTreeMap<u16, u16>) -> String {
@@ -169,6 +255,7 @@ pub fn process_plan(
     volumes: &BTreeMap<String, PathBuf>,
     ports: &BTreeMap<u16, u16>,
     secrets: &SecretValues,
+    peers: &Peers,
 ) -> Result<ProcessPlan, String> {
     let mut mounts = Vec::new();
     for m in c.volume_mounts.iter().flatten() {
@@ -189,10 +276,14 @@ pub fn process_plan(
         ));
     };
     let env = environment(pod, c, secrets);
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let args = command[1..]
         .iter()
         .chain(c.args.iter().flatten())
-        .map(|a| rewrite(&expand(a, &env), &mounts, ports))
+        .map(|a| {
+            let a = rewrite_peers(&expand(a, &env), &ns, peers);
+            rewrite(&a, &mounts, ports)
+        })
         .collect();
     let program = Path::new(program)
         .file_name()

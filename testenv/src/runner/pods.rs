@@ -53,6 +53,9 @@ pub struct Pods {
     opts: RunnerOptions,
     root: PathBuf,
     running: BTreeMap<String, Running>,
+    /// Local ports by `namespace/name`, kept for the pod's name: a StatefulSet's pod comes back
+    /// with the ports its peers know it by.
+    book: std::sync::Mutex<BTreeMap<String, BTreeMap<u16, u16>>>,
 }
 
 impl Pods {
@@ -62,6 +65,7 @@ impl Pods {
             opts,
             root,
             running: BTreeMap::new(),
+            book: Default::default(),
         }
     }
 
@@ -79,6 +83,40 @@ impl Pods {
     }
 
     /// The pod's local ports (pod port → local port), once it runs.
+    /// The pod's local ports (kept for its name) and those of the pods it addresses by name
+    /// (allocated now with the same pod ports if they have not started yet).
+    fn book_ports(&self, pod: &Pod) -> Result<(BTreeMap<u16, u16>, plan::Peers), String> {
+        let ns = pod.namespace().unwrap_or_default();
+        let mut book = self
+            .book
+            .lock()
+            .map_err(|_| "the port book is poisoned".to_owned())?;
+        let mut ports_for = |name: &str| -> Result<BTreeMap<u16, u16>, String> {
+            let key = format!("{ns}/{name}");
+            if let Some(p) = book.get(&key) {
+                return Ok(p.clone());
+            }
+            let p = plan::port_map(pod, &self.opts.pod_ports, crate::controlplane::free_port)
+                .map_err(|e| format!("picking local ports: {e}"))?;
+            book.insert(key, p.clone());
+            Ok(p)
+        };
+        let ports = ports_for(&pod.name_any())?;
+        let text: String = pod
+            .spec
+            .iter()
+            .flat_map(|s| &s.containers)
+            .flat_map(|c| c.command.iter().flatten().chain(c.args.iter().flatten()))
+            .map(|a| format!("{a}\n"))
+            .collect();
+        let mut peers = plan::Peers::new();
+        for name in plan::peer_names(&text, &ns) {
+            let p = ports_for(&name)?;
+            peers.insert(name, p);
+        }
+        Ok((ports, peers))
+    }
+
     pub fn ports_of(&self, pod: &Pod) -> Option<&BTreeMap<u16, u16>> {
         self.running
             .get(&pod.uid().unwrap_or_default())
@@ -160,8 +198,7 @@ impl Pods {
     }
 
     async fn start(&self, pod: &Pod) -> Result<Running, String> {
-        let ports = plan::port_map(pod, &self.opts.pod_ports, crate::controlplane::free_port)
-            .map_err(|e| format!("picking local ports: {e}"))?;
+        let (ports, peers) = self.book_ports(pod)?;
         let dir = self.pod_dir(pod);
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let claims = self.claims_root();
@@ -171,7 +208,7 @@ impl Pods {
         tracing::info!(pod = %key(pod), ?ports, "runner: starting the pod's containers as local processes");
         let slots = containers(pod)
             .map(|c| {
-                let plan = plan::process_plan(pod, c, &vols, &ports, &secrets)
+                let plan = plan::process_plan(pod, c, &vols, &ports, &secrets, &peers)
                     .map_err(|m| ("CreateContainerConfigError".to_owned(), m))
                     .and_then(|p| match self.opts.programs.get(&p.program) {
                         Some(bin) => Ok((bin.clone(), p)),

@@ -102,7 +102,15 @@ fn process_plan_expands_env_and_rewrites_for_this_machine() {
     ]
     .into();
     let c = &pod.spec.as_ref().unwrap().containers[1];
-    let plan = process_plan(&pod, c, &volumes, &ports(), &SecretValues::new()).unwrap();
+    let plan = process_plan(
+        &pod,
+        c,
+        &volumes,
+        &ports(),
+        &SecretValues::new(),
+        &Peers::new(),
+    )
+    .unwrap();
     assert_eq!(plan.program, "kube-apiserver");
     assert_eq!(
         plan.args,
@@ -118,7 +126,15 @@ fn process_plan_expands_env_and_rewrites_for_this_machine() {
     assert_eq!(plan.env["NS"], "vc-a");
     assert_eq!(plan.env["HOSTNAME"], "a-cp-0");
     let etcd = &pod.spec.as_ref().unwrap().containers[0];
-    let plan = process_plan(&pod, etcd, &volumes, &ports(), &SecretValues::new()).unwrap();
+    let plan = process_plan(
+        &pod,
+        etcd,
+        &volumes,
+        &ports(),
+        &SecretValues::new(),
+        &Peers::new(),
+    )
+    .unwrap();
     assert_eq!(plan.args[2], "--data-dir=/tmp/v/data/etcd");
 }
 
@@ -126,7 +142,15 @@ fn process_plan_expands_env_and_rewrites_for_this_machine() {
 fn process_plan_says_what_it_cannot_run() {
     let pod = control_plane_pod();
     let c = &pod.spec.as_ref().unwrap().containers[1];
-    let err = process_plan(&pod, c, &BTreeMap::new(), &ports(), &SecretValues::new()).unwrap_err();
+    let err = process_plan(
+        &pod,
+        c,
+        &BTreeMap::new(),
+        &ports(),
+        &SecretValues::new(),
+        &Peers::new(),
+    )
+    .unwrap_err();
     assert!(err.contains("mounts volume \"pki\""), "{err}");
     let mut no_cmd = c.clone();
     no_cmd.command = None;
@@ -137,6 +161,7 @@ fn process_plan_says_what_it_cannot_run() {
         &BTreeMap::new(),
         &ports(),
         &SecretValues::new(),
+        &Peers::new(),
     )
     .unwrap_err();
     assert!(err.contains("has no command"), "{err}");
@@ -218,4 +243,32 @@ fn environment_takes_secret_keys_the_runner_read() {
     assert_eq!(env["KINE_ENDPOINT"], "postgres://x");
     assert_eq!(env["ECHO"], "postgres://x");
     assert!(!env.contains_key("ABSENT"));
+}
+
+#[test]
+fn peers_named_through_a_headless_service_become_their_local_ports() {
+    let arg = "--initial-cluster=a-0=https://a-0.a.tenants.svc:2380,a-1=https://a-1.a.tenants.svc.cluster.local:2380,x=https://a-2.a.other.svc:2380";
+    assert_eq!(
+        peer_names(arg, "tenants"),
+        ["a-0".to_owned(), "a-1".to_owned()].into()
+    );
+    let peers: Peers = [
+        ("a-0".to_owned(), [(2380, 41000)].into()),
+        ("a-1".to_owned(), [(2380, 41001)].into()),
+    ]
+    .into();
+    assert_eq!(
+        rewrite_peers(arg, "tenants", &peers),
+        "--initial-cluster=a-0=https://127.0.0.1:41000,a-1=https://127.0.0.1:41001,x=https://a-2.a.other.svc:2380"
+    );
+    // no port, an unknown pod or port, a longer name: left alone
+    for same in [
+        "https://a-0.a.tenants.svc",
+        "https://a-9.a.tenants.svc:2380",
+        "https://a-0.a.tenants.svc:2379",
+        "https://a-0.a.tenants.svcx:2380",
+        "https://a-0.b.a.tenants.svc:2380",
+    ] {
+        assert_eq!(rewrite_peers(same, "tenants", &peers), same);
+    }
 }
