@@ -4,10 +4,12 @@
 //! `syncer`), `crds`, and `dev` (everything on one machine, KubeVirt simulated).
 
 mod admin;
+mod capi;
 mod cli;
 mod components;
 #[cfg(feature = "dev")]
 mod dev;
+mod release;
 mod telemetry;
 
 use clap::{Parser, Subcommand};
@@ -83,6 +85,13 @@ enum Command {
     Controller(components::ControllerArgs),
     /// Run the syncer (with the subresource proxy and admission webhooks) for all tenants.
     Syncer(components::SyncerArgs),
+    /// Run one of kvtenant's Cluster API providers: control-plane (KvtenantControlPlane →
+    /// VirtualCluster, the `<cluster>-kubeconfig` Secret) or infrastructure (KvtenantCluster).
+    Capi(capi::CapiCommand),
+    /// Write a release's artifacts with its version stamped: the CRDs, the Helm chart and the
+    /// Cluster API providers' components, metadata and cluster template (a clusterctl provider
+    /// repository).
+    ReleaseArtifacts(release::ReleaseArgs),
     /// Run everything on this machine: a host control plane with a simulated KubeVirt, the
     /// kvtenant components and one virtual cluster. Ctrl-C tears it all down.
     #[cfg(feature = "dev")]
@@ -111,6 +120,8 @@ async fn main() {
         Command::Completion(a) => cli::completion::<Cli>(a),
         Command::Controller(a) => components::controller(&cli.global, a).await,
         Command::Syncer(a) => components::syncer(&cli.global, a).await,
+        Command::Capi(a) => capi::capi(&cli.global, a).await,
+        Command::ReleaseArtifacts(a) => release::release_artifacts(a),
         #[cfg(feature = "dev")]
         Command::Dev(a) => dev::run(a).await,
     };

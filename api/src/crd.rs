@@ -45,7 +45,8 @@ pub fn crd_yaml() -> String {
 /// The start of k8s-openapi's description of `Quantity`.
 const QUANTITY_BOILERPLATE: &str = "Quantity is a fixed-point representation of a number.";
 
-fn tidy(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+/// The CRD with tidier descriptions (see [`crds`]); other CRDs embedding kvtenant types use it too.
+pub fn tidy(crd: CustomResourceDefinition) -> CustomResourceDefinition {
     let Ok(mut value) = serde_json::to_value(&crd) else {
         return crd;
     };
