@@ -972,6 +972,7 @@ async fn deploy_and_samples_on_testenv() {
         (CONTROLLER_SA, (true, "update", "tenancy.kvtenant.io", "virtualclusters/finalizers", vc_ns)),
         (CONTROLLER_SA, (true, "create", "apps", "statefulsets", vc_ns)),
         (CONTROLLER_SA, (true, "create", "policy", "poddisruptionbudgets", vc_ns)),
+        (CONTROLLER_SA, (true, "create", "networking.k8s.io", "ingresses", vc_ns)),
         (CONTROLLER_SA, (true, "patch", "", "secrets", vc_ns)),
         (CONTROLLER_SA, (true, "create", "", "services", vc_ns)),
         (CONTROLLER_SA, (true, "create", "", "configmaps", vc_ns)),

@@ -38,6 +38,11 @@ async fn managed_objects_are_rendered_and_the_rendered_control_plane_boots() {
 
     let mut spec = loopback_spec();
     spec.expose.extra_sans.push("alpha.example.test".into());
+    spec.expose.ingress = Some(kvtenant_api::IngressExpose {
+        host: "alpha.ingress.example.test".into(),
+        ingress_class_name: Some("nginx".into()),
+        annotations: None,
+    });
     let created = create_vc(&client, NS, &vc("alpha", spec)).await;
     let uid = created.uid().unwrap();
     let t0 = Instant::now();
@@ -120,6 +125,27 @@ async fn managed_objects_are_rendered_and_the_rendered_control_plane_boots() {
     let cluster_ip = svc_spec.cluster_ip.clone().unwrap();
     let headless = services.get("alpha-cp").await.unwrap();
     assert_eq!(headless.spec.unwrap().cluster_ip.as_deref(), Some("None"));
+    // spec.expose.ingress: TLS passthrough by host to the apiserver Service (no ingress
+    // controller runs here: the object as the apiserver stored it)
+    let ingresses: Api<k8s_openapi::api::networking::v1::Ingress> =
+        Api::namespaced(client.clone(), NS);
+    let ing = ingresses.get("alpha-apiserver").await.unwrap();
+    owned_by_vc(&|| ing.metadata.owner_references.clone());
+    assert_eq!(
+        ing.metadata.annotations.as_ref().unwrap()["nginx.ingress.kubernetes.io/ssl-passthrough"],
+        "true"
+    );
+    let rule = ing.spec.clone().unwrap().rules.unwrap()[0].clone();
+    assert_eq!(rule.host.as_deref(), Some("alpha.ingress.example.test"));
+    assert_eq!(
+        rule.http.unwrap().paths[0]
+            .backend
+            .service
+            .as_ref()
+            .unwrap()
+            .name,
+        "alpha-apiserver"
+    );
 
     let serving =
         cert_info(std::str::from_utf8(&pki_data[pki::keys::APISERVER_CRT].0).unwrap()).unwrap();
@@ -129,6 +155,7 @@ async fn managed_objects_are_rendered_and_the_rendered_control_plane_boots() {
         "localhost",
         "127.0.0.1",
         "alpha.example.test",
+        "alpha.ingress.example.test",
         cluster_ip.as_str(),
     ] {
         assert!(
@@ -308,6 +335,26 @@ async fn managed_objects_are_rendered_and_the_rendered_control_plane_boots() {
             );
         }
     }
+
+    // the ingress is taken out of the spec: kvtenant's Ingress goes
+    Api::<VirtualCluster>::namespaced(client.clone(), NS)
+        .patch(
+            "alpha",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"spec": {"expose": {"ingress": null}}})),
+        )
+        .await
+        .unwrap();
+    wait_for("the Ingress removed", Duration::from_secs(60), || {
+        let ingresses = ingresses.clone();
+        async move {
+            match ingresses.get_opt("alpha-apiserver").await {
+                Ok(None) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
 }
 
 #[tokio::test]

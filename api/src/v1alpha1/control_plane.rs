@@ -350,6 +350,46 @@ pub struct ExposeSpec {
     /// Annotations put on the apiserver Service (for example to pick a load balancer pool).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub service_annotations: BTreeMap<String, String>,
+    /// Also expose the apiserver through an Ingress with TLS passthrough (the apiserver keeps
+    /// terminating TLS, so client certificates work): the host name goes into the serving
+    /// certificate and, unless extraSANs are given, into the generated kubeconfig as
+    /// https://<host>. Needs an ingress controller with TLS passthrough enabled (ingress-nginx:
+    /// --enable-ssl-passthrough).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressExpose>,
+}
+
+/// The Ingress in front of a Managed apiserver.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressExpose {
+    /// The DNS name tenants use (routed by SNI, as TLS passthrough needs).
+    #[schemars(
+        length(min = 1),
+        regex(
+            pattern = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+        )
+    )]
+    pub host: String,
+    /// The IngressClass (default: the cluster's default class).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_class_name: Option<String>,
+    /// Annotations of the Ingress. Default: ingress-nginx's TLS passthrough
+    /// (`nginx.ingress.kubernetes.io/ssl-passthrough: "true"`,
+    /// `nginx.ingress.kubernetes.io/backend-protocol: HTTPS`); set them for another controller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
+/// The Ingress annotations used when `spec.expose.ingress.annotations` is not set.
+pub fn default_ingress_annotations() -> BTreeMap<String, String> {
+    [
+        ("nginx.ingress.kubernetes.io/ssl-passthrough", "true"),
+        ("nginx.ingress.kubernetes.io/backend-protocol", "HTTPS"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
 }
 
 /// The type of the Service exposing the apiserver.

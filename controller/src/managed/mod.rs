@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ObjectReference, Secret, Service};
+use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
 use kube::runtime::events::EventType;
@@ -50,6 +51,24 @@ pub async fn reconcile(vc: &VirtualCluster, ctx: &Context) -> Result<Observation
     step(ctx, vc, changed, "v1", "Service", &t.names.service).await;
     let (_, changed) = apply_if_changed(&services, headless, kvtenant_api::MANAGER).await?;
     step(ctx, vc, changed, "v1", "Service", &t.names.statefulset).await;
+
+    // The Ingress, when asked for (and none left over when not).
+    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &ns);
+    match render::ingress(&t).map_err(ser("the Ingress"))? {
+        Some(ingress) => {
+            let (_, changed) = apply_if_changed(&ingresses, ingress, kvtenant_api::MANAGER).await?;
+            step(
+                ctx,
+                vc,
+                changed,
+                "networking.k8s.io/v1",
+                "Ingress",
+                &t.names.service,
+            )
+            .await;
+        }
+        None => remove_ingress(&ingresses, &t).await?,
+    }
 
     // PKI.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
@@ -232,6 +251,34 @@ pub async fn reconcile(vc: &VirtualCluster, ctx: &Context) -> Result<Observation
         }
     }
     Ok(obs)
+}
+
+/// Deletes the Ingress kvtenant made for the apiserver when the spec no longer asks for one (an
+/// Ingress of that name not owned by this VirtualCluster is left alone).
+async fn remove_ingress(ingresses: &Api<Ingress>, t: &Target<'_>) -> Result<(), Error> {
+    let name = &t.names.service;
+    let what = || format!("Ingress {}/{name}", t.vcref.namespace);
+    let Some(existing) = ingresses
+        .get_opt(name)
+        .await
+        .map_err(|e| Error::kube(format!("reading {}", what()), e))?
+    else {
+        return Ok(());
+    };
+    let ours = existing
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.uid == t.vcref.uid);
+    if ours {
+        match ingresses.delete(name, &Default::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(Error::kube(format!("deleting {}", what()), e)),
+        }
+    }
+    Ok(())
 }
 
 /// The external database's Secrets, checked before anything is rendered (a permanent error with

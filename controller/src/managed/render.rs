@@ -164,6 +164,7 @@ pub fn apiserver_sans(t: &Target<'_>, service: Option<&Service>) -> Vec<String> 
         KUBERNETES_SERVICE_IP.to_owned(),
     ];
     sans.extend(t.vc.spec.expose.extra_sans.iter().cloned());
+    sans.extend(t.vc.spec.expose.ingress.iter().map(|i| i.host.clone()));
     if let Some(service) = service {
         if let Some(ip) = service.spec.as_ref().and_then(|s| s.cluster_ip.clone())
             && ip != "None"
@@ -215,6 +216,9 @@ pub fn endpoint(t: &Target<'_>, service: Option<&Service>) -> String {
             (ExposeType::NodePort, Some(p)) => host_port(first, p as u16),
             _ => host_port(first, SERVICE_PORT),
         };
+    }
+    if let Some(ingress) = &expose.ingress {
+        return host_port(&ingress.host, SERVICE_PORT);
     }
     if expose.type_ == ExposeType::LoadBalancer
         && let Some(addr) = service.and_then(|s| load_balancer_addresses(s).into_iter().next())
@@ -480,6 +484,8 @@ pub use kvtenant_kubeutil::apply::content_hash;
 mod admission;
 pub use admission::admission_files;
 mod ha;
+mod ingress;
+pub use ingress::ingress;
 mod statefulset;
 pub use ha::{
     ETCD_MEMBERS, ETCD_PKI_DIR, etcd_cluster, etcd_cluster_command, etcd_members,
