@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::time::Duration;
 
 use common::runner::*;
 use common::*;
@@ -106,19 +105,7 @@ async fn kine_on_postgres_serves_two_virtual_clusters_from_one_database() {
     assert_eq!(stray, "", "no keys outside the virtual clusters' prefixes");
 
     // the pod is replaced: the new one serves the same data from the database
-    let first = m.runner.snapshot().pods[&format!("{NS}/pa-cp-0")].clone();
-    pods.delete("pa-cp-0", &Default::default()).await.unwrap();
-    wait_for("a new pa pod", Duration::from_secs(60), || {
-        let runner = &m.runner;
-        let first = first.clone();
-        async move {
-            match runner.snapshot().pods.get(&format!("{NS}/pa-cp-0")) {
-                Some(now) if !now.is_empty() && now.iter().all(|p| !first.contains(p)) => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        }
-    })
-    .await;
+    replace_pod(&m, NS, "pa-cp-0").await;
     wait_namespace(&ta, "only-in-pa", "pa to answer with its namespace").await;
     eprintln!("PostgreSQL log tail:\n{}", pg.log_tail(5));
 }

@@ -45,23 +45,8 @@ async fn kine_control_plane_boots_on_a_fresh_volume_and_keeps_its_data() {
     );
 
     // the pod is replaced (as on a node drain): the new one has the data
-    let first = runner.snapshot().pods[&format!("{NS}/kappa-cp-0")].clone();
-    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), NS);
     let uid = vc.uid().unwrap();
-    pods.delete("kappa-cp-0", &Default::default())
-        .await
-        .unwrap();
-    wait_for("a new kine pod", Duration::from_secs(60), || {
-        let runner = &runner;
-        let first = first.clone();
-        async move {
-            match runner.snapshot().pods.get(&format!("{NS}/kappa-cp-0")) {
-                Some(now) if !now.is_empty() && now.iter().all(|p| !first.contains(p)) => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        }
-    })
-    .await;
+    replace_pod(&m, NS, "kappa-cp-0").await;
     wait_namespace(
         &namespaces,
         "kept",

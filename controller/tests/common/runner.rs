@@ -83,6 +83,27 @@ pub async fn tenant_client(client: &Client, ns: &str, name: &str) -> Client {
     client_from_kubeconfig(&text).await
 }
 
+/// Deletes the runner's pod `ns/pod` (as on a node drain) and waits until the runner runs its
+/// replacement (processes that are all new).
+pub async fn replace_pod(m: &ManagedHost, ns: &str, pod: &str) {
+    let key = format!("{ns}/{pod}");
+    let first = m.runner.snapshot().pods[&key].clone();
+    Api::<k8s_openapi::api::core::v1::Pod>::namespaced(m.client.clone(), ns)
+        .delete(pod, &Default::default())
+        .await
+        .unwrap();
+    wait_for(&format!("a new {pod}"), Duration::from_secs(60), || {
+        let (runner, first, key) = (&m.runner, first.clone(), key.clone());
+        async move {
+            match runner.snapshot().pods.get(&key) {
+                Some(now) if !now.is_empty() && now.iter().all(|p| !first.contains(p)) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+}
+
 /// Waits until the tenant answers with its namespace `name`.
 pub async fn wait_namespace(namespaces: &Api<Namespace>, name: &str, what: &str) {
     wait_for(what, Duration::from_secs(60), || {
