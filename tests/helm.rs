@@ -488,3 +488,72 @@ async fn helm_install_creates_what_kustomize_creates_then_upgrades_and_uninstall
     assert_eq!(deployments.trim(), "", "{deployments}");
     kubectl(&["get", "crd", "virtualclusters.tenancy.kvtenant.io"], hk);
 }
+
+#[test]
+fn release_artifacts_hold_a_packaged_chart_and_provider_repository_of_the_version() {
+    let out = tempfile::tempdir().unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_kvtenant"))
+        .args(["release-artifacts", "--version", "v0.2.0", "--out"])
+        .arg(out.path())
+        .arg("--source")
+        .arg(root())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let chart = out.path().join("chart/kvtenant");
+    assert!(
+        !std::fs::symlink_metadata(chart.join("files/base"))
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the release chart must hold the base, not a link"
+    );
+    let c = chart.to_str().unwrap();
+    helm(&["lint", "--strict", c], None);
+    helm(&["package", c, "-d", out.path().to_str().unwrap()], None);
+    let tgz = out.path().join("kvtenant-0.2.0.tgz");
+    assert!(tgz.is_file(), "helm package wrote no kvtenant-0.2.0.tgz");
+
+    let released = by_key(yaml_docs(&helm(
+        &["template", "kvtenant", tgz.to_str().unwrap()],
+        None,
+    )));
+    let base = by_key(yaml_docs(&kustomize_base()));
+    assert_eq!(
+        released.keys().collect::<Vec<_>>(),
+        base.keys().collect::<Vec<_>>()
+    );
+    let d = &released["Deployment kvtenant-system/kvtenant-controller"];
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"],
+        "ghcr.io/kvtenant/kvtenant:v0.2.0"
+    );
+    assert_eq!(
+        d["metadata"]["labels"]["app.kubernetes.io/version"],
+        "v0.2.0"
+    );
+
+    for (provider, file) in [
+        ("control-plane-kvtenant", "control-plane-components.yaml"),
+        ("infrastructure-kvtenant", "infrastructure-components.yaml"),
+    ] {
+        let dir = out.path().join(provider).join("v0.2.0");
+        let metadata: Value =
+            serde_yaml::from_str(&std::fs::read_to_string(dir.join("metadata.yaml")).unwrap())
+                .unwrap();
+        assert_eq!(metadata["releaseSeries"][0]["minor"], 2);
+        assert_eq!(metadata["releaseSeries"][0]["contract"], "v1beta2");
+        let components = std::fs::read_to_string(dir.join(file)).unwrap();
+        assert!(
+            components.contains("${KVTENANT_IMAGE:=ghcr.io/kvtenant/kvtenant:v0.2.0}"),
+            "{file}"
+        );
+    }
+    assert!(
+        out.path()
+            .join("infrastructure-kvtenant/v0.2.0/cluster-template.yaml")
+            .is_file()
+    );
+    let crds = std::fs::read_to_string(out.path().join("crds.yaml")).unwrap();
+    assert!(crds.contains("app.kubernetes.io/version: v0.2.0"));
+}
