@@ -109,6 +109,20 @@ async fn main() -> anyhow::Result<()> {
                     testenv::tools::HELM_VERSION,
                     step.elapsed()
                 );
+                // about 5 minutes cold: only on request (capi/tests/capi.rs runs it when built)
+                if std::env::var("KVTENANT_CAPI_CORE").as_deref() == Ok("1") {
+                    let step = Instant::now();
+                    let capi =
+                        tokio::task::spawn_blocking(testenv::tools::cluster_api_manager).await??;
+                    if let Some(dir) = capi.parent() {
+                        println!("{}", dir.display());
+                    }
+                    eprintln!(
+                        "Cluster API {} core manager ready in {:.1?}",
+                        testenv::tools::CLUSTER_API_VERSION,
+                        step.elapsed()
+                    );
+                }
             }
         }
         Cmd::Up {
