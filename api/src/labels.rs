@@ -121,6 +121,9 @@ pub const REASON_PAUSED: &str = "Paused";
 pub const REASON_KUBEVIRT_DISABLED: &str = "KubeVirtDisabled";
 pub const REASON_WAITING_FOR_KUBECONFIG: &str = "WaitingForKubeconfig";
 pub const REASON_KUBECONFIG_UNUSABLE: &str = "KubeconfigUnusable";
+/// `SyncerReady` False: the tenant's apiserver does not answer (host VMs and pods keep running;
+/// syncing resumes when it answers again).
+pub const REASON_TENANT_UNREACHABLE: &str = "TenantUnreachable";
 /// Label of the Pod Security Standard level enforced on a namespace (upstream key), set on host
 /// namespaces from `spec.isolation.podSecurity`.
 pub const POD_SECURITY_ENFORCE: &str = "pod-security.kubernetes.io/enforce";

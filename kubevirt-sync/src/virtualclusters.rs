@@ -18,7 +18,8 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use kvtenant_api::labels::{
     PAUSED_RUN_STRATEGY, REASON_KUBECONFIG_UNUSABLE, REASON_PAUSED, REASON_SYNCING,
-    REASON_WAITING_FOR_KUBECONFIG, VIRTUALCLUSTER_UID, VirtualClusterRef,
+    REASON_TENANT_UNREACHABLE, REASON_WAITING_FOR_KUBECONFIG, VIRTUALCLUSTER_UID,
+    VirtualClusterRef,
 };
 use kvtenant_api::{CONDITION_SYNCER_READY, SyncKind, VirtualCluster};
 use serde_json::{Value, json};
@@ -229,7 +230,7 @@ async fn reconcile(vc: Arc<VirtualCluster>, ctx: Arc<Ctx>) -> Result<Action, Err
         }
     }
     ctx.stop(&vcref.uid);
-    let tenant = Tenant::start(
+    let tenant = match Tenant::start(
         ctx.host.clone(),
         vcref.clone(),
         (*vc).clone(),
@@ -237,7 +238,27 @@ async fn reconcile(vc: Arc<VirtualCluster>, ctx: Arc<Ctx>) -> Result<Action, Err
         cas.webhook_client,
         cas.proxy,
     )
-    .await?;
+    .await
+    {
+        Ok(t) => t,
+        Err(e) => {
+            // e.g. the tenant apiserver is away: say so, and try again (error_policy)
+            if e.class() == Some(kvtenant_kubeutil::ApiErrorClass::Transport) {
+                let message = format!(
+                    "cannot start syncing: the tenant apiserver does not answer ({e}); host VMs and pods keep running"
+                );
+                set_condition(
+                    &ctx.host.client,
+                    &vc,
+                    false,
+                    REASON_TENANT_UNREACHABLE,
+                    &message,
+                )
+                .await;
+            }
+            return Err(e);
+        }
+    };
     tracing::info!(vc = %label, "syncing tenant");
     ctx.registry.insert(tenant);
     ctx.running
@@ -255,7 +276,7 @@ async fn reconcile(vc: Arc<VirtualCluster>, ctx: Arc<Ctx>) -> Result<Action, Err
         &vc,
         true,
         REASON_SYNCING,
-        "KubeVirt CRDs mirrored; syncing",
+        crate::tenant::health::SYNCING_MESSAGE,
     )
     .await;
     Ok(Action::requeue(RECHECK))
@@ -319,7 +340,7 @@ pub struct HostCas {
 /// Sets the `SyncerReady` condition of a VirtualCluster (server-side apply of that one
 /// condition) when it differs from what is there. A failure is logged: the condition is
 /// informational and set again at the next change.
-async fn set_condition(
+pub(crate) async fn set_condition(
     host: &Client,
     vc: &VirtualCluster,
     ready: bool,

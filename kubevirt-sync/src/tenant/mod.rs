@@ -12,12 +12,14 @@
 //! - [`nodes`]: tenant Nodes for the host nodes running the tenant's pods and VMIs.
 //! - [`pods`]: a Pod's tenant token, its binding, a tenant object recreated with host values.
 //! - [`resync`]: the consistency scan.
+//! - [`health`]: whether the tenant's apiserver answers (the `TenantUnreachable` condition).
 
 mod classes;
 mod dns;
 mod execute;
 #[cfg(test)]
 mod fixtures;
+pub mod health;
 mod map_services;
 mod namespaces;
 mod nodes;
@@ -215,6 +217,7 @@ impl Tenant {
         tasks.push(tokio::spawn(dns::install(Arc::downgrade(&tenant))).abort_handle());
         tasks.push(tokio::spawn(map_services::run(Arc::downgrade(&tenant))).abort_handle());
         tasks.push(tokio::spawn(restore::run(Arc::downgrade(&tenant))).abort_handle());
+        tasks.push(tokio::spawn(health::run(Arc::downgrade(&tenant))).abort_handle());
         *tenant.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
         Ok(tenant)
     }
@@ -432,6 +435,11 @@ impl Tenant {
             .inc();
     }
 
+    /// Whether the tenant cache of a kind has listed (or the kind is not watched).
+    fn cache_ready(&self, kind: KindId) -> bool {
+        self.stores[kind.index()].is_none() || self.ready[kind.index()].load(Ordering::Acquire)
+    }
+
     /// The plan for a key, from the caches (`None`: the caches it needs are not ready yet).
     pub(crate) fn plan(&self, key: &Key) -> Option<Plan> {
         let kind = kinds::get(key.kind);
@@ -442,13 +450,18 @@ impl Tenant {
         let owner_ready = kind
             .belongs_to_kind()
             .and_then(kinds::by_kind)
-            .is_none_or(|o| {
-                self.stores[o.id.index()].is_none()
-                    || self.ready[o.id.index()].load(Ordering::Acquire)
-            });
+            .is_none_or(|o| self.cache_ready(o.id));
+        // whether it is referenced decides whether it syncs: every referrer's cache must have
+        // listed too (else a restart deletes host copies still in use, and makes them again)
+        let referrers_ready = kind.trigger() != kinds::Trigger::WhenReferenced
+            || kinds::all()
+                .iter()
+                .filter(|k| k.references_others())
+                .all(|k| self.cache_ready(k.id));
         if !self.ready[key.kind.index()].load(Ordering::Acquire)
             || !self.host.ready(key.kind)
             || !owner_ready
+            || !referrers_ready
         {
             return None;
         }
