@@ -65,15 +65,25 @@ async fn kine_control_plane_boots_on_a_fresh_volume_and_keeps_its_data() {
 }
 
 /// `kubernetesVersion` goes up one minor at a time and never down (the CRD's rules, enforced by
-/// the real apiserver); an accepted change rolls the control-plane pod and the data stays. The
-/// runner runs the testenv binaries whatever the image tag, so the new pod reports the same
-/// version: what is checked is the rolled pod with the new image and the kept data.
+/// the real apiserver); an upgrade from the previous minor to the current one rolls the
+/// control-plane pod onto the new version (the runner runs the real v1.36 and v1.37 binaries by
+/// the images' tags) and the data stays.
 #[tokio::test]
-async fn version_changes_are_checked_and_an_upgrade_rolls_the_pod_with_its_data() {
-    let m = managed_host("ver-host", NS).await;
+async fn an_upgrade_from_the_previous_minor_rolls_the_pod_with_its_data() {
+    use testenv::versions::{
+        KUBERNETES_PREVIOUS_VERSION as PREVIOUS, KUBERNETES_VERSION as CURRENT,
+    };
+    let m = managed_host_with_previous_version("ver-host", NS).await;
     let (client, runner) = (&m.client, &m.runner);
-    create_vc(client, NS, &vc("upsy", loopback_spec())).await;
-    wait_ready(&m, NS, "upsy", "Ready").await;
+    let mut spec = loopback_spec();
+    spec.kubernetes_version = PREVIOUS.into();
+    create_vc(client, NS, &vc("upsy", spec)).await;
+    let before = wait_ready(&m, NS, "upsy", "Ready on the previous minor").await;
+    assert_eq!(
+        before.status.unwrap().kubernetes_version.as_deref(),
+        Some(PREVIOUS),
+        "the tenant apiserver is the previous minor's"
+    );
     let namespaces: Api<Namespace> = Api::all(tenant_client(client, NS, "upsy").await);
     let ns: Namespace =
         serde_json::from_value(serde_json::json!({"metadata": {"name": "kept"}})).unwrap();
@@ -83,7 +93,7 @@ async fn version_changes_are_checked_and_an_upgrade_rolls_the_pod_with_its_data(
         .unwrap();
 
     let vcs: Api<VirtualCluster> = Api::namespaced(client.clone(), NS);
-    let set = |v: &'static str| {
+    let set = |v: String| {
         let vcs = vcs.clone();
         async move {
             vcs.patch(
@@ -94,17 +104,19 @@ async fn version_changes_are_checked_and_an_upgrade_rolls_the_pod_with_its_data(
             .await
         }
     };
+    let minor = |v: &str| -> u32 { v.split('.').nth(1).unwrap().parse().unwrap() };
+    let p = minor(PREVIOUS);
     for (to, message) in [
-        ("v1.37.1", kvtenant_api::messages::DOWNGRADE),
-        ("v1.36.9", kvtenant_api::messages::DOWNGRADE),
-        ("v1.39.0", kvtenant_api::messages::ONE_MINOR),
+        (format!("v1.{p}.0"), kvtenant_api::messages::DOWNGRADE),
+        (format!("v1.{}.9", p - 1), kvtenant_api::messages::DOWNGRADE),
+        (format!("v1.{}.0", p + 2), kvtenant_api::messages::ONE_MINOR),
     ] {
-        let err = set(to).await.unwrap_err().to_string();
+        let err = set(to.clone()).await.unwrap_err().to_string();
         assert!(err.contains(message), "{to}: {err}");
     }
 
     let first = runner.snapshot().pods[&format!("{NS}/upsy-cp-0")].clone();
-    set("v1.37.3").await.unwrap();
+    set(CURRENT.into()).await.unwrap();
     let t0 = Instant::now();
     wait_for(
         "the pod rolled to the new version",
@@ -126,7 +138,7 @@ async fn version_changes_are_checked_and_an_upgrade_rolls_the_pod_with_its_data(
                     .cloned();
                 match pids {
                     Some(now)
-                        if image.ends_with(":v1.37.3")
+                        if image.ends_with(&format!(":{CURRENT}"))
                             && now.len() == 3
                             && now.iter().all(|p| !first.contains(p)) =>
                     {
@@ -138,10 +150,21 @@ async fn version_changes_are_checked_and_an_upgrade_rolls_the_pod_with_its_data(
         },
     )
     .await;
-    wait_ready(&m, NS, "upsy", "Ready after the upgrade").await;
+    let after = wait_status(client, NS, "upsy", "Ready on the new version", |s| match s
+        .kubernetes_version
+        .as_deref()
+    {
+        Some(v) if v == CURRENT && s.phase == Some(kvtenant_api::Phase::Ready) => Ok(()),
+        other => Err(format!("{other:?}")),
+    })
+    .await;
     eprintln!(
-        "rolled and Ready again {:.2?} after the change",
+        "upgraded {PREVIOUS} -> {CURRENT}: rolled and Ready again {:.2?} after the change",
         t0.elapsed()
+    );
+    assert_eq!(
+        after.status.unwrap().kubernetes_version.as_deref(),
+        Some(CURRENT)
     );
     wait_namespace(&namespaces, "kept", "the namespace after the upgrade").await;
 }

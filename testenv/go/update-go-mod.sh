@@ -8,6 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 K8S_VERSION=${K8S_VERSION:-v1.37.2}
+K8S_PREVIOUS_VERSION=${K8S_PREVIOUS_VERSION:-v1.36.3}
 ETCD_VERSION=${ETCD_VERSION:-v3.7.3}
 KUBEVIRT_VERSION=${KUBEVIRT_VERSION:-v1.8.1}
 KWOK_VERSION=${KWOK_VERSION:-v0.8.0}
@@ -15,30 +16,37 @@ COREDNS_VERSION=${COREDNS_VERSION:-v1.14.7}
 KINE_VERSION=${KINE_VERSION:-v0.17.5}
 HELM_VERSION=${HELM_VERSION:-v4.3.2}
 CLUSTER_API_VERSION=${CLUSTER_API_VERSION:-v1.14.2}
-staging_version="v0.${K8S_VERSION#v1.}"
 
-modfile=$(go mod download -json "k8s.io/kubernetes@${K8S_VERSION}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
-required=$(awk '/^require \(/{r=1;next} r&&/^\)/{r=0} r{print $1}' "$modfile")
-
-(
-  cd kubernetes
-  {
-    echo "module kvtenant.dev/testenv/kubernetes"
-    echo
-    echo "go 1.26.0"
-    echo
-    echo "require k8s.io/kubernetes ${K8S_VERSION}"
-    echo
-    echo "replace ("
-    grep -E '^\s+k8s\.io/[a-z0-9-]+ => \./staging/' "$modfile" | awk '{print $1}' | while read -r m; do
-      if grep -qx "$m" <<<"$required"; then
-        printf '\t%s => %s %s\n' "$m" "$m" "$staging_version"
-      fi
-    done
-    echo ")"
-  } > go.mod
-  go mod tidy
-)
+# k8s_module DIR VERSION: a module requiring k8s.io/kubernetes VERSION with its staging modules
+# replaced by the published ones of the same release
+k8s_module() {
+  local dir=$1 version=$2 staging modfile required
+  staging="v0.${version#v1.}"
+  modfile=$(go mod download -json "k8s.io/kubernetes@${version}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+  required=$(awk '/^require \(/{r=1;next} r&&/^\)/{r=0} r{print $1}' "$modfile")
+  (
+    cd "$dir"
+    {
+      echo "module kvtenant.dev/testenv/$dir"
+      echo
+      echo "go 1.26.0"
+      echo
+      echo "require k8s.io/kubernetes ${version}"
+      echo
+      echo "replace ("
+      grep -E '^\s+k8s\.io/[a-z0-9-]+ => \./staging/' "$modfile" | awk '{print $1}' | while read -r m; do
+        if grep -qx "$m" <<<"$required"; then
+          printf '\t%s => %s %s\n' "$m" "$m" "$staging"
+        fi
+      done
+      echo ")"
+    } > go.mod
+    go mod tidy
+  )
+}
+k8s_module kubernetes "$K8S_VERSION"
+# the previous minor's apiserver and controller-manager, for upgrade tests
+k8s_module kubernetes-previous "$K8S_PREVIOUS_VERSION"
 (
   cd etcd
   printf 'module kvtenant.dev/testenv/etcd\n\ngo 1.26.0\n\nrequire go.etcd.io/etcd/server/v3 %s\n' "$ETCD_VERSION" > go.mod

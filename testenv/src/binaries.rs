@@ -22,7 +22,8 @@ use std::path::PathBuf;
 use crate::gobuild::{Generate, GoBuild, GoModule, GoSet};
 use crate::versions::gomod::*;
 pub use crate::versions::{
-    COREDNS_VERSION, ETCD_VERSION, KINE_VERSION, KUBERNETES_VERSION, KUBEVIRT_VERSION, KWOK_VERSION,
+    COREDNS_VERSION, ETCD_VERSION, KINE_VERSION, KUBERNETES_PREVIOUS_VERSION, KUBERNETES_VERSION,
+    KUBEVIRT_VERSION, KWOK_VERSION,
 };
 
 /// Environment variable naming a directory with prebuilt `etcd`, `kube-apiserver`,
@@ -110,14 +111,18 @@ pub struct KubeVirtBinaries {
 }
 
 fn k8s_ldflags() -> String {
-    let minor = KUBERNETES_VERSION
+    k8s_ldflags_for(KUBERNETES_VERSION)
+}
+
+fn k8s_ldflags_for(version: &str) -> String {
+    let minor = version
         .trim_start_matches("v1.")
         .split('.')
         .next()
         .unwrap_or_default();
     let pkg = "k8s.io/component-base/version";
     format!(
-        "-s -w -X {pkg}.gitVersion={KUBERNETES_VERSION} -X {pkg}.gitMajor=1 -X {pkg}.gitMinor={minor} -X {pkg}.gitTreeState=clean"
+        "-s -w -X {pkg}.gitVersion={version} -X {pkg}.gitMajor=1 -X {pkg}.gitMinor={minor} -X {pkg}.gitTreeState=clean"
     )
 }
 
@@ -299,6 +304,49 @@ fn kine_set() -> GoSet {
         generate: vec![],
         outputs: vec!["kine"],
     }
+}
+
+fn previous_set() -> GoSet {
+    GoSet {
+        key_prefix: format!("k8s-{KUBERNETES_PREVIOUS_VERSION}"),
+        label: format!(
+            "kube-apiserver and kube-controller-manager {KUBERNETES_PREVIOUS_VERSION} (the previous minor, for upgrade tests)"
+        ),
+        modules: vec![GoModule {
+            dir: "kubernetes-previous",
+            files: &[
+                ("go.mod", K8S_PREVIOUS_GO_MOD),
+                ("go.sum", K8S_PREVIOUS_GO_SUM),
+                ("tools.go", K8S_PREVIOUS_TOOLS),
+            ],
+        }],
+        builds: vec![GoBuild {
+            module: "kubernetes-previous",
+            what: format!(
+                "kube-apiserver and kube-controller-manager {KUBERNETES_PREVIOUS_VERSION}"
+            ),
+            ldflags: k8s_ldflags_for(KUBERNETES_PREVIOUS_VERSION),
+            packages: vec![
+                "k8s.io/kubernetes/cmd/kube-apiserver",
+                "k8s.io/kubernetes/cmd/kube-controller-manager",
+            ],
+            output: None,
+        }],
+        generate: vec![],
+        outputs: vec!["kube-apiserver", "kube-controller-manager"],
+    }
+}
+
+/// Whether the previous minor's binaries are already cached.
+pub fn previous_cached() -> bool {
+    previous_set().cached()
+}
+
+/// The directory with the previous minor's `kube-apiserver` and `kube-controller-manager`
+/// ([`KUBERNETES_PREVIOUS_VERSION`]), building them first if they are not cached yet (blocking;
+/// minutes cold).
+pub fn previous() -> Result<PathBuf, BinariesError> {
+    previous_set().ensure()
 }
 
 /// Cache key of the control-plane binaries.

@@ -41,7 +41,8 @@ enum Cmd {
         controller_manager: bool,
     },
     /// Build (or find in the cache) the control-plane binaries, KubeVirt's virt-api,
-    /// virt-controller and virtctl, kwok, CoreDNS and kine, and print where they are.
+    /// virt-controller and virtctl, kwok, CoreDNS, kine and the previous minor's apiserver and
+    /// controller-manager, and print where they are.
     Build {
         /// Only the control-plane binaries (etcd, kube-apiserver, kube-controller-manager,
         /// kube-scheduler).
@@ -97,6 +98,14 @@ async fn main() -> anyhow::Result<()> {
                 eprintln!(
                     "kine {} ready in {:.1?}",
                     binaries::KINE_VERSION,
+                    step.elapsed()
+                );
+                let step = Instant::now();
+                let previous = tokio::task::spawn_blocking(binaries::previous).await??;
+                println!("{}", previous.display());
+                eprintln!(
+                    "kube-apiserver and kube-controller-manager {} (previous minor) ready in {:.1?}",
+                    binaries::KUBERNETES_PREVIOUS_VERSION,
                     step.elapsed()
                 );
                 let step = Instant::now();

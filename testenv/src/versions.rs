@@ -16,6 +16,9 @@ pub const COREDNS_VERSION: &str = "v1.14.7";
 /// kine release (the etcd shim of Managed virtual clusters with datastore Kine; the
 /// control-plane runner runs it).
 pub const KINE_VERSION: &str = "v0.17.5";
+/// The previous minor's kube-apiserver and kube-controller-manager, for upgrade tests (a Managed
+/// control plane created at this version, then upgraded to [`KUBERNETES_VERSION`]).
+pub const KUBERNETES_PREVIOUS_VERSION: &str = "v1.36.3";
 
 /// The Go module files testenv embeds, by directory under `testenv/go/`.
 pub(crate) mod gomod {
@@ -40,6 +43,9 @@ pub(crate) mod gomod {
     pub const KINE_GO_MOD: &str = include_str!("../go/kine/go.mod");
     pub const KINE_GO_SUM: &str = include_str!("../go/kine/go.sum");
     pub const KINE_TOOLS: &str = include_str!("../go/kine/tools.go");
+    pub const K8S_PREVIOUS_GO_MOD: &str = include_str!("../go/kubernetes-previous/go.mod");
+    pub const K8S_PREVIOUS_GO_SUM: &str = include_str!("../go/kubernetes-previous/go.sum");
+    pub const K8S_PREVIOUS_TOOLS: &str = include_str!("../go/kubernetes-previous/tools.go");
 }
 
 /// The version a go.mod `require`s (or replaces) `module` with, if any.
@@ -85,6 +91,19 @@ mod tests {
         assert_eq!(
             required_version(KINE_GO_MOD, "github.com/k3s-io/kine"),
             Some(KINE_VERSION)
+        );
+        assert_eq!(
+            required_version(K8S_PREVIOUS_GO_MOD, "k8s.io/kubernetes"),
+            Some(KUBERNETES_PREVIOUS_VERSION)
+        );
+    }
+
+    #[test]
+    fn the_previous_version_is_the_minor_before() {
+        let minor = |v: &str| -> u32 { v.split('.').nth(1).unwrap().parse().unwrap() };
+        assert_eq!(
+            minor(KUBERNETES_PREVIOUS_VERSION) + 1,
+            minor(KUBERNETES_VERSION)
         );
     }
 

@@ -28,10 +28,28 @@ pub struct ManagedHost {
 }
 
 pub async fn managed_host(name: &str, ns: &str) -> ManagedHost {
+    managed_host_with(name, ns, |o| o).await
+}
+
+/// [`managed_host`] whose runner also runs the previous minor's kube-apiserver and
+/// kube-controller-manager for pods with images of that tag.
+pub async fn managed_host_with_previous_version(name: &str, ns: &str) -> ManagedHost {
+    managed_host_with(name, ns, |o| {
+        o.with_previous_version()
+            .expect("the previous minor's binaries")
+    })
+    .await
+}
+
+async fn managed_host_with(
+    name: &str,
+    ns: &str,
+    opts: impl FnOnce(RunnerOptions) -> RunnerOptions,
+) -> ManagedHost {
     let host = host(name, true).await;
     let client = host.client().unwrap();
     create_namespace(&client, ns).await;
-    let runner = runner(&client).await;
+    let runner = runner_with(&client, opts).await;
     let ctl = RunningController::start(client.clone(), test_config());
     ManagedHost {
         _ctl: ctl,
@@ -121,15 +139,21 @@ pub async fn wait_namespace(namespaces: &Api<Namespace>, name: &str, what: &str)
 
 /// The runner for kvtenant's control-plane pods, with the pod-local ports of the rendered pod.
 pub async fn runner(client: &Client) -> Runner {
+    runner_with(client, |o| o).await
+}
+
+async fn runner_with(client: &Client, opts: impl FnOnce(RunnerOptions) -> RunnerOptions) -> Runner {
     let selector = [(
         "app.kubernetes.io/name".to_owned(),
         kvtenant_api::labels::CONTROL_PLANE_APP.to_owned(),
     )]
     .into();
-    let opts = RunnerOptions::new(selector)
+    let o = RunnerOptions::new(selector)
         .expect("testenv binaries")
         .with_pod_ports(&[render::ETCD_CLIENT_PORT, render::ETCD_PEER_PORT]);
-    Runner::start(client.clone(), opts).await.expect("runner")
+    Runner::start(client.clone(), opts(o))
+        .await
+        .expect("runner")
 }
 
 /// The last log lines of every container of the runner's pods.

@@ -54,6 +54,9 @@ pub struct RunnerOptions {
     pub pod_ports: Vec<u16>,
     /// Program name (`command[0]`'s file name) → local binary.
     pub programs: BTreeMap<String, PathBuf>,
+    /// Image tag → program name → local binary, chosen over `programs` for a container whose
+    /// image has that tag (e.g. the previous minor's kube-apiserver for `...:v1.36.3`).
+    pub versioned: BTreeMap<String, BTreeMap<String, PathBuf>>,
 }
 
 impl RunnerOptions {
@@ -77,7 +80,35 @@ impl RunnerOptions {
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))
             .collect(),
+            versioned: BTreeMap::new(),
         })
+    }
+
+    /// Also runs the previous minor's kube-apiserver and kube-controller-manager
+    /// ([`crate::versions::KUBERNETES_PREVIOUS_VERSION`]) for containers whose image has that
+    /// tag; built first if not cached (minutes, once per machine).
+    pub fn with_previous_version(mut self) -> Result<Self, crate::binaries::BinariesError> {
+        let dir = crate::binaries::previous()?;
+        let programs = ["kube-apiserver", "kube-controller-manager"]
+            .into_iter()
+            .map(|p| (p.to_owned(), dir.join(p)))
+            .collect();
+        self.versioned.insert(
+            crate::versions::KUBERNETES_PREVIOUS_VERSION.to_owned(),
+            programs,
+        );
+        Ok(self)
+    }
+
+    /// The local binary for `program` in a container of `image`.
+    pub fn program_for(&self, program: &str, image: &str) -> Option<&PathBuf> {
+        let tag = image
+            .rsplit_once(':')
+            .map(|(_, t)| t)
+            .filter(|t| !t.contains('/') && !image.contains('@'));
+        tag.and_then(|t| self.versioned.get(t))
+            .and_then(|m| m.get(program))
+            .or_else(|| self.programs.get(program))
     }
 
     pub fn with_pod_ports(mut self, ports: &[u16]) -> Self {
@@ -279,4 +310,50 @@ fn is_ready(pod: &Pod) -> bool {
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_versioned_program_is_chosen_by_the_image_tag() {
+        let opts = RunnerOptions {
+            node: "n".into(),
+            selector: BTreeMap::new(),
+            pod_ports: Vec::new(),
+            programs: [(
+                "kube-apiserver".to_owned(),
+                PathBuf::from("/cur/kube-apiserver"),
+            )]
+            .into(),
+            versioned: [(
+                "v1.36.3".to_owned(),
+                [(
+                    "kube-apiserver".to_owned(),
+                    PathBuf::from("/prev/kube-apiserver"),
+                )]
+                .into(),
+            )]
+            .into(),
+        };
+        let pick = |image: &str| opts.program_for("kube-apiserver", image).cloned();
+        assert_eq!(
+            pick("registry.k8s.io/kube-apiserver:v1.36.3"),
+            Some(PathBuf::from("/prev/kube-apiserver"))
+        );
+        for other in [
+            "registry.k8s.io/kube-apiserver:v1.37.2",
+            "kube-apiserver",
+            "localhost:5000/kube-apiserver",
+            "registry.k8s.io/kube-apiserver@sha256:v1.36.3",
+        ] {
+            assert_eq!(
+                pick(other),
+                Some(PathBuf::from("/cur/kube-apiserver")),
+                "{other}"
+            );
+        }
+        assert_eq!(opts.program_for("etcd", "x:v1.36.3"), None);
+    }
 }

@@ -210,7 +210,7 @@ impl Pods {
             .map(|c| {
                 let plan = plan::process_plan(pod, c, &vols, &ports, &secrets, &peers)
                     .map_err(|m| ("CreateContainerConfigError".to_owned(), m))
-                    .and_then(|p| match self.opts.programs.get(&p.program) {
+                    .and_then(|p| match self.opts.program_for(&p.program, c.image.as_deref().unwrap_or_default()) {
                         Some(bin) => Ok((bin.clone(), p)),
                         None => Err((
                             "NoLocalProgram".to_owned(),

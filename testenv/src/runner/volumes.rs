@@ -231,6 +231,59 @@ pub async fn release_orphans(client: &Client, root: &Path) -> Result<(), kube::E
     Ok(())
 }
 
+/// The Secret keys the pod's containers take environment variables from, read as the kubelet
+/// does before starting them; a missing Secret or key (not marked optional) is the kubelet's
+/// CreateContainerConfigError, with the same kind of message.
+pub async fn secret_env(client: &Client, pod: &Pod) -> Result<SecretValues, String> {
+    let ns = pod.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let mut values = SecretValues::new();
+    for r in secret_key_refs(pod) {
+        let got = secrets
+            .get_opt(&r.name)
+            .await
+            .map_err(|e| format!("reading Secret {ns}/{}: {e}", r.name))?;
+        let value = got
+            .as_ref()
+            .and_then(|s| s.data.as_ref()?.get(&r.key))
+            .map(|v| String::from_utf8_lossy(&v.0).into_owned());
+        match (value, r.optional.unwrap_or(false)) {
+            (Some(v), _) => {
+                values.insert((r.name.clone(), r.key.clone()), v);
+            }
+            (None, true) => {}
+            (None, false) if got.is_none() => {
+                return Err(format!("secret \"{}\" not found", r.name));
+            }
+            (None, false) => {
+                return Err(format!(
+                    "couldn't find key {} in Secret {ns}/{}",
+                    r.key, r.name
+                ));
+            }
+        }
+    }
+    Ok(values)
+}
+
+fn secret_key_refs(pod: &Pod) -> Vec<k8s_openapi::api::core::v1::SecretKeySelector> {
+    let mut refs = Vec::new();
+    for s in pod.spec.iter() {
+        for c in s.init_containers.iter().flatten().chain(&s.containers) {
+            for e in c.env.iter().flatten() {
+                if let Some(r) = e
+                    .value_from
+                    .as_ref()
+                    .and_then(|f| f.secret_key_ref.as_ref())
+                {
+                    refs.push(r.clone());
+                }
+            }
+        }
+    }
+    refs
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,57 +345,4 @@ mod tests {
         let err = write_items(dir.path(), &data, Some(&items), &[], &ports).unwrap_err();
         assert!(err.contains("key nope missing"), "{err}");
     }
-}
-
-/// The Secret keys the pod's containers take environment variables from, read as the kubelet
-/// does before starting them; a missing Secret or key (not marked optional) is the kubelet's
-/// CreateContainerConfigError, with the same kind of message.
-pub async fn secret_env(client: &Client, pod: &Pod) -> Result<SecretValues, String> {
-    let ns = pod.namespace().unwrap_or_default();
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    let mut values = SecretValues::new();
-    for r in secret_key_refs(pod) {
-        let got = secrets
-            .get_opt(&r.name)
-            .await
-            .map_err(|e| format!("reading Secret {ns}/{}: {e}", r.name))?;
-        let value = got
-            .as_ref()
-            .and_then(|s| s.data.as_ref()?.get(&r.key))
-            .map(|v| String::from_utf8_lossy(&v.0).into_owned());
-        match (value, r.optional.unwrap_or(false)) {
-            (Some(v), _) => {
-                values.insert((r.name.clone(), r.key.clone()), v);
-            }
-            (None, true) => {}
-            (None, false) if got.is_none() => {
-                return Err(format!("secret \"{}\" not found", r.name));
-            }
-            (None, false) => {
-                return Err(format!(
-                    "couldn't find key {} in Secret {ns}/{}",
-                    r.key, r.name
-                ));
-            }
-        }
-    }
-    Ok(values)
-}
-
-fn secret_key_refs(pod: &Pod) -> Vec<k8s_openapi::api::core::v1::SecretKeySelector> {
-    let mut refs = Vec::new();
-    for s in pod.spec.iter() {
-        for c in s.init_containers.iter().flatten().chain(&s.containers) {
-            for e in c.env.iter().flatten() {
-                if let Some(r) = e
-                    .value_from
-                    .as_ref()
-                    .and_then(|f| f.secret_key_ref.as_ref())
-                {
-                    refs.push(r.clone());
-                }
-            }
-        }
-    }
-    refs
 }
