@@ -35,6 +35,16 @@ pub struct ControllerArgs {
         env = "KVTENANT_LEASE_NAMESPACE"
     )]
     pub lease_namespace: String,
+    /// NAMESPACE/NAME of the Secret with the CA of kvtenant's kubelet proxy (the syncer makes and
+    /// keeps it): Managed tenants' apiservers verify the kubelet proxy's serving certificate
+    /// against it (--kubelet-certificate-authority) when they call it for kubectl logs/exec.
+    /// Empty: they do not verify it.
+    #[arg(
+        long,
+        default_value = "kvtenant-system/kvtenant-proxy",
+        env = "KVTENANT_KUBELET_CA_SECRET"
+    )]
+    pub kubelet_ca_secret: String,
 }
 
 #[derive(Args, Debug)]
@@ -225,8 +235,19 @@ pub async fn syncer(g: &GlobalArgs, args: SyncerArgs) -> anyhow::Result<()> {
 pub async fn controller(g: &GlobalArgs, args: ControllerArgs) -> anyhow::Result<()> {
     use kvtenant_controller::{CONTROLLER_NAME, ControllerConfig, LeaderElectionConfig, Metrics};
     let client = g.host_client().await?;
+    let kubelet_ca_secret = match args.kubelet_ca_secret.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() => {
+            Some((ns.to_owned(), name.to_owned()))
+        }
+        None if args.kubelet_ca_secret.is_empty() => None,
+        _ => anyhow::bail!(
+            "--kubelet-ca-secret {:?}: give NAMESPACE/NAME (or an empty value to turn verification off)",
+            args.kubelet_ca_secret
+        ),
+    };
     let mut config = ControllerConfig {
         namespace: args.namespace.clone(),
+        kubelet_ca_secret,
         ..ControllerConfig::default()
     };
     if args.leader_elect {

@@ -129,11 +129,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         runner.node()
     );
 
+    // the kubelet proxy's CA in a Secret, as in a cluster: Managed apiservers verify the kubelet
+    // proxy's serving certificate against it
+    let proxy_ca =
+        kvtenant_kubevirt_sync::proxy::tls::load_or_create_ca(&hc, "kube-system", "kvtenant-proxy")
+            .await?;
     let controller = tokio::spawn(kvtenant_controller::run_with(
         hc.clone(),
         kvtenant_controller::ControllerConfig {
             // a local control plane is ready in seconds: notice it sooner than a real one
             provisioning_poll: Duration::from_secs(2),
+            kubelet_ca_secret: Some(("kube-system".into(), "kvtenant-proxy".into())),
             ..Default::default()
         },
         std::sync::Arc::new(kvtenant_controller::Metrics::default()),
@@ -142,7 +148,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let syncer = kvtenant_kubevirt_sync::Syncer::start(hc.clone(), Default::default());
     let proxy = kvtenant_kubevirt_sync::proxy::Proxy::start(
         syncer.tenants(),
-        kvtenant_kubevirt_sync::proxy::ProxyConfig::local(),
+        kvtenant_kubevirt_sync::proxy::ProxyConfig {
+            ca: Some(proxy_ca),
+            ..kvtenant_kubevirt_sync::proxy::ProxyConfig::local()
+        },
     )
     .await?;
     let webhooks = kvtenant_webhooks::Webhooks::start(

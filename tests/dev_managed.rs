@@ -216,6 +216,16 @@ fn managed_virtual_cluster_on_the_dev_host_create_connect_vm_pause_resume_delete
     assert!(logs.contains("simulated container log"), "{logs}");
     let hi = kubectl(&kc, &["exec", "web", "--", "echo", "hi from team-a"]);
     assert_eq!(hi.trim(), "hi from team-a");
+    // ... and the tenant apiserver verified the kubelet proxy's certificate on the way
+    let verifies = pod_processes(dev, "team-a-cp-0").iter().any(|pid| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).contains("--kubelet-certificate-authority="))
+            .unwrap_or(false)
+    });
+    assert!(
+        verifies,
+        "team-a's kube-apiserver runs without --kubelet-certificate-authority"
+    );
 
     // a second Managed virtual cluster runs beside it, with processes of its own
     let b = ok(kvtenant(

@@ -33,6 +33,10 @@ pub struct ControllerConfig {
     pub probe_timeout: Duration,
     /// Certificates are renewed when they expire within this time.
     pub renew_before: Duration,
+    /// `(namespace, name)` of the Secret with the CA of kvtenant's kubelet proxy (key `ca.crt`;
+    /// the syncer keeps it): Managed apiservers verify the kubelet proxy's serving certificate
+    /// against it (`--kubelet-certificate-authority`). `None`: they do not verify it.
+    pub kubelet_ca_secret: Option<(String, String)>,
 }
 
 impl Default for ControllerConfig {
@@ -48,6 +52,7 @@ impl Default for ControllerConfig {
             resync: Duration::from_secs(300),
             probe_timeout: Duration::from_secs(10),
             renew_before: Duration::from_secs(30 * 24 * 3600),
+            kubelet_ca_secret: None,
         }
     }
 }

@@ -39,6 +39,7 @@ pub async fn reconcile(vc: &VirtualCluster, ctx: &Context) -> Result<Observation
     if let Some(db) = &vc.spec.control_plane.external_database {
         t.database_client_cert = check_database(&client, &ns, db).await?.client_cert;
     }
+    t.kubelet_ca = kubelet_ca(ctx).await?;
     let ser = |what: &str| {
         let what = what.to_owned();
         move |source| Error::Serialize { what, source }
@@ -251,6 +252,28 @@ pub async fn reconcile(vc: &VirtualCluster, ctx: &Context) -> Result<Observation
         }
     }
     Ok(obs)
+}
+
+/// The CA of kvtenant's kubelet proxy from its Secret, when the controller is told where it is.
+/// Not there yet (the syncer makes it when it first starts): `None`, and the apiserver does not
+/// verify the kubelet proxy until a later pass finds it (the pod then rolls for it).
+async fn kubelet_ca(ctx: &Context) -> Result<Option<String>, Error> {
+    let Some((ns, name)) = &ctx.config.kubelet_ca_secret else {
+        return Ok(None);
+    };
+    let secret = Api::<Secret>::namespaced(ctx.client.clone(), ns)
+        .get_opt(name)
+        .await
+        .map_err(|e| Error::kube(format!("reading Secret {ns}/{name}"), e))?;
+    let ca = secret
+        .and_then(|s| s.data)
+        .and_then(|d| d.get("ca.crt").cloned())
+        .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+        .filter(|pem| pem.contains("BEGIN CERTIFICATE"));
+    if ca.is_none() {
+        tracing::info!(secret = %format!("{ns}/{name}"), "no kubelet proxy CA yet: the apiserver will not verify the kubelet proxy until it exists");
+    }
+    Ok(ca)
 }
 
 /// Deletes the Ingress kvtenant made for the apiserver when the spec no longer asks for one (an

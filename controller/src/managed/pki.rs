@@ -32,6 +32,8 @@ pub mod keys {
     pub const CONTROLLER_MANAGER_KEY: &str = "controller-manager.key";
     pub const KUBELET_CLIENT_CRT: &str = "apiserver-kubelet-client.crt";
     pub const KUBELET_CLIENT_KEY: &str = "apiserver-kubelet-client.key";
+    /// The CA of kvtenant's kubelet proxy (not the tenant's: the syncer's), when known.
+    pub const KUBELET_CA_CRT: &str = "kubelet-ca.crt";
     /// The CA of the client certificate the apiserver presents to kvtenant's webhook server
     /// (its certificate, not its key, also goes into the kubeconfig Secret).
     pub const WEBHOOK_CLIENT_CA_CRT: &str = kvtenant_api::labels::WEBHOOK_CLIENT_CA_KEY;

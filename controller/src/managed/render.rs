@@ -93,6 +93,9 @@ pub struct Target<'a> {
     /// Datastore ExternalDatabase: whether its TLS Secret carries a client certificate (read
     /// off the Secret by the reconciler; the pod is given the files it has).
     pub database_client_cert: bool,
+    /// The CA of kvtenant's kubelet proxy (PEM), read off its Secret by the reconciler: the
+    /// apiserver verifies the kubelet proxy's serving certificate against it.
+    pub kubelet_ca: Option<String>,
 }
 
 impl<'a> Target<'a> {
@@ -106,6 +109,7 @@ impl<'a> Target<'a> {
             owner,
             vc,
             database_client_cert: false,
+            kubelet_ca: None,
         })
     }
 
@@ -240,6 +244,9 @@ fn to_bytes(m: BTreeMap<String, String>) -> BTreeMap<String, ByteString> {
 pub fn pki_secret(t: &Target<'_>, pki: &Pki) -> Secret {
     let mut entries = pki.secret_entries();
     entries.extend(admission_files(pki));
+    if let Some(ca) = &t.kubelet_ca {
+        entries.insert(pki::keys::KUBELET_CA_CRT.to_owned(), ca.clone());
+    }
     entries.insert(
         pki::keys::CONTROLLER_MANAGER_CONF.to_owned(),
         pki::render_kubeconfig(

@@ -149,6 +149,13 @@ pub fn statefulset(t: &Target<'_>, pki_hash: &str) -> Result<StatefulSet, serde_
     if cp.datastore == Datastore::ExternalDatabase {
         as_command = with_prefix(as_command, &t.vcref.uid);
     }
+    if t.kubelet_ca.is_some() {
+        // the tenant's Nodes advertise kvtenant's kubelet proxy: verify who answers there
+        as_command.push(format!(
+            "--kubelet-certificate-authority={APISERVER_PKI_DIR}/{}",
+            pki::keys::KUBELET_CA_CRT
+        ));
+    }
     if let Some(external) = &cp.external_etcd {
         as_command = with_external_etcd(as_command, &t.vcref.uid, external);
         if let Some(secret) = &external.tls_secret_ref {
@@ -218,14 +225,27 @@ pub fn statefulset(t: &Target<'_>, pki_hash: &str) -> Result<StatefulSet, serde_
     if let Some(class) = &cp.storage.storage_class_name {
         pvc_spec["storageClassName"] = json!(class);
     }
+    let mut apiserver_files = vec![
+        k::CA_CRT,
+        k::APISERVER_CRT,
+        k::APISERVER_KEY,
+        k::FRONT_PROXY_CA_CRT,
+        k::FRONT_PROXY_CLIENT_CRT,
+        k::FRONT_PROXY_CLIENT_KEY,
+        k::KUBELET_CLIENT_CRT,
+        k::KUBELET_CLIENT_KEY,
+        k::ADMISSION_CONFIG,
+        k::WEBHOOK_KUBECONFIG,
+        k::SA_KEY,
+        k::SA_PUB,
+    ];
+    if t.kubelet_ca.is_some() {
+        apiserver_files.push(k::KUBELET_CA_CRT);
+    }
     let mut volumes = vec![
         json!({"name": "apiserver-pki", "secret": {
             "secretName": t.names.pki_secret, "defaultMode": 0o440,
-            "items": items(&[k::CA_CRT, k::APISERVER_CRT, k::APISERVER_KEY,
-                k::FRONT_PROXY_CA_CRT, k::FRONT_PROXY_CLIENT_CRT,
-                k::FRONT_PROXY_CLIENT_KEY, k::KUBELET_CLIENT_CRT,
-                k::KUBELET_CLIENT_KEY, k::ADMISSION_CONFIG,
-                k::WEBHOOK_KUBECONFIG, k::SA_KEY, k::SA_PUB]),
+            "items": items(&apiserver_files),
         }}),
         json!({"name": "controller-manager", "secret": {
             "secretName": t.names.pki_secret, "defaultMode": 0o440,

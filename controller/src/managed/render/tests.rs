@@ -490,3 +490,45 @@ fn an_external_database_runs_kine_with_the_dsn_from_the_secret_and_no_volume() {
     assert!(args.contains(&format!("--cert-file={DATABASE_TLS_DIR}/tls.crt")));
     assert!(args.contains(&format!("--key-file={DATABASE_TLS_DIR}/tls.key")));
 }
+
+#[test]
+fn the_kubelet_proxy_ca_is_verified_when_known() {
+    let v = vc(VirtualClusterSpec::default());
+    let mut t = Target::new(&v).unwrap();
+    let flag = format!("--kubelet-certificate-authority={APISERVER_PKI_DIR}/kubelet-ca.crt");
+    let sts = statefulset(&t, "h").unwrap();
+    assert!(
+        !container(&sts, "kube-apiserver")
+            .args
+            .clone()
+            .unwrap()
+            .contains(&flag)
+    );
+    t.kubelet_ca = Some("-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n".into());
+    let sts = statefulset(&t, "h").unwrap();
+    assert!(
+        container(&sts, "kube-apiserver")
+            .args
+            .clone()
+            .unwrap()
+            .contains(&flag)
+    );
+    let pod = sts.spec.template.spec.unwrap();
+    let pki_volume = pod
+        .volumes
+        .unwrap()
+        .into_iter()
+        .find(|v| v.name == "apiserver-pki")
+        .unwrap();
+    assert!(
+        pki_volume
+            .secret
+            .unwrap()
+            .items
+            .unwrap()
+            .iter()
+            .any(|i| i.key == pki::keys::KUBELET_CA_CRT)
+    );
+    let secret = pki_secret(&t, &pki_for(&t));
+    assert!(secret.data.unwrap().contains_key(pki::keys::KUBELET_CA_CRT));
+}
