@@ -145,23 +145,22 @@ fn comparable(mut o: Value) -> Value {
                 meta.remove("annotations");
             }
         }
-        if let Some(l) = meta.get_mut("labels").and_then(|l| l.as_object_mut()) {
-            if l.get("app.kubernetes.io/managed-by")
+        if let Some(l) = meta.get_mut("labels").and_then(|l| l.as_object_mut())
+            && l.get("app.kubernetes.io/managed-by")
                 .and_then(|v| v.as_str())
                 == Some("Helm")
-            {
-                l.remove("app.kubernetes.io/managed-by");
-            }
+        {
+            l.remove("app.kubernetes.io/managed-by");
         }
     }
     if let Some(m) = o.as_object_mut() {
         m.remove("status");
     }
-    if kind == "Service" {
-        if let Some(spec) = o["spec"].as_object_mut() {
-            spec.remove("clusterIP");
-            spec.remove("clusterIPs");
-        }
+    if kind == "Service"
+        && let Some(spec) = o["spec"].as_object_mut()
+    {
+        spec.remove("clusterIP");
+        spec.remove("clusterIPs");
     }
     collapse_whitespace(&mut o);
     o

@@ -59,17 +59,30 @@ fn apply_params() -> PatchParams {
     PatchParams::apply(FIELD_MANAGER).force()
 }
 
+/// Reconciles one control plane; a failure is also written to its `Available` condition (the
+/// message names the call that failed), then retried.
 #[instrument(skip(cp, ctx), fields(ns = cp.namespace(), name = cp.name_any()))]
 pub async fn reconcile(cp: Arc<KvtenantControlPlane>, ctx: Arc<Context>) -> Result<Action, Error> {
+    match reconcile_inner(&cp, &ctx).await {
+        Ok(action) => Ok(action),
+        Err(e) => {
+            // best effort: the error is returned (and logged) either way
+            let _ = write_status(&ctx, &cp, &Observed::Failed(e.to_string())).await;
+            Err(e)
+        }
+    }
+}
+
+async fn reconcile_inner(cp: &KvtenantControlPlane, ctx: &Context) -> Result<Action, Error> {
     let ns = cp.namespace().unwrap_or_default();
     let name = cp.name_any();
     let cluster = decide::owner_cluster(&cp.metadata);
     let cluster_paused = match &cluster {
-        Some(c) => cluster_paused(&ctx, &ns, c).await?,
+        Some(c) => cluster_paused(ctx, &ns, c).await?,
         None => false,
     };
     if decide::paused(&cp.metadata, cluster_paused) {
-        write_status(&ctx, &cp, &Observed::Paused).await?;
+        write_status(ctx, cp, &Observed::Paused).await?;
         return Ok(Action::requeue(Duration::from_secs(30)));
     }
     let refused = cluster
@@ -79,13 +92,13 @@ pub async fn reconcile(cp: Arc<KvtenantControlPlane>, ctx: Arc<Context>) -> Resu
     let vc = match (&cluster, &refused) {
         (Some(c), None) => {
             let vcs: Api<VirtualCluster> = Api::namespaced(ctx.client.clone(), &ns);
-            let desired = decide::virtual_cluster(&cp, c);
+            let desired = decide::virtual_cluster(cp, c);
             let vc = vcs
                 .patch(&name, &apply_params(), &Patch::Apply(&desired))
                 .await
                 .map_err(|e| Error::api("apply VirtualCluster", &ns, &name, e))?;
-            kubeconfig_written = copy_kubeconfig(&ctx, &cp, c, &vc).await?;
-            set_endpoint(&ctx, &cp, &vc).await?;
+            kubeconfig_written = copy_kubeconfig(ctx, cp, c, &vc).await?;
+            set_endpoint(ctx, cp, &vc).await?;
             Some(vc)
         }
         _ => None,
@@ -98,7 +111,7 @@ pub async fn reconcile(cp: Arc<KvtenantControlPlane>, ctx: Arc<Context>) -> Resu
         },
         (None, None) => Observed::NoCluster,
     };
-    let status = write_status(&ctx, &cp, &observed).await?;
+    let status = write_status(ctx, cp, &observed).await?;
     // a VirtualCluster's changes wake this reconciler too (it is owned); the requeue covers
     // the Cluster's pause and the kubeconfig Secret
     Ok(Action::requeue(if status.ready == Some(true) {

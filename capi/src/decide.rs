@@ -154,6 +154,8 @@ pub enum Observed<'a> {
     NoCluster,
     /// The control plane cannot be made (the message says why and what to do).
     Refused(String),
+    /// The last reconciliation failed (the message names the call and the object).
+    Failed(String),
     /// The VirtualCluster as last read, and whether `<cluster>-kubeconfig` holds its
     /// kubeconfig.
     VirtualCluster {
@@ -250,6 +252,24 @@ pub fn control_plane_status(
                 m,
                 generation,
             ));
+            (false, false)
+        }
+        Observed::Failed(m) => {
+            conditions.push(cond(
+                CONDITION_AVAILABLE,
+                false,
+                "ReconcileError",
+                m,
+                generation,
+            ));
+            // what was known about the Secret stays
+            if let Some(c) = old
+                .conditions
+                .iter()
+                .find(|c| c.type_ == CONDITION_KUBECONFIG_SECRET_READY)
+            {
+                conditions.push(c.clone());
+            }
             (false, false)
         }
         Observed::Refused(m) => {

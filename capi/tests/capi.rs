@@ -95,14 +95,38 @@ async fn install_capi(kubeconfig: &Path, client: &Client) {
     .await;
 }
 
-/// Both providers, in process; stopped when dropped.
+/// A client acting as the ServiceAccount the provider's components YAML runs it as, so the
+/// YAML's RBAC is what the provider gets.
+fn provider_client(config: &kube::Config, kind: Kind) -> Client {
+    let mut config = config.clone();
+    let ns = kind.namespace();
+    config.auth_info.impersonate = Some(format!(
+        "system:serviceaccount:{ns}:kvtenant-{}-manager",
+        match kind {
+            Kind::ControlPlane => "control-plane",
+            Kind::Infrastructure => "infrastructure",
+        }
+    ));
+    config.auth_info.impersonate_groups = Some(vec![
+        "system:serviceaccounts".into(),
+        format!("system:serviceaccounts:{ns}"),
+        "system:authenticated".into(),
+    ]);
+    Client::try_from(config).unwrap()
+}
+
+/// Both providers, in process, each as its own ServiceAccount; stopped when dropped.
 struct Providers(CancellationToken);
 
 impl Providers {
-    fn start(client: &Client) -> Self {
+    fn start(config: &kube::Config) -> Self {
         let stop = CancellationToken::new();
-        for provider in [Provider::ControlPlane, Provider::Infrastructure] {
-            let (client, shutdown) = (client.clone(), stop.clone().cancelled_owned());
+        for (provider, kind) in [
+            (Provider::ControlPlane, Kind::ControlPlane),
+            (Provider::Infrastructure, Kind::Infrastructure),
+        ] {
+            let client = provider_client(config, kind);
+            let shutdown = stop.clone().cancelled_owned();
             tokio::spawn(async move {
                 let args = CapiArgs {
                     provider,
@@ -206,7 +230,7 @@ async fn a_capi_cluster_gives_a_ready_tenant_whose_kubeconfig_secret_works_with_
     let client = m.client.clone();
     let admin = m.host.kubeconfig_path().to_path_buf();
     install_capi(&admin, &client).await;
-    let _providers = Providers::start(&client);
+    let _providers = Providers::start(m.host.config());
     let logs = tempfile::tempdir().unwrap();
     let _core = core_bin.map(|b| start_capi_core(&b, &admin, logs.path()));
 
@@ -385,7 +409,7 @@ async fn refused_names_missing_owners_and_pauses_are_reported() {
     let client = host.client().unwrap();
     common::create_namespace(&client, NS).await;
     install_capi(host.kubeconfig_path(), &client).await;
-    let _providers = Providers::start(&client);
+    let _providers = Providers::start(host.config());
     let clusters: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), NS, &cluster_resource());
     let cps: Api<KvtenantControlPlane> = Api::namespaced(client.clone(), NS);

@@ -118,6 +118,16 @@ async fn main() -> anyhow::Result<()> {
                     testenv::tools::HELM_VERSION,
                     step.elapsed()
                 );
+                let step = Instant::now();
+                let clusterctl = tokio::task::spawn_blocking(testenv::tools::clusterctl).await??;
+                if let Some(dir) = clusterctl.parent() {
+                    println!("{}", dir.display());
+                }
+                eprintln!(
+                    "clusterctl {} ready in {:.1?}",
+                    testenv::tools::CLUSTER_API_VERSION,
+                    step.elapsed()
+                );
                 // about 5 minutes cold: only on request (capi/tests/capi.rs runs it when built)
                 if std::env::var("KVTENANT_CAPI_CORE").as_deref() == Ok("1") {
                     let step = Instant::now();

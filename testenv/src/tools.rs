@@ -1,6 +1,6 @@
 //! Tools the install and provisioning tests use as a platform team would: `helm` (the chart in
-//! `deploy/`) and Cluster API's core manager (the Cluster controller the kvtenant Cluster API
-//! provider answers to). Built from pinned Go modules like the other sets ([`crate::binaries`]);
+//! `deploy/`), Cluster API's core manager (the Cluster controller the kvtenant Cluster API
+//! provider answers to) and `clusterctl` (which reads the provider repository of a release). Built from pinned Go modules like the other sets ([`crate::binaries`]);
 //! Cluster API's CRDs are read at run time from its module in Go's module cache, never copied.
 
 use std::path::PathBuf;
@@ -79,6 +79,39 @@ fn cluster_api_set() -> GoSet {
         generate: vec![],
         outputs: vec!["cluster-api-manager"],
     }
+}
+
+/// clusterctl from the same module (its own set: it is small, the core manager is not).
+fn clusterctl_set() -> GoSet {
+    let pkg = "sigs.k8s.io/cluster-api/version";
+    GoSet {
+        key_prefix: format!("clusterctl-{CLUSTER_API_VERSION}"),
+        label: format!("clusterctl {CLUSTER_API_VERSION}"),
+        modules: vec![GoModule {
+            dir: "cluster-api",
+            files: &[
+                ("go.mod", CAPI_GO_MOD),
+                ("go.sum", CAPI_GO_SUM),
+                ("tools.go", CAPI_TOOLS),
+            ],
+        }],
+        builds: vec![GoBuild {
+            module: "cluster-api",
+            what: format!("clusterctl {CLUSTER_API_VERSION}"),
+            ldflags: format!(
+                "-s -w -X {pkg}.gitVersion={CLUSTER_API_VERSION} -X {pkg}.gitTreeState=clean"
+            ),
+            packages: vec!["sigs.k8s.io/cluster-api/cmd/clusterctl"],
+            output: None,
+        }],
+        generate: vec![],
+        outputs: vec!["clusterctl"],
+    }
+}
+
+/// Returns the path of `clusterctl`, building it first if it is not cached yet (blocking).
+pub fn clusterctl() -> Result<PathBuf, BinariesError> {
+    Ok(clusterctl_set().ensure()?.join("clusterctl"))
 }
 
 /// Whether helm is already cached.
@@ -168,6 +201,7 @@ mod tests {
         );
         assert!(helm_set().key().starts_with("helm-v4.3.2-"));
         assert!(cluster_api_set().key().starts_with("cluster-api-v1.14.2-"));
+        assert!(clusterctl_set().key().starts_with("clusterctl-v1.14.2-"));
     }
 
     #[test]

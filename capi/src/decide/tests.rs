@@ -216,6 +216,15 @@ fn waiting_refused_and_paused_are_reported() {
     assert_eq!(s.initialized, Some(false));
     let s = control_plane_status(&c, &Observed::Refused("names clash".into()));
     assert_eq!(get(&s, CONDITION_AVAILABLE).message, "names clash");
+    let s = control_plane_status(
+        &c,
+        &Observed::Failed("apply Secret team/x: forbidden".into()),
+    );
+    let a = get(&s, CONDITION_AVAILABLE);
+    assert_eq!(
+        (a.reason.as_str(), a.message.as_str()),
+        ("ReconcileError", "apply Secret team/x: forbidden")
+    );
 
     // paused keeps what was reported and says so
     let mut c2 = c.clone();
