@@ -1051,6 +1051,7 @@ async fn deploy_and_samples_on_testenv() {
         (SYNCER_SA, (true, "get", "", "nodes", None)),
         (SYNCER_SA, (true, "get", "instancetype.kubevirt.io", "virtualmachineclusterinstancetypes", None)),
         (SYNCER_SA, (true, "list", "", "nodes", None)),
+        (SYNCER_SA, (true, "list", "networking.k8s.io", "servicecidrs", None)),
         (SYNCER_SA, (false, "update", "", "nodes", None)),
         (SYNCER_SA, (false, "update", "tenancy.kvtenant.io", "virtualclusters", vc_ns)),
         (SYNCER_SA, (false, "delete", "tenancy.kvtenant.io", "virtualclusters", vc_ns)),

@@ -74,6 +74,8 @@ pub struct Host {
     pub crds: crate::crds::HostCrds,
     /// Set once the kubelet proxy listens (shared with [`crate::Tenants`], whose proxy sets it).
     pub kubelet: Arc<RwLock<Option<KubeletEndpoint>>>,
+    /// The host's own address ranges, which tenant EndpointSlices may not point at.
+    pub networks: Arc<crate::host_networks::Shared>,
 }
 
 impl Host {
@@ -114,6 +116,7 @@ impl Host {
             queue: FairQueue::default(),
             metrics,
             kubelet,
+            networks: Arc::default(),
         });
         (host, writers)
     }
@@ -242,6 +245,10 @@ enum Cache {
 
 pub(crate) fn watch(host: &Arc<Host>, writers: Writers, tasks: &mut tokio::task::JoinSet<()>) {
     tasks.spawn(watch_namespaces(host.clone()));
+    tasks.spawn(crate::host_networks::refresh(
+        host.client.clone(),
+        host.networks.clone(),
+    ));
     for ((kind, writer), made) in kinds::all().iter().zip(writers.copies).zip(writers.made) {
         tasks.spawn(watch_kind(host.clone(), kind.id, writer, Cache::Main));
         if let (Some(writer), Some(selector)) = (made, kind.host_made_selector()) {

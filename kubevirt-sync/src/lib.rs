@@ -19,6 +19,7 @@ pub mod directory;
 pub mod error;
 pub mod guard;
 pub mod host;
+pub mod host_networks;
 pub mod isolation;
 pub mod metrics;
 pub mod plan;

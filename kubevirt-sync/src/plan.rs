@@ -71,6 +71,10 @@ pub const DNS_WAIT: Duration = Duration::from_millis(500);
 pub trait View {
     fn vc(&self) -> &VirtualClusterRef;
     fn policy(&self) -> Policy<'_>;
+    /// The host's own address ranges, as last read; `None` where not known.
+    fn host_networks(&self) -> Option<std::sync::Arc<kvtenant_rules::host_networks::HostNetworks>> {
+        None
+    }
     /// The virtual cluster's apiserver as host pods reach it, when known.
     fn api_endpoint(&self) -> Option<&ApiEndpoint>;
     /// The host nodes the virtual cluster runs on.
@@ -297,7 +301,10 @@ fn plan_down(
     if h.is_none() && kind.follows_host_lifecycle() && kind.ran_on_host(&t.data) {
         return p.with(Step::ForceDeleteTenant);
     }
-    let violations = kind.violations(&read, &view.policy(), None);
+    let networks = view.host_networks();
+    let mut policy = view.policy();
+    policy.host_networks = networks.as_deref();
+    let violations = kind.violations(&read, &policy, None);
     if !violations.is_empty() {
         return p.with(Step::Refuse(violations));
     }

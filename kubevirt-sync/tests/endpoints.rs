@@ -171,9 +171,13 @@ async fn slices_of_selector_less_services_reach_the_host() {
     let mut fqdn = slice("db-fqdn", "db", &["metadata.google.internal"]);
     fqdn["addressType"] = json!("FQDN");
     apply(kc, &fqdn);
+    // refused by the syncer: an address inside the host's Service range (testenv's
+    // 10.0.0.0/24, its ServiceCIDR `kubernetes`), where the host's apiserver is
+    apply(kc, &slice("db-host-svc", "db", &["10.0.0.1"]));
     for (name, field) in [
         ("db-pod", "endpoints[0].targetRef"),
         ("db-fqdn", "addressType"),
+        ("db-host-svc", "the host's Service range (10.0.0.0/24)"),
     ] {
         let message = sync_refused(&t.client(), "default", name, WAIT)
             .await

@@ -16,6 +16,7 @@
 //! - [`Violation`]: one reason an object is refused, with the field and what to fix.
 pub mod classes;
 pub mod dns;
+pub mod host_networks;
 pub mod isolation;
 pub mod kinds;
 pub mod map_services;
@@ -35,6 +36,9 @@ pub struct Policy<'a> {
     pub pod_security: kvtenant_api::PodSecurityLevel,
     /// Host IngressClasses the tenant's Ingresses may name.
     pub ingress_classes: &'a [String],
+    /// The host's own address ranges, which a tenant's EndpointSlice may not point at; `None`
+    /// where they are not known (the webhooks: the syncer, which knows them, is the boundary).
+    pub host_networks: Option<&'a host_networks::HostNetworks>,
 }
 
 impl<'a> Policy<'a> {
@@ -44,6 +48,7 @@ impl<'a> Policy<'a> {
             vm: &spec.vm_policy,
             pod_security: spec.isolation.pod_security,
             ingress_classes: &spec.isolation.allowed_ingress_classes,
+            host_networks: None,
         }
     }
 
@@ -53,6 +58,7 @@ impl<'a> Policy<'a> {
             vm,
             pod_security: kvtenant_api::PodSecurityLevel::default(),
             ingress_classes: &[],
+            host_networks: None,
         }
     }
 }

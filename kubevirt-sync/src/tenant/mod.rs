@@ -517,6 +517,10 @@ impl View for Tenant {
         Policy::of(&self.spec)
     }
 
+    fn host_networks(&self) -> Option<std::sync::Arc<kvtenant_rules::host_networks::HostNetworks>> {
+        Some(self.host.networks.get())
+    }
+
     fn api_endpoint(&self) -> Option<&ApiEndpoint> {
         self.api_endpoint.as_ref()
     }

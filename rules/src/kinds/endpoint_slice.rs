@@ -14,7 +14,9 @@
 //!   controller would delete a slice labelled as its own that has no host Endpoints).
 //! - Safety (the syncer is the boundary, a tenant can delete any webhook): addresses that would
 //!   point host traffic at a node itself or at the cloud metadata service (loopback, link-local,
-//!   unspecified, link-local multicast) are refused, as are FQDN slices and `targetRef`s to pods
+//!   unspecified, link-local multicast) are refused, as are addresses inside the host cluster's
+//!   own ranges when the syncer knows them ([`Policy::host_networks`]: ServiceCIDRs, the nodes'
+//!   pod ranges and addresses), FQDN slices and `targetRef`s to pods
 //!   (a tenant's slice must not name host pods). Other `targetRef`s and `nodeName`s would name
 //!   host objects by the tenant's names: they are dropped from the host copy. `hostname` stays:
 //!   it only names a DNS record under the Service's own name in the tenant's host namespace.
@@ -26,6 +28,7 @@ use kvtenant_api::labels;
 use serde_json::Value;
 
 use super::{ApiKind, HostContext, SyncedKind, service};
+use crate::host_networks::HostNetworks;
 use crate::vm::refs::ObjRef;
 use crate::vm::size::GuestSize;
 use crate::{Policy, Violation};
@@ -82,8 +85,8 @@ impl SyncedKind for EndpointSlice {
     fn wanted_with(&self, obj: &Value, owner: Option<&Value>) -> bool {
         label(obj, MANAGED_BY) != Some(CONTROLLER) && owner.is_some_and(is_selector_less)
     }
-    fn violations(&self, obj: &Value, _: &Policy, _: Option<GuestSize>) -> Vec<Violation> {
-        violations(obj)
+    fn violations(&self, obj: &Value, policy: &Policy, _: Option<GuestSize>) -> Vec<Violation> {
+        violations(obj, policy.host_networks)
     }
     fn to_host_labels(&self, labels: &mut BTreeMap<String, String>) {
         labels.insert(MANAGED_BY.into(), HOST_MANAGED_BY.into());
@@ -140,7 +143,7 @@ pub fn forbidden_address(address: &str) -> Option<&'static str> {
     }
 }
 
-fn violations(obj: &Value) -> Vec<Violation> {
+fn violations(obj: &Value, host: Option<&HostNetworks>) -> Vec<Violation> {
     let mut out = Vec::new();
     if obj.get("addressType").and_then(Value::as_str) == Some("FQDN") {
         out.push(Violation::new(
@@ -161,6 +164,15 @@ fn violations(obj: &Value) -> Vec<Violation> {
                     format!(
                         "{a:?} is {why}: host traffic may not be sent there; use the address \
                          of the server outside the cluster"
+                    ),
+                ));
+            } else if let Some(range) = host.and_then(|h| h.containing(a)) {
+                out.push(Violation::new(
+                    format!("endpoints[{i}].addresses[{j}]"),
+                    format!(
+                        "{a:?} is inside {range}, which belongs to the host cluster: a \
+                         selector-less Service may only point at servers outside it; to reach \
+                         your own pods give the Service a selector"
                     ),
                 ));
             }
@@ -318,6 +330,41 @@ mod tests {
         assert_eq!(
             EndpointSlice.violations(&fqdn, &p, None)[0].path,
             "addressType"
+        );
+    }
+
+    #[test]
+    fn addresses_inside_the_hosts_own_ranges_are_refused() {
+        let mut host = HostNetworks::default();
+        host.add("10.96.0.0/12", "the host's Service range");
+        host.add("192.0.2.7", "host node worker-1");
+        let s = slice(
+            json!({SERVICE_NAME: "db"}),
+            json!([{"addresses": ["10.96.0.1"]}, {"addresses": ["198.51.100.4", "192.0.2.7"]}]),
+        );
+        let vm = kvtenant_api::VmPolicy::default();
+        let mut policy = Policy::vm_only(&vm);
+        assert!(
+            EndpointSlice.violations(&s, &policy, None).is_empty(),
+            "not known: not refused"
+        );
+        policy.host_networks = Some(&host);
+        let v = EndpointSlice.violations(&s, &policy, None);
+        let paths: Vec<_> = v.iter().map(|v| v.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["endpoints[0].addresses[0]", "endpoints[1].addresses[1]"]
+        );
+        assert!(
+            v[0].message
+                .contains("the host's Service range (10.96.0.0/12)"),
+            "{}",
+            v[0].message
+        );
+        assert!(
+            v[1].message.contains("host node worker-1"),
+            "{}",
+            v[1].message
         );
     }
 }

@@ -89,6 +89,7 @@ mod tests {
             vm: &vm,
             pod_security: kvtenant_api::PodSecurityLevel::Baseline,
             ingress_classes: &allowed,
+            host_networks: None,
         };
         let ing = json!({"spec": {"ingressClassName": "public",
             "tls": [{"secretName": "web-tls"}, {"secretName": "web-tls"}],
