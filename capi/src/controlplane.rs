@@ -148,7 +148,7 @@ async fn copy_kubeconfig(
     let Some(kubeconfig) = secret
         .data
         .as_ref()
-        .and_then(|d| d.get(decide::VC_KUBECONFIG_KEY))
+        .and_then(|d| d.get(decide::vc_kubeconfig_key(vc)))
     else {
         return Ok(false);
     };

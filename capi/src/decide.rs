@@ -26,8 +26,8 @@ pub const PAUSED_ANNOTATION: &str = "cluster.x-k8s.io/paused";
 pub const CAPI_SECRET_TYPE: &str = "cluster.x-k8s.io/secret";
 /// Key of the kubeconfig in `<cluster>-kubeconfig`.
 pub const CAPI_KUBECONFIG_KEY: &str = "value";
-/// Key of the kubeconfig in a VirtualCluster's own Secret.
-pub const VC_KUBECONFIG_KEY: &str = "kubeconfig";
+/// Label that scopes a provider started with `--watch-filter VALUE` to the objects carrying it.
+pub const WATCH_FILTER_LABEL: &str = "cluster.x-k8s.io/watch-filter";
 /// Field manager of the provider's writes.
 pub const FIELD_MANAGER: &str = "kvtenant-capi";
 
@@ -96,6 +96,22 @@ pub fn virtual_cluster(cp: &KvtenantControlPlane, cluster: &str) -> VirtualClust
     )]));
     vc.metadata.owner_references = controller_ref(cp).map(|r| vec![r]);
     vc
+}
+
+/// The key of the kubeconfig in the Secret `status.kubeconfigSecretName` names: an External
+/// VirtualCluster's is its own Secret with the key it chose, a Managed one's is kvtenant's.
+pub fn vc_kubeconfig_key(vc: &VirtualCluster) -> &str {
+    vc.spec
+        .control_plane
+        .kubeconfig_secret_ref
+        .as_ref()
+        .map(|r| r.key.as_str())
+        .unwrap_or(kvtenant_api::DEFAULT_KUBECONFIG_KEY)
+}
+
+/// The label selector of a provider's watches: the watch filter's, when one is given.
+pub fn watch_selector(watch_filter: &str) -> Option<String> {
+    (!watch_filter.is_empty()).then(|| format!("{WATCH_FILTER_LABEL}={watch_filter}"))
 }
 
 /// Host and port of an apiserver URL (`https://host[:port]`, default port 443; IPv6 in

@@ -51,6 +51,10 @@ pub struct CapiArgs {
     /// Reconcile objects of this namespace only (empty: all; clusterctl installs with all).
     #[arg(long, default_value = "", env = "KVTENANT_CAPI_NAMESPACE")]
     pub namespace: String,
+    /// Reconcile only objects labelled cluster.x-k8s.io/watch-filter=VALUE (Cluster API's way to
+    /// run several instances; empty: all).
+    #[arg(long, default_value = "", env = "KVTENANT_CAPI_WATCH_FILTER")]
+    pub watch_filter: String,
 }
 
 fn api<K>(client: &Client, namespace: &str) -> Api<K>
@@ -102,6 +106,10 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), Error> {
     let ctx = Arc::new(Context::new(client.clone()));
+    let watched = match decide::watch_selector(&args.watch_filter) {
+        Some(selector) => watcher::Config::default().labels(&selector),
+        None => watcher::Config::default(),
+    };
     let lp = kube::api::ListParams::default().limit(1);
     match args.provider {
         Provider::ControlPlane => {
@@ -114,14 +122,11 @@ pub async fn run(
                 })?;
             let vcs: Api<VirtualCluster> = api(&client, &args.namespace);
             let clusters = clusters_api(&client, &args.namespace);
-            Controller::new(cps, watcher::Config::default())
+            Controller::new(cps, watched.clone())
                 .owns(vcs, watcher::Config::default())
-                .watches_with(
-                    clusters,
-                    cluster_resource(),
-                    watcher::Config::default(),
-                    |c| referenced(&c, "controlPlaneRef"),
-                )
+                .watches_with(clusters, cluster_resource(), watched, |c| {
+                    referenced(&c, "controlPlaneRef")
+                })
                 .graceful_shutdown_on(shutdown)
                 .run(controlplane::reconcile, error_policy, ctx)
                 .for_each(|_| async {})
@@ -137,13 +142,10 @@ pub async fn run(
                     source,
                 })?;
             let capi_clusters = clusters_api(&client, &args.namespace);
-            Controller::new(clusters, watcher::Config::default())
-                .watches_with(
-                    capi_clusters,
-                    cluster_resource(),
-                    watcher::Config::default(),
-                    |c| referenced(&c, "infrastructureRef"),
-                )
+            Controller::new(clusters, watched.clone())
+                .watches_with(capi_clusters, cluster_resource(), watched, |c| {
+                    referenced(&c, "infrastructureRef")
+                })
                 .graceful_shutdown_on(shutdown)
                 .run(infrastructure::reconcile, error_policy, ctx)
                 .for_each(|_| async {})

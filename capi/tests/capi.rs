@@ -131,6 +131,7 @@ impl Providers {
                 let args = CapiArgs {
                     provider,
                     namespace: String::new(),
+                    watch_filter: String::new(),
                 };
                 kvtenant_capi::run(client, args, shutdown)
                     .await

@@ -256,3 +256,23 @@ fn the_infrastructure_is_provisioned_once_owned_unless_paused() {
     assert!(s.initialization.is_none());
     assert_eq!(s.conditions[0].type_, CONDITION_PAUSED);
 }
+
+#[test]
+fn the_kubeconfig_key_is_kvtenants_or_the_external_secrets() {
+    let mut vc = VirtualCluster::new("a", VirtualClusterSpec::default());
+    assert_eq!(vc_kubeconfig_key(&vc), "kubeconfig");
+    vc.spec.control_plane.kubeconfig_secret_ref = Some(
+        serde_json::from_value(serde_json::json!({"name": "imported", "key": "admin.conf"}))
+            .unwrap(),
+    );
+    assert_eq!(vc_kubeconfig_key(&vc), "admin.conf");
+}
+
+#[test]
+fn a_watch_filter_selects_by_capis_label() {
+    assert_eq!(watch_selector(""), None);
+    assert_eq!(
+        watch_selector("team-a").as_deref(),
+        Some("cluster.x-k8s.io/watch-filter=team-a")
+    );
+}
