@@ -73,6 +73,12 @@ enum Command {
     /// Upgrade a Managed virtual cluster's control plane to another Kubernetes version (the same
     /// minor or the next one; never down) and follow the rollout until it is Ready again.
     Upgrade(cli::UpgradeArgs),
+    /// Save a Managed virtual cluster's objects (datastore Etcd) to a file, through a
+    /// port-forward to its etcd.
+    Snapshot(cli::SnapshotArgs),
+    /// Put a Managed virtual cluster's objects back as a snapshot file has them (objects made
+    /// since are deleted); the control plane keeps running and the syncer makes the host follow.
+    Restore(cli::RestoreArgs),
     /// Delete a virtual cluster and everything kvtenant made for it on the host.
     Delete(cli::DeleteArgs),
     /// Print the CustomResourceDefinition YAML of kvtenant's API.
@@ -114,6 +120,8 @@ async fn main() {
         Command::Pause(a) => cli::set_paused(&cli.global, a, true).await,
         Command::Resume(a) => cli::set_paused(&cli.global, a, false).await,
         Command::Upgrade(a) => cli::upgrade(&cli.global, a).await,
+        Command::Snapshot(a) => cli::snapshot(&cli.global, a).await,
+        Command::Restore(a) => cli::restore(&cli.global, a).await,
         Command::Delete(a) => cli::delete(&cli.global, a).await,
         Command::Crds(a) => cli::crds(a),
         Command::Version(a) => cli::version(&cli.global, a).await,

@@ -227,6 +227,65 @@ fn managed_virtual_cluster_on_the_dev_host_create_connect_vm_pause_resume_delete
         "team-a's kube-apiserver runs without --kubelet-certificate-authority"
     );
 
+    // snapshot, then change the tenant, then restore: the snapshot's objects come back (the
+    // syncer puts the host copy of a restored VM back), the ones made since go
+    let snapshot =
+        std::env::temp_dir().join(format!("kvtenant-snapshot-{}.json", std::process::id()));
+    let snapshot_arg = snapshot.to_str().unwrap();
+    kubectl(&kc, &["create", "configmap", "kept", "--from-literal=k=v"]);
+    let saved = ok(kvtenant(
+        &kc,
+        &[
+            "--context",
+            &host_context,
+            "snapshot",
+            "team-a",
+            "-o",
+            snapshot_arg,
+        ],
+    ));
+    assert!(saved.contains("keys at revision"), "{saved}");
+    kubectl(&kc, &["delete", "configmap", "kept"]);
+    kubectl(&kc, &["create", "configmap", "later", "--from-literal=k=v"]);
+    kubectl(&kc, &["delete", "vm", "vm1"]);
+    wait_until(
+        "vm1 gone from the host",
+        Duration::from_secs(90),
+        || match vm1_on_host()? {
+            (false, _) => Ok(()),
+            (true, vms) => Err(vms),
+        },
+    );
+    let restored = ok(kvtenant(
+        &kc,
+        &[
+            "--context",
+            &host_context,
+            "restore",
+            "team-a",
+            "--from",
+            snapshot_arg,
+        ],
+    ));
+    assert!(restored.contains("keys written"), "{restored}");
+    let _ = std::fs::remove_file(&snapshot);
+    wait_until("the restored configmap", Duration::from_secs(30), || {
+        kubectl_ok(&kc, &["get", "configmap", "kept", "-o", "name"]).map(|_| ())
+    });
+    assert!(
+        kubectl_ok(&kc, &["get", "configmap", "later", "-o", "name"]).is_err(),
+        "a configmap made after the snapshot survived the restore"
+    );
+    kubectl(&kc, &["get", "vm", "vm1", "-o", "name"]);
+    wait_until(
+        "the restored vm1 back on the host",
+        Duration::from_secs(90),
+        || match vm1_on_host()? {
+            (true, _) => Ok(()),
+            (false, vms) => Err(vms),
+        },
+    );
+
     // a second Managed virtual cluster runs beside it, with processes of its own
     let b = ok(kvtenant(
         &kc,

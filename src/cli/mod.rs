@@ -4,6 +4,7 @@ mod completion;
 mod forward;
 mod global;
 mod kubeconfig;
+mod snapshot;
 mod upgrade;
 mod version;
 
@@ -23,6 +24,7 @@ use serde_json::{Value, json};
 pub use completion::{CompletionArgs, command_name, completion, parse};
 pub use global::{GlobalArgs, Output};
 pub use kubeconfig::disconnect;
+pub use snapshot::{RestoreArgs, SnapshotArgs, restore, snapshot};
 pub use upgrade::{UpgradeArgs, upgrade};
 pub use version::{VersionArgs, version};
 

@@ -1,6 +1,6 @@
 //! The part of the kubelet API the runner serves for its node: container logs
 //! (`kubectl logs [-f] [--tail N]` of a runner pod on the host), read from the files its
-//! processes write. HTTPS on 127.0.0.1; only the host apiserver's kubelet client certificate
+//! processes write, and port-forwards over websockets ([`super::portforward`]). HTTPS on 127.0.0.1; only the host apiserver's kubelet client certificate
 //! (chained to the host's client CA, common name `kube-apiserver-kubelet-client`) is served.
 
 use std::convert::Infallible;
@@ -25,7 +25,10 @@ use super::plan::LOOPBACK;
 use crate::controlplane::KUBELET_CLIENT;
 use crate::kubevirt::node_agent::server::{common_name, tls_config};
 
-type Body = BoxBody<Bytes, Infallible>;
+pub type Body = BoxBody<Bytes, Infallible>;
+
+/// The runner's pods' local ports, by `namespace/name`.
+pub type Ports = Arc<std::sync::Mutex<super::Snapshot>>;
 
 /// A logs request: `/containerLogs/{namespace}/{pod}/{container}` with `follow` and
 /// `tailLines`.
@@ -105,6 +108,7 @@ fn log_file(root: &Path, req: &LogsRequest) -> Option<PathBuf> {
 pub async fn start(
     client: &Client,
     root: PathBuf,
+    ports: Ports,
 ) -> Result<(u16, tokio::task::JoinHandle<()>), crate::controlplane::Error> {
     let io = |source| crate::controlplane::Error::Io {
         path: root.clone(),
@@ -136,7 +140,7 @@ pub async fn start(
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
-            let (acceptor, root) = (acceptor.clone(), root.clone());
+            let (acceptor, root, ports) = (acceptor.clone(), root.clone(), ports.clone());
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
@@ -147,11 +151,12 @@ pub async fn start(
                     .peer_certificates()
                     .and_then(|c| common_name(c));
                 let service = service_fn(move |req| {
-                    let (root, cn) = (root.clone(), cn.clone());
-                    async move { Ok::<_, Infallible>(handle(req, &root, cn.as_deref()).await) }
+                    let (root, cn, ports) = (root.clone(), cn.clone(), ports.clone());
+                    async move { Ok::<_, Infallible>(handle(req, &root, cn.as_deref(), &ports).await) }
                 });
                 let _ = http1::Builder::new()
                     .serve_connection(TokioIo::new(tls), service)
+                    .with_upgrades()
                     .await;
             });
         }
@@ -165,17 +170,27 @@ fn answer(code: StatusCode, text: &str) -> Response<Body> {
     r
 }
 
-async fn handle(req: Request<Incoming>, root: &Path, cn: Option<&str>) -> Response<Body> {
+async fn handle(
+    req: Request<Incoming>,
+    root: &Path,
+    cn: Option<&str>,
+    ports: &Ports,
+) -> Response<Body> {
     if cn != Some(KUBELET_CLIENT) {
         return answer(
             StatusCode::FORBIDDEN,
-            "only the apiserver's kubelet client may read logs here",
+            "only the apiserver's kubelet client may call this kubelet",
         );
+    }
+    if let Some(pf) = super::portforward::parse(req.uri().path(), req.uri().query()) {
+        let key = format!("{}/{}", pf.namespace, pf.pod);
+        let local = ports.lock().ok().and_then(|s| s.ports.get(&key).cloned());
+        return super::portforward::serve(req, pf, local);
     }
     let Some(logs) = parse(req.uri().path(), req.uri().query()) else {
         return answer(
             StatusCode::NOT_FOUND,
-            "the control-plane runner serves /containerLogs only",
+            "the control-plane runner serves /containerLogs and /portForward only",
         );
     };
     let Some(file) = log_file(root, &logs) else {

@@ -25,6 +25,7 @@ mod node;
 mod nodeport;
 mod plan;
 mod pods;
+mod portforward;
 mod volumes;
 
 use std::collections::BTreeMap;
@@ -153,7 +154,9 @@ impl Runner {
                 path: std::env::temp_dir(),
                 source,
             })?;
-        let (kubelet_port, kubelet) = kubelet::start(&client, root.path().to_path_buf()).await?;
+        let snapshot = Arc::new(Mutex::new(Snapshot::default()));
+        let (kubelet_port, kubelet) =
+            kubelet::start(&client, root.path().to_path_buf(), snapshot.clone()).await?;
         node::register(&client, &opts.node, kubelet_port).await?;
         let policy = node::pin_policy(
             &format!("{}-pin", opts.node),
@@ -161,7 +164,6 @@ impl Runner {
             &json!(opts.selector),
         );
         node::apply_all(&client, &policy).await?;
-        let snapshot = Arc::new(Mutex::new(Snapshot::default()));
         let state = pods::Pods::new(client.clone(), opts.clone(), root.path().to_path_buf());
         let task = tokio::spawn(run(
             client,
