@@ -52,6 +52,7 @@ use kvtenant_rules::kinds::{
 use kvtenant_rules::pod::dns::{TenantDns, uses_cluster_dns};
 use kvtenant_rules::pod::identity::ApiEndpoint;
 use kvtenant_rules::translate::keep::keep_host_set;
+pub use kvtenant_rules::translate::recreated;
 use kvtenant_rules::translate::{
     MIRROR_OF, host_needs_update, is_copy_for, is_kvtenant_copy, is_mirror, map_owner_by_name,
     merge_for_update, merge_mirror, mirror_differs, remove_pointers, to_host, to_tenant_mirror,
@@ -149,6 +150,9 @@ pub enum Step {
     Bind(String),
     /// Recreate the tenant object as given (same name; values only a create can set).
     RecreateTenant(Box<DynamicObject>),
+    /// Create the tenant object a recreate deleted and did not create again (the syncer died
+    /// between): the new one, else the original.
+    RestoreTenant(Box<[DynamicObject; 2]>),
     /// Merge-patch the tenant object: a change made on the host the tenant takes up, or values
     /// the host assigned.
     TakeUp(Value),
@@ -226,6 +230,10 @@ pub fn plan(
             let name = h.metadata.name.as_deref().unwrap_or_default();
             if view.recreating(kind, namespace, name) {
                 return Plan::new(Direction::Noop).wait(CONFLICT_WAIT);
+            }
+            if let Some((obj, original)) = kvtenant_rules::translate::interrupted_recreate(h) {
+                return Plan::new(Direction::Up)
+                    .with(Step::RestoreTenant(Box::new([obj, original])));
             }
             Plan::new(Direction::Delete)
                 .with(Step::ConfirmTenantGone)
@@ -449,37 +457,6 @@ fn tenant_fix(
             Some(Step::RecreateTenant(Box::new(recreated(t, &values))))
         }
     }
-}
-
-/// The tenant object to create again: its metadata without the server's fields, its data with
-/// `values` merged in (JSON merge patch), no status.
-pub fn recreated(t: &DynamicObject, values: &Value) -> DynamicObject {
-    let mut out = t.clone();
-    let m = &mut out.metadata;
-    m.uid = None;
-    m.resource_version = None;
-    m.creation_timestamp = None;
-    m.generation = None;
-    m.managed_fields = None;
-    fn merge(into: &mut Value, patch: &Value) {
-        match (into, patch) {
-            (Value::Object(a), Value::Object(b)) => {
-                for (k, v) in b {
-                    if v.is_null() {
-                        a.remove(k);
-                    } else {
-                        merge(a.entry(k.clone()).or_insert(Value::Null), v);
-                    }
-                }
-            }
-            (slot, v) => *slot = v.clone(),
-        }
-    }
-    merge(&mut out.data, values);
-    if let Some(o) = out.data.as_object_mut() {
-        o.remove("status");
-    }
-    out
 }
 
 /// The object as the rules read it: its data with the annotations and labels of its metadata

@@ -135,6 +135,60 @@ pub fn content_hash(obj: &DynamicObject) -> String {
 }
 
 /// Whether `host` is a copy kvtenant made for the VirtualCluster with this uid.
+/// The tenant object to create again: its metadata without the server's fields, its data with
+/// `values` merged in (JSON merge patch), no status.
+pub fn recreated(t: &DynamicObject, values: &Value) -> DynamicObject {
+    let mut out = t.clone();
+    let m = &mut out.metadata;
+    m.uid = None;
+    m.resource_version = None;
+    m.creation_timestamp = None;
+    m.generation = None;
+    m.managed_fields = None;
+    fn merge(into: &mut Value, patch: &Value) {
+        match (into, patch) {
+            (Value::Object(a), Value::Object(b)) => {
+                for (k, v) in b {
+                    if v.is_null() {
+                        a.remove(k);
+                    } else {
+                        merge(a.entry(k.clone()).or_insert(Value::Null), v);
+                    }
+                }
+            }
+            (slot, v) => *slot = v.clone(),
+        }
+    }
+    merge(&mut out.data, values);
+    if let Some(o) = out.data.as_object_mut() {
+        o.remove("status");
+    }
+    out
+}
+
+/// The value of [`kvtenant_api::labels::RECREATE_PENDING`] for recreating the tenant object
+/// `old_uid` as `object` (`original`: the object as it was, put back if the tenant refuses
+/// `object`).
+pub fn recreate_pending(old_uid: &str, object: &DynamicObject, original: &DynamicObject) -> String {
+    serde_json::json!({"uid": old_uid, "object": object, "original": original}).to_string()
+}
+
+/// The tenant object a host copy says kvtenant was recreating, and the original, when that
+/// recreate was cut short: the copy still stands for the deleted object (its tenant uid is the
+/// one the annotation names). After a completed recreate the copy stands for the new object, and
+/// a leftover annotation means nothing.
+pub fn interrupted_recreate(host: &DynamicObject) -> Option<(DynamicObject, DynamicObject)> {
+    let a = host.metadata.annotations.as_ref()?;
+    let pending: Value =
+        serde_json::from_str(a.get(kvtenant_api::labels::RECREATE_PENDING)?).ok()?;
+    let old = pending.get("uid")?.as_str()?;
+    if a.get(TENANT_UID).map(String::as_str) != Some(old) {
+        return None;
+    }
+    let obj = |k: &str| serde_json::from_value(pending.get(k)?.clone()).ok();
+    Some((obj("object")?, obj("original")?))
+}
+
 pub fn is_copy_for(host: &DynamicObject, vc_uid: &str) -> bool {
     let labels = host.metadata.labels.as_ref();
     let annotations = host.metadata.annotations.as_ref();

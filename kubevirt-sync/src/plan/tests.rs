@@ -29,6 +29,35 @@ fn a_copy_whose_tenant_object_is_gone_is_deleted_after_asking_the_tenant() {
 }
 
 #[test]
+fn a_recreate_cut_short_is_finished_instead_of_deleting_the_copy() {
+    let f = Fake::new();
+    let t = vm(plain_spec());
+    let mut h = copy_of(&f, &t, None);
+    let old_uid = h.metadata.annotations.as_ref().unwrap()[TENANT_UID].clone();
+    let new = recreated(&t, &json!({"spec": {"running": false}}));
+    let original = recreated(&t, &json!({}));
+    h.metadata.annotations.as_mut().unwrap().insert(
+        kvtenant_api::labels::RECREATE_PENDING.into(),
+        kvtenant_rules::translate::recreate_pending(&old_uid, &new, &original),
+    );
+    let p = run(&f, "VirtualMachine", None, Some(&h));
+    assert_eq!(p.direction, Direction::Up);
+    let [Step::RestoreTenant(objs)] = p.steps.as_slice() else {
+        panic!("{:?}", p.steps);
+    };
+    assert_eq!(objs[0].data["spec"]["running"], false);
+    assert_eq!(objs[1].data, original.data);
+    // a leftover of a finished recreate (the copy stands for another uid) is no reason
+    h.metadata
+        .annotations
+        .as_mut()
+        .unwrap()
+        .insert(TENANT_UID.into(), "another".into());
+    let p = run(&f, "VirtualMachine", None, Some(&h));
+    assert_eq!(p.steps, [Step::ConfirmTenantGone, Step::DeleteHost]);
+}
+
+#[test]
 fn another_virtual_clusters_copy_is_left_alone() {
     let f = Fake::new();
     let mut other = Fake::new();

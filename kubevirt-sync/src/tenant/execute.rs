@@ -143,6 +143,7 @@ impl Tenant {
                     self.synced(kind, "up");
                 }
                 Step::RecreateTenant(obj) => self.recreate(kind, key, &obj).await?,
+                Step::RestoreTenant(objs) => self.restore_recreated(kind, key, &objs).await?,
                 Step::TakeUp(patch) => {
                     self.api_call(Cluster::Tenant, "patch");
                     tenant

@@ -11,7 +11,9 @@ use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, T
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions};
-use kvtenant_api::labels::{MANAGED_BY, MANAGED_BY_VALUE, TOKEN_EXPIRES, VIRTUALCLUSTER_UID};
+use kvtenant_api::labels::{
+    MANAGED_BY, MANAGED_BY_VALUE, RECREATE_PENDING, TOKEN_EXPIRES, VIRTUALCLUSTER_UID,
+};
 use kvtenant_kubeutil::{ApiErrorClass, classify};
 use kvtenant_rules::kinds::{self, Kind};
 use kvtenant_rules::pod::identity::{
@@ -220,6 +222,15 @@ impl Tenant {
         let what = describe(kind.name(), &key.namespace, &key.name);
         let api = self.tenant_api(kind, &key.namespace);
         let guard = RecreateGuard::new(self, key.clone());
+        let original = crate::plan::recreated(&current, &json!({}));
+        // on the host copy first: a syncer dying between the delete and the create leaves the
+        // next one what to create (plan: RestoreTenant), not a tenant object lost
+        let pending = kvtenant_rules::translate::recreate_pending(
+            current.metadata.uid.as_deref().unwrap_or_default(),
+            obj,
+            &original,
+        );
+        self.mark_recreate(kind, key, Some(&pending)).await?;
         let dp = DeleteParams {
             preconditions: Some(Preconditions {
                 uid: current.metadata.uid.clone(),
@@ -237,13 +248,18 @@ impl Tenant {
                     ApiErrorClass::Conflict | ApiErrorClass::NotFound
                 ) =>
             {
+                self.clear_recreate(kind, key).await;
                 return Ok(());
             }
-            Err(e) => return Err(Error::api("delete", Cluster::Tenant, what)(e)),
+            Err(e) => {
+                self.clear_recreate(kind, key).await;
+                return Err(Error::api("delete", Cluster::Tenant, what)(e));
+            }
         }
         self.api_call(Cluster::Tenant, "create");
         let created = api.create(&PostParams::default(), obj).await;
         let Err(e) = created else {
+            self.clear_recreate(kind, key).await;
             drop(guard);
             self.synced(kind, "up");
             return Ok(());
@@ -253,13 +269,67 @@ impl Tenant {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(key.clone());
-        let original = crate::plan::recreated(&current, &json!({}));
         self.api_call(Cluster::Tenant, "create");
         api.create(&PostParams::default(), &original)
             .await
             .map_err(Error::api("create again", Cluster::Tenant, what))?;
+        self.clear_recreate(kind, key).await;
         drop(guard);
         Ok(())
+    }
+
+    /// Creates the tenant object a recreate deleted and did not create again (the syncer died
+    /// between the two calls): `objs[0]`, or the original `objs[1]` if the tenant refuses it.
+    pub(super) async fn restore_recreated(
+        &self,
+        kind: &Kind,
+        key: &Key,
+        objs: &[DynamicObject; 2],
+    ) -> Result<(), Error> {
+        let what = describe(kind.name(), &key.namespace, &key.name);
+        tracing::warn!(tenant = %self.label, object = %what, "a recreate was cut short: creating the tenant object again");
+        let api = self.tenant_api(kind, &key.namespace);
+        for (i, obj) in objs.iter().enumerate() {
+            self.api_call(Cluster::Tenant, "create");
+            match api.create(&PostParams::default(), obj).await {
+                Ok(_) => break,
+                Err(e) if classify(&e) == ApiErrorClass::Conflict => break,
+                Err(e) if i == 0 && classify(&e) == ApiErrorClass::Invalid => continue,
+                Err(e) => return Err(Error::api("create again", Cluster::Tenant, what)(e)),
+            }
+        }
+        self.clear_recreate(kind, key).await;
+        self.synced(kind, "up");
+        Ok(())
+    }
+
+    /// Writes (`Some`) or removes the [`RECREATE_PENDING`] annotation of the host copy.
+    async fn mark_recreate(
+        &self,
+        kind: &Kind,
+        key: &Key,
+        value: Option<&str>,
+    ) -> Result<(), Error> {
+        let host_ns = self.vc.host_namespace(&key.namespace);
+        let patch = json!({"metadata": {"annotations": {RECREATE_PENDING: value}}});
+        self.api_call(Cluster::Host, "patch");
+        self.host_api(kind, &host_ns)
+            .patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map(|_| ())
+            .map_err(Error::api(
+                "patch",
+                Cluster::Host,
+                describe(kind.name(), &host_ns, &key.name),
+            ))
+    }
+
+    /// Removes the [`RECREATE_PENDING`] annotation; a failure is logged (a leftover names the
+    /// old tenant uid, which the copy no longer stands for once it syncs again).
+    async fn clear_recreate(&self, kind: &Kind, key: &Key) {
+        if let Err(e) = self.mark_recreate(kind, key, None).await {
+            tracing::warn!(tenant = %self.label, error = %e, "removing the recreate-pending annotation");
+        }
     }
 }
 

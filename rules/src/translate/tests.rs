@@ -202,3 +202,28 @@ fn host_assigned_fields_are_removed_and_selectors_match() {
     assert!(!selects(&sel, Some(&json!({"vm": "b"}))));
     assert!(!selects(&serde_json::Map::new(), Some(&json!({"vm": "a"}))));
 }
+
+#[test]
+fn a_cut_short_recreate_is_found_on_the_host_copy_and_a_finished_one_is_not() {
+    let tenant = vm(json!({"spec": {"x": 1}}));
+    let mut host = to_host(&tenant, "h", &vc(), |_| None);
+    assert!(interrupted_recreate(&host).is_none());
+    let mut again = tenant.clone();
+    again.data["spec"]["x"] = json!(2);
+    host.metadata.annotations.as_mut().unwrap().insert(
+        kvtenant_api::labels::RECREATE_PENDING.into(),
+        recreate_pending("tenant-uid-1", &again, &tenant),
+    );
+    // the copy still stands for the deleted object: create the new one
+    let (found, original) = interrupted_recreate(&host).unwrap();
+    assert_eq!(found.data["spec"]["x"], 2);
+    assert_eq!(found.metadata.name.as_deref(), Some("vm1"));
+    assert_eq!(original.data["spec"]["x"], 1);
+    // the copy stands for the recreated object: the annotation is a leftover
+    host.metadata
+        .annotations
+        .as_mut()
+        .unwrap()
+        .insert(TENANT_UID.into(), "tenant-uid-2".into());
+    assert!(interrupted_recreate(&host).is_none());
+}
