@@ -32,10 +32,10 @@ pub const TENANT_NAMESPACE: &str = "tenancy.kvtenant.io/tenant-namespace";
 /// Annotation: uid of the tenant object a host object stands for (for a host namespace, the
 /// tenant Namespace's uid).
 pub const TENANT_UID: &str = "tenancy.kvtenant.io/tenant-uid";
-/// Annotation on a host copy while kvtenant recreates its tenant object (delete, then create with
-/// host values): `{"uid": <the deleted object's uid>, "object": <to create>, "original": <as it was>}`. A
-/// syncer that died between the two calls finds it and creates the object instead of deleting
-/// the host copy.
+/// Annotation on a host copy while kvtenant recreates its tenant object (delete, then create
+/// with host values): `{"uid": <the deleted object's uid>, "object": <to create>, "original":
+/// <as it was>}`. A syncer that died between the two calls finds it and creates the object
+/// instead of deleting the host copy.
 pub const RECREATE_PENDING: &str = "tenancy.kvtenant.io/recreate-pending";
 /// Annotation: name of the tenant object a synced host object stands for.
 pub const TENANT_NAME: &str = "tenancy.kvtenant.io/tenant-name";
