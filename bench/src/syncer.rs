@@ -81,6 +81,8 @@ impl SyncerHandle {
                     SyncerConfig {
                         workers: spec.workers,
                         resync_period: spec.resync,
+                        // one in-process syncer: no Lease to hold
+                        leader_election: None,
                     },
                 );
                 let proxy = kvtenant_kubevirt_sync::proxy::Proxy::start(
