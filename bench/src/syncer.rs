@@ -49,7 +49,7 @@ enum Inner {
         admin: SocketAddr,
     },
     InProcess {
-        _syncer: Syncer,
+        _syncer: Box<Syncer>,
         _proxy: kvtenant_kubevirt_sync::proxy::Proxy,
         _webhooks: kvtenant_webhooks::Webhooks,
         registry: Registry,
@@ -102,7 +102,7 @@ impl SyncerHandle {
                 proxy.metrics().register(&mut registry);
                 webhooks.metrics().register(&mut registry);
                 Inner::InProcess {
-                    _syncer: syncer,
+                    _syncer: Box::new(syncer),
                     _proxy: proxy,
                     _webhooks: webhooks,
                     registry,
