@@ -7,7 +7,6 @@
 
 mod common;
 
-
 use common::runner::*;
 use common::*;
 use k8s_openapi::api::core::v1::{Namespace, Pod};

@@ -38,9 +38,7 @@ pub enum Error {
     },
     #[error("{what} failed: {output}")]
     Command { what: String, output: String },
-    #[error(
-        "{server} did not accept connections on 127.0.0.1:{port} within {secs} s; log:\n{log}"
-    )]
+    #[error("{server} did not accept connections on 127.0.0.1:{port} within {secs} s; log:\n{log}")]
     NotReady {
         server: &'static str,
         port: u16,
