@@ -207,20 +207,33 @@ async fn the_syncer_killed_in_a_create_burst_and_in_a_delete_burst() {
     let tc = env.tenants[0].client();
     let burst = names(0..N, "burst");
 
-    // create burst: the syncer dies when about a quarter of the VMs are on the host
-    create_vms(&tc, &burst).await;
-    eventually(
-        "a quarter of the burst on the host",
-        RECOVER_WITHIN,
-        || async { host_count(&env, "VirtualMachine/").await >= N / 4 },
-    )
-    .await;
+    // create burst: the syncer dies as soon as a few VMs are on the host (a tight watch: the
+    // whole burst syncs in about a second)
+    let host_vms = env.host_api(&vm_resource(), &env.tenants[0].host_ns("default"));
+    let creating = tokio::spawn({
+        let (tc, burst) = (tc.clone(), burst.clone());
+        async move { create_vms(&tc, &burst).await }
+    });
+    let started = Instant::now();
+    while host_vms
+        .list(&ListParams::default())
+        .await
+        .map_or(0, |l| l.items.len())
+        < N / 8
+    {
+        assert!(
+            started.elapsed() < RECOVER_WITHIN,
+            "the burst never reached the host"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     env.syncer = None;
     let before = objects(&env.host_client(), &env.tenants[0].host_ns("default")).await;
     let on_host = before
         .keys()
         .filter(|k| k.starts_with("VirtualMachine/"))
         .count();
+    creating.await.unwrap();
     env.start_syncer();
     let restarted = Instant::now();
     eventually(
