@@ -1,6 +1,7 @@
 //! Datastore ExternalDatabase on the runner (testenv's stand-in for the kubelet of kvtenant's
-//! control-plane pods): kine in the control-plane pod over a real PostgreSQL server, two virtual
-//! clusters sharing one database, and over a real MariaDB (MySQL's protocol). Both servers come
+//! control-plane pods): kine in the control-plane pod over a real PostgreSQL server that takes TLS
+//! connections only, two virtual clusters sharing one database, and over a real MariaDB
+//! (MySQL's protocol). Both servers come
 //! from Debian's packages and are started on 127.0.0.1 by the tests.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -17,12 +18,14 @@ use testenv::sqldb::Server;
 
 const NS: &str = "tenants";
 
-fn database_spec(secret: &str) -> VirtualClusterSpec {
+fn database_spec(secret: &str, tls: Option<&str>) -> VirtualClusterSpec {
     let mut spec = loopback_spec();
     spec.control_plane.datastore = Datastore::ExternalDatabase;
-    spec.control_plane.external_database = Some(
-        serde_json::from_value(serde_json::json!({"dsnSecretRef": {"name": secret}})).unwrap(),
-    );
+    let mut db = serde_json::json!({"dsnSecretRef": {"name": secret}});
+    if let Some(tls) = tls {
+        db["tlsSecretRef"] = serde_json::json!({"name": tls});
+    }
+    spec.control_plane.external_database = Some(serde_json::from_value(db).unwrap());
     spec
 }
 
@@ -31,16 +34,23 @@ fn namespace(name: &str) -> Namespace {
 }
 
 /// Two virtual clusters keep their objects in one PostgreSQL database, each under its own key
-/// prefix, and see only their own; a missing DSN Secret is reported with what to fix and
-/// creating it is enough; a replaced pod finds its data in the database.
+/// prefix, and see only their own, over TLS verified with the CA from the TLS Secret; a missing
+/// DSN Secret is reported with what to fix and creating it is enough; a replaced pod finds its
+/// data in the database.
 #[tokio::test]
 async fn kine_on_postgres_serves_two_virtual_clusters_from_one_database() {
-    let pg = Server::postgres().unwrap_or_else(|e| panic!("{e}"));
+    let (pg, ca) = Server::postgres_tls().unwrap_or_else(|e| panic!("{e}"));
     let m = managed_host("pg-host", NS).await;
     let client = &m.client;
 
     // the Secret is missing: the status says which one and what to put in it
-    let a = create_vc(client, NS, &vc("pa", database_spec("pg-dsn"))).await;
+    put_secret(client, NS, secret("pg-tls", "ca.crt", &ca)).await;
+    let a = create_vc(
+        client,
+        NS,
+        &vc("pa", database_spec("pg-dsn", Some("pg-tls"))),
+    )
+    .await;
     wait_status(client, NS, "pa", "a missing-Secret message", |s| {
         let msg = s.message.clone().unwrap_or_default();
         if msg.contains("Secret tenants/pg-dsn") && msg.contains("not found") {
@@ -58,7 +68,12 @@ async fn kine_on_postgres_serves_two_virtual_clusters_from_one_database() {
 
     // creating the Secret is enough (the controller watches it)
     put_secret(client, NS, secret("pg-dsn", "dsn", &pg.dsn("kvtenant"))).await;
-    let b = create_vc(client, NS, &vc("pb", database_spec("pg-dsn"))).await;
+    let b = create_vc(
+        client,
+        NS,
+        &vc("pb", database_spec("pg-dsn", Some("pg-tls"))),
+    )
+    .await;
     for name in ["pa", "pb"] {
         wait_ready(&m, NS, name, "Ready on PostgreSQL").await;
     }
@@ -79,6 +94,18 @@ async fn kine_on_postgres_serves_two_virtual_clusters_from_one_database() {
     assert!(
         tb.get_opt("only-in-pa").await.unwrap().is_none(),
         "pb sees pa's namespace"
+    );
+    // kine's connections are TLS (the server takes nothing else; this says so from its side)
+    let tls = pg
+        .query(
+            "kvtenant",
+            "select count(*) from pg_stat_ssl s join pg_stat_activity a using (pid) \
+             where a.datname = 'kvtenant' and s.ssl",
+        )
+        .unwrap();
+    assert!(
+        tls.parse::<u64>().unwrap() >= 2,
+        "TLS connections to kvtenant: {tls}"
     );
     // both are in the one database, each under its own prefix
     for uid in [a.uid().unwrap(), b.uid().unwrap()] {
@@ -116,7 +143,7 @@ async fn kine_on_mariadb_serves_a_virtual_cluster() {
     let m = managed_host("mariadb-host", NS).await;
     let client = &m.client;
     put_secret(client, NS, secret("my-dsn", "dsn", &db.dsn("kvtenant_m"))).await;
-    let v = create_vc(client, NS, &vc("ma", database_spec("my-dsn"))).await;
+    let v = create_vc(client, NS, &vc("ma", database_spec("my-dsn", None))).await;
     wait_ready(&m, NS, "ma", "Ready on MariaDB").await;
     let tenant: Api<Namespace> = Api::all(tenant_client(client, NS, "ma").await);
     tenant

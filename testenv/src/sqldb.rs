@@ -65,6 +65,8 @@ pub enum Kind {
 /// A running SQL server; stopped and its data removed on drop.
 pub struct Server {
     kind: Kind,
+    /// Whether it takes TLS connections only.
+    tls: bool,
     port: u16,
     password: String,
     process: Managed,
@@ -128,6 +130,18 @@ fn run_as() -> Result<Option<(u32, u32)>, Error> {
 impl Server {
     /// A fresh PostgreSQL cluster on a free port of 127.0.0.1 (a few seconds).
     pub fn postgres() -> Result<Self, Error> {
+        Self::postgres_with(false).map(|(s, _)| s)
+    }
+
+    /// A fresh PostgreSQL cluster that accepts TLS connections only, with a server certificate
+    /// for 127.0.0.1 from a CA of its own; returns the CA certificate (PEM) clients verify it
+    /// with.
+    pub fn postgres_tls() -> Result<(Self, String), Error> {
+        let (server, ca) = Self::postgres_with(true)?;
+        Ok((server, ca.unwrap_or_default()))
+    }
+
+    fn postgres_with(tls: bool) -> Result<(Self, Option<String>), Error> {
         let bin = bin_dir()?;
         let owner = run_as()?;
         let dir = tempfile::Builder::new()
@@ -185,7 +199,42 @@ impl Server {
             // test data: durability is not the point, speed is
             .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
             .args(["-c", "full_page_writes=off", "-c", "max_connections=200"]);
-        Self::spawn(Kind::Postgres, cmd, port, password, dir)
+        let ca = if tls {
+            let ca = crate::pki::Ca::new("kvtenant-test-postgres-ca")
+                .map_err(|e| io("making a CA")(std::io::Error::other(e.to_string())))?;
+            let cert = ca
+                .issue_server("postgres", &["127.0.0.1", "localhost"])
+                .map_err(|e| io("issuing a certificate")(std::io::Error::other(e.to_string())))?;
+            let (crt, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+            fs::write(&crt, &cert.cert_pem).map_err(io("writing server.crt"))?;
+            fs::write(&key, &cert.key_pem).map_err(io("writing server.key"))?;
+            fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .map_err(io("chmod server.key"))?;
+            if let Some((uid, gid)) = owner {
+                for p in [&crt, &key] {
+                    chown(p, Some(uid), Some(gid)).map_err(io(format!("chown {}", p.display())))?;
+                }
+            }
+            // TLS or nothing, over TCP
+            fs::write(
+                data.join("pg_hba.conf"),
+                "local all all scram-sha-256\n\
+                 hostssl all all 127.0.0.1/32 scram-sha-256\n\
+                 hostnossl all all 127.0.0.1/32 reject\n",
+            )
+            .map_err(io("writing pg_hba.conf"))?;
+            cmd.args(["-c", "ssl=on"])
+                .arg("-c")
+                .arg(format!("ssl_cert_file={}", crt.display()))
+                .arg("-c")
+                .arg(format!("ssl_key_file={}", key.display()));
+            Some(ca.cert_pem().to_owned())
+        } else {
+            None
+        };
+        let mut server = Self::spawn(Kind::Postgres, cmd, port, password, dir)?;
+        server.tls = ca.is_some();
+        Ok((server, ca))
     }
 
     /// A fresh MariaDB server on a free port of 127.0.0.1 (a few seconds).
@@ -268,6 +317,7 @@ impl Server {
             Managed::spawn(name, cmd, &log, None).map_err(io(format!("starting {name}")))?;
         let server = Self {
             kind,
+            tls: false,
             port,
             password,
             process,
@@ -309,10 +359,14 @@ impl Server {
     }
 
     /// kine's DSN for `database` (kine creates it when missing), as user [`USER`] with its
-    /// password, without TLS.
+    /// password; without TLS unless the server takes TLS only.
     pub fn dsn(&self, database: &str) -> String {
         let (pw, port) = (&self.password, self.port);
         match self.kind {
+            // with TLS, kine picks verify-full when it is given the CA (--ca-file)
+            Kind::Postgres if self.tls => {
+                format!("postgres://{USER}:{pw}@127.0.0.1:{port}/{database}")
+            }
             Kind::Postgres => {
                 format!("postgres://{USER}:{pw}@127.0.0.1:{port}/{database}?sslmode=disable")
             }
@@ -370,6 +424,34 @@ impl Server {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// TLS only: a client that will not use TLS is turned away, one that does gets in.
+    #[test]
+    fn postgres_tls_refuses_plain_connections() {
+        let (pg, ca) = Server::postgres_tls().unwrap_or_else(|e| panic!("{e}"));
+        assert!(ca.contains("BEGIN CERTIFICATE"));
+        assert_eq!(
+            pg.query(
+                "postgres",
+                "select ssl from pg_stat_ssl where pid = pg_backend_pid()"
+            )
+            .unwrap(),
+            "t"
+        );
+        let plain = Command::new(bin_dir().unwrap().join("psql"))
+            .args(["-h", "127.0.0.1", "-p", &pg.port().to_string(), "-U", USER])
+            .args(["-d", "postgres", "-c", "select 1"])
+            .env("PGPASSWORD", &pg.password)
+            .env("PGSSLMODE", "disable")
+            .output()
+            .unwrap();
+        assert!(!plain.status.success());
+        assert!(
+            String::from_utf8_lossy(&plain.stderr).contains("no encryption"),
+            "{}",
+            String::from_utf8_lossy(&plain.stderr)
+        );
+    }
 
     /// A real MariaDB: SQL runs as the test user, and the DSN names the server.
     #[test]
