@@ -6,7 +6,8 @@
 //! DIR/chart/kvtenant/                               the Helm chart, deploy/base copied into files/base
 //! DIR/control-plane-kvtenant/vX.Y.Z/                control-plane-components.yaml, metadata.yaml
 //! DIR/infrastructure-kvtenant/vX.Y.Z/               infrastructure-components.yaml, metadata.yaml,
-//!                                                   cluster-template.yaml
+//!                                                   cluster-template.yaml, cluster-template-topology.yaml,
+//!                                                   clusterclass-kvtenant.yaml
 //! ```
 //!
 //! The two provider folders are laid out as a clusterctl provider repository
@@ -153,6 +154,14 @@ pub fn release_artifacts(args: ReleaseArgs) -> anyhow::Result<()> {
             write(
                 &dir.join("cluster-template.yaml"),
                 &components::cluster_template(),
+            )?;
+            write(
+                &dir.join("cluster-template-topology.yaml"),
+                &components::cluster_template_topology(),
+            )?;
+            write(
+                &dir.join("clusterclass-kvtenant.yaml"),
+                &components::cluster_class(),
             )?;
         }
     }

@@ -146,6 +146,34 @@ async fn clusterctl_reads_the_release_as_a_provider_repository() {
         assert!(cluster.contains(want), "{want} missing:\n{cluster}");
     }
 
+    // the topology flavor: clusterctl adds the ClusterClass it names from the repository
+    let topology = clusterctl(
+        &bin,
+        dir.path(),
+        &[
+            "generate",
+            "cluster",
+            "gamma",
+            "--infrastructure",
+            "kvtenant:v0.3.0",
+            "--flavor",
+            "topology",
+            "--kubernetes-version",
+            testenv::binaries::KUBERNETES_VERSION,
+            "--target-namespace",
+            "team",
+        ],
+        &[],
+    );
+    for want in [
+        "kind: ClusterClass",
+        "kind: KvtenantControlPlaneTemplate",
+        "kind: KvtenantClusterTemplate",
+        "name: gamma",
+    ] {
+        assert!(topology.contains(want), "{want} missing:\n{topology}");
+    }
+
     // a real apiserver takes all of it: the release's CRDs, Cluster API's, both providers
     // (created; no kubelet runs their pods) and the cluster (server-side dry run)
     let host = ControlPlane::start(Options::new("clusterctl"))
@@ -191,6 +219,26 @@ async fn clusterctl_reads_the_release_as_a_provider_repository() {
         "cluster.cluster.x-k8s.io/alpha",
         "kvtenantcluster.infrastructure.cluster.x-k8s.io/alpha",
         "kvtenantcontrolplane.controlplane.cluster.x-k8s.io/alpha-control-plane",
+    ] {
+        assert!(applied.contains(want), "{want} not applied:\n{applied}");
+    }
+    // the ClusterClass and its templates for real (a Cluster of it needs them to exist)
+    let f = write(dir.path(), "topology.yaml", &topology);
+    let applied = kubectl(
+        k,
+        &[
+            "apply",
+            "--server-side",
+            "--dry-run=server",
+            "-f",
+            f.to_str().unwrap(),
+        ],
+    );
+    for want in [
+        "clusterclass.cluster.x-k8s.io/kvtenant",
+        "kvtenantcontrolplanetemplate.controlplane.cluster.x-k8s.io/kvtenant",
+        "kvtenantclustertemplate.infrastructure.cluster.x-k8s.io/kvtenant",
+        "cluster.cluster.x-k8s.io/gamma",
     ] {
         assert!(applied.contains(want), "{want} not applied:\n{applied}");
     }

@@ -5,6 +5,7 @@
 
 use serde_json::{Value, json};
 
+use crate::templates::{control_plane_template_crd, infrastructure_template_crd};
 use crate::types::{
     CONTRACT, CONTROL_PLANE_PROVIDER, INFRASTRUCTURE_PROVIDER, PROVIDER_LABEL, control_plane_crd,
     infrastructure_crd,
@@ -52,12 +53,15 @@ impl Kind {
         }
     }
 
-    fn crd(self) -> Value {
-        let crd = match self {
-            Kind::ControlPlane => control_plane_crd(),
-            Kind::Infrastructure => infrastructure_crd(),
+    /// The provider's CRDs: its kind and the template ClusterClasses name.
+    fn crds(self) -> Vec<Value> {
+        let crds = match self {
+            Kind::ControlPlane => [control_plane_crd(), control_plane_template_crd()],
+            Kind::Infrastructure => [infrastructure_crd(), infrastructure_template_crd()],
         };
-        serde_json::to_value(crd).unwrap_or(Value::Null)
+        crds.into_iter()
+            .map(|c| serde_json::to_value(c).unwrap_or(Value::Null))
+            .collect()
     }
 
     /// RBAC of the manager: its own kinds (and status), the Clusters it reads for pause, and
@@ -86,7 +90,10 @@ impl Kind {
             Kind::ControlPlane => ("controlplane.cluster.x-k8s.io", "kvtenantcontrolplanes"),
             Kind::Infrastructure => ("infrastructure.cluster.x-k8s.io", "kvtenantclusters"),
         };
-        json!([{"apiGroups": [group], "resources": [plural], "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]}])
+        json!([
+            {"apiGroups": [group], "resources": [plural], "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]},
+            {"apiGroups": [group], "resources": [format!("{}templates", plural.trim_end_matches('s'))], "verbs": ["get", "list", "patch", "update", "watch"]}
+        ])
     }
 }
 
@@ -102,13 +109,17 @@ pub fn components(kind: Kind, version: &str) -> String {
         "app.kubernetes.io/version": version,
     });
     let selector = json!({"app.kubernetes.io/name": "kvtenant", "app.kubernetes.io/component": format!("capi-{}", kind.flag())});
-    let mut crd = kind.crd();
-    if let Some(l) = crd["metadata"]["labels"].as_object_mut() {
-        l.insert("app.kubernetes.io/version".into(), json!(version));
+    let mut crds = kind.crds();
+    for crd in &mut crds {
+        if let Some(l) = crd["metadata"]["labels"].as_object_mut() {
+            l.insert("app.kubernetes.io/version".into(), json!(version));
+        }
     }
-    let objects = vec![
+    let mut objects = vec![
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": labels}}),
-        crd,
+    ];
+    objects.extend(crds);
+    objects.extend([
         json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": ns, "labels": labels}}),
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
             "metadata": {"name": format!("kvtenant:{}", kind.provider()), "labels": labels},
@@ -145,7 +156,7 @@ pub fn components(kind: Kind, version: &str) -> String {
                 }
             }
         }}),
-    ];
+    ]);
     to_yaml_stream(
         &format!(
             "# kvtenant {version}: Cluster API provider {} (contract {CONTRACT}). Install with\n\
@@ -224,6 +235,45 @@ pub fn cluster_template() -> String {
     to_yaml_stream(
         "# A kvtenant virtual cluster as a Cluster API Cluster. The KvtenantControlPlane's\n\
          # spec.virtualCluster is a VirtualCluster spec (kubectl explain virtualcluster.spec).\n",
+        &objects,
+    )
+}
+
+/// The ClusterClass `kvtenant` (clusterctl: `clusterclass-kvtenant.yaml`) and the templates it
+/// names: a Cluster with `spec.topology.classRef.name: kvtenant` gets a KvtenantCluster and a
+/// KvtenantControlPlane (version from the topology) made by Cluster API's topology controller
+/// (feature gate ClusterTopology). Variable: NAMESPACE.
+pub fn cluster_class() -> String {
+    let objects = [
+        json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "ClusterClass",
+        "metadata": {"name": "kvtenant", "namespace": "${NAMESPACE}"},
+        "spec": {
+            "infrastructure": {"templateRef": {"apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "KvtenantClusterTemplate", "name": "kvtenant"}},
+            "controlPlane": {"templateRef": {"apiVersion": "controlplane.cluster.x-k8s.io/v1alpha1", "kind": "KvtenantControlPlaneTemplate", "name": "kvtenant"}}
+        }}),
+        json!({"apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "KvtenantClusterTemplate",
+            "metadata": {"name": "kvtenant", "namespace": "${NAMESPACE}"},
+            "spec": {"template": {"spec": {}}}}),
+        json!({"apiVersion": "controlplane.cluster.x-k8s.io/v1alpha1", "kind": "KvtenantControlPlaneTemplate",
+            "metadata": {"name": "kvtenant", "namespace": "${NAMESPACE}"},
+            "spec": {"template": {"spec": {"virtualCluster": {"expose": {"type": "${KVTENANT_EXPOSE_TYPE:=ClusterIP}"}}}}}}),
+    ];
+    to_yaml_stream(
+        "# The ClusterClass kvtenant: virtual clusters as Cluster API managed topologies.\n",
+        &objects,
+    )
+}
+
+/// The `topology` flavor (`clusterctl generate cluster NAME --flavor topology`): a Cluster of
+/// the ClusterClass kvtenant. Variables: CLUSTER_NAME, NAMESPACE, KUBERNETES_VERSION.
+pub fn cluster_template_topology() -> String {
+    let objects = [
+        json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster",
+        "metadata": {"name": "${CLUSTER_NAME}", "namespace": "${NAMESPACE}"},
+        "spec": {"topology": {"classRef": {"name": "kvtenant"}, "version": "${KUBERNETES_VERSION}"}}}),
+    ];
+    to_yaml_stream(
+        "# A kvtenant virtual cluster from the ClusterClass kvtenant (clusterclass-kvtenant.yaml).\n",
         &objects,
     )
 }

@@ -17,6 +17,7 @@ pub mod controlplane;
 pub mod decide;
 mod error;
 pub mod infrastructure;
+pub mod templates;
 pub mod types;
 
 use std::sync::Arc;

@@ -202,7 +202,7 @@ pub struct KvtenantClusterStatus {
     pub observed_generation: Option<i64>,
 }
 
-fn labelled(crd: CustomResourceDefinition, provider: &str) -> CustomResourceDefinition {
+pub(crate) fn labelled(crd: CustomResourceDefinition, provider: &str) -> CustomResourceDefinition {
     let mut crd = kvtenant_api::crd::tidy(crd);
     let labels = crd.metadata.labels.get_or_insert_with(Default::default);
     labels.insert(CONTRACT_LABEL.into(), VERSION.into());

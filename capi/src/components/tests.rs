@@ -94,3 +94,56 @@ fn the_template_substitutes_like_clusterctl() {
         "a d b y"
     );
 }
+
+#[test]
+fn the_cluster_class_names_the_template_kinds_of_both_providers() {
+    let vars = |n: &str| (n == "NAMESPACE").then(|| "team".to_owned());
+    let objects = docs(&substitute(&cluster_class(), &vars).unwrap());
+    let class = &objects[0];
+    assert_eq!(class["kind"], "ClusterClass");
+    let cp_ref = &class["spec"]["controlPlane"]["templateRef"];
+    let infra_ref = &class["spec"]["infrastructure"]["templateRef"];
+    for r in [cp_ref, infra_ref] {
+        let made = objects
+            .iter()
+            .find(|o| o["kind"] == r["kind"] && o["apiVersion"] == r["apiVersion"])
+            .unwrap_or_else(|| panic!("no {r} in the file"));
+        assert_eq!(made["metadata"]["name"], r["name"]);
+        assert_eq!(made["metadata"]["namespace"], "team");
+    }
+    assert_eq!(cp_ref["kind"], "KvtenantControlPlaneTemplate");
+    let topology = docs(
+        &substitute(&cluster_template_topology(), &|n| match n {
+            "CLUSTER_NAME" => Some("a".into()),
+            "NAMESPACE" => Some("team".into()),
+            "KUBERNETES_VERSION" => Some("v1.37.2".into()),
+            _ => None,
+        })
+        .unwrap(),
+    );
+    assert_eq!(
+        topology[0]["spec"]["topology"]["classRef"]["name"],
+        "kvtenant"
+    );
+    // both providers install their template CRD; Cluster API's manager may read and patch them
+    for kind in [Kind::ControlPlane, Kind::Infrastructure] {
+        let objects = docs(&components(kind, "v0.1.0"));
+        let crds: Vec<_> = objects
+            .iter()
+            .filter(|o| o["kind"] == "CustomResourceDefinition")
+            .map(|o| o["spec"]["names"]["kind"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(crds.len(), 2, "{crds:?}");
+        assert!(crds[1].ends_with("Template"), "{crds:?}");
+        let aggregated = objects
+            .iter()
+            .find(|o| o["metadata"]["labels"]["cluster.x-k8s.io/aggregate-to-manager"] == "true")
+            .unwrap();
+        let plural = format!("{}s", crds[1].to_lowercase());
+        assert!(
+            aggregated["rules"].to_string().contains(&plural),
+            "{plural}: {}",
+            aggregated["rules"]
+        );
+    }
+}
