@@ -175,8 +175,12 @@ async fn a_deployment_runs_on_the_host_and_the_tenant_sees_what_the_host_decided
         kc,
         &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "reader", "namespace": "default"},
             "spec": {"containers": [{"name": "c", "image": "busybox",
-                "volumeMounts": [{"name": "s", "mountPath": "/etc/s"}]}],
-                "volumes": [{"name": "s", "configMap": {"name": "settings"}}]}}),
+                "env": [{"name": "MY_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}}],
+                "volumeMounts": [{"name": "s", "mountPath": "/etc/s"},
+                    {"name": "info", "mountPath": "/etc/info"}]}],
+                "volumes": [{"name": "s", "configMap": {"name": "settings"}},
+                    {"name": "info", "downwardAPI": {"items": [
+                        {"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}}]}}),
     );
     let host_cms: Api<ConfigMap> = Api::namespaced(env.host_client(), &host_ns);
     eventually("the mounted ConfigMap on the host", WAIT, || async {
@@ -184,6 +188,45 @@ async fn a_deployment_runs_on_the_host_and_the_tenant_sees_what_the_host_decided
     })
     .await;
     assert!(host_cms.get_opt("unused").await.unwrap().is_none());
+
+    // the downward API gives the tenant identity: the host copy (which the host apiserver
+    // accepted) reads the annotations naming the tenant pod's namespace and uid
+    let tenant_reader = Api::<Pod>::namespaced(t.client(), "default")
+        .get("reader")
+        .await
+        .unwrap();
+    let host_reader = wait_for("the reader on the host", WAIT, || async {
+        Api::<Pod>::namespaced(env.host_client(), &host_ns)
+            .get_opt("reader")
+            .await
+            .ok()
+            .flatten()
+    })
+    .await;
+    let annotations = host_reader.metadata.annotations.clone().unwrap();
+    assert_eq!(
+        annotations["tenancy.kvtenant.io/tenant-namespace"],
+        "default"
+    );
+    assert_eq!(
+        Some(&annotations["tenancy.kvtenant.io/tenant-uid"]),
+        tenant_reader.metadata.uid.as_ref()
+    );
+    let spec = serde_json::to_value(host_reader.spec.unwrap()).unwrap();
+    let info = spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "info")
+        .unwrap();
+    assert_eq!(
+        info["downwardAPI"]["items"][0]["fieldRef"]["fieldPath"],
+        "metadata.annotations['tenancy.kvtenant.io/tenant-namespace']"
+    );
+    assert_eq!(
+        spec["containers"][0]["env"][0]["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.annotations['tenancy.kvtenant.io/tenant-uid']"
+    );
 
     // the host pod's token is the tenant's: its apiserver accepts it, the host's does not
     let secret_name = "kvtenant-token-reader";

@@ -10,7 +10,10 @@
 //!   pod, refreshed before it expires, with the tenant's CA and namespace;
 //! - `KUBERNETES_SERVICE_HOST`/`_PORT` point at the virtual cluster's apiserver, when its
 //!   address is known (VirtualCluster `status.endpoint`);
-//! - the downward API's `metadata.namespace` in env becomes the tenant namespace.
+//! - the downward API's `metadata.namespace` in env becomes the tenant namespace; in downwardAPI
+//!   volumes (and projected ones) `metadata.namespace` and `metadata.uid`, and `metadata.uid` in
+//!   env, read the host copy's annotations naming the tenant pod's namespace and uid, so a
+//!   workload sees its own tenant identity, not the host's.
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -100,6 +103,7 @@ pub fn to_host(spec: &mut Value, tenant_namespace: &str, pod: &str, api: Option<
         if is_token_projection(vol) {
             replace_projection(vol, &secret);
         }
+        downward_volume(vol);
     }
     for list in ["containers", "initContainers", "ephemeralContainers"] {
         for c in s
@@ -169,6 +173,46 @@ fn replace_projection(vol: &mut Value, secret: &str) {
     sources.extend(kept);
 }
 
+/// Where the host copy keeps a downward-API field that differs from the tenant pod's: the
+/// annotations kvtenant puts on every host copy (the tenant object's namespace and uid).
+fn tenant_field(field_path: &str) -> Option<String> {
+    let key = match field_path {
+        "metadata.namespace" => kvtenant_api::labels::TENANT_NAMESPACE,
+        "metadata.uid" => kvtenant_api::labels::TENANT_UID,
+        _ => return None,
+    };
+    Some(format!("metadata.annotations['{key}']"))
+}
+
+/// A downwardAPI volume's (or projected volume's) items read the tenant identity.
+fn downward_volume(vol: &mut Value) {
+    if let Some(items) = vol.pointer_mut("/downwardAPI/items") {
+        downward_items(items);
+    }
+    for src in vol
+        .pointer_mut("/projected/sources")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(items) = src.pointer_mut("/downwardAPI/items") {
+            downward_items(items);
+        }
+    }
+}
+
+fn downward_items(items: &mut Value) {
+    for item in items.as_array_mut().into_iter().flatten() {
+        let path = item
+            .pointer("/fieldRef/fieldPath")
+            .and_then(Value::as_str)
+            .and_then(tenant_field);
+        if let (Some(path), Some(f)) = (path, item.pointer_mut("/fieldRef")) {
+            f["fieldPath"] = json!(path);
+        }
+    }
+}
+
 fn container_env(c: &mut Value, tenant_namespace: &str, api: Option<&ApiEndpoint>) {
     let Some(c) = c.as_object_mut() else { return };
     let env = c.entry("env").or_insert_with(|| Value::Array(Vec::new()));
@@ -176,13 +220,25 @@ fn container_env(c: &mut Value, tenant_namespace: &str, api: Option<&ApiEndpoint
         return;
     };
     for e in env.iter_mut() {
-        if e.pointer("/valueFrom/fieldRef/fieldPath")
+        let field = e
+            .pointer("/valueFrom/fieldRef/fieldPath")
             .and_then(Value::as_str)
-            == Some("metadata.namespace")
-            && let Some(o) = e.as_object_mut()
-        {
-            o.remove("valueFrom");
-            o.insert("value".into(), json!(tenant_namespace));
+            .map(str::to_owned);
+        match field.as_deref() {
+            Some("metadata.namespace") => {
+                if let Some(o) = e.as_object_mut() {
+                    o.remove("valueFrom");
+                    o.insert("value".into(), json!(tenant_namespace));
+                }
+            }
+            Some(other) => {
+                if let (Some(path), Some(f)) =
+                    (tenant_field(other), e.pointer_mut("/valueFrom/fieldRef"))
+                {
+                    f["fieldPath"] = json!(path);
+                }
+            }
+            None => {}
         }
     }
     if let Some(api) = api {
@@ -291,5 +347,43 @@ mod tests {
             Some(TOKEN_SECONDS * 4 / 5)
         );
         assert_eq!(refresh_in(Some(100 + TOKEN_SECONDS / 5), 100), None);
+    }
+
+    #[test]
+    fn downward_api_fields_read_the_tenant_identity() {
+        let mut spec = json!({
+            "containers": [{"name": "c", "env": [
+                {"name": "UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
+                {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+            ]}],
+            "volumes": [
+                {"name": "info", "downwardAPI": {"items": [
+                    {"path": "ns", "fieldRef": {"fieldPath": "metadata.namespace"}},
+                    {"path": "uid", "fieldRef": {"fieldPath": "metadata.uid"}},
+                    {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
+                ]}},
+                {"name": "mix", "projected": {"sources": [
+                    {"downwardAPI": {"items": [{"path": "ns", "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
+                    {"configMap": {"name": "cfg"}},
+                ]}},
+            ]
+        });
+        to_host(&mut spec, "apps", "p", None);
+        let ns = "metadata.annotations['tenancy.kvtenant.io/tenant-namespace']";
+        let uid = "metadata.annotations['tenancy.kvtenant.io/tenant-uid']";
+        let items = &spec["volumes"][0]["downwardAPI"]["items"];
+        assert_eq!(items[0]["fieldRef"]["fieldPath"], ns);
+        assert_eq!(items[1]["fieldRef"]["fieldPath"], uid);
+        assert_eq!(items[2]["fieldRef"]["fieldPath"], "metadata.labels");
+        assert_eq!(
+            spec["volumes"][1]["projected"]["sources"][0]["downwardAPI"]["items"][0]["fieldRef"]["fieldPath"],
+            ns
+        );
+        let env = &spec["containers"][0]["env"];
+        assert_eq!(env[0]["valueFrom"]["fieldRef"]["fieldPath"], uid);
+        assert_eq!(
+            env[1]["valueFrom"]["fieldRef"]["fieldPath"],
+            "spec.nodeName"
+        );
     }
 }
