@@ -73,8 +73,8 @@ enum Command {
     /// Upgrade a Managed virtual cluster's control plane to another Kubernetes version (the same
     /// minor or the next one; never down) and follow the rollout until it is Ready again.
     Upgrade(cli::UpgradeArgs),
-    /// Save a Managed virtual cluster's objects (datastore Etcd) to a file, through a
-    /// port-forward to its etcd.
+    /// Save a Managed virtual cluster's objects (datastores Etcd, Kine, ExternalDatabase) to a
+    /// file, through a port-forward to the etcd API in its control-plane pod.
     Snapshot(cli::SnapshotArgs),
     /// Put a Managed virtual cluster's objects back as a snapshot file has them (objects made
     /// since are deleted); the control plane keeps running and the syncer makes the host follow.

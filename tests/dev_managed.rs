@@ -286,15 +286,97 @@ fn managed_virtual_cluster_on_the_dev_host_create_connect_vm_pause_resume_delete
         },
     );
 
-    // a second Managed virtual cluster runs beside it, with processes of its own
+    // a second Managed virtual cluster runs beside it, with processes of its own, on kine
+    let values = std::env::temp_dir().join(format!("kvtenant-team-b-{}.yaml", std::process::id()));
+    std::fs::write(&values, "controlPlane:\n  datastore: Kine\n").unwrap();
     let b = ok(kvtenant(
         &kc,
-        &["--context", &host_context, "create", "team-b"],
+        &[
+            "--context",
+            &host_context,
+            "create",
+            "team-b",
+            "-f",
+            values.to_str().unwrap(),
+        ],
     ));
+    let _ = std::fs::remove_file(&values);
     assert!(b.contains("is Ready"), "{b}");
     let team_b = pod_processes(dev, "team-b-cp-0");
-    assert_eq!(team_b.len(), 3, "{team_b:?}");
+    assert_eq!(
+        team_b.len(),
+        3,
+        "kine, kube-apiserver, kube-controller-manager: {team_b:?}"
+    );
     assert_eq!(pod_processes(dev, "team-a-cp-0"), first);
+
+    // snapshot and restore work on kine too (transactions as kube-apiserver sends them)
+    let kc_b =
+        std::env::temp_dir().join(format!("kvtenant-team-b-{}.kubeconfig", std::process::id()));
+    let text = kubectl(
+        &kc,
+        &[
+            "--context",
+            &host_context,
+            "get",
+            "secret",
+            "team-b-kubeconfig",
+            "-n",
+            "vc-team-b",
+            "-o",
+            "jsonpath={.data.kubeconfig}",
+        ],
+    );
+    use base64::Engine as _;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .unwrap();
+    std::fs::write(&kc_b, decoded).unwrap();
+    kubectl(
+        &kc_b,
+        &["create", "configmap", "kept", "--from-literal=k=v"],
+    );
+    let snapshot_b =
+        std::env::temp_dir().join(format!("kvtenant-snapshot-b-{}.json", std::process::id()));
+    let saved = ok(kvtenant(
+        &kc,
+        &[
+            "--context",
+            &host_context,
+            "snapshot",
+            "team-b",
+            "-o",
+            snapshot_b.to_str().unwrap(),
+        ],
+    ));
+    assert!(saved.contains("keys at revision"), "{saved}");
+    kubectl(&kc_b, &["delete", "configmap", "kept"]);
+    kubectl(
+        &kc_b,
+        &["create", "configmap", "later", "--from-literal=k=v"],
+    );
+    ok(kvtenant(
+        &kc,
+        &[
+            "--context",
+            &host_context,
+            "restore",
+            "team-b",
+            "--from",
+            snapshot_b.to_str().unwrap(),
+        ],
+    ));
+    let _ = std::fs::remove_file(&snapshot_b);
+    wait_until(
+        "team-b's restored configmap",
+        Duration::from_secs(30),
+        || kubectl_ok(&kc_b, &["get", "configmap", "kept", "-o", "name"]).map(|_| ()),
+    );
+    assert!(
+        kubectl_ok(&kc_b, &["get", "configmap", "later", "-o", "name"]).is_err(),
+        "team-b: a configmap made after the snapshot survived the restore"
+    );
+    let _ = std::fs::remove_file(&kc_b);
 
     // pause stops the processes; the tenant apiserver is gone
     ok(kvtenant(

@@ -1,13 +1,18 @@
 //! `kvtenant snapshot NAME -o FILE` and `kvtenant restore NAME --from FILE`: the objects of a
-//! Managed virtual cluster (datastore Etcd) saved to a file and put back.
+//! Managed virtual cluster saved to a file and put back, for the datastores whose etcd API is in
+//! the control-plane pod (Etcd, Kine, ExternalDatabase: kine).
 //!
-//! Both go through the host apiserver's `pods/portforward` to the control-plane pod's etcd (it
-//! listens on the pod's loopback only) and speak etcd's JSON gateway there. A snapshot is every
-//! key under `/registry/` at one revision, except keys bound to a lease (Events, which expire
-//! anyway). A restore runs against the live control plane: keys the snapshot does not have are
-//! deleted, the others written back (unchanged ones skipped), in transactions of
-//! [`TXN_OPS`]; the apiserver's watches see it as ordinary changes, so controllers, the tenant's
-//! clients and kvtenant's syncer (which then makes the host match) follow without a restart.
+//! Both go through the host apiserver's `pods/portforward` to the pod's etcd API (it listens on
+//! the pod's loopback only) and call etcd's gRPC KV service there ([`grpc`]). A snapshot is every
+//! key under the apiserver's prefix (`/registry/`, or `/kvtenant/<uid>/` on a shared database) at
+//! one revision, stored relative to it, except keys bound to a lease (Events, which expire
+//! anyway). A restore runs against the live control plane, one transaction per key of the kind
+//! kube-apiserver itself sends (so kine takes them too): keys the snapshot does not have are
+//! deleted, the others written where they differ. The apiserver's watches see ordinary changes,
+//! so controllers, the tenant's clients and kvtenant's syncer (which then makes the host match)
+//! follow without a restart.
+
+mod grpc;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -17,23 +22,23 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
 use clap::Args;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use http_body_util::Full;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
 use kube::api::Api;
 use kvtenant_api::{ControlPlaneMode, Datastore, VirtualCluster};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 
 use super::{GlobalArgs, NameArgs, not_found_hint, vc_api};
 
-/// The prefix of the apiserver's keys.
+/// The prefix of the apiserver's keys in its own datastore.
 pub const PREFIX: &str = "/registry/";
-/// etcd's client port in the control-plane pod.
+/// The etcd API's port (etcd or kine) in the control-plane pod.
 pub const ETCD_PORT: u16 = 2379;
-/// Operations per restore transaction (etcd's default `--max-txn-ops` is 128).
-pub const TXN_OPS: usize = 100;
+/// Keys per range call.
+pub const PAGE: i64 = 1000;
 /// The snapshot file's `kind`.
 pub const KIND: &str = "VirtualClusterSnapshot";
 
@@ -55,13 +60,21 @@ pub struct RestoreArgs {
     pub from: PathBuf,
 }
 
-/// One key and its value.
+/// One key (relative to the prefix) and its value, in the file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Kv {
-    /// base64 of the key.
+    /// base64 of the key below the apiserver's prefix.
     pub key: String,
     /// base64 of the value.
     pub value: String,
+}
+
+/// A key as the datastore has it now (relative key, value, mod revision).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Current {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub mod_revision: i64,
 }
 
 /// A snapshot file.
@@ -77,141 +90,138 @@ pub struct SnapshotFile {
     pub keys: Vec<Kv>,
 }
 
-/// The range request for every key under [`PREFIX`].
-pub fn range_request() -> Value {
-    let end = format!("{}0", PREFIX.trim_end_matches('/'));
-    json!({"key": B64.encode(PREFIX), "range_end": B64.encode(end)})
-}
-
-/// The keys of a range response (leased ones left out) and its revision.
-pub fn parse_range(resp: &Value) -> anyhow::Result<(i64, Vec<Kv>)> {
-    let revision = resp
-        .pointer("/header/revision")
-        .and_then(|r| r.as_str().and_then(|s| s.parse().ok()).or(r.as_i64()))
-        .context("etcd's answer has no revision")?;
-    let mut keys = Vec::new();
-    for kv in resp
-        .get("kvs")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let leased = kv
-            .get("lease")
-            .and_then(|l| l.as_str().map(|s| s != "0").or(l.as_i64().map(|n| n != 0)))
-            .unwrap_or(false);
-        if leased {
-            continue;
-        }
-        let (Some(key), Some(value)) = (
-            kv.get("key").and_then(Value::as_str),
-            kv.get("value").and_then(Value::as_str),
-        ) else {
-            continue;
-        };
-        keys.push(Kv {
-            key: key.to_owned(),
-            value: value.to_owned(),
-        });
+/// The end of the range of every key under `prefix` (its last byte plus one).
+pub fn range_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
     }
-    Ok((revision, keys))
+    end
 }
 
-/// The operations that make `current` the snapshot's `wanted` keys: puts of what differs or is
-/// missing, deletes of what the snapshot does not have (pure).
-pub fn restore_ops(current: &[Kv], wanted: &[Kv]) -> (Vec<Value>, usize, usize) {
-    let now: BTreeMap<&str, &str> = current
-        .iter()
-        .map(|kv| (kv.key.as_str(), kv.value.as_str()))
-        .collect();
-    let keep: std::collections::BTreeSet<&str> = wanted.iter().map(|kv| kv.key.as_str()).collect();
-    let mut ops = Vec::new();
-    let mut puts = 0;
-    for kv in wanted {
-        if now.get(kv.key.as_str()) != Some(&kv.value.as_str()) {
-            ops.push(json!({"request_put": {"key": kv.key, "value": kv.value}}));
-            puts += 1;
+/// What a restore does (pure): `(relative key, current mod revision or 0, new value or None
+/// for a delete)` for what differs between `current` and the snapshot's `wanted` keys.
+pub fn restore_changes(
+    current: &[Current],
+    wanted: &[(Vec<u8>, Vec<u8>)],
+) -> Vec<(Vec<u8>, i64, Option<Vec<u8>>)> {
+    let now: BTreeMap<&[u8], &Current> = current.iter().map(|c| (c.key.as_slice(), c)).collect();
+    let keep: std::collections::BTreeSet<&[u8]> =
+        wanted.iter().map(|(k, _)| k.as_slice()).collect();
+    let mut changes = Vec::new();
+    for (k, v) in wanted {
+        match now.get(k.as_slice()) {
+            Some(c) if &c.value == v => {}
+            Some(c) => changes.push((k.clone(), c.mod_revision, Some(v.clone()))),
+            None => changes.push((k.clone(), 0, Some(v.clone()))),
         }
     }
-    let mut deletes = 0;
-    for key in now.keys().filter(|k| !keep.contains(*k)) {
-        ops.push(json!({"request_delete_range": {"key": key}}));
-        deletes += 1;
+    for c in current.iter().filter(|c| !keep.contains(c.key.as_slice())) {
+        changes.push((c.key.clone(), c.mod_revision, None));
     }
-    (ops, puts, deletes)
+    changes
 }
 
-/// The control-plane pod to reach etcd in, after checking the VirtualCluster can be snapshot.
-fn etcd_pod(vc: &VirtualCluster, ns: &str, name: &str) -> anyhow::Result<String> {
+/// The control-plane pod whose etcd API holds the virtual cluster's keys, and their prefix;
+/// or why there is none to reach.
+fn etcd_pod(vc: &VirtualCluster, ns: &str, name: &str) -> anyhow::Result<(String, String)> {
     let cp = &vc.spec.control_plane;
     if cp.mode == ControlPlaneMode::External {
         bail!("{ns}/{name} is External: back its cluster up where it runs (etcdctl snapshot save)");
     }
+    let pod = format!("{name}-cp-0");
     match cp.datastore {
-        Datastore::Etcd => Ok(format!("{name}-cp-0")),
-        Datastore::Kine => bail!(
-            "{ns}/{name} keeps its objects in kine (SQLite): kvtenant snapshot supports datastore \
-             Etcd; copy the database file from the control plane's volume instead"
-        ),
+        Datastore::Etcd | Datastore::Kine => Ok((pod, PREFIX.to_owned())),
+        // kine in the pod, the apiserver's keys under the virtual cluster's prefix
+        Datastore::ExternalDatabase => {
+            Ok((pod, format!("/kvtenant/{}/", vc.uid().unwrap_or_default())))
+        }
         Datastore::ExternalEtcd => bail!(
             "{ns}/{name} keeps its objects in an external etcd under /kvtenant/<uid>: back that \
              etcd up (etcdctl snapshot save)"
         ),
-        Datastore::ExternalDatabase => bail!(
-            "{ns}/{name} keeps its objects in an external database: back it up with its own \
-             tools (pg_dump, mysqldump)"
-        ),
     }
 }
 
-/// An HTTP/1.1 connection to the pod's etcd through the host apiserver's port-forward.
+/// An HTTP/2 connection to the pod's etcd API through the host apiserver's port-forward.
 struct Etcd {
     send: SendRequest<Full<Bytes>>,
+    prefix: String,
     _forwarder: kube::api::Portforwarder,
 }
 
 impl Etcd {
-    async fn connect(pods: &Api<Pod>, pod: &str) -> anyhow::Result<Self> {
+    async fn connect(pods: &Api<Pod>, pod: &str, prefix: String) -> anyhow::Result<Self> {
         let mut forwarder = pods
             .portforward(pod, &[ETCD_PORT])
             .await
-            .with_context(|| format!("port-forwarding to pod {pod}'s etcd"))?;
+            .with_context(|| format!("port-forwarding to pod {pod}'s etcd API"))?;
         let stream = forwarder
             .take_stream(ETCD_PORT)
             .context("the port-forward gave no stream")?;
-        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .context("talking HTTP to etcd")?;
+        let (send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .context("talking gRPC to the etcd API")?;
         tokio::spawn(conn);
         Ok(Self {
             send,
+            prefix,
             _forwarder: forwarder,
         })
     }
 
-    async fn post(&mut self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        let req = http::Request::post(path)
-            .header("host", "etcd")
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(serde_json::to_vec(body)?)))?;
-        let resp = self
-            .send
-            .send_request(req)
-            .await
-            .with_context(|| format!("POST {path} to etcd"))?;
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await?.to_bytes();
-        if !status.is_success() {
-            bail!(
-                "etcd answered {status} to {path}: {}",
-                String::from_utf8_lossy(&bytes)
-            );
+    /// Every key under the prefix (relative), leased ones left out, at one revision.
+    async fn range(&mut self) -> anyhow::Result<(i64, Vec<Current>)> {
+        let end = range_end(&self.prefix);
+        let mut start = self.prefix.as_bytes().to_vec();
+        let mut revision = 0;
+        let mut out = Vec::new();
+        loop {
+            let req = grpc::RangeRequest {
+                key: start.clone(),
+                range_end: end.clone(),
+                limit: PAGE,
+                revision,
+            };
+            let resp: grpc::RangeResponse = grpc::call(&mut self.send, "Range", &req).await?;
+            if revision == 0 {
+                revision = resp.header.map(|h| h.revision).unwrap_or_default();
+            }
+            let Some(last) = resp.kvs.last().map(|kv| kv.key.clone()) else {
+                break;
+            };
+            for kv in resp.kvs.into_iter().filter(|kv| kv.lease == 0) {
+                let Some(rel) = kv.key.strip_prefix(self.prefix.as_bytes()) else {
+                    continue;
+                };
+                out.push(Current {
+                    key: rel.to_vec(),
+                    value: kv.value,
+                    mod_revision: kv.mod_revision,
+                });
+            }
+            if !resp.more {
+                break;
+            }
+            start = last;
+            start.push(0);
         }
-        Ok(serde_json::from_slice(&bytes)?)
+        Ok((revision, out))
     }
 
-    async fn range(&mut self) -> anyhow::Result<(i64, Vec<Kv>)> {
-        parse_range(&self.post("/v3/kv/range", &range_request()).await?)
+    /// One change as kube-apiserver makes it; `false` when the key moved meanwhile.
+    async fn change(
+        &mut self,
+        rel: &[u8],
+        current: i64,
+        value: Option<&[u8]>,
+    ) -> anyhow::Result<bool> {
+        let mut key = self.prefix.as_bytes().to_vec();
+        key.extend_from_slice(rel);
+        let txn = grpc::change(&key, current, value);
+        let resp: grpc::TxnResponse = grpc::call(&mut self.send, "Txn", &txn).await?;
+        Ok(resp.succeeded)
     }
 }
 
@@ -222,9 +232,9 @@ async fn target(g: &GlobalArgs, t: &NameArgs) -> anyhow::Result<(VirtualCluster,
         .get(name)
         .await
         .map_err(|e| not_found_hint(e, &ns, name))?;
-    let pod = etcd_pod(&vc, &ns, name)?;
+    let (pod, prefix) = etcd_pod(&vc, &ns, name)?;
     let pods: Api<Pod> = Api::namespaced(client, &ns);
-    let etcd = Etcd::connect(&pods, &pod).await.with_context(|| {
+    let etcd = Etcd::connect(&pods, &pod, prefix).await.with_context(|| {
         format!("is {ns}/{name} running? (kvtenant list; a paused virtual cluster has no etcd)")
     })?;
     Ok((vc, etcd))
@@ -232,7 +242,14 @@ async fn target(g: &GlobalArgs, t: &NameArgs) -> anyhow::Result<(VirtualCluster,
 
 pub async fn snapshot(g: &GlobalArgs, args: SnapshotArgs) -> anyhow::Result<()> {
     let (vc, mut etcd) = target(g, &args.target).await?;
-    let (revision, keys) = etcd.range().await?;
+    let (revision, current) = etcd.range().await?;
+    let keys = current
+        .into_iter()
+        .map(|c| Kv {
+            key: B64.encode(&c.key),
+            value: B64.encode(&c.value),
+        })
+        .collect();
     let file = SnapshotFile {
         kind: KIND.into(),
         virtual_cluster: format!("{}/{}", args.target.ns(), args.target.name),
@@ -272,19 +289,41 @@ pub async fn restore(g: &GlobalArgs, args: RestoreArgs) -> anyhow::Result<()> {
             file.kubernetes_version, vc.spec.kubernetes_version
         );
     }
+    let mut wanted = Vec::with_capacity(file.keys.len());
+    for kv in &file.keys {
+        wanted.push((
+            B64.decode(&kv.key)
+                .context("a key of the snapshot is not base64")?,
+            B64.decode(&kv.value)
+                .context("a value of the snapshot is not base64")?,
+        ));
+    }
     let (_, current) = etcd.range().await?;
-    let (ops, puts, deletes) = restore_ops(&current, &file.keys);
-    for chunk in ops.chunks(TXN_OPS) {
-        etcd.post("/v3/kv/txn", &json!({"success": chunk})).await?;
+    let changes = restore_changes(&current, &wanted);
+    let (mut written, mut deleted, mut moved) = (0, 0, 0);
+    for (key, rev, value) in &changes {
+        if etcd.change(key, *rev, value.as_deref()).await? {
+            match value {
+                Some(_) => written += 1,
+                None => deleted += 1,
+            }
+        } else {
+            moved += 1;
+        }
     }
     println!(
-        "{}/{}: restored {} (revision {}): {puts} keys written, {deletes} deleted, {} unchanged",
+        "{}/{}: restored {} (revision {}): {written} keys written, {deleted} deleted, {} unchanged",
         args.target.ns(),
         args.target.name,
         file.virtual_cluster,
         file.revision,
-        file.keys.len() - puts
+        wanted.len().saturating_sub(written)
     );
+    if moved > 0 {
+        bail!(
+            "{moved} key(s) changed while restoring and were left as they are now: run the restore again"
+        );
+    }
     Ok(())
 }
 
@@ -292,68 +331,53 @@ pub async fn restore(g: &GlobalArgs, args: RestoreArgs) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    fn kv(k: &str, v: &str) -> Kv {
-        Kv {
-            key: B64.encode(k),
-            value: B64.encode(v),
+    fn cur(k: &str, v: &str, rev: i64) -> Current {
+        Current {
+            key: k.as_bytes().to_vec(),
+            value: v.as_bytes().to_vec(),
+            mod_revision: rev,
         }
     }
 
-    #[test]
-    fn the_range_covers_the_apiservers_keys() {
-        let r = range_request();
-        assert_eq!(r["key"], B64.encode("/registry/"));
-        assert_eq!(r["range_end"], B64.encode("/registry0"));
+    fn kv(k: &str, v: &str) -> (Vec<u8>, Vec<u8>) {
+        (k.as_bytes().to_vec(), v.as_bytes().to_vec())
     }
 
     #[test]
-    fn a_range_answer_gives_its_revision_and_unleased_keys() {
-        let resp = json!({"header": {"revision": "42"}, "kvs": [
-            {"key": B64.encode("/registry/namespaces/a"), "value": B64.encode("A"), "mod_revision": "7"},
-            {"key": B64.encode("/registry/events/default/e"), "value": B64.encode("E"), "lease": "694d9ad39d1b1e04"},
-        ]});
-        let (rev, keys) = parse_range(&resp).unwrap();
-        assert_eq!(rev, 42);
-        assert_eq!(keys, [kv("/registry/namespaces/a", "A")]);
-        assert!(parse_range(&json!({})).is_err());
+    fn ranges_end_after_the_prefix() {
+        assert_eq!(range_end("/registry/"), b"/registry0");
+        assert_eq!(range_end("/kvtenant/u-1/"), b"/kvtenant/u-10");
     }
 
     #[test]
     fn a_restore_writes_what_differs_and_deletes_what_is_new() {
-        let current = [
-            kv("/registry/a", "1"),
-            kv("/registry/b", "2"),
-            kv("/registry/new", "x"),
-        ];
-        let wanted = [
-            kv("/registry/a", "1"),
-            kv("/registry/b", "old"),
-            kv("/registry/gone", "g"),
-        ];
-        let (ops, puts, deletes) = restore_ops(&current, &wanted);
-        assert_eq!((puts, deletes), (2, 1));
-        let text = serde_json::to_string(&ops).unwrap();
-        assert!(text.contains(&B64.encode("/registry/gone")));
-        assert!(text.contains(&B64.encode("old")));
-        assert!(
-            !text.contains(&B64.encode("/registry/a")),
-            "unchanged keys are left alone"
+        let current = [cur("a", "1", 3), cur("b", "2", 4), cur("new", "x", 9)];
+        let wanted = [kv("a", "1"), kv("b", "old"), kv("gone", "g")];
+        let changes = restore_changes(&current, &wanted);
+        assert_eq!(
+            changes,
+            [
+                (b"b".to_vec(), 4, Some(b"old".to_vec())),
+                (b"gone".to_vec(), 0, Some(b"g".to_vec())),
+                (b"new".to_vec(), 9, None),
+            ]
         );
-        assert!(ops.last().unwrap()["request_delete_range"]["key"] == B64.encode("/registry/new"));
     }
 
     #[test]
-    fn only_managed_etcd_control_planes_are_snapshot_here() {
+    fn the_datastore_says_where_the_keys_are() {
         let mut vc = VirtualCluster::new("a", Default::default());
-        assert_eq!(etcd_pod(&vc, "vc-a", "a").unwrap(), "a-cp-0");
-        for (ds, says) in [
-            (Datastore::Kine, "copy the database file"),
-            (Datastore::ExternalEtcd, "etcdctl snapshot save"),
-            (Datastore::ExternalDatabase, "pg_dump"),
-        ] {
-            vc.spec.control_plane.datastore = ds;
-            let err = etcd_pod(&vc, "vc-a", "a").unwrap_err().to_string();
-            assert!(err.contains(says), "{err}");
-        }
+        vc.metadata.uid = Some("u-1".into());
+        assert_eq!(
+            etcd_pod(&vc, "vc-a", "a").unwrap(),
+            ("a-cp-0".into(), PREFIX.into())
+        );
+        vc.spec.control_plane.datastore = Datastore::Kine;
+        assert_eq!(etcd_pod(&vc, "vc-a", "a").unwrap().1, PREFIX);
+        vc.spec.control_plane.datastore = Datastore::ExternalDatabase;
+        assert_eq!(etcd_pod(&vc, "vc-a", "a").unwrap().1, "/kvtenant/u-1/");
+        vc.spec.control_plane.datastore = Datastore::ExternalEtcd;
+        let err = etcd_pod(&vc, "vc-a", "a").unwrap_err().to_string();
+        assert!(err.contains("etcdctl snapshot save"), "{err}");
     }
 }
