@@ -53,6 +53,53 @@ fn pod_processes(dev: u32, pod: &str) -> Vec<u32> {
         .collect()
 }
 
+/// Snapshots virtual cluster `vc` (its tenant reached with `tenant_kc`) holding ConfigMap
+/// `kept`, deletes `kept`, makes `later`, runs `between` (more changes), restores: `kept` is back
+/// and `later` gone.
+fn snapshot_round_trip(
+    kc: &Path,
+    host_context: &str,
+    vc: &str,
+    tenant_kc: &Path,
+    between: impl FnOnce(),
+) {
+    let file = std::env::temp_dir().join(format!(
+        "kvtenant-snapshot-{vc}-{}.json",
+        std::process::id()
+    ));
+    let file_arg = file.to_str().unwrap();
+    kubectl(
+        tenant_kc,
+        &["create", "configmap", "kept", "--from-literal=k=v"],
+    );
+    let saved = ok(kvtenant(
+        kc,
+        &["--context", host_context, "snapshot", vc, "-o", file_arg],
+    ));
+    assert!(saved.contains("keys at revision"), "{saved}");
+    kubectl(tenant_kc, &["delete", "configmap", "kept"]);
+    kubectl(
+        tenant_kc,
+        &["create", "configmap", "later", "--from-literal=k=v"],
+    );
+    between();
+    let restored = ok(kvtenant(
+        kc,
+        &["--context", host_context, "restore", vc, "--from", file_arg],
+    ));
+    assert!(restored.contains("keys written"), "{restored}");
+    let _ = std::fs::remove_file(&file);
+    wait_until(
+        &format!("{vc}'s restored configmap"),
+        Duration::from_secs(30),
+        || kubectl_ok(tenant_kc, &["get", "configmap", "kept", "-o", "name"]).map(|_| ()),
+    );
+    assert!(
+        kubectl_ok(tenant_kc, &["get", "configmap", "later", "-o", "name"]).is_err(),
+        "{vc}: a configmap made after the snapshot survived the restore"
+    );
+}
+
 /// Waits (60 s at most) until the control-plane pod `pod` has no process left.
 fn wait_stopped(dev: u32, pod: &str, what: &str) {
     wait_until(what, Duration::from_secs(60), || {
@@ -229,53 +276,17 @@ fn managed_virtual_cluster_on_the_dev_host_create_connect_vm_pause_resume_delete
 
     // snapshot, then change the tenant, then restore: the snapshot's objects come back (the
     // syncer puts the host copy of a restored VM back), the ones made since go
-    let snapshot =
-        std::env::temp_dir().join(format!("kvtenant-snapshot-{}.json", std::process::id()));
-    let snapshot_arg = snapshot.to_str().unwrap();
-    kubectl(&kc, &["create", "configmap", "kept", "--from-literal=k=v"]);
-    let saved = ok(kvtenant(
-        &kc,
-        &[
-            "--context",
-            &host_context,
-            "snapshot",
-            "team-a",
-            "-o",
-            snapshot_arg,
-        ],
-    ));
-    assert!(saved.contains("keys at revision"), "{saved}");
-    kubectl(&kc, &["delete", "configmap", "kept"]);
-    kubectl(&kc, &["create", "configmap", "later", "--from-literal=k=v"]);
-    kubectl(&kc, &["delete", "vm", "vm1"]);
-    wait_until(
-        "vm1 gone from the host",
-        Duration::from_secs(90),
-        || match vm1_on_host()? {
-            (false, _) => Ok(()),
-            (true, vms) => Err(vms),
-        },
-    );
-    let restored = ok(kvtenant(
-        &kc,
-        &[
-            "--context",
-            &host_context,
-            "restore",
-            "team-a",
-            "--from",
-            snapshot_arg,
-        ],
-    ));
-    assert!(restored.contains("keys written"), "{restored}");
-    let _ = std::fs::remove_file(&snapshot);
-    wait_until("the restored configmap", Duration::from_secs(30), || {
-        kubectl_ok(&kc, &["get", "configmap", "kept", "-o", "name"]).map(|_| ())
+    snapshot_round_trip(&kc, &host_context, "team-a", &kc, || {
+        kubectl(&kc, &["delete", "vm", "vm1"]);
+        wait_until(
+            "vm1 gone from the host",
+            Duration::from_secs(90),
+            || match vm1_on_host()? {
+                (false, _) => Ok(()),
+                (true, vms) => Err(vms),
+            },
+        );
     });
-    assert!(
-        kubectl_ok(&kc, &["get", "configmap", "later", "-o", "name"]).is_err(),
-        "a configmap made after the snapshot survived the restore"
-    );
     kubectl(&kc, &["get", "vm", "vm1", "-o", "name"]);
     wait_until(
         "the restored vm1 back on the host",
@@ -332,50 +343,7 @@ fn managed_virtual_cluster_on_the_dev_host_create_connect_vm_pause_resume_delete
         .decode(text.trim())
         .unwrap();
     std::fs::write(&kc_b, decoded).unwrap();
-    kubectl(
-        &kc_b,
-        &["create", "configmap", "kept", "--from-literal=k=v"],
-    );
-    let snapshot_b =
-        std::env::temp_dir().join(format!("kvtenant-snapshot-b-{}.json", std::process::id()));
-    let saved = ok(kvtenant(
-        &kc,
-        &[
-            "--context",
-            &host_context,
-            "snapshot",
-            "team-b",
-            "-o",
-            snapshot_b.to_str().unwrap(),
-        ],
-    ));
-    assert!(saved.contains("keys at revision"), "{saved}");
-    kubectl(&kc_b, &["delete", "configmap", "kept"]);
-    kubectl(
-        &kc_b,
-        &["create", "configmap", "later", "--from-literal=k=v"],
-    );
-    ok(kvtenant(
-        &kc,
-        &[
-            "--context",
-            &host_context,
-            "restore",
-            "team-b",
-            "--from",
-            snapshot_b.to_str().unwrap(),
-        ],
-    ));
-    let _ = std::fs::remove_file(&snapshot_b);
-    wait_until(
-        "team-b's restored configmap",
-        Duration::from_secs(30),
-        || kubectl_ok(&kc_b, &["get", "configmap", "kept", "-o", "name"]).map(|_| ()),
-    );
-    assert!(
-        kubectl_ok(&kc_b, &["get", "configmap", "later", "-o", "name"]).is_err(),
-        "team-b: a configmap made after the snapshot survived the restore"
-    );
+    snapshot_round_trip(&kc, &host_context, "team-b", &kc_b, || {});
     let _ = std::fs::remove_file(&kc_b);
 
     // pause stops the processes; the tenant apiserver is gone
