@@ -41,8 +41,8 @@ enum Cmd {
         controller_manager: bool,
     },
     /// Build (or find in the cache) the control-plane binaries, KubeVirt's virt-api,
-    /// virt-controller and virtctl, kwok, CoreDNS, kine and the previous minor's apiserver and
-    /// controller-manager, and print where they are.
+    /// virt-controller and virtctl, kwok, CoreDNS, kine, the previous minor's apiserver and
+    /// controller-manager, helm and clusterctl, and print where they are.
     Build {
         /// Only the control-plane binaries (etcd, kube-apiserver, kube-controller-manager,
         /// kube-scheduler).
