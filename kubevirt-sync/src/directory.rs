@@ -98,6 +98,32 @@ struct Ctx {
     dir: Arc<Directory>,
 }
 
+/// Every `period`, once `store` has listed, passes to `gone` each uid of `known()` that is no
+/// longer a VirtualCluster in `store`: one deleted outright (no finalizer left to wait on) is
+/// never reconciled again, so whatever is kept for it must be dropped this way.
+pub(crate) fn sweep_gone(
+    store: kube::runtime::reflector::Store<VirtualCluster>,
+    period: Duration,
+    known: impl Fn() -> Vec<String> + Send + 'static,
+    gone: impl Fn(&str) + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if store.wait_until_ready().await.is_err() {
+            return;
+        }
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tick.tick().await;
+            let present: HashSet<String> = store.state().iter().filter_map(|vc| vc.uid()).collect();
+            for uid in known() {
+                if !present.contains(&uid) {
+                    gone(&uid);
+                }
+            }
+        }
+    })
+}
+
 async fn watch_virtualclusters(client: Client, dir: Arc<Directory>) {
     let api: Api<VirtualCluster> = Api::all(client.clone());
     let controller = Controller::new(api, watcher::Config::default())
@@ -105,23 +131,13 @@ async fn watch_virtualclusters(client: Client, dir: Arc<Directory>) {
     let store = controller.store();
     // a VirtualCluster deleted outright is never reconciled again
     let sweeper = {
-        let dir = dir.clone();
-        tokio::spawn(async move {
-            if store.wait_until_ready().await.is_err() {
-                return;
-            }
-            let mut tick = tokio::time::interval(RETRY);
-            loop {
-                tick.tick().await;
-                let present: HashSet<String> =
-                    store.state().iter().filter_map(|vc| vc.uid()).collect();
-                for h in dir.all() {
-                    if !present.contains(&h.vc.uid) {
-                        dir.remove(&h.vc.uid);
-                    }
-                }
-            }
-        })
+        let (known, gone) = (dir.clone(), dir.clone());
+        sweep_gone(
+            store,
+            RETRY,
+            move || known.all().iter().map(|h| h.vc.uid.clone()).collect(),
+            move |uid| gone.remove(uid),
+        )
     };
     controller
         .run(

@@ -118,23 +118,20 @@ pub(crate) async fn run(host: Arc<Host>, registry: Arc<Registry>) {
     // a VirtualCluster deleted outright (no finalizer left to wait on) is never reconciled
     // again: stop tenants whose VirtualCluster left the cache
     let sweeper = {
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            if store.wait_until_ready().await.is_err() {
-                return;
-            }
-            let mut tick = tokio::time::interval(RETRY);
-            loop {
-                tick.tick().await;
-                let present: HashSet<String> =
-                    store.state().iter().filter_map(|vc| vc.uid()).collect();
-                for t in ctx.registry.all() {
-                    if !present.contains(&t.vc.uid) {
-                        ctx.stop(&t.vc.uid);
-                    }
-                }
-            }
-        })
+        let (known, gone) = (ctx.clone(), ctx.clone());
+        crate::directory::sweep_gone(
+            store,
+            RETRY,
+            move || {
+                known
+                    .registry
+                    .all()
+                    .iter()
+                    .map(|t| t.vc.uid.clone())
+                    .collect()
+            },
+            move |uid| gone.stop(uid),
+        )
     };
     controller
         .run(reconcile, error_policy, ctx)

@@ -49,6 +49,18 @@ fn helm_set() -> GoSet {
     }
 }
 
+/// Cluster API's pinned module, which the core manager and clusterctl are built from.
+fn cluster_api_module() -> GoModule {
+    GoModule {
+        dir: "cluster-api",
+        files: &[
+            ("go.mod", CAPI_GO_MOD),
+            ("go.sum", CAPI_GO_SUM),
+            ("tools.go", CAPI_TOOLS),
+        ],
+    }
+}
+
 fn cluster_api_set() -> GoSet {
     let pkg = "sigs.k8s.io/cluster-api/version";
     let minor = CLUSTER_API_VERSION
@@ -59,14 +71,7 @@ fn cluster_api_set() -> GoSet {
     GoSet {
         key_prefix: format!("cluster-api-{CLUSTER_API_VERSION}"),
         label: format!("Cluster API {CLUSTER_API_VERSION} core manager"),
-        modules: vec![GoModule {
-            dir: "cluster-api",
-            files: &[
-                ("go.mod", CAPI_GO_MOD),
-                ("go.sum", CAPI_GO_SUM),
-                ("tools.go", CAPI_TOOLS),
-            ],
-        }],
+        modules: vec![cluster_api_module()],
         builds: vec![GoBuild {
             module: "cluster-api",
             what: format!("Cluster API {CLUSTER_API_VERSION} core manager"),
@@ -87,14 +92,7 @@ fn clusterctl_set() -> GoSet {
     GoSet {
         key_prefix: format!("clusterctl-{CLUSTER_API_VERSION}"),
         label: format!("clusterctl {CLUSTER_API_VERSION}"),
-        modules: vec![GoModule {
-            dir: "cluster-api",
-            files: &[
-                ("go.mod", CAPI_GO_MOD),
-                ("go.sum", CAPI_GO_SUM),
-                ("tools.go", CAPI_TOOLS),
-            ],
-        }],
+        modules: vec![cluster_api_module()],
         builds: vec![GoBuild {
             module: "cluster-api",
             what: format!("clusterctl {CLUSTER_API_VERSION}"),
