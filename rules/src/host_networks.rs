@@ -8,6 +8,14 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+/// An IPv4 address written as IPv6 (`::ffff:127.0.0.1`) is the IPv4 address.
+pub fn unmapped(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
 /// The ranges, each with what it is (for the message).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HostNetworks {
@@ -32,11 +40,7 @@ impl HostNetworks {
 
     /// What `address` is inside, if it is inside the host's ranges.
     pub fn containing(&self, address: &str) -> Option<String> {
-        let ip: IpAddr = address.parse().ok()?;
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
+        let ip = unmapped(address.parse().ok()?);
         self.ranges
             .iter()
             .find(|(net, _)| net.contains(&ip))

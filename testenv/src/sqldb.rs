@@ -165,30 +165,21 @@ impl Server {
             cmd.env("LC_ALL", "C.UTF-8");
             cmd
         };
-        let out = command("initdb")
-            .arg("-D")
-            .arg(&data)
-            .args([
-                "-U",
-                USER,
-                "--auth=scram-sha-256",
-                "-E",
-                "UTF8",
-                "--no-sync",
-            ])
-            .arg(format!("--pwfile={}", pwfile.display()))
-            .output()
-            .map_err(io("running initdb"))?;
-        if !out.status.success() {
-            return Err(Error::Command {
-                what: "initdb".into(),
-                output: format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                ),
-            });
-        }
+        run(
+            "initdb",
+            command("initdb")
+                .arg("-D")
+                .arg(&data)
+                .args([
+                    "-U",
+                    USER,
+                    "--auth=scram-sha-256",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                ])
+                .arg(format!("--pwfile={}", pwfile.display())),
+        )?;
         let port = crate::controlplane::free_port().map_err(io("picking a port"))?;
         let mut cmd = command("postgres");
         cmd.arg("-D")

@@ -16,22 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::common::wait_for;
 
-pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
-    let out = Command::new("kubectl")
-        .args(args)
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .output()
-        .expect("kubectl on PATH");
-    assert!(
-        out.status.success(),
-        "kubectl {} failed:\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+/// kubectl as the other integration tests run it (asserts success, returns stdout).
+pub use testenv::testing::kubectl;
 
 /// Cluster API's CRDs from its module, then both providers' components YAML (with clusterctl's
 /// variable substitution), applied with kubectl. The provider Deployments are created but never

@@ -121,11 +121,7 @@ pub fn forbidden_address(address: &str) -> Option<&'static str> {
     let Ok(ip) = address.parse::<IpAddr>() else {
         return Some("not an IP address");
     };
-    // an IPv4 address written as IPv6 (::ffff:127.0.0.1) is the IPv4 address
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    };
+    let ip = crate::host_networks::unmapped(ip);
     match ip {
         _ if ip.is_unspecified() => Some("the unspecified address (this host)"),
         _ if ip.is_loopback() => Some("a loopback address (the node itself)"),
