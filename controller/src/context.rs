@@ -37,6 +37,34 @@ pub struct ControllerConfig {
     /// the syncer keeps it): Managed apiservers verify the kubelet proxy's serving certificate
     /// against it (`--kubelet-certificate-authority`). `None`: they do not verify it.
     pub kubelet_ca_secret: Option<(String, String)>,
+    /// How a member's peer URL is written into etcd's membership when an Etcd control plane
+    /// grows from one member to three. As rendered (the headless Service's per-pod DNS name) by
+    /// default.
+    pub etcd_peer_urls: PeerUrls,
+}
+
+/// Maps a member's peer URL as rendered to the one etcd's membership gets. The rendered name
+/// everywhere cluster DNS resolves it; testenv's runner, which has no cluster DNS, gives the
+/// loopback port it gave that member, as it does in the pods' command lines.
+#[derive(Clone)]
+pub struct PeerUrls(pub Arc<dyn Fn(&str) -> String + Send + Sync>);
+
+impl PeerUrls {
+    pub fn map(&self, url: &str) -> String {
+        (self.0)(url)
+    }
+}
+
+impl Default for PeerUrls {
+    fn default() -> Self {
+        Self(Arc::new(str::to_owned))
+    }
+}
+
+impl std::fmt::Debug for PeerUrls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PeerUrls")
+    }
 }
 
 impl Default for ControllerConfig {
@@ -53,6 +81,7 @@ impl Default for ControllerConfig {
             probe_timeout: Duration::from_secs(10),
             renew_before: Duration::from_secs(30 * 24 * 3600),
             kubelet_ca_secret: None,
+            etcd_peer_urls: PeerUrls::default(),
         }
     }
 }

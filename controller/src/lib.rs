@@ -36,7 +36,7 @@ use kvtenant_api::VirtualCluster;
 use kvtenant_api::labels::{MANAGED_BY, MANAGED_BY_VALUE};
 use tokio_util::sync::CancellationToken;
 
-pub use context::{CONTROLLER_NAME, Context, ControllerConfig};
+pub use context::{CONTROLLER_NAME, Context, ControllerConfig, PeerUrls};
 pub use error::Error;
 pub use leader::{LeaderElectionConfig, LeaderElector};
 pub use metrics::Metrics;

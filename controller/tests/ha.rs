@@ -50,9 +50,10 @@ fn signal(pid: u32, sig: &str) {
 
 /// A client of one pod's own apiserver (its local port), as the tenant admin.
 async fn pod_client(m: &ManagedHost, pod: &str) -> Client {
+    let vc = pod.split("-cp-").next().unwrap();
     let port = m.runner.snapshot().ports[&format!("{NS}/{pod}")][&render::APISERVER_PORT];
     let secret = Api::<Secret>::namespaced(m.client.clone(), NS)
-        .get("ha-kubeconfig")
+        .get(&format!("{vc}-kubeconfig"))
         .await
         .unwrap();
     let text = String::from_utf8(secret.data.unwrap()[render::KUBECONFIG_KEY].0.clone()).unwrap();
@@ -167,8 +168,140 @@ async fn three_replicas_keep_the_tenant_writable_with_a_member_down() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(
-        refused.contains("keeps the member count it was created with"),
-        "{refused}"
+    assert!(refused.contains("never shrinks"), "{refused}");
+}
+
+/// Waits until the runner runs all three processes of each pod.
+async fn wait_pods_running(m: &ManagedHost, pods: [&'static str; 3]) {
+    wait_for("three pods running", Duration::from_secs(180), || {
+        let snap = m.runner.snapshot();
+        async move {
+            let running = pods
+                .iter()
+                .filter(|p| {
+                    snap.pods
+                        .get(&format!("{NS}/{p}"))
+                        .is_some_and(|p| p.len() == 3)
+                })
+                .count();
+            if running == 3 {
+                Ok(())
+            } else {
+                Err(format!("{:?}", snap.pods))
+            }
+        }
+    })
+    .await;
+}
+
+/// Creates a namespace, retrying while the apiserver (or its etcd) is briefly away.
+async fn create_namespace_eventually(api: &Api<Namespace>, name: &str, what: &str) {
+    wait_for(what, Duration::from_secs(120), || {
+        let api = api.clone();
+        async move {
+            match api.create(&PostParams::default(), &namespace(name)).await {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn one_member_grows_to_three_and_keeps_its_data() {
+    let m = managed_host("grow-host", NS).await;
+    let client = &m.client;
+    create_vc(client, NS, &vc("grow", loopback_spec())).await;
+    wait_ready(&m, NS, "grow", "Ready with 1 replica").await;
+    let tenant: Api<Namespace> = Api::all(tenant_client(client, NS, "grow").await);
+    create_namespace_eventually(&tenant, "before", "a write before the growth").await;
+
+    let vcs: Api<VirtualCluster> = Api::namespaced(client.clone(), NS);
+    vcs.patch(
+        "grow",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"controlPlane": {"replicas": 3}}})),
+    )
+    .await
+    .expect("1 -> 3 is allowed");
+    let t0 = Instant::now();
+    // the tenant keeps being served by the first member while the others join
+    create_namespace_eventually(&tenant, "during", "a write during the growth").await;
+
+    let statefulsets: Api<k8s_openapi::api::apps::v1::StatefulSet> =
+        Api::namespaced(client.clone(), NS);
+    wait_for(
+        "the etcd grown to 3 voting members",
+        Duration::from_secs(240),
+        || {
+            let statefulsets = statefulsets.clone();
+            async move {
+                let sts = statefulsets
+                    .get("grow-cp")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let a = sts.metadata.annotations.unwrap_or_default();
+                match (a.get(render::ETCD_GROWTH), a.get(render::ETCD_MEMBERS)) {
+                    (Some(g), Some(n)) if g == "done" && n == "3" => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "grown to 3 voting members {:.2?} after the change",
+        t0.elapsed()
     );
+    let pods = ["grow-cp-0", "grow-cp-1", "grow-cp-2"];
+    wait_pods_running(&m, pods).await;
+
+    // every member has the data written before and during the growth
+    for pod in pods {
+        let api: Api<Namespace> = Api::all(pod_client(&m, pod).await);
+        for ns in ["before", "during"] {
+            wait_namespace(&api, ns, &format!("{pod} to read {ns:?}")).await;
+        }
+    }
+
+    // three voting members: with the first one stopped the other two still make a quorum
+    let stopped = etcd_pid(&m.runner, "grow-cp-0");
+    signal(stopped, "STOP");
+    let second: Api<Namespace> = Api::all(pod_client(&m, "grow-cp-1").await);
+    create_namespace_eventually(&second, "after", "a write with grow-cp-0's etcd stopped").await;
+    signal(stopped, "CONT");
+    let first: Api<Namespace> = Api::all(pod_client(&m, "grow-cp-0").await);
+    wait_namespace(&first, "after", "grow-cp-0 to catch up").await;
+
+    // the growth was reported
+    let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), NS)
+        .list(&Default::default())
+        .await
+        .unwrap();
+    let mut reported: Vec<_> = events
+        .items
+        .iter()
+        .filter(|e| e.reason.as_deref().is_some_and(|r| r.starts_with("Etcd")))
+        .map(|e| {
+            let related = e.related.as_ref().and_then(|r| r.name.clone());
+            (
+                e.reason.clone().unwrap_or_default(),
+                related.unwrap_or_default(),
+            )
+        })
+        .collect();
+    reported.sort();
+    let expected: Vec<(String, String)> = [
+        ("EtcdLearnerAdded", "grow-cp-1"),
+        ("EtcdLearnerAdded", "grow-cp-2"),
+        ("EtcdMemberPromoted", "grow-cp-1"),
+        ("EtcdMemberPromoted", "grow-cp-2"),
+        ("EtcdMemberUpdated", "grow-cp-0"),
+    ]
+    .iter()
+    .map(|(r, p)| (r.to_string(), p.to_string()))
+    .collect();
+    assert_eq!(reported, expected, "one Event per membership change");
 }

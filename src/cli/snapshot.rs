@@ -12,31 +12,24 @@
 //! so controllers, the tenant's clients and kvtenant's syncer (which then makes the host match)
 //! follow without a restart.
 
-mod grpc;
-
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use bytes::Bytes;
 use clap::Args;
-use http_body_util::Full;
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::Api;
 use kvtenant_api::{ControlPlaneMode, Datastore, VirtualCluster};
+use kvtenant_controller::managed::etcd::{Connection, grpc};
 use serde::{Deserialize, Serialize};
 
 use super::{GlobalArgs, NameArgs, not_found_hint, vc_api};
 
 /// The prefix of the apiserver's keys in its own datastore.
 pub const PREFIX: &str = "/registry/";
-/// The etcd API's port (etcd or kine) in the control-plane pod.
-pub const ETCD_PORT: u16 = 2379;
 /// Keys per range call.
 pub const PAGE: i64 = 1000;
 /// The snapshot file's `kind`.
@@ -143,31 +136,17 @@ fn etcd_pod(vc: &VirtualCluster, ns: &str, name: &str) -> anyhow::Result<(String
     }
 }
 
-/// An HTTP/2 connection to the pod's etcd API through the host apiserver's port-forward.
+/// A connection to the pod's etcd API through the host apiserver's port-forward.
 struct Etcd {
-    send: SendRequest<Full<Bytes>>,
+    conn: Connection,
     prefix: String,
-    _forwarder: kube::api::Portforwarder,
 }
 
 impl Etcd {
     async fn connect(pods: &Api<Pod>, pod: &str, prefix: String) -> anyhow::Result<Self> {
-        let mut forwarder = pods
-            .portforward(pod, &[ETCD_PORT])
-            .await
-            .with_context(|| format!("port-forwarding to pod {pod}'s etcd API"))?;
-        let stream = forwarder
-            .take_stream(ETCD_PORT)
-            .context("the port-forward gave no stream")?;
-        let (send, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await
-                .context("talking gRPC to the etcd API")?;
-        tokio::spawn(conn);
         Ok(Self {
-            send,
+            conn: Connection::port_forward(pods, pod).await?,
             prefix,
-            _forwarder: forwarder,
         })
     }
 
@@ -184,7 +163,8 @@ impl Etcd {
                 limit: PAGE,
                 revision,
             };
-            let resp: grpc::RangeResponse = grpc::call(&mut self.send, "Range", &req).await?;
+            let resp: grpc::RangeResponse =
+                grpc::call(&mut self.conn.send, "KV/Range", &req).await?;
             if revision == 0 {
                 revision = resp.header.map(|h| h.revision).unwrap_or_default();
             }
@@ -220,7 +200,7 @@ impl Etcd {
         let mut key = self.prefix.as_bytes().to_vec();
         key.extend_from_slice(rel);
         let txn = grpc::change(&key, current, value);
-        let resp: grpc::TxnResponse = grpc::call(&mut self.send, "Txn", &txn).await?;
+        let resp: grpc::TxnResponse = grpc::call(&mut self.conn.send, "KV/Txn", &txn).await?;
         Ok(resp.succeeded)
     }
 }

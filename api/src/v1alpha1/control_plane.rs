@@ -35,10 +35,10 @@ const MODE_RULE: &str =
 pub(crate) const KINE_REPLICAS_RULE: &str =
     "!has(self.datastore) || self.datastore != 'Kine' || !has(self.replicas) || self.replicas <= 1";
 
-/// The CEL transition rule keeping an Etcd control plane's member count (1 ↔ 3 is refused; 0
-/// stops it, so 1 → 0 → 3 passes here and is refused by the controller, which knows the count
-/// the etcd was created with).
-pub(crate) const ETCD_MEMBERS_RULE: &str = "(has(self.datastore) && self.datastore != 'Etcd') || !has(self.replicas) || !has(oldSelf.replicas) || self.replicas == 0 || oldSelf.replicas == 0 || self.replicas == oldSelf.replicas";
+/// The CEL transition rule keeping an Etcd control plane's member count (1 → 3 grows the etcd,
+/// 3 → 1 is refused; 0 stops it, so 3 → 0 → 1 passes here and is refused by the controller,
+/// which knows the count the etcd has).
+pub(crate) const ETCD_MEMBERS_RULE: &str = "(has(self.datastore) && self.datastore != 'Etcd') || !has(self.replicas) || !has(oldSelf.replicas) || self.replicas == 0 || oldSelf.replicas == 0 || self.replicas == oldSelf.replicas || (oldSelf.replicas == 1 && self.replicas == 3)";
 
 /// The control plane of a virtual cluster.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
@@ -60,7 +60,7 @@ pub(crate) const ETCD_MEMBERS_RULE: &str = "(has(self.datastore) && self.datasto
     .field_path(".replicas")
     .reason(Reason::FieldValueInvalid))]
 #[x_kube(validation = Rule::new(ETCD_MEMBERS_RULE)
-    .message("an Etcd control plane keeps the member count it was created with: replicas may change between 0 and that count (1 or 3) only; for another size, create a new VirtualCluster")
+    .message("an Etcd control plane keeps its etcd member count: replicas may change between 0 and that count (1 or 3), or grow from 1 to 3, and never shrinks; for another size, create a new VirtualCluster")
     .field_path(".replicas")
     .reason(Reason::FieldValueInvalid))]
 pub struct ControlPlaneSpec {
@@ -86,8 +86,8 @@ pub struct ControlPlaneSpec {
     /// datastore Etcd a 3-member etcd cluster, one member per pod; with an external datastore
     /// three apiservers; kube-controller-manager elects a leader; a PodDisruptionBudget lets one
     /// pod go at a time), or 0 to stop the control plane while keeping its data. An Etcd control
-    /// plane keeps the member count it was created with (1 or 3); Kine (SQLite in one pod's
-    /// volume) runs one pod.
+    /// plane grows from 1 member to 3 (the new members join the running one; the data is kept)
+    /// and never shrinks; Kine (SQLite in one pod's volume) runs one pod.
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 0, max = 3))]
     #[x_kube(validation = Rule::new("self != 2").message("controlPlane.replicas must be 0, 1 or 3: an etcd cluster needs an odd number of members"))]

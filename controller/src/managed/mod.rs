@@ -9,6 +9,8 @@
 //! through the Service endpoint written in the kubeconfig.
 
 pub mod datastore;
+pub mod etcd;
+mod grow;
 pub mod pki;
 pub mod render;
 
@@ -40,6 +42,19 @@ pub async fn reconcile(vc: &VirtualCluster, ctx: &Context) -> Result<Observation
         t.database_client_cert = check_database(&client, &ns, db).await?.client_cert;
     }
     t.kubelet_ca = kubelet_ca(ctx).await?;
+    // Where the etcd stands (its members, a growth from one to three), before anything is
+    // rendered from it; a member count kvtenant cannot reach stops here.
+    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+    let existing = statefulsets
+        .get_opt(&t.names.statefulset)
+        .await
+        .map_err(|e| {
+            Error::kube(
+                format!("reading StatefulSet {ns}/{}", t.names.statefulset),
+                e,
+            )
+        })?;
+    t.etcd = render::etcd_state(&t, existing.as_ref()).map_err(Error::InvalidSpec)?;
     let ser = |what: &str| {
         let what = what.to_owned();
         move |source| Error::Serialize { what, source }
@@ -121,22 +136,9 @@ pub async fn reconcile(vc: &VirtualCluster, ctx: &Context) -> Result<Observation
     let (_, changed) = apply_if_changed(&secrets, kubeconfig, kvtenant_api::MANAGER).await?;
     step(ctx, vc, changed, "v1", "Secret", &t.names.kubeconfig_secret).await;
 
-    // StatefulSet, unless the spec asks for an etcd membership change kvtenant cannot make.
-    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
-    let existing = statefulsets
-        .get_opt(&t.names.statefulset)
-        .await
-        .map_err(|e| {
-            Error::kube(
-                format!("reading StatefulSet {ns}/{}", t.names.statefulset),
-                e,
-            )
-        })?;
-    if let Some(problem) = render::etcd_members_problem(&t, existing.as_ref()) {
-        return Err(Error::InvalidSpec(problem));
-    }
+    // StatefulSet.
     let sts = render::statefulset(&t, &pki_hash).map_err(ser("the StatefulSet"))?;
-    let (sts, changed) = apply_if_changed(&statefulsets, sts, kvtenant_api::MANAGER).await?;
+    let (mut sts, changed) = apply_if_changed(&statefulsets, sts, kvtenant_api::MANAGER).await?;
     step(
         ctx,
         vc,
@@ -146,6 +148,53 @@ pub async fn reconcile(vc: &VirtualCluster, ctx: &Context) -> Result<Observation
         &t.names.statefulset,
     )
     .await;
+
+    // An etcd growing from one member to three: one pass of the membership changes, and the
+    // StatefulSet again when they change the pods it may run.
+    let mut growing = None;
+    if let Some(render::Growth::Joining { pods }) = t.etcd.growth
+        && !vc.spec.paused
+    {
+        let progress = grow::advance(ctx, &t, &sts, pods).await?;
+        for made in progress.changes {
+            let pod = ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: Some(made.pod),
+                namespace: Some(ns.clone()),
+                ..ObjectReference::default()
+            };
+            publish_related(
+                ctx,
+                vc,
+                EventType::Normal,
+                made.reason,
+                "GrowEtcd",
+                made.message,
+                Some(pod),
+            )
+            .await;
+        }
+        if Some(progress.growth) != t.etcd.growth {
+            t.etcd.growth = Some(progress.growth);
+            let again = render::statefulset(&t, &pki_hash).map_err(ser("the StatefulSet"))?;
+            sts = apply_if_changed(&statefulsets, again, kvtenant_api::MANAGER)
+                .await?
+                .0;
+            step(
+                ctx,
+                vc,
+                true,
+                "apps/v1",
+                "StatefulSet",
+                &t.names.statefulset,
+            )
+            .await;
+        }
+        if progress.growth != render::Growth::Done {
+            growing = Some(progress.message);
+        }
+    }
 
     // One pod at a time may be disrupted (an etcd of 3 keeps its quorum).
     let budgets: Api<PodDisruptionBudget> = Api::namespaced(client, &ns);
@@ -250,6 +299,11 @@ pub async fn reconcile(vc: &VirtualCluster, ctx: &Context) -> Result<Observation
             obs.message = Some(msg.clone());
             obs.control_plane = Cond::not("ApiserverNotReady", msg);
         }
+    }
+    // the tenant is served by the first member meanwhile; the growth goes on
+    if let Some(msg) = growing {
+        obs.message = Some(msg);
+        obs.requeue_after = Some(ctx.config.provisioning_poll);
     }
     Ok(obs)
 }

@@ -96,6 +96,9 @@ pub struct Target<'a> {
     /// The CA of kvtenant's kubelet proxy (PEM), read off its Secret by the reconciler: the
     /// apiserver verifies the kubelet proxy's serving certificate against it.
     pub kubelet_ca: Option<String>,
+    /// Where the etcd stands (read off the StatefulSet by the reconciler; a new control plane
+    /// by default).
+    pub etcd: EtcdState,
 }
 
 impl<'a> Target<'a> {
@@ -110,6 +113,7 @@ impl<'a> Target<'a> {
             vc,
             database_client_cert: false,
             kubelet_ca: None,
+            etcd: EtcdState::default(),
         })
     }
 
@@ -495,8 +499,9 @@ mod ingress;
 pub use ingress::ingress;
 mod statefulset;
 pub use ha::{
-    ETCD_MEMBERS, ETCD_PKI_DIR, etcd_cluster, etcd_cluster_command, etcd_members,
-    etcd_members_problem, etcd_peer_sans, pod_disruption_budget,
+    ETCD_GROWTH, ETCD_MEMBERS, ETCD_PKI_DIR, EtcdState, GROWN_MEMBERS, Growth, etcd_cluster,
+    etcd_cluster_command, etcd_members, etcd_peer_sans, etcd_state, grown_peer_urls,
+    pod_disruption_budget,
 };
 pub use statefulset::{
     DATABASE_TLS_DIR, ETCD_CLIENT_DIR, KINE_ENDPOINT_ENV, etcd_prefix, statefulset,

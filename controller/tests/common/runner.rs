@@ -12,6 +12,7 @@ use kube::api::Api;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kvtenant_api::{ExposeType, Phase, VirtualCluster, VirtualClusterSpec};
 use kvtenant_controller::managed::render;
+use kvtenant_controller::{ControllerConfig, PeerUrls};
 use testenv::ControlPlane;
 use testenv::runner::{Runner, RunnerOptions};
 
@@ -50,7 +51,12 @@ async fn managed_host_with(
     let client = host.client().unwrap();
     create_namespace(&client, ns).await;
     let runner = runner_with(&client, opts).await;
-    let ctl = RunningController::start(client.clone(), test_config());
+    // the runner stands in for cluster DNS when the controller writes etcd peer URLs
+    let config = ControllerConfig {
+        etcd_peer_urls: PeerUrls(std::sync::Arc::new(runner.peer_resolver())),
+        ..test_config()
+    };
+    let ctl = RunningController::start(client.clone(), config);
     ManagedHost {
         _ctl: ctl,
         runner,

@@ -139,6 +139,7 @@ pub struct Runner {
     kubelet: tokio::task::JoinHandle<()>,
     snapshot: Arc<Mutex<Snapshot>>,
     root: tempfile::TempDir,
+    book: pods::PortBook,
 }
 
 impl Runner {
@@ -164,7 +165,13 @@ impl Runner {
             &json!(opts.selector),
         );
         node::apply_all(&client, &policy).await?;
-        let state = pods::Pods::new(client.clone(), opts.clone(), root.path().to_path_buf());
+        let book = pods::PortBook::default();
+        let state = pods::Pods::new(
+            client.clone(),
+            opts.clone(),
+            root.path().to_path_buf(),
+            book.clone(),
+        );
         let task = tokio::spawn(run(
             client,
             opts.clone(),
@@ -179,6 +186,7 @@ impl Runner {
             kubelet,
             snapshot,
             root,
+            book,
         })
     }
 
@@ -190,6 +198,36 @@ impl Runner {
     /// What it runs now.
     pub fn snapshot(&self) -> Snapshot {
         self.snapshot.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// What stands in for cluster DNS: `<pod>.<service>.<ns>.svc[.cluster.local]:PORT` in `s`
+    /// becomes `127.0.0.1:<local port>` for pods the runner has booked ports for, as it does in
+    /// the pods' command lines. A controller that writes peer addresses into a datastore's
+    /// membership (etcd's member API) uses it in tests, where no name resolves.
+    pub fn peer_resolver(&self) -> impl Fn(&str) -> String + Send + Sync + 'static {
+        let book = self.book.clone();
+        move |s: &str| {
+            let Ok(book) = book.lock() else {
+                return s.to_owned();
+            };
+            let mut out = s.to_owned();
+            let namespaces: std::collections::BTreeSet<&str> = book
+                .keys()
+                .filter_map(|k| k.split_once('/'))
+                .map(|(ns, _)| ns)
+                .collect();
+            for ns in namespaces {
+                let peers: plan::Peers = book
+                    .iter()
+                    .filter_map(|(k, ports)| {
+                        let (n, name) = k.split_once('/')?;
+                        (n == ns).then(|| (name.to_owned(), ports.clone()))
+                    })
+                    .collect();
+                out = plan::rewrite_peers(&out, ns, &peers);
+            }
+            out
+        }
     }
 
     /// Directory holding the pods' files, logs (`pods/<ns>_<name>_<uid>/<container>.log`) and

@@ -55,17 +55,21 @@ pub struct Pods {
     running: BTreeMap<String, Running>,
     /// Local ports by `namespace/name`, kept for the pod's name: a StatefulSet's pod comes back
     /// with the ports its peers know it by.
-    book: std::sync::Mutex<BTreeMap<String, BTreeMap<u16, u16>>>,
+    book: PortBook,
 }
 
+/// Local ports by `namespace/name` of every pod the runner has started or that a started pod
+/// addresses by name.
+pub type PortBook = std::sync::Arc<std::sync::Mutex<BTreeMap<String, BTreeMap<u16, u16>>>>;
+
 impl Pods {
-    pub fn new(client: Client, opts: RunnerOptions, root: PathBuf) -> Self {
+    pub fn new(client: Client, opts: RunnerOptions, root: PathBuf, book: PortBook) -> Self {
         Self {
             client,
             opts,
             root,
             running: BTreeMap::new(),
-            book: Default::default(),
+            book,
         }
     }
 

@@ -19,11 +19,45 @@ pub const ETCD_MEMBERS: &str = "kvtenant.io/etcd-members";
 /// Where the etcd CA and peer certificate are mounted in the etcd container.
 pub const ETCD_PKI_DIR: &str = "/etc/kubernetes/etcd-pki";
 
-/// The etcd members wanted: `spec.controlPlane.replicas` for datastore Etcd (0 counts as 1: a
-/// stopped control plane keeps its members), none for other datastores.
+/// Annotation on the StatefulSet of an etcd that grew from one member to three: `joining` while
+/// the new members join, `done` after. Such an etcd keeps rendering its members as joining an
+/// existing cluster, and the StatefulSet keeps its one-member pod management.
+pub const ETCD_GROWTH: &str = "kvtenant.io/etcd-growth";
+
+/// The member count an etcd may grow to from one member.
+pub const GROWN_MEMBERS: i32 = 3;
+
+/// Where a control plane's etcd stands, read off its StatefulSet by the reconciler.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EtcdState {
+    /// The members the etcd has (the StatefulSet's annotation; `None` for a new control plane).
+    pub members: Option<i32>,
+    pub growth: Option<Growth>,
+}
+
+/// A one-member etcd growing to three.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Growth {
+    /// The new members are joining: the StatefulSet runs `pods` pods (1 until the new members
+    /// are in etcd's membership, then 3).
+    Joining { pods: i32 },
+    /// All three members vote.
+    Done,
+}
+
+/// The etcd members to render: `spec.controlPlane.replicas` for datastore Etcd, or the members
+/// the etcd has while replicas is 0 (a stopped control plane keeps its members), none for other
+/// datastores.
 pub fn etcd_members(t: &Target<'_>) -> Option<i32> {
     let cp = &t.vc.spec.control_plane;
-    (cp.datastore == Datastore::Etcd).then_some(cp.replicas.max(1))
+    if cp.datastore != Datastore::Etcd {
+        return None;
+    }
+    Some(match (cp.replicas, t.etcd.growth, t.etcd.members) {
+        (_, Some(_), _) => GROWN_MEMBERS,
+        (0, None, Some(had)) => had,
+        (r, ..) => r.max(1),
+    })
 }
 
 /// Whether the pods run a multi-member etcd.
@@ -31,32 +65,63 @@ pub fn etcd_cluster(t: &Target<'_>) -> bool {
     etcd_members(t).is_some_and(|m| m > 1)
 }
 
-/// Why the StatefulSet cannot become what the spec asks (the etcd member count differs from the
-/// one the cluster was created with), or `None`. A StatefulSet made before the annotation
-/// existed ran one member.
-pub fn etcd_members_problem(t: &Target<'_>, existing: Option<&StatefulSet>) -> Option<String> {
-    let wanted = etcd_members(t)?;
-    let existing = existing?;
-    let had = existing
-        .metadata
-        .annotations
-        .as_ref()
+/// Where the control plane's etcd stands given its StatefulSet, or why the StatefulSet cannot
+/// become what the spec asks. A StatefulSet made before the member annotation existed ran one
+/// member. One member may grow to three; other changes of the member count are refused.
+pub fn etcd_state(t: &Target<'_>, existing: Option<&StatefulSet>) -> Result<EtcdState, String> {
+    let cp = &t.vc.spec.control_plane;
+    let Some(existing) = existing.filter(|_| cp.datastore == Datastore::Etcd) else {
+        return Ok(EtcdState::default());
+    };
+    let annotations = existing.metadata.annotations.as_ref();
+    let had = annotations
         .and_then(|a| a.get(ETCD_MEMBERS))
         .and_then(|v| v.parse::<i32>().ok())
         .unwrap_or(1);
-    (had != wanted).then(|| {
-        format!(
+    let growth = annotations.and_then(|a| a.get(ETCD_GROWTH)).map(|g| {
+        if g == "done" {
+            Growth::Done
+        } else {
+            Growth::Joining {
+                pods: existing.spec.replicas.unwrap_or(1).max(1),
+            }
+        }
+    });
+    let state = EtcdState {
+        members: Some(had),
+        growth,
+    };
+    let wanted = if cp.replicas == 0 { had } else { cp.replicas };
+    match growth {
+        Some(_) if wanted == GROWN_MEMBERS => Ok(state),
+        None if wanted == had => Ok(state),
+        None if had == 1 && wanted == GROWN_MEMBERS => Ok(EtcdState {
+            growth: Some(Growth::Joining { pods: 1 }),
+            ..state
+        }),
+        _ => Err(format!(
             "spec.controlPlane.replicas asks for {wanted} etcd member(s), but the control plane's \
-             etcd was created with {had}: changing an Etcd control plane's member count is not \
-             supported yet. Set replicas back to {had} (or 0 to stop it); for another size, create \
-             a new VirtualCluster"
-        )
-    })
+             etcd has {}: an Etcd control plane grows from 1 member to 3 and never shrinks. Set \
+             replicas back to {} (or 0 to stop it); for another size, create a new VirtualCluster",
+            if growth.is_some() { GROWN_MEMBERS } else { had },
+            if growth.is_some() { GROWN_MEMBERS } else { had },
+        )),
+    }
 }
 
 /// The DNS name of member `pod` through the headless Service.
 fn member_host(t: &Target<'_>, pod: &str) -> String {
     format!("{pod}.{}.{}.svc", t.names.statefulset, t.vcref.namespace)
+}
+
+/// The peer URLs of the members of an etcd grown to three, in pod order (as rendered).
+pub fn grown_peer_urls(t: &Target<'_>) -> Vec<String> {
+    (0..GROWN_MEMBERS)
+        .map(|i| {
+            let pod = format!("{}-{i}", t.names.statefulset);
+            format!("https://{}:{ETCD_PEER_PORT}", member_host(t, &pod))
+        })
+        .collect()
 }
 
 /// Names the members' shared peer certificate is valid for: every pod of the headless Service,
@@ -96,7 +161,14 @@ pub fn etcd_cluster_command(t: &Target<'_>, members: i32) -> Vec<String> {
         format!("--initial-advertise-peer-urls={}", peer("$(POD_NAME)")),
         format!("--initial-cluster={}", initial.join(",")),
         format!("--initial-cluster-token={}", t.vcref.uid),
-        "--initial-cluster-state=new".into(),
+        // members of an etcd that grew from one join the existing cluster, as learners first
+        // (both new ones at once, so each starts with the final membership)
+        if t.etcd.growth.is_some() {
+            "--initial-cluster-state=existing"
+        } else {
+            "--initial-cluster-state=new"
+        }
+        .into(),
         format!("--peer-cert-file={d}/{}", pki::keys::ETCD_PEER_CRT),
         format!("--peer-key-file={d}/{}", pki::keys::ETCD_PEER_KEY),
         format!("--peer-trusted-ca-file={d}/{}", pki::keys::ETCD_CA_CRT),
@@ -107,6 +179,9 @@ pub fn etcd_cluster_command(t: &Target<'_>, members: i32) -> Vec<String> {
         "--quota-backend-bytes=4294967296".into(),
         "--log-level=warn".into(),
     ]
+    .into_iter()
+    .chain(t.etcd.growth.map(|_| "--max-learners=2".into()))
+    .collect()
 }
 
 /// The etcd container's extras for a cluster member: its pod name, the peer port, the PKI.

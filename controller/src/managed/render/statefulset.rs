@@ -78,7 +78,11 @@ pub fn statefulset(t: &Target<'_>, pki_hash: &str) -> Result<StatefulSet, serde_
     let cp = &spec.control_plane;
     let images = spec.images();
     let res = cp.resources.as_ref();
-    let replicas = if spec.paused { 0 } else { cp.replicas };
+    let replicas = match t.etcd.growth {
+        _ if spec.paused => 0,
+        Some(super::ha::Growth::Joining { pods }) if cp.replicas > 0 => pods,
+        _ => cp.replicas,
+    };
     let restricted = json!({
         "allowPrivilegeEscalation": false,
         "readOnlyRootFilesystem": true,
@@ -260,9 +264,17 @@ pub fn statefulset(t: &Target<'_>, pki_hash: &str) -> Result<StatefulSet, serde_
         .collect();
     let mut meta = t.meta(&t.names.statefulset);
     if let Some(n) = members {
-        meta.annotations
-            .get_or_insert_with(Default::default)
-            .insert(super::ha::ETCD_MEMBERS.to_owned(), n.to_string());
+        let annotations = meta.annotations.get_or_insert_with(Default::default);
+        // a growing etcd has its one member until the new ones vote
+        let (n, growth) = match t.etcd.growth {
+            Some(super::ha::Growth::Joining { .. }) => (1, Some("joining")),
+            Some(super::ha::Growth::Done) => (n, Some("done")),
+            None => (n, None),
+        };
+        annotations.insert(super::ha::ETCD_MEMBERS.to_owned(), n.to_string());
+        if let Some(g) = growth {
+            annotations.insert(super::ha::ETCD_GROWTH.to_owned(), g.to_owned());
+        }
     }
     let mut sts: StatefulSet = serde_json::from_value(json!({
         "metadata": meta,
@@ -270,8 +282,9 @@ pub fn statefulset(t: &Target<'_>, pki_hash: &str) -> Result<StatefulSet, serde_
             "replicas": replicas,
             "serviceName": t.names.statefulset,
             "selector": {"matchLabels": t.pod_labels()},
-            // an etcd cluster's members must start together to form a quorum
-            "podManagementPolicy": if cluster { "Parallel" } else { "OrderedReady" },
+            // an etcd cluster's members must start together to form a quorum; one that grew
+            // from a single member keeps the policy it was made with (it is immutable)
+            "podManagementPolicy": if cluster && t.etcd.growth.is_none() { "Parallel" } else { "OrderedReady" },
             "updateStrategy": {"type": "RollingUpdate"},
             "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Delete", "whenScaled": "Retain"},
             "template": {

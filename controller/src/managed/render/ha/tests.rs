@@ -120,11 +120,11 @@ fn three_replicas_on_an_external_datastore_are_three_apiservers() {
             .is_none_or(|a| !a.contains_key(ETCD_MEMBERS))
     );
     assert!(args(&sts, "kube-controller-manager").contains(&"--leader-elect=true".to_owned()));
-    assert!(etcd_members_problem(&t, Some(&sts)).is_none());
+    assert_eq!(etcd_state(&t, Some(&sts)), Ok(EtcdState::default()));
 }
 
 #[test]
-fn the_etcd_member_count_is_kept() {
+fn the_etcd_member_count_is_kept_or_grown_from_one_to_three() {
     let one = vc(1, Datastore::Etcd);
     let three = vc(3, Datastore::Etcd);
     let stopped = vc(0, Datastore::Etcd);
@@ -135,26 +135,121 @@ fn the_etcd_member_count_is_kept() {
     );
     let made_with_one = statefulset(&t1, "h").unwrap();
     let made_with_three = statefulset(&t3, "h").unwrap();
-    assert!(
-        etcd_members_problem(&t3, None).is_none(),
+    let state = |t: &Target<'_>, sts: Option<&StatefulSet>| etcd_state(t, sts);
+    assert_eq!(
+        state(&t3, None),
+        Ok(EtcdState::default()),
         "a new control plane"
     );
-    assert!(etcd_members_problem(&t1, Some(&made_with_one)).is_none());
-    assert!(
-        etcd_members_problem(&t0, Some(&made_with_one)).is_none(),
-        "stopping"
+    let kept = |n| EtcdState {
+        members: Some(n),
+        growth: None,
+    };
+    assert_eq!(state(&t1, Some(&made_with_one)), Ok(kept(1)));
+    assert_eq!(state(&t0, Some(&made_with_one)), Ok(kept(1)), "stopping");
+    assert_eq!(
+        state(&t0, Some(&made_with_three)),
+        Ok(kept(3)),
+        "stopping keeps three members"
     );
-    let problem = etcd_members_problem(&t3, Some(&made_with_one)).unwrap();
+    assert_eq!(
+        state(&t3, Some(&made_with_one)),
+        Ok(EtcdState {
+            members: Some(1),
+            growth: Some(Growth::Joining { pods: 1 })
+        }),
+        "one member grows to three"
+    );
+    let problem = state(&t1, Some(&made_with_three)).unwrap_err();
     assert!(
-        problem.contains("created with 1") && problem.contains("Set replicas back to 1"),
+        problem.contains("has 3") && problem.contains("Set replicas back to 3"),
         "{problem}"
     );
-    assert!(etcd_members_problem(&t1, Some(&made_with_three)).is_some());
     // made before the annotation existed: one member
     let mut legacy = made_with_one.clone();
     legacy.metadata.annotations = None;
-    assert!(etcd_members_problem(&t3, Some(&legacy)).is_some());
-    assert!(etcd_members_problem(&t1, Some(&legacy)).is_none());
+    assert!(matches!(
+        state(&t3, Some(&legacy)),
+        Ok(EtcdState {
+            growth: Some(Growth::Joining { .. }),
+            ..
+        })
+    ));
+    assert_eq!(state(&t1, Some(&legacy)), Ok(kept(1)));
+
+    // a stopped 3-member control plane keeps its 3-member command
+    let mut t0 = Target::new(&stopped).unwrap();
+    t0.etcd = kept(3);
+    let sts = statefulset(&t0, "h").unwrap();
+    assert_eq!(sts.spec.replicas, Some(0));
+    assert!(args(&sts, "etcd").iter().any(|a| a.contains("alpha-cp-2=")));
+}
+
+#[test]
+fn a_growing_etcd_joins_its_new_members_to_the_existing_one() {
+    let three = vc(3, Datastore::Etcd);
+    let mut t = Target::new(&three).unwrap();
+    t.etcd = EtcdState {
+        members: Some(1),
+        growth: Some(Growth::Joining { pods: 1 }),
+    };
+    let sts = statefulset(&t, "h").unwrap();
+    assert_eq!(
+        sts.spec.replicas,
+        Some(1),
+        "the new members are not in etcd yet"
+    );
+    assert_eq!(
+        sts.spec.pod_management_policy.as_deref(),
+        Some("OrderedReady"),
+        "immutable: kept from the one-member StatefulSet"
+    );
+    let a = sts.metadata.annotations.as_ref().unwrap();
+    assert_eq!(
+        (a[ETCD_MEMBERS].as_str(), a[ETCD_GROWTH].as_str()),
+        ("1", "joining")
+    );
+    let etcd = args(&sts, "etcd");
+    for flag in [
+        "--initial-cluster-state=existing",
+        "--max-learners=2",
+        "--name=$(POD_NAME)",
+    ] {
+        assert!(etcd.contains(&flag.to_owned()), "{flag} in {etcd:?}");
+    }
+    assert_eq!(
+        grown_peer_urls(&t),
+        [
+            "https://alpha-cp-0.alpha-cp.tenants.svc:2380",
+            "https://alpha-cp-1.alpha-cp.tenants.svc:2380",
+            "https://alpha-cp-2.alpha-cp.tenants.svc:2380"
+        ]
+    );
+    assert!(
+        !etcd_peer_sans(&t).is_empty(),
+        "the peer certificate is issued"
+    );
+
+    t.etcd.growth = Some(Growth::Joining { pods: 3 });
+    assert_eq!(statefulset(&t, "h").unwrap().spec.replicas, Some(3));
+
+    t.etcd.growth = Some(Growth::Done);
+    let done = statefulset(&t, "h").unwrap();
+    let a = done.metadata.annotations.as_ref().unwrap();
+    assert_eq!(
+        (a[ETCD_MEMBERS].as_str(), a[ETCD_GROWTH].as_str()),
+        ("3", "done")
+    );
+    assert_eq!(done.spec.replicas, Some(3));
+    assert!(args(&done, "etcd").contains(&"--initial-cluster-state=existing".to_owned()));
+    // a grown etcd stays as it is
+    assert_eq!(
+        etcd_state(&t, Some(&done)),
+        Ok(EtcdState {
+            members: Some(3),
+            growth: Some(Growth::Done)
+        })
+    );
 }
 
 #[test]

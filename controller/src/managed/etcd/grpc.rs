@@ -1,7 +1,8 @@
-//! The few messages of etcd's `etcdserverpb.KV` service that snapshots use, and its gRPC calls
-//! over HTTP/2 (prior knowledge) on one stream. etcd and kine both serve them; kine only takes
-//! the transaction shapes kube-apiserver sends (create if absent, update or delete at a
-//! revision), so the restore uses exactly those.
+//! The few messages of etcd's `etcdserverpb.KV` service that snapshots use and of its
+//! `etcdserverpb.Cluster` service that membership changes use, and unary gRPC calls over HTTP/2
+//! (prior knowledge). etcd and kine both serve the KV messages; kine only takes the transaction
+//! shapes kube-apiserver sends (create if absent, update or delete at a revision), so the
+//! restore uses exactly those.
 //!
 //! `oneof` fields are declared as optional fields of the same tags: the same bytes on the wire.
 
@@ -147,6 +148,89 @@ pub fn change(key: &[u8], current: i64, value: Option<&[u8]>) -> TxnRequest {
     }
 }
 
+/// A member of an etcd cluster (`etcdserverpb.Member`).
+#[derive(Clone, PartialEq, Message)]
+pub struct Member {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(string, tag = "2")]
+    pub name: String,
+    #[prost(string, repeated, tag = "3")]
+    pub peer_urls: Vec<String>,
+    #[prost(string, repeated, tag = "4")]
+    pub client_urls: Vec<String>,
+    #[prost(bool, tag = "5")]
+    pub is_learner: bool,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct MemberListRequest {
+    #[prost(bool, tag = "1")]
+    pub linearizable: bool,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct MemberListResponse {
+    #[prost(message, optional, tag = "1")]
+    pub header: Option<ResponseHeader>,
+    #[prost(message, repeated, tag = "2")]
+    pub members: Vec<Member>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct MemberAddRequest {
+    #[prost(string, repeated, tag = "1")]
+    pub peer_urls: Vec<String>,
+    #[prost(bool, tag = "2")]
+    pub is_learner: bool,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct MemberAddResponse {
+    #[prost(message, optional, tag = "2")]
+    pub member: Option<Member>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct MemberUpdateRequest {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(string, repeated, tag = "2")]
+    pub peer_urls: Vec<String>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct MemberPromoteRequest {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+}
+
+/// An answer whose fields are not needed.
+#[derive(Clone, PartialEq, Message)]
+pub struct Ignored {}
+
+/// A failed call.
+#[derive(Debug, thiserror::Error)]
+pub enum GrpcError {
+    #[error("{method}: {source}")]
+    Transport {
+        method: String,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("{method}: {what}")]
+    Request { method: String, what: String },
+    /// The server answered with a non-zero gRPC status.
+    #[error("{method}: gRPC status {code}: {message}")]
+    Status {
+        method: String,
+        code: String,
+        message: String,
+    },
+    #[error("{method}: {what}")]
+    Answer { method: String, what: String },
+}
+
 /// A gRPC message in its length-prefixed frame.
 pub fn frame(msg: &impl Message) -> Bytes {
     let body = msg.encode_to_vec();
@@ -158,26 +242,40 @@ pub fn frame(msg: &impl Message) -> Bytes {
 }
 
 /// The one message of a unary answer.
-pub fn unframe<M: Message + Default>(mut body: Bytes) -> anyhow::Result<M> {
-    anyhow::ensure!(body.len() >= 5, "a gRPC answer of {} bytes", body.len());
-    let compressed = body.get_u8();
-    anyhow::ensure!(compressed == 0, "a compressed gRPC answer");
+pub fn unframe<M: Message + Default>(mut body: Bytes) -> Result<M, String> {
+    if body.len() < 5 {
+        return Err(format!("a gRPC answer of {} bytes", body.len()));
+    }
+    if body.get_u8() != 0 {
+        return Err("a compressed gRPC answer".into());
+    }
     let len = body.get_u32() as usize;
-    anyhow::ensure!(body.len() >= len, "a truncated gRPC answer");
-    Ok(M::decode(body.slice(..len))?)
+    if body.len() < len {
+        return Err("a truncated gRPC answer".into());
+    }
+    M::decode(body.slice(..len)).map_err(|e| e.to_string())
 }
 
-/// A unary call on `send` (`/etcdserverpb.KV/Range`, ...).
+/// A unary call of `method` (`KV/Range`, `Cluster/MemberList`, ...) of etcd's API on `send`.
 pub async fn call<Req: Message, Resp: Message + Default>(
     send: &mut SendRequest<Full<Bytes>>,
     method: &str,
     req: &Req,
-) -> anyhow::Result<Resp> {
-    let request = http::Request::post(format!("http://etcd/etcdserverpb.KV/{method}"))
+) -> Result<Resp, GrpcError> {
+    let m = || method.to_owned();
+    let request = http::Request::post(format!("http://etcd/etcdserverpb.{method}"))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
-        .body(Full::new(frame(req)))?;
-    let resp = send.send_request(request).await?;
+        .body(Full::new(frame(req)))
+        .map_err(|e| GrpcError::Request {
+            method: m(),
+            what: e.to_string(),
+        })?;
+    let transport = |source| GrpcError::Transport {
+        method: m(),
+        source,
+    };
+    let resp = send.send_request(request).await.map_err(transport)?;
     let status_of = |h: &http::HeaderMap| {
         h.get("grpc-status")
             .and_then(|v| v.to_str().ok())
@@ -192,14 +290,18 @@ pub async fn call<Req: Message, Resp: Message + Default>(
             })
     };
     let head = status_of(resp.headers());
-    let collected = resp.into_body().collect().await?;
+    let collected = resp.into_body().collect().await.map_err(transport)?;
     let trailers = collected.trailers().and_then(status_of);
-    if let Some((code, msg)) = trailers.or(head)
+    if let Some((code, message)) = trailers.or(head)
         && code != "0"
     {
-        anyhow::bail!("{method}: gRPC status {code}: {msg}");
+        return Err(GrpcError::Status {
+            method: m(),
+            code,
+            message,
+        });
     }
-    unframe(collected.to_bytes())
+    unframe(collected.to_bytes()).map_err(|what| GrpcError::Answer { method: m(), what })
 }
 
 #[cfg(test)]
