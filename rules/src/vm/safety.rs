@@ -11,6 +11,10 @@ use super::size::{GuestSize, guest_size, instancetype_ref};
 use crate::quantity::{format_bytes, parse_quantity};
 use crate::{Violation, is_set};
 
+/// Resources of `domain.resources` that are the VM's own size (counted by quotas), not a host
+/// device.
+const PLAIN_RESOURCES: &[&str] = &["cpu", "memory", "ephemeral-storage"];
+
 fn items<'a>(v: &'a Value, ptr: &str) -> impl Iterator<Item = (usize, &'a Value)> {
     v.pointer(ptr)
         .and_then(Value::as_array)
@@ -152,6 +156,51 @@ pub fn check_with(
             }
         }
     }
+    // KubeVirt copies the domain's resources onto the virt-launcher pod's compute container:
+    // an extended resource there (`nvidia.com/gpu`, `devices.kubevirt.io/...`) is a host device
+    // claimed past spec.vmPolicy.allowedHostDevices
+    for list in ["requests", "limits"] {
+        for name in spec
+            .pointer(&format!("/domain/resources/{list}"))
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+            .map(|(k, _)| k.as_str())
+        {
+            if !PLAIN_RESOURCES.contains(&name)
+                && !name.starts_with("hugepages-")
+                && !policy.host_device_allowed(name)
+            {
+                deny(
+                    format!("{p}.domain.resources.{list}[{name}]"),
+                    format!(
+                        "resource {name:?} is a host device or extended resource of the host's \
+                         nodes and is not in this virtual cluster's allowed devices \
+                         (spec.vmPolicy.allowedHostDevices); request cpu and memory only"
+                    ),
+                );
+            }
+        }
+    }
+    // the downward metrics of a VM are its host node's (hostname, physical CPUs, memory)
+    for (i, vol) in items(spec, "/volumes") {
+        if vol.get("downwardMetrics").is_some() {
+            deny(
+                format!("{p}.volumes[{i}].downwardMetrics"),
+                "downwardMetrics volumes show the host node's name, CPUs and memory to the \
+                 guest and are not passed to the host; remove the volume"
+                    .into(),
+            );
+        }
+    }
+    if spec.pointer("/domain/devices/downwardMetrics").is_some() {
+        deny(
+            format!("{p}.domain.devices.downwardMetrics"),
+            "the downwardMetrics device shows the host node's name, CPUs and memory to the \
+             guest and is not passed to the host; remove the device"
+                .into(),
+        );
+    }
     for (i, net) in items(spec, "/networks") {
         if let Some(name) = net.pointer("/multus/networkName").and_then(Value::as_str) {
             if name.contains('/') {
@@ -281,6 +330,38 @@ mod tests {
 
     fn vm(spec: Value) -> Value {
         json!({"spec": {"template": {"spec": spec}}})
+    }
+
+    #[test]
+    fn extended_resources_and_downward_metrics_are_refused() {
+        let v = vm(json!({
+            "domain": {"resources": {"requests": {"cpu": "1", "memory": "1Gi",
+                "hugepages-2Mi": "1Gi", "nvidia.com/gpu": "1"},
+                "limits": {"devices.kubevirt.io/vhost-net": "1"}},
+                "devices": {"downwardMetrics": {}}},
+            "volumes": [{"name": "m", "downwardMetrics": {}}]
+        }));
+        let paths: Vec<String> = check(&VM, &v, &VmPolicy::default())
+            .into_iter()
+            .map(|v| v.path)
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "spec.template.spec.domain.resources.requests[nvidia.com/gpu]",
+                "spec.template.spec.domain.resources.limits[devices.kubevirt.io/vhost-net]",
+                "spec.template.spec.volumes[0].downwardMetrics",
+                "spec.template.spec.domain.devices.downwardMetrics",
+            ]
+        );
+        let allowed = VmPolicy {
+            allowed_host_devices: vec![
+                "nvidia.com/gpu".into(),
+                "devices.kubevirt.io/vhost-net".into(),
+            ],
+            ..VmPolicy::default()
+        };
+        assert_eq!(check(&VM, &v, &allowed).len(), 2);
     }
 
     #[test]
