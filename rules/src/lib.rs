@@ -9,6 +9,7 @@
 //! - [`translate`]: tenant ↔ host objects (lossless JSON).
 //! - [`runstate`]: start/stop through the host's virt-api, taken up by the tenant.
 //! - [`classes`]: the host's StorageClasses, IngressClasses and PriorityClasses a tenant sees.
+//! - [`kubevirt_roles`]: KubeVirt's cluster roles kvtenant keeps in a virtual cluster.
 //! - [`dns`]: the DNS objects kvtenant keeps in a virtual cluster (CoreDNS, `kube-dns`).
 //! - [`map_services`]: `spec.mapServices`, the Services shown on the other side.
 //! - [`isolation`]: the host namespace of a tenant namespace and its isolation objects.
@@ -19,6 +20,7 @@ pub mod dns;
 pub mod host_networks;
 pub mod isolation;
 pub mod kinds;
+pub mod kubevirt_roles;
 pub mod map_services;
 pub mod pod;
 pub mod quantity;

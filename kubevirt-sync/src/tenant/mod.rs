@@ -9,6 +9,7 @@
 //! - [`dns`]: the tenant's DNS objects applied, and the address host copies resolve through.
 //! - [`map_services`]: `spec.mapServices`, host Services shown in the tenant and tenant
 //!   Services shown on the host.
+//! - [`roles`]: KubeVirt's cluster roles (`kubevirt.io:view`, `edit`, `admin`, `migrate`).
 //! - [`nodes`]: tenant Nodes for the host nodes running the tenant's pods and VMIs.
 //! - [`pods`]: a Pod's tenant token, its binding, a tenant object recreated with host values.
 //! - [`resync`]: the consistency scan.
@@ -27,6 +28,7 @@ mod pods;
 mod refuse;
 mod restore;
 mod resync;
+mod roles;
 mod watch;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -215,6 +217,7 @@ impl Tenant {
             })
             .collect();
         tasks.push(tokio::spawn(dns::install(Arc::downgrade(&tenant))).abort_handle());
+        tasks.push(tokio::spawn(roles::install(Arc::downgrade(&tenant))).abort_handle());
         tasks.push(tokio::spawn(map_services::run(Arc::downgrade(&tenant))).abort_handle());
         tasks.push(tokio::spawn(restore::run(Arc::downgrade(&tenant))).abort_handle());
         tasks.push(tokio::spawn(health::run(Arc::downgrade(&tenant))).abort_handle());

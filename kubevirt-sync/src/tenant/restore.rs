@@ -1,5 +1,5 @@
 //! kvtenant's own objects in the tenant restored within seconds of a tenant change, not at the
-//! next consistency scan: the CRD copies, the DNS objects, the host classes shown, the Services
+//! next consistency scan: the CRD copies, the DNS objects, KubeVirt's roles, the host classes shown, the Services
 //! `spec.mapServices.fromHost` shows and the tenant Nodes standing for host nodes are watched
 //! ([`crate::guard`]); a delete or an edit makes the tenant apply them again (a no-op write when
 //! nothing differs). For Nodes only a delete counts: kvtenant itself rewrites their status with
@@ -37,6 +37,7 @@ pub struct Touched {
     pub classes: bool,
     pub services: bool,
     pub nodes: bool,
+    pub roles: bool,
 }
 
 impl Touched {
@@ -50,6 +51,7 @@ impl Touched {
         self.classes |= o.classes;
         self.services |= o.services;
         self.nodes |= o.nodes;
+        self.roles |= o.roles;
     }
 }
 
@@ -61,6 +63,7 @@ pub enum Source {
     Classes,
     MappedServices,
     Nodes,
+    Roles,
 }
 
 /// Whether a change is to one of kvtenant's objects (pure): a CRD copy only when it is one of
@@ -83,6 +86,10 @@ pub fn touches(source: Source, change: &Change, copies: &BTreeSet<String>) -> To
         (Source::Nodes, Change::Applied(_)) => none,
         (Source::Nodes, _) => Touched {
             nodes: true,
+            ..none
+        },
+        (Source::Roles, _) => Touched {
+            roles: true,
             ..none
         },
     }
@@ -158,6 +165,13 @@ fn watches(t: &Tenant) -> BoxStream<'static, (Source, Change)> {
             &mapped,
             Source::MappedServices,
         ));
+    }
+    let roles = kvtenant_rules::kubevirt_roles::selector();
+    for kind in [
+        kvtenant_rules::kubevirt_roles::CLUSTER_ROLE,
+        kvtenant_rules::kubevirt_roles::CLUSTER_ROLE_BINDING,
+    ] {
+        all.push(labelled(t, &resource(&kind), None, &roles, Source::Roles));
     }
     let shown_nodes = format!("{HOST_NODE}=true");
     let nodes = ApiResource::erase::<k8s_openapi::api::core::v1::Node>(&());
@@ -246,6 +260,12 @@ impl Tenant {
             tracing::warn!(tenant = %self.label, error = %e, "restoring the tenant's Nodes");
             failed.nodes = true;
         }
+        if what.roles
+            && let Err(e) = self.apply_kubevirt_roles().await
+        {
+            tracing::warn!(tenant = %self.label, error = %e, "restoring KubeVirt's roles");
+            failed.roles = true;
+        }
         failed
     }
 }
@@ -281,5 +301,11 @@ mod tests {
         assert!(node(Change::Deleted("node-1".into())).nodes);
         assert!(node(Change::Relisted).nodes);
         assert_eq!(node(Change::Applied("node-1".into())), Touched::default());
+        let role = touches(
+            Source::Roles,
+            &Change::Applied("kubevirt.io:edit".into()),
+            &copies,
+        );
+        assert!(role.roles && !role.crds && !role.nodes);
     }
 }

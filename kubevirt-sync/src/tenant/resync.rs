@@ -1,7 +1,7 @@
 //! The consistency scan: every tenant object and every host object of the tenant's namespaces
 //! reconciled again (drift repaired, orphans removed), isolation re-applied, host namespaces
 //! whose tenant namespace is gone deleted, tenant Nodes pruned, missing or changed CRD copies applied again, the
-//! tenant's DNS objects applied again, `spec.mapServices` carried out again.
+//! tenant's DNS objects and KubeVirt's roles applied again, `spec.mapServices` carried out again.
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::ResourceExt;
@@ -44,6 +44,9 @@ impl Tenant {
         }
         if let Err(e) = self.apply_dns().await {
             tracing::warn!(tenant = %self.label, error = %e, "applying the tenant's DNS");
+        }
+        if let Err(e) = self.apply_kubevirt_roles().await {
+            tracing::warn!(tenant = %self.label, error = %e, "applying KubeVirt's roles");
         }
         if self.maps_services()
             && let Err(e) = self.map_services().await
