@@ -14,7 +14,7 @@
 //! | none                   | copy             | confirm with the tenant's apiserver, delete host  |
 //! | none                   | host-made        | mirror it up (kinds that mirror; owners mirrored first, else wait) |
 //! | none                   | foreign          | nothing                                           |
-//! | mirror                 | any              | show its node; revert tenant edits, follow the host; a tenant delete deletes the host object; gone on the host → gone in the tenant |
+//! | mirror                 | any              | show its node; revert tenant edits, follow the host; a tenant delete deletes the host object (a host migration only if the tenant may migrate); gone on the host → gone in the tenant |
 //! | own, being deleted     | any              | nothing (its absence deletes the copy); Pods: delete the copy gracefully, then the tenant pod |
 //! | own, kind mirror-only  | any              | refuse, naming the setting                        |
 //! | own, not wanted        | copy             | delete the copy (no longer referenced/selecting)  |
@@ -540,8 +540,9 @@ fn plan_mirror(
         Step::DeleteMirror
     };
     if t.metadata.deletion_timestamp.is_some() {
-        // the tenant deleted the mirror: delete the host object, then let the mirror go
-        if h.is_some() {
+        // the tenant deleted the mirror: delete the host object (if the tenant may), then let
+        // the mirror go
+        if h.is_some() && kind.mirror_delete_reaches_host(&view.policy()) {
             p = p.with(Step::DeleteHost);
         }
         p = p.with(Step::ReleaseMirror);

@@ -1,7 +1,8 @@
 //! A live migration a tenant starts with the real virtctl: through the tenant apiserver and
 //! kvtenant's subresource proxy to the host's real virt-api, which creates the migration;
 //! KubeVirt's real virt-controller runs it (the node agent plays both virt-handlers: nothing is
-//! copied, no VM boots) and the tenant sees its instance on the new node.
+//! copied, no VM boots) and the tenant sees its instance on the new node. The VirtualCluster
+//! allows migrations (`spec.vmPolicy.allowMigrations`); `kubevirt_migrations.rs` tests the default.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -28,6 +29,22 @@ async fn virtctl_migrate_in_the_tenant_moves_the_instance_on_the_host() {
     let shared = env.syncer.as_ref().unwrap().tenants();
     let _proxy = Proxy::start(shared, ProxyConfig::local()).await.unwrap();
     let t = &env.tenants[0];
+    // migrating is the VirtualCluster's choice (spec.vmPolicy.allowMigrations, default false)
+    kube::Api::<kvtenant_api::VirtualCluster>::namespaced(env.host_client(), VC_NAMESPACE)
+        .patch(
+            &t.vc.name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"vmPolicy": {"allowMigrations": true}}})),
+        )
+        .await
+        .unwrap();
+    let tenants = env.syncer.as_ref().unwrap().tenants();
+    eventually("the syncer serving the new policy", WAIT, || async {
+        tenants
+            .get(&t.vc.uid)
+            .is_some_and(|h| h.spec.vm_policy.allow_migrations)
+    })
+    .await;
     wait_subresources_available(&t.client(), WAIT).await;
     let vms: Api<DynamicObject> = Api::namespaced_with(t.client(), "default", &vm_resource());
     vms.create(

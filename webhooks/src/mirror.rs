@@ -236,11 +236,13 @@ pub fn render(
         .collect()
 }
 
-/// The VM-like kinds (and DataVolumes) the tenant VM policy reviews, among the synced ones.
+/// The VM-like kinds (and DataVolumes and migrations) the tenant VM policy reviews, among the
+/// synced ones.
 pub fn policy_resources(synced: &[GroupResource]) -> Vec<GroupResource> {
     let reviewed = [
         ("kubevirt.io", "virtualmachines"),
         ("kubevirt.io", "virtualmachineinstances"),
+        ("kubevirt.io", "virtualmachineinstancemigrations"),
         ("pool.kubevirt.io", "virtualmachinepools"),
         ("cdi.kubevirt.io", "datavolumes"),
     ];

@@ -186,7 +186,8 @@ fn the_policy_webhook_reviews_the_synced_vm_kinds() {
         [
             "virtualmachinepools",
             "virtualmachines",
-            "virtualmachineinstances"
+            "virtualmachineinstances",
+            "virtualmachineinstancemigrations"
         ]
     );
     assert_eq!(

@@ -416,7 +416,8 @@ fn minimal_object_applies_all_defaults() {
                 "subresources": true,
             },
             "isolation": {"networkPolicy": true, "internetEgress": true, "podSecurity": "baseline"},
-            "vmPolicy": {"allowHostNodes": false, "allowHostDisk": false},
+            "vmPolicy": {"allowHostNodes": false, "allowHostDisk": false,
+                "allowMigrations": false},
             "nodes": {},
             "dns": {
                 "enabled": true,

@@ -162,6 +162,15 @@ pub struct VmPolicy {
     #[serde(default)]
     pub allow_host_disk: bool,
 
+    /// Whether the tenant may live-migrate its VMs (KubeVirt's `kubevirt.io:migrate` right, an
+    /// operator's right on a KubeVirt cluster): VirtualMachineInstanceMigrations the tenant
+    /// creates are synced to the host and `virtctl migrate` is served (default false: such
+    /// migrations are refused with a SyncRefused Event and `virtctl migrate` with 403).
+    /// Migrations the host makes (node drains, the host's operators) are shown in the tenant
+    /// read-only either way; the tenant can delete (cancel) them only when this is true.
+    #[serde(default)]
+    pub allow_migrations: bool,
+
     /// Host devices VMs may request, by deviceName of spec.domain.devices.hostDevices and
     /// gpus (the resource names the host's KubeVirt permits). Empty (default): none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -94,6 +94,7 @@ fn full_spec_round_trips() {
         "vmPolicy": {
             "allowHostNodes": true,
             "allowHostDisk": false,
+            "allowMigrations": false,
             "allowedHostDevices": ["nvidia.com/GA102GL_A10"],
             "allowedNetworks": ["net-system/vlan10"],
             "allowedInstancetypes": ["u1.small", "u1.medium"],

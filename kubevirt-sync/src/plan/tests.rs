@@ -101,9 +101,9 @@ fn host_made_objects_are_mirrored_with_owners_mapped() {
 #[test]
 fn host_made_objects_of_kinds_that_do_not_mirror_stay_on_the_host() {
     let f = Fake::new();
-    let h = host_made("VirtualMachineInstanceMigration", None);
+    let h = host_made("VirtualMachineClone", None);
     assert!(
-        run(&f, "VirtualMachineInstanceMigration", None, Some(&h))
+        run(&f, "VirtualMachineClone", None, Some(&h))
             .steps
             .is_empty()
     );
@@ -112,6 +112,35 @@ fn host_made_objects_of_kinds_that_do_not_mirror_stay_on_the_host() {
         json!({"metadata": {"name": "s", "namespace": "h", "uid": "x"}}),
     );
     assert!(run(&f, "Secret", None, Some(&s)).steps.is_empty());
+}
+
+#[test]
+fn host_migrations_are_shown_and_cancelled_by_the_tenant_only_if_it_may_migrate() {
+    let mut f = Fake::new();
+    let h = host_made("VirtualMachineInstanceMigration", None);
+    let p = run(&f, "VirtualMachineInstanceMigration", None, Some(&h));
+    let [Step::CreateMirror(m)] = p.steps.as_slice() else {
+        panic!("{p:?}")
+    };
+    let mut m = (**m).clone();
+    m.metadata.uid = Some("t-mirror".into());
+    let deleted = deleting(m);
+    // the tenant deletes the mirror: the host migration stays, the mirror is let go (and made again)
+    let p = run(
+        &f,
+        "VirtualMachineInstanceMigration",
+        Some(&deleted),
+        Some(&h),
+    );
+    assert_eq!(p.steps, [Step::ReleaseMirror]);
+    f.spec.vm_policy.allow_migrations = true;
+    let p = run(
+        &f,
+        "VirtualMachineInstanceMigration",
+        Some(&deleted),
+        Some(&h),
+    );
+    assert_eq!(p.steps, [Step::DeleteHost, Step::ReleaseMirror]);
 }
 
 fn mirror_of(f: &Fake, h: &DynamicObject) -> DynamicObject {

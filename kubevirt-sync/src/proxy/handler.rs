@@ -181,6 +181,20 @@ async fn serve_call(
             ));
         }
     }
+    // the VirtualCluster's policy over what its RBAC allows (`virtctl migrate`)
+    let spec = state
+        .syncer
+        .get(&tenant.uid)
+        .map(|t| t.spec)
+        .unwrap_or_default();
+    let policy = kvtenant_rules::Policy::of(&spec);
+    if let Some(reason) = kvtenant_rules::kinds::migration::subresource_refused(
+        &call.resource,
+        call.subresource(),
+        &policy,
+    ) {
+        return status::failure(403, "Forbidden", &reason, None);
+    }
     let host_ns = tenant.vc.host_namespace(&call.namespace);
     if !mapped(state, tenant, &call.namespace, &host_ns) {
         let what = match &call.name {

@@ -214,6 +214,13 @@ pub trait SyncedKind: Send + Sync {
         false
     }
 
+    /// Whether a tenant's delete of a mirror of a host-made object deletes the host object
+    /// (default); `false`: the mirror is let go and shown again (a host migration the tenant
+    /// may not cancel).
+    fn mirror_delete_reaches_host(&self, _policy: &Policy) -> bool {
+        true
+    }
+
     /// The kind has a `/status` subresource (VMIs do not).
     fn status_subresource(&self) -> bool {
         true
