@@ -100,6 +100,105 @@ fn snapshot_round_trip(
     );
 }
 
+/// The admin kubeconfig of virtual cluster `vc` (namespace `vc-<vc>`), from its Secret, in a
+/// temporary file.
+fn tenant_kubeconfig(kc: &Path, host_context: &str, vc: &str) -> std::path::PathBuf {
+    let path =
+        std::env::temp_dir().join(format!("kvtenant-{vc}-{}.kubeconfig", std::process::id()));
+    let text = kubectl(
+        kc,
+        &[
+            "--context",
+            host_context,
+            "get",
+            "secret",
+            &format!("{vc}-kubeconfig"),
+            "-n",
+            &format!("vc-{vc}"),
+            "-o",
+            "jsonpath={.data.kubeconfig}",
+        ],
+    );
+    use base64::Engine as _;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .unwrap();
+    std::fs::write(&path, decoded).unwrap();
+    path
+}
+
+/// A virtual cluster (team-c) on a real etcd that takes TLS clients with certificates only:
+/// created with its TLS Secret, snapshotted and restored, deleted.
+fn external_etcd_snapshot_round_trip(kc: &Path, host_context: &str, dev: u32) {
+    let etcd = testenv::etcd::TlsEtcd::start().unwrap_or_else(|e| panic!("{e}"));
+    let host = |args: &[&str]| {
+        let mut all = vec!["--context", host_context];
+        all.extend_from_slice(args);
+        kubectl(kc, &all)
+    };
+    host(&["create", "namespace", "vc-team-c"]);
+    let files = tempfile::tempdir().unwrap();
+    let client = etcd.client();
+    for (name, pem) in [
+        ("ca.crt", etcd.ca_pem()),
+        ("tls.crt", client.cert_pem.as_str()),
+        ("tls.key", client.key_pem.as_str()),
+    ] {
+        std::fs::write(files.path().join(name), pem).unwrap();
+    }
+    let from = |name: &str| format!("--from-file={name}={}", files.path().join(name).display());
+    host(&[
+        "create",
+        "secret",
+        "generic",
+        "etcd-client",
+        "-n",
+        "vc-team-c",
+        &from("ca.crt"),
+        &from("tls.crt"),
+        &from("tls.key"),
+    ]);
+    let values = files.path().join("values.yaml");
+    std::fs::write(
+        &values,
+        format!(
+            "controlPlane:\n  datastore: ExternalEtcd\n  externalEtcd:\n    endpoints: [{}]\n    \
+             tlsSecretRef: {{name: etcd-client}}\n",
+            etcd.endpoint()
+        ),
+    )
+    .unwrap();
+    let created = ok(kvtenant(
+        kc,
+        &[
+            "--context",
+            host_context,
+            "create",
+            "team-c",
+            "-f",
+            values.to_str().unwrap(),
+        ],
+    ));
+    assert!(created.contains("is Ready"), "{created}");
+    assert_eq!(
+        pod_processes(dev, "team-c-cp-0").len(),
+        2,
+        "kube-apiserver and kube-controller-manager, no datastore"
+    );
+    let kc_c = tenant_kubeconfig(kc, host_context, "team-c");
+    snapshot_round_trip(kc, host_context, "team-c", &kc_c, || {});
+    let _ = std::fs::remove_file(&kc_c);
+    ok(kvtenant(
+        kc,
+        &["--context", host_context, "delete", "team-c"],
+    ));
+    wait_stopped(
+        dev,
+        "team-c-cp-0",
+        "team-c's processes to stop after delete",
+    );
+}
+
 /// Waits (60 s at most) until the control-plane pod `pod` has no process left.
 fn wait_stopped(dev: u32, pod: &str, what: &str) {
     wait_until(what, Duration::from_secs(60), || {
@@ -322,29 +421,12 @@ fn managed_virtual_cluster_on_the_dev_host_create_connect_vm_pause_resume_delete
     assert_eq!(pod_processes(dev, "team-a-cp-0"), first);
 
     // snapshot and restore work on kine too (transactions as kube-apiserver sends them)
-    let kc_b =
-        std::env::temp_dir().join(format!("kvtenant-team-b-{}.kubeconfig", std::process::id()));
-    let text = kubectl(
-        &kc,
-        &[
-            "--context",
-            &host_context,
-            "get",
-            "secret",
-            "team-b-kubeconfig",
-            "-n",
-            "vc-team-b",
-            "-o",
-            "jsonpath={.data.kubeconfig}",
-        ],
-    );
-    use base64::Engine as _;
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(text.trim())
-        .unwrap();
-    std::fs::write(&kc_b, decoded).unwrap();
+    let kc_b = tenant_kubeconfig(&kc, &host_context, "team-b");
     snapshot_round_trip(&kc, &host_context, "team-b", &kc_b, || {});
     let _ = std::fs::remove_file(&kc_b);
+
+    // and on an external etcd, dialled directly with the client certificate of its TLS Secret
+    external_etcd_snapshot_round_trip(&kc, &host_context, dev);
 
     // pause stops the processes; the tenant apiserver is gone
     ok(kvtenant(

@@ -1,8 +1,8 @@
 //! Datastore ExternalDatabase on the runner (testenv's stand-in for the kubelet of kvtenant's
 //! control-plane pods): kine in the control-plane pod over a real PostgreSQL server that takes TLS
-//! connections only, two virtual clusters sharing one database, and over a real MariaDB
-//! (MySQL's protocol). Both servers come
-//! from Debian's packages and are started on 127.0.0.1 by the tests.
+//! connections only, two virtual clusters sharing one database, over a real MariaDB (MySQL's
+//! protocol), and with client certificates to both. The servers come from Debian's packages and
+//! are started on 127.0.0.1 by the tests.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -163,4 +163,63 @@ async fn kine_on_mariadb_serves_a_virtual_cluster() {
         rows.parse::<u64>().unwrap() >= 1,
         "the namespace's key in MariaDB: {rows}"
     );
+}
+
+/// The TLS Secret's client certificate is what kine authenticates with: PostgreSQL takes
+/// certificates only (`hostssl ... cert`, no password in the DSN), MariaDB takes TLS only and
+/// the user only with a certificate from its CA (`REQUIRE X509`) besides the password.
+#[tokio::test]
+async fn kine_presents_client_certificates_to_postgres_and_mariadb() {
+    let (pg, pg_tls) = Server::postgres_client_certs().unwrap_or_else(|e| panic!("{e}"));
+    let (my, my_tls) = Server::mariadb_client_certs().unwrap_or_else(|e| panic!("{e}"));
+    let m = managed_host("certs-host", NS).await;
+    let client = &m.client;
+    let pg_dsn = format!(
+        "postgres://{}@127.0.0.1:{}/kvtenant",
+        testenv::sqldb::USER,
+        pg.port()
+    );
+    for (name, dsn, tls) in [
+        ("pc", pg_dsn, &pg_tls),
+        ("mc", my.dsn("kvtenant_c"), &my_tls),
+    ] {
+        put_secret(client, NS, secret(&format!("{name}-dsn"), "dsn", &dsn)).await;
+        let cert = tls.client.as_ref().unwrap();
+        let files: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("{name}-tls")},
+            "stringData": {"ca.crt": tls.ca, "tls.crt": cert.cert_pem, "tls.key": cert.key_pem},
+        }))
+        .unwrap();
+        put_secret(client, NS, files).await;
+        let spec = database_spec(&format!("{name}-dsn"), Some(&format!("{name}-tls")));
+        create_vc(client, NS, &vc(name, spec)).await;
+    }
+    for name in ["pc", "mc"] {
+        wait_ready(&m, NS, name, "Ready with a client certificate").await;
+        let tenant: Api<Namespace> = Api::all(tenant_client(client, NS, name).await);
+        tenant
+            .create(&PostParams::default(), &namespace(&format!("in-{name}")))
+            .await
+            .unwrap();
+    }
+    // PostgreSQL says kine's connections present the certificate
+    let with_cert = pg
+        .query(
+            "kvtenant",
+            "select count(*) from pg_stat_ssl s join pg_stat_activity a using (pid) \
+             where a.datname = 'kvtenant' and s.ssl and s.client_dn like '%kvtenant%'",
+        )
+        .unwrap();
+    assert!(
+        with_cert.parse::<u64>().unwrap() >= 1,
+        "connections with the client certificate: {with_cert}"
+    );
+    // MariaDB let kine in, which it does only over TLS with the certificate
+    let rows = my
+        .query(
+            "kvtenant_c",
+            "select count(*) from kine where name like '/kvtenant/%/namespaces/in-mc'",
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", my.log_tail(20)));
+    assert_eq!(rows, "1", "the namespace's key in MariaDB");
 }

@@ -1,10 +1,11 @@
 //! `kvtenant snapshot NAME -o FILE` and `kvtenant restore NAME --from FILE`: the objects of a
-//! Managed virtual cluster saved to a file and put back, for the datastores whose etcd API is in
-//! the control-plane pod (Etcd, Kine, ExternalDatabase: kine).
+//! Managed virtual cluster saved to a file and put back, for every datastore.
 //!
-//! Both go through the host apiserver's `pods/portforward` to the pod's etcd API (it listens on
-//! the pod's loopback only) and call etcd's gRPC KV service there ([`grpc`]). A snapshot is every
-//! key under the apiserver's prefix (`/registry/`, or `/kvtenant/<uid>/` on a shared database) at
+//! Etcd, Kine and ExternalDatabase (kine) go through the host apiserver's `pods/portforward` to
+//! the pod's etcd API (it listens on the pod's loopback only); ExternalEtcd is dialled directly,
+//! with the client certificate of its TLS Secret. Both call etcd's gRPC KV service ([`grpc`]).
+//! A snapshot is every key under the apiserver's prefix (`/registry/`, or `/kvtenant/<uid>/` on
+//! a shared datastore, so only this virtual cluster's keys) at
 //! one revision, stored relative to it, except keys bound to a lease (Events, which expire
 //! anyway). A restore runs against the live control plane, one transaction per key of the kind
 //! kube-apiserver itself sends (so kine takes them too): keys the snapshot does not have are
@@ -19,11 +20,11 @@ use anyhow::{Context as _, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use clap::Args;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::ResourceExt;
 use kube::api::Api;
-use kvtenant_api::{ControlPlaneMode, Datastore, VirtualCluster};
-use kvtenant_controller::managed::etcd::{Connection, grpc};
+use kvtenant_api::{ControlPlaneMode, Datastore, VirtualCluster, etcd_keys};
+use kvtenant_controller::managed::etcd::{ClientTls, Connection, grpc};
 use serde::{Deserialize, Serialize};
 
 use super::{GlobalArgs, NameArgs, not_found_hint, vc_api};
@@ -115,28 +116,50 @@ pub fn restore_changes(
     changes
 }
 
-/// The control-plane pod whose etcd API holds the virtual cluster's keys, and their prefix;
-/// or why there is none to reach.
-fn etcd_pod(vc: &VirtualCluster, ns: &str, name: &str) -> anyhow::Result<(String, String)> {
+/// Where the virtual cluster's keys are.
+#[derive(Debug, PartialEq)]
+enum Source {
+    /// The etcd API (etcd, or kine) in the control-plane pod, reached by port-forward.
+    Pod { pod: String, prefix: String },
+    /// An external etcd, reached directly with the client certificate of its TLS Secret.
+    External {
+        endpoints: Vec<String>,
+        tls_secret: Option<String>,
+        prefix: String,
+    },
+}
+
+/// Where the virtual cluster's keys are, or why there is nothing kvtenant can reach.
+fn source(vc: &VirtualCluster, ns: &str, name: &str) -> anyhow::Result<Source> {
     let cp = &vc.spec.control_plane;
     if cp.mode == ControlPlaneMode::External {
         bail!("{ns}/{name} is External: back its cluster up where it runs (etcdctl snapshot save)");
     }
     let pod = format!("{name}-cp-0");
-    match cp.datastore {
-        Datastore::Etcd | Datastore::Kine => Ok((pod, PREFIX.to_owned())),
-        // kine in the pod, the apiserver's keys under the virtual cluster's prefix
-        Datastore::ExternalDatabase => {
-            Ok((pod, format!("/kvtenant/{}/", vc.uid().unwrap_or_default())))
+    // on a shared datastore, the apiserver's keys are under the virtual cluster's prefix
+    let own = format!("/kvtenant/{}/", vc.uid().unwrap_or_default());
+    Ok(match cp.datastore {
+        Datastore::Etcd | Datastore::Kine => Source::Pod {
+            pod,
+            prefix: PREFIX.to_owned(),
+        },
+        Datastore::ExternalDatabase => Source::Pod { pod, prefix: own },
+        Datastore::ExternalEtcd => {
+            let Some(external) = &cp.external_etcd else {
+                bail!(
+                    "{ns}/{name} has datastore ExternalEtcd but no spec.controlPlane.externalEtcd"
+                );
+            };
+            Source::External {
+                endpoints: external.endpoints.clone(),
+                tls_secret: external.tls_secret_ref.as_ref().map(|s| s.name.clone()),
+                prefix: own,
+            }
         }
-        Datastore::ExternalEtcd => bail!(
-            "{ns}/{name} keeps its objects in an external etcd under /kvtenant/<uid>: back that \
-             etcd up (etcdctl snapshot save)"
-        ),
-    }
+    })
 }
 
-/// A connection to the pod's etcd API through the host apiserver's port-forward.
+/// A connection to the etcd API that holds the virtual cluster's keys.
 struct Etcd {
     conn: Connection,
     prefix: String,
@@ -212,12 +235,62 @@ async fn target(g: &GlobalArgs, t: &NameArgs) -> anyhow::Result<(VirtualCluster,
         .get(name)
         .await
         .map_err(|e| not_found_hint(e, &ns, name))?;
-    let (pod, prefix) = etcd_pod(&vc, &ns, name)?;
-    let pods: Api<Pod> = Api::namespaced(client, &ns);
-    let etcd = Etcd::connect(&pods, &pod, prefix).await.with_context(|| {
-        format!("is {ns}/{name} running? (kvtenant list; a paused virtual cluster has no etcd)")
-    })?;
+    let etcd = match source(&vc, &ns, name)? {
+        Source::Pod { pod, prefix } => {
+            let pods: Api<Pod> = Api::namespaced(client, &ns);
+            Etcd::connect(&pods, &pod, prefix).await.with_context(|| {
+                format!(
+                    "is {ns}/{name} running? (kvtenant list; a paused virtual cluster has no etcd)"
+                )
+            })?
+        }
+        Source::External {
+            endpoints,
+            tls_secret,
+            prefix,
+        } => Etcd {
+            conn: dial_external(&client, &ns, &endpoints, tls_secret.as_deref()).await?,
+            prefix,
+        },
+    };
     Ok((vc, etcd))
+}
+
+/// The first endpoint of an external etcd that answers, with the client certificate of the TLS
+/// Secret (read with the host credentials the CLI runs with).
+async fn dial_external(
+    client: &kube::Client,
+    ns: &str,
+    endpoints: &[String],
+    tls_secret: Option<&str>,
+) -> anyhow::Result<Connection> {
+    let data = match tls_secret {
+        Some(name) => {
+            let secret: Secret = Api::namespaced(client.clone(), ns)
+                .get(name)
+                .await
+                .with_context(|| format!("reading the external etcd's TLS Secret {ns}/{name}"))?;
+            secret.data.unwrap_or_default()
+        }
+        None => Default::default(),
+    };
+    let get = |key: &str| data.get(key).map(|v| v.0.as_slice());
+    let tls = get(etcd_keys::CA).map(|ca| ClientTls {
+        ca,
+        cert_key: get(etcd_keys::CERT).zip(get(etcd_keys::KEY)),
+    });
+    let mut failures = Vec::new();
+    for endpoint in endpoints {
+        match Connection::dial(endpoint, tls.as_ref()).await {
+            Ok(conn) => return Ok(conn),
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    bail!(
+        "no endpoint of the external etcd answered from here (the snapshot connects from where \
+         kvtenant runs): {}",
+        failures.join("; ")
+    )
 }
 
 pub async fn snapshot(g: &GlobalArgs, args: SnapshotArgs) -> anyhow::Result<()> {
@@ -348,16 +421,33 @@ mod tests {
     fn the_datastore_says_where_the_keys_are() {
         let mut vc = VirtualCluster::new("a", Default::default());
         vc.metadata.uid = Some("u-1".into());
-        assert_eq!(
-            etcd_pod(&vc, "vc-a", "a").unwrap(),
-            ("a-cp-0".into(), PREFIX.into())
-        );
+        let pod = |prefix: &str| Source::Pod {
+            pod: "a-cp-0".into(),
+            prefix: prefix.into(),
+        };
+        assert_eq!(source(&vc, "vc-a", "a").unwrap(), pod(PREFIX));
         vc.spec.control_plane.datastore = Datastore::Kine;
-        assert_eq!(etcd_pod(&vc, "vc-a", "a").unwrap().1, PREFIX);
+        assert_eq!(source(&vc, "vc-a", "a").unwrap(), pod(PREFIX));
         vc.spec.control_plane.datastore = Datastore::ExternalDatabase;
-        assert_eq!(etcd_pod(&vc, "vc-a", "a").unwrap().1, "/kvtenant/u-1/");
+        assert_eq!(source(&vc, "vc-a", "a").unwrap(), pod("/kvtenant/u-1/"));
         vc.spec.control_plane.datastore = Datastore::ExternalEtcd;
-        let err = etcd_pod(&vc, "vc-a", "a").unwrap_err().to_string();
-        assert!(err.contains("etcdctl snapshot save"), "{err}");
+        let err = source(&vc, "vc-a", "a").unwrap_err().to_string();
+        assert!(err.contains("no spec.controlPlane.externalEtcd"), "{err}");
+        vc.spec.control_plane.external_etcd = Some(kvtenant_api::ExternalEtcdSpec {
+            endpoints: vec!["https://etcd:2379".into()],
+            tls_secret_ref: Some(kvtenant_api::SecretName {
+                name: "etcd-tls".into(),
+            }),
+        });
+        assert_eq!(
+            source(&vc, "vc-a", "a").unwrap(),
+            Source::External {
+                endpoints: vec!["https://etcd:2379".into()],
+                tls_secret: Some("etcd-tls".into()),
+                prefix: "/kvtenant/u-1/".into(),
+            }
+        );
+        vc.spec.control_plane.mode = ControlPlaneMode::External;
+        assert!(source(&vc, "vc-a", "a").is_err());
     }
 }

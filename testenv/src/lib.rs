@@ -12,6 +12,7 @@
 pub mod binaries;
 pub mod cdi;
 pub mod controlplane;
+pub mod etcd;
 mod gobuild;
 pub mod kubevirt;
 /// Certificates and kubeconfigs (the `kvtenant-pki` crate, shared with the controller).

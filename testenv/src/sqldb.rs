@@ -67,6 +67,9 @@ pub struct Server {
     kind: Kind,
     /// Whether it takes TLS connections only.
     tls: bool,
+    /// The client certificate and key files [`Server::query`] presents, when the server wants
+    /// client certificates.
+    client_files: Option<(PathBuf, PathBuf)>,
     port: u16,
     password: String,
     process: Managed,
@@ -127,21 +130,99 @@ fn run_as() -> Result<Option<(u32, u32)>, Error> {
         .ok_or_else(|| Error::NoUser("no such line in /etc/passwd".into()))
 }
 
+/// A server's TLS for its clients: the CA that signed its certificate (PEM) and, when it wants
+/// client certificates, one it accepts (CN [`USER`]).
+pub struct Tls {
+    pub ca: String,
+    pub client: Option<crate::pki::CertKey>,
+}
+
+/// What a server's TLS asks of clients.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TlsMode {
+    Off,
+    /// TLS connections only.
+    Server,
+    /// TLS connections with a client certificate from the server's CA only.
+    ClientCert,
+}
+
+/// Files of a server's TLS in `dir` (owned by `owner`): `ca.crt`, `server.crt`, `server.key`
+/// and with client certificates `client.crt`, `client.key`.
+struct TlsFiles {
+    tls: Tls,
+    ca: PathBuf,
+    crt: PathBuf,
+    key: PathBuf,
+    client: Option<(PathBuf, PathBuf)>,
+}
+
+fn tls_files(dir: &Path, owner: Option<(u32, u32)>, mode: TlsMode) -> Result<TlsFiles, Error> {
+    let pki = |what: &'static str| move |e: rcgen::Error| io(what)(std::io::Error::other(e));
+    let ca = crate::pki::Ca::new("kvtenant-test-database-ca").map_err(pki("making a CA"))?;
+    let server = ca
+        .issue_server("database", &["127.0.0.1", "localhost"])
+        .map_err(pki("issuing a certificate"))?;
+    let client = match mode {
+        TlsMode::ClientCert => Some(
+            ca.issue_client(USER, &[])
+                .map_err(pki("issuing a client certificate"))?,
+        ),
+        _ => None,
+    };
+    let write = |name: &str, pem: &str| -> Result<PathBuf, Error> {
+        let path = dir.join(name);
+        fs::write(&path, pem).map_err(io(format!("writing {name}")))?;
+        // servers and libpq refuse keys others may read
+        fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(io(format!("chmod {name}")))?;
+        if let Some((uid, gid)) = owner {
+            chown(&path, Some(uid), Some(gid)).map_err(io(format!("chown {name}")))?;
+        }
+        Ok(path)
+    };
+    let client_files = match &client {
+        Some(c) => Some((
+            write("client.crt", &c.cert_pem)?,
+            write("client.key", &c.key_pem)?,
+        )),
+        None => None,
+    };
+    Ok(TlsFiles {
+        ca: write("ca.crt", ca.cert_pem())?,
+        crt: write("server.crt", &server.cert_pem)?,
+        key: write("server.key", &server.key_pem)?,
+        client: client_files,
+        tls: Tls {
+            ca: ca.cert_pem().to_owned(),
+            client,
+        },
+    })
+}
+
 impl Server {
     /// A fresh PostgreSQL cluster on a free port of 127.0.0.1 (a few seconds).
     pub fn postgres() -> Result<Self, Error> {
-        Self::postgres_with(false).map(|(s, _)| s)
+        Self::postgres_with(TlsMode::Off).map(|(s, _)| s)
     }
 
     /// A fresh PostgreSQL cluster that accepts TLS connections only, with a server certificate
     /// for 127.0.0.1 from a CA of its own; returns the CA certificate (PEM) clients verify it
     /// with.
     pub fn postgres_tls() -> Result<(Self, String), Error> {
-        let (server, ca) = Self::postgres_with(true)?;
-        Ok((server, ca.unwrap_or_default()))
+        let (server, tls) = Self::postgres_with(TlsMode::Server)?;
+        Ok((server, tls.map(|t| t.ca).unwrap_or_default()))
     }
 
-    fn postgres_with(tls: bool) -> Result<(Self, Option<String>), Error> {
+    /// A fresh PostgreSQL cluster that authenticates with client certificates over TLS only
+    /// (`hostssl ... cert`: the certificate's CN is the user, no password).
+    pub fn postgres_client_certs() -> Result<(Self, Tls), Error> {
+        let (server, tls) = Self::postgres_with(TlsMode::ClientCert)?;
+        tls.map(|t| (server, t))
+            .ok_or_else(|| io("TLS")(std::io::Error::other("no TLS files")))
+    }
+
+    fn postgres_with(mode: TlsMode) -> Result<(Self, Option<Tls>), Error> {
         let bin = bin_dir()?;
         let owner = run_as()?;
         let dir = tempfile::Builder::new()
@@ -190,46 +271,60 @@ impl Server {
             // test data: durability is not the point, speed is
             .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
             .args(["-c", "full_page_writes=off", "-c", "max_connections=200"]);
-        let ca = if tls {
-            let ca = crate::pki::Ca::new("kvtenant-test-postgres-ca")
-                .map_err(|e| io("making a CA")(std::io::Error::other(e.to_string())))?;
-            let cert = ca
-                .issue_server("postgres", &["127.0.0.1", "localhost"])
-                .map_err(|e| io("issuing a certificate")(std::io::Error::other(e.to_string())))?;
-            let (crt, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
-            fs::write(&crt, &cert.cert_pem).map_err(io("writing server.crt"))?;
-            fs::write(&key, &cert.key_pem).map_err(io("writing server.key"))?;
-            fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-                .map_err(io("chmod server.key"))?;
-            if let Some((uid, gid)) = owner {
-                for p in [&crt, &key] {
-                    chown(p, Some(uid), Some(gid)).map_err(io(format!("chown {}", p.display())))?;
-                }
-            }
-            // TLS or nothing, over TCP
+        let files = match mode {
+            TlsMode::Off => None,
+            _ => Some(tls_files(dir.path(), owner, mode)?),
+        };
+        if let Some(f) = &files {
+            // TLS or nothing, over TCP; with client certificates, they are the authentication
+            let method = if mode == TlsMode::ClientCert {
+                "cert"
+            } else {
+                "scram-sha-256"
+            };
             fs::write(
                 data.join("pg_hba.conf"),
-                "local all all scram-sha-256\n\
-                 hostssl all all 127.0.0.1/32 scram-sha-256\n\
-                 hostnossl all all 127.0.0.1/32 reject\n",
+                format!(
+                    "local all all scram-sha-256\n\
+                     hostssl all all 127.0.0.1/32 {method}\n\
+                     hostnossl all all 127.0.0.1/32 reject\n"
+                ),
             )
             .map_err(io("writing pg_hba.conf"))?;
             cmd.args(["-c", "ssl=on"])
                 .arg("-c")
-                .arg(format!("ssl_cert_file={}", crt.display()))
+                .arg(format!("ssl_cert_file={}", f.crt.display()))
                 .arg("-c")
-                .arg(format!("ssl_key_file={}", key.display()));
-            Some(ca.cert_pem().to_owned())
-        } else {
-            None
-        };
+                .arg(format!("ssl_key_file={}", f.key.display()))
+                .arg("-c")
+                .arg(format!("ssl_ca_file={}", f.ca.display()));
+        }
         let mut server = Self::spawn(Kind::Postgres, cmd, port, password, dir)?;
-        server.tls = ca.is_some();
-        Ok((server, ca))
+        server.tls = files.is_some();
+        Ok(match files {
+            Some(f) => {
+                server.client_files = f.client;
+                (server, Some(f.tls))
+            }
+            None => (server, None),
+        })
     }
 
     /// A fresh MariaDB server on a free port of 127.0.0.1 (a few seconds).
     pub fn mariadb() -> Result<Self, Error> {
+        Self::mariadb_with(TlsMode::Off).map(|(s, _)| s)
+    }
+
+    /// A fresh MariaDB server that takes TLS connections only (`require_secure_transport`), and
+    /// from user [`USER`] only with a client certificate from its CA (`REQUIRE X509`) besides
+    /// the password.
+    pub fn mariadb_client_certs() -> Result<(Self, Tls), Error> {
+        let (server, tls) = Self::mariadb_with(TlsMode::ClientCert)?;
+        tls.map(|t| (server, t))
+            .ok_or_else(|| io("TLS")(std::io::Error::other("no TLS files")))
+    }
+
+    fn mariadb_with(mode: TlsMode) -> Result<(Self, Option<Tls>), Error> {
         let (install, server) = (
             Path::new("/usr/bin/mariadb-install-db"),
             Path::new("/usr/sbin/mariadbd"),
@@ -267,8 +362,13 @@ impl Server {
         fs::write(
             &init,
             format!(
-                "CREATE USER '{USER}'@'127.0.0.1' IDENTIFIED BY '{password}';\n\
-                 GRANT ALL PRIVILEGES ON *.* TO '{USER}'@'127.0.0.1';\n"
+                "CREATE USER '{USER}'@'127.0.0.1' IDENTIFIED BY '{password}'{require};\n\
+                 GRANT ALL PRIVILEGES ON *.* TO '{USER}'@'127.0.0.1';\n",
+                require = if mode == TlsMode::ClientCert {
+                    " REQUIRE X509"
+                } else {
+                    ""
+                }
             ),
         )
         .map_err(io("writing the init file"))?;
@@ -288,7 +388,25 @@ impl Server {
             ])
             // test data: durability is not the point, speed is
             .args(["--innodb-flush-log-at-trx-commit=0", "--sync-binlog=0"]);
-        Self::spawn(Kind::MariaDb, cmd, port, password, dir)
+        let files = match mode {
+            TlsMode::Off => None,
+            _ => Some(tls_files(dir.path(), None, mode)?),
+        };
+        if let Some(f) = &files {
+            cmd.arg(format!("--ssl-ca={}", f.ca.display()))
+                .arg(format!("--ssl-cert={}", f.crt.display()))
+                .arg(format!("--ssl-key={}", f.key.display()))
+                .arg("--require-secure-transport=ON");
+        }
+        let mut server = Self::spawn(Kind::MariaDb, cmd, port, password, dir)?;
+        server.tls = files.is_some();
+        Ok(match files {
+            Some(f) => {
+                server.client_files = f.client;
+                (server, Some(f.tls))
+            }
+            None => (server, None),
+        })
     }
 
     fn spawn(
@@ -309,6 +427,7 @@ impl Server {
         let server = Self {
             kind,
             tls: false,
+            client_files: None,
             port,
             password,
             process,
@@ -380,13 +499,25 @@ impl Server {
                 cmd.args(["-h", "127.0.0.1", "-p", &port, "-U", USER])
                     .args(["-d", database, "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
                     .env("PGPASSWORD", &self.password);
+                if let Some((crt, key)) = &self.client_files {
+                    cmd.env("PGSSLMODE", "require")
+                        .env("PGSSLCERT", crt)
+                        .env("PGSSLKEY", key);
+                }
                 cmd
             }
             Kind::MariaDb => {
                 let mut cmd = Command::new("mariadb");
                 cmd.arg("--no-defaults")
-                    .args(["-h", "127.0.0.1", "-P", &port, "-u", USER])
-                    .args(["-N", "-B", "-e", sql, database])
+                    .args(["-h", "127.0.0.1", "-P", &port, "-u", USER]);
+                if self.tls {
+                    cmd.arg("--ssl");
+                }
+                if let Some((crt, key)) = &self.client_files {
+                    cmd.arg(format!("--ssl-cert={}", crt.display()))
+                        .arg(format!("--ssl-key={}", key.display()));
+                }
+                cmd.args(["-N", "-B", "-e", sql, database])
                     .env("MYSQL_PWD", &self.password);
                 cmd
             }
@@ -415,6 +546,54 @@ impl Server {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Client certificates: a client without one is turned away, one with it gets in.
+    #[test]
+    fn postgres_and_mariadb_take_client_certificates_only() {
+        let (pg, tls) = Server::postgres_client_certs().unwrap_or_else(|e| panic!("{e}"));
+        assert!(tls.client.is_some());
+        assert_eq!(
+            pg.query(
+                "postgres",
+                "select ssl and client_dn is not null from pg_stat_ssl where pid = pg_backend_pid()"
+            )
+            .unwrap(),
+            "t"
+        );
+        let without = Command::new(bin_dir().unwrap().join("psql"))
+            .args(["-h", "127.0.0.1", "-p", &pg.port().to_string(), "-U", USER])
+            .args(["-d", "postgres", "-c", "select 1"])
+            .env("PGPASSWORD", &pg.password)
+            .env("PGSSLMODE", "require")
+            .output()
+            .unwrap();
+        assert!(
+            !without.status.success(),
+            "psql got in without a certificate"
+        );
+
+        let (db, _) = Server::mariadb_client_certs().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(db.query("mysql", "select 1").unwrap(), "1");
+        let without = Command::new("mariadb")
+            .arg("--no-defaults")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-P",
+                &db.port().to_string(),
+                "-u",
+                USER,
+                "--ssl",
+            ])
+            .args(["-e", "select 1", "mysql"])
+            .env("MYSQL_PWD", &db.password)
+            .output()
+            .unwrap();
+        assert!(
+            !without.status.success(),
+            "mariadb got in without a certificate"
+        );
+    }
 
     /// TLS only: a client that will not use TLS is turned away, one that does gets in.
     #[test]

@@ -1,10 +1,13 @@
-//! Talking to a control-plane pod's etcd API (etcd, or kine in its place): through the host
-//! apiserver's `pods/portforward` to the pod's loopback-only client port, gRPC over HTTP/2 on
-//! the forwarded stream. `kvtenant snapshot`/`restore` use it for keys, the controller for etcd's
-//! membership when a control plane grows from one member to three ([`growth`]).
+//! Talking to an etcd API: a control-plane pod's (etcd, or kine in its place) through the host
+//! apiserver's `pods/portforward` to the pod's loopback-only client port, or an external etcd
+//! over TLS with a client certificate; gRPC over HTTP/2 either way. `kvtenant snapshot`/`restore`
+//! use it for keys, the controller for etcd's membership when a control plane grows from one
+//! member to three ([`growth`]).
 
 pub mod growth;
 pub mod grpc;
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -12,6 +15,8 @@ use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 pub use grpc::{GrpcError, Member};
 
@@ -35,13 +40,54 @@ pub enum ConnectError {
         #[source]
         source: hyper::Error,
     },
+    #[error("{endpoint}: {what}")]
+    Endpoint { endpoint: String, what: String },
 }
 
-/// An HTTP/2 connection to one pod's etcd API through a port-forward (kept open while this
-/// lives).
+/// The TLS material of a client of an external etcd (PEM).
+pub struct ClientTls<'a> {
+    pub ca: &'a [u8],
+    /// Certificate and key, when etcd wants client certificates.
+    pub cert_key: Option<(&'a [u8], &'a [u8])>,
+}
+
+impl ClientTls<'_> {
+    /// A client configuration trusting exactly the CA (ring; ALPN h2, as gRPC servers want).
+    fn config(&self) -> Result<rustls::ClientConfig, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        for der in CertificateDer::pem_slice_iter(self.ca) {
+            let der = der.map_err(|e| format!("the CA certificate: {e}"))?;
+            roots
+                .add(der)
+                .map_err(|e| format!("the CA certificate: {e}"))?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots);
+        let mut config = match self.cert_key {
+            Some((cert, key)) => {
+                let chain = CertificateDer::pem_slice_iter(cert)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("the client certificate: {e}"))?;
+                let key = PrivateKeyDer::from_pem_slice(key)
+                    .map_err(|e| format!("the client key: {e}"))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| format!("the client certificate: {e}"))?
+            }
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(config)
+    }
+}
+
+/// An HTTP/2 connection to an etcd API (a port-forward is kept open while this lives).
 pub struct Connection {
     pub send: SendRequest<Full<Bytes>>,
-    _forwarder: kube::api::Portforwarder,
+    _forwarder: Option<kube::api::Portforwarder>,
 }
 
 impl Connection {
@@ -68,7 +114,61 @@ impl Connection {
         tokio::spawn(conn);
         Ok(Self {
             send,
-            _forwarder: forwarder,
+            _forwarder: Some(forwarder),
+        })
+    }
+
+    /// A connection to an etcd endpoint: `https://host:port` over TLS (ALPN h2) verified with
+    /// `tls`'s CA, or `http://host:port` in the clear (HTTP/2 prior knowledge).
+    pub async fn dial(endpoint: &str, tls: Option<&ClientTls<'_>>) -> Result<Self, ConnectError> {
+        let fail = |what: String| ConnectError::Endpoint {
+            endpoint: endpoint.to_owned(),
+            what,
+        };
+        let (secure, authority) = match (
+            endpoint.strip_prefix("https://"),
+            endpoint.strip_prefix("http://"),
+        ) {
+            (Some(a), _) => (true, a),
+            (_, Some(a)) => (false, a),
+            _ => return Err(fail("neither an https:// nor an http:// endpoint".into())),
+        };
+        let authority = authority.trim_end_matches('/');
+        let tcp = tokio::net::TcpStream::connect(authority)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let handshake = |e: hyper::Error| fail(e.to_string());
+        let send = if secure {
+            let tls =
+                tls.ok_or_else(|| fail("https needs a CA certificate (a TLS Secret)".into()))?;
+            let host = match authority.rsplit_once(':') {
+                Some((h, _)) => h,
+                None => authority,
+            }
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+            let name = ServerName::try_from(host.to_owned()).map_err(|e| fail(e.to_string()))?;
+            let stream = tokio_rustls::TlsConnector::from(Arc::new(tls.config().map_err(fail)?))
+                .connect(name, tcp)
+                .await
+                .map_err(|e| fail(format!("TLS: {e}")))?;
+            let (send, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                    .await
+                    .map_err(handshake)?;
+            tokio::spawn(conn);
+            send
+        } else {
+            let (send, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                    .await
+                    .map_err(handshake)?;
+            tokio::spawn(conn);
+            send
+        };
+        Ok(Self {
+            send,
+            _forwarder: None,
         })
     }
 
