@@ -167,6 +167,9 @@ impl Ctx {
         self.generation += 1;
         let h =
             SyncerHandle::start(&self.syncer_spec, &self.env.host_client, self.generation).await?;
+        if let (Some(p), Some(pid)) = (&self.args.pin, h.pid()) {
+            crate::pin::pin("the syncer", &[pid], &p.tenants)?;
+        }
         self.syncer = Some(h);
         Ok(())
     }

@@ -8,6 +8,7 @@ mod env;
 mod load;
 mod measure;
 mod observe;
+mod pin;
 mod procfs;
 mod prom;
 mod report;
@@ -148,6 +149,12 @@ pub struct Args {
     /// Keep the syncer logs (their folder is printed) instead of deleting them at the end.
     #[arg(long, env = "KVTENANT_BENCH_KEEP_LOGS")]
     keep_logs: bool,
+    /// Pin the host side (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok,
+    /// virt-api, virt-controller) and the tenant side (tenant control planes, the syncer) to
+    /// separate CPUs, HOST_CPUS:TENANT_CPUS in taskset's syntax (e.g. 0:1), for both paths; the
+    /// bench process itself stays unpinned. Needs `--syncer process`.
+    #[arg(long, env = "KVTENANT_BENCH_PIN")]
+    pin: Option<pin::Pinning>,
 }
 
 #[derive(Serialize)]
@@ -265,8 +272,16 @@ async fn run(args: Args) -> Result<usize> {
         .context("creating the log folder")?;
     let tenants = args.tenants.max(1);
 
+    if args.pin.is_some() && args.syncer != SyncerMode::Process {
+        anyhow::bail!("--pin needs --syncer process (the syncer's own CPUs)");
+    }
     // environment: host + KubeVirt, then the syncer alone, then the tenants
     let mut env = BenchEnv::start_host(tenants, &mut rep.setup).await?;
+    if let Some(p) = &args.pin {
+        let mut host = env.host.pids();
+        host.extend(env.kubevirt.pids());
+        pin::pin("the host side", &host, &p.host)?;
+    }
     let spec = SyncerSpec {
         mode: args.syncer,
         bin,
@@ -282,6 +297,9 @@ async fn run(args: Args) -> Result<usize> {
     };
     env::create_namespace(&env.host_client, syncer::SYSTEM_NAMESPACE).await?;
     let syncer_handle = SyncerHandle::start(&spec, &env.host_client, 1).await?;
+    if let (Some(p), Some(pid)) = (&args.pin, syncer_handle.pid()) {
+        pin::pin("the syncer", &[pid], &p.tenants)?;
+    }
     let window = Duration::from_secs(args.idle_window_seconds.max(1));
     let mut fp = footprint::FootprintReport {
         tenants,
@@ -296,6 +314,10 @@ async fn run(args: Args) -> Result<usize> {
     let t = Instant::now();
     env.add_tenants(tenants).await?;
     rep.setup.tenants_ready_s = t.elapsed().as_secs_f64();
+    if let Some(p) = &args.pin {
+        let pids: Vec<u32> = env.tenants.iter().flat_map(|t| t.cp.pids()).collect();
+        pin::pin("the tenant control planes", &pids, &p.tenants)?;
+    }
     let t = Instant::now();
     env.wait_tenants_synced(Duration::from_secs(args.timeout_seconds))
         .await?;
