@@ -1010,6 +1010,8 @@ async fn deploy_and_samples_on_testenv() {
         (SYNCER_SA, (true, "create", "pool.kubevirt.io", "virtualmachinepools", host_ns)),
         (SYNCER_SA, (true, "create", "clone.kubevirt.io", "virtualmachineclones", host_ns)),
         (SYNCER_SA, (true, "create", "cdi.kubevirt.io", "datavolumes", host_ns)),
+        (SYNCER_SA, (true, "create", "instancetype.kubevirt.io", "virtualmachineinstancetypes", host_ns)),
+        (SYNCER_SA, (true, "create", "instancetype.kubevirt.io", "virtualmachinepreferences", host_ns)),
         (SYNCER_SA, (true, "get", "subresources.kubevirt.io", "virtualmachineinstances/console", host_ns)),
         (SYNCER_SA, (true, "get", "subresources.kubevirt.io", "virtualmachineinstances/vnc", host_ns)),
         (SYNCER_SA, (true, "get", "subresources.kubevirt.io", "virtualmachineinstances/sev", host_ns)),

@@ -2,10 +2,13 @@
 //! as on the host: every StorageClass (a tenant's claims are provisioned by the host's), the
 //! IngressClasses the VirtualCluster allows its Ingresses (`spec.isolation.allowedIngressClasses`)
 //! and the PriorityClasses it allows (`spec.vmPolicy.allowedPriorityClasses`; the tenant's
-//! built-in `system-*` classes stay its own).
+//! built-in `system-*` classes stay its own); with KubeVirt, the cluster instancetypes its VMs may
+//! use (`spec.vmPolicy.allowedInstancetypes`) and every cluster preference, so `kubectl get
+//! virtualmachineclusterinstancetypes` in the tenant lists what its VMs can name. The KubeVirt
+//! kinds need their CRDs in the tenant: [`crds`] names them, copied like the synced kinds' CRDs.
 
-use kvtenant_api::VirtualClusterSpec;
 use kvtenant_api::labels::{HOST_CLASS, MANAGED_BY, MANAGED_BY_VALUE};
+use kvtenant_api::{SyncKind, VirtualClusterSpec};
 use serde_json::{Map, Value, json};
 
 use crate::kinds::ApiKind;
@@ -30,7 +33,48 @@ pub const CLASS_KINDS: &[ApiKind] = &[
         kind: "PriorityClass",
         plural: "priorityclasses",
     },
+    CLUSTER_INSTANCETYPE,
+    CLUSTER_PREFERENCE,
 ];
+
+/// KubeVirt's cluster-wide instancetypes.
+pub const CLUSTER_INSTANCETYPE: ApiKind = ApiKind {
+    group: INSTANCETYPE_GROUP,
+    version: "v1beta1",
+    kind: "VirtualMachineClusterInstancetype",
+    plural: "virtualmachineclusterinstancetypes",
+};
+
+/// KubeVirt's cluster-wide preferences.
+pub const CLUSTER_PREFERENCE: ApiKind = ApiKind {
+    group: INSTANCETYPE_GROUP,
+    version: "v1beta1",
+    kind: "VirtualMachineClusterPreference",
+    plural: "virtualmachineclusterpreferences",
+};
+
+const INSTANCETYPE_GROUP: &str = "instancetype.kubevirt.io";
+
+/// Labels and annotations of a shown instancetype or preference that the tenant sees too (its
+/// class, size, vendor, display name) besides kvtenant's.
+const INSTANCETYPE_PREFIX: &str = "instancetype.kubevirt.io/";
+
+/// The CRD a class kind needs in the tenant (KubeVirt's kinds), `<plural>.<group>`.
+pub fn crd(kind: &ApiKind) -> Option<String> {
+    (kind.group == INSTANCETYPE_GROUP).then(|| format!("{}.{}", kind.plural, kind.group))
+}
+
+/// The CRDs of the class kinds a tenant with these KubeVirt kinds synced is shown: the cluster
+/// instancetypes and preferences when it syncs VM-like kinds.
+pub fn crds(enabled: &[SyncKind]) -> Vec<String> {
+    let vms = [SyncKind::VirtualMachine, SyncKind::VirtualMachinePool]
+        .iter()
+        .any(|k| enabled.contains(k));
+    if !vms {
+        return Vec::new();
+    }
+    CLASS_KINDS.iter().filter_map(crd).collect()
+}
 
 /// Annotations of a host class a tenant sees (the default-class markers).
 const VISIBLE_ANNOTATIONS: &[&str] = &[
@@ -50,6 +94,8 @@ pub fn shown(kind: &ApiKind, name: &str, spec: &VirtualClusterSpec) -> bool {
         "PriorityClass" => {
             !name.starts_with("system-") && spec.vm_policy.priority_class_allowed(name)
         }
+        "VirtualMachineClusterInstancetype" => spec.vm_policy.instancetype_allowed(name),
+        "VirtualMachineClusterPreference" => true,
         _ => false,
     }
 }
@@ -70,9 +116,21 @@ pub fn tenant_copy(kind: &ApiKind, host: &Value) -> Value {
         .and_then(Value::as_object)
         .into_iter()
         .flatten()
-        .filter(|(k, _)| VISIBLE_ANNOTATIONS.contains(&k.as_str()))
+        .filter(|(k, _)| {
+            VISIBLE_ANNOTATIONS.contains(&k.as_str()) || k.starts_with(INSTANCETYPE_PREFIX)
+        })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    let mut labels: Map<String, Value> = host
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| k.starts_with(INSTANCETYPE_PREFIX))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    labels.insert(MANAGED_BY.into(), json!(MANAGED_BY_VALUE));
+    labels.insert(HOST_CLASS.into(), json!("true"));
     out.insert(
         "apiVersion".into(),
         json!(format!("{}/{}", kind.group, kind.version)),
@@ -80,8 +138,7 @@ pub fn tenant_copy(kind: &ApiKind, host: &Value) -> Value {
     out.insert("kind".into(), json!(kind.kind));
     out.insert(
         "metadata".into(),
-        json!({"name": name, "annotations": annotations,
-            "labels": {MANAGED_BY: MANAGED_BY_VALUE, HOST_CLASS: "true"}}),
+        json!({"name": name, "annotations": annotations, "labels": labels}),
     );
     Value::Object(out)
 }
@@ -105,6 +162,40 @@ mod tests {
         assert!(
             !shown(&pc, "system-node-critical", &spec),
             "the tenant's own built-in"
+        );
+    }
+
+    #[test]
+    fn instancetypes_show_as_allowed_and_need_their_crds() {
+        let mut spec = VirtualClusterSpec::default();
+        assert!(shown(&CLUSTER_INSTANCETYPE, "u1.huge", &spec), "unset: any");
+        spec.vm_policy.allowed_instancetypes = Some(vec!["u1.small".into()]);
+        assert!(shown(&CLUSTER_INSTANCETYPE, "u1.small", &spec));
+        assert!(!shown(&CLUSTER_INSTANCETYPE, "u1.huge", &spec));
+        assert!(shown(&CLUSTER_PREFERENCE, "fedora", &spec));
+        assert_eq!(crd(&CLASS_KINDS[0]), None);
+        assert_eq!(
+            crds(&[SyncKind::VirtualMachine]),
+            [
+                "virtualmachineclusterinstancetypes.instancetype.kubevirt.io",
+                "virtualmachineclusterpreferences.instancetype.kubevirt.io"
+            ]
+        );
+        assert!(crds(&[SyncKind::DataVolume]).is_empty());
+        let host = json!({"apiVersion": "instancetype.kubevirt.io/v1beta1",
+            "kind": "VirtualMachineClusterInstancetype",
+            "metadata": {"name": "u1.small", "uid": "h-2", "generation": 1,
+                "labels": {"instancetype.kubevirt.io/class": "general.purpose", "team": "x"},
+                "annotations": {"instancetype.kubevirt.io/displayName": "Small"}},
+            "spec": {"cpu": {"guest": 1}, "memory": {"guest": "2Gi"}}});
+        let t = tenant_copy(&CLUSTER_INSTANCETYPE, &host);
+        assert_eq!(t["spec"], host["spec"]);
+        assert_eq!(
+            t["metadata"],
+            json!({"name": "u1.small",
+                "annotations": {"instancetype.kubevirt.io/displayName": "Small"},
+                "labels": {"instancetype.kubevirt.io/class": "general.purpose",
+                    MANAGED_BY: MANAGED_BY_VALUE, HOST_CLASS: "true"}})
         );
     }
 

@@ -18,8 +18,10 @@ pub struct KubeVirtSpec {
     /// VirtualMachinePool, VirtualMachineClone). DataVolume is opt-in because it needs CDI on the
     /// host; it governs DataVolumes the tenant creates directly, while DataVolumes the host
     /// creates from a VirtualMachine's dataVolumeTemplates are mirrored up to the tenant
-    /// (read-only) either way. A listed kind whose CRD the host lacks is reported in the
-    /// KubeVirtReady condition and skipped.
+    /// (read-only) either way. VirtualMachineInstancetype and VirtualMachinePreference (the
+    /// tenant's namespaced ones) are synced whenever VirtualMachine or VirtualMachinePool is. A
+    /// listed kind whose CRD the host lacks is reported in the KubeVirtReady condition and
+    /// skipped.
     #[serde(default = "default_sync_kinds")]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub sync_kinds: Vec<SyncKind>,
@@ -100,17 +102,25 @@ pub enum SyncKind {
     VirtualMachineClone,
     /// cdi.kubevirt.io DataVolume.
     DataVolume,
+    /// instancetype.kubevirt.io VirtualMachineInstancetype (namespaced; synced whenever
+    /// VirtualMachine or VirtualMachinePool is, listed or not).
+    VirtualMachineInstancetype,
+    /// instancetype.kubevirt.io VirtualMachinePreference (namespaced; synced whenever
+    /// VirtualMachine or VirtualMachinePool is, listed or not).
+    VirtualMachinePreference,
 }
 
 impl SyncKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [SyncKind; 6] = [
+    pub const ALL: [SyncKind; 8] = [
         Self::VirtualMachine,
         Self::VirtualMachineInstance,
         Self::VirtualMachineInstanceMigration,
         Self::VirtualMachinePool,
         Self::VirtualMachineClone,
         Self::DataVolume,
+        Self::VirtualMachineInstancetype,
+        Self::VirtualMachinePreference,
     ];
 
     /// The kinds synced when `spec.kubevirt.syncKinds` is not set: all but DataVolume.
@@ -131,6 +141,8 @@ impl SyncKind {
             Self::VirtualMachinePool => "VirtualMachinePool",
             Self::VirtualMachineClone => "VirtualMachineClone",
             Self::DataVolume => "DataVolume",
+            Self::VirtualMachineInstancetype => "VirtualMachineInstancetype",
+            Self::VirtualMachinePreference => "VirtualMachinePreference",
         }
     }
 
@@ -143,6 +155,9 @@ impl SyncKind {
             Self::VirtualMachinePool => "pool.kubevirt.io",
             Self::VirtualMachineClone => "clone.kubevirt.io",
             Self::DataVolume => "cdi.kubevirt.io",
+            Self::VirtualMachineInstancetype | Self::VirtualMachinePreference => {
+                "instancetype.kubevirt.io"
+            }
         }
     }
 
@@ -153,7 +168,11 @@ impl SyncKind {
             Self::VirtualMachine
             | Self::VirtualMachineInstance
             | Self::VirtualMachineInstanceMigration => "v1",
-            Self::VirtualMachinePool | Self::VirtualMachineClone | Self::DataVolume => "v1beta1",
+            Self::VirtualMachinePool
+            | Self::VirtualMachineClone
+            | Self::DataVolume
+            | Self::VirtualMachineInstancetype
+            | Self::VirtualMachinePreference => "v1beta1",
         }
     }
 
@@ -166,6 +185,8 @@ impl SyncKind {
             Self::VirtualMachinePool => "virtualmachinepools",
             Self::VirtualMachineClone => "virtualmachineclones",
             Self::DataVolume => "datavolumes",
+            Self::VirtualMachineInstancetype => "virtualmachineinstancetypes",
+            Self::VirtualMachinePreference => "virtualmachinepreferences",
         }
     }
 

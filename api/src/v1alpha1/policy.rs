@@ -192,7 +192,9 @@ pub struct VmPolicy {
     pub allowed_priority_classes: Vec<String>,
 
     /// Cluster-wide instancetypes (VirtualMachineClusterInstancetype names) VMs may use. Unset
-    /// (default): any; an empty list: none.
+    /// (default): any, and the tenant's own namespaced instancetypes too; a list (even empty):
+    /// only those listed, no namespaced ones. The host's allowed cluster instancetypes (and every
+    /// cluster preference) are shown read-only in the virtual cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub allowed_instancetypes: Option<Vec<String>>,

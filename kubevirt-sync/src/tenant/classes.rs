@@ -1,6 +1,7 @@
 //! The host's classes shown in the tenant, read-only ([`kvtenant_rules::classes`]): applied at
 //! every consistency scan, and those no longer shown (gone on the host, or no longer allowed)
-//! removed.
+//! removed. KubeVirt's cluster instancetypes and preferences are shown where their CRDs were
+//! copied into the tenant.
 
 use std::collections::BTreeSet;
 
@@ -9,7 +10,7 @@ use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams
 use kube::core::{ApiResource, GroupVersionKind};
 use kvtenant_api::labels::HOST_CLASS;
 use kvtenant_kubeutil::ResultExt;
-use kvtenant_rules::classes::{CLASS_KINDS, shown, tenant_copy};
+use kvtenant_rules::classes::{CLASS_KINDS, crd, shown, tenant_copy};
 use kvtenant_rules::kinds::ApiKind;
 
 use super::Tenant;
@@ -22,7 +23,12 @@ fn resource(k: &ApiKind) -> ApiResource {
 impl Tenant {
     /// Shows the host classes the tenant may see and removes those it may no longer.
     pub(super) async fn show_classes(&self) -> Result<(), Error> {
+        let copies = self.crd_copy_names();
         for kind in CLASS_KINDS {
+            // a KubeVirt class kind is shown only where its CRD was copied
+            if crd(kind).is_some_and(|c| !copies.contains(&c)) {
+                continue;
+            }
             let ar = resource(kind);
             let host: Api<DynamicObject> = Api::all_with(self.host.client.clone(), &ar);
             let tenant: Api<DynamicObject> = Api::all_with(self.client.clone(), &ar);

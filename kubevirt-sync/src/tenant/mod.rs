@@ -156,6 +156,7 @@ impl Tenant {
         let crd_names: Vec<String> = kinds::watched_sync_kinds(enabled)
             .into_iter()
             .map(|k| k.crd_name())
+            .chain(kvtenant_rules::classes::crds(enabled))
             .collect();
         let (copied, missing) = crate::crds::mirror(&host.crds, &client, &crd_names).await?;
         if !missing.is_empty() {

@@ -151,7 +151,11 @@ fn watches(t: &Tenant) -> BoxStream<'static, (Source, Change)> {
         }
     }
     let shown = format!("{HOST_CLASS}=true");
-    for kind in CLASS_KINDS {
+    let copies = t.crd_copy_names();
+    for kind in CLASS_KINDS
+        .iter()
+        .filter(|k| kvtenant_rules::classes::crd(k).is_none_or(|c| copies.contains(&c)))
+    {
         all.push(labelled(t, &resource(kind), None, &shown, Source::Classes));
     }
     if t.maps_services()

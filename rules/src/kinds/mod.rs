@@ -25,6 +25,7 @@ pub mod data_volume;
 pub mod endpoint_slice;
 pub mod event;
 pub mod ingress;
+pub mod instancetype;
 pub mod migration;
 pub mod network_policy;
 pub mod pod;
@@ -67,6 +68,8 @@ pub const KINDS: &[&dyn SyncedKind] = &[
     &network_policy::NetworkPolicy,
     &ingress::Ingress,
     &data_volume::DataVolume,
+    &instancetype::VirtualMachineInstancetype,
+    &instancetype::VirtualMachinePreference,
     &pool::VirtualMachinePool,
     &virtual_machine::VirtualMachine,
     &vmi::VirtualMachineInstance,
@@ -550,6 +553,8 @@ mod tests {
             watched_sync_kinds(&[SyncKind::VirtualMachine]),
             [
                 SyncKind::DataVolume,
+                SyncKind::VirtualMachineInstancetype,
+                SyncKind::VirtualMachinePreference,
                 SyncKind::VirtualMachine,
                 SyncKind::VirtualMachineInstance
             ]
