@@ -31,6 +31,8 @@ pub use kvtenant_api::labels::MIRROR_OF_CONFIGURATION;
 pub const POLICY_CONFIGURATION: &str = "kvtenant-vm-policy";
 /// Name of kvtenant's VM policy webhook.
 pub const POLICY_WEBHOOK: &str = "vmpolicy.tenancy.kvtenant.io";
+/// The webhook of kvtenant's policy configuration that reviews Pods, Services and Ingresses.
+pub const WORKLOAD_POLICY_WEBHOOK: &str = "workloadpolicy.tenancy.kvtenant.io";
 /// Name of the matchCondition kvtenant adds to every tenant webhook.
 pub const NOT_A_MIRROR_CONDITION: &str = "kvtenant-not-a-mirror";
 
@@ -253,41 +255,76 @@ pub fn policy_resources(synced: &[GroupResource]) -> Vec<GroupResource> {
         .collect()
 }
 
-/// kvtenant's own ValidatingWebhookConfiguration in a tenant: the VM policy and quota
-/// (failurePolicy Fail: without kvtenant, the tenant cannot create VMs that could escape it).
-pub fn policy_configuration(synced: &[GroupResource], target: &Target) -> Option<Value> {
-    let resources = policy_resources(synced);
-    if resources.is_empty() {
-        return None;
-    }
-    let rules: Vec<Value> = resources
+/// The workload kinds whose refusals the tenant gets at admission too, among those synced with
+/// `kinds` enabled: what the syncer would refuse to run (a privileged pod, a Service with
+/// externalIPs, an Ingress of a class the VirtualCluster does not allow). Not Secrets, claims or
+/// EndpointSlices: tenant-internal uses (service-account token Secrets, claims its own binder
+/// fills in, slices its controllers write) are fine in the tenant and only kept from the host.
+pub fn workload_policy_resources(kinds: &[SyncKind]) -> Vec<GroupResource> {
+    let reviewed = [
+        ("", "pods"),
+        ("", "services"),
+        ("networking.k8s.io", "ingresses"),
+    ];
+    kvtenant_rules::kinds::all()
         .iter()
-        .map(|(g, r)| {
+        .filter(|k| k.enablement(kinds) == kvtenant_rules::kinds::Enablement::Synced)
+        .map(|k| (k.resource.group.clone(), k.resource.plural.clone()))
+        .filter(|(g, r)| reviewed.contains(&(g.as_str(), r.as_str())))
+        .collect()
+}
+
+/// kvtenant's own ValidatingWebhookConfiguration in a tenant: the VM policy and quota
+/// (failurePolicy Fail: without kvtenant, the tenant cannot create VMs that could escape it),
+/// and the workload policy (failurePolicy Ignore: the syncer refuses the same objects anyway,
+/// the webhook only says so at once; a tenant's pods never wait for kvtenant's server).
+pub fn policy_configuration(
+    synced: &[GroupResource],
+    workloads: &[GroupResource],
+    target: &Target,
+) -> Option<Value> {
+    let webhook = |name: &str, resources: Vec<GroupResource>, failure: &str| {
+        (!resources.is_empty()).then(|| {
+            let rules: Vec<Value> = resources
+                .iter()
+                .map(|(g, r)| {
+                    json!({
+                        "apiGroups": [g],
+                        "apiVersions": ["*"],
+                        "resources": [r],
+                        "operations": ["CREATE", "UPDATE"],
+                        "scope": "Namespaced",
+                    })
+                })
+                .collect();
             json!({
-                "apiGroups": [g],
-                "apiVersions": ["*"],
-                "resources": [r],
-                "operations": ["CREATE", "UPDATE"],
-                "scope": "Namespaced",
+                "name": name,
+                "clientConfig": target.client_config(paths::policy_path(&target.prefix)),
+                "rules": rules,
+                "admissionReviewVersions": ["v1"],
+                "failurePolicy": failure,
+                "matchPolicy": "Equivalent",
+                "sideEffects": "None",
+                "timeoutSeconds": 10,
+                "matchConditions": [not_a_mirror_condition()],
             })
         })
-        .collect();
-    Some(json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingWebhookConfiguration",
-        "metadata": {"name": POLICY_CONFIGURATION, "labels": labels()},
-        "webhooks": [{
-            "name": POLICY_WEBHOOK,
-            "clientConfig": target.client_config(paths::policy_path(&target.prefix)),
-            "rules": rules,
-            "admissionReviewVersions": ["v1"],
-            "failurePolicy": "Fail",
-            "matchPolicy": "Equivalent",
-            "sideEffects": "None",
-            "timeoutSeconds": 10,
-            "matchConditions": [not_a_mirror_condition()],
-        }],
-    }))
+    };
+    let webhooks: Vec<Value> = [
+        webhook(POLICY_WEBHOOK, policy_resources(synced), "Fail"),
+        webhook(WORKLOAD_POLICY_WEBHOOK, workloads.to_vec(), "Ignore"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    (!webhooks.is_empty()).then(|| {
+        json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingWebhookConfiguration",
+            "metadata": {"name": POLICY_CONFIGURATION, "labels": labels()},
+            "webhooks": webhooks,
+        })
+    })
 }
 
 /// The tenant Service in front of kvtenant's server: an ExternalName Service, which the

@@ -80,7 +80,8 @@ pub(crate) fn desired(
         &synced,
         &target,
     );
-    validating.extend(mirror::policy_configuration(&synced, &target));
+    let workloads = mirror::workload_policy_resources(tenant.spec.kubevirt.synced_kinds());
+    validating.extend(mirror::policy_configuration(&synced, &workloads, &target));
     let mutating = mirror::render(HookType::Mutating, host_mutating, &synced, &target);
     Desired {
         service: Some(mirror::service(&target, &state.config.external_name)),

@@ -169,8 +169,28 @@ fn mixed_rules_keep_only_synced_kinds_and_mutators_keep_reinvocation() {
 
 #[test]
 fn the_policy_webhook_reviews_the_synced_vm_kinds() {
+    let workloads = mirror::workload_policy_resources(&SyncKind::DEFAULT);
     let cfg =
-        mirror::policy_configuration(&synced_resources(&SyncKind::DEFAULT), &target()).unwrap();
+        mirror::policy_configuration(&synced_resources(&SyncKind::DEFAULT), &workloads, &target())
+            .unwrap();
+    // the workload policy: pods, Services and Ingresses, failing open (the syncer refuses them
+    // anyway)
+    let wl = &cfg["webhooks"][1];
+    assert_eq!(wl["name"], "workloadpolicy.tenancy.kvtenant.io");
+    assert_eq!(wl["failurePolicy"], "Ignore");
+    let reviewed: Vec<&str> = wl["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["resources"][0].as_str().unwrap())
+        .collect();
+    for r in ["pods", "services", "ingresses"] {
+        assert!(reviewed.contains(&r), "{r} in {reviewed:?}");
+    }
+    assert!(
+        !reviewed.contains(&"secrets"),
+        "tenant-internal Secrets are fine"
+    );
     let w = &cfg["webhooks"][0];
     assert_eq!(w["name"], "vmpolicy.tenancy.kvtenant.io");
     assert_eq!(w["failurePolicy"], "Fail");
@@ -196,6 +216,7 @@ fn the_policy_webhook_reviews_the_synced_vm_kinds() {
     );
     let with_dv = mirror::policy_configuration(
         &synced_resources(&[SyncKind::VirtualMachine, SyncKind::DataVolume]),
+        &[],
         &target(),
     )
     .unwrap();
@@ -203,6 +224,7 @@ fn the_policy_webhook_reviews_the_synced_vm_kinds() {
     assert!(
         mirror::policy_configuration(
             &synced_resources(&[SyncKind::VirtualMachineClone]),
+            &[],
             &target()
         )
         .is_none()
