@@ -177,10 +177,13 @@ async fn a_deployment_runs_on_the_host_and_the_tenant_sees_what_the_host_decided
             "spec": {"containers": [{"name": "c", "image": "busybox",
                 "env": [{"name": "MY_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}}],
                 "volumeMounts": [{"name": "s", "mountPath": "/etc/s"},
-                    {"name": "info", "mountPath": "/etc/info"}]}],
+                    {"name": "info", "mountPath": "/etc/info"},
+                    {"name": "vault", "mountPath": "/etc/vault"}]}],
                 "volumes": [{"name": "s", "configMap": {"name": "settings"}},
                     {"name": "info", "downwardAPI": {"items": [
-                        {"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}}]}}),
+                        {"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
+                    {"name": "vault", "projected": {"sources": [{"serviceAccountToken":
+                        {"audience": "vault", "path": "token", "expirationSeconds": 3600}}]}}]}}),
     );
     let host_cms: Api<ConfigMap> = Api::namespaced(env.host_client(), &host_ns);
     eventually("the mounted ConfigMap on the host", WAIT, || async {
@@ -261,6 +264,43 @@ async fn a_deployment_runs_on_the_host_and_the_tenant_sees_what_the_host_decided
         .await
         .unwrap();
     assert_ne!(answer.status.unwrap().authenticated, Some(true));
+    // the projection asking for audience "vault" reads a token issued for that audience
+    let vault_key = kvtenant_rules::pod::identity::token_key(Some("vault"));
+    let vault_token = String::from_utf8(data[&vault_key].0.clone()).unwrap();
+    let for_audience = |token: &str| -> TokenReview {
+        serde_json::from_value(json!({"apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview", "spec": {"token": token, "audiences": ["vault"]}}))
+        .unwrap()
+    };
+    let answer = tenant_reviews
+        .create(&PostParams::default(), &for_audience(&vault_token))
+        .await
+        .unwrap();
+    let status = answer.status.unwrap();
+    assert_eq!(status.authenticated, Some(true), "{status:?}");
+    assert_eq!(status.audiences, Some(vec!["vault".to_owned()]));
+    let answer = tenant_reviews
+        .create(&PostParams::default(), &for_audience(&token))
+        .await
+        .unwrap();
+    assert_ne!(
+        answer.status.unwrap().authenticated,
+        Some(true),
+        "the apiserver-audience token is not one for vault"
+    );
+    let host_spec =
+        serde_json::to_value(host_pods.get("reader").await.unwrap().spec.unwrap()).unwrap();
+    let vault_volume = host_spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "vault")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        vault_volume["projected"]["sources"][0]["secret"]["items"],
+        json!([{"key": vault_key, "path": "token"}])
+    );
 
     // escapes are refused by the syncer (no webhook in this tenant) with an Event
     apply(

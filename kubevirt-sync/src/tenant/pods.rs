@@ -17,7 +17,7 @@ use kvtenant_api::labels::{
 use kvtenant_kubeutil::{ApiErrorClass, classify};
 use kvtenant_rules::kinds::{self, Kind};
 use kvtenant_rules::pod::identity::{
-    CA_KEY, NAMESPACE_KEY, TOKEN_KEY, TOKEN_SECONDS, refresh_in, token_secret_name,
+    CA_KEY, NAMESPACE_KEY, TOKEN_SECONDS, refresh_in, token_audiences, token_key, token_secret_name,
 };
 use serde_json::json;
 
@@ -84,34 +84,51 @@ impl Tenant {
             tracing::debug!(tenant = %self.label, namespace = %key.namespace, "no kube-root-ca.crt in the tenant yet");
             return Ok(Some(CA_WAIT));
         };
+        // one token per audience the pod's projections ask for (the tenant apiserver's own
+        // when none names one), each under its key
+        let spec = serde_json::to_value(&pod.data).unwrap_or_default();
+        let mut audiences = token_audiences(spec.get("spec").unwrap_or(&serde_json::Value::Null));
+        if audiences.is_empty() {
+            audiences.push(None);
+        }
         let sas: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &key.namespace);
-        let request = TokenRequest {
-            spec: Some(TokenRequestSpec {
-                expiration_seconds: Some(TOKEN_SECONDS),
-                bound_object_ref: Some(BoundObjectReference {
-                    api_version: Some("v1".into()),
-                    kind: Some("Pod".into()),
-                    name: Some(key.name.clone()),
-                    uid: Some(pod_uid),
+        let mut tokens = BTreeMap::new();
+        let mut expires_at = i64::MAX;
+        for audience in audiences {
+            let request = TokenRequest {
+                spec: Some(TokenRequestSpec {
+                    audiences: audience.clone().map(|a| vec![a]),
+                    expiration_seconds: Some(TOKEN_SECONDS),
+                    bound_object_ref: Some(BoundObjectReference {
+                        api_version: Some("v1".into()),
+                        kind: Some("Pod".into()),
+                        name: Some(key.name.clone()),
+                        uid: Some(pod_uid.clone()),
+                    }),
+                    ..TokenRequestSpec::default()
                 }),
-                ..TokenRequestSpec::default()
-            }),
-            ..TokenRequest::default()
-        };
-        self.api_call(Cluster::Tenant, "create_token");
-        let issued: TokenRequest = sas
-            .create_subresource("token", sa, &PostParams::default(), &request)
-            .await
-            .map_err(Error::api(
-                "request a token of",
-                Cluster::Tenant,
-                describe("ServiceAccount", &key.namespace, sa),
-            ))?;
-        let status = issued.status.unwrap_or_default();
-        let expires_at = status
-            .expiration_timestamp
-            .map_or_else(|| now() + TOKEN_SECONDS, |t| t.0.as_second());
-        let token = status.token.unwrap_or_default();
+                ..TokenRequest::default()
+            };
+            self.api_call(Cluster::Tenant, "create_token");
+            let issued: TokenRequest = sas
+                .create_subresource("token", sa, &PostParams::default(), &request)
+                .await
+                .map_err(Error::api(
+                    "request a token of",
+                    Cluster::Tenant,
+                    describe("ServiceAccount", &key.namespace, sa),
+                ))?;
+            let status = issued.status.unwrap_or_default();
+            expires_at = expires_at.min(
+                status
+                    .expiration_timestamp
+                    .map_or_else(|| now() + TOKEN_SECONDS, |t| t.0.as_second()),
+            );
+            tokens.insert(
+                token_key(audience.as_deref()),
+                ByteString(status.token.unwrap_or_default().into_bytes()),
+            );
+        }
         let secret = Secret {
             metadata: ObjectMeta {
                 name: Some(secret_name.clone()),
@@ -133,14 +150,18 @@ impl Tenant {
                 }]),
                 ..ObjectMeta::default()
             },
-            data: Some(BTreeMap::from([
-                (TOKEN_KEY.into(), ByteString(token.into_bytes())),
-                (CA_KEY.into(), ByteString(ca.into_bytes())),
-                (
-                    NAMESPACE_KEY.into(),
-                    ByteString(key.namespace.clone().into_bytes()),
-                ),
-            ])),
+            data: Some(
+                tokens
+                    .into_iter()
+                    .chain([
+                        (CA_KEY.into(), ByteString(ca.into_bytes())),
+                        (
+                            NAMESPACE_KEY.into(),
+                            ByteString(key.namespace.clone().into_bytes()),
+                        ),
+                    ])
+                    .collect(),
+            ),
             type_: Some("Opaque".into()),
             ..Secret::default()
         };

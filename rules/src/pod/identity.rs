@@ -7,7 +7,8 @@
 //! - the projected volume the tenant's apiserver added (`kube-api-access-*`: a token, the
 //!   tenant's `kube-root-ca.crt`, the namespace) reads a host Secret kvtenant writes instead:
 //!   a token the tenant's apiserver issued for the tenant's ServiceAccount, bound to the tenant
-//!   pod, refreshed before it expires, with the tenant's CA and namespace;
+//!   pod, refreshed before it expires, with the tenant's CA and namespace; a projection asking
+//!   for its own `audience` reads a token issued for that audience (a key of its own);
 //! - `KUBERNETES_SERVICE_HOST`/`_PORT` point at the virtual cluster's apiserver, when its
 //!   address is known (VirtualCluster `status.endpoint`);
 //! - the downward API's `metadata.namespace` in env becomes the tenant namespace; in downwardAPI
@@ -36,6 +37,42 @@ pub fn token_secret_name(pod: &str) -> String {
         let digest = Sha256::digest(pod.as_bytes());
         format!("{PREFIX}{}", hex::encode(&digest[..16]))
     }
+}
+
+/// The token Secret's key of the token for `audience` (`None` or empty: the tenant apiserver's
+/// own audiences).
+pub fn token_key(audience: Option<&str>) -> String {
+    match audience.filter(|a| !a.is_empty()) {
+        None => TOKEN_KEY.to_owned(),
+        Some(a) => format!("token-{}", hex::encode(&Sha256::digest(a.as_bytes())[..8])),
+    }
+}
+
+/// The audiences the pod's token projections ask for, each once (`None`: the tenant apiserver's
+/// own), in order.
+pub fn token_audiences(spec: &Value) -> Vec<Option<String>> {
+    let mut out: Vec<Option<String>> = Vec::new();
+    for src in spec
+        .get("volumes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.pointer("/projected/sources").and_then(Value::as_array))
+        .flatten()
+    {
+        let Some(t) = src.get("serviceAccountToken") else {
+            continue;
+        };
+        let audience = t
+            .get("audience")
+            .and_then(Value::as_str)
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned);
+        if !out.contains(&audience) {
+            out.push(audience);
+        }
+    }
+    out
 }
 
 /// Whether a volume is a projection of the pod's ServiceAccount token.
@@ -131,7 +168,8 @@ fn replace_projection(vol: &mut Value, secret: &str) {
     for src in sources.drain(..) {
         if let Some(t) = src.get("serviceAccountToken") {
             let path = t.get("path").and_then(Value::as_str).unwrap_or(TOKEN_KEY);
-            items.push(json!({"key": TOKEN_KEY, "path": path}));
+            let key = token_key(t.get("audience").and_then(Value::as_str));
+            items.push(json!({"key": key, "path": path}));
         } else if src.pointer("/configMap/name").and_then(Value::as_str) == Some("kube-root-ca.crt")
         {
             let path = src
@@ -282,6 +320,37 @@ mod tests {
                 {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
                 {"name": "KUBERNETES_SERVICE_HOST", "value": "spoofed"}]}],
         })
+    }
+
+    #[test]
+    fn each_audience_reads_a_token_of_its_own() {
+        let mut spec = json!({"volumes": [
+            {"name": "api", "projected": {"sources": [{"serviceAccountToken": {"path": "token"}}]}},
+            {"name": "vault", "projected": {"sources": [
+                {"serviceAccountToken": {"audience": "vault", "path": "vault-token"}}]}},
+            {"name": "vault-again", "projected": {"sources": [
+                {"serviceAccountToken": {"audience": "vault", "path": "t"}},
+                {"serviceAccountToken": {"audience": "", "path": "default"}}]}},
+        ]});
+        assert_eq!(
+            token_audiences(&spec),
+            [None, Some("vault".to_owned())],
+            "each once, an empty audience is the default"
+        );
+        assert_eq!(token_key(None), TOKEN_KEY);
+        assert_eq!(token_key(Some("")), TOKEN_KEY);
+        let vault = token_key(Some("vault"));
+        assert!(vault.starts_with("token-") && vault.len() == 22, "{vault}");
+        assert_ne!(vault, token_key(Some("vault2")));
+        to_host(&mut spec, "apps", "p", None);
+        let items =
+            |i: usize| spec["volumes"][i]["projected"]["sources"][0]["secret"]["items"].clone();
+        assert_eq!(items(0), json!([{"key": "token", "path": "token"}]));
+        assert_eq!(items(1), json!([{"key": vault, "path": "vault-token"}]));
+        assert_eq!(
+            items(2),
+            json!([{"key": vault, "path": "t"}, {"key": "token", "path": "default"}])
+        );
     }
 
     #[test]
