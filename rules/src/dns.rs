@@ -70,8 +70,23 @@ impl CorefileOptions {
     }
 }
 
+/// Private address ranges (RFC 1918, shared address space, IPv6 unique local) whose reverse
+/// zones the tenant's CoreDNS answers itself, from the tenant's apiserver only: a host cluster's
+/// Service and pod ranges are in them, and the host's DNS would name the host's Services and
+/// other tenants' host namespaces for their addresses (`10.96.0.1` →
+/// `kubernetes.default.svc`). Reverse lookups of other addresses are forwarded.
+pub const PRIVATE_REVERSE_RANGES: &[&str] = &[
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "fd00::/8",
+];
+
 /// The Corefile: the tenant's Services and pods for the cluster domain and the reverse zones
-/// (the kubernetes plugin, reading the tenant's apiserver), everything else forwarded.
+/// (the kubernetes plugin, reading the tenant's apiserver), everything else forwarded but the
+/// reverse zones of [`PRIVATE_REVERSE_RANGES`], which a second server block answers from the
+/// tenant's apiserver alone (NXDOMAIN for addresses the tenant does not have).
 pub fn corefile(o: &CorefileOptions) -> String {
     let domain = &o.cluster_domain;
     let bind = o
@@ -108,7 +123,20 @@ pub fn corefile(o: &CorefileOptions) -> String {
     reload
     loadbalance
 }}
+{private} {{
+{bind}    errors
+    kubernetes {domain} in-addr.arpa ip6.arpa {{
+{kubeconfig}       pods insecure
+       ttl 30
+    }}
+    cache 30
+}}
 ",
+        private = PRIVATE_REVERSE_RANGES
+            .iter()
+            .map(|r| format!("{r}:{}", o.dns_port))
+            .collect::<Vec<_>>()
+            .join(" "),
         port = o.dns_port,
         health = o.health,
         ready = o.ready,
@@ -309,6 +337,11 @@ mod tests {
         assert!(c.starts_with(".:53 {\n"), "{c}");
         assert!(c.contains("kubernetes tenant.example in-addr.arpa ip6.arpa {"));
         assert!(c.contains("forward . /etc/resolv.conf {"));
+        // the private ranges' reverse zones are answered from the tenant only
+        assert!(c.contains(
+            "\n10.0.0.0/8:53 172.16.0.0/12:53 192.168.0.0/16:53 100.64.0.0/10:53 fd00::/8:53 {\n"
+        ));
+        assert_eq!(c.matches("fallthrough").count(), 1, "{c}");
         assert!(c.contains("health :8080 {") && c.contains("ready :8181"));
         assert!(c.contains("prometheus :9153"));
         assert!(!c.contains("kubeconfig") && !c.contains("bind"));

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams, PostParams, PropagationPolicy};
 use kvtenant_kubeutil::{ApiErrorClass, ResultExt, classify, is_namespace_terminating};
+use kvtenant_rules::Violation;
 use kvtenant_rules::kinds::{self, Kind};
+use kvtenant_rules::translate::{MIRROR_OF, is_copy_for, is_mirror};
 use serde_json::{Value, json};
 
 use super::Tenant;
@@ -23,6 +25,8 @@ impl Tenant {
             .steps
             .into_iter()
             .partition(|s| matches!(s, Step::Dependencies(_)));
+        let creates = steps.iter().any(|s| matches!(s, Step::CreateHost(_)));
+        let mut taken = Vec::new();
         for step in deps {
             let Step::Dependencies(refs) = step else {
                 continue;
@@ -40,9 +44,64 @@ impl Tenant {
                 if let Some(dep_plan) = self.plan(&dep_key) {
                     self.run(&dep_key, dep_plan.steps).await?;
                 }
+                if creates && self.host_name_taken(&dep_key).await? {
+                    taken.push(Violation::new(
+                        "metadata.name",
+                        format!(
+                            "it uses {} {:?}, and the host already has an object of that name in \
+                             this namespace that kvtenant does not manage for this virtual \
+                             cluster; rename the {}",
+                            kinds::get(dep_key.kind).name(),
+                            dep_key.name,
+                            kinds::get(dep_key.kind).name()
+                        ),
+                    ));
+                }
             }
         }
+        // never created on the host using an object of the host's own in its place
+        if !taken.is_empty() {
+            return self.run(key, vec![Step::Refuse(taken)]).await;
+        }
         Ok(self.run(key, steps).await?.or(plan.requeue))
+    }
+
+    /// Whether the host object of `key` exists and is neither this tenant's copy nor the
+    /// host-made original of one of its mirrors: an object of the host's own (which the host
+    /// caches, holding kvtenant's objects only, never show) that a tenant object would use in
+    /// place of its own. Asked of the host directly, once, before a dependent object is first
+    /// created there.
+    async fn host_name_taken(&self, key: &Key) -> Result<bool, Error> {
+        let kind = kinds::get(key.kind);
+        let host_ns = self.vc.host_namespace(&key.namespace);
+        self.api_call(Cluster::Host, "get");
+        let found = self
+            .host_api(kind, &host_ns)
+            .get_opt(&key.name)
+            .await
+            .map_err(Error::api(
+                "get",
+                Cluster::Host,
+                describe(kind.name(), &host_ns, &key.name),
+            ))?;
+        let Some(h) = found else {
+            return Ok(false);
+        };
+        if is_copy_for(&h, &self.vc.uid) {
+            return Ok(false);
+        }
+        // a host-made object the tenant sees as its mirror (a DataVolume's PVC) is the tenant's
+        let mirrored = self
+            .tenant_get(key.kind, &key.namespace, &key.name)
+            .is_some_and(|t| {
+                is_mirror(&t)
+                    && t.metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get(MIRROR_OF))
+                        == h.metadata.uid.as_ref()
+            });
+        Ok(!mirrored)
     }
 
     /// Runs steps in order; stops early when one asks to wait.
@@ -70,7 +129,26 @@ impl Tenant {
                             created_uid = created.metadata.uid;
                             self.synced(kind, "down");
                         }
+                        // the cache is behind, or the name is taken by an object of the
+                        // host's own (which the caches never hold): refused then
                         Err(e) if classify(&e) == ApiErrorClass::Conflict => {
+                            if self.host_name_taken(key).await?
+                                && let Some(t) =
+                                    self.tenant_get(key.kind, &key.namespace, &key.name)
+                            {
+                                let v = Violation::new(
+                                    "metadata.name",
+                                    format!(
+                                        "the host already has a {} named {:?} in this namespace \
+                                         that kvtenant does not manage for this virtual cluster; \
+                                         rename the object",
+                                        kind.name(),
+                                        key.name
+                                    ),
+                                );
+                                self.refuse(kind, key, &t, &[v]).await?;
+                                return Ok(None);
+                            }
                             return Ok(Some(CONFLICT_WAIT));
                         }
                         Err(e) => {
