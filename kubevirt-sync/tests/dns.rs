@@ -175,12 +175,37 @@ async fn the_real_coredns_with_kvtenants_corefile_serves_the_tenants_services() 
         .await
         .unwrap();
     let registry_ip = registry.spec.unwrap().cluster_ip.unwrap();
+    // and a headless one, with an endpoint of the host's (its slice written here: no pod runs)
+    let pg: Service = serde_json::from_value(json!({
+        "metadata": {"name": "pg", "namespace": "default"},
+        "spec": {"clusterIP": "None", "ports": [{"port": 5432}], "selector": {"app": "pg"}},
+    }))
+    .unwrap();
+    Api::<Service>::namespaced(env.host_client(), "default")
+        .create(&Default::default(), &pg)
+        .await
+        .unwrap();
+    let pg_slice: EndpointSlice = serde_json::from_value(json!({
+        "metadata": {"name": "pg-1", "namespace": "default",
+            "labels": {"kubernetes.io/service-name": "pg",
+                "endpointslice.kubernetes.io/managed-by": "test.example"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["10.96.50.5"], "hostname": "pg-0",
+            "conditions": {"ready": true}}],
+        "ports": [{"port": 5432, "protocol": "TCP"}],
+    }))
+    .unwrap();
+    Api::<EndpointSlice>::namespaced(env.host_client(), "default")
+        .create(&Default::default(), &pg_slice)
+        .await
+        .unwrap();
     Api::<VirtualCluster>::namespaced(env.host_client(), VC_NAMESPACE)
         .patch(
             &t.vc.name,
             &PatchParams::default(),
             &Patch::Merge(json!({"spec": {"mapServices": {
-                "fromHost": [{"from": "default/registry", "to": "shared/registry"}]}}})),
+                "fromHost": [{"from": "default/registry", "to": "shared/registry"},
+                             {"from": "default/pg", "to": "shared/pg"}]}}})),
         )
         .await
         .unwrap();
@@ -276,6 +301,25 @@ async fn the_real_coredns_with_kvtenants_corefile_serves_the_tenants_services() 
         [registry_ip.parse::<IpAddr>().unwrap()],
         "a mapped host Service: the host's address"
     );
+    let pg = wait_for(
+        "the mapped headless host Service resolves",
+        WAIT,
+        || async {
+            let r = coredns.ask("pg.shared.svc.cluster.local", client::A).await;
+            (!r.ips().is_empty()).then_some(r)
+        },
+    )
+    .await;
+    let pg_ip: IpAddr = "10.96.50.5".parse().unwrap();
+    assert_eq!(
+        pg.ips(),
+        [pg_ip],
+        "a mapped headless host Service: its endpoint"
+    );
+    let pg0 = coredns
+        .ask("pg-0.pg.shared.svc.cluster.local", client::A)
+        .await;
+    assert_eq!(pg0.ips(), [pg_ip], "its endpoint by hostname");
     let db = coredns.ask("db.default.svc.cluster.local", client::A).await;
     assert_eq!(db.ips(), db_ips, "a headless Service: its endpoints");
     let ext = coredns

@@ -3,7 +3,8 @@
 //! ExternalName naming its host copy), and what is refused: a non-kvtenant host Service or a
 //! tenant-made tenant Service at a target (left as they are, named in the `ServicesMapped`
 //! condition and a `ServiceMapRefused` Event), a tenant's host namespace as a target, and a tenant
-//! Service carrying kvtenant's marks outside the mapping (treated as the tenant's own).
+//! Service carrying kvtenant's marks outside the mapping (treated as the tenant's own). A
+//! headless host Service is shown headless, with its endpoints copied as tenant EndpointSlices.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -263,4 +264,139 @@ async fn services_are_mapped_both_ways_and_nothing_foreign_is_taken() {
     assert!(get(&shared, "mine").await.is_some());
     assert!(get(&web, "forged").await.is_some());
     assert!(get(&web, "api").await.is_some());
+}
+
+/// The tenant's copies of the slices of tenant Service `name` in `ns`: (address, hostname) of
+/// each endpoint.
+async fn copied_endpoints(tenant: &kube::Client, ns: &str, name: &str) -> Vec<(String, String)> {
+    let api: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+        Api::namespaced(tenant.clone(), ns);
+    let selector = kvtenant_rules::map_services::slices::copies_selector(name);
+    let mut out: Vec<(String, String)> = api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|s| s.endpoints.unwrap_or_default())
+        .map(|e| {
+            (
+                e.addresses.first().cloned().unwrap_or_default(),
+                e.hostname.unwrap_or_default(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_headless_host_service_is_shown_with_its_endpoints() {
+    let env = Env::start(1).await;
+    let t = &env.tenants[0];
+    let (host, tenant) = (env.host_client(), t.client());
+    create_ns(&host, "data").await;
+    create_svc(
+        &host,
+        "data",
+        json!({"metadata": {"name": "db"},
+        "spec": {"clusterIP": "None", "selector": {"app": "db"}, "ports": [{"port": 5432}]}}),
+    )
+    .await;
+    // the host's slice of it (written here: no pod runs), naming host objects as real ones do
+    let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+        Api::namespaced(host.clone(), "data");
+    let slice = |address: &str| -> k8s_openapi::api::discovery::v1::EndpointSlice {
+        serde_json::from_value(json!({"metadata": {"name": "db-1",
+                "labels": {"kubernetes.io/service-name": "db",
+                    "endpointslice.kubernetes.io/managed-by": "test.example"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [address], "hostname": "db-0",
+                "conditions": {"ready": true}, "nodeName": "host-node-1",
+                "targetRef": {"kind": "Pod", "namespace": "data", "name": "db-0"}}],
+            "ports": [{"name": "pg", "port": 5432, "protocol": "TCP"}]}))
+        .unwrap()
+    };
+    slices
+        .create(&PostParams::default(), &slice("10.96.100.7"))
+        .await
+        .unwrap();
+    create_ns(&tenant, "shared").await;
+
+    Api::<VirtualCluster>::namespaced(host.clone(), VC_NAMESPACE)
+        .patch(
+            &t.vc.name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"mapServices": {"fromHost": [
+                {"from": "data/db", "to": "shared/db"}]}}})),
+        )
+        .await
+        .unwrap();
+    let tenant_svcs: Api<Service> = Api::namespaced(tenant.clone(), "shared");
+    eventually("the headless Service in the tenant", WAIT, || {
+        let a = tenant_svcs.clone();
+        async move { get(&a, "db").await.and_then(|s| ip(&s)).as_deref() == Some("None") }
+    })
+    .await;
+    let want = |a: &str| vec![(a.to_owned(), "db-0".to_owned())];
+    eventually("its endpoints copied", WAIT, || async {
+        copied_endpoints(&tenant, "shared", "db").await == want("10.96.100.7")
+    })
+    .await;
+    let copy =
+        Api::<k8s_openapi::api::discovery::v1::EndpointSlice>::namespaced(tenant.clone(), "shared")
+            .list(&ListParams::default().labels("kubernetes.io/service-name=db"))
+            .await
+            .unwrap()
+            .items
+            .remove(0);
+    let e = &copy.endpoints.unwrap()[0];
+    assert!(
+        e.target_ref.is_none() && e.node_name.is_none(),
+        "host objects named"
+    );
+
+    // the host's endpoints move: the tenant follows (the host's slices are watched)
+    slices
+        .replace("db-1", &PostParams::default(), &{
+            let mut s = slice("10.96.100.8");
+            s.metadata.resource_version =
+                slices.get("db-1").await.unwrap().metadata.resource_version;
+            s
+        })
+        .await
+        .unwrap();
+    eventually("the moved endpoint in the tenant", WAIT, || async {
+        copied_endpoints(&tenant, "shared", "db").await == want("10.96.100.8")
+    })
+    .await;
+    // the copies are never synced back down to the host
+    let shared_host = t.host_ns("shared");
+    let down = Api::<k8s_openapi::api::discovery::v1::EndpointSlice>::namespaced(
+        host.clone(),
+        &shared_host,
+    )
+    .list(&ListParams::default())
+    .await
+    .unwrap();
+    assert!(
+        down.items.is_empty(),
+        "copies synced down: {:?}",
+        down.items
+    );
+
+    // unmapped: the Service and its endpoints go
+    Api::<VirtualCluster>::namespaced(host.clone(), VC_NAMESPACE)
+        .patch(
+            &t.vc.name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"mapServices": {"fromHost": []}}})),
+        )
+        .await
+        .unwrap();
+    eventually("the headless Service gone", WAIT, || async {
+        get(&tenant_svcs, "db").await.is_none()
+            && copied_endpoints(&tenant, "shared", "db").await.is_empty()
+    })
+    .await;
 }

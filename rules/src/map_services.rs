@@ -75,8 +75,9 @@ fn service(ns: &str, name: &str, labels: Value, from: &str, spec: Map<String, Va
 }
 
 /// The tenant Service `to_ns/to_name` showing host Service `from` (`host`): selector-less, with
-/// the host's cluster IPs and ports (no node ports); an ExternalName stays one. `Err` says why the
-/// host Service cannot be shown.
+/// the host's cluster IPs and ports (no node ports); an ExternalName stays one; a headless one
+/// stays headless (its endpoints come as slices, [`slices`]). `Err` says why the host Service
+/// cannot be shown.
 pub fn tenant_service(
     to_ns: &str,
     to_name: &str,
@@ -91,23 +92,26 @@ pub fn tenant_service(
     } else {
         let ip = spec.get("clusterIP").and_then(Value::as_str).unwrap_or("");
         if ip == "None" {
-            return Err(format!(
-                "host Service {from} is headless (clusterIP None); headless Services are not \
-                 mapped yet: map a Service with a cluster IP"
-            ));
-        }
-        if ip.is_empty() {
+            // headless: the tenant's DNS answers with the host's endpoint addresses, from the
+            // slices kvtenant copies ([`slices::tenant_slices`])
+            out.insert("type".into(), json!("ClusterIP"));
+            out.insert("clusterIP".into(), json!("None"));
+            if let Some(v) = spec.get("publishNotReadyAddresses") {
+                out.insert("publishNotReadyAddresses".into(), v.clone());
+            }
+        } else if ip.is_empty() {
             return Err(format!("host Service {from} has no cluster IP yet"));
-        }
-        out.insert("type".into(), json!("ClusterIP"));
-        out.insert("clusterIP".into(), json!(ip));
-        out.insert(
-            "clusterIPs".into(),
-            spec.get("clusterIPs").cloned().unwrap_or(json!([ip])),
-        );
-        for k in ["ipFamilies", "ipFamilyPolicy"] {
-            if let Some(v) = spec.get(k) {
-                out.insert(k.into(), v.clone());
+        } else {
+            out.insert("type".into(), json!("ClusterIP"));
+            out.insert("clusterIP".into(), json!(ip));
+            out.insert(
+                "clusterIPs".into(),
+                spec.get("clusterIPs").cloned().unwrap_or(json!([ip])),
+            );
+            for k in ["ipFamilies", "ipFamilyPolicy"] {
+                if let Some(v) = spec.get(k) {
+                    out.insert(k.into(), v.clone());
+                }
             }
         }
     }
@@ -255,6 +259,13 @@ pub fn host_taken(to: &str) -> String {
         "the host already has a Service {to} that kvtenant did not make for this virtual \
          cluster's toHost; kvtenant does not overwrite it: delete it, or map to another name"
     )
+}
+
+pub mod slices;
+
+/// Whether a Service is headless (`clusterIP: None`).
+pub fn is_headless(svc: &Value) -> bool {
+    svc.pointer("/spec/clusterIP").and_then(Value::as_str) == Some("None")
 }
 
 #[cfg(test)]

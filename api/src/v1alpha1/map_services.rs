@@ -25,9 +25,10 @@ const TO_HOST_RULE: &str = "self.all(m, m.from != 'default/kubernetes')";
 pub struct MapServicesSpec {
     /// Host Services shown in the virtual cluster: kvtenant keeps a selector-less tenant Service
     /// `to` with the host Service's cluster IP and ports (an ExternalName stays an
-    /// ExternalName), follows changes of the host Service, and deletes it when the mapping or
-    /// the host Service goes. A tenant Service of that name the tenant made is never replaced
-    /// (the mapping is refused). Headless host Services are not mapped yet.
+    /// ExternalName; a headless one stays headless, its host EndpointSlices copied into the
+    /// tenant), follows changes of the host Service, and deletes it when the mapping or the host
+    /// Service goes. A tenant Service of that name the tenant made is never replaced (the
+    /// mapping is refused).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 100))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["to"]))]

@@ -23,13 +23,15 @@ use kvtenant_api::{
 };
 use kvtenant_kubeutil::ResultExt;
 use kvtenant_rules::map_services::{
-    Action, action, host_namespace_problem, host_service, host_taken, is_from_host, is_own_to_host,
-    tenant_service, tenant_taken,
+    Action, action, host_namespace_problem, host_service, host_taken, is_from_host, is_headless,
+    is_own_to_host, tenant_service, tenant_taken,
 };
 use serde_json::{Value, json};
 
 use super::Tenant;
 use crate::error::{Cluster, Error};
+
+mod slices;
 
 /// Field manager of the syncer's `status.mappedServices` and `ServicesMapped` writes (apart from
 /// `SyncerReady`'s, which a server-side apply of these fields would otherwise remove).
@@ -206,6 +208,7 @@ impl Tenant {
             Err(why) => {
                 if ours {
                     self.delete_svc(Cluster::Tenant, tns, tname).await?;
+                    self.remove_slices(tns, tname, &BTreeSet::new()).await?;
                 }
                 return Ok(Outcome::Refused(format!("fromHost {}: {why}", m.to)));
             }
@@ -236,6 +239,13 @@ impl Tenant {
                 ))?;
         }
         self.write_svc(Cluster::Tenant, &act, &desired).await?;
+        // a headless one's endpoints, as the host's slices say
+        if is_headless(&desired) {
+            self.copy_slices((hns, hname), (tns, tname), &m.from)
+                .await?;
+        } else {
+            self.remove_slices(tns, tname, &BTreeSet::new()).await?;
+        }
         Ok(Outcome::Kept)
     }
 
@@ -287,7 +297,10 @@ impl Tenant {
             return Ok(());
         };
         match self.get_svc(Cluster::Tenant, ns, name).await? {
-            Some(s) if is_from_host(&s) => self.delete_svc(Cluster::Tenant, ns, name).await,
+            Some(s) if is_from_host(&s) => {
+                self.delete_svc(Cluster::Tenant, ns, name).await?;
+                self.remove_slices(ns, name, &BTreeSet::new()).await
+            }
             _ => Ok(()),
         }
     }
@@ -503,24 +516,47 @@ pub(super) async fn run(tenant: Weak<Tenant>) {
     if namespaces.is_empty() {
         return;
     }
-    let streams = namespaces.into_iter().map(|ns| {
-        watcher(
+    // the mapped Services, and the slices of the headless ones (named by their label)
+    fn changed<K: Resource>(
+        e: Result<watcher::Event<K>, watcher::Error>,
+        name: impl Fn(&K) -> Option<String>,
+    ) -> Option<(String, String)> {
+        match e {
+            Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => {
+                Some((o.meta().namespace.clone().unwrap_or_default(), name(&o)?))
+            }
+            // the watcher retries; the consistency scan covers the gap
+            _ => None,
+        }
+    }
+    let streams = namespaces.into_iter().flat_map(|ns| {
+        let services = watcher(
             Api::<Service>::namespaced(client.clone(), ns),
             watcher::Config::default(),
         )
         .default_backoff()
-        .boxed()
+        .map(|e| changed(e, |s: &Service| s.metadata.name.clone()))
+        .boxed();
+        let slices = watcher(
+            Api::<DynamicObject>::namespaced_with(client.clone(), ns, &slices::endpoint_slices()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .map(|e| {
+            changed(e, |s: &DynamicObject| {
+                s.metadata
+                    .labels
+                    .as_ref()?
+                    .get(kvtenant_rules::kinds::endpoint_slice::SERVICE_NAME)
+                    .cloned()
+            })
+        })
+        .boxed();
+        [services, slices]
     });
     let mut events = futures::stream::select_all(streams);
-    while let Some(event) = events.next().await {
-        let relevant = match &event {
-            Ok(watcher::Event::Apply(s) | watcher::Event::Delete(s)) => sources.contains(&(
-                s.metadata.namespace.clone().unwrap_or_default(),
-                s.metadata.name.clone().unwrap_or_default(),
-            )),
-            Ok(_) => false,
-            Err(_) => false, // the watcher retries; the consistency scan covers the gap
-        };
+    while let Some(key) = events.next().await {
+        let relevant = key.is_some_and(|k| sources.contains(&k));
         if !relevant {
             continue;
         }

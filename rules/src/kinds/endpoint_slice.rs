@@ -82,8 +82,13 @@ impl SyncedKind for EndpointSlice {
     fn belongs_to_kind(&self) -> Option<&'static str> {
         Some(service::KIND)
     }
+    /// Not the slices kvtenant copies from a headless host Service shown in the tenant
+    /// (`spec.mapServices.fromHost`), nor any of a Service shown that way: they came from the
+    /// host.
     fn wanted_with(&self, obj: &Value, owner: Option<&Value>) -> bool {
-        label(obj, MANAGED_BY) != Some(CONTROLLER) && owner.is_some_and(is_selector_less)
+        label(obj, MANAGED_BY) != Some(CONTROLLER)
+            && !crate::map_services::is_from_host(obj)
+            && owner.is_some_and(|o| is_selector_less(o) && !crate::map_services::is_from_host(o))
     }
     fn violations(&self, obj: &Value, policy: &Policy, _: Option<GuestSize>) -> Vec<Violation> {
         violations(obj, policy.host_networks)
@@ -226,6 +231,15 @@ mod tests {
             json!([]),
         );
         assert!(EndpointSlice.wanted_with(&mirrored, Some(&external)));
+        // what kvtenant copied from a headless host Service shown in the tenant stays there
+        let from_host = |v: Value| {
+            let mut v = v;
+            v["metadata"]["labels"][labels::MAPPED_SERVICE] = json!(labels::MAPPED_FROM_HOST);
+            v
+        };
+        let shown = from_host(json!({"metadata": {}, "spec": {"clusterIP": "None"}}));
+        assert!(!EndpointSlice.wanted_with(&s, Some(&shown)));
+        assert!(!EndpointSlice.wanted_with(&from_host(s.clone()), Some(&external)));
         assert_eq!(EndpointSlice.belongs_to(&slice(json!({}), json!([]))), None);
         assert_eq!(
             EndpointSlice.belongs_to(&slice(json!({SERVICE_NAME: ""}), json!([]))),
