@@ -49,6 +49,9 @@ pub const PAUSED_RUN_STRATEGY: &str = "tenancy.kvtenant.io/paused-run-strategy";
 /// Annotation on host copies: hash of what kvtenant last wrote from the tenant object, so an
 /// unchanged tenant object costs no host write.
 pub const SPEC_HASH: &str = "tenancy.kvtenant.io/spec-hash";
+/// Annotation on a tenant VirtualMachine: the host restore (KubeVirt's
+/// `restore.kubevirt.io/lastRestoreUID` value) whose spec it took up.
+pub const LAST_RESTORE_TAKEN_UP: &str = "tenancy.kvtenant.io/last-restore";
 /// Annotation on tenant mirrors of host-made objects: the host object's uid. Mirrors are
 /// read-only for the tenant; kvtenant reverts edits.
 pub const MIRROR_OF: &str = "tenancy.kvtenant.io/mirror-of-uid";

@@ -238,13 +238,14 @@ pub fn render(
         .collect()
 }
 
-/// The VM-like kinds (and DataVolumes and migrations) the tenant VM policy reviews, among the
-/// synced ones.
+/// The VM-like kinds (and DataVolumes, migrations and restores) the tenant VM policy reviews,
+/// among the synced ones.
 pub fn policy_resources(synced: &[GroupResource]) -> Vec<GroupResource> {
     let reviewed = [
         ("kubevirt.io", "virtualmachines"),
         ("kubevirt.io", "virtualmachineinstances"),
         ("kubevirt.io", "virtualmachineinstancemigrations"),
+        ("snapshot.kubevirt.io", "virtualmachinerestores"),
         ("pool.kubevirt.io", "virtualmachinepools"),
         ("cdi.kubevirt.io", "datavolumes"),
     ];

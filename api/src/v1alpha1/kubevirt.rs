@@ -108,11 +108,20 @@ pub enum SyncKind {
     /// instancetype.kubevirt.io VirtualMachinePreference (namespaced; synced whenever
     /// VirtualMachine or VirtualMachinePool is, listed or not).
     VirtualMachinePreference,
+    /// snapshot.kubevirt.io VirtualMachineSnapshot (opt-in: needs the host's KubeVirt Snapshot
+    /// feature gate); brings VirtualMachineRestore, and the host's VirtualMachineSnapshotContents
+    /// shown read-only.
+    VirtualMachineSnapshot,
+    /// snapshot.kubevirt.io VirtualMachineRestore (synced whenever VirtualMachineSnapshot is).
+    VirtualMachineRestore,
+    /// snapshot.kubevirt.io VirtualMachineSnapshotContent: never synced down; the host's are
+    /// shown read-only while VirtualMachineSnapshot is synced.
+    VirtualMachineSnapshotContent,
 }
 
 impl SyncKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [SyncKind; 8] = [
+    pub const ALL: [SyncKind; 11] = [
         Self::VirtualMachine,
         Self::VirtualMachineInstance,
         Self::VirtualMachineInstanceMigration,
@@ -121,6 +130,9 @@ impl SyncKind {
         Self::DataVolume,
         Self::VirtualMachineInstancetype,
         Self::VirtualMachinePreference,
+        Self::VirtualMachineSnapshot,
+        Self::VirtualMachineRestore,
+        Self::VirtualMachineSnapshotContent,
     ];
 
     /// The kinds synced when `spec.kubevirt.syncKinds` is not set: all but DataVolume.
@@ -143,6 +155,9 @@ impl SyncKind {
             Self::DataVolume => "DataVolume",
             Self::VirtualMachineInstancetype => "VirtualMachineInstancetype",
             Self::VirtualMachinePreference => "VirtualMachinePreference",
+            Self::VirtualMachineSnapshot => "VirtualMachineSnapshot",
+            Self::VirtualMachineRestore => "VirtualMachineRestore",
+            Self::VirtualMachineSnapshotContent => "VirtualMachineSnapshotContent",
         }
     }
 
@@ -158,6 +173,9 @@ impl SyncKind {
             Self::VirtualMachineInstancetype | Self::VirtualMachinePreference => {
                 "instancetype.kubevirt.io"
             }
+            Self::VirtualMachineSnapshot
+            | Self::VirtualMachineRestore
+            | Self::VirtualMachineSnapshotContent => "snapshot.kubevirt.io",
         }
     }
 
@@ -172,7 +190,10 @@ impl SyncKind {
             | Self::VirtualMachineClone
             | Self::DataVolume
             | Self::VirtualMachineInstancetype
-            | Self::VirtualMachinePreference => "v1beta1",
+            | Self::VirtualMachinePreference
+            | Self::VirtualMachineSnapshot
+            | Self::VirtualMachineRestore
+            | Self::VirtualMachineSnapshotContent => "v1beta1",
         }
     }
 
@@ -187,6 +208,9 @@ impl SyncKind {
             Self::DataVolume => "datavolumes",
             Self::VirtualMachineInstancetype => "virtualmachineinstancetypes",
             Self::VirtualMachinePreference => "virtualmachinepreferences",
+            Self::VirtualMachineSnapshot => "virtualmachinesnapshots",
+            Self::VirtualMachineRestore => "virtualmachinerestores",
+            Self::VirtualMachineSnapshotContent => "virtualmachinesnapshotcontents",
         }
     }
 

@@ -83,13 +83,20 @@ impl Env {
     }
 
     async fn start_with(tenants: usize, controllers: bool) -> Self {
+        Self::start_with_kubevirt(tenants, controllers, KubeVirtOptions::new()).await
+    }
+
+    /// As [`start`](Self::start) with these KubeVirt options (feature gates).
+    pub async fn start_with_kubevirt(
+        tenants: usize,
+        controllers: bool,
+        kv_options: KubeVirtOptions,
+    ) -> Self {
         let host = ControlPlane::start(Options::new("host").with_controller_manager())
             .await
             .unwrap();
         let hc = host.client().unwrap();
-        let kv = KubeVirt::start(&host, KubeVirtOptions::new())
-            .await
-            .unwrap();
+        let kv = KubeVirt::start(&host, kv_options).await.unwrap();
         install_virtualcluster_crd(&hc).await;
         let ns: Namespace =
             serde_json::from_value(json!({"metadata": {"name": VC_NAMESPACE}})).unwrap();

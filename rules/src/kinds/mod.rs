@@ -35,6 +35,7 @@ pub mod pvc;
 pub mod secret;
 pub mod service;
 pub mod service_account;
+pub mod snapshot;
 pub mod virtual_machine;
 pub mod vmi;
 
@@ -75,6 +76,9 @@ pub const KINDS: &[&dyn SyncedKind] = &[
     &vmi::VirtualMachineInstance,
     &migration::VirtualMachineInstanceMigration,
     &clone::VirtualMachineClone,
+    &snapshot::VirtualMachineSnapshot,
+    &snapshot::VirtualMachineSnapshotContent,
+    &snapshot::VirtualMachineRestore,
     &event::Event,
 ];
 

@@ -1,5 +1,6 @@
 //! KubeVirt VirtualMachines: synced down (VMs a pool makes on the host are mirrored up); their
-//! run fields follow start/stop through the host's virt-api.
+//! run fields follow start/stop through the host's virt-api, their spec a restore by the host's
+//! restore controller ([`super::snapshot`]).
 
 use kube::api::DynamicObject;
 use kvtenant_api::SyncKind;
@@ -51,7 +52,9 @@ impl SyncedKind for VirtualMachine {
         host: &DynamicObject,
         desired: &DynamicObject,
     ) -> Option<Value> {
-        crate::runstate::host_run_change(host, desired)
+        // a restore by the host's restore controller, else a start/stop through its virt-api
+        super::snapshot::restored_vm_patch(host, desired)
+            .or_else(|| crate::runstate::host_run_change(host, desired))
     }
     fn in_quota(&self) -> bool {
         true

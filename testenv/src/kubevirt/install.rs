@@ -206,6 +206,7 @@ pub fn resource_of(obj: &Value) -> Option<(ApiResource, bool)> {
         "MutatingWebhookConfiguration" => ("mutatingwebhookconfigurations", false),
         "ValidatingAdmissionPolicy" => ("validatingadmissionpolicies", false),
         "ValidatingAdmissionPolicyBinding" => ("validatingadmissionpolicybindings", false),
+        "KubeVirt" => ("kubevirts", true),
         "APIService" => ("apiservices", false),
         "VirtualMachineClusterInstancetype" => ("virtualmachineclusterinstancetypes", false),
         "VirtualMachineClusterPreference" => ("virtualmachineclusterpreferences", false),
@@ -250,6 +251,45 @@ async fn apply_one(client: &kube::Client, obj: &Value) -> Result<(), Error> {
     .await
     .map(|_| ())
     .map_err(|source| Error::Apply { what, source })
+}
+
+/// The `KubeVirt` CR virt-operator would keep, reduced to what virt-api and virt-controller
+/// read: the configuration with these feature gates.
+pub fn kubevirt_cr(namespace: &str, feature_gates: &[String]) -> Value {
+    json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "KubeVirt",
+        "metadata": {"name": "kubevirt", "namespace": namespace},
+        "spec": {"configuration": {"developerConfiguration": {"featureGates": feature_gates}}},
+    })
+}
+
+/// Creates the `KubeVirt` CR ([`kubevirt_cr`]) and marks it `Deployed` (virt-operator's job):
+/// KubeVirt's components take their configuration only from a CR that has a phase.
+pub async fn apply_kubevirt_cr(
+    client: &kube::Client,
+    feature_gates: &[String],
+) -> Result<(), Error> {
+    let cr = kubevirt_cr(super::NAMESPACE, feature_gates);
+    apply(client, std::slice::from_ref(&cr)).await?;
+    let gvk = GroupVersionKind::gvk("kubevirt.io", "v1", "KubeVirt");
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        super::NAMESPACE,
+        &ApiResource::from_gvk_with_plural(&gvk, "kubevirts"),
+    );
+    let status = json!({"apiVersion": "kubevirt.io/v1", "kind": "KubeVirt",
+        "status": {"phase": "Deployed"}});
+    api.patch_status(
+        "kubevirt",
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&status),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|source| Error::Apply {
+        what: "KubeVirt kubevirt status".into(),
+        source,
+    })
 }
 
 /// Applies the CRDs and waits until each is Established.
@@ -386,6 +426,17 @@ mod tests {
     fn ca_configmap_holds_the_bundle() {
         let p = plan(&strategy(), &target());
         assert_eq!(p.base[1]["data"]["ca-bundle"], target().ca_pem);
+    }
+
+    #[test]
+    fn the_kubevirt_cr_carries_the_feature_gates() {
+        let cr = kubevirt_cr("kubevirt", &["Snapshot".to_string()]);
+        assert_eq!(
+            cr.pointer("/spec/configuration/developerConfiguration/featureGates"),
+            Some(&json!(["Snapshot"]))
+        );
+        let (ar, ns) = resource_of(&cr).unwrap();
+        assert_eq!((ar.plural.as_str(), ns), ("kubevirts", true));
     }
 
     #[test]

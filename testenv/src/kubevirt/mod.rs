@@ -146,6 +146,13 @@ pub struct KubeVirtOptions {
     /// Install the simulated CDI (CDI's CRDs, DataVolumes reported imported at once, see
     /// [`crate::cdi`]) before virt-controller starts, so VMs can use `dataVolumeTemplates`.
     pub simulated_cdi: bool,
+    /// KubeVirt feature gates to turn on (e.g. `Snapshot`: virt-api's admission refuses
+    /// snapshots and restores without it). Non-empty: the `KubeVirt` CR `kubevirt/kubevirt` is
+    /// created with them in `spec.configuration.developerConfiguration.featureGates` and status
+    /// phase `Deployed` (virt-api and virt-controller read their configuration only from a CR
+    /// with a phase; without virt-operator nothing else sets it). Empty (default): no CR,
+    /// KubeVirt's defaults.
+    pub feature_gates: Vec<String>,
 }
 
 impl Default for KubeVirtOptions {
@@ -155,6 +162,7 @@ impl Default for KubeVirtOptions {
             ready_timeout: Duration::from_secs(120),
             instancetypes: false,
             simulated_cdi: true,
+            feature_gates: Vec::new(),
         }
     }
 }
@@ -171,6 +179,12 @@ impl KubeVirtOptions {
 
     pub fn with_instancetypes(mut self) -> Self {
         self.instancetypes = true;
+        self
+    }
+
+    /// With these KubeVirt feature gates on (see [`KubeVirtOptions::feature_gates`]).
+    pub fn with_feature_gates(mut self, gates: &[&str]) -> Self {
+        self.feature_gates = gates.iter().map(|g| g.to_string()).collect();
         self
     }
 
@@ -299,6 +313,9 @@ impl KubeVirt {
             })?;
         install::apply_crds(&client, &plan.crds, opts.ready_timeout).await?;
         install::apply(&client, &plan.base).await?;
+        if !opts.feature_gates.is_empty() {
+            install::apply_kubevirt_cr(&client, &opts.feature_gates).await?;
+        }
         if opts.simulated_cdi {
             // before virt-controller: it looks for CDI's CRDs when it starts
             kv.cdi = Some(SimulatedCdi::install(client.clone(), opts.ready_timeout).await?);
