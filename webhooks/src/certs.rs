@@ -17,7 +17,7 @@ use std::time::Duration;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use kvtenant_pki::Ca;
 use ring::rand::{SecureRandom, SystemRandom};
 use rustls::pki_types::pem::PemObject;
@@ -247,6 +247,33 @@ impl CertManager {
         self.read().token.clone()
     }
 
+    /// Takes the CA (and the CAs still trusted, and the token key) another replica stored, when
+    /// it is not the one this manager serves with: every replica then issues its serving
+    /// certificate from the same CA, so the one bundle tenants hold trusts all of them. `true`
+    /// when something changed.
+    pub fn adopt(&self, p: &Persisted) -> Result<bool, CertError> {
+        if self.read().ca.cert_pem() == p.ca_cert_pem {
+            return Ok(false);
+        }
+        let ca = load_ca(&p.ca_cert_pem, &p.ca_key_pem)?;
+        let previous = split_pems(&p.previous_ca_pem)
+            .into_iter()
+            .filter_map(|pem| not_after_of(&pem).map(|t| (pem, t)))
+            .collect();
+        let (serving, serving_pem, serving_not_after) = issue_serving(&ca, &self.config)?;
+        let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
+        s.ca = ca;
+        s.previous = previous;
+        s.serving = serving;
+        s.serving_pem = serving_pem;
+        s.serving_not_after = serving_not_after;
+        if p.token_secret.len() >= 32 && p.token_secret != s.token_secret {
+            s.token = Arc::new(TokenKey::new(&p.token_secret));
+            s.token_secret = p.token_secret.clone();
+        }
+        Ok(true)
+    }
+
     /// What to persist.
     pub fn persisted(&self) -> Persisted {
         let s = self.read();
@@ -387,19 +414,50 @@ pub async fn load_or_create(
     }
 }
 
-/// Writes the CA and token key to the host Secret (after a rotation).
-pub async fn store(
+/// One rotation pass of a replica sharing its CA through a host Secret, at `now`: a CA another
+/// replica stored is adopted first; then what is due rotates here, and a new CA is stored only
+/// over the Secret this replica read (an update at its resourceVersion). When another replica
+/// stored one in between, that one is adopted and this replica's discarded, so the replicas
+/// never serve from two CAs for longer than one pass. `ca` in the answer: the CA bundle changed.
+pub async fn rotate_shared(
     host: &Client,
     namespace: &str,
     name: &str,
     manager: &CertManager,
-) -> Result<(), CertError> {
+    now: OffsetDateTime,
+) -> Result<Rotated, CertError> {
     let api: Api<Secret> = Api::namespaced(host.clone(), namespace);
-    api.patch(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(&secret_data(&manager.persisted())),
-    )
-    .await?;
-    Ok(())
+    let mut done = Rotated::default();
+    let read = api.get_opt(name).await?;
+    if let Some(secret) = &read {
+        done.ca |= manager.adopt(&from_secret(secret, name)?)?;
+        done.serving |= done.ca;
+    }
+    let r = manager.rotate_if_due(now)?;
+    done.serving |= r.serving;
+    if !r.ca {
+        return Ok(done);
+    }
+    done.ca = true;
+    let Some(mut secret) = read else {
+        // no Secret (yet): `load_or_create` makes it; keep this CA until one exists
+        return Ok(done);
+    };
+    let data: Secret = serde_json::from_value(secret_data(&manager.persisted())).map_err(|e| {
+        CertError::Secret {
+            secret: name.to_string(),
+            reason: e.to_string(),
+        }
+    })?;
+    secret.data = data.data;
+    match api.replace(name, &PostParams::default(), &secret).await {
+        Ok(_) => Ok(done),
+        Err(e) if kvtenant_kubeutil::classify(&e) == kvtenant_kubeutil::ApiErrorClass::Conflict => {
+            // another replica rotated first: serve from its CA
+            let theirs = api.get(name).await?;
+            manager.adopt(&from_secret(&theirs, name)?)?;
+            Ok(done)
+        }
+        Err(e) => Err(e.into()),
+    }
 }

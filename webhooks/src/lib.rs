@@ -331,7 +331,13 @@ async fn rotate(
     certs: &CertManager,
     metrics: &Metrics,
 ) -> bool {
-    match certs.rotate_if_due(time::OffsetDateTime::now_utc()) {
+    let now = time::OffsetDateTime::now_utc();
+    // with a CA Secret, every replica serves from the CA stored there (see `rotate_shared`)
+    let rotated = match &config.ca_secret {
+        Some(s) => certs::rotate_shared(host, &s.namespace, &s.name, certs, now).await,
+        None => certs.rotate_if_due(now),
+    };
+    match rotated {
         Ok(r) if r.ca || r.serving => {
             metrics.cert_rotations.inc();
             tracing::info!(
@@ -339,12 +345,6 @@ async fn rotate(
                 serving = r.serving,
                 "webhook certificates rotated"
             );
-            if r.ca
-                && let Some(s) = &config.ca_secret
-                && let Err(e) = certs::store(host, &s.namespace, &s.name, certs).await
-            {
-                tracing::warn!(error = %e, "storing the rotated webhook CA");
-            }
             r.ca
         }
         Ok(_) => false,

@@ -141,3 +141,87 @@ async fn the_ca_rotates_with_an_overlap_and_persists() {
     assert!(r.ca);
     assert!(!m.ca_bundle().contains(&old_bundle));
 }
+
+/// Two replicas share their CA through the host Secret: one rotating stores the new CA, the
+/// other adopts it at its next pass (even one that had rotated on its own), so a tenant holding
+/// either replica's bundle trusts both servers.
+#[tokio::test]
+async fn replicas_rotate_to_one_ca_through_the_secret() {
+    use kvtenant_webhooks::certs::{load_or_create, rotate_shared};
+    let host = testenv::ControlPlane::start(testenv::Options::new("certs-host"))
+        .await
+        .unwrap();
+    let client = host.client().unwrap();
+    let ns: k8s_openapi::api::core::v1::Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "kvtenant-system"}}))
+            .unwrap();
+    kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .create(&Default::default(), &ns)
+        .await
+        .unwrap();
+    let (namespace, name) = ("kvtenant-system", "kvtenant-webhooks");
+    let a = Arc::new(
+        load_or_create(&client, namespace, name, config())
+            .await
+            .unwrap(),
+    );
+    let b = Arc::new(
+        load_or_create(&client, namespace, name, config())
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        a.ca_bundle(),
+        b.ca_bundle(),
+        "the second replica read the first's CA"
+    );
+    let first = a.ca_bundle();
+
+    // 9 of 10 years in, replica a rotates first and stores its new CA
+    let late = OffsetDateTime::now_utc() + time::Duration::days(9 * 365);
+    let r = rotate_shared(&client, namespace, name, &a, late)
+        .await
+        .unwrap();
+    assert!(r.ca);
+    assert_ne!(a.ca_bundle(), first);
+    // replica b's next pass adopts it (a's new CA is valid ten years from the real now, so at
+    // `soon` nothing is due)
+    let soon = OffsetDateTime::now_utc() + time::Duration::days(365);
+    let r = rotate_shared(&client, namespace, name, &b, soon)
+        .await
+        .unwrap();
+    assert!(r.ca && r.serving);
+    assert_eq!(b.ca_bundle(), a.ca_bundle());
+    let port_b = serve(&b).await;
+    handshake(port_b, &a.ca_bundle(), "localhost")
+        .await
+        .unwrap();
+    assert_eq!(
+        b.token_key().token("uid-1"),
+        a.token_key().token("uid-1"),
+        "tenant path tokens stay valid on both"
+    );
+
+    // a replica that rotated on its own (its store lost) takes the stored CA at its next pass
+    let c = Arc::new(
+        load_or_create(&client, namespace, name, config())
+            .await
+            .unwrap(),
+    );
+    assert!(c.rotate_if_due(late).unwrap().ca);
+    assert_ne!(c.ca_bundle(), a.ca_bundle());
+    let r = rotate_shared(&client, namespace, name, &c, soon)
+        .await
+        .unwrap();
+    assert!(r.ca);
+    assert_eq!(c.ca_bundle(), a.ca_bundle());
+    let port_c = serve(&c).await;
+    handshake(port_c, &a.ca_bundle(), "localhost")
+        .await
+        .unwrap();
+    // nothing due and nothing new: a pass changes nothing
+    let r = rotate_shared(&client, namespace, name, &a, OffsetDateTime::now_utc())
+        .await
+        .unwrap();
+    assert!(!r.ca && !r.serving);
+}
