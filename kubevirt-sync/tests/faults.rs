@@ -8,10 +8,13 @@
 //! - the host's etcd, kube-apiserver and kube-controller-manager stopped while the tenant
 //!   creates and deletes VMs, then started again;
 //! - the tenant's apiserver away: the VirtualCluster says so, host VMs keep running, syncing
-//!   resumes when it is back.
+//!   resumes when it is back;
+//! - the tenant and the host writing the same VMs at once ([`concurrent`]).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "faults/concurrent.rs"]
+mod concurrent;
 #[path = "faults/report.rs"]
 mod report;
 

@@ -172,9 +172,10 @@ pub fn to_host(
             map_object_namespace(obj, vc, &mut reverse);
         }
     }
-    if let Some(user) = request.get_mut("userInfo") {
-        *user = map_user(vc, user, requester);
-    }
+    // always set: a review without userInfo (only a crafted one lacks it) reaches host webhooks
+    // as kvtenant's identity too, never as nobody
+    let user = request.get("userInfo").cloned().unwrap_or(Value::Null);
+    request["userInfo"] = map_user(vc, &user, requester);
     let host_object = request.get("object").filter(|o| o.is_object()).cloned();
     Ok(Forwarded {
         review: json!({
@@ -331,4 +332,29 @@ pub fn deny(uid: &Value, code: u16, reason: &str, message: &str, causes: Vec<Val
 
 fn respond(response: Value) -> Value {
     json!({"apiVersion": ADMISSION_V1, "kind": "AdmissionReview", "response": response})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `admission` fuzz target: a review whose `userInfo` is missing was forwarded
+    /// without one.
+    #[test]
+    fn a_review_without_user_info_reaches_the_host_as_kvtenant() {
+        let vc = VirtualClusterRef {
+            namespace: "tenants".into(),
+            name: "t1".into(),
+            uid: "u".into(),
+        };
+        let review = json!({"request": {"uid": "u1", "namespace": "default", "userInfk": {},
+            "object": {"metadata": {"name": "vm1", "namespace": "default"}}}});
+        let me = json!({"username": "system:serviceaccount:kvtenant-system:kvtenant-syncer"});
+        let fwd = to_host(&review, &vc, ADMISSION_V1, Requester::Host(&me)).unwrap();
+        let user = &fwd.review["request"]["userInfo"];
+        assert_eq!(user["username"], me["username"]);
+        assert_eq!(user["extra"][EXTRA_TENANT_USER], json!([""]));
+        let fwd = to_host(&review, &vc, ADMISSION_V1, Requester::Prefixed).unwrap();
+        assert_eq!(fwd.review["request"]["userInfo"], json!({}));
+    }
 }
