@@ -60,7 +60,7 @@ fuzz_target!(|data: &[u8]| {
         let prefix = format!("/api/v1/namespaces/{host_ns}/pods/{}/", c.pod);
         assert!(host.starts_with(&prefix), "{host}");
         let (p, _) = host.split_once('?').unwrap_or((&host, ""));
-        assert_eq!(p.split('/').count(), 7, "{host}");
+        assert_eq!(p.split('/').count(), 8, "{host}");
     }
 
     if let Ok(tp) = paths::parse(path) {
