@@ -10,12 +10,12 @@ use std::sync::{Arc, RwLock};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DynamicObject};
-use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use kvtenant_api::labels::{HostNamespaceOwner, MANAGED_BY, MANAGED_BY_VALUE};
 use kvtenant_rules::kinds::{self, KindId};
 
+use crate::cache::{self, Store};
 use crate::metrics::Metrics;
 use crate::queue::FairQueue;
 
@@ -57,12 +57,12 @@ impl KubeletEndpoint {
 pub struct Host {
     pub client: Client,
     /// Host caches, by [`KindId::index`].
-    stores: Vec<Store<DynamicObject>>,
+    stores: Vec<Store>,
     ready: Vec<AtomicBool>,
     /// Second caches, of the host-made objects kinds whose main cache holds only kvtenant's
     /// copies take to mirror (`SyncedKind::host_made_selector`: virt-launcher pods), by
     /// [`KindId::index`]; `None` for the other kinds.
-    made: Vec<Option<Store<DynamicObject>>>,
+    made: Vec<Option<Store>>,
     made_ready: Vec<AtomicBool>,
     /// Host namespaces kvtenant made, by name.
     namespaces: RwLock<HashMap<String, HostNamespaceOwner>>,
@@ -96,12 +96,10 @@ impl Host {
         let mut made = Vec::new();
         let mut writers = Writers::default();
         for kind in kinds::all() {
-            let writer = reflector::store::Writer::new(kind.resource.clone());
+            let writer = cache::Writer::default();
             stores.push(writer.as_reader());
             writers.copies.push(writer);
-            let made_writer = kind
-                .host_made_selector()
-                .map(|_| reflector::store::Writer::new(kind.resource.clone()));
+            let made_writer = kind.host_made_selector().map(|_| cache::Writer::default());
             made.push(made_writer.as_ref().map(|w| w.as_reader()));
             writers.made.push(made_writer);
         }
@@ -137,21 +135,19 @@ impl Host {
 
     /// The host caches of a kind: kvtenant's copies (or all objects), then the host-made ones
     /// kept apart.
-    fn caches(&self, kind: KindId) -> impl Iterator<Item = &Store<DynamicObject>> {
+    fn caches(&self, kind: KindId) -> impl Iterator<Item = &Store> {
         std::iter::once(&self.stores[kind.index()]).chain(self.made[kind.index()].as_ref())
     }
 
     /// The host object of a kind, by namespace and name, from the cache.
     pub fn get(&self, kind: KindId, ns: &str, name: &str) -> Option<Arc<DynamicObject>> {
-        let r = ObjectRef::new_with(name, kinds::get(kind).resource.clone()).within(ns);
-        self.caches(kind).find_map(|s| s.get(&r))
+        self.caches(kind).find_map(|s| s.get(ns, name))
     }
 
     /// The host objects of a kind in a namespace, from the cache.
     pub fn objects_in(&self, kind: KindId, ns: &str) -> Vec<Arc<DynamicObject>> {
         self.caches(kind)
-            .flat_map(Store::state)
-            .filter(|o| o.namespace().as_deref() == Some(ns))
+            .flat_map(|s| s.state_in(|n| n == ns))
             .collect()
     }
 
@@ -162,8 +158,7 @@ impl Host {
         namespaces: &std::collections::HashMap<String, String>,
     ) -> Vec<Arc<DynamicObject>> {
         self.caches(kind)
-            .flat_map(Store::state)
-            .filter(|o| o.namespace().is_some_and(|ns| namespaces.contains_key(&ns)))
+            .flat_map(|s| s.state_in(|n| namespaces.contains_key(n)))
             .collect()
     }
 
@@ -219,17 +214,14 @@ impl Host {
 /// The writers of the host caches, by [`KindId::index`] (see [`Host::new`]).
 #[derive(Default)]
 pub(crate) struct Writers {
-    copies: Vec<reflector::store::Writer<DynamicObject>>,
-    made: Vec<Option<reflector::store::Writer<DynamicObject>>>,
+    copies: Vec<cache::Writer>,
+    made: Vec<Option<cache::Writer>>,
 }
 
 impl Writers {
     /// The writer of a kind's main cache (tests fill the caches themselves).
     #[cfg(test)]
-    pub(crate) fn copy_writer(
-        &mut self,
-        kind: KindId,
-    ) -> &mut reflector::store::Writer<DynamicObject> {
+    pub(crate) fn copy_writer(&mut self, kind: KindId) -> &mut cache::Writer {
         &mut self.copies[kind.index()]
     }
 }
@@ -292,16 +284,11 @@ async fn watch_namespaces(host: Arc<Host>) {
     }
 }
 
-async fn watch_kind(
-    host: Arc<Host>,
-    kind: KindId,
-    writer: reflector::store::Writer<DynamicObject>,
-    cache: Cache,
-) {
+async fn watch_kind(host: Arc<Host>, kind: KindId, writer: cache::Writer, which: Cache) {
     let spec = kinds::get(kind);
     let api: Api<DynamicObject> = Api::all_with(host.client.clone(), &spec.resource);
     let mut cfg = watcher::Config::default();
-    let ready = match cache {
+    let ready = match which {
         Cache::Main => {
             if spec.watch_host_copies_only() {
                 // only kvtenant's own copies: the syncer never reads other host Secrets or
@@ -318,7 +305,7 @@ async fn watch_kind(
             &host.made_ready[kind.index()]
         }
     };
-    let mut stream = reflector::reflector(
+    let mut stream = cache::reflector(
         writer,
         watcher(api, cfg).default_backoff().modify(crate::slim),
     )

@@ -14,6 +14,7 @@
 //! - [`isolation`]: quota, limits, NetworkPolicy and Pod Security of host namespaces, applied.
 //! - [`queue`]: the per-tenant fair work queue with deduplicated delays.
 //! - [`proxy`]: KubeVirt's subresource API (console, vnc, start/stop, ...) for the tenants.
+pub mod cache;
 pub mod crds;
 pub mod directory;
 pub mod error;

@@ -125,7 +125,7 @@ struct Env {
     host: Mock,
     tenant_api: Mock,
     tenant: Arc<Tenant>,
-    tenant_writers: Vec<Option<kube::runtime::reflector::store::Writer<DynamicObject>>>,
+    tenant_writers: Vec<Option<crate::cache::Writer>>,
     host_writers: crate::host::Writers,
     vc: VirtualClusterRef,
 }

@@ -38,7 +38,6 @@ use std::time::Duration;
 
 use kube::api::{Api, DynamicObject};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use kvtenant_api::labels::VirtualClusterRef;
 use kvtenant_api::{VirtualCluster, VirtualClusterSpec};
@@ -107,7 +106,7 @@ pub struct Tenant {
     /// Per kind ([`KindId::index`]): synced, mirror-only or off for this tenant.
     enablement: Vec<Enablement>,
     /// Tenant-side caches (`None`: kind not watched for this tenant).
-    stores: Vec<Option<Store<DynamicObject>>>,
+    stores: Vec<Option<crate::cache::Store>>,
     ready: Vec<AtomicBool>,
     recorder: Recorder,
     /// The last refusal message told per key (each is told once).
@@ -169,7 +168,7 @@ impl Tenant {
                 .sync_kind()
                 .is_none_or(|s| !missing.contains(&s.crd_name()));
             if enablement[kind.id.index()].watched() && available {
-                let w = kube::runtime::reflector::store::Writer::new(kind.resource.clone());
+                let w = crate::cache::Writer::default();
                 stores.push(Some(w.as_reader()));
                 writers.push((kind.id, w));
             } else {
@@ -233,17 +232,14 @@ impl Tenant {
         host: Arc<Host>,
         virtual_cluster: VirtualCluster,
         client: Client,
-    ) -> (
-        Arc<Self>,
-        Vec<Option<kube::runtime::reflector::store::Writer<DynamicObject>>>,
-    ) {
+    ) -> (Arc<Self>, Vec<Option<crate::cache::Writer>>) {
         let spec = Arc::new(virtual_cluster.spec.clone());
         let enablement = kinds::enablement(spec.kubevirt.synced_kinds());
         let mut stores = Vec::new();
         let mut writers = Vec::new();
         for kind in kinds::all() {
             if enablement[kind.id.index()].watched() {
-                let w = kube::runtime::reflector::store::Writer::new(kind.resource.clone());
+                let w = crate::cache::Writer::default();
                 stores.push(Some(w.as_reader()));
                 writers.push(Some(w));
             } else {
@@ -374,15 +370,12 @@ impl Tenant {
     fn objects(&self, kind: KindId) -> Vec<Arc<DynamicObject>> {
         self.stores[kind.index()]
             .as_ref()
-            .map(Store::state)
+            .map(crate::cache::Store::state)
             .unwrap_or_default()
     }
 
     fn tenant_get(&self, kind: KindId, ns: &str, name: &str) -> Option<Arc<DynamicObject>> {
-        let ar = kinds::get(kind).resource.clone();
-        self.stores[kind.index()]
-            .as_ref()?
-            .get(&ObjectRef::new_with(name, ar).within(ns))
+        self.stores[kind.index()].as_ref()?.get(ns, name)
     }
 
     fn tenant_api(&self, kind: &Kind, ns: &str) -> Api<DynamicObject> {

@@ -4,10 +4,10 @@
 use std::sync::Weak;
 use std::time::Duration;
 
+use crate::cache::{self, Writer};
 use futures::StreamExt;
 use kube::ResourceExt;
 use kube::api::{Api, DynamicObject};
-use kube::runtime::reflector::{self, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use kvtenant_rules::kinds::{self, KindId};
 use kvtenant_rules::translate::is_mirror;
@@ -17,13 +17,13 @@ use crate::host::Key;
 
 /// Watches one kind in the tenant. Holds the tenant weakly: it ends when the tenant is dropped
 /// (the tenant also aborts it).
-pub(super) async fn watch_kind(tenant: Weak<Tenant>, kind: KindId, writer: Writer<DynamicObject>) {
+pub(super) async fn watch_kind(tenant: Weak<Tenant>, kind: KindId, writer: Writer) {
     let spec = kinds::get(kind);
     let Some(client) = tenant.upgrade().map(|t| t.client.clone()) else {
         return;
     };
     let api: Api<DynamicObject> = Api::all_with(client, &spec.resource);
-    let mut stream = reflector::reflector(
+    let mut stream = cache::reflector(
         writer,
         watcher(api, watcher::Config::default())
             .backoff(TenantBackoff::default())

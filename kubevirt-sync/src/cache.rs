@@ -1,0 +1,180 @@
+//! The syncer's object caches, compact: each object is kept as its JSON bytes (a few KiB for a
+//! VM) instead of a `serde_json::Value` tree (three to four times that: a `String` and a map
+//! node per key), and parsed when it is read. The syncer reads an object a few times per change
+//! and holds every object of every tenant, so memory is what counts.
+//!
+//! [`Writer`] applies a watcher's events as kube-runtime's reflector store does (a relist
+//! replaces the contents at its end); [`Store`] is the readers' view, shared by clones.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use futures::{Stream, StreamExt};
+use kube::ResourceExt;
+use kube::api::DynamicObject;
+use kube::runtime::watcher;
+
+/// Namespace (empty for cluster-scoped objects) and name.
+type Key = (String, String);
+
+type Objects = HashMap<Key, Box<[u8]>>;
+
+fn key_of(obj: &DynamicObject) -> Key {
+    (obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+fn encode(obj: &DynamicObject) -> Option<Box<[u8]>> {
+    serde_json::to_vec(obj).ok().map(Vec::into_boxed_slice)
+}
+
+fn decode(bytes: &[u8]) -> Option<Arc<DynamicObject>> {
+    serde_json::from_slice(bytes).ok().map(Arc::new)
+}
+
+/// The readers' view of a cache.
+#[derive(Clone, Default)]
+pub struct Store {
+    objects: Arc<RwLock<Objects>>,
+}
+
+impl Store {
+    /// The object `ns/name` (`ns` empty for cluster-scoped objects).
+    pub fn get(&self, ns: &str, name: &str) -> Option<Arc<DynamicObject>> {
+        let objects = self.objects.read().unwrap_or_else(|e| e.into_inner());
+        objects
+            .get(&(ns.to_owned(), name.to_owned()))
+            .and_then(|b| decode(b))
+    }
+
+    /// Every object.
+    pub fn state(&self) -> Vec<Arc<DynamicObject>> {
+        let objects = self.objects.read().unwrap_or_else(|e| e.into_inner());
+        objects.values().filter_map(|b| decode(b)).collect()
+    }
+
+    /// The objects in namespaces for which `wanted` says yes (only those are parsed).
+    pub fn state_in(&self, wanted: impl Fn(&str) -> bool) -> Vec<Arc<DynamicObject>> {
+        let objects = self.objects.read().unwrap_or_else(|e| e.into_inner());
+        objects
+            .iter()
+            .filter(|((ns, _), _)| wanted(ns))
+            .filter_map(|(_, b)| decode(b))
+            .collect()
+    }
+
+    /// How many objects, and how many bytes they take as JSON.
+    pub fn size(&self) -> (usize, usize) {
+        let objects = self.objects.read().unwrap_or_else(|e| e.into_inner());
+        (objects.len(), objects.values().map(|b| b.len()).sum())
+    }
+}
+
+/// What a watcher writes through.
+#[derive(Default)]
+pub struct Writer {
+    store: Store,
+    /// Objects of a relist in progress: they replace the contents once it is done.
+    relist: Option<Objects>,
+}
+
+impl Writer {
+    pub fn as_reader(&self) -> Store {
+        self.store.clone()
+    }
+
+    /// Applies a watcher's event.
+    pub fn apply_watcher_event(&mut self, event: &watcher::Event<DynamicObject>) {
+        let objects = || {
+            self.store
+                .objects
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+        };
+        match event {
+            watcher::Event::Init => self.relist = Some(Objects::new()),
+            watcher::Event::InitApply(obj) => {
+                if let (Some(relist), Some(bytes)) = (self.relist.as_mut(), encode(obj)) {
+                    relist.insert(key_of(obj), bytes);
+                }
+            }
+            watcher::Event::InitDone => {
+                if let Some(relist) = self.relist.take() {
+                    *objects() = relist;
+                }
+            }
+            watcher::Event::Apply(obj) => {
+                if let Some(bytes) = encode(obj) {
+                    objects().insert(key_of(obj), bytes);
+                }
+            }
+            watcher::Event::Delete(obj) => {
+                objects().remove(&key_of(obj));
+            }
+        }
+    }
+}
+
+/// Applies a watcher's events to `writer` as they pass (kube-runtime's `reflector`, for these
+/// caches).
+pub fn reflector<S>(mut writer: Writer, stream: S) -> impl Stream<Item = S::Item>
+where
+    S: Stream<Item = Result<watcher::Event<DynamicObject>, watcher::Error>>,
+{
+    stream.inspect(move |event| {
+        if let Ok(event) = event {
+            writer.apply_watcher_event(event);
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(ns: &str, name: &str, v: i64) -> DynamicObject {
+        serde_json::from_value(
+            json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+            "metadata": {"name": name, "namespace": ns, "labels": {"a": "b"}},
+            "spec": {"runStrategy": "Always", "n": v}}),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn objects_come_back_as_they_went_in() {
+        let mut w = Writer::default();
+        let store = w.as_reader();
+        let vm = obj("ns", "vm", 1);
+        w.apply_watcher_event(&watcher::Event::Apply(vm.clone()));
+        let back = store.get("ns", "vm").unwrap();
+        assert_eq!(
+            serde_json::to_value(&*back).unwrap(),
+            serde_json::to_value(&vm).unwrap()
+        );
+        assert!(store.get("other", "vm").is_none());
+        w.apply_watcher_event(&watcher::Event::Apply(obj("ns", "vm", 2)));
+        assert_eq!(store.get("ns", "vm").unwrap().data["spec"]["n"], 2);
+        assert_eq!(store.size().0, 1);
+        w.apply_watcher_event(&watcher::Event::Delete(obj("ns", "vm", 2)));
+        assert!(store.get("ns", "vm").is_none());
+    }
+
+    #[test]
+    fn a_relist_replaces_the_contents_when_it_is_done() {
+        let mut w = Writer::default();
+        let store = w.as_reader();
+        w.apply_watcher_event(&watcher::Event::Apply(obj("ns", "gone", 1)));
+        w.apply_watcher_event(&watcher::Event::Init);
+        w.apply_watcher_event(&watcher::Event::InitApply(obj("ns", "kept", 1)));
+        assert!(
+            store.get("ns", "gone").is_some(),
+            "the old contents stay until the relist is done"
+        );
+        w.apply_watcher_event(&watcher::Event::InitApply(obj("other", "kept", 1)));
+        w.apply_watcher_event(&watcher::Event::InitDone);
+        assert!(store.get("ns", "gone").is_none());
+        assert_eq!(store.state().len(), 2);
+        assert_eq!(store.state_in(|ns| ns == "other").len(), 1);
+    }
+}
