@@ -1015,6 +1015,8 @@ async fn deploy_and_samples_on_testenv() {
         (SYNCER_SA, (true, "create", "snapshot.kubevirt.io", "virtualmachinesnapshots", host_ns)),
         (SYNCER_SA, (true, "create", "snapshot.kubevirt.io", "virtualmachinerestores", host_ns)),
         (SYNCER_SA, (false, "create", "snapshot.kubevirt.io", "virtualmachinesnapshotcontents", host_ns)),
+        (SYNCER_SA, (true, "list", "apps", "controllerrevisions", None)),
+        (SYNCER_SA, (false, "delete", "apps", "controllerrevisions", host_ns)),
         (SYNCER_SA, (true, "get", "subresources.kubevirt.io", "virtualmachineinstances/console", host_ns)),
         (SYNCER_SA, (true, "get", "subresources.kubevirt.io", "virtualmachineinstances/vnc", host_ns)),
         (SYNCER_SA, (true, "get", "subresources.kubevirt.io", "virtualmachineinstances/sev", host_ns)),

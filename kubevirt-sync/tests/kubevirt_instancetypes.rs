@@ -3,7 +3,8 @@
 //! the instancetypes `spec.vmPolicy.allowedInstancetypes` allows and every preference (read-only
 //! copies, their CRDs copied from the host), creates a VM from one, and the host's
 //! virt-controller sizes it: the tenant's instance has the instancetype's memory and the
-//! tenant's VM shows the revisions KubeVirt recorded, as on the host. A VM naming an instancetype
+//! tenant's VM shows the revisions KubeVirt recorded, as on the host, and the revisions exist in
+//! the tenant (read-only). A VM naming an instancetype
 //! the tenant is not allowed is refused; a shown copy the tenant deletes comes back. The tenant's
 //! own (namespaced) instancetype is refused while the VirtualCluster lists the allowed ones, and
 //! without the list is synced to its host namespace and sizes its VM there.
@@ -168,6 +169,34 @@ async fn tenants_see_the_allowed_host_instancetypes_and_make_vms_from_them() {
             .then_some((tv, hv))
     })
     .await;
+    // the revision the status names is shown in the tenant, owned by the tenant's VM, with the
+    // sizes the host's virt-controller recorded
+    let revisions: Api<DynamicObject> = Api::namespaced_with(
+        tc.clone(),
+        "default",
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("apps", "v1", "ControllerRevision"),
+            "controllerrevisions",
+        ),
+    );
+    let revision = tenant_vm.data["status"]["instancetypeRef"]["controllerRevisionRef"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let shown_revision = wait_for("the VM's revision shown in the tenant", WAIT, || {
+        get(&revisions, &revision)
+    })
+    .await;
+    let owner = &shown_revision.metadata.owner_references.clone().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), Some(&owner.uid)),
+        ("VirtualMachine", tenant_vm.metadata.uid.as_ref())
+    );
+    assert_eq!(
+        shown_revision.data["data"]["spec"]["memory"]["guest"],
+        "128Mi"
+    );
+
     // KubeVirt v1.8 keeps the revisions in the status; both specs still name just the instancetype
     let named = json!({"kind": "VirtualMachineClusterInstancetype", "name": "tiny"});
     assert_eq!(tenant_vm.data["spec"]["instancetype"], named);

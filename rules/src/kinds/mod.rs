@@ -21,6 +21,7 @@
 
 pub mod clone;
 pub mod config_map;
+pub mod controller_revision;
 pub mod data_volume;
 pub mod endpoint_slice;
 pub mod event;
@@ -74,6 +75,7 @@ pub const KINDS: &[&dyn SyncedKind] = &[
     &pool::VirtualMachinePool,
     &virtual_machine::VirtualMachine,
     &vmi::VirtualMachineInstance,
+    &controller_revision::ControllerRevision,
     &migration::VirtualMachineInstanceMigration,
     &clone::VirtualMachineClone,
     &snapshot::VirtualMachineSnapshot,
