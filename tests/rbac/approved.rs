@@ -31,6 +31,9 @@ pub const SYNCER_CLUSTER: &[&str] = &[
     "apiservices.apiregistration.k8s.io [] [] [get list watch]",
     "clustertrustbundles.certificates.k8s.io [] [] [get list watch]",
     "configmaps [] [] [get list watch create update patch delete]",
+    // KubeVirt's ControllerRevisions of VMs' instancetypes, shown read-only (cluster-wide
+    // read: the host's DaemonSets' and StatefulSets' revisions too)
+    "controllerrevisions.apps [] [] [get list watch]",
     "customresourcedefinitions.apiextensions.k8s.io [] [] [get list watch]",
     "datavolumes.cdi.kubevirt.io [] [] [get list watch create update patch delete]",
     "datavolumes.cdi.kubevirt.io/status [] [] [get update patch]",
@@ -97,6 +100,13 @@ pub const SYNCER_CLUSTER: &[&str] = &[
     "virtualmachinepools.pool.kubevirt.io [] [] [get list watch create update patch delete]",
     "virtualmachinepools.pool.kubevirt.io/status [] [] [get update patch]",
     "virtualmachinepreferences.instancetype.kubevirt.io [] [] [get list watch create update patch delete]",
+    // snapshots and restores (opt-in kind); writes confined to the host namespaces by the
+    // admission policy like the other KubeVirt groups (snapshot.kubevirt.io added 2026-12-05)
+    "virtualmachinerestores.snapshot.kubevirt.io [] [] [get list watch create update patch delete]",
+    "virtualmachinerestores.snapshot.kubevirt.io/status [] [] [get update patch]",
+    "virtualmachinesnapshotcontents.snapshot.kubevirt.io [] [] [get list watch delete]",
+    "virtualmachinesnapshots.snapshot.kubevirt.io [] [] [get list watch create update patch delete]",
+    "virtualmachinesnapshots.snapshot.kubevirt.io/status [] [] [get update patch]",
     "virtualmachines.kubevirt.io [] [] [get list watch create update patch delete]",
     "virtualmachines.kubevirt.io/status [] [] [get update patch]",
     "virtualmachines.subresources.kubevirt.io/addvolume [] [] [update]",
