@@ -5,11 +5,14 @@
 //!
 //! Reviewed 2026-12-05. Broad on purpose, and confined otherwise: the tenants' host namespaces
 //! are made at run time, so the syncer's rights on namespaced kinds are cluster-wide; its
-//! writes (and the controller's) are confined to kvtenant's host namespaces by the
-//! ValidatingAdmissionPolicies of `deploy/base/admission-policy.yaml`. Reads are not: the
-//! syncer can read every Secret, ConfigMap and Pod of the host cluster, and `pods/exec`,
-//! `pods/attach`, `pods/portforward` and KubeVirt's subresources are not writes an admission
-//! policy sees (README "Security", known limits).
+//! creates, updates and deletes are confined to kvtenant's host namespaces by the
+//! ValidatingAdmissionPolicies of `deploy/base/admission-policy.yaml` (the controller's only for
+//! namespaces, quotas, limit ranges and network policies: it writes a VirtualCluster's Secrets,
+//! Services and StatefulSets in whatever namespace that is in). Not confined: the syncer reads
+//! every Secret, ConfigMap and Pod of the host cluster; `pods/exec`, `pods/attach` and
+//! `pods/portforward` are CONNECT calls the policies do not cover; KubeVirt's subresources are
+//! served by virt-api, where the host apiserver's admission does not run (README "Hostile
+//! tenants, isolation and fuzzing", known limits).
 
 /// kvtenant-syncer, in every namespace (cluster-wide rules).
 pub const SYNCER_CLUSTER: &[&str] = &[
