@@ -217,12 +217,21 @@ async fn a_new_vm_creates_its_secret_then_itself_on_the_host() {
     );
     e.put_tenant("Secret", &secret());
     let ns = e.host_ns();
+    // before the VM is first created, the host is asked whether the Secret's name is the
+    // tenant's copy (and not an object of the host's own)
+    let copy = to_host(&secret(), &ns, &e.vc, |_| None);
     let want = e.host.expect(vec![
         call(
             "POST",
             format!("/api/v1/namespaces/{ns}/secrets"),
             201,
             None,
+        ),
+        call(
+            "GET",
+            format!("/api/v1/namespaces/{ns}/secrets/ci"),
+            200,
+            Some(serde_json::to_value(&copy).unwrap()),
         ),
         call(
             "POST",
@@ -242,9 +251,9 @@ async fn a_new_vm_creates_its_secret_then_itself_on_the_host() {
     assert!(e.tenant_api.seen().is_empty(), "{:?}", e.tenant_api.seen());
     let sent = e.host.bodies.lock().unwrap().clone();
     assert_eq!(sent[0]["data"]["userdata"], "I2Nsb3VkLWNvbmZpZw==");
-    assert_eq!(sent[1]["metadata"]["namespace"], ns);
+    assert_eq!(sent[2]["metadata"]["namespace"], ns);
     assert_eq!(
-        sent[1]["metadata"]["labels"][kvtenant_api::labels::VIRTUALCLUSTER_UID],
+        sent[2]["metadata"]["labels"][kvtenant_api::labels::VIRTUALCLUSTER_UID],
         "vc-uid"
     );
 }
@@ -254,12 +263,23 @@ async fn an_existing_name_on_create_means_the_cache_is_behind_and_nothing_else_r
     let mut e = env();
     e.put_tenant("VirtualMachine", &vm(json!([])));
     let ns = e.host_ns();
-    let want = e.host.expect(vec![call(
-        "POST",
-        format!("/apis/kubevirt.io/v1/namespaces/{ns}/virtualmachines"),
-        409,
-        status(409, "AlreadyExists"),
-    )]);
+    // the name is taken by the tenant's own copy (not an object of the host's): the cache is
+    // behind
+    let copy = to_host(&vm(json!([])), &ns, &e.vc, |_| None);
+    let want = e.host.expect(vec![
+        call(
+            "POST",
+            format!("/apis/kubevirt.io/v1/namespaces/{ns}/virtualmachines"),
+            409,
+            status(409, "AlreadyExists"),
+        ),
+        call(
+            "GET",
+            format!("/apis/kubevirt.io/v1/namespaces/{ns}/virtualmachines/vm1"),
+            200,
+            Some(serde_json::to_value(&copy).unwrap()),
+        ),
+    ]);
     let (_, again) = e
         .tenant
         .reconcile(&e.key("VirtualMachine", "vm1"))
