@@ -25,7 +25,7 @@
 //! | own, ran on the host   | none             | a Pod the host removed: delete the tenant pod     |
 //! | own                    | none             | dependencies, host namespace, create (Pods: then their tenant token) |
 //! | own                    | host-made/foreign| refuse: the name is taken on the host             |
-//! | own                    | copy             | dependencies, host namespace; take a host start/stop up, or repair/update the copy; refresh a Pod's token; show its node; show the host's decisions (bind a Pod, the host's Service addresses) or else status up |
+//! | own                    | copy             | dependencies, host namespace; take a host start/stop or hotplug up, or repair/update the copy; refresh a Pod's token; show its node; show the host's decisions (bind a Pod, the host's Service addresses) or else status up |
 //! | none, being recreated  | copy             | wait (kvtenant recreates the tenant Service with the host's cluster IP) |
 //!
 //! # Guarantees
@@ -371,7 +371,14 @@ fn plan_down(
         )])),
         Some(h) => {
             p = p.with(Step::EnsureHostNamespace);
-            if let Some(patch) = kind.host_change_to_take_up(h, &desired) {
+            let owns = |r: &ObjRef| {
+                kinds::by_kind(r.kind)
+                    .is_some_and(|k| view.tenant_object(k, namespace, &r.name).is_some())
+            };
+            if let Some(patch) = kind
+                .host_change_to_take_up(h, &desired)
+                .or_else(|| kind.host_hotplug_to_take_up(h, &desired, &owns))
+            {
                 return p.with(Step::TakeUp(patch));
             }
             let mut desired = desired;

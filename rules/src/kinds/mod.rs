@@ -317,6 +317,18 @@ pub trait SyncedKind: Send + Sync {
         None
     }
 
+    /// Like [`SyncedKind::host_change_to_take_up`], for a volume hotplug through the host's
+    /// virt-api ([`crate::vm::hotplug`]): `owns` says whether the tenant has, in the object's
+    /// namespace, the claim or DataVolume an added volume names.
+    fn host_hotplug_to_take_up(
+        &self,
+        _host: &DynamicObject,
+        _desired: &DynamicObject,
+        _owns: &dyn Fn(&ObjRef) -> bool,
+    ) -> Option<Value> {
+        None
+    }
+
     /// Whether the kind has status conditions, where a refusal is also shown as `Synced=False`
     /// (VM-like kinds); every kind gets the Event.
     fn reports_conditions(&self) -> bool {

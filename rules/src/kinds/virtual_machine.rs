@@ -1,6 +1,7 @@
 //! KubeVirt VirtualMachines: synced down (VMs a pool makes on the host are mirrored up); their
-//! run fields follow start/stop through the host's virt-api, their spec a restore by the host's
-//! restore controller ([`super::snapshot`]).
+//! run fields follow start/stop through the host's virt-api, their volumes and disks a hotplug
+//! through it ([`crate::vm::hotplug`]), their spec a restore by the host's restore controller
+//! ([`super::snapshot`]).
 
 use kube::api::DynamicObject;
 use kvtenant_api::SyncKind;
@@ -9,6 +10,7 @@ use serde_json::Value;
 use super::{ApiKind, SyncedKind};
 use crate::quota::{Usage, owner_kinds};
 use crate::vm::VmTemplate;
+use crate::vm::refs::ObjRef;
 use crate::vm::size::GuestSize;
 
 pub const KIND: &str = "VirtualMachine";
@@ -55,6 +57,14 @@ impl SyncedKind for VirtualMachine {
         // a restore by the host's restore controller, else a start/stop through its virt-api
         super::snapshot::restored_vm_patch(host, desired)
             .or_else(|| crate::runstate::host_run_change(host, desired))
+    }
+    fn host_hotplug_to_take_up(
+        &self,
+        host: &DynamicObject,
+        desired: &DynamicObject,
+        owns: &dyn Fn(&ObjRef) -> bool,
+    ) -> Option<Value> {
+        crate::vm::hotplug::host_hotplug_change(&TEMPLATE, host, desired, owns)
     }
     fn in_quota(&self) -> bool {
         true

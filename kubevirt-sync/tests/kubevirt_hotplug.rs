@@ -1,0 +1,235 @@
+//! Volume hotplug for tenants, with KubeVirt's real virt-api and virt-controller on the host
+//! (DeclarativeHotplugVolumes or HotplugVolumes feature gate on through the `KubeVirt` CR, one
+//! test each; kwok nodes, no VM boots, the VM stays stopped, so nothing is attached to a running
+//! instance). `virtctl addvolume --persist` / `removevolume --persist` run
+//! against the tenant, go through kvtenant's subresource proxy to the host's virt-api, which
+//! changes the host VM's volumes and disks; the tenant VM takes the change up instead of the
+//! syncer reverting it. A hotplug naming a claim the tenant does not have in the VM's namespace,
+//! and any other change made on the host VM, are still reverted.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use kube::Client;
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kvtenant_kubevirt_sync::proxy::{Proxy, ProxyConfig};
+use serde_json::{Value, json};
+use testenv::kubevirt::KubeVirtOptions;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn names(vm: &DynamicObject, ptr: &str) -> Vec<String> {
+    vm.data
+        .pointer(ptr)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+fn volumes(vm: &DynamicObject) -> Vec<String> {
+    names(vm, "/spec/template/spec/volumes")
+}
+
+fn disks(vm: &DynamicObject) -> Vec<String> {
+    names(vm, "/spec/template/spec/domain/devices/disks")
+}
+
+fn spec_hash(vm: &DynamicObject) -> Option<String> {
+    vm.metadata
+        .annotations
+        .as_ref()?
+        .get(kvtenant_rules::translate::SPEC_HASH)
+        .cloned()
+}
+
+fn virtctl(env: &Env, kubeconfig: &std::path::Path, args: &[&str]) {
+    let out = Command::new(&env.kv.binaries().virtctl)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "virtctl {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn create_pvc(client: &Client, ns: &str, name: &str) {
+    let pvc = json!({"metadata": {"name": name, "namespace": ns}, "spec": {
+        "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}});
+    Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(client.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(pvc).unwrap(),
+        )
+        .await
+        .unwrap();
+}
+
+/// DeclarativeHotplugVolumes only: virt-api patches the host VM's spec itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn virtctl_addvolume_and_removevolume_change_the_tenant_vm() {
+    hotplug_through_the_tenant("DeclarativeHotplugVolumes").await;
+}
+
+/// HotplugVolumes: virt-api records the request in the host VM's `status.volumeRequests`,
+/// virt-controller writes the spec.
+#[tokio::test(flavor = "multi_thread")]
+async fn volume_requests_applied_by_virt_controller_change_the_tenant_vm() {
+    hotplug_through_the_tenant("HotplugVolumes").await;
+}
+
+async fn hotplug_through_the_tenant(gate: &str) {
+    let env =
+        Env::start_with_kubevirt(1, false, KubeVirtOptions::new().with_feature_gates(&[gate]))
+            .await;
+    let shared = env.syncer.as_ref().unwrap().tenants();
+    let _proxy = Proxy::start(shared, ProxyConfig::local()).await.unwrap();
+    let t = &env.tenants[0];
+    let tc = t.client();
+    wait_subresources_available(&tc, WAIT).await;
+
+    // the tenant's claim, and another namespace's
+    create_pvc(&tc, "default", "data").await;
+    let ns: k8s_openapi::api::core::v1::Namespace =
+        serde_json::from_value(json!({"metadata": {"name": "other"}})).unwrap();
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(tc.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+    create_pvc(&tc, "other", "theirs").await;
+
+    let vms: Api<DynamicObject> = Api::namespaced_with(tc.clone(), "default", &vm_resource());
+    let mut vm = vm_manifest("vm1", "default", json!({}));
+    vm["spec"]["runStrategy"] = json!("Halted");
+    vms.create(&PostParams::default(), &serde_json::from_value(vm).unwrap())
+        .await
+        .unwrap();
+    let host_vms = env.host_api(&vm_resource(), &t.host_ns("default"));
+    let first = wait_for("the VM on the host", WAIT, || get(&host_vms, "vm1")).await;
+    let first_hash = spec_hash(&first);
+    assert!(first_hash.is_some());
+
+    // addvolume --persist: the tenant VM takes the hotplugged volume and disk up
+    virtctl(
+        &env,
+        t.kubeconfig(),
+        &[
+            "-n",
+            "default",
+            "addvolume",
+            "vm1",
+            "--volume-name=data",
+            "--persist",
+        ],
+    );
+    let tenant_vm = wait_for("the tenant VM with the hotplugged volume", WAIT, || async {
+        get(&vms, "vm1")
+            .await
+            .filter(|vm| volumes(vm).contains(&"data".to_string()))
+    })
+    .await;
+    let vol = &tenant_vm.data["spec"]["template"]["spec"]["volumes"][1];
+    assert_eq!(vol["persistentVolumeClaim"]["claimName"], "data");
+    assert_eq!(vol["persistentVolumeClaim"]["hotpluggable"], true);
+    assert_eq!(disks(&tenant_vm), ["root", "data"]);
+    // the host VM keeps it, rewritten from the tenant VM that now has it (new content hash)
+    wait_for(
+        "the host VM written from the new tenant VM",
+        WAIT,
+        || async {
+            get(&host_vms, "vm1")
+                .await
+                .filter(|h| volumes(h) == ["root", "data"] && disks(h) == ["root", "data"])
+                .filter(|h| spec_hash(h) != first_hash)
+        },
+    )
+    .await;
+
+    // removevolume --persist: gone from both
+    virtctl(
+        &env,
+        t.kubeconfig(),
+        &[
+            "-n",
+            "default",
+            "removevolume",
+            "vm1",
+            "--volume-name=data",
+            "--persist",
+        ],
+    );
+    wait_for("the tenant VM without the volume", WAIT, || async {
+        get(&vms, "vm1")
+            .await
+            .filter(|vm| volumes(vm) == ["root"] && disks(vm) == ["root"])
+    })
+    .await;
+    wait_for("the host VM without the volume", WAIT, || async {
+        get(&host_vms, "vm1")
+            .await
+            .filter(|vm| volumes(vm) == ["root"] && disks(vm) == ["root"])
+    })
+    .await;
+
+    // a hotplug naming a claim the tenant has not in this namespace (virtctl checks the claim
+    // exists, so the request is sent as a client of the API would): virt-api writes it on the
+    // host VM, the syncer reverts it, the tenant VM never has it
+    let body = json!({"name": "theirs", "disk": {"name": "theirs", "disk": {"bus": "scsi"}},
+        "volumeSource": {"persistentVolumeClaim": {"claimName": "theirs"}}});
+    let req = http::Request::put(
+        "/apis/subresources.kubevirt.io/v1/namespaces/default/virtualmachines/vm1/addvolume",
+    )
+    .header("Content-Type", "application/json")
+    .body(kube::client::Body::from(serde_json::to_vec(&body).unwrap()))
+    .unwrap();
+    let res = tc.send(req).await.unwrap();
+    assert!(
+        res.status().is_success(),
+        "addvolume of another namespace's claim: {}",
+        res.status()
+    );
+    wait_for(
+        "the host VM with the foreign volume reverted",
+        WAIT,
+        || async {
+            get(&host_vms, "vm1")
+                .await
+                .filter(|vm| volumes(vm) == ["root"] && disks(vm) == ["root"])
+        },
+    )
+    .await;
+    assert_eq!(volumes(&get(&vms, "vm1").await.unwrap()), ["root"]);
+
+    // a change made on the host VM that is not a hotplug: reverted, not taken up
+    host_vms
+        .patch(
+            "vm1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"template": {"spec": {"domain": {
+                "memory": {"guest": "256Mi"}}}}}})),
+        )
+        .await
+        .unwrap();
+    wait_for("the host VM's memory reverted", WAIT, || async {
+        get(&host_vms, "vm1").await.filter(|vm| {
+            vm.data["spec"]["template"]["spec"]["domain"]["memory"]["guest"] == "128Mi"
+        })
+    })
+    .await;
+    let tenant_vm = get(&vms, "vm1").await.unwrap();
+    assert_eq!(
+        tenant_vm.data["spec"]["template"]["spec"]["domain"]["memory"]["guest"],
+        "128Mi"
+    );
+}
