@@ -84,7 +84,10 @@ async fn pods_and_services_the_syncer_refuses_are_refused_at_admission_too() {
     .await;
 
     // no kube-controller-manager in this tenant: the ServiceAccount admission wants one
-    kubectl(kc, &["create", "serviceaccount", "default", "-n", "default"]);
+    kubectl(
+        kc,
+        &["create", "serviceaccount", "default", "-n", "default"],
+    );
     // a privileged pod: refused when created, the message naming the field and the policy
     let err = kubectl_apply(kc, &pod("root", json!({"privileged": true}))).unwrap_err();
     assert!(
