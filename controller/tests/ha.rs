@@ -72,26 +72,7 @@ async fn three_replicas_keep_the_tenant_writable_with_a_member_down() {
     let t0 = Instant::now();
     wait_ready(&m, NS, "ha", "Ready with 3 replicas").await;
     eprintln!("3-replica control plane Ready after {:.2?}", t0.elapsed());
-    let pods = ["ha-cp-0", "ha-cp-1", "ha-cp-2"];
-    wait_for("three pods running", Duration::from_secs(60), || {
-        let snap = m.runner.snapshot();
-        async move {
-            let running = pods
-                .iter()
-                .filter(|p| {
-                    snap.pods
-                        .get(&format!("{NS}/{p}"))
-                        .is_some_and(|p| p.len() == 3)
-                })
-                .count();
-            if running == 3 {
-                Ok(())
-            } else {
-                Err(format!("{:?}", snap.pods))
-            }
-        }
-    })
-    .await;
+    wait_pods_running(&m, ["ha-cp-0", "ha-cp-1", "ha-cp-2"]).await;
     let pdb = Api::<PodDisruptionBudget>::namespaced(client.clone(), NS)
         .get("ha-cp")
         .await

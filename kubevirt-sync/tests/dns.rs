@@ -10,9 +10,11 @@
 #[path = "dns/client.rs"]
 mod client;
 mod common;
+#[path = "dns/local.rs"]
+mod local;
 
-use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::net::IpAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
@@ -22,8 +24,8 @@ use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams
 use kube::core::{ApiResource, GroupVersionKind};
 use kvtenant_api::VirtualCluster;
 use kvtenant_rules::dns::{self, CorefileOptions};
+use local::{LocalDns, free_port};
 use serde_json::{Value, json};
-use testenv::process::Managed;
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -36,75 +38,6 @@ fn apply(kubeconfig: &Path, manifest: &Value) {
     std::fs::write(&path, manifest.to_string()).unwrap();
     kubectl(kubeconfig, &["apply", "-f", path.to_str().unwrap()]);
     let _ = std::fs::remove_file(path);
-}
-
-/// A port free for both UDP and TCP on 127.0.0.1 (CoreDNS serves both).
-fn free_port() -> u16 {
-    loop {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
-/// A CoreDNS process on this machine; killed (and its directory removed) on drop.
-struct LocalDns {
-    process: Managed,
-    addr: SocketAddr,
-    dir: PathBuf,
-}
-
-impl Drop for LocalDns {
-    fn drop(&mut self) {
-        self.process.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-impl LocalDns {
-    /// Starts `coredns -conf <corefile>` listening on `port`, and waits until it answers.
-    async fn start(name: &str, corefile: &str, port: u16) -> Self {
-        let bin = tokio::task::spawn_blocking(testenv::binaries::coredns)
-            .await
-            .unwrap()
-            .unwrap();
-        let dir = std::env::temp_dir().join(format!("kvtenant-dns-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let conf = dir.join("Corefile");
-        std::fs::write(&conf, corefile).unwrap();
-        let mut cmd = std::process::Command::new(bin);
-        cmd.arg("-conf").arg(&conf).current_dir(&dir);
-        let process = Managed::spawn(name, cmd, &dir.join("log"), Some(&dir)).unwrap();
-        let mut dns = Self {
-            process,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            dir,
-        };
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while client::query(dns.addr, "ready.check.", client::A)
-            .await
-            .is_none()
-        {
-            if let Some(status) = dns.process.exited() {
-                panic!("{name} exited ({status}): {}", dns.process.log_tail(30));
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{name} does not answer: {}",
-                dns.process.log_tail(30)
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        dns
-    }
-
-    async fn ask(&self, name: &str, qtype: hickory_proto::rr::RecordType) -> client::Response {
-        client::query(self.addr, name, qtype)
-            .await
-            .unwrap_or_else(|| panic!("no answer for {name}: {}", self.process.log_tail(30)))
-    }
 }
 
 async fn cluster_ip(api: &Api<Service>, name: &str) -> Option<String> {

@@ -10,11 +10,12 @@
 #[allow(dead_code)] // A, the query and PTR answers are used here
 mod client;
 mod common;
+#[path = "dns/local.rs"]
+mod local;
 #[path = "hostile/report.rs"]
 mod report;
 
-use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use common::*;
@@ -24,9 +25,9 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
 use kvtenant_api::labels::{TENANT_NAMESPACE, TENANT_UID, VIRTUALCLUSTER_UID};
 use kvtenant_rules::dns::{self, CorefileOptions};
+use local::{LocalDns, free_port};
 use report::{Finding, Table};
 use serde_json::json;
-use testenv::process::Managed;
 
 const WAIT: Duration = Duration::from_secs(120);
 const TEST_SYNC: &str =
@@ -280,66 +281,12 @@ async fn tenants_cannot_reach_each_other_or_the_host_through_sync() {
     .record();
 }
 
-/// A port free for both UDP and TCP on 127.0.0.1 (CoreDNS serves both).
-fn free_port() -> u16 {
-    loop {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
+/// PTR lookups against a local CoreDNS.
+trait Ptr {
+    async fn ptr(&self, ip: &str) -> (u16, Vec<String>);
 }
 
-/// A CoreDNS process on this machine; killed (and its directory removed) on drop.
-struct LocalDns {
-    process: Managed,
-    addr: SocketAddr,
-    dir: PathBuf,
-}
-
-impl Drop for LocalDns {
-    fn drop(&mut self) {
-        self.process.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-impl LocalDns {
-    async fn start(name: &str, corefile: &str, port: u16) -> Self {
-        let bin = tokio::task::spawn_blocking(testenv::binaries::coredns)
-            .await
-            .unwrap()
-            .unwrap();
-        let dir = std::env::temp_dir().join(format!("kvtenant-iso-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let conf = dir.join("Corefile");
-        std::fs::write(&conf, corefile).unwrap();
-        let mut cmd = std::process::Command::new(bin);
-        cmd.arg("-conf").arg(&conf).current_dir(&dir);
-        let process = Managed::spawn(name, cmd, &dir.join("log"), Some(&dir)).unwrap();
-        let mut dns = Self {
-            process,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            dir,
-        };
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while client::query(dns.addr, "ready.check.", client::A)
-            .await
-            .is_none()
-        {
-            if let Some(status) = dns.process.exited() {
-                panic!("{name} exited ({status}): {}", dns.process.log_tail(30));
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{name} does not answer"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        dns
-    }
-
+impl Ptr for LocalDns {
     /// The PTR names for `ip` and the RCODE.
     async fn ptr(&self, ip: &str) -> (u16, Vec<String>) {
         let ip: IpAddr = ip.parse().unwrap();

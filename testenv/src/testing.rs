@@ -63,6 +63,18 @@ pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `kubectl apply -f -` of a manifest with the real kubectl: `Ok(stdout)` or `Err(stderr)`
+/// (what kubectl printed when the apiserver or an admission webhook refused it).
+pub fn kubectl_apply(kubeconfig: &Path, manifest: &serde_json::Value) -> Result<String, String> {
+    let (ok, out, err) = kubectl_output(
+        kubeconfig,
+        &["apply", "-f", "-"],
+        &manifest.to_string(),
+        Duration::from_secs(120),
+    );
+    if ok { Ok(out) } else { Err(err) }
+}
+
 /// Runs the real kubectl with `stdin` as its input, killed after `timeout`: (success, stdout,
 /// stderr). Panics only when kubectl cannot start or outlives `timeout` (naming what it printed).
 pub fn kubectl_output(

@@ -7,9 +7,6 @@
 #[path = "../../kubevirt-sync/tests/common/mod.rs"]
 mod common;
 
-use std::io::Write;
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -23,33 +20,9 @@ use kvtenant_webhooks::forward::{ForwardError, Forwarder};
 use kvtenant_webhooks::lookup::Endpoint;
 use kvtenant_webhooks::{SecretRef, WebhookConfig, Webhooks};
 use serde_json::{Value, json};
+use testenv::testing::kubectl_apply;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// `kubectl apply -f -` of a manifest: Ok(stdout) or Err(stderr).
-fn kubectl_apply(kubeconfig: &Path, manifest: &Value) -> Result<String, String> {
-    let mut child = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(["apply", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(manifest.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
 
 fn config() -> WebhookConfig {
     WebhookConfig {
