@@ -249,6 +249,22 @@ async fn each_service_account_may_do_exactly_what_is_approved() {
         ],
         &["create", "serviceaccount", "stolen", "-n", "kube-system"],
     ];
+    // kvtenant's admission policies take effect once the apiserver has loaded them, a moment
+    // after they are applied: wait until a write they refuse is refused
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let user = sa("kvtenant-syncer");
+        let mut args: Vec<&str> = syncer_only[0].to_vec();
+        args.extend(["--as", &user, "--dry-run=server"]);
+        if !kubectl_output(&admin, &args, "", Duration::from_secs(30)).0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "kvtenant's admission policies did not take effect within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let mut refused = 0;
     for (component, extra) in [
         ("kvtenant-syncer", syncer_only),
