@@ -350,10 +350,7 @@ impl Tenant {
             if k.belongs_to_kind() != Some(kind.name()) {
                 continue;
             }
-            for o in self.objects(k.id) {
-                if o.namespace().as_deref() != Some(namespace) {
-                    continue;
-                }
+            for o in self.objects_in(k.id, namespace) {
                 let read = serde_json::json!({"metadata": {"labels": o.metadata.labels}});
                 if k.belongs_to(&read).is_some_and(|r| r.name == name) {
                     self.enqueue(Key {
@@ -371,6 +368,15 @@ impl Tenant {
         self.stores[kind.index()]
             .as_ref()
             .map(crate::cache::Store::state)
+            .unwrap_or_default()
+    }
+
+    /// The tenant objects of a watched kind in one namespace, from the cache (only those are
+    /// parsed).
+    fn objects_in(&self, kind: KindId, namespace: &str) -> Vec<Arc<DynamicObject>> {
+        self.stores[kind.index()]
+            .as_ref()
+            .map(|s| s.state_in(|ns| ns == namespace))
             .unwrap_or_default()
     }
 
@@ -539,9 +545,8 @@ impl View for Tenant {
             .iter()
             .filter(|k| k.references_others())
             .any(|referrer| {
-                self.objects(referrer.id).iter().any(|o| {
-                    o.namespace().as_deref() == Some(namespace)
-                        && !is_mirror(o)
+                self.objects_in(referrer.id, namespace).iter().any(|o| {
+                    !is_mirror(o)
                         && referrer
                             .references(&o.data)
                             .iter()
