@@ -91,12 +91,22 @@ impl Tenant {
         marked && (listed || self.spec.map_services.from_host.iter().any(|m| m.to == key))
     }
 
-    fn svc_api(&self, cluster: Cluster, ns: &str) -> Api<DynamicObject> {
+    /// Objects of `resource` in namespace `ns` of the host or the tenant.
+    fn cluster_api(
+        &self,
+        cluster: Cluster,
+        ns: &str,
+        resource: &ApiResource,
+    ) -> Api<DynamicObject> {
         let client = match cluster {
             Cluster::Host => self.host.client.clone(),
             Cluster::Tenant => self.client.clone(),
         };
-        Api::namespaced_with(client, ns, &services())
+        Api::namespaced_with(client, ns, resource)
+    }
+
+    fn svc_api(&self, cluster: Cluster, ns: &str) -> Api<DynamicObject> {
+        self.cluster_api(cluster, ns, &services())
     }
 
     async fn get_svc(

@@ -22,11 +22,7 @@ pub(super) fn endpoint_slices() -> ApiResource {
 
 impl Tenant {
     fn slice_api(&self, cluster: Cluster, ns: &str) -> Api<DynamicObject> {
-        let client = match cluster {
-            Cluster::Host => self.host.client.clone(),
-            Cluster::Tenant => self.client.clone(),
-        };
-        Api::namespaced_with(client, ns, &endpoint_slices())
+        self.cluster_api(cluster, ns, &endpoint_slices())
     }
 
     async fn list_slices(
