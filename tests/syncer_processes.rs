@@ -237,6 +237,7 @@ async fn the_leader_process_killed_in_a_burst_the_other_syncs_everything_once() 
         .map(|(n, _)| n)
         .collect();
     report::Row {
+        kind: report::Fault::Crash,
         scenario: "syncer leader process SIGKILLed in a burst",
         tried: format!(
             "two `kvtenant syncer` processes (lease 4 s); {N} Services created at once in the \

@@ -63,8 +63,16 @@ pub const TOKEN_EXPIRES: &str = "tenancy.kvtenant.io/token-expires";
 /// Label on the host classes (StorageClasses, IngressClasses, PriorityClasses) kvtenant shows in
 /// a tenant.
 pub const HOST_CLASS: &str = "tenancy.kvtenant.io/host-class";
+/// Label on the host's namespaced objects kvtenant shows read-only in a tenant namespace of the
+/// same name (the NetworkAttachmentDefinitions of `spec.vmPolicy.allowedNetworks`, the
+/// DataSources of `spec.vmPolicy.allowedDataSources`); a tenant object carrying it is never
+/// synced down.
+pub const HOST_OBJECT: &str = "tenancy.kvtenant.io/host-object";
 /// Label on tenant Nodes kvtenant shows for host nodes running the tenant's workloads.
 pub const HOST_NODE: &str = "tenancy.kvtenant.io/host-node";
+/// Label on the PersistentVolumes kvtenant shows in a tenant for host volumes bound to its
+/// claims (read-only mirrors).
+pub const HOST_VOLUME: &str = "tenancy.kvtenant.io/host-volume";
 /// Label on the Services kvtenant keeps for `spec.mapServices`: [`MAPPED_FROM_HOST`] on a tenant
 /// Service showing a host Service, [`MAPPED_TO_HOST`] on a host Service showing a tenant Service.
 /// A tenant Service carrying it is never synced down while it is a `fromHost` target.

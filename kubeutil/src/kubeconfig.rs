@@ -48,8 +48,9 @@ pub fn check_self_contained(kc: &Kubeconfig) -> Result<(), String> {
     Ok(())
 }
 
-/// A client for the cluster a kubeconfig (YAML text) names, and its server URL. Every request
-/// times out after `timeout`.
+/// A client for the cluster a kubeconfig (YAML text) names, and its server URL: its requests
+/// share one HTTP/2 connection ([`crate::multiplexed`]), so no request may switch protocols
+/// (exec, attach, port-forward). Connecting, and each read and write, time out after `timeout`.
 pub async fn client(kubeconfig: &str, timeout: Duration) -> Result<(Client, String), String> {
     let kc = Kubeconfig::from_yaml(kubeconfig).map_err(|e| format!("not a kubeconfig: {e}"))?;
     if kc.clusters.is_empty() {
@@ -64,7 +65,7 @@ pub async fn client(kubeconfig: &str, timeout: Duration) -> Result<(Client, Stri
     config.write_timeout = Some(timeout);
     let endpoint = config.cluster_url.to_string();
     let endpoint = endpoint.trim_end_matches('/').to_owned();
-    let client = Client::try_from(config).map_err(|e| error_chain(&e))?;
+    let client = crate::multiplexed::client(config)?;
     Ok((client, endpoint))
 }
 

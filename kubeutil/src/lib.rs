@@ -5,12 +5,15 @@
 //!   [`ResultExt`] for the common "absent is fine" cases.
 //! - [`kubeconfig`]: a client from kubeconfig text, refusing kubeconfigs that would make kvtenant
 //!   run programs or read its own files.
+//! - [`multiplexed`]: a client whose requests share one HTTP/2 connection (kube's speaks
+//!   HTTP/1.1 only: a connection per open watch).
 //! - [`apply`]: server-side apply that skips writes when nothing changed.
 //! - [`leader`]: Lease-based leader election (client-go's semantics).
 
 pub mod apply;
 pub mod kubeconfig;
 pub mod leader;
+pub mod multiplexed;
 
 /// What kind of failure a Kubernetes API call had, decided once from the status code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -5,6 +5,8 @@
 //!
 //! [`Writer`] applies a watcher's events as kube-runtime's reflector store does (a relist
 //! replaces the contents at its end); [`Store`] is the readers' view, shared by clones.
+//! [`reflector`] also tells the watch's consumer what a relist dropped: objects deleted while
+//! the watch was away (a watch that came back to 410 Gone lists again, and sees no deletes).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -82,8 +84,12 @@ impl Writer {
         self.store.clone()
     }
 
-    /// Applies a watcher's event.
-    pub fn apply_watcher_event(&mut self, event: &watcher::Event<DynamicObject>) {
+    /// Applies a watcher's event. At the end of a relist, returns the objects held before that
+    /// the relist did not bring back (deleted while nothing watched).
+    pub fn apply_watcher_event(
+        &mut self,
+        event: &watcher::Event<DynamicObject>,
+    ) -> Vec<Arc<DynamicObject>> {
         let objects = || {
             self.store
                 .objects
@@ -99,7 +105,13 @@ impl Writer {
             }
             watcher::Event::InitDone => {
                 if let Some(relist) = self.relist.take() {
-                    *objects() = relist;
+                    let old = std::mem::replace(&mut *objects(), relist);
+                    let now = objects();
+                    return old
+                        .iter()
+                        .filter(|(k, _)| !now.contains_key(*k))
+                        .filter_map(|(_, b)| decode(b))
+                        .collect();
                 }
             }
             watcher::Event::Apply(obj) => {
@@ -111,19 +123,28 @@ impl Writer {
                 objects().remove(&key_of(obj));
             }
         }
+        Vec::new()
     }
 }
 
 /// Applies a watcher's events to `writer` as they pass (kube-runtime's `reflector`, for these
-/// caches).
+/// caches). Before the end of a relist (`InitDone`) it passes on a `Delete` for each object the
+/// relist dropped, so the consumer handles a delete it never saw as any other.
 pub fn reflector<S>(mut writer: Writer, stream: S) -> impl Stream<Item = S::Item>
 where
     S: Stream<Item = Result<watcher::Event<DynamicObject>, watcher::Error>>,
 {
-    stream.inspect(move |event| {
-        if let Ok(event) = event {
-            writer.apply_watcher_event(event);
-        }
+    stream.flat_map(move |event| {
+        let mut out: Vec<S::Item> = match &event {
+            Ok(e) => writer
+                .apply_watcher_event(e)
+                .into_iter()
+                .map(|gone| Ok(watcher::Event::Delete(Arc::unwrap_or_clone(gone))))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        out.push(event);
+        futures::stream::iter(out)
     })
 }
 
@@ -172,9 +193,45 @@ mod tests {
             "the old contents stay until the relist is done"
         );
         w.apply_watcher_event(&watcher::Event::InitApply(obj("other", "kept", 1)));
-        w.apply_watcher_event(&watcher::Event::InitDone);
+        let dropped = w.apply_watcher_event(&watcher::Event::InitDone);
+        let dropped: Vec<String> = dropped.iter().map(|o| o.name_any()).collect();
+        assert_eq!(dropped, ["gone"], "what the relist dropped is told");
         assert!(store.get("ns", "gone").is_none());
         assert_eq!(store.state().len(), 2);
         assert_eq!(store.state_in(|ns| ns == "other").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_reflector_passes_on_a_delete_for_what_a_relist_dropped() {
+        let w = Writer::default();
+        let store = w.as_reader();
+        let events = vec![
+            Ok(watcher::Event::Init),
+            Ok(watcher::Event::InitApply(obj("ns", "a", 1))),
+            Ok(watcher::Event::InitApply(obj("ns", "b", 1))),
+            Ok(watcher::Event::InitDone),
+            // the watch expired (410 Gone): a relist without b
+            Ok(watcher::Event::Init),
+            Ok(watcher::Event::InitApply(obj("ns", "a", 2))),
+            Ok(watcher::Event::InitDone),
+        ];
+        let seen: Vec<String> = reflector(w, futures::stream::iter(events))
+            .map(|e| match e.unwrap() {
+                watcher::Event::Init => "init".to_owned(),
+                watcher::Event::InitApply(o) => format!("list {}", o.name_any()),
+                watcher::Event::InitDone => "done".to_owned(),
+                watcher::Event::Apply(o) => format!("apply {}", o.name_any()),
+                watcher::Event::Delete(o) => format!("delete {}", o.name_any()),
+            })
+            .collect()
+            .await;
+        assert_eq!(
+            seen,
+            [
+                "init", "list a", "list b", "done", "init", "list a", "delete b", "done"
+            ]
+        );
+        assert!(store.get("ns", "b").is_none());
+        assert_eq!(store.get("ns", "a").unwrap().data["spec"]["n"], 2);
     }
 }

@@ -67,6 +67,19 @@ impl Directory {
         self.namespaces.read().ok()?.get(host_ns).cloned()
     }
 
+    /// The host namespaces kvtenant made for this VirtualCluster.
+    pub fn namespaces_of(&self, vc_uid: &str) -> Vec<String> {
+        self.namespaces
+            .read()
+            .map(|m| {
+                m.iter()
+                    .filter(|(_, o)| o.is_owned_by(vc_uid))
+                    .map(|(n, _)| n.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     fn remove(&self, uid: &str) {
         if let Ok(mut m) = self.tenants.write()
             && let Some(e) = m.remove(uid)

@@ -258,9 +258,21 @@ async fn watch_namespaces(host: Arc<Host>) {
     let api: Api<Namespace> = Api::all(host.client.clone());
     let cfg = watcher::Config::default().labels(&format!("{MANAGED_BY}={MANAGED_BY_VALUE}"));
     let mut stream = watcher(api, cfg).default_backoff().boxed();
+    // the names a relist in progress has brought; at its end the others are forgotten (deleted
+    // while the watch was away, e.g. before it came back to 410 Gone)
+    let mut relisted: Option<std::collections::HashSet<String>> = None;
     while let Some(ev) = stream.next().await {
         match ev {
+            Ok(watcher::Event::Init) => relisted = Some(Default::default()),
+            Ok(watcher::Event::InitDone) => {
+                if let (Some(seen), Ok(mut m)) = (relisted.take(), host.namespaces.write()) {
+                    m.retain(|name, _| seen.contains(name));
+                }
+            }
             Ok(watcher::Event::Apply(ns) | watcher::Event::InitApply(ns)) => {
+                if let Some(seen) = relisted.as_mut() {
+                    seen.insert(ns.name_any());
+                }
                 let Some(owner) = HostNamespaceOwner::from_meta(&ns.metadata) else {
                     continue;
                 };
@@ -278,7 +290,6 @@ async fn watch_namespaces(host: Arc<Host>) {
                     m.remove(&ns.name_any());
                 }
             }
-            Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "watching host namespaces"),
         }
     }
@@ -310,30 +321,37 @@ async fn watch_kind(host: Arc<Host>, kind: KindId, writer: cache::Writer, which:
         watcher(api, cfg).default_backoff().modify(crate::slim),
     )
     .boxed();
+    // what a (re)list brings is queued at its end, once the cache holds it: queued earlier, a
+    // worker could read the cache's old contents and find nothing to do
+    let mut listed: Vec<(String, Key)> = Vec::new();
     while let Some(ev) = stream.next().await {
         match ev {
             Ok(watcher::Event::InitDone) => {
-                // everything listed during init was queued as it came
                 ready.store(true, Ordering::Release);
+                for (uid, key) in listed.drain(..) {
+                    host.enqueue(&uid, key);
+                }
             }
             Ok(
-                watcher::Event::Apply(obj)
-                | watcher::Event::Delete(obj)
-                | watcher::Event::InitApply(obj),
+                watcher::Event::Apply(ref obj)
+                | watcher::Event::Delete(ref obj)
+                | watcher::Event::InitApply(ref obj),
             ) => {
                 let Some(ns) = obj.namespace() else { continue };
                 if let Some(owner) = host.namespace_owner(&ns) {
-                    host.enqueue(
-                        &owner.virtual_cluster.uid,
-                        Key {
-                            kind,
-                            namespace: owner.tenant_namespace,
-                            name: obj.name_any(),
-                        },
-                    );
+                    let key = Key {
+                        kind,
+                        namespace: owner.tenant_namespace,
+                        name: obj.name_any(),
+                    };
+                    if matches!(ev, Ok(watcher::Event::InitApply(_))) {
+                        listed.push((owner.virtual_cluster.uid, key));
+                    } else {
+                        host.enqueue(&owner.virtual_cluster.uid, key);
+                    }
                 }
             }
-            Ok(watcher::Event::Init) => {}
+            Ok(watcher::Event::Init) => listed.clear(),
             Err(e) => {
                 tracing::debug!(kind = %spec.name(), error = %e, "watching host objects (is the CRD installed?)")
             }

@@ -164,6 +164,11 @@ pub enum Step {
     ClearRefusal,
     /// Show the host node the object runs on as a tenant Node.
     ShowNode(String),
+    /// Show the host PersistentVolume the object's host counterpart is bound to as a tenant
+    /// PersistentVolume bound to the tenant object (claims; [`kvtenant_rules::volumes`]).
+    ShowVolume(String),
+    /// Remove kvtenant's tenant PersistentVolume of this name, if it is this claim's.
+    HideVolume(String),
     /// Create the tenant mirror of a host-made object (and its status).
     CreateMirror(Box<DynamicObject>),
     /// Replace the tenant mirror (reverting tenant edits), then its status if given.
@@ -238,6 +243,7 @@ pub fn plan(
             Plan::new(Direction::Delete)
                 .with(Step::ConfirmTenantGone)
                 .with(Step::DeleteHost)
+                .with_all(volume_step(kind, None, Some(&h.data)))
         }
         (None, Some(h)) if kind.mirrors_host_made() && !is_kvtenant_copy(h) => {
             plan_new_mirror(view, kind, namespace, h)
@@ -294,14 +300,22 @@ fn plan_down(
     let wanted = owner_wants
         && kind.wanted_name(namespace, name)
         && !view.mapped_in(kind, t)
+        && !kvtenant_rules::host_objects::is_shown(t.metadata.labels.as_ref())
         && match kind.trigger() {
             Trigger::Always => true,
-            Trigger::WhenReferenced => view.referenced(kind, namespace, name),
+            Trigger::WhenReferenced => {
+                view.referenced(kind, namespace, name)
+                    || (kind.kept_once_synced() && h.is_some_and(|h| is_copy_for(h, uid)))
+            }
             Trigger::Never => false,
         };
     if !wanted {
+        // a claim no longer synced loses its host copy, and the volume shown with it
         return match h {
-            Some(h) if is_copy_for(h, uid) => p.with(Step::DeleteHost),
+            Some(h) if is_copy_for(h, uid) => {
+                p.with(Step::DeleteHost)
+                    .with_all(volume_step(kind, None, Some(&h.data)))
+            }
             _ => p,
         };
     }
@@ -312,6 +326,15 @@ fn plan_down(
     let networks = view.host_networks();
     let mut policy = view.policy();
     policy.host_networks = networks.as_deref();
+    // what kvtenant itself took up from the host copy is not the tenant's to answer for
+    let mut read = read;
+    if let Some(h) = h.filter(|h| is_copy_for(h, uid)) {
+        for p in kind.taken_from_host() {
+            if t.data.pointer(p).is_some() && t.data.pointer(p) == h.data.pointer(p) {
+                remove_pointers(&mut read, &[p]);
+            }
+        }
+    }
     let violations = kind.violations(&read, &policy, None);
     if !violations.is_empty() {
         return p.with(Step::Refuse(violations));
@@ -351,6 +374,7 @@ fn plan_down(
             dns: &dns,
         },
     );
+    kind.to_host_references(&mut prepared.data, namespace, policy.vm);
     let token = kind.tenant_token(&t.data).map(Step::EnsureToken);
     let desired = to_host(&prepared, &host_ns, view.vc(), |o| {
         map_owner_by_name(o, |k, n| view.host_uid(k, &host_ns, n))
@@ -403,6 +427,8 @@ fn plan_down(
             if let Some(node) = kind.host_node(&h.data) {
                 p = p.with(Step::ShowNode(node.to_string()));
             }
+            // the volume is shown before the claim names it
+            p = p.with_all(volume_step(kind, Some(&t.data), Some(&h.data)));
             if let Some(fix) = tenant_fix(view, kind, namespace, t, h) {
                 // the tenant object changes: its status follows on the next event
                 return p.with(fix);
@@ -466,6 +492,17 @@ fn tenant_fix(
     }
 }
 
+/// The step showing or removing the tenant PersistentVolume of a claim (`tenant`: `None` when
+/// it is gone) whose host counterpart is `host`.
+fn volume_step(kind: &Kind, tenant: Option<&Value>, host: Option<&Value>) -> Option<Step> {
+    use kvtenant_rules::volumes::ClaimVolume;
+    match kind.shown_volume(tenant, host) {
+        ClaimVolume::Show(v) => Some(Step::ShowVolume(v)),
+        ClaimVolume::Hide(v) => Some(Step::HideVolume(v)),
+        ClaimVolume::Nothing => None,
+    }
+}
+
 /// The object as the rules read it: its data with the annotations and labels of its metadata
 /// (what reaches the host's VMs and pods).
 fn with_metadata(t: &DynamicObject) -> Value {
@@ -474,6 +511,7 @@ fn with_metadata(t: &DynamicObject) -> Value {
         o.insert(
             "metadata".into(),
             serde_json::json!({
+                "namespace": t.metadata.namespace,
                 "annotations": t.metadata.annotations,
                 "labels": t.metadata.labels,
             }),
@@ -559,9 +597,13 @@ fn plan_mirror(
         return p;
     }
     let Some(h) = h else {
-        // the host object is gone: so goes the mirror
-        return p.with(Step::ReleaseMirror).with(delete_mirror);
+        // the host object is gone: so goes the mirror (and the volume it showed)
+        return p
+            .with(Step::ReleaseMirror)
+            .with(delete_mirror)
+            .with_all(volume_step(kind, None, Some(&t.data)));
     };
+    p = p.with_all(volume_step(kind, Some(&t.data), Some(&h.data)));
     let Some(mut desired) = mirror_of(view, kind, namespace, h) else {
         return p;
     };
@@ -589,3 +631,5 @@ mod tests;
 mod tests_endpoints;
 #[cfg(test)]
 mod tests_pods;
+#[cfg(test)]
+mod tests_volumes;

@@ -84,4 +84,9 @@ impl Tenants {
     pub fn namespace_owner(&self, host_ns: &str) -> Option<HostNamespaceOwner> {
         self.directory.namespace_owner(host_ns)
     }
+
+    /// The host namespaces kvtenant made for this VirtualCluster.
+    pub fn host_namespaces_of(&self, vc_uid: &str) -> Vec<String> {
+        self.directory.namespaces_of(vc_uid)
+    }
 }

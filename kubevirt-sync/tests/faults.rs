@@ -7,14 +7,20 @@
 //!   (dropped: every task ends at its next await, nothing is flushed, as after `kill -9`);
 //! - the host's etcd, kube-apiserver and kube-controller-manager stopped while the tenant
 //!   creates and deletes VMs, then started again;
-//! - the tenant's apiserver away: the VirtualCluster says so, host VMs keep running, syncing
+//! - the tenant's apiserver away for a minute: the VirtualCluster says so, host VMs keep running, syncing
 //!   resumes when it is back;
-//! - the tenant and the host writing the same VMs at once ([`concurrent`]).
+//! - the tenant and the host writing the same VMs at once ([`concurrent`]);
+//! - the syncer's tenant watches expired (410 Gone) while the tenant changed its VMs ([`expired`]);
+//! - the syncer cut off from the host by a network partition ([`partition`]).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 #[path = "faults/concurrent.rs"]
 mod concurrent;
+#[path = "faults/expired.rs"]
+mod expired;
+#[path = "faults/partition.rs"]
+mod partition;
 #[path = "faults/report.rs"]
 mod report;
 
@@ -24,10 +30,10 @@ use std::time::{Duration, Instant};
 use common::*;
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use kvtenant_api::{CONDITION_SYNCER_READY, VirtualCluster};
-use report::Row;
+use report::{Fault, Row};
 use serde_json::json;
 
 /// How long a scenario may take to come back before it counts as not recovered.
@@ -83,6 +89,28 @@ async fn delete_vms(tenant: &Client, names: &[String]) {
                 .unwrap();
         }
     }))
+    .await;
+}
+
+/// Sets the template label `gen` of the tenant VM `name` to `value`.
+async fn set_gen(tenant: &Client, name: &str, value: &str) {
+    Api::<DynamicObject>::namespaced_with(tenant.clone(), "default", &vm_resource())
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"template": {"metadata": {"labels": {"gen": value}}}}})),
+        )
+        .await
+        .unwrap();
+}
+
+/// Waits until the host copy of VM `name` has template label `gen` = `value`.
+async fn host_gen_is(env: &Env, name: &str, value: &str) {
+    let host_vms = env.host_api(&vm_resource(), &env.tenants[0].host_ns("default"));
+    wait_for("the edit on the host copy", RECOVER_WITHIN, || async {
+        let vm = get(&host_vms, name).await?;
+        (vm.data["spec"]["template"]["metadata"]["labels"]["gen"] == value).then_some(())
+    })
     .await;
 }
 
@@ -145,6 +173,18 @@ fn compare(tenant: &Objects, host: &Objects) -> (Vec<String>, Vec<String>) {
         .cloned()
         .collect();
     (lost, leaked)
+}
+
+/// `objects` without those of the VMs `deleted` (their VMs, VMIs and `ci-` Secrets).
+fn without(objects: Objects, deleted: &[String]) -> Objects {
+    objects
+        .into_iter()
+        .filter(|(k, _)| {
+            !deleted
+                .iter()
+                .any(|d| k.ends_with(&format!("/{d}")) || k.ends_with(&format!("/ci-{d}")))
+        })
+        .collect()
 }
 
 /// Host copies present both times with another uid the second time (made again).
@@ -249,6 +289,7 @@ async fn the_syncer_killed_in_a_create_burst_and_in_a_delete_burst() {
     .await;
     let down = restarted.elapsed();
     let mut row = Row {
+        kind: Fault::Crash,
         scenario: "syncer killed in a create burst",
         tried: format!(
             "{N} VMs, each with its cloud-init Secret, created at once; the syncer killed with \
@@ -282,6 +323,7 @@ async fn the_syncer_killed_in_a_create_burst_and_in_a_delete_burst() {
     let still = objects(&env.host_client(), &env.tenants[0].host_ns("default")).await;
     env.start_syncer();
     let mut row = Row {
+        kind: Fault::Crash,
         scenario: "syncer killed in a delete burst",
         tried: format!(
             "the {N} VMs and Secrets deleted at once; the syncer killed with {left} VMs still on \
@@ -309,6 +351,9 @@ async fn syncer_ready(host: &Client) -> Option<(String, String, String)> {
         .find(|c| c.type_ == CONDITION_SYNCER_READY)?;
     Some((c.status, c.reason, c.message))
 }
+
+/// How long a tenant's apiserver is away (the issue: "for a minute").
+const TENANT_AWAY: Duration = Duration::from_secs(60);
 
 /// How long the host is away (see the test).
 const OUTAGE: Duration = Duration::from_secs(4);
@@ -338,6 +383,7 @@ async fn the_host_apiserver_and_etcd_restart_while_the_tenant_changes_vms() {
     env.host.start_again().await.unwrap();
     let want = 3 * (N - 5 + added.len());
     let mut row = Row {
+        kind: Fault::Outage,
         scenario: "host etcd and apiserver restarted",
         tried: format!(
             "{N} VMs synced; the host's etcd, kube-apiserver and kube-controller-manager stopped \
@@ -354,15 +400,7 @@ async fn the_host_apiserver_and_etcd_restart_while_the_tenant_changes_vms() {
                 virt-controller (its lease), which testenv does not restart"
             .into(),
     };
-    let kept: Objects = before
-        .into_iter()
-        .filter(|(k, _)| {
-            !first[..5]
-                .iter()
-                .any(|d| k.ends_with(&format!("/{d}")) || k.ends_with(&format!("/ci-{d}")))
-        })
-        .collect();
-    finish(&env, &mut row, &kept).await;
+    finish(&env, &mut row, &without(before, &first[..5])).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -391,7 +429,7 @@ async fn a_tenant_apiserver_away_is_reported_and_syncing_resumes() {
     .await;
     let told_after = stopped.elapsed();
     println!("told after {told_after:?}: {}", told.2);
-    tokio::time::sleep(Duration::from_secs(20).saturating_sub(told_after)).await;
+    tokio::time::sleep(TENANT_AWAY.saturating_sub(told_after)).await;
     let host_now = objects(&hc, &env.tenants[0].host_ns("default")).await;
     assert_eq!(
         host_now, before,
@@ -431,10 +469,12 @@ async fn a_tenant_apiserver_away_is_reported_and_syncing_resumes() {
     let vm_after = vm_after.expect("the new VM on the host");
     let recovered = agree(&env, 3 * (N + 1)).await.map(|_| back.elapsed());
     let mut row = Row {
+        kind: Fault::Outage,
         scenario: "tenant apiserver away",
         tried: format!(
-            "{N} VMs running; the tenant's etcd and kube-apiserver stopped for 20 s, started \
-             again, one VM created"
+            "{N} VMs running; the tenant's etcd and kube-apiserver stopped for {} s, started \
+             again, one VM created",
+            TENANT_AWAY.as_secs()
         ),
         objects: 3 * (N + 1),
         lost: 0,

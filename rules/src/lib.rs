@@ -9,15 +9,20 @@
 //! - [`translate`]: tenant ↔ host objects (lossless JSON).
 //! - [`runstate`]: start/stop through the host's virt-api, taken up by the tenant.
 //! - [`classes`]: the host's StorageClasses, IngressClasses and PriorityClasses a tenant sees.
+//! - [`host_objects`]: the host's networks and DataSources a tenant is shown; [`cni`]: what
+//!   a tenant network's CNI config may do.
 //! - [`kubevirt_roles`]: KubeVirt's cluster roles kvtenant keeps in a virtual cluster.
 //! - [`dns`]: the DNS objects kvtenant keeps in a virtual cluster (CoreDNS, `kube-dns`).
 //! - [`map_services`]: `spec.mapServices`, the Services shown on the other side.
 //! - [`isolation`]: the host namespace of a tenant namespace and its isolation objects.
 //! - [`pod`]: what a Pod references, Pod Security, and its host copy's identity.
+//! - [`volumes`]: host PersistentVolumes bound to tenant claims, shown in the tenant.
 //! - [`Violation`]: one reason an object is refused, with the field and what to fix.
 pub mod classes;
+pub mod cni;
 pub mod dns;
 pub mod host_networks;
+pub mod host_objects;
 pub mod isolation;
 pub mod kinds;
 pub mod kubevirt_roles;
@@ -28,6 +33,7 @@ pub mod quota;
 pub mod runstate;
 pub mod translate;
 pub mod vm;
+pub mod volumes;
 
 /// What a virtual cluster allows its objects, as the kinds' rules read it: the VM policy
 /// (`spec.vmPolicy`, also the node, priority-class and scheduler rules of Pods) and the Pod

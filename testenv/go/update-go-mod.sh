@@ -12,6 +12,7 @@ K8S_PREVIOUS_VERSION=${K8S_PREVIOUS_VERSION:-v1.36.3}
 ETCD_VERSION=${ETCD_VERSION:-v3.7.3}
 KUBEVIRT_VERSION=${KUBEVIRT_VERSION:-v1.8.1}
 KWOK_VERSION=${KWOK_VERSION:-v0.8.0}
+METRICS_SERVER_VERSION=${METRICS_SERVER_VERSION:-v0.8.0}
 COREDNS_VERSION=${COREDNS_VERSION:-v1.14.7}
 KINE_VERSION=${KINE_VERSION:-v0.17.5}
 HELM_VERSION=${HELM_VERSION:-v4.3.2}
@@ -82,6 +83,12 @@ k8s_module kubernetes-previous "$K8S_PREVIOUS_VERSION"
 (
   cd kwok
   printf 'module kvtenant.dev/testenv/kwok\n\ngo 1.26.0\n\nrequire sigs.k8s.io/kwok %s\n' "$KWOK_VERSION" > go.mod
+  go mod tidy
+)
+(
+  # a module of its own: with kwok's newer k8s.io modules it builds but exits at start
+  cd metrics-server
+  printf 'module kvtenant.dev/testenv/metrics-server\n\ngo 1.26.0\n\nrequire sigs.k8s.io/metrics-server %s\n' "$METRICS_SERVER_VERSION" > go.mod
   go mod tidy
 )
 (

@@ -1,14 +1,18 @@
 //! Binaries built from pinned Go modules and cached outside the repository.
 //!
-//! Five sets, each cached under its own key (versions plus a hash of the module files, see
+//! Six sets, each cached under its own key (versions plus a hash of the module files, see
 //! [`crate::versions`]):
 //! - control plane: `kube-apiserver`, `kube-controller-manager` and `kube-scheduler` from
 //!   `k8s.io/kubernetes` (one `go build`), `etcd` from `go.etcd.io/etcd/server/v3`;
 //! - KubeVirt: `virt-api`, `virt-controller`, `virtctl` and our `kubevirt-install-strategy`
 //!   (one `go build`), whose output `install-strategy.json` (CRDs, RBAC, webhook configurations,
 //!   APIServices virt-operator would install) is generated once after the build;
-//! - kwok: `kwok` and our `kwok-stages`, whose output `kwok-stages.yaml` (the Stages kwok ships)
-//!   is generated once after the build;
+//! - kwok: `kwok` and our `kwok-stages`, whose outputs `kwok-stages.yaml` (the Stages kwok
+//!   ships) and `kwok-metrics.yaml` (kwok's simulated kubelet resource metrics) are generated
+//!   once after the build;
+//! - metrics-server: `metrics-server` from `sigs.k8s.io/metrics-server`, in a module of its own
+//!   (built on request: only the `kubectl top` tests use it; see its `tools.go` for why not in
+//!   kwok's module);
 //! - CoreDNS: `coredns` from `github.com/coredns/coredns` (its default plugin set, with
 //!   `kubernetes`, `forward`, `hosts` and `template`);
 //! - kine: `kine` from `github.com/k3s-io/kine` (pure-Go SQLite, built without cgo like the rest).
@@ -23,7 +27,7 @@ use crate::gobuild::{Generate, GoBuild, GoModule, GoSet};
 use crate::versions::gomod::*;
 pub use crate::versions::{
     COREDNS_VERSION, ETCD_VERSION, KINE_VERSION, KUBERNETES_PREVIOUS_VERSION, KUBERNETES_VERSION,
-    KUBEVIRT_VERSION, KWOK_VERSION,
+    KUBEVIRT_VERSION, KWOK_VERSION, METRICS_SERVER_VERSION,
 };
 
 /// Environment variable naming a directory with prebuilt `etcd`, `kube-apiserver`,
@@ -108,6 +112,8 @@ pub struct KubeVirtBinaries {
     pub kwok: PathBuf,
     /// The Stages kwok ships (node initialize and heartbeat, pod ready/complete/delete), YAML.
     pub kwok_stages: PathBuf,
+    /// kwok's simulated kubelet resource metrics (its Metric and ClusterResourceUsage), YAML.
+    pub kwok_metrics: PathBuf,
 }
 
 fn k8s_ldflags() -> String {
@@ -247,12 +253,46 @@ fn kwok_set() -> GoSet {
             packages: vec!["sigs.k8s.io/kwok/cmd/kwok", "./cmd/kwok-stages"],
             output: None,
         }],
-        generate: vec![Generate {
-            program: "kwok-stages",
-            args: vec![],
-            output: "kwok-stages.yaml",
+        generate: vec![
+            Generate {
+                program: "kwok-stages",
+                args: vec![],
+                output: "kwok-stages.yaml",
+            },
+            Generate {
+                program: "kwok-stages",
+                args: vec!["metrics"],
+                output: "kwok-metrics.yaml",
+            },
+        ],
+        outputs: vec!["kwok", "kwok-stages.yaml", "kwok-metrics.yaml"],
+    }
+}
+
+fn metrics_server_set() -> GoSet {
+    GoSet {
+        key_prefix: format!("metrics-server-{METRICS_SERVER_VERSION}"),
+        label: format!("metrics-server {METRICS_SERVER_VERSION}"),
+        modules: vec![GoModule {
+            dir: "metrics-server",
+            files: &[
+                ("go.mod", METRICS_SERVER_GO_MOD),
+                ("go.sum", METRICS_SERVER_GO_SUM),
+                ("tools.go", METRICS_SERVER_TOOLS),
+            ],
         }],
-        outputs: vec!["kwok", "kwok-stages.yaml"],
+        builds: vec![GoBuild {
+            module: "metrics-server",
+            what: format!("metrics-server {METRICS_SERVER_VERSION}"),
+            // as its Makefile stamps it
+            ldflags: format!(
+                "-s -w -X k8s.io/client-go/pkg/version.gitVersion={METRICS_SERVER_VERSION}"
+            ),
+            packages: vec!["sigs.k8s.io/metrics-server/cmd/metrics-server"],
+            output: None,
+        }],
+        generate: vec![],
+        outputs: vec!["metrics-server"],
     }
 }
 
@@ -422,6 +462,17 @@ pub fn coredns() -> Result<PathBuf, BinariesError> {
     Ok(coredns_set().ensure()?.join("coredns"))
 }
 
+/// Whether the metrics-server binary is already cached.
+pub fn metrics_server_cached() -> bool {
+    metrics_server_set().cached()
+}
+
+/// Returns the path of the `metrics-server` binary, building it first if it is not cached yet
+/// (blocking; minutes cold on 2 cores: its k8s.io modules are its own).
+pub fn metrics_server() -> Result<PathBuf, BinariesError> {
+    Ok(metrics_server_set().ensure()?.join("metrics-server"))
+}
+
 /// Whether the kine binary is already cached.
 pub fn kine_cached() -> bool {
     kine_set().cached()
@@ -445,6 +496,7 @@ pub fn ensure_kubevirt() -> Result<KubeVirtBinaries, BinariesError> {
         install_strategy: kv.join("install-strategy.json"),
         kwok: kwok.join("kwok"),
         kwok_stages: kwok.join("kwok-stages.yaml"),
+        kwok_metrics: kwok.join("kwok-metrics.yaml"),
     })
 }
 
@@ -471,6 +523,11 @@ mod tests {
             "{kv}"
         );
         assert!(kw.starts_with(&format!("kwok-{KWOK_VERSION}-")), "{kw}");
+        let ms = metrics_server_set().key();
+        assert!(
+            ms.starts_with(&format!("metrics-server-{METRICS_SERVER_VERSION}-")),
+            "{ms}"
+        );
     }
 
     #[test]
@@ -489,6 +546,7 @@ mod tests {
             control_plane_set(),
             kubevirt_set(),
             kwok_set(),
+            metrics_server_set(),
             coredns_set(),
             kine_set(),
         ] {

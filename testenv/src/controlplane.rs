@@ -11,6 +11,9 @@ use crate::binaries::{self, Binaries, BinariesError};
 use crate::pki::{Ca, CertKey, ServiceAccountKey};
 use crate::process::Managed;
 
+mod apiservers;
+pub use apiservers::ExtraApiserver;
+
 /// The user name the apiserver accepts from the front proxy (aggregated APIs).
 pub const FRONT_PROXY_CLIENT: &str = "front-proxy-client";
 /// The common name of the apiserver's kubelet client certificate (kubeadm's).
@@ -378,6 +381,12 @@ impl ControlPlane {
                 source,
             })?;
         self.etcd = Some(etcd);
+        self.start_apiserver(started).await
+    }
+
+    /// Starts kube-apiserver, waits for `/readyz`, then starts kube-controller-manager if asked.
+    async fn start_apiserver(&mut self, started: Instant) -> Result<(), Error> {
+        let d = self.dir.path().to_path_buf();
         let mut cmd = Command::new(&self.bins.kube_apiserver);
         cmd.args(self.apiserver_args());
         let apiserver = Managed::spawn(

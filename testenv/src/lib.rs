@@ -15,6 +15,7 @@ pub mod controlplane;
 pub mod etcd;
 mod gobuild;
 pub mod kubevirt;
+pub mod multus;
 /// Certificates and kubeconfigs (the `kvtenant-pki` crate, shared with the controller).
 pub use kvtenant_pki as pki;
 pub mod process;

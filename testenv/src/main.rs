@@ -41,8 +41,8 @@ enum Cmd {
         controller_manager: bool,
     },
     /// Build (or find in the cache) the control-plane binaries, KubeVirt's virt-api,
-    /// virt-controller and virtctl, kwok, CoreDNS, kine, the previous minor's apiserver and
-    /// controller-manager, helm and clusterctl, and print where they are.
+    /// virt-controller and virtctl, kwok, metrics-server, CoreDNS, kine, the previous minor's
+    /// apiserver and controller-manager, helm and clusterctl, and print where they are.
     Build {
         /// Only the control-plane binaries (etcd, kube-apiserver, kube-controller-manager,
         /// kube-scheduler).
@@ -88,6 +88,16 @@ async fn main() -> anyhow::Result<()> {
                 eprintln!(
                     "CoreDNS {} ready in {:.1?}",
                     binaries::COREDNS_VERSION,
+                    step.elapsed()
+                );
+                let step = Instant::now();
+                let ms = tokio::task::spawn_blocking(binaries::metrics_server).await??;
+                if let Some(dir) = ms.parent() {
+                    println!("{}", dir.display());
+                }
+                eprintln!(
+                    "metrics-server {} ready in {:.1?}",
+                    binaries::METRICS_SERVER_VERSION,
                     step.elapsed()
                 );
                 let step = Instant::now();

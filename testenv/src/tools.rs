@@ -137,7 +137,13 @@ pub fn cluster_api_manager() -> Result<PathBuf, BinariesError> {
 /// The directory of `sigs.k8s.io/cluster-api@CLUSTER_API_VERSION` in Go's module cache
 /// (downloaded through the module proxy when missing; blocking).
 pub fn cluster_api_module_dir() -> Result<PathBuf, BinariesError> {
-    let module = format!("{CLUSTER_API_MODULE}@{CLUSTER_API_VERSION}");
+    go_module_dir(CLUSTER_API_MODULE, CLUSTER_API_VERSION)
+}
+
+/// The directory of `module@version` in Go's module cache (downloaded through the module proxy
+/// when missing; blocking).
+pub fn go_module_dir(module: &str, version: &str) -> Result<PathBuf, BinariesError> {
+    let module = format!("{module}@{version}");
     let out = Command::new("go")
         .args(["mod", "download", "-json", &module])
         .env("GOFLAGS", "-mod=mod")

@@ -11,6 +11,9 @@ pub const ETCD_VERSION: &str = "v3.7.3";
 pub const KUBEVIRT_VERSION: &str = "v1.8.1";
 /// kwok release (simulated nodes and pods).
 pub const KWOK_VERSION: &str = "v0.8.0";
+/// metrics-server release (the host's `metrics.k8s.io` in tests, scraping kwok's simulated
+/// kubelet resource metrics), with the k8s.io modules it was released with.
+pub const METRICS_SERVER_VERSION: &str = "v0.8.0";
 /// CoreDNS release (a tenant's DNS server; tests run it locally against a tenant apiserver).
 pub const COREDNS_VERSION: &str = "v1.14.7";
 /// kine release (the etcd shim of Managed virtual clusters with datastore Kine; the
@@ -37,6 +40,9 @@ pub(crate) mod gomod {
     pub const KWOK_GO_SUM: &str = include_str!("../go/kwok/go.sum");
     pub const KWOK_TOOLS: &str = include_str!("../go/kwok/tools.go");
     pub const KWOK_STAGES: &str = include_str!("../go/kwok/cmd/kwok-stages/main.go");
+    pub const METRICS_SERVER_GO_MOD: &str = include_str!("../go/metrics-server/go.mod");
+    pub const METRICS_SERVER_GO_SUM: &str = include_str!("../go/metrics-server/go.sum");
+    pub const METRICS_SERVER_TOOLS: &str = include_str!("../go/metrics-server/tools.go");
     pub const COREDNS_GO_MOD: &str = include_str!("../go/coredns/go.mod");
     pub const COREDNS_GO_SUM: &str = include_str!("../go/coredns/go.sum");
     pub const COREDNS_TOOLS: &str = include_str!("../go/coredns/tools.go");
@@ -83,6 +89,10 @@ mod tests {
         assert_eq!(
             required_version(KWOK_GO_MOD, "sigs.k8s.io/kwok"),
             Some(KWOK_VERSION)
+        );
+        assert_eq!(
+            required_version(METRICS_SERVER_GO_MOD, "sigs.k8s.io/metrics-server"),
+            Some(METRICS_SERVER_VERSION)
         );
         assert_eq!(
             required_version(COREDNS_GO_MOD, "github.com/coredns/coredns"),

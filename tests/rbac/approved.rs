@@ -38,6 +38,8 @@ pub const SYNCER_CLUSTER: &[&str] = &[
     // read: the host's DaemonSets' and StatefulSets' revisions too)
     "controllerrevisions.apps [] [] [get list watch]",
     "customresourcedefinitions.apiextensions.k8s.io [] [] [get list watch]",
+    // golden images: the allowed host DataSources, read by name (added 2026-12-05)
+    "datasources.cdi.kubevirt.io [] [] [get]",
     "datavolumes.cdi.kubevirt.io [] [] [get list watch create update patch delete]",
     "datavolumes.cdi.kubevirt.io/status [] [] [get update patch]",
     "endpointslices.discovery.k8s.io [] [] [get list watch create update patch delete]",
@@ -49,9 +51,17 @@ pub const SYNCER_CLUSTER: &[&str] = &[
     "ingresses.networking.k8s.io/status [] [] [get]",
     "mutatingwebhookconfigurations.admissionregistration.k8s.io [] [] [get list watch]",
     "namespaces [] [] [get list watch create delete]",
+    // secondary networks (opt-in kind): the tenants' in their host namespaces, writes confined
+    // there by the admission policy (k8s.cni.cncf.io added 2026-12-05); the allowed host ones
+    // read by name
+    "network-attachment-definitions.k8s.cni.cncf.io [] [] [get list watch create update patch delete]",
     "networkpolicies.networking.k8s.io [] [] [get list watch create update patch delete]",
     "nodes [] [] [get list]",
+    // the tenants' `kubectl top`: read in a tenant's host namespaces and for the host nodes it
+    // is shown only (checked by the proxy)
+    "nodes.metrics.k8s.io [] [] [get list]",
     "persistentvolumeclaims [] [] [get list watch create update patch delete]",
+    "persistentvolumes [] [] [get]",
     "poddisruptionbudgets.policy [] [] [get list watch create update patch delete]",
     "poddisruptionbudgets.policy/status [] [] [get]",
     "pods [] [] [get list watch create update patch delete]",
@@ -59,6 +69,7 @@ pub const SYNCER_CLUSTER: &[&str] = &[
     "pods/exec [] [] [get create]",
     "pods/log [] [] [get]",
     "pods/portforward [] [] [get create]",
+    "pods.metrics.k8s.io [] [] [get list]",
     "priorityclasses.scheduling.k8s.io [] [] [get list]",
     "secrets [] [] [get list watch create update patch delete]",
     "selfsubjectaccessreviews.authorization.k8s.io [] [] [create]",

@@ -501,11 +501,6 @@ impl Target {
     ///    tenant deletes it and the host copy goes away.
     pub fn service(&self) {
         self.tenant(&["apply", "-f", &sample("service-vm.yaml")]);
-        let tenant_svc = json(
-            &self.tenant_kubeconfig,
-            &["get", "service", "vm1-ssh", "-n", "default"],
-        )
-        .expect("the tenant Service");
         let uid = self.tenant_uid("vm", "vm1");
         let host_ns = self.wait("vm1 on the host", || self.host_namespace_of(&uid));
         let host_svc = self.wait("the Service vm1-ssh on the host", || {
@@ -513,6 +508,16 @@ impl Target {
                 &self.host_kubeconfig,
                 &["get", "service", "vm1-ssh", "-n", &host_ns],
             )
+        });
+        // the tenant Service is created again once with the host's cluster IP (README): read
+        // it once it shows that address (a read right after the apply can fall between its
+        // delete and its create)
+        let tenant_svc = self.wait("the tenant Service with the host's cluster IP", || {
+            json(
+                &self.tenant_kubeconfig,
+                &["get", "service", "vm1-ssh", "-n", "default"],
+            )
+            .filter(|svc| svc["spec"]["clusterIP"] == host_svc["spec"]["clusterIP"])
         });
         assert_eq!(
             host_svc["spec"]["selector"],

@@ -80,7 +80,11 @@ pub(crate) fn desired(
         &synced,
         &target,
     );
-    let workloads = mirror::workload_policy_resources(tenant.spec.kubevirt.synced_kinds());
+    let mut workloads = mirror::workload_policy_resources(tenant.spec.kubevirt.synced_kinds());
+    // Pods turned off (`spec.sync.pods: false`) never reach the host: not reviewed
+    if tenant.spec.sync.pods == Some(false) {
+        workloads.retain(|(g, r)| !(g.is_empty() && r == "pods"));
+    }
     validating.extend(mirror::policy_configuration(&synced, &workloads, &target));
     let mutating = mirror::render(HookType::Mutating, host_mutating, &synced, &target);
     Desired {

@@ -302,6 +302,7 @@ async fn one_replica_syncs_both_serve_and_the_other_takes_over_when_the_leader_d
         .map(|(n, _)| n)
         .collect();
     report::Row {
+        kind: report::Fault::Crash,
         scenario: "syncer leader killed (2 replicas)",
         tried: format!(
             "two replicas (lease {:?}); the leader killed, a VM created and another stopped \

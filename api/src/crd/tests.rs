@@ -424,6 +424,7 @@ fn minimal_object_applies_all_defaults() {
                 "image": "registry.k8s.io/coredns/coredns:v1.14.7",
                 "clusterDomain": "cluster.local",
             },
+            "sync": {},
             "paused": false,
         })
     );

@@ -117,11 +117,15 @@ pub enum SyncKind {
     /// snapshot.kubevirt.io VirtualMachineSnapshotContent: never synced down; the host's are
     /// shown read-only while VirtualMachineSnapshot is synced.
     VirtualMachineSnapshotContent,
+    /// k8s.cni.cncf.io NetworkAttachmentDefinition (opt-in: needs Multus on the host): the
+    /// tenant's secondary networks, synced only when their CNI config passes
+    /// `spec.vmPolicy.tenantNetworks`.
+    NetworkAttachmentDefinition,
 }
 
 impl SyncKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [SyncKind; 11] = [
+    pub const ALL: [SyncKind; 12] = [
         Self::VirtualMachine,
         Self::VirtualMachineInstance,
         Self::VirtualMachineInstanceMigration,
@@ -133,6 +137,7 @@ impl SyncKind {
         Self::VirtualMachineSnapshot,
         Self::VirtualMachineRestore,
         Self::VirtualMachineSnapshotContent,
+        Self::NetworkAttachmentDefinition,
     ];
 
     /// The kinds synced when `spec.kubevirt.syncKinds` is not set: all but DataVolume.
@@ -158,6 +163,7 @@ impl SyncKind {
             Self::VirtualMachineSnapshot => "VirtualMachineSnapshot",
             Self::VirtualMachineRestore => "VirtualMachineRestore",
             Self::VirtualMachineSnapshotContent => "VirtualMachineSnapshotContent",
+            Self::NetworkAttachmentDefinition => "NetworkAttachmentDefinition",
         }
     }
 
@@ -176,6 +182,7 @@ impl SyncKind {
             Self::VirtualMachineSnapshot
             | Self::VirtualMachineRestore
             | Self::VirtualMachineSnapshotContent => "snapshot.kubevirt.io",
+            Self::NetworkAttachmentDefinition => "k8s.cni.cncf.io",
         }
     }
 
@@ -185,7 +192,8 @@ impl SyncKind {
         match self {
             Self::VirtualMachine
             | Self::VirtualMachineInstance
-            | Self::VirtualMachineInstanceMigration => "v1",
+            | Self::VirtualMachineInstanceMigration
+            | Self::NetworkAttachmentDefinition => "v1",
             Self::VirtualMachinePool
             | Self::VirtualMachineClone
             | Self::DataVolume
@@ -211,6 +219,7 @@ impl SyncKind {
             Self::VirtualMachineSnapshot => "virtualmachinesnapshots",
             Self::VirtualMachineRestore => "virtualmachinerestores",
             Self::VirtualMachineSnapshotContent => "virtualmachinesnapshotcontents",
+            Self::NetworkAttachmentDefinition => "network-attachment-definitions",
         }
     }
 

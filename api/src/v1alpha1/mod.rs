@@ -12,6 +12,7 @@ mod kubevirt;
 mod map_services;
 mod policy;
 mod status;
+mod sync;
 
 pub use control_plane::*;
 pub use datastore::*;
@@ -20,6 +21,7 @@ pub use kubevirt::*;
 pub use map_services::*;
 pub use policy::*;
 pub use status::*;
+pub use sync::*;
 
 use kube::CustomResource;
 use serde::{Deserialize, Serialize};
@@ -166,6 +168,12 @@ pub struct VirtualClusterSpec {
     #[serde(default, skip_serializing_if = "MapServicesSpec::is_empty")]
     pub map_services: MapServicesSpec,
 
+    /// What the syncer copies to the host besides the KubeVirt kinds: `pods` turns Pod sync
+    /// off for an External cluster whose own kubelets run its pods.
+    #[serde(default)]
+    #[schemars(extend("default" = {}))]
+    pub sync: SyncSpec,
+
     /// Pauses the virtual cluster while true: syncing stops, the tenant's running VMs on the host
     /// are stopped, and a Managed control plane scales to zero (data kept). Setting it back to
     /// false restores the control plane and each VM's run strategy; nothing is lost.
@@ -189,6 +197,7 @@ impl Default for VirtualClusterSpec {
             nodes: NodesSpec::default(),
             dns: DnsSpec::default(),
             map_services: MapServicesSpec::default(),
+            sync: SyncSpec::default(),
             paused: false,
         }
     }

@@ -178,11 +178,31 @@ pub struct VmPolicy {
     pub allowed_host_devices: Vec<String>,
 
     /// Host Multus networks VMs may attach to, as `<namespace>/<name>` of a host
-    /// NetworkAttachmentDefinition, matched against networks[].multus.networkName. Empty
-    /// (default): the pod network only.
+    /// NetworkAttachmentDefinition. Each is shown read-only in the virtual cluster under the
+    /// same namespace and name (kvtenant creates the namespace there if needed), so a VM names
+    /// it in networks[].multus.networkName as on the host: `<namespace>/<name>`, or the plain
+    /// name from a VM of that namespace. Empty (default): no host network; a VM may still name
+    /// the tenant's own networks of its namespace (see tenantNetworks).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub allowed_networks: Vec<String>,
+
+    /// What the tenant's own NetworkAttachmentDefinitions (synced when
+    /// NetworkAttachmentDefinition is in spec.kubevirt.syncKinds) may configure. Default: every
+    /// list empty, so every tenant NetworkAttachmentDefinition is refused (a SyncRefused Event
+    /// names the field); the host's networks in allowedNetworks stay usable.
+    #[serde(default, skip_serializing_if = "TenantNetworks::is_empty")]
+    pub tenant_networks: TenantNetworks,
+
+    /// Host CDI DataSources (golden images) the tenant may clone from, as `<namespace>/<name>`.
+    /// Each is shown read-only in the virtual cluster under the same namespace and name
+    /// (kvtenant creates the namespace there if needed); a DataVolume's or a VM's
+    /// dataVolumeTemplates' `sourceRef` naming it (`namespace` set, or omitted from that
+    /// namespace) is pointed at the host's DataSource on the host copy. Empty (default): none;
+    /// a sourceRef to another namespace is refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub allowed_data_sources: Vec<String>,
 
     /// Host PriorityClasses VMs and pods may name in priorityClassName (VMs' launcher pods and
     /// the tenant's pods get that priority on the host and may preempt host workloads). Empty
@@ -224,6 +244,13 @@ impl VmPolicy {
         self.allowed_networks.iter().any(|n| n == network_name)
     }
 
+    /// Whether the host DataSource `<namespace>/<name>` may be cloned from.
+    pub fn data_source_allowed(&self, namespace: &str, name: &str) -> bool {
+        self.allowed_data_sources
+            .iter()
+            .any(|n| n.split_once('/') == Some((namespace, name)))
+    }
+
     /// Whether a host PriorityClass may be named.
     pub fn priority_class_allowed(&self, name: &str) -> bool {
         self.allowed_priority_classes.iter().any(|n| n == name)
@@ -234,6 +261,40 @@ impl VmPolicy {
         self.allowed_instancetypes
             .as_ref()
             .is_none_or(|allowed| allowed.iter().any(|n| n == name))
+    }
+}
+
+/// What the tenant's own NetworkAttachmentDefinitions may configure: every CNI plugin of their
+/// `spec.config` (a single plugin, or each of a conflist's `plugins`) is checked, and anything
+/// not listed here is refused.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantNetworks {
+    /// CNI plugin types a tenant network may use: each plugin's `type` and its IPAM's
+    /// `ipam.type` (e.g. bridge, host-local). Empty (default): no tenant network is synced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub allowed_cni_types: Vec<String>,
+
+    /// Host bridges and interfaces a tenant network may attach to: a plugin's `bridge` (the
+    /// bridge plugin's default `cni0` when it names none; ovs), `master` (macvlan, ipvlan, vlan;
+    /// required: without it they take the host's default-route interface) and `device`
+    /// (host-device). Empty (default): none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub allowed_bridges: Vec<String>,
+
+    /// VLAN ids a tenant network may use: a plugin's `vlan` / `vlanId` and every id of its
+    /// trunk (`vlanTrunk`, `trunk`: `id`, or `minID`..`maxID`). Empty (default): untagged only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub allowed_vlans: Vec<u16>,
+}
+
+impl TenantNetworks {
+    /// Whether nothing is allowed (the default).
+    pub fn is_empty(&self) -> bool {
+        self == &Self::default()
     }
 }
 

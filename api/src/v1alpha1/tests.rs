@@ -105,6 +105,7 @@ fn full_spec_round_trips() {
         "nodes": {"selector": {"pool": "tenant-a"},
             "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "tenant-a", "effect": "NoSchedule"}]},
         "dns": {"enabled": false, "image": "mirror.example/coredns:v1.14.7", "clusterDomain": "tenant.example"},
+        "sync": {"pods": false},
         "paused": true,
     });
     let parsed: VirtualClusterSpec = serde_json::from_value(spec.clone()).unwrap();

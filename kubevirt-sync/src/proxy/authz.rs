@@ -36,22 +36,30 @@ pub fn verb(method: &Method, has_name: bool) -> Option<&'static str> {
 /// The review for a call.
 pub fn review(user: &UserInfo, call: &Call, verb: &str) -> SubjectAccessReview {
     let sub = call.subresource();
+    review_as(
+        user,
+        ResourceAttributes {
+            group: Some(GROUP.into()),
+            version: Some(call.version.clone()),
+            resource: Some(call.resource.clone()),
+            subresource: (!sub.is_empty()).then(|| sub.to_string()),
+            namespace: Some(call.namespace.clone()),
+            name: call.name.clone(),
+            verb: Some(verb.into()),
+            ..ResourceAttributes::default()
+        },
+    )
+}
+
+/// A review of `attributes` for `user`, as the tenant apiserver named the user (pure).
+pub fn review_as(user: &UserInfo, attributes: ResourceAttributes) -> SubjectAccessReview {
     SubjectAccessReview {
         spec: SubjectAccessReviewSpec {
             user: Some(user.name.clone()),
             uid: user.uid.clone(),
             groups: (!user.groups.is_empty()).then(|| user.groups.clone()),
             extra: (!user.extra.is_empty()).then(|| user.extra.clone()),
-            resource_attributes: Some(ResourceAttributes {
-                group: Some(GROUP.into()),
-                version: Some(call.version.clone()),
-                resource: Some(call.resource.clone()),
-                subresource: (!sub.is_empty()).then(|| sub.to_string()),
-                namespace: Some(call.namespace.clone()),
-                name: call.name.clone(),
-                verb: Some(verb.into()),
-                ..ResourceAttributes::default()
-            }),
+            resource_attributes: Some(attributes),
             ..SubjectAccessReviewSpec::default()
         },
         ..SubjectAccessReview::default()

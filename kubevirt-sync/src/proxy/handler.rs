@@ -13,7 +13,7 @@ use super::auth::{self, TenantAuth};
 use super::forward::{self, BODY_TIMEOUT, MAX_BODY, StreamMetrics, Target};
 use super::route::{self, Call, Route};
 use super::status::{self, Body};
-use super::{ConnInfo, GROUP, ProxyState, authz, discovery};
+use super::{ConnInfo, GROUP, ProxyState, authz, discovery, metrics_api};
 
 fn metric_label(route: &Route) -> &'static str {
     match route {
@@ -37,6 +37,9 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Response<Body> {
     let started = Instant::now();
+    if metrics_api::decide::is_metrics_path(req.uri().path()) {
+        return metrics_request(state, conn, req, started).await;
+    }
     let route = route::parse(req.uri().path());
     if route == Route::Health {
         return status::healthy();
@@ -62,6 +65,36 @@ pub async fn handle(
         Err(rejected) => return *rejected,
     };
     let response = serve(&state, &tenant, route, req).await;
+    state.metrics.request(
+        &tenant.label,
+        label,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+/// A request of the tenants' `metrics.k8s.io` ([`metrics_api`]): served to every tenant,
+/// whatever its subresources setting.
+async fn metrics_request(
+    state: Arc<ProxyState>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+    started: Instant,
+) -> Response<Body> {
+    let label = metrics_api::decide::parse(req.uri().path()).metric_label();
+    let tenant = match auth::identify_or_reject(
+        &state,
+        &conn,
+        auth::Caller::FrontProxy,
+        label,
+        started,
+        req.uri().path(),
+    ) {
+        Ok(t) => t,
+        Err(rejected) => return *rejected,
+    };
+    let response = metrics_api::handle(&state, &tenant, req).await;
     state.metrics.request(
         &tenant.label,
         label,

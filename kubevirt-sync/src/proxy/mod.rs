@@ -27,6 +27,7 @@ pub mod forward;
 pub mod handler;
 pub mod kubelet;
 pub mod metrics;
+pub mod metrics_api;
 pub mod register;
 pub mod route;
 pub mod status;
@@ -182,6 +183,8 @@ pub struct ProxyState {
     revocations: Mutex<HashMap<String, tokio::sync::watch::Sender<bool>>>,
     pub metrics: ProxyMetrics,
     pub discovery: discovery::Cache,
+    /// Whether the host serves `metrics.k8s.io` (the tenants' `kubectl top`).
+    pub host_metrics: metrics_api::HostMetrics,
     pub provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
@@ -293,6 +296,11 @@ impl Proxy {
             config.service_dns_name(),
             format!("{}.{}", config.service_name, config.service_namespace),
             format!("{}.cluster.local", config.service_dns_name()),
+            format!(
+                "{}.{}.svc",
+                metrics_api::SERVICE_NAME,
+                config.service_namespace
+            ),
             config.advertise_host.clone(),
             "localhost".to_string(),
             "127.0.0.1".to_string(),
@@ -312,6 +320,7 @@ impl Proxy {
             revocations: Mutex::new(HashMap::new()),
             metrics: ProxyMetrics::default(),
             discovery: discovery::Cache::default(),
+            host_metrics: metrics_api::HostMetrics::default(),
             provider,
         });
         let mut tasks = JoinSet::new();
@@ -351,6 +360,7 @@ impl Proxy {
             Listener::Subresources,
         ));
         tasks.spawn(register::run(state.clone()));
+        tasks.spawn(metrics_api::follow_host(state.clone()));
         tracing::info!(%local_addr, advertised = %format!("{}:{port}", state.config.advertise_host), "subresource proxy listening");
         Ok(Self {
             state,

@@ -73,7 +73,8 @@ fn labels() -> Value {
     json!({MANAGED_BY: MANAGED_BY_VALUE, COMPONENT_LABEL: COMPONENT})
 }
 
-fn is_ours<K: Resource>(obj: &K) -> bool {
+/// Whether kvtenant made this object (its managed-by label).
+pub(super) fn is_ours<K: Resource>(obj: &K) -> bool {
     obj.meta()
         .labels
         .as_ref()
@@ -128,18 +129,7 @@ pub async fn host_versions(host: &Client) -> Result<Vec<String>, kube::Error> {
 /// other versions.
 pub async fn ensure(client: &Client, t: &Target, versions: &[String]) -> Result<(), ProxyError> {
     let pp = PatchParams::apply(MANAGER).force();
-    let services: Api<Service> = Api::namespaced(client.clone(), &t.namespace);
-    if let Some(existing) = services.get_opt(&t.service_name).await?
-        && !is_ours(&existing)
-    {
-        return Err(ProxyError::Conflict(format!(
-            "Service {}/{} exists in the virtual cluster and is not kvtenant's",
-            t.namespace, t.service_name
-        )));
-    }
-    services
-        .patch(&t.service_name, &pp, &Patch::Apply(&service(t)))
-        .await?;
+    apply_service(client, t, &service(t)).await?;
     let apis: Api<APIService> = Api::all(client.clone());
     for v in VERSIONS {
         let name = format!("{v}.{GROUP}");
@@ -158,7 +148,8 @@ pub async fn ensure(client: &Client, t: &Target, versions: &[String]) -> Result<
     Ok(())
 }
 
-fn delete_ignoring_missing<T>(r: Result<T, kube::Error>) -> Result<(), ProxyError> {
+/// A delete's result, an object already gone counting as deleted.
+pub(super) fn delete_ignoring_missing<T>(r: Result<T, kube::Error>) -> Result<(), ProxyError> {
     match r {
         Ok(_) => Ok(()),
         Err(e) if kvtenant_kubeutil::classify(&e) == kvtenant_kubeutil::ApiErrorClass::NotFound => {
@@ -177,6 +168,37 @@ pub async fn unregister(client: &Client, t: &Target) -> Result<(), ProxyError> {
             delete_ignoring_missing(apis.delete(&name, &DeleteParams::default()).await)?;
         }
     }
+    remove_service(client, t).await
+}
+
+/// Applies `service`, the Service of `t`, in the tenant; refused when a Service of that name
+/// there is not kvtenant's.
+pub(super) async fn apply_service(
+    client: &Client,
+    t: &Target,
+    service: &Value,
+) -> Result<(), ProxyError> {
+    let services: Api<Service> = Api::namespaced(client.clone(), &t.namespace);
+    if let Some(existing) = services.get_opt(&t.service_name).await?
+        && !is_ours(&existing)
+    {
+        return Err(ProxyError::Conflict(format!(
+            "Service {}/{} exists in the virtual cluster and is not kvtenant's",
+            t.namespace, t.service_name
+        )));
+    }
+    services
+        .patch(
+            &t.service_name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(service),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Deletes the Service of `t` in the tenant when kvtenant made it.
+pub(super) async fn remove_service(client: &Client, t: &Target) -> Result<(), ProxyError> {
     let services: Api<Service> = Api::namespaced(client.clone(), &t.namespace);
     if services
         .get_opt(&t.service_name)
@@ -286,6 +308,16 @@ async fn serve_tenant(state: Arc<ProxyState>, t: TenantInfo) {
     let mut loaded: Option<RequestHeaderConfig> = None;
     let mut next_ensure = Instant::now();
     let mut tampered = guard(&t.client, &target);
+    // the tenant's metrics.k8s.io (`kubectl top`), served whatever its subresources setting
+    let _metrics_api = TaskGuard(
+        tokio::spawn(super::metrics_api::register::keep(
+            state.clone(),
+            t.vc.uid.clone(),
+            t.label.clone(),
+            t.client.clone(),
+        ))
+        .abort_handle(),
+    );
     loop {
         tokio::select! {
             Some(change) = tampered.next() => {

@@ -8,7 +8,6 @@ use std::sync::Weak;
 use std::time::Duration;
 
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
-use kube::core::{ApiResource, GroupVersionKind};
 use kvtenant_kubeutil::ResultExt;
 use kvtenant_rules::dns::{self, DnsObject, MANAGED_BY_LABEL};
 use kvtenant_rules::kinds::{self, ApiKind};
@@ -21,13 +20,9 @@ use crate::error::{Cluster, Error};
 const INSTALL_RETRY: Duration = Duration::from_millis(500);
 const INSTALL_RETRY_MAX: Duration = Duration::from_secs(30);
 
-fn resource(k: &ApiKind) -> ApiResource {
-    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(k.group, k.version, k.kind), k.plural)
-}
-
 impl Tenant {
     fn dns_api(&self, api: &ApiKind, namespace: Option<&str>) -> Api<DynamicObject> {
-        let ar = resource(api);
+        let ar = api.resource();
         match namespace {
             Some(ns) => Api::namespaced_with(self.client.clone(), ns, &ar),
             None => Api::all_with(self.client.clone(), &ar),

@@ -245,6 +245,12 @@ impl Tenant {
                 }
                 Step::ClearRefusal => self.clear_refusal(key),
                 Step::ShowNode(node) => self.ensure_node(&node).await?,
+                Step::ShowVolume(pv) => {
+                    if let Some(d) = self.show_volume(key, &pv).await? {
+                        return Ok(Some(d));
+                    }
+                }
+                Step::HideVolume(pv) => self.hide_volume(key, &pv).await?,
                 Step::CreateMirror(obj) => {
                     self.api_call(Cluster::Tenant, "create");
                     let created = match tenant.create(&PostParams::default(), &obj).await {

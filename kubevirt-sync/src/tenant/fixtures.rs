@@ -422,3 +422,51 @@ async fn a_host_made_instance_is_mirrored_into_the_tenant() {
     assert_eq!(sent[0]["metadata"]["ownerReferences"][0]["uid"], "t-vm1");
     assert_eq!(sent[0]["status"]["phase"], "Scheduling");
 }
+
+#[tokio::test]
+async fn a_pod_is_bound_once_while_the_tenant_cache_does_not_show_the_binding_yet() {
+    let mut e = env();
+    let pod = obj(
+        "Pod",
+        json!({"metadata": {"name": "web", "namespace": "default", "uid": "t-web",
+            "resourceVersion": "5"},
+        "spec": {"automountServiceAccountToken": false,
+            "containers": [{"name": "c", "image": "busybox"}]}}),
+    );
+    e.put_tenant("Pod", &pod);
+    let key = e.key("Pod", "web");
+    // the host copy kvtenant writes, as the host has it once scheduled
+    let mut copy = e
+        .tenant
+        .plan(&key)
+        .unwrap()
+        .steps
+        .into_iter()
+        .find_map(|s| match s {
+            crate::plan::Step::CreateHost(o) => Some(*o),
+            _ => None,
+        })
+        .unwrap();
+    copy.metadata.uid = Some("h-web".into());
+    copy.data["spec"]["nodeName"] = json!("node-1");
+    e.put_host("Pod", &copy);
+    let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1"}});
+    let host_want = e
+        .host
+        .expect(vec![call("GET", "/api/v1/nodes/node-1", 200, Some(node))]);
+    let want = e.tenant_api.expect(vec![
+        call("PATCH", "/api/v1/nodes/node-1", 200, None),
+        call("PATCH", "/api/v1/nodes/node-1/status", 200, None),
+        call(
+            "POST",
+            "/api/v1/namespaces/default/pods/web/binding",
+            201,
+            success(),
+        ),
+    ]);
+    e.tenant.reconcile(&key).await.unwrap();
+    // the host pod's next change comes before the tenant's watch shows the binding
+    e.tenant.reconcile(&key).await.unwrap();
+    assert_eq!(e.host.seen(), host_want);
+    assert_eq!(e.tenant_api.seen(), want, "bound once");
+}

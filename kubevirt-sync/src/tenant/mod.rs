@@ -12,6 +12,8 @@
 //! - [`roles`]: KubeVirt's cluster roles (`kubevirt.io:view`, `edit`, `admin`, `migrate`).
 //! - [`nodes`]: tenant Nodes for the host nodes running the tenant's pods and VMIs.
 //! - [`pods`]: a Pod's tenant token, its binding, a tenant object recreated with host values.
+//! - [`volumes`]: host PersistentVolumes bound to the tenant's claims, shown read-only.
+//! - [`host_objects`]: the host's allowed networks and DataSources, shown read-only.
 //! - [`resync`]: the consistency scan.
 //! - [`health`]: whether the tenant's apiserver answers (the `TenantUnreachable` condition).
 
@@ -21,6 +23,8 @@ mod execute;
 #[cfg(test)]
 mod fixtures;
 pub mod health;
+mod host_objects;
+mod keep;
 mod map_services;
 mod namespaces;
 mod nodes;
@@ -29,6 +33,7 @@ mod refuse;
 mod restore;
 mod resync;
 mod roles;
+mod volumes;
 mod watch;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -118,6 +123,10 @@ pub struct Tenant {
     /// Nodes kvtenant created in the tenant (names of host nodes running its VMIs). An async
     /// lock held across the write: workers mirroring VMIs on the same node at once show it once.
     nodes: tokio::sync::Mutex<BTreeSet<String>>,
+    /// Pods bound by kvtenant since the last consistency scan: key → (tenant uid, node). The
+    /// tenant cache shows a binding only when its watch delivers it; a plan in between (the
+    /// host pod's next status change) would bind again and be answered Conflict ([`pods`]).
+    bound: Mutex<HashMap<Key, (String, String)>>,
     /// Keys whose tenant object kvtenant is recreating right now ([`pods`]).
     recreating: Mutex<HashSet<Key>>,
     /// Keys whose recreate the tenant refused (not tried again while this tenant runs).
@@ -126,6 +135,9 @@ pub struct Tenant {
     api_endpoint: Option<ApiEndpoint>,
     /// One `spec.mapServices` pass at a time ([`map_services`]).
     map_lock: tokio::sync::Mutex<()>,
+    /// Host volumes shown as tenant PersistentVolumes since the last look, with the uid of the
+    /// tenant claim each is bound to ([`volumes`]).
+    shown_volumes: Mutex<HashMap<String, String>>,
     instance: u64,
     webhook_client_ca: Option<Arc<str>>,
     proxy_cas: Option<ProxyCas>,
@@ -151,11 +163,22 @@ impl Tenant {
     ) -> Result<Arc<Self>, Error> {
         let spec = Arc::new(virtual_cluster.spec.clone());
         let enabled = spec.kubevirt.synced_kinds();
-        let enablement = kinds::enablement(enabled);
+        let mode = spec.control_plane.mode;
+        let own_nodes = if spec.sync.asks_for_nodes(mode) {
+            nodes::has_own_nodes(&client).await?
+        } else {
+            false
+        };
+        let pods = spec.sync.pods_synced(mode, || own_nodes);
+        if !pods {
+            tracing::info!(vc = %vc.name, own_nodes, "Pods are not synced (spec.sync.pods)");
+        }
+        let enablement = kinds::enablement_with_pods(enabled, pods);
         let crd_names: Vec<String> = kinds::watched_sync_kinds(enabled)
             .into_iter()
             .map(|k| k.crd_name())
             .chain(kvtenant_rules::classes::crds(enabled))
+            .chain(kvtenant_rules::host_objects::crds(&spec))
             .collect();
         let (copied, missing) = crate::crds::mirror(&host.crds, &client, &crd_names).await?;
         if !missing.is_empty() {
@@ -201,10 +224,12 @@ impl Tenant {
             tasks: Mutex::new(Vec::new()),
             crd_versions: Mutex::new(copied),
             nodes: tokio::sync::Mutex::new(BTreeSet::new()),
+            bound: Mutex::new(HashMap::new()),
             recreating: Mutex::new(HashSet::new()),
             recreate_failed: Mutex::new(HashSet::new()),
             api_endpoint: endpoint,
             map_lock: tokio::sync::Mutex::new(()),
+            shown_volumes: Mutex::new(HashMap::new()),
             instance: next_instance(),
             webhook_client_ca: webhook_client_ca.map(Arc::from),
             proxy_cas,
@@ -276,10 +301,12 @@ impl Tenant {
             tasks: Mutex::new(Vec::new()),
             crd_versions: Mutex::new(Vec::new()),
             nodes: tokio::sync::Mutex::new(BTreeSet::new()),
+            bound: Mutex::new(HashMap::new()),
             recreating: Mutex::new(HashSet::new()),
             recreate_failed: Mutex::new(HashSet::new()),
             api_endpoint: endpoint,
             map_lock: tokio::sync::Mutex::new(()),
+            shown_volumes: Mutex::new(HashMap::new()),
             instance: 0,
             webhook_client_ca: None,
             proxy_cas: None,

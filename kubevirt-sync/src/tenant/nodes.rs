@@ -59,6 +59,20 @@ pub fn tenant_node_labels(
     labels
 }
 
+/// Whether the tenant has Nodes kvtenant did not make (kubelets of its own).
+pub(super) async fn has_own_nodes(client: &kube::Client) -> Result<bool, Error> {
+    let api: Api<Node> = Api::all(client.clone());
+    let own = api
+        .list_metadata(
+            &ListParams::default()
+                .labels(&format!("!{HOST_NODE}"))
+                .limit(1),
+        )
+        .await
+        .map_err(Error::api("list", Cluster::Tenant, "Nodes"))?;
+    Ok(!own.items.is_empty())
+}
+
 impl Tenant {
     /// The host nodes running this tenant's host objects (from the host cache).
     fn nodes_in_use(&self) -> BTreeSet<String> {

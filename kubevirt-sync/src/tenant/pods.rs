@@ -183,8 +183,34 @@ impl Tenant {
         Ok(Some(Duration::from_secs(next.unsigned_abs())))
     }
 
-    /// Binds the tenant pod to the node its host copy runs on (the tenant runs no scheduler).
+    /// Binds the tenant pod to the node its host copy runs on (the tenant runs no scheduler),
+    /// once: a plan made before the tenant cache shows the binding does not bind again.
     pub(super) async fn bind(&self, key: &Key, node: &str) -> Result<(), Error> {
+        let uid = self
+            .tenant_get(key.kind, &key.namespace, &key.name)
+            .and_then(|t| t.metadata.uid.clone())
+            .unwrap_or_default();
+        let mark = (uid, node.to_string());
+        if self.bound_lock().get(key) == Some(&mark) {
+            return Ok(());
+        }
+        self.bind_call(key, node).await?;
+        self.bound_lock().insert(key.clone(), mark);
+        Ok(())
+    }
+
+    fn bound_lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<Key, (String, String)>> {
+        self.bound.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forgets the pods bound since the last scan (the caches show them by now).
+    pub(super) fn forget_bindings(&self) {
+        self.bound_lock().clear();
+    }
+
+    async fn bind_call(&self, key: &Key, node: &str) -> Result<(), Error> {
         let kind = kinds::get(key.kind);
         let api = self.tenant_api(kind, &key.namespace);
         let binding = json!({

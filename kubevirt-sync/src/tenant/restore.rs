@@ -1,6 +1,6 @@
 //! kvtenant's own objects in the tenant restored within seconds of a tenant change, not at the
 //! next consistency scan: the CRD copies, the DNS objects, KubeVirt's roles, the host classes shown, the Services
-//! `spec.mapServices.fromHost` shows and the tenant Nodes standing for host nodes are watched
+//! `spec.mapServices.fromHost` shows, the PersistentVolumes shown for the tenant's claims and the tenant Nodes standing for host nodes are watched
 //! ([`crate::guard`]); a delete or an edit makes the tenant apply them again (a no-op write when
 //! nothing differs). For Nodes only a delete counts: kvtenant itself rewrites their status with
 //! the host node's heartbeats.
@@ -14,9 +14,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use kube::api::{Api, PartialObjectMeta};
-use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::core::{ApiResource, DynamicObject};
 use kube::runtime::watcher;
-use kvtenant_api::labels::{HOST_CLASS, HOST_NODE, MAPPED_FROM_HOST, MAPPED_SERVICE};
+use kvtenant_api::labels::{HOST_CLASS, HOST_NODE, HOST_VOLUME, MAPPED_FROM_HOST, MAPPED_SERVICE};
 use kvtenant_rules::classes::CLASS_KINDS;
 use kvtenant_rules::dns::{self, APP_LABEL, MANAGED_BY_LABEL};
 
@@ -38,6 +38,7 @@ pub struct Touched {
     pub services: bool,
     pub nodes: bool,
     pub roles: bool,
+    pub volumes: bool,
 }
 
 impl Touched {
@@ -52,6 +53,7 @@ impl Touched {
         self.services |= o.services;
         self.nodes |= o.nodes;
         self.roles |= o.roles;
+        self.volumes |= o.volumes;
     }
 }
 
@@ -64,6 +66,7 @@ pub enum Source {
     MappedServices,
     Nodes,
     Roles,
+    Volumes,
 }
 
 /// Whether a change is to one of kvtenant's objects (pure): a CRD copy only when it is one of
@@ -92,11 +95,11 @@ pub fn touches(source: Source, change: &Change, copies: &BTreeSet<String>) -> To
             roles: true,
             ..none
         },
+        (Source::Volumes, _) => Touched {
+            volumes: true,
+            ..none
+        },
     }
-}
-
-fn resource(k: &kvtenant_rules::kinds::ApiKind) -> ApiResource {
-    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(k.group, k.version, k.kind), k.plural)
 }
 
 /// Changes of the objects of one resource that carry kvtenant's labels (`selector`).
@@ -142,7 +145,7 @@ fn watches(t: &Tenant) -> BoxStream<'static, (Source, Change)> {
             if seen.insert((o.api.kind, o.namespace)) {
                 all.push(labelled(
                     t,
-                    &resource(&o.api),
+                    &o.api.resource(),
                     o.namespace,
                     &selector,
                     Source::Dns,
@@ -156,7 +159,21 @@ fn watches(t: &Tenant) -> BoxStream<'static, (Source, Change)> {
         .iter()
         .filter(|k| kvtenant_rules::classes::crd(k).is_none_or(|c| copies.contains(&c)))
     {
-        all.push(labelled(t, &resource(kind), None, &shown, Source::Classes));
+        all.push(labelled(t, &kind.resource(), None, &shown, Source::Classes));
+    }
+    // the host objects shown go with the classes (`host_objects.rs`)
+    let objects = format!("{}=true", kvtenant_api::labels::HOST_OBJECT);
+    for kind in kvtenant_rules::host_objects::KINDS
+        .iter()
+        .filter(|k| copies.contains(&kvtenant_rules::host_objects::crd(k)))
+    {
+        all.push(labelled(
+            t,
+            &kind.resource(),
+            None,
+            &objects,
+            Source::Classes,
+        ));
     }
     if t.maps_services()
         && let Some(service) = kvtenant_rules::kinds::by_kind("Service")
@@ -175,8 +192,16 @@ fn watches(t: &Tenant) -> BoxStream<'static, (Source, Change)> {
         kvtenant_rules::kubevirt_roles::CLUSTER_ROLE,
         kvtenant_rules::kubevirt_roles::CLUSTER_ROLE_BINDING,
     ] {
-        all.push(labelled(t, &resource(&kind), None, &roles, Source::Roles));
+        all.push(labelled(t, &kind.resource(), None, &roles, Source::Roles));
     }
+    let volumes = ApiResource::erase::<k8s_openapi::api::core::v1::PersistentVolume>(&());
+    all.push(labelled(
+        t,
+        &volumes,
+        None,
+        &format!("{HOST_VOLUME}=true"),
+        Source::Volumes,
+    ));
     let shown_nodes = format!("{HOST_NODE}=true");
     let nodes = ApiResource::erase::<k8s_openapi::api::core::v1::Node>(&());
     all.push(labelled(t, &nodes, None, &shown_nodes, Source::Nodes));
@@ -270,6 +295,12 @@ impl Tenant {
             tracing::warn!(tenant = %self.label, error = %e, "restoring KubeVirt's roles");
             failed.roles = true;
         }
+        if what.volumes
+            && let Err(e) = self.restore_volumes().await
+        {
+            tracing::warn!(tenant = %self.label, error = %e, "restoring the host volumes shown");
+            failed.volumes = true;
+        }
         failed
     }
 }
@@ -311,5 +342,7 @@ mod tests {
             &copies,
         );
         assert!(role.roles && !role.crds && !role.nodes);
+        let volume = touches(Source::Volumes, &Change::Deleted("pvc-1".into()), &copies);
+        assert!(volume.volumes && !volume.classes && !volume.nodes);
     }
 }

@@ -1,6 +1,6 @@
 //! The consistency scan: every tenant object and every host object of the tenant's namespaces
 //! reconciled again (drift repaired, orphans removed), isolation re-applied, host namespaces
-//! whose tenant namespace is gone deleted, tenant Nodes pruned, missing or changed CRD copies applied again, the
+//! whose tenant namespace is gone deleted, tenant Nodes pruned, the host volumes shown checked, missing or changed CRD copies applied again, the
 //! tenant's DNS objects and KubeVirt's roles applied again, `spec.mapServices` carried out again.
 
 use k8s_openapi::api::core::v1::Namespace;
@@ -16,6 +16,7 @@ use crate::host::Key;
 impl Tenant {
     /// One consistency scan of this tenant. Failures are logged; the next scan tries again.
     pub async fn resync(&self) {
+        self.forget_bindings();
         for kind in kinds::all() {
             for o in self.objects(kind.id) {
                 if let Some(ns) = o.namespace() {
@@ -38,6 +39,9 @@ impl Tenant {
         }
         if let Err(e) = self.prune_nodes().await {
             tracing::warn!(tenant = %self.label, error = %e, "syncing tenant nodes");
+        }
+        if let Err(e) = self.restore_volumes().await {
+            tracing::warn!(tenant = %self.label, error = %e, "showing host volumes");
         }
         if let Err(e) = self.show_classes().await {
             tracing::warn!(tenant = %self.label, error = %e, "showing host classes");

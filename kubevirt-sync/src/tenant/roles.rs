@@ -7,23 +7,15 @@ use std::collections::BTreeSet;
 use std::sync::Weak;
 use std::time::Duration;
 
-use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
-use kube::core::{ApiResource, GroupVersionKind};
-use kvtenant_kubeutil::ResultExt;
 use kvtenant_rules::kinds::ApiKind;
 use kvtenant_rules::kubevirt_roles::{self, CLUSTER_ROLE, CLUSTER_ROLE_BINDING};
 use serde_json::Value;
 
 use super::Tenant;
-use crate::error::{Cluster, Error};
+use crate::error::Error;
 
 const INSTALL_RETRY: Duration = Duration::from_millis(500);
 const INSTALL_RETRY_MAX: Duration = Duration::from_secs(30);
-
-pub(super) fn resource(k: &ApiKind) -> ApiResource {
-    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(k.group, k.version, k.kind), k.plural)
-}
 
 impl Tenant {
     /// Applies KubeVirt's roles and bindings (or removes kvtenant's when KubeVirt is off), and
@@ -41,45 +33,14 @@ impl Tenant {
     }
 
     async fn keep_objects(&self, kind: &ApiKind, wanted: &[Value]) -> Result<(), Error> {
-        let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &resource(kind));
-        let mut names = BTreeSet::new();
+        let mut kept = BTreeSet::new();
         for o in wanted {
             let name = o["metadata"]["name"].as_str().unwrap_or_default();
-            self.api_call(Cluster::Tenant, "apply");
-            api.patch(
-                name,
-                &PatchParams::apply(kvtenant_api::MANAGER).force(),
-                &Patch::Apply(o),
-            )
-            .await
-            .map_err(Error::api(
-                "apply",
-                Cluster::Tenant,
-                format!("{} {name}", kind.kind),
-            ))?;
-            names.insert(name.to_string());
+            self.apply_kept(kind, "", name, o).await?;
+            kept.insert((String::new(), name.to_string()));
         }
-        self.api_call(Cluster::Tenant, "list");
-        let ours = api
-            .list_metadata(&ListParams::default().labels(&kubevirt_roles::selector()))
+        self.prune_kept(kind, &kubevirt_roles::selector(), &kept)
             .await
-            .map_err(Error::api("list", Cluster::Tenant, kind.plural))?;
-        for o in ours.items {
-            let name = o.name_any();
-            if names.contains(&name) {
-                continue;
-            }
-            self.api_call(Cluster::Tenant, "delete");
-            api.delete(&name, &DeleteParams::default())
-                .await
-                .gone_ok()
-                .map_err(Error::api(
-                    "delete",
-                    Cluster::Tenant,
-                    format!("{} {name}", kind.kind),
-                ))?;
-        }
-        Ok(())
     }
 }
 

@@ -30,42 +30,60 @@ pub(super) async fn watch_kind(tenant: Weak<Tenant>, kind: KindId, writer: Write
             .modify(crate::slim),
     )
     .boxed();
+    // what a (re)list brings is queued at its end, once the cache holds it: queued earlier, a
+    // worker could read the cache's old contents (a relist replaces them only at its end) and
+    // find nothing to do
+    let mut listed: Vec<Key> = Vec::new();
     while let Some(ev) = stream.next().await {
         let Some(t) = tenant.upgrade() else { return };
-        let listing = matches!(ev, Ok(watcher::Event::InitApply(_)));
         match ev {
-            Ok(watcher::Event::InitDone) => t.mark_ready(kind),
-            Ok(
-                watcher::Event::Apply(obj)
-                | watcher::Event::Delete(obj)
-                | watcher::Event::InitApply(obj),
-            ) => {
-                let Some(ns) = obj.namespace() else { continue };
-                t.enqueue(Key {
-                    kind,
-                    namespace: ns.clone(),
-                    name: obj.name_any(),
-                });
-                // what belongs to it syncs or not with it (listing queues those anyway)
-                if !listing {
-                    t.enqueue_belonging(spec, &ns, &obj.name_any());
-                }
-                if !is_mirror(&obj) {
-                    for r in spec.references(&obj.data) {
-                        if let Some(dep) = kinds::by_kind(r.kind) {
-                            t.enqueue(Key {
-                                kind: dep.id,
-                                namespace: ns.clone(),
-                                name: r.name,
-                            });
-                        }
-                    }
+            Ok(watcher::Event::InitDone) => {
+                t.mark_ready(kind);
+                for key in listed.drain(..) {
+                    t.enqueue(key);
                 }
             }
-            Ok(watcher::Event::Init) => {}
+            Ok(watcher::Event::InitApply(obj)) => {
+                // what belongs to an object is queued by the listing of its own kind
+                listed.extend(keys_of(spec, &obj));
+            }
+            Ok(watcher::Event::Apply(obj) | watcher::Event::Delete(obj)) => {
+                let Some(ns) = obj.namespace() else { continue };
+                for key in keys_of(spec, &obj) {
+                    t.enqueue(key);
+                }
+                // what belongs to it syncs or not with it
+                t.enqueue_belonging(spec, &ns, &obj.name_any());
+            }
+            Ok(watcher::Event::Init) => listed.clear(),
             Err(e) => tracing::debug!(kind = %spec.name(), error = %e, "watching tenant objects"),
         }
     }
+}
+
+/// The keys a change of `obj` queues: its own, and those of what it references (a mirror
+/// references nothing the syncer keeps).
+fn keys_of(spec: &kinds::Kind, obj: &DynamicObject) -> Vec<Key> {
+    let Some(ns) = obj.namespace() else {
+        return Vec::new();
+    };
+    let mut keys = vec![Key {
+        kind: spec.id,
+        namespace: ns.clone(),
+        name: obj.name_any(),
+    }];
+    if !is_mirror(obj) {
+        for r in spec.references(&obj.data) {
+            if let Some(dep) = kinds::by_kind(r.kind) {
+                keys.push(Key {
+                    kind: dep.id,
+                    namespace: ns.clone(),
+                    name: r.name,
+                });
+            }
+        }
+    }
+    keys
 }
 
 /// The retry delays of a tenant watch: 200 ms doubling to [`TenantBackoff::MAX`], back to the

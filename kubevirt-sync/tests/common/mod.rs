@@ -86,10 +86,25 @@ impl Env {
         Self::start_with_kubevirt(tenants, controllers, KubeVirtOptions::new()).await
     }
 
+    /// As [`start`](Self::start), each tenant running kube-controller-manager with these
+    /// controllers (`--controllers`), e.g. all of them as a tenant of its own might.
+    pub async fn start_with_tenant_controllers(tenants: usize, controllers: &[&str]) -> Self {
+        Self::start_inner(tenants, Some(controllers), KubeVirtOptions::new()).await
+    }
+
     /// As [`start`](Self::start) with these KubeVirt options (feature gates).
     pub async fn start_with_kubevirt(
         tenants: usize,
         controllers: bool,
+        kv_options: KubeVirtOptions,
+    ) -> Self {
+        let controllers = controllers.then_some(kvtenant_api::TENANT_CONTROLLERS);
+        Self::start_inner(tenants, controllers, kv_options).await
+    }
+
+    async fn start_inner(
+        tenants: usize,
+        controllers: Option<&[&str]>,
         kv_options: KubeVirtOptions,
     ) -> Self {
         let host = ControlPlane::start(Options::new("host").with_controller_manager())
@@ -108,8 +123,8 @@ impl Env {
         for i in 1..=tenants {
             let name = format!("t{i}");
             let mut opts = Options::new(format!("tenant-{i}"));
-            if controllers {
-                opts = opts.with_controllers(kvtenant_api::TENANT_CONTROLLERS);
+            if let Some(controllers) = controllers {
+                opts = opts.with_controllers(controllers);
             }
             let cp = ControlPlane::start(opts).await.unwrap();
             let vc = register_external(&hc, &name, cp.kubeconfig_path()).await;

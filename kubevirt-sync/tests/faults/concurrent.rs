@@ -12,7 +12,7 @@ use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use serde_json::json;
 
 use super::common::*;
-use super::report::Row;
+use super::report::{Fault, Row};
 use super::{RECOVER_WITHIN, create_vms, names};
 
 fn gen_of(vm: &DynamicObject) -> Option<String> {
@@ -122,6 +122,7 @@ async fn the_tenant_and_the_host_write_the_same_vms_at_once() {
     }
     assert_eq!(tenant_last, vms.len(), "the tenant keeps its own values");
     let row = Row {
+        kind: Fault::Race,
         scenario: "tenant and host write the same VMs",
         tried: format!(
             "10 VMs synced; in {ROUNDS} rounds ({:.1} s) the tenant set each VM's template label gen while the host set gen and runStrategy Halted on its copy, at once ({tenant_writes} tenant and {host_writes} host writes accepted)",

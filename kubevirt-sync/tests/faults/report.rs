@@ -1,11 +1,33 @@
 //! A row of RELIABILITY.md per scenario: printed, and written to `$KVTENANT_RELIABILITY_DIR`
-//! (one file per scenario) when set; `.ci/reliability` gathers the rows.
+//! (one file per scenario, in a folder per [`Fault`]) when set; `.ci/reliability` gathers the rows.
 #![allow(dead_code)]
 
 use std::time::Duration;
 
+/// The kind of fault a scenario tries; RELIABILITY.md has a table for each.
+#[derive(Clone, Copy, Debug)]
+pub enum Fault {
+    /// A kvtenant process killed (its tasks dropped, or SIGKILL).
+    Crash,
+    /// An apiserver, etcd or the network between them away for a while.
+    Outage,
+    /// Two writers at once.
+    Race,
+}
+
+impl Fault {
+    fn dir(self) -> &'static str {
+        match self {
+            Self::Crash => "crash",
+            Self::Outage => "outage",
+            Self::Race => "race",
+        }
+    }
+}
+
 /// What one fault scenario tried and what came of it.
 pub struct Row {
+    pub kind: Fault,
     /// A short name, also the file name of the row.
     pub scenario: &'static str,
     pub tried: String,
@@ -42,7 +64,9 @@ impl Row {
         );
         println!("RELIABILITY {line}");
         if let Ok(dir) = std::env::var("KVTENANT_RELIABILITY_DIR") {
-            let path = std::path::Path::new(&dir).join(format!("{}.row", self.scenario));
+            let dir = std::path::Path::new(&dir).join(self.kind.dir());
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join(format!("{}.row", self.scenario));
             std::fs::write(&path, format!("{line}\n")).unwrap();
         }
     }

@@ -1,11 +1,12 @@
 //! CDI DataVolumes: synced when enabled; those the host makes from a VM's
 //! `dataVolumeTemplates` are mirrored up read-only, enabled or not (the VM's status names them).
 
-use kvtenant_api::SyncKind;
+use kvtenant_api::{SyncKind, VmPolicy};
 use serde_json::Value;
 
 use super::{ApiKind, Enablement, SyncedKind};
 use crate::quota::{Usage, owner_kinds};
+use crate::vm::host_refs;
 use crate::vm::size::{GuestSize, data_volume_storage};
 use crate::{Policy, Violation, is_set, translate};
 
@@ -38,19 +39,30 @@ impl SyncedKind for DataVolume {
     fn mirrors_host_made(&self) -> bool {
         true
     }
-    /// No source in another namespace.
-    fn violations(&self, obj: &Value, _: &Policy, _: Option<GuestSize>) -> Vec<Violation> {
-        ["/spec/source/pvc/namespace", "/spec/sourceRef/namespace"]
-            .into_iter()
-            .filter(|p| is_set(obj.pointer(p)))
-            .map(|p| {
-                Violation::new(
-                    crate::field_path(p),
-                    "a DataVolume may not copy from another namespace; clone from a PVC or \
-                     DataSource in the same namespace",
-                )
-            })
-            .collect()
+    /// No source in another namespace but the host DataSources of
+    /// `spec.vmPolicy.allowedDataSources`.
+    fn violations(&self, obj: &Value, policy: &Policy, _: Option<GuestSize>) -> Vec<Violation> {
+        let mut out = Vec::new();
+        if is_set(obj.pointer("/spec/source/pvc/namespace")) {
+            out.push(Violation::new(
+                "spec.source.pvc.namespace",
+                "a DataVolume may not copy from another namespace; clone from a PVC or \
+                 DataSource in the same namespace",
+            ));
+        }
+        let namespace = obj.pointer("/metadata/namespace").and_then(Value::as_str);
+        if let Some(source_ref) = obj.pointer("/spec/sourceRef")
+            && let Err(message) = host_refs::data_source(source_ref, namespace, policy.vm)
+        {
+            out.push(Violation::new("spec.sourceRef.namespace", message));
+        }
+        out
+    }
+    /// A `sourceRef` to an allowed host DataSource names it on the host copy.
+    fn to_host_references(&self, data: &mut Value, namespace: &str, policy: &VmPolicy) {
+        if let Some(spec) = data.get_mut("spec") {
+            host_refs::data_source_to_host(spec, namespace, policy);
+        }
     }
     fn in_quota(&self) -> bool {
         true
@@ -85,6 +97,24 @@ mod tests {
             DataVolume.violations(&bad, &p, None)[0].path,
             "spec.sourceRef.namespace"
         );
+        let allowed = kvtenant_api::VmPolicy {
+            allowed_data_sources: vec!["os/f".into()],
+            ..kvtenant_api::VmPolicy::default()
+        };
+        let p = Policy::vm_only(&allowed);
+        assert!(DataVolume.violations(&bad, &p, None).is_empty());
+        let other =
+            json!({"spec": {"sourceRef": {"kind": "DataSource", "namespace": "os", "name": "g"}}});
+        let found = DataVolume.violations(&other, &p, None);
+        assert!(
+            found[0]
+                .message
+                .contains("spec.vmPolicy.allowedDataSources"),
+            "{found:?}"
+        );
+        let mut copy = json!({"spec": {"sourceRef": {"kind": "DataSource", "name": "f"}}});
+        DataVolume.to_host_references(&mut copy, "os", &allowed);
+        assert_eq!(copy["spec"]["sourceRef"]["namespace"], "os");
         let mine = json!({"spec": {"storage": {"resources": {"requests": {"storage": "2Gi"}}}}});
         let size = GuestSize::default();
         assert_eq!(

@@ -28,6 +28,7 @@ pub mod event;
 pub mod ingress;
 pub mod instancetype;
 pub mod migration;
+pub mod network_attachment;
 pub mod network_policy;
 pub mod pod;
 pub mod pod_disruption_budget;
@@ -45,7 +46,7 @@ use std::sync::LazyLock;
 
 use kube::api::DynamicObject;
 use kube::core::{ApiResource, GroupVersionKind};
-use kvtenant_api::SyncKind;
+use kvtenant_api::{SyncKind, VmPolicy};
 use serde_json::Value;
 
 use crate::pod::dns::TenantDns;
@@ -69,6 +70,7 @@ pub const KINDS: &[&dyn SyncedKind] = &[
     &pod_disruption_budget::PodDisruptionBudget,
     &network_policy::NetworkPolicy,
     &ingress::Ingress,
+    &network_attachment::NetworkAttachmentDefinition,
     &data_volume::DataVolume,
     &instancetype::VirtualMachineInstancetype,
     &instancetype::VirtualMachinePreference,
@@ -94,6 +96,14 @@ pub struct ApiKind {
 }
 
 impl ApiKind {
+    /// The kind as kube's dynamic API takes it.
+    pub fn resource(&self) -> ApiResource {
+        ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk(self.group, self.version, self.kind),
+            self.plural,
+        )
+    }
+
     /// A core (`v1`) kind.
     pub const fn core(kind: &'static str, plural: &'static str) -> Self {
         Self {
@@ -215,6 +225,14 @@ pub trait SyncedKind: Send + Sync {
     /// When a tenant object is synced down.
     fn trigger(&self) -> Trigger {
         Trigger::Always
+    }
+
+    /// For a kind synced [`Trigger::WhenReferenced`]: whether its host copy stays once made,
+    /// until the tenant deletes the object, though nothing references it anymore. A claim's
+    /// host copy holds the data: deleting it when the last pod using it goes (a Deployment
+    /// scaled to zero, a rollout) would hand the volume to the host's reclaim policy.
+    fn kept_once_synced(&self) -> bool {
+        false
     }
 
     /// Host-made objects of this kind in a mapped namespace (VMIs of VMs, VMs of pools,
@@ -384,6 +402,31 @@ pub trait SyncedKind: Send + Sync {
         }
     }
 
+    /// Points the host copy's references by namespace at what the VirtualCluster's policy
+    /// resolves them to ([`crate::vm::host_refs`]): VM-like kinds' secondary networks and
+    /// `dataVolumeTemplates`' DataSources (DataVolumes: their `sourceRef`). `namespace` is the
+    /// object's tenant namespace.
+    fn to_host_references(&self, data: &mut Value, namespace: &str, policy: &VmPolicy) {
+        let Some(t) = self.vm_template() else {
+            return;
+        };
+        if let Some(spec) = data.pointer_mut(t.vmi_spec) {
+            crate::vm::host_refs::networks_to_host(spec, namespace, policy);
+        }
+        if let Some(templates) = t
+            .vm_spec
+            .and_then(|p| data.pointer_mut(p))
+            .and_then(|s| s.get_mut("dataVolumeTemplates"))
+            .and_then(Value::as_array_mut)
+        {
+            for dv in templates {
+                if let Some(spec) = dv.get_mut("spec") {
+                    crate::vm::host_refs::data_source_to_host(spec, namespace, policy);
+                }
+            }
+        }
+    }
+
     /// Where the object keeps the pod or VMI spec whose `dnsPolicy`/`dnsConfig` its host copy
     /// takes from the tenant's DNS (JSON pointer): Pods' `/spec`, VM-like kinds' VMI template.
     fn dns_spec(&self) -> Option<&'static str> {
@@ -416,6 +459,23 @@ pub trait SyncedKind: Send + Sync {
     /// A host decision the tenant object does not show yet.
     fn tenant_fix(&self, _tenant: &Value, _host: &Value) -> Option<TenantFix> {
         None
+    }
+
+    /// JSON pointers of values kvtenant writes into the tenant object from its host copy (a
+    /// claim's `spec.volumeName`): [`violations`](Self::violations) does not see them while they
+    /// equal the host copy's.
+    fn taken_from_host(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// The host volume the tenant shows for this object (`tenant`: `None` once it is gone) and
+    /// its host counterpart ([`crate::volumes`]: claims).
+    fn shown_volume(
+        &self,
+        _tenant: Option<&Value>,
+        _host: Option<&Value>,
+    ) -> crate::volumes::ClaimVolume {
+        crate::volumes::ClaimVolume::Nothing
     }
 
     /// Whether the kind counts toward the tenant-wide VM quota (its objects are listed).
@@ -516,6 +576,22 @@ pub fn enablement(enabled: &[SyncKind]) -> Vec<Enablement> {
     REGISTRY.iter().map(|k| k.enablement(enabled)).collect()
 }
 
+/// As [`enablement`], with Pods off when the virtual cluster does not sync them
+/// (`spec.sync.pods`, [`kvtenant_api::SyncSpec::pods_synced`]): they are then not watched in
+/// the tenant, and what only pods use is not referenced.
+pub fn enablement_with_pods(enabled: &[SyncKind], pods: bool) -> Vec<Enablement> {
+    REGISTRY
+        .iter()
+        .map(|k| {
+            if !pods && k.name() == pod::KIND {
+                Enablement::Off
+            } else {
+                k.enablement(enabled)
+            }
+        })
+        .collect()
+}
+
 /// The KubeVirt/CDI kinds a tenant watches (synced or mirrored), for its CRD copies.
 pub fn watched_sync_kinds(enabled: &[SyncKind]) -> Vec<SyncKind> {
     REGISTRY
@@ -526,61 +602,4 @@ pub fn watched_sync_kinds(enabled: &[SyncKind]) -> Vec<SyncKind> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kinds_are_registered_once_in_dependency_order() {
-        let names: Vec<&str> = all().iter().map(Kind::name).collect();
-        let mut unique = names.clone();
-        unique.sort_unstable();
-        unique.dedup();
-        assert_eq!(unique.len(), names.len(), "{names:?}");
-        for (i, k) in all().iter().enumerate() {
-            assert_eq!(k.id.index(), i);
-            assert_eq!(get(k.id).name(), k.name());
-            assert_eq!(by_kind(k.name()).map(|k| k.id), Some(k.id));
-            // what a kind references is registered before it
-            for r in k.references(&serde_json::json!({})) {
-                assert!(by_kind(r.kind).is_some_and(|d| d.id < k.id));
-            }
-        }
-        let pos = |n: &str| names.iter().position(|x| *x == n);
-        assert!(pos("Secret") < pos("VirtualMachine"));
-        assert!(pos("DataVolume") < pos("VirtualMachine"));
-        assert!(pos("VirtualMachine") < pos("VirtualMachineInstance"));
-        for k in SyncKind::ALL {
-            assert!(of(k).is_some(), "{k} has a module");
-        }
-    }
-
-    #[test]
-    fn vms_bring_their_instances_and_templated_data_volumes() {
-        let on = enablement(&[SyncKind::VirtualMachine]);
-        let at = |k: SyncKind| on[of(k).map(|k| k.id.index()).unwrap_or(usize::MAX)];
-        assert_eq!(at(SyncKind::VirtualMachine), Enablement::Synced);
-        assert_eq!(at(SyncKind::VirtualMachineInstance), Enablement::Synced);
-        assert!(matches!(
-            at(SyncKind::DataVolume),
-            Enablement::MirrorOnly(_)
-        ));
-        assert_eq!(at(SyncKind::VirtualMachinePool), Enablement::Off);
-        let secret = by_kind("Secret").map(|k| on[k.id.index()]);
-        assert_eq!(secret, Some(Enablement::Synced));
-        assert_eq!(
-            watched_sync_kinds(&[SyncKind::VirtualMachine]),
-            [
-                SyncKind::DataVolume,
-                SyncKind::VirtualMachineInstancetype,
-                SyncKind::VirtualMachinePreference,
-                SyncKind::VirtualMachine,
-                SyncKind::VirtualMachineInstance
-            ]
-        );
-        let vmi = of(SyncKind::VirtualMachineInstance).map(|k| k.status_subresource());
-        assert_eq!(vmi, Some(false), "VMIs have no /status subresource");
-        let only_vmi = enablement(&[SyncKind::VirtualMachineInstance]);
-        let dv = of(SyncKind::DataVolume).map(|k| only_vmi[k.id.index()]);
-        assert_eq!(dv, Some(Enablement::Off));
-    }
-}
+mod tests;

@@ -103,6 +103,7 @@ impl SyncedKind for Pod {
         if let Some(spec) = obj.get("spec") {
             out.extend(placement::check(spec, policy.vm));
         }
+        out.extend(crate::pod::networks::check(obj, policy.vm));
         out
     }
     fn to_host_data(&self, data: &mut Value, ctx: &HostContext) {

@@ -1,14 +1,15 @@
 //! Pods: what they reference ([`refs`]), what never reaches the host ([`security`]: the
 //! VirtualCluster's Pod Security level, [`placement`]: host nodes, priority, runtime), and the
 //! identity of the host copy ([`identity`]: the tenant's ServiceAccount token instead of a
-//! host one, the tenant's namespace in the downward API), and where it resolves names
-//! ([`dns`]: the tenant's own DNS).
+//! host one, the tenant's namespace in the downward API), where it resolves names
+//! ([`dns`]: the tenant's own DNS), and the Multus networks it may ask for ([`networks`]).
 //!
 //! The functions read a pod spec (`/spec` of a Pod); field paths in violations are those of a
 //! Pod.
 
 pub mod dns;
 pub mod identity;
+pub mod networks;
 pub mod placement;
 pub mod refs;
 pub mod security;

@@ -5,12 +5,14 @@
 //! [`crate::kinds`]); everything here reads objects through it, so no rule repeats "where the
 //! VMI spec is in kind K".
 //!
+//! - [`host_refs`]: secondary networks and DataSources by namespace, allowed host ones.
 //! - [`hotplug`]: volume hotplug through the host's virt-api the tenant VM takes up.
 //! - [`refs`]: what the VM references by name (Secrets, ConfigMaps, PVCs, ...).
 //! - [`safety`]: what never reaches the host.
 //! - [`size`]: instancetypes and the guest's size (vCPUs, memory), storage.
 
 pub mod annotations;
+pub mod host_refs;
 pub mod hotplug;
 pub mod refs;
 pub mod safety;

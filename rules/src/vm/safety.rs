@@ -7,6 +7,7 @@ use kvtenant_api::VmPolicy;
 use serde_json::Value;
 
 use super::VmTemplate;
+use super::host_refs::{self, Resolved};
 use super::size::{GuestSize, guest_size, instancetype_ref};
 use crate::quantity::{format_bytes, parse_quantity};
 use crate::{Violation, is_set};
@@ -201,25 +202,12 @@ pub fn check_with(
                 .into(),
         );
     }
+    let namespace = obj.pointer("/metadata/namespace").and_then(Value::as_str);
     for (i, net) in items(spec, "/networks") {
-        if let Some(name) = net.pointer("/multus/networkName").and_then(Value::as_str) {
-            if name.contains('/') {
-                deny(
-                    format!("{p}.networks[{i}].multus.networkName"),
-                    format!(
-                        "network {name:?} names another namespace; use a network of this \
-                         namespace by its plain name"
-                    ),
-                );
-            } else if !policy.network_allowed(name) {
-                deny(
-                    format!("{p}.networks[{i}].multus.networkName"),
-                    format!(
-                        "network {name:?} is not in this virtual cluster's allowed networks \
-                         (spec.vmPolicy.allowedNetworks)"
-                    ),
-                );
-            }
+        if let Some(name) = net.pointer("/multus/networkName").and_then(Value::as_str)
+            && let Resolved::Refused(message) = host_refs::network(name, namespace, policy)
+        {
+            deny(format!("{p}.networks[{i}].multus.networkName"), message);
         }
     }
     let dvt_path = template
@@ -232,15 +220,18 @@ pub fn check_with(
         .flatten()
         .enumerate()
     {
-        for src in ["/spec/source/pvc/namespace", "/spec/sourceRef/namespace"] {
-            if is_set(t.pointer(src)) {
-                deny(
-                    format!("{dvt_path}[{i}]{}", src.replace('/', ".")),
-                    "a DataVolume may not copy from another namespace; clone from a PVC or \
-                     DataSource in the same namespace"
-                        .into(),
-                );
-            }
+        if is_set(t.pointer("/spec/source/pvc/namespace")) {
+            deny(
+                format!("{dvt_path}[{i}].spec.source.pvc.namespace"),
+                "a DataVolume may not copy from another namespace; clone from a PVC or \
+                 DataSource in the same namespace"
+                    .into(),
+            );
+        }
+        if let Some(source_ref) = t.pointer("/spec/sourceRef")
+            && let Err(message) = host_refs::data_source(source_ref, namespace, policy)
+        {
+            deny(format!("{dvt_path}[{i}].spec.sourceRef.namespace"), message);
         }
     }
     limits(template, obj, policy, instancetype, &mut deny);
@@ -477,6 +468,40 @@ mod tests {
             "requiredDuringSchedulingIgnoredDuringExecution": [{"namespaces": ["kube-system"], "topologyKey": "x"}]
         }}}}}});
         assert_eq!(check(&VM, &v2, &VmPolicy::default()).len(), 1);
+    }
+
+    #[test]
+    fn networks_and_images_of_the_namespace_or_allowed_by_the_host_pass() {
+        let policy = VmPolicy {
+            allowed_networks: vec!["net-system/vlan10".into()],
+            allowed_data_sources: vec!["os-images/fedora".into()],
+            ..VmPolicy::default()
+        };
+        let mut v = vm(json!({"networks": [
+            {"name": "a", "multus": {"networkName": "mine"}},
+            {"name": "b", "multus": {"networkName": "ns1/mine"}},
+            {"name": "c", "multus": {"networkName": "net-system/vlan10"}},
+            {"name": "d", "multus": {"networkName": "kvtenant-abc-other/theirs"}}
+        ]}));
+        v["metadata"] = json!({"namespace": "ns1"});
+        v["spec"]["dataVolumeTemplates"] = json!([
+            {"spec": {"sourceRef": {"kind": "DataSource", "namespace": "os-images", "name": "fedora"}}},
+            {"spec": {"sourceRef": {"kind": "DataSource", "namespace": "os-images", "name": "rhel"}}}
+        ]);
+        let found = check(&VM, &v, &policy);
+        let paths: Vec<&str> = found.iter().map(|v| v.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "spec.template.spec.networks[3].multus.networkName",
+                "spec.dataVolumeTemplates[1].spec.sourceRef.namespace",
+            ]
+        );
+        assert!(
+            found[1]
+                .message
+                .contains("spec.vmPolicy.allowedDataSources")
+        );
     }
 
     #[test]

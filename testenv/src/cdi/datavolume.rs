@@ -163,6 +163,43 @@ pub fn succeeded_status(name: &str, now: &str) -> Value {
     }})
 }
 
+/// `cdi.kubevirt.io/v1beta1` DataSource.
+pub fn datasource_resource() -> kube::api::ApiResource {
+    kube::api::ApiResource::from_gvk_with_plural(
+        &kube::api::GroupVersionKind::gvk("cdi.kubevirt.io", "v1beta1", "DataSource"),
+        "datasources",
+    )
+}
+
+/// The DataSource a DataVolume clones from (`spec.sourceRef`), as (namespace, name): its
+/// namespace defaults to the DataVolume's.
+pub fn data_source_of(dv: &DynamicObject) -> Option<(String, String)> {
+    let r = spec(dv).get("sourceRef")?;
+    if r.get("kind").and_then(Value::as_str) != Some("DataSource") {
+        return None;
+    }
+    let name = r.get("name").and_then(Value::as_str)?.to_string();
+    let ns = r
+        .get("namespace")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+        .unwrap_or_else(|| dv.namespace().unwrap_or_default());
+    Some((ns, name))
+}
+
+/// The status of a DataVolume whose DataSource is not there.
+pub fn pending_status(source: &str, now: &str) -> Value {
+    json!({"status": {
+        "phase": "Pending",
+        "conditions": [{
+            "type": "Ready", "status": "False", "reason": "DataSourceNotFound",
+            "message": format!("DataSource {source} not found (simulated CDI)"),
+            "lastHeartbeatTime": now, "lastTransitionTime": now,
+        }],
+    }})
+}
+
 fn is_already_exists(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 409)
 }
@@ -177,6 +214,20 @@ async fn reconcile(obj: Arc<DynamicObject>, client: Arc<Client>) -> Result<Actio
     };
     if dv.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
+    }
+    // a clone from a DataSource waits for it, as CDI's does (the clone itself is simulated:
+    // the claim gets an empty volume like an import's)
+    if let Some((source_ns, source)) = data_source_of(&dv) {
+        let sources: Api<DynamicObject> =
+            Api::namespaced_with((*client).clone(), &source_ns, &datasource_resource());
+        if sources.get_opt(&source).await?.is_none() {
+            let pending = pending_status(&format!("{source_ns}/{source}"), &now());
+            if dv.data.get("status") != pending.get("status") {
+                dvs.patch_status(&name, &PatchParams::default(), &Patch::Merge(&pending))
+                    .await?;
+            }
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        }
     }
     let pvs: Api<PersistentVolume> = Api::all((*client).clone());
     if pvs.get_opt(&volume_name(&dv)).await?.is_none() {
@@ -280,5 +331,17 @@ mod tests {
         assert_eq!(s["status"]["phase"], "Succeeded");
         assert_eq!(s["status"]["claimName"], "root");
         assert_eq!(s["status"]["conditions"][1]["type"], "Ready");
+    }
+
+    #[test]
+    fn a_clone_names_its_data_source_in_its_namespace_by_default() {
+        let own = dv(json!({"sourceRef": {"kind": "DataSource", "name": "fedora"}}));
+        assert_eq!(data_source_of(&own), Some(("ns".into(), "fedora".into())));
+        let other =
+            dv(json!({"sourceRef": {"kind": "DataSource", "namespace": "os", "name": "f"}}));
+        assert_eq!(data_source_of(&other), Some(("os".into(), "f".into())));
+        assert_eq!(data_source_of(&dv(json!({"source": {"blank": {}}}))), None);
+        let s = pending_status("os/f", "t");
+        assert_eq!(s["status"]["conditions"][0]["reason"], "DataSourceNotFound");
     }
 }

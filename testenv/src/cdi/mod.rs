@@ -1,6 +1,6 @@
 //! **Simulated CDI** (containerized-data-importer): CDI's real CRDs and a small DataVolume
 //! controller that reports every import done at once, with a claim bound to a volume that holds
-//! no data. Real CDI needs importer pods that move bytes and a storage provisioner, which
+//! no data (a clone from a DataSource waits until that DataSource exists; nothing is copied). Real CDI needs importer pods that move bytes and a storage provisioner, which
 //! testenv does not have; KubeVirt's real virt-controller then sees the DataVolumes of
 //! `dataVolumeTemplates` as CDI would show them. Name it simulated wherever it shows.
 

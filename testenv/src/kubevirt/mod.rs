@@ -17,6 +17,7 @@
 
 pub mod identity;
 pub mod install;
+pub mod metrics_server;
 pub mod node_agent;
 pub mod nodes;
 pub mod processes;
@@ -269,6 +270,7 @@ impl KubeVirt {
             admin_kubeconfig: cp.kubeconfig_path().to_path_buf(),
             scheduler_kubeconfig: cp.user_kubeconfig("system:kube-scheduler", &[])?,
             kwok_stages: bins.kwok_stages.clone(),
+            kwok_metrics: bins.kwok_metrics.clone(),
             kwok_kubelet_port: port()?,
             port_forward_target: port()?,
             kubevirt_version: KUBEVIRT_VERSION.into(),

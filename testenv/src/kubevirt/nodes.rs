@@ -6,6 +6,9 @@ use serde_json::{Value, json};
 
 use super::processes::{KWOK_NODE_ANNOTATION, KWOK_NODE_ANNOTATION_VALUE};
 
+/// Node annotation metrics-server reads the node's resource metrics path from.
+pub const RESOURCE_METRICS_PATH_ANNOTATION: &str = "metrics.k8s.io/resource-metrics-path";
+
 /// Label telling the node is simulated by kwok.
 pub const SIMULATED_LABEL: (&str, &str) = ("type", "kwok");
 
@@ -19,6 +22,9 @@ pub fn node(name: &str) -> Value {
             "annotations": {
                 KWOK_NODE_ANNOTATION: KWOK_NODE_ANNOTATION_VALUE,
                 "node.alpha.kubernetes.io/ttl": "0",
+                // where metrics-server scrapes the node's resource metrics: kwok's simulated
+                // kubelet serves them per node under this path
+                RESOURCE_METRICS_PATH_ANNOTATION: format!("/metrics/nodes/{name}/metrics/resource"),
             },
             "labels": {
                 SIMULATED_LABEL.0: SIMULATED_LABEL.1,
@@ -60,6 +66,10 @@ mod tests {
         assert_eq!(n["metadata"]["labels"]["kubevirt.io/schedulable"], "true");
         assert_eq!(n["metadata"]["labels"]["kubernetes.io/arch"], "amd64");
         assert_eq!(n["metadata"]["labels"]["type"], "kwok");
+        assert_eq!(
+            n["metadata"]["annotations"]["metrics.k8s.io/resource-metrics-path"],
+            "/metrics/nodes/kwok-node-1/metrics/resource"
+        );
         assert!(
             n["spec"].get("taints").is_none(),
             "launcher pods tolerate no taint"

@@ -29,6 +29,10 @@ pub struct Layout {
     /// Certificate-authenticated kubeconfig of `system:kube-scheduler`.
     pub scheduler_kubeconfig: PathBuf,
     pub kwok_stages: PathBuf,
+    /// kwok's simulated kubelet resource metrics (`/metrics/nodes/{node}/metrics/resource`,
+    /// which the nodes' `metrics.k8s.io/resource-metrics-path` annotation names for
+    /// metrics-server).
+    pub kwok_metrics: PathBuf,
     /// Port of kwok's simulated kubelet API (every kwok node advertises it).
     pub kwok_kubelet_port: u16,
     /// Where kwok's simulated port-forward goes (a test may listen there).
@@ -192,6 +196,7 @@ pub fn kwok_args(l: &Layout) -> Vec<String> {
     vec![
         arg("kubeconfig", &l.admin_kubeconfig),
         arg("config", &l.kwok_stages),
+        arg("config", &l.kwok_metrics),
         arg("config", l.kwok_debugging()),
         // the simulated kubelet API (logs, exec, attach, port-forward), advertised by every node
         format!("--server-address=127.0.0.1:{}", l.kwok_kubelet_port),
@@ -220,6 +225,7 @@ mod tests {
             admin_kubeconfig: "/tmp/admin.kubeconfig".into(),
             scheduler_kubeconfig: "/tmp/sched.kubeconfig".into(),
             kwok_stages: "/cache/kwok-stages.yaml".into(),
+            kwok_metrics: "/cache/kwok-metrics.yaml".into(),
             kwok_kubelet_port: 1005,
             port_forward_target: 1006,
             kubevirt_version: "v1.8.1".into(),
@@ -252,6 +258,7 @@ mod tests {
             &"--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake".to_string()
         ));
         assert!(k.contains(&"--config=/cache/kwok-stages.yaml".to_string()));
+        assert!(k.contains(&"--config=/cache/kwok-metrics.yaml".to_string()));
         assert!(k.contains(&"--config=/tmp/kv/kwok-debugging.yaml".to_string()));
         assert!(k.contains(&"--server-address=127.0.0.1:1005".to_string()));
         assert!(k.contains(&"--node-port=1005".to_string()));

@@ -1,0 +1,204 @@
+//! The tenant's `v1beta1.metrics.k8s.io` APIService and its ExternalName Service, kept like the
+//! subresource API's ([`crate::proxy::register`]): applied (server-side apply, field manager
+//! `kvtenant`) while the host serves `metrics.k8s.io`, removed while it does not, applied again
+//! within a fraction of a second when the tenant deletes or edits them ([`crate::guard`]), and
+//! every resync period besides. An APIService of that name kvtenant did not create (a tenant
+//! running its own metrics-server) is left alone.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
+use kube::Client;
+use kube::api::{Api, DeleteParams, PartialObjectMeta, Patch, PatchParams};
+use kube::runtime::watcher;
+use kvtenant_api::MANAGER;
+use kvtenant_api::labels::{MANAGED_BY, MANAGED_BY_VALUE};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use super::super::register::{
+    COMPONENT_LABEL, Target, apply_service, delete_ignoring_missing, is_ours, remove_service,
+};
+use super::super::{ProxyError, ProxyState};
+use super::{APISERVICE, GROUP, SERVICE_NAME, VERSION};
+
+/// Component label of the metrics API's objects in tenants.
+pub const COMPONENT: &str = "metrics-api";
+const RETRY: Duration = Duration::from_secs(5);
+const GUARD_DELAY: Duration = Duration::from_millis(200);
+/// How often the keeper looks whether the proxy serves the tenant yet (its client CAs loaded).
+const WAIT_FOR_AUTH: Duration = Duration::from_millis(500);
+
+fn labels() -> Value {
+    json!({MANAGED_BY: MANAGED_BY_VALUE, COMPONENT_LABEL: COMPONENT})
+}
+
+/// Where the tenant's metrics API points: the proxy's address, under this Service name.
+pub fn target(state: &ProxyState) -> Target {
+    Target {
+        service_name: SERVICE_NAME.into(),
+        ..Target::of(state)
+    }
+}
+
+/// The ExternalName Service (pure).
+pub fn service(t: &Target) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": t.service_name, "namespace": t.namespace, "labels": labels()},
+        "spec": {
+            "type": "ExternalName",
+            "externalName": t.host,
+            "ports": [{"name": "https", "port": t.port, "protocol": "TCP", "targetPort": t.port}],
+        },
+    })
+}
+
+/// The APIService (pure), with metrics-server's priorities.
+pub fn api_service(t: &Target) -> Value {
+    json!({
+        "apiVersion": "apiregistration.k8s.io/v1",
+        "kind": "APIService",
+        "metadata": {"name": APISERVICE, "labels": labels()},
+        "spec": {
+            "group": GROUP,
+            "version": VERSION,
+            "service": {"name": t.service_name, "namespace": t.namespace, "port": t.port},
+            "caBundle": base64::engine::general_purpose::STANDARD.encode(&t.ca_pem),
+            "groupPriorityMinimum": 100,
+            "versionPriority": 100,
+        },
+    })
+}
+
+/// What the keeper does for a tenant (pure): register while the host serves the API, else
+/// remove; never touch an APIService of that name that is not kvtenant's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Register,
+    Remove,
+    LeaveAlone,
+}
+
+pub fn action(host_serves: bool, existing_is_ours: Option<bool>) -> Action {
+    match (existing_is_ours, host_serves) {
+        (Some(false), _) => Action::LeaveAlone,
+        (_, true) => Action::Register,
+        (_, false) => Action::Remove,
+    }
+}
+
+/// Applies or removes the tenant's registration.
+pub async fn apply(client: &Client, t: &Target, host_serves: bool) -> Result<(), ProxyError> {
+    let apis: Api<APIService> = Api::all(client.clone());
+    let existing = apis.get_opt(APISERVICE).await?;
+    match action(host_serves, existing.as_ref().map(is_ours)) {
+        Action::LeaveAlone => {
+            tracing::debug!(
+                apiservice = APISERVICE,
+                "the virtual cluster has its own metrics API; kvtenant leaves it alone"
+            );
+        }
+        Action::Register => {
+            apply_service(client, t, &service(t)).await?;
+            let pp = PatchParams::apply(MANAGER).force();
+            apis.patch(APISERVICE, &pp, &Patch::Apply(&api_service(t)))
+                .await?;
+        }
+        Action::Remove => {
+            if existing.is_some() {
+                delete_ignoring_missing(apis.delete(APISERVICE, &DeleteParams::default()).await)?;
+            }
+            remove_service(client, t).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Changes in the tenant to kvtenant's metrics APIService and Service.
+fn guard(client: &Client, t: &Target) -> BoxStream<'static, crate::guard::Change> {
+    let apis = crate::guard::changes(
+        Api::<PartialObjectMeta<APIService>>::all(client.clone()),
+        watcher::Config::default().fields(&format!("metadata.name={APISERVICE}")),
+    );
+    let services = crate::guard::changes(
+        Api::<PartialObjectMeta<Service>>::namespaced(client.clone(), &t.namespace),
+        watcher::Config::default().fields(&format!("metadata.name={}", t.service_name)),
+    );
+    futures::stream::select(apis, services).boxed()
+}
+
+/// Keeps one tenant's registration (runs until aborted with the tenant's proxy task): once the
+/// proxy serves the tenant, on every change of the host's metrics API, on tenant edits, and
+/// every resync period.
+pub async fn keep(state: Arc<ProxyState>, uid: String, label: String, client: Client) {
+    let t = target(&state);
+    let mut host = state.host_metrics.subscribe();
+    let mut tampered = guard(&client, &t);
+    let mut next = Instant::now();
+    let mut host_open = true;
+    loop {
+        tokio::select! {
+            Some(_) = tampered.next() => next = next.min(Instant::now() + GUARD_DELAY),
+            changed = host.changed(), if host_open => match changed {
+                Ok(()) => next = Instant::now(),
+                Err(_) => host_open = false,
+            },
+            () = tokio::time::sleep_until(next) => {
+                if state.tenant_auth(&uid).is_none() {
+                    next = Instant::now() + WAIT_FOR_AUTH;
+                    continue;
+                }
+                let serves = *host.borrow_and_update();
+                next = match apply(&client, &t, serves).await {
+                    Ok(()) => Instant::now() + state.config.resync_period,
+                    Err(e) => {
+                        tracing::warn!(tenant = %label, error = %e, host_serves = serves, "registering (or removing) metrics.k8s.io in the virtual cluster");
+                        Instant::now() + RETRY
+                    }
+                };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registers_while_the_host_serves_and_never_touches_a_tenants_own() {
+        assert_eq!(action(true, None), Action::Register);
+        assert_eq!(action(true, Some(true)), Action::Register);
+        assert_eq!(action(false, Some(true)), Action::Remove);
+        assert_eq!(action(false, None), Action::Remove);
+        assert_eq!(action(true, Some(false)), Action::LeaveAlone);
+        assert_eq!(action(false, Some(false)), Action::LeaveAlone);
+    }
+
+    #[test]
+    fn the_registration_points_at_the_proxy() {
+        let t = Target {
+            namespace: "kube-system".into(),
+            service_name: SERVICE_NAME.into(),
+            host: "localhost".into(),
+            port: 8443,
+            ca_pem: "PEM".into(),
+        };
+        let a = api_service(&t);
+        assert_eq!(a["metadata"]["name"], "v1beta1.metrics.k8s.io");
+        assert_eq!(a["spec"]["group"], "metrics.k8s.io");
+        assert_eq!(a["spec"]["service"]["name"], "kvtenant-metrics-api");
+        assert_eq!(a["spec"]["caBundle"], "UEVN");
+        assert_eq!(a["metadata"]["labels"][COMPONENT_LABEL], COMPONENT);
+        let s = service(&t);
+        assert_eq!(s["spec"]["externalName"], "localhost");
+        assert_eq!(s["metadata"]["labels"][MANAGED_BY], MANAGED_BY_VALUE);
+    }
+}

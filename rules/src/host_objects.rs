@@ -1,0 +1,179 @@
+//! The host's namespaced objects a VirtualCluster lets its tenant use, shown read-only in the
+//! tenant under the same namespace and name, so what names them reads as on the host: the
+//! NetworkAttachmentDefinitions of `spec.vmPolicy.allowedNetworks` (a VM's
+//! `networks[].multus.networkName`) and the CDI DataSources of `spec.vmPolicy.allowedDataSources`
+//! (golden images, a DataVolume's `sourceRef`). kvtenant creates the tenant namespace when it is
+//! missing, reverts the tenant's edits and deletes, and removes copies no longer allowed; the
+//! copies carry [`HOST_OBJECT`] and are never synced down (`kubevirt-sync/src/plan.rs`).
+
+use kvtenant_api::labels::{HOST_OBJECT, MANAGED_BY, MANAGED_BY_VALUE};
+use kvtenant_api::{SyncKind, VirtualClusterSpec};
+use serde_json::{Map, Value, json};
+
+use crate::kinds::ApiKind;
+
+/// Multus' NetworkAttachmentDefinition.
+pub const NETWORK_ATTACHMENT: ApiKind = ApiKind {
+    group: "k8s.cni.cncf.io",
+    version: "v1",
+    kind: "NetworkAttachmentDefinition",
+    plural: "network-attachment-definitions",
+};
+
+/// CDI's DataSource.
+pub const DATA_SOURCE: ApiKind = ApiKind {
+    group: "cdi.kubevirt.io",
+    version: "v1beta1",
+    kind: "DataSource",
+    plural: "datasources",
+};
+
+/// The kinds shown.
+pub const KINDS: &[ApiKind] = &[NETWORK_ATTACHMENT, DATA_SOURCE];
+
+/// One host object to show: its kind, namespace and name (the same in the tenant).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shown {
+    pub kind: ApiKind,
+    pub namespace: String,
+    pub name: String,
+}
+
+/// The CRD of a shown kind, `<plural>.<group>`.
+pub fn crd(kind: &ApiKind) -> String {
+    format!("{}.{}", kind.plural, kind.group)
+}
+
+fn list<'a>(spec: &'a VirtualClusterSpec, kind: &ApiKind) -> &'a [String] {
+    if !spec.kubevirt.enabled {
+        return &[];
+    }
+    match kind.kind {
+        "NetworkAttachmentDefinition" => &spec.vm_policy.allowed_networks,
+        "DataSource" => &spec.vm_policy.allowed_data_sources,
+        _ => &[],
+    }
+}
+
+/// The host objects the tenant is shown (entries that are not `<namespace>/<name>` skipped).
+pub fn shown(spec: &VirtualClusterSpec) -> Vec<Shown> {
+    KINDS
+        .iter()
+        .flat_map(|kind| {
+            list(spec, kind).iter().filter_map(|entry| {
+                let (ns, name) = entry.split_once('/')?;
+                let valid = |s: &str| !s.is_empty() && !s.contains('/');
+                (valid(ns) && valid(name)).then(|| Shown {
+                    kind: *kind,
+                    namespace: ns.to_string(),
+                    name: name.to_string(),
+                })
+            })
+        })
+        .collect()
+}
+
+/// The CRDs the tenant needs for what it is shown (and for its own networks when it syncs
+/// them: that CRD comes with the synced kind).
+pub fn crds(spec: &VirtualClusterSpec) -> Vec<String> {
+    KINDS
+        .iter()
+        .filter(|k| !list(spec, k).is_empty())
+        .filter(|k| {
+            k.kind != NETWORK_ATTACHMENT.kind
+                || !spec
+                    .kubevirt
+                    .synced_kinds()
+                    .contains(&SyncKind::NetworkAttachmentDefinition)
+        })
+        .map(crd)
+        .collect()
+}
+
+/// Whether a tenant object is kvtenant's copy of a host object (by its labels).
+pub fn is_shown(labels: Option<&std::collections::BTreeMap<String, String>>) -> bool {
+    labels.is_some_and(|l| l.get(HOST_OBJECT).is_some_and(|v| v == "true"))
+}
+
+/// The tenant's read-only copy of a host object: its spec (a network's CNI config, a
+/// DataSource's source), under the same namespace and name, with kvtenant's labels; no status,
+/// no host metadata.
+pub fn tenant_copy(kind: &ApiKind, host: &Value) -> Value {
+    let meta = |f: &str| host.pointer(&format!("/metadata/{f}")).cloned();
+    let mut labels = Map::new();
+    labels.insert(MANAGED_BY.into(), json!(MANAGED_BY_VALUE));
+    labels.insert(HOST_OBJECT.into(), json!("true"));
+    json!({
+        "apiVersion": format!("{}/{}", kind.group, kind.version),
+        "kind": kind.kind,
+        "metadata": {
+            "name": meta("name").unwrap_or(Value::Null),
+            "namespace": meta("namespace").unwrap_or(Value::Null),
+            "labels": labels,
+        },
+        "spec": host.get("spec").cloned().unwrap_or_else(|| json!({})),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(v: Value) -> VirtualClusterSpec {
+        serde_json::from_value(json!({"vmPolicy": v})).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn the_allowed_host_objects_are_shown_with_their_crds() {
+        let s = spec(json!({
+            "allowedNetworks": ["net-system/vlan10", "bad", "a/b/c"],
+            "allowedDataSources": ["os-images/fedora"]
+        }));
+        let shown: Vec<String> = shown(&s)
+            .into_iter()
+            .map(|o| format!("{} {}/{}", o.kind.kind, o.namespace, o.name))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "NetworkAttachmentDefinition net-system/vlan10",
+                "DataSource os-images/fedora"
+            ]
+        );
+        assert_eq!(
+            crds(&s),
+            [
+                "network-attachment-definitions.k8s.cni.cncf.io",
+                "datasources.cdi.kubevirt.io"
+            ]
+        );
+        assert!(crds(&VirtualClusterSpec::default()).is_empty());
+        let mut off = s.clone();
+        off.kubevirt.enabled = false;
+        assert!(super::shown(&off).is_empty() && crds(&off).is_empty());
+    }
+
+    #[test]
+    fn the_copy_keeps_the_spec_and_nothing_of_the_host() {
+        let host = json!({
+            "apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataSource",
+            "metadata": {"name": "fedora", "namespace": "os-images", "uid": "u",
+                "resourceVersion": "9", "labels": {"x": "y"}, "annotations": {"a": "b"},
+                "managedFields": []},
+            "spec": {"source": {"pvc": {"namespace": "os-images", "name": "fedora-43"}}},
+            "status": {"conditions": []}
+        });
+        let copy = tenant_copy(&DATA_SOURCE, &host);
+        assert_eq!(
+            copy,
+            json!({
+                "apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataSource",
+                "metadata": {"name": "fedora", "namespace": "os-images", "labels": {
+                    MANAGED_BY: MANAGED_BY_VALUE, HOST_OBJECT: "true"}},
+                "spec": {"source": {"pvc": {"namespace": "os-images", "name": "fedora-43"}}}
+            })
+        );
+        let labels = [(HOST_OBJECT.to_string(), "true".to_string())].into();
+        assert!(is_shown(Some(&labels)) && !is_shown(None));
+    }
+}
