@@ -433,7 +433,11 @@ fn plan_down(
                 // the tenant object changes: its status follows on the next event
                 return p.with(fix);
             }
-            match h.data.get("status") {
+            let host_status = h.data.get("status");
+            let translated = host_status.and_then(|s| {
+                kind.status_to_tenant(s, &view.vc().host_namespace(namespace), namespace)
+            });
+            match translated.as_ref().or(host_status) {
                 Some(status) if t.data.get("status") != Some(status) => {
                     p.with(Step::StatusUp(status.clone()))
                 }

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::DynamicObject;
 use kvtenant_api::labels::{
-    MANAGED_BY, MANAGED_BY_VALUE, TENANT_UID, TenantObjectRef, VIRTUALCLUSTER_UID,
-    VirtualClusterRef,
+    MANAGED_BY, MANAGED_BY_VALUE, TENANT_NAME, TENANT_NAMESPACE, TENANT_UID, TenantObjectRef,
+    VIRTUALCLUSTER_UID, VirtualClusterRef,
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -189,22 +189,27 @@ pub fn interrupted_recreate(host: &DynamicObject) -> Option<(DynamicObject, Dyna
     Some((obj("object")?, obj("original")?))
 }
 
+/// Whether `host` is kvtenant's copy of a tenant object of this VirtualCluster.
 pub fn is_copy_for(host: &DynamicObject, vc_uid: &str) -> bool {
     let labels = host.metadata.labels.as_ref();
-    let annotations = host.metadata.annotations.as_ref();
     labels
         .and_then(|l| l.get(VIRTUALCLUSTER_UID))
         .map(String::as_str)
         == Some(vc_uid)
-        && annotations.is_some_and(|a| a.contains_key(TENANT_UID))
+        && is_kvtenant_copy(host)
 }
 
-/// Whether `host` was written by kvtenant at all (for any VirtualCluster).
+/// Whether `host` was written by kvtenant at all (for any VirtualCluster): it names its tenant
+/// object, and that object's name is its own (copies keep their names). A host controller that
+/// copies a copy's labels and annotations onto objects it makes (KubeVirt's export controller
+/// onto the exporter Pod and Service of a VirtualMachineExport) makes objects of other names:
+/// those are the host's, not copies whose tenant object is gone.
 pub fn is_kvtenant_copy(host: &DynamicObject) -> bool {
-    host.metadata
-        .annotations
-        .as_ref()
-        .is_some_and(|a| a.contains_key(TENANT_UID))
+    host.metadata.annotations.as_ref().is_some_and(|a| {
+        a.contains_key(TENANT_UID)
+            && a.get(TENANT_NAME)
+                .is_none_or(|n| Some(n) == host.metadata.name.as_ref())
+    })
 }
 
 /// `sub` is contained in `sup`: every field of `sub` is in `sup` with a contained value (arrays
@@ -281,7 +286,8 @@ pub fn merge_for_update(current: &DynamicObject, desired: &DynamicObject) -> Dyn
 
 /// The tenant mirror of a host-made object: same name in the tenant namespace, host labels and
 /// annotations plus [`MIRROR_OF`], owner references mapped, kvtenant's finalizer, spec and status
-/// as on the host.
+/// as on the host. kvtenant's own keys are dropped: a host controller that copies a copy's
+/// labels and annotations onto what it makes (KubeVirt's exporter Pod and Service) copies them too.
 pub fn to_tenant_mirror(
     host: &DynamicObject,
     tenant_ns: &str,
@@ -289,7 +295,15 @@ pub fn to_tenant_mirror(
 ) -> DynamicObject {
     let m = &host.metadata;
     let mut annotations = m.annotations.clone().unwrap_or_default();
+    for k in [TENANT_NAMESPACE, TENANT_NAME, TENANT_UID, SPEC_HASH] {
+        annotations.remove(k);
+    }
     annotations.insert(MIRROR_OF.into(), m.uid.clone().unwrap_or_default());
+    let labels = m.labels.clone().map(|mut l| {
+        l.remove(MANAGED_BY);
+        l.remove(VIRTUALCLUSTER_UID);
+        l
+    });
     let owners: Vec<OwnerReference> = m
         .owner_references
         .iter()
@@ -301,7 +315,7 @@ pub fn to_tenant_mirror(
         metadata: ObjectMeta {
             name: m.name.clone(),
             namespace: Some(tenant_ns.to_string()),
-            labels: m.labels.clone(),
+            labels: labels.filter(|l| !l.is_empty()),
             annotations: Some(annotations),
             owner_references: (!owners.is_empty()).then_some(owners),
             finalizers: Some(vec![MIRROR_FINALIZER.to_string()]),

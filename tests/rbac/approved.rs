@@ -114,6 +114,10 @@ pub const SYNCER_CLUSTER: &[&str] = &[
     "virtualmachinepools.pool.kubevirt.io [] [] [get list watch create update patch delete]",
     "virtualmachinepools.pool.kubevirt.io/status [] [] [get update patch]",
     "virtualmachinepreferences.instancetype.kubevirt.io [] [] [get list watch create update patch delete]",
+    // exports (opt-in kind), confined to the host namespaces by the admission policy
+    // (export.kubevirt.io added 2026-12-06)
+    "virtualmachineexports.export.kubevirt.io [] [] [get list watch create update patch delete]",
+    "virtualmachineexports.export.kubevirt.io/status [] [] [get update patch]",
     // snapshots and restores (opt-in kind); writes confined to the host namespaces by the
     // admission policy like the other KubeVirt groups (snapshot.kubevirt.io added 2026-12-05)
     "virtualmachinerestores.snapshot.kubevirt.io [] [] [get list watch create update patch delete]",

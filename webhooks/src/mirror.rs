@@ -246,6 +246,7 @@ pub fn policy_resources(synced: &[GroupResource]) -> Vec<GroupResource> {
         ("kubevirt.io", "virtualmachineinstances"),
         ("kubevirt.io", "virtualmachineinstancemigrations"),
         ("snapshot.kubevirt.io", "virtualmachinerestores"),
+        ("export.kubevirt.io", "virtualmachineexports"),
         ("pool.kubevirt.io", "virtualmachinepools"),
         ("cdi.kubevirt.io", "datavolumes"),
     ];

@@ -121,11 +121,16 @@ pub enum SyncKind {
     /// tenant's secondary networks, synced only when their CNI config passes
     /// `spec.vmPolicy.tenantNetworks`.
     NetworkAttachmentDefinition,
+    /// export.kubevirt.io VirtualMachineExport (opt-in: needs the host's KubeVirt VMExport
+    /// feature gate): exports of a VM, a claim or a snapshot synced down; the exporter's Pod and
+    /// Service the host's export controller makes shown read-only, so `virtctl vmexport download
+    /// --port-forward` works in the virtual cluster.
+    VirtualMachineExport,
 }
 
 impl SyncKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [SyncKind; 12] = [
+    pub const ALL: [SyncKind; 13] = [
         Self::VirtualMachine,
         Self::VirtualMachineInstance,
         Self::VirtualMachineInstanceMigration,
@@ -138,6 +143,7 @@ impl SyncKind {
         Self::VirtualMachineRestore,
         Self::VirtualMachineSnapshotContent,
         Self::NetworkAttachmentDefinition,
+        Self::VirtualMachineExport,
     ];
 
     /// The kinds synced when `spec.kubevirt.syncKinds` is not set: all but DataVolume.
@@ -164,6 +170,7 @@ impl SyncKind {
             Self::VirtualMachineRestore => "VirtualMachineRestore",
             Self::VirtualMachineSnapshotContent => "VirtualMachineSnapshotContent",
             Self::NetworkAttachmentDefinition => "NetworkAttachmentDefinition",
+            Self::VirtualMachineExport => "VirtualMachineExport",
         }
     }
 
@@ -183,6 +190,7 @@ impl SyncKind {
             | Self::VirtualMachineRestore
             | Self::VirtualMachineSnapshotContent => "snapshot.kubevirt.io",
             Self::NetworkAttachmentDefinition => "k8s.cni.cncf.io",
+            Self::VirtualMachineExport => "export.kubevirt.io",
         }
     }
 
@@ -193,7 +201,8 @@ impl SyncKind {
             Self::VirtualMachine
             | Self::VirtualMachineInstance
             | Self::VirtualMachineInstanceMigration
-            | Self::NetworkAttachmentDefinition => "v1",
+            | Self::NetworkAttachmentDefinition
+            | Self::VirtualMachineExport => "v1",
             Self::VirtualMachinePool
             | Self::VirtualMachineClone
             | Self::DataVolume
@@ -220,6 +229,7 @@ impl SyncKind {
             Self::VirtualMachineRestore => "virtualmachinerestores",
             Self::VirtualMachineSnapshotContent => "virtualmachinesnapshotcontents",
             Self::NetworkAttachmentDefinition => "network-attachment-definitions",
+            Self::VirtualMachineExport => "virtualmachineexports",
         }
     }
 

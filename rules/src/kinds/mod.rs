@@ -25,6 +25,7 @@ pub mod controller_revision;
 pub mod data_volume;
 pub mod endpoint_slice;
 pub mod event;
+pub mod export;
 pub mod ingress;
 pub mod instancetype;
 pub mod migration;
@@ -83,6 +84,7 @@ pub const KINDS: &[&dyn SyncedKind] = &[
     &snapshot::VirtualMachineSnapshot,
     &snapshot::VirtualMachineSnapshotContent,
     &snapshot::VirtualMachineRestore,
+    &export::VirtualMachineExport,
     &event::Event,
 ];
 
@@ -431,6 +433,18 @@ pub trait SyncedKind: Send + Sync {
     /// takes from the tenant's DNS (JSON pointer): Pods' `/spec`, VM-like kinds' VMI template.
     fn dns_spec(&self) -> Option<&'static str> {
         self.vm_template().map(|t| t.vmi_spec)
+    }
+
+    /// The host object's status as the tenant object shows it, when it differs (`None`: as it
+    /// is): names of the host namespace in it made the tenant namespace's
+    /// (VirtualMachineExports' internal links).
+    fn status_to_tenant(
+        &self,
+        _status: &Value,
+        _host_namespace: &str,
+        _tenant_namespace: &str,
+    ) -> Option<Value> {
+        None
     }
 
     /// Rewrites the tenant mirror's data of a host-made object (Events: re-pointed at the

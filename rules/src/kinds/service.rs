@@ -6,7 +6,7 @@
 
 use serde_json::{Value, json};
 
-use super::{ApiKind, HostContext, SyncedKind, TenantFix};
+use super::{ApiKind, HostContext, MirrorContext, SyncedKind, TenantFix};
 use crate::Policy;
 use crate::vm::size::GuestSize;
 use crate::{Violation, is_set};
@@ -21,6 +21,30 @@ impl SyncedKind for Service {
     }
     fn watch_host_copies_only(&self) -> bool {
         true
+    }
+    /// The host-made Services the host's copies cache holds carry a copy's labels because a
+    /// host controller copied them: KubeVirt's exporter Services (a VirtualMachineExport's).
+    fn mirrors_host_made(&self) -> bool {
+        true
+    }
+    /// A tenant's delete of a shown exporter Service does not reach the host: the mirror comes
+    /// back (the export's own delete ends both).
+    fn mirror_delete_reaches_host(&self, _policy: &Policy) -> bool {
+        false
+    }
+    /// Only exporter Services are shown, without the host's cluster IPs (the tenant's
+    /// apiserver assigns its own): `virtctl vmexport download --port-forward` reads the Service
+    /// for the exporter pod it port-forwards to.
+    fn to_tenant_data(&self, data: &mut Value, _: &MirrorContext) -> bool {
+        let exporter = data
+            .pointer("/spec/selector")
+            .and_then(Value::as_object)
+            .is_some_and(|s| s.contains_key(super::export::EXPORT_SERVICE_LABEL));
+        if let Some(spec) = data.get_mut("spec").and_then(Value::as_object_mut) {
+            spec.remove("clusterIP");
+            spec.remove("clusterIPs");
+        }
+        exporter
     }
     fn wanted_name(&self, namespace: &str, name: &str) -> bool {
         (namespace, name) != ("default", "kubernetes")

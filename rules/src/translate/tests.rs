@@ -137,6 +137,39 @@ fn mirrors_carry_host_spec_status_and_mapped_owners() {
     assert!(!mirror_differs(&m, &m));
 }
 
+/// KubeVirt's export controller copies a VirtualMachineExport's labels and annotations onto the
+/// exporter Pod and Service it makes: with the host copy's, they carry kvtenant's identity. They
+/// are the host's objects (other names), shown read-only, never taken for orphaned copies.
+#[test]
+fn objects_a_host_controller_made_with_a_copys_identity_are_not_copies() {
+    let export = to_host(
+        &vm(json!({"spec": {}})),
+        "tenants-ab12cd-alpha-default",
+        &vc(),
+        |_| None,
+    );
+    let mut pod = export.clone();
+    pod.types = Some(kube::api::TypeMeta {
+        api_version: "v1".into(),
+        kind: "Pod".into(),
+    });
+    pod.metadata.name = Some("virt-export-vm1".into());
+    pod.metadata.uid = Some("host-pod".into());
+    assert!(is_copy_for(&export, &vc().uid));
+    assert!(!is_copy_for(&pod, &vc().uid));
+    assert!(!is_kvtenant_copy(&pod));
+
+    let m = to_tenant_mirror(&pod, "default", |_| None);
+    let labels = m.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(labels.get("app").map(String::as_str), Some("web"));
+    assert!(!labels.contains_key(MANAGED_BY) && !labels.contains_key(VIRTUALCLUSTER_UID));
+    let ann = m.metadata.annotations.clone().unwrap_or_default();
+    for k in [TENANT_UID, TENANT_NAME, TENANT_NAMESPACE, SPEC_HASH] {
+        assert!(!ann.contains_key(k), "{k} dropped from the mirror");
+    }
+    assert_eq!(ann[MIRROR_OF], "host-pod");
+}
+
 fn arb_json() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
         Just(Value::Null),

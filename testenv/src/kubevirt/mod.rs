@@ -15,6 +15,7 @@
 //! guest runs. Everything started is killed when the [`KubeVirt`] is dropped, on panic, and on
 //! SIGINT/SIGTERM (see [`crate::process`]).
 
+pub mod export_ca;
 pub mod identity;
 pub mod install;
 pub mod metrics_server;
@@ -317,6 +318,10 @@ impl KubeVirt {
         install::apply(&client, &plan.base).await?;
         if !opts.feature_gates.is_empty() {
             install::apply_kubevirt_cr(&client, &opts.feature_gates).await?;
+        }
+        if opts.feature_gates.iter().any(|g| g == export_ca::GATE) {
+            let cert = export_ca::ensure()?;
+            export_ca::publish(&client, &cert).await?;
         }
         if opts.simulated_cdi {
             // before virt-controller: it looks for CDI's CRDs when it starts

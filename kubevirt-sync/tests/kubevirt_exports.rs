@@ -1,0 +1,331 @@
+//! Exports for tenants, with KubeVirt's real virt-api and virt-controller on the host (VMExport
+//! feature gate on through the `KubeVirt` CR): a tenant exports a claim with the real
+//! `virtctl vmexport create`, the host's export controller makes the exporter Pod and Service
+//! (shown read-only in the tenant), and the real `virtctl vmexport download --port-forward`
+//! fetches the disk through the tenant's apiserver, kvtenant's kubelet proxy and the host's
+//! apiserver. **Simulated**: the exporter pod runs on a kwok node, so no virt-exportserver
+//! container serves the volume; kwok forwards the port to this test, which answers as the
+//! exporter would (the token header checked, the disk gzipped).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service};
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kvtenant_api::VirtualCluster;
+use kvtenant_kubevirt_sync::proxy::tls::{CaPem, server_config};
+use kvtenant_kubevirt_sync::proxy::{Proxy, ProxyConfig};
+use serde_json::json;
+use testenv::kubevirt::KubeVirtOptions;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+/// What the simulated exporter serves as the claim's disk.
+const DISK: &[u8] = b"a disk image exported from a virtual cluster\n";
+
+fn export_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("export.kubevirt.io", "v1", "VirtualMachineExport"),
+        "virtualmachineexports",
+    )
+}
+
+fn virtctl(env: &Env, kubeconfig: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(&env.kv.binaries().virtctl)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "virtctl {args:?}: {text}");
+    text
+}
+
+/// `data` as a gzip stream of stored (uncompressed) deflate blocks.
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut table = [0u32; 256];
+    for (i, t) in table.iter_mut().enumerate() {
+        let mut c = i as u32;
+        for _ in 0..8 {
+            c = if c & 1 == 1 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+        }
+        *t = c;
+    }
+    let crc = !data.iter().fold(!0u32, |c, b| {
+        table[((c ^ u32::from(*b)) & 0xFF) as usize] ^ (c >> 8)
+    });
+    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+    let len = u16::try_from(data.len()).unwrap();
+    out.push(1); // the final block, stored
+    out.extend(len.to_le_bytes());
+    out.extend((!len).to_le_bytes());
+    out.extend(data);
+    out.extend(crc.to_le_bytes());
+    out.extend(u32::try_from(data.len()).unwrap().to_le_bytes());
+    out
+}
+
+/// Answers on `port` as virt-exportserver would: HTTPS, the disk at `.../disk.img.gz` for the
+/// right `x-kubevirt-export-token`, 401 without it. Returns the paths asked for.
+async fn simulated_exporter(port: u16, token: String) -> Arc<std::sync::Mutex<Vec<String>>> {
+    let ca = CaPem::generate().unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = server_config(&ca, &["virt-export-exp.default.svc".into()], provider).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = asked.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, token, seen) = (acceptor.clone(), token.clone(), seen.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).to_string();
+                let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                seen.lock().unwrap().push(path.clone());
+                let authorized = head.lines().any(|l| {
+                    l.split_once(':').is_some_and(|(k, v)| {
+                        k.eq_ignore_ascii_case("x-kubevirt-export-token") && v.trim() == token
+                    })
+                });
+                let (status, body) = match (authorized, path.ends_with("/disk.img.gz")) {
+                    (false, _) => ("401 Unauthorized", Vec::new()),
+                    (true, true) => ("200 OK", gzip(DISK)),
+                    (true, false) => ("404 Not Found", Vec::new()),
+                };
+                let reply = format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = tls.write_all(reply.as_bytes()).await;
+                let _ = tls.write_all(&body).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    asked
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_exports_a_claim_and_downloads_it_with_virtctl() {
+    let env = Env::start_with_kubevirt(
+        1,
+        true,
+        KubeVirtOptions::new().with_feature_gates(&["VMExport"]),
+    )
+    .await;
+    let proxy = Proxy::start(env.syncer.as_ref().unwrap().tenants(), ProxyConfig::local())
+        .await
+        .unwrap();
+    let t = &env.tenants[0];
+    let (tc, hc) = (t.client(), env.host_client());
+    eventually("the kubelet proxy serves the tenant", WAIT, || async {
+        proxy.serves_kubelet(&t.vc.uid)
+    })
+    .await;
+    let mut kinds: Vec<&str> = kvtenant_api::SyncKind::DEFAULT
+        .iter()
+        .map(|k| k.kind())
+        .collect();
+    kinds.push("VirtualMachineExport");
+    Api::<VirtualCluster>::namespaced(hc.clone(), VC_NAMESPACE)
+        .patch(
+            &t.vc.name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"kubevirt": {"syncKinds": kinds}}})),
+        )
+        .await
+        .unwrap();
+    wait_crd(&tc, "virtualmachineexports.export.kubevirt.io").await;
+
+    // a claim, exported with the real virtctl (it makes the token Secret and names it)
+    let pvc = json!({"metadata": {"name": "disk", "namespace": "default"}, "spec": {
+        "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}});
+    Api::<PersistentVolumeClaim>::namespaced(tc.clone(), "default")
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(pvc).unwrap(),
+        )
+        .await
+        .unwrap();
+    let kc = t.kubeconfig();
+    virtctl(
+        &env,
+        kc,
+        &["vmexport", "create", "exp", "--pvc=disk", "-n", "default"],
+    );
+
+    // the claim reaches the host with the export; the host binds it to a volume
+    let host_ns = t.host_ns("default");
+    let host_pvcs: Api<PersistentVolumeClaim> = Api::namespaced(hc.clone(), &host_ns);
+    wait_for("the claim on the host", WAIT, || async {
+        host_pvcs.get_opt("disk").await.ok().flatten()
+    })
+    .await;
+    let pv = json!({"metadata": {"name": "export-disk"}, "spec": {
+        "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+        "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": "/var/empty/export-disk"},
+        "claimRef": {"namespace": host_ns, "name": "disk"}}});
+    Api::<PersistentVolume>::all(hc.clone())
+        .create(&PostParams::default(), &serde_json::from_value(pv).unwrap())
+        .await
+        .unwrap();
+
+    // the host's export controller makes the exporter; the export is Ready in the tenant, its
+    // internal links naming the tenant's namespace
+    let exports: Api<DynamicObject> =
+        Api::namespaced_with(tc.clone(), "default", &export_resource());
+    let ready = wait_for("the export Ready in the tenant", WAIT, || async {
+        get(&exports, "exp")
+            .await
+            .filter(|e| e.data["status"]["phase"] == "Ready")
+    })
+    .await;
+    assert_eq!(ready.data["status"]["tokenSecretRef"], "secret-exp");
+    let internal = ready.data["status"]["links"]["internal"].to_string();
+    assert!(
+        internal.contains("virt-export-exp.default.svc") && !internal.contains(&host_ns),
+        "internal links name the tenant namespace: {internal}"
+    );
+    let host_exports = env.host_api(&export_resource(), &host_ns);
+    let host_export = get(&host_exports, "exp")
+        .await
+        .expect("the export on the host");
+    assert!(
+        host_export.data["status"]["links"]["internal"]
+            .to_string()
+            .contains(&host_ns)
+    );
+
+    // the exporter's Service and Pod shown read-only in the tenant
+    let services: Api<Service> = Api::namespaced(tc.clone(), "default");
+    let svc = wait_for("the exporter Service in the tenant", WAIT, || async {
+        services.get_opt("virt-export-exp").await.ok().flatten()
+    })
+    .await;
+    let mirror_of = |a: Option<&std::collections::BTreeMap<String, String>>| {
+        a.is_some_and(|a| a.contains_key(kvtenant_api::labels::MIRROR_OF))
+    };
+    assert!(mirror_of(svc.metadata.annotations.as_ref()));
+    let pods: Api<Pod> = Api::namespaced(tc.clone(), "default");
+    let pod = wait_for("the exporter pod in the tenant", WAIT, || async {
+        pods.get_opt("virt-export-exp").await.ok().flatten()
+    })
+    .await;
+    assert!(mirror_of(pod.metadata.annotations.as_ref()));
+    // what the host made stays on the host: the exporter kept there, not taken for a copy
+    let host_pods: Api<Pod> = Api::namespaced(hc.clone(), &host_ns);
+    assert!(
+        host_pods
+            .get_opt("virt-export-exp")
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    // the token: the tenant's Secret, synced down for the exporter
+    let token =
+        |s: Secret| String::from_utf8(s.data.unwrap()["token"].0.clone()).expect("a text token");
+    let tenant_token = token(
+        Api::<Secret>::namespaced(tc.clone(), "default")
+            .get("secret-exp")
+            .await
+            .unwrap(),
+    );
+    let host_token = token(
+        Api::<Secret>::namespaced(hc.clone(), &host_ns)
+            .get("secret-exp")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(tenant_token, host_token);
+
+    // the download: virtctl port-forwards through the tenant to the exporter pod (kwok forwards
+    // to this test's exporter)
+    let asked = simulated_exporter(env.kv.layout().port_forward_target, tenant_token).await;
+    let file = std::env::temp_dir().join(format!("kvtenant-export-{}.img", std::process::id()));
+    virtctl(
+        &env,
+        kc,
+        &[
+            "vmexport",
+            "download",
+            "exp",
+            "-n",
+            "default",
+            "--port-forward",
+            "--insecure",
+            "--volume=disk",
+            &format!("--output={}", file.display()),
+        ],
+    );
+    let downloaded = std::fs::read(&file).unwrap();
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(downloaded, DISK, "the disk, unzipped");
+    assert!(
+        asked
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|p| p.ends_with("/volumes/disk/disk.img.gz")),
+        "{asked:?}"
+    );
+
+    // an export without its own token Secret is refused, the field named, never on the host
+    let bare: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "export.kubevirt.io/v1", "kind": "VirtualMachineExport",
+        "metadata": {"name": "bare", "namespace": "default"},
+        "spec": {"source": {"apiGroup": "", "kind": "PersistentVolumeClaim", "name": "disk"}}}))
+    .unwrap();
+    exports.create(&PostParams::default(), &bare).await.unwrap();
+    let refused = sync_refused(&tc, "default", "bare", WAIT).await;
+    assert!(
+        refused
+            .message
+            .unwrap_or_default()
+            .contains("spec.tokenSecretRef"),
+        "the field is named"
+    );
+    assert!(get(&host_exports, "bare").await.is_none());
+
+    // the export's delete ends the host's and the exporter shown in the tenant
+    virtctl(&env, kc, &["vmexport", "delete", "exp", "-n", "default"]);
+    eventually("the export gone from the host", WAIT, || async {
+        get(&host_exports, "exp").await.is_none()
+    })
+    .await;
+    eventually("the exporter gone from the tenant", WAIT, || async {
+        pods.get_opt("virt-export-exp").await.unwrap().is_none()
+            && services.get_opt("virt-export-exp").await.unwrap().is_none()
+    })
+    .await;
+}
