@@ -33,7 +33,7 @@ const DISK: &[u8] = b"a disk image exported from a virtual cluster\n";
 
 fn export_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("export.kubevirt.io", "v1", "VirtualMachineExport"),
+        &GroupVersionKind::gvk("export.kubevirt.io", "v1beta1", "VirtualMachineExport"),
         "virtualmachineexports",
     )
 }
@@ -168,7 +168,9 @@ async fn a_tenant_exports_a_claim_and_downloads_it_with_virtctl() {
     wait_crd(&tc, "virtualmachineexports.export.kubevirt.io").await;
 
     // a claim, exported with the real virtctl (it makes the token Secret and names it)
-    let pvc = json!({"metadata": {"name": "disk", "namespace": "default"}, "spec": {
+    // a disk image (CDI's content type: the export serves disk.img and disk.img.gz)
+    let pvc = json!({"metadata": {"name": "disk", "namespace": "default",
+            "annotations": {"cdi.kubevirt.io/storage.contentType": "kubevirt"}}, "spec": {
         "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}});
     Api::<PersistentVolumeClaim>::namespaced(tc.clone(), "default")
         .create(
@@ -186,6 +188,7 @@ async fn a_tenant_exports_a_claim_and_downloads_it_with_virtctl() {
 
     // the claim reaches the host with the export; the host binds it to a volume
     let host_ns = t.host_ns("default");
+    let host_exports = env.host_api(&export_resource(), &host_ns);
     let host_pvcs: Api<PersistentVolumeClaim> = Api::namespaced(hc.clone(), &host_ns);
     wait_for("the claim on the host", WAIT, || async {
         host_pvcs.get_opt("disk").await.ok().flatten()
@@ -216,7 +219,6 @@ async fn a_tenant_exports_a_claim_and_downloads_it_with_virtctl() {
         internal.contains("virt-export-exp.default.svc") && !internal.contains(&host_ns),
         "internal links name the tenant namespace: {internal}"
     );
-    let host_exports = env.host_api(&export_resource(), &host_ns);
     let host_export = get(&host_exports, "exp")
         .await
         .expect("the export on the host");
@@ -285,6 +287,7 @@ async fn a_tenant_exports_a_claim_and_downloads_it_with_virtctl() {
             "--port-forward",
             "--insecure",
             "--volume=disk",
+            "--format=raw",
             &format!("--output={}", file.display()),
         ],
     );
@@ -302,7 +305,7 @@ async fn a_tenant_exports_a_claim_and_downloads_it_with_virtctl() {
 
     // an export without its own token Secret is refused, the field named, never on the host
     let bare: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "export.kubevirt.io/v1", "kind": "VirtualMachineExport",
+        "apiVersion": "export.kubevirt.io/v1beta1", "kind": "VirtualMachineExport",
         "metadata": {"name": "bare", "namespace": "default"},
         "spec": {"source": {"apiGroup": "", "kind": "PersistentVolumeClaim", "name": "disk"}}}))
     .unwrap();

@@ -201,8 +201,7 @@ impl SyncKind {
             Self::VirtualMachine
             | Self::VirtualMachineInstance
             | Self::VirtualMachineInstanceMigration
-            | Self::NetworkAttachmentDefinition
-            | Self::VirtualMachineExport => "v1",
+            | Self::NetworkAttachmentDefinition => "v1",
             Self::VirtualMachinePool
             | Self::VirtualMachineClone
             | Self::DataVolume
@@ -210,7 +209,9 @@ impl SyncKind {
             | Self::VirtualMachinePreference
             | Self::VirtualMachineSnapshot
             | Self::VirtualMachineRestore
-            | Self::VirtualMachineSnapshotContent => "v1beta1",
+            | Self::VirtualMachineSnapshotContent
+            // KubeVirt v1.8 serves export.kubevirt.io v1beta1 only; later ones v1 too
+            | Self::VirtualMachineExport => "v1beta1",
         }
     }
 
