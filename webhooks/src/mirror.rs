@@ -238,8 +238,8 @@ pub fn render(
         .collect()
 }
 
-/// The VM-like kinds (and DataVolumes, migrations and restores) the tenant VM policy reviews,
-/// among the synced ones.
+/// The VM-like kinds (and DataVolumes, migrations, restores, exports and secondary networks)
+/// the tenant VM policy reviews, among the synced ones.
 pub fn policy_resources(synced: &[GroupResource]) -> Vec<GroupResource> {
     let reviewed = [
         ("kubevirt.io", "virtualmachines"),
@@ -249,6 +249,7 @@ pub fn policy_resources(synced: &[GroupResource]) -> Vec<GroupResource> {
         ("export.kubevirt.io", "virtualmachineexports"),
         ("pool.kubevirt.io", "virtualmachinepools"),
         ("cdi.kubevirt.io", "datavolumes"),
+        ("k8s.cni.cncf.io", "network-attachment-definitions"),
     ];
     synced
         .iter()

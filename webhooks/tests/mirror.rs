@@ -221,6 +221,27 @@ fn the_policy_webhook_reviews_the_synced_vm_kinds() {
     )
     .unwrap();
     assert_eq!(with_dv["webhooks"][0]["rules"].as_array().unwrap().len(), 3);
+    // exports (their token Secret, source and annotations) and secondary networks (their CNI
+    // config against spec.vmPolicy.tenantNetworks) are refused at admission too
+    let opt_in = mirror::policy_configuration(
+        &synced_resources(&[
+            SyncKind::VirtualMachineExport,
+            SyncKind::NetworkAttachmentDefinition,
+        ]),
+        &[],
+        &target(),
+    )
+    .unwrap();
+    let reviewed: Vec<&str> = opt_in["webhooks"][0]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["resources"][0].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        reviewed,
+        ["network-attachment-definitions", "virtualmachineexports"]
+    );
     assert!(
         mirror::policy_configuration(
             &synced_resources(&[SyncKind::VirtualMachineClone]),
