@@ -11,15 +11,13 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service};
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
-use kvtenant_api::VirtualCluster;
 use kvtenant_kubevirt_sync::proxy::tls::{CaPem, server_config};
 use kvtenant_kubevirt_sync::proxy::{Proxy, ProxyConfig};
 use serde_json::json;
@@ -36,22 +34,6 @@ fn export_resource() -> ApiResource {
         &GroupVersionKind::gvk("export.kubevirt.io", "v1beta1", "VirtualMachineExport"),
         "virtualmachineexports",
     )
-}
-
-fn virtctl(env: &Env, kubeconfig: &std::path::Path, args: &[&str]) -> String {
-    let out = Command::new(&env.kv.binaries().virtctl)
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "virtctl {args:?}: {text}");
-    text
 }
 
 /// `data` as a gzip stream of stored (uncompressed) deflate blocks.
@@ -152,19 +134,8 @@ async fn a_tenant_exports_a_claim_and_downloads_it_with_virtctl() {
         proxy.serves_kubelet(&t.vc.uid)
     })
     .await;
-    let mut kinds: Vec<&str> = kvtenant_api::SyncKind::DEFAULT
-        .iter()
-        .map(|k| k.kind())
-        .collect();
-    kinds.push("VirtualMachineExport");
-    Api::<VirtualCluster>::namespaced(hc.clone(), VC_NAMESPACE)
-        .patch(
-            &t.vc.name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"kubevirt": {"syncKinds": kinds}}})),
-        )
-        .await
-        .unwrap();
+    let kinds = default_kinds_and(&["VirtualMachineExport"]);
+    patch_vc_spec(&hc, &t.vc.name, json!({"kubevirt": {"syncKinds": kinds}})).await;
     wait_crd(&tc, "virtualmachineexports.export.kubevirt.io").await;
 
     // a claim, exported with the real virtctl (it makes the token Secret and names it)

@@ -104,11 +104,7 @@ async fn tenants_clone_the_allowed_golden_images_and_no_other() {
                        "name": "system:serviceaccounts"}]}]});
     testenv::testing::kubectl_apply(env.host.kubeconfig_path(), &rbac).unwrap();
 
-    let mut kinds: Vec<&str> = kvtenant_api::SyncKind::DEFAULT
-        .iter()
-        .map(|k| k.kind())
-        .collect();
-    kinds.push("DataVolume");
+    let kinds = default_kinds_and(&["DataVolume"]);
     Api::<VirtualCluster>::namespaced(hc.clone(), VC_NAMESPACE)
         .patch(
             &t.vc.name,

@@ -11,7 +11,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -47,21 +46,6 @@ fn spec_hash(vm: &DynamicObject) -> Option<String> {
         .as_ref()?
         .get(kvtenant_rules::translate::SPEC_HASH)
         .cloned()
-}
-
-fn virtctl(env: &Env, kubeconfig: &std::path::Path, args: &[&str]) {
-    let out = Command::new(&env.kv.binaries().virtctl)
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "virtctl {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 async fn create_pvc(client: &Client, ns: &str, name: &str) {

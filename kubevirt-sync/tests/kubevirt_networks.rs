@@ -65,11 +65,7 @@ fn vm_with_networks(name: &str, networks: &[(&str, &str)]) -> DynamicObject {
 }
 
 async fn allow_networks(hc: &kube::Client, vc: &str) {
-    let mut kinds: Vec<&str> = kvtenant_api::SyncKind::DEFAULT
-        .iter()
-        .map(|k| k.kind())
-        .collect();
-    kinds.push("NetworkAttachmentDefinition");
+    let kinds = default_kinds_and(&["NetworkAttachmentDefinition"]);
     Api::<VirtualCluster>::namespaced(hc.clone(), VC_NAMESPACE)
         .patch(
             vc,

@@ -16,7 +16,6 @@ use std::time::Duration;
 use common::*;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
-use kvtenant_api::VirtualCluster;
 use serde_json::{Value, json};
 use testenv::kubevirt::KubeVirtOptions;
 
@@ -44,19 +43,8 @@ async fn a_tenant_snapshots_changes_and_restores_a_vm() {
     let t = &env.tenants[0];
     let tc = t.client();
     let hc = env.host_client();
-    let mut kinds: Vec<&str> = kvtenant_api::SyncKind::DEFAULT
-        .iter()
-        .map(|k| k.kind())
-        .collect();
-    kinds.push("VirtualMachineSnapshot");
-    Api::<VirtualCluster>::namespaced(hc.clone(), VC_NAMESPACE)
-        .patch(
-            &t.vc.name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"kubevirt": {"syncKinds": kinds}}})),
-        )
-        .await
-        .unwrap();
+    let kinds = default_kinds_and(&["VirtualMachineSnapshot"]);
+    patch_vc_spec(&hc, &t.vc.name, json!({"kubevirt": {"syncKinds": kinds}})).await;
     for crd in [
         "virtualmachinesnapshots.snapshot.kubevirt.io",
         "virtualmachinerestores.snapshot.kubevirt.io",

@@ -167,6 +167,16 @@ fn mixed_rules_keep_only_synced_kinds_and_mutators_keep_reinvocation() {
     );
 }
 
+/// The resources a webhook's rules name, one per rule.
+fn resources_of(webhook: &Value) -> Vec<&str> {
+    webhook["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["resources"][0].as_str().unwrap())
+        .collect()
+}
+
 #[test]
 fn the_policy_webhook_reviews_the_synced_vm_kinds() {
     let workloads = mirror::workload_policy_resources(&SyncKind::DEFAULT);
@@ -178,12 +188,7 @@ fn the_policy_webhook_reviews_the_synced_vm_kinds() {
     let wl = &cfg["webhooks"][1];
     assert_eq!(wl["name"], "workloadpolicy.tenancy.kvtenant.io");
     assert_eq!(wl["failurePolicy"], "Ignore");
-    let reviewed: Vec<&str> = wl["rules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["resources"][0].as_str().unwrap())
-        .collect();
+    let reviewed = resources_of(wl);
     for r in ["pods", "services", "ingresses"] {
         assert!(reviewed.contains(&r), "{r} in {reviewed:?}");
     }
@@ -194,12 +199,7 @@ fn the_policy_webhook_reviews_the_synced_vm_kinds() {
     let w = &cfg["webhooks"][0];
     assert_eq!(w["name"], "vmpolicy.tenancy.kvtenant.io");
     assert_eq!(w["failurePolicy"], "Fail");
-    let resources: Vec<&str> = w["rules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["resources"][0].as_str().unwrap())
-        .collect();
+    let resources = resources_of(w);
     // in the kinds' dependency order (kvtenant_rules::kinds::KINDS)
     assert_eq!(
         resources,
@@ -232,12 +232,7 @@ fn the_policy_webhook_reviews_the_synced_vm_kinds() {
         &target(),
     )
     .unwrap();
-    let reviewed: Vec<&str> = opt_in["webhooks"][0]["rules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["resources"][0].as_str().unwrap())
-        .collect();
+    let reviewed = resources_of(&opt_in["webhooks"][0]);
     assert_eq!(
         reviewed,
         ["network-attachment-definitions", "virtualmachineexports"]

@@ -335,3 +335,44 @@ pub async fn client_to(port: u16, ca_pem: &str, cert: Option<&testenv::pki::Cert
         .unwrap();
     Client::try_from(config).unwrap()
 }
+
+/// The default synced kinds and `extra` (opt-in kinds), as `spec.kubevirt.syncKinds` lists them.
+#[allow(dead_code)]
+pub fn default_kinds_and(extra: &[&'static str]) -> Vec<&'static str> {
+    kvtenant_api::SyncKind::DEFAULT
+        .iter()
+        .map(|k| k.kind())
+        .chain(extra.iter().copied())
+        .collect()
+}
+
+/// Merge-patches the spec of the VirtualCluster `name` (in [`VC_NAMESPACE`]).
+#[allow(dead_code)]
+pub async fn patch_vc_spec(host: &Client, name: &str, spec: Value) {
+    Api::<VirtualCluster>::namespaced(host.clone(), VC_NAMESPACE)
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": spec })),
+        )
+        .await
+        .unwrap();
+}
+
+/// Runs the real virtctl against `kubeconfig`; its output, or a panic with it.
+#[allow(dead_code)]
+pub fn virtctl(env: &Env, kubeconfig: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(&env.kv.binaries().virtctl)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "virtctl {args:?}: {text}");
+    text
+}
