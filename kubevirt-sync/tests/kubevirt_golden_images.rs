@@ -181,6 +181,30 @@ async fn tenants_clone_the_allowed_golden_images_and_no_other() {
             .filter(|d| d.data["status"]["phase"] == "Succeeded")
     })
     .await;
+    // its claim, which CDI makes with the DataVolume's annotations (kvtenant's identity among
+    // them), shown in the tenant as CDI's, not taken for an orphaned copy
+    let claims: Api<DynamicObject> = Api::namespaced_with(
+        tc.clone(),
+        "default",
+        &kube::core::ApiResource::erase::<k8s_openapi::api::core::v1::PersistentVolumeClaim>(&()),
+    );
+    let claim = wait_for("the DataVolume's claim shown in the tenant", WAIT, || {
+        get(&claims, "disk")
+    })
+    .await;
+    assert!(
+        claim
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key(kvtenant_api::labels::MIRROR_OF)
+    );
+    let host_claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        Api::namespaced(env.host_client(), &host_ns);
+    assert!(
+        host_claims.get_opt("disk").await.unwrap().is_some(),
+        "kept on the host"
+    );
 
     // a VM whose disk template clones it: the host's real virt-controller resolves the host's
     // DataSource, authorizes the clone and makes the DataVolume, shown in the tenant

@@ -199,17 +199,24 @@ pub fn is_copy_for(host: &DynamicObject, vc_uid: &str) -> bool {
         && is_kvtenant_copy(host)
 }
 
-/// Whether `host` was written by kvtenant at all (for any VirtualCluster): it names its tenant
-/// object, and that object's name is its own (copies keep their names). A host controller that
-/// copies a copy's labels and annotations onto objects it makes (KubeVirt's export controller
-/// onto the exporter Pod and Service of a VirtualMachineExport) makes objects of other names:
-/// those are the host's, not copies whose tenant object is gone.
+/// Whether `host` was written by kvtenant at all (for any VirtualCluster): it carries kvtenant's
+/// label, names its tenant object, and that object's name is its own (copies keep their names).
+/// Host controllers copy a copy's metadata onto objects they make: KubeVirt's export controller
+/// the labels and annotations of a VirtualMachineExport onto its exporter Pod and Service (other
+/// names), CDI the annotations (not the labels) of a DataVolume onto its claim (the same name).
+/// Those are the host's objects, not copies whose tenant object is gone.
 pub fn is_kvtenant_copy(host: &DynamicObject) -> bool {
-    host.metadata.annotations.as_ref().is_some_and(|a| {
-        a.contains_key(TENANT_UID)
-            && a.get(TENANT_NAME)
-                .is_none_or(|n| Some(n) == host.metadata.name.as_ref())
-    })
+    let labelled = host
+        .metadata
+        .labels
+        .as_ref()
+        .is_some_and(|l| l.get(MANAGED_BY).map(String::as_str) == Some(MANAGED_BY_VALUE));
+    labelled
+        && host.metadata.annotations.as_ref().is_some_and(|a| {
+            a.contains_key(TENANT_UID)
+                && a.get(TENANT_NAME)
+                    .is_none_or(|n| Some(n) == host.metadata.name.as_ref())
+        })
 }
 
 /// `sub` is contained in `sup`: every field of `sub` is in `sup` with a contained value (arrays

@@ -159,6 +159,13 @@ fn objects_a_host_controller_made_with_a_copys_identity_are_not_copies() {
     assert!(!is_copy_for(&pod, &vc().uid));
     assert!(!is_kvtenant_copy(&pod));
 
+    // CDI copies a DataVolume's annotations (not its labels) onto the claim of the same name
+    let mut claim = export.clone();
+    claim.metadata.labels =
+        Some([("app".to_string(), "containerized-data-importer".to_string())].into());
+    assert!(!is_copy_for(&claim, &vc().uid));
+    assert!(!is_kvtenant_copy(&claim));
+
     let m = to_tenant_mirror(&pod, "default", |_| None);
     let labels = m.metadata.labels.clone().unwrap_or_default();
     assert_eq!(labels.get("app").map(String::as_str), Some("web"));

@@ -98,6 +98,26 @@ pub fn claim_for(dv: &DynamicObject) -> Value {
         "controller": true,
         "blockOwnerDeletion": true,
     });
+    // as CDI's DataVolume controller does: every annotation of the DataVolume, then its own
+    let mut annotations: serde_json::Map<String, Value> = dv
+        .annotations()
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
+    annotations.extend([
+        (
+            "cdi.kubevirt.io/storage.pod.phase".into(),
+            json!("Succeeded"),
+        ),
+        (
+            "cdi.kubevirt.io/storage.condition.running".into(),
+            json!("false"),
+        ),
+        (
+            "cdi.kubevirt.io/createdForDataVolume".into(),
+            json!(dv.uid()),
+        ),
+    ]);
     json!({
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
@@ -109,11 +129,7 @@ pub fn claim_for(dv: &DynamicObject) -> Value {
                 "app.kubernetes.io/component": "storage",
                 "app.kubernetes.io/managed-by": "cdi-controller",
             },
-            "annotations": {
-                "cdi.kubevirt.io/storage.pod.phase": "Succeeded",
-                "cdi.kubevirt.io/storage.condition.running": "false",
-                "cdi.kubevirt.io/createdForDataVolume": dv.uid(),
-            },
+            "annotations": annotations,
             "ownerReferences": [owner],
         },
         "spec": claim_spec,
