@@ -323,6 +323,9 @@ pub async fn snapshot(g: &GlobalArgs, args: SnapshotArgs) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// How many times a restore reads the keys again to restore those that changed meanwhile.
+const RESTORE_ROUNDS: usize = 5;
+
 pub async fn restore(g: &GlobalArgs, args: RestoreArgs) -> anyhow::Result<()> {
     let text =
         std::fs::read(&args.from).with_context(|| format!("reading {}", args.from.display()))?;
@@ -351,17 +354,27 @@ pub async fn restore(g: &GlobalArgs, args: RestoreArgs) -> anyhow::Result<()> {
                 .context("a value of the snapshot is not base64")?,
         ));
     }
-    let (_, current) = etcd.range().await?;
-    let changes = restore_changes(&current, &wanted);
+    // keys written meanwhile (leases renewed, a controller's update) moved past the revision
+    // each change was conditioned on: read again and restore those, a few rounds
     let (mut written, mut deleted, mut moved) = (0, 0, 0);
-    for (key, rev, value) in &changes {
-        if etcd.change(key, *rev, value.as_deref()).await? {
-            match value {
-                Some(_) => written += 1,
-                None => deleted += 1,
+    for round in 1..=RESTORE_ROUNDS {
+        let (_, current) = etcd.range().await?;
+        moved = 0;
+        for (key, rev, value) in &restore_changes(&current, &wanted) {
+            if etcd.change(key, *rev, value.as_deref()).await? {
+                match value {
+                    Some(_) => written += 1,
+                    None => deleted += 1,
+                }
+            } else {
+                moved += 1;
             }
-        } else {
-            moved += 1;
+        }
+        if moved == 0 {
+            break;
+        }
+        if round < RESTORE_ROUNDS {
+            eprintln!("{moved} key(s) changed while restoring; restoring them again");
         }
     }
     println!(
@@ -374,7 +387,9 @@ pub async fn restore(g: &GlobalArgs, args: RestoreArgs) -> anyhow::Result<()> {
     );
     if moved > 0 {
         bail!(
-            "{moved} key(s) changed while restoring and were left as they are now: run the restore again"
+            "{moved} key(s) kept changing while restoring ({RESTORE_ROUNDS} rounds) and were left as \
+             they are now: stop what writes them (a controller of the virtual cluster) and run the \
+             restore again"
         );
     }
     Ok(())
