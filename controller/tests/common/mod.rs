@@ -126,7 +126,9 @@ where
 {
     let api: Api<VirtualCluster> = Api::namespaced(client.clone(), ns);
     let check = &check;
-    wait_for(what, Duration::from_secs(60), || {
+    // a Managed control plane booting (datastore, apiserver, controller-manager) while other
+    // tests boot theirs took over 60 s on the 2-core machine
+    wait_for(what, Duration::from_secs(120), || {
         let api = api.clone();
         async move {
             let vc = api.get(name).await.map_err(|e| e.to_string())?;
