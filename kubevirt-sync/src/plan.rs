@@ -434,9 +434,8 @@ fn plan_down(
                 return p.with(fix);
             }
             let host_status = h.data.get("status");
-            let translated = host_status.and_then(|s| {
-                kind.status_to_tenant(s, &view.vc().host_namespace(namespace), namespace)
-            });
+            let translated =
+                host_status.and_then(|s| kind.status_to_tenant(s, &host_ns, namespace));
             match translated.as_ref().or(host_status) {
                 Some(status) if t.data.get("status") != Some(status) => {
                     p.with(Step::StatusUp(status.clone()))
