@@ -215,7 +215,7 @@ pub fn is_kvtenant_copy(host: &DynamicObject) -> bool {
         && host.metadata.annotations.as_ref().is_some_and(|a| {
             a.contains_key(TENANT_UID)
                 && a.get(TENANT_NAME)
-                    .is_none_or(|n| Some(n) == host.metadata.name.as_ref())
+                    .is_none_or(|n| n == host.metadata.name.as_deref().unwrap_or_default())
         })
 }
 

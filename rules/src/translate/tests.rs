@@ -267,3 +267,18 @@ fn a_cut_short_recreate_is_found_on_the_host_copy_and_a_finished_one_is_not() {
         .insert(TENANT_UID.into(), "tenant-uid-2".into());
     assert!(interrupted_recreate(&host).is_none());
 }
+
+/// Found by fuzzing (`.ci/fuzz translate`): an object without `metadata.name` is written with an
+/// empty tenant name; its copy is still recognised as kvtenant's (no name on either side).
+#[test]
+fn a_copy_of_an_object_without_a_name_is_still_a_copy() {
+    let tenant: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "mhostDevetadata": {"name": "s", "namespace": "default"},
+        "spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 30000}]}
+    }))
+    .unwrap();
+    let host = to_host(&tenant, "tenants-ab12cd-alpha-default", &vc(), |_| None);
+    assert_eq!(host.metadata.name, None);
+    assert!(is_copy_for(&host, &vc().uid));
+}
