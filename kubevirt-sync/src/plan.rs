@@ -524,16 +524,28 @@ fn with_metadata(t: &DynamicObject) -> Value {
 }
 
 /// The tenant mirror of a host-made object; `None` when the kind does not show this one.
+/// `current` is the mirror as it is: an owner the tenant cache does not show (yet: after a
+/// restart, caches fill kind by kind) keeps the uid the mirror has, so no update ever drops an
+/// owner reference (an owner-less VMI mirror would count in the tenant's VM quota).
 fn mirror_of(
     view: &impl View,
     kind: &Kind,
     namespace: &str,
     h: &DynamicObject,
+    current: Option<&DynamicObject>,
 ) -> Option<DynamicObject> {
-    let mut m = to_tenant_mirror(h, namespace, |o| {
-        map_owner_by_name(o, |k, n| view.tenant_uid(k, namespace, n))
-    });
-    let lookup = |k: &str, n: &str| view.tenant_uid(k, namespace, n);
+    let lookup = |k: &str, n: &str| {
+        view.tenant_uid(k, namespace, n).or_else(|| {
+            current?
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .find(|o| o.kind == k && o.name == n)
+                .map(|o| o.uid.clone())
+        })
+    };
+    let mut m = to_tenant_mirror(h, namespace, |o| map_owner_by_name(o, lookup));
     let ctx = MirrorContext {
         host_namespace: h.metadata.namespace.as_deref().unwrap_or_default(),
         tenant_namespace: namespace,
@@ -557,7 +569,7 @@ fn plan_new_mirror(view: &impl View, kind: &Kind, namespace: &str, h: &DynamicOb
     if !owners_known {
         return p.wait(OWNER_WAIT);
     }
-    match mirror_of(view, kind, namespace, h) {
+    match mirror_of(view, kind, namespace, h, None) {
         Some(m) => p.with(Step::CreateMirror(Box::new(m))),
         None => p,
     }
@@ -607,7 +619,7 @@ fn plan_mirror(
             .with_all(volume_step(kind, None, Some(&t.data)));
     };
     p = p.with_all(volume_step(kind, Some(&t.data), Some(&h.data)));
-    let Some(mut desired) = mirror_of(view, kind, namespace, h) else {
+    let Some(mut desired) = mirror_of(view, kind, namespace, h, Some(t)) else {
         return p;
     };
     // what the mirror's apiserver fixed at creation stays (a pod mirror's spec)

@@ -98,6 +98,32 @@ fn host_made_objects_are_mirrored_with_owners_mapped() {
     assert!(p.is_noop(), "{p:?}");
 }
 
+/// After a restart the tenant caches fill kind by kind: a VMI mirror planned before its VM is
+/// cached keeps the owner it has (an owner-less VMI would count in the tenant's VM quota).
+#[test]
+fn a_mirror_keeps_its_owner_while_the_tenant_cache_does_not_show_it() {
+    let mut f = Fake::new();
+    f.tenant_uids
+        .insert(("VirtualMachine".into(), "vm1".into()), "t-vm1".into());
+    let h = host_made("VirtualMachineInstance", Some(("VirtualMachine", "vm1")));
+    let p = run(&f, "VirtualMachineInstance", None, Some(&h));
+    let [Step::CreateMirror(m)] = p.steps.as_slice() else {
+        panic!("{p:?}")
+    };
+    let mut m = (**m).clone();
+    m.metadata.uid = Some("t-mirror".into());
+    f.tenant_uids.clear();
+    m.data["spec"]["domain"] = json!({"edited": true});
+    let p = run(&f, "VirtualMachineInstance", Some(&m), Some(&h));
+    let [Step::ShowNode(_), Step::ReplaceMirror(back, _)] = p.steps.as_slice() else {
+        panic!("{p:?}")
+    };
+    assert_eq!(
+        back.metadata.owner_references.as_ref().unwrap()[0].uid,
+        "t-vm1"
+    );
+}
+
 #[test]
 fn host_made_objects_of_kinds_that_do_not_mirror_stay_on_the_host() {
     let f = Fake::new();

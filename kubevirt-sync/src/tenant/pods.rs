@@ -311,17 +311,32 @@ impl Tenant {
             self.synced(kind, "up");
             return Ok(());
         };
-        tracing::warn!(tenant = %self.label, object = %what, error = %e, "the tenant refused the host's addresses; keeping its own");
-        self.recreate_failed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key.clone());
+        // an overloaded or unreachable tenant apiserver is tried again (the key's backoff); a
+        // refusal (the address taken or outside the tenant's range) is final for this object
+        let transient = matches!(
+            classify(&e),
+            ApiErrorClass::Server | ApiErrorClass::Transport
+        );
+        if !transient {
+            tracing::warn!(tenant = %self.label, object = %what, error = %e, "the tenant refused the host's addresses; keeping its own");
+            self.recreate_failed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key.clone());
+        }
         self.api_call(Cluster::Tenant, "create");
         api.create(&PostParams::default(), &original)
             .await
-            .map_err(Error::api("create again", Cluster::Tenant, what))?;
+            .map_err(Error::api("create again", Cluster::Tenant, what.clone()))?;
         self.clear_recreate(kind, key).await;
         drop(guard);
+        if transient {
+            return Err(Error::api(
+                "create with the host's addresses",
+                Cluster::Tenant,
+                what,
+            )(e));
+        }
         Ok(())
     }
 

@@ -56,10 +56,36 @@ impl SyncedKind for VirtualMachineInstance {
     fn in_quota(&self) -> bool {
         true
     }
-    /// Only standalone VMIs count (a VM's instance is counted by the VM).
+    /// Only standalone VMIs the tenant made count: a VM's instance is counted by the VM, and a
+    /// mirror (an instance the host made) always comes from something the tenant made.
     fn usage(&self, obj: &Value, size: GuestSize) -> Option<Usage> {
-        owner_kinds(obj)
-            .is_empty()
+        (owner_kinds(obj).is_empty() && !crate::translate::is_mirror_json(obj))
             .then(|| Usage::of_vm(&TEMPLATE, obj, size))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::translate::MIRROR_OF;
+    use serde_json::json;
+
+    #[test]
+    fn only_standalone_instances_the_tenant_made_count() {
+        let size = GuestSize {
+            vcpus: 1,
+            memory: 1 << 27,
+        };
+        let standalone = json!({"metadata": {"name": "i"}, "spec": {}});
+        assert_eq!(
+            VirtualMachineInstance
+                .usage(&standalone, size)
+                .map(|u| u.vms),
+            Some(1)
+        );
+        let owned = json!({"metadata": {"ownerReferences": [{"kind": "VirtualMachine", "name": "i"}]}, "spec": {}});
+        assert_eq!(VirtualMachineInstance.usage(&owned, size), None);
+        let mirror = json!({"metadata": {"annotations": {MIRROR_OF: "host-uid"}}, "spec": {}});
+        assert_eq!(VirtualMachineInstance.usage(&mirror, size), None);
     }
 }
