@@ -1,6 +1,7 @@
 //! Golden images for tenants: the host's CDI DataSources `spec.vmPolicy.allowedDataSources`
 //! allows, shown read-only in the tenant under the same namespace and name, and usable as a
-//! DataVolume's `sourceRef` and as a VM's `dataVolumeTemplates` `sourceRef`. KubeVirt's
+//! DataVolume's `sourceRef` and as a VM's `dataVolumeTemplates` `sourceRef`, with the
+//! DataImportCrons that keep them up to date. KubeVirt's
 //! virt-api and virt-controller are real: the host's virt-controller resolves the DataSource
 //! (to the claim it points at) and checks the clone right of the VM's namespace (the SubjectAccessReview KubeVirt makes,
 //! answered by the RoleBinding a host with golden images has) before it creates the
@@ -38,6 +39,19 @@ fn data_source(name: &str) -> DynamicObject {
         "apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataSource",
         "metadata": {"name": name, "namespace": "os-images"},
         "spec": {"source": {"pvc": {"namespace": "os-images", "name": format!("{name}-43")}}}}))
+    .unwrap()
+}
+
+/// The DataImportCron that keeps the DataSource `name` up to date (CDI's way of publishing
+/// golden images from a registry).
+fn import_cron(name: &str) -> DynamicObject {
+    serde_json::from_value(json!({
+        "apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataImportCron",
+        "metadata": {"name": format!("{name}-updates"), "namespace": "os-images"},
+        "spec": {"managedDataSource": name, "schedule": "0 */12 * * *",
+            "template": {"spec": {
+                "source": {"registry": {"url": format!("docker://quay.io/containerdisks/{name}:latest")}},
+                "storage": {"resources": {"requests": {"storage": "5Gi"}}}}}}}))
     .unwrap()
 }
 
@@ -85,9 +99,18 @@ async fn tenants_clone_the_allowed_golden_images_and_no_other() {
         .unwrap();
     let host_sources: Api<DynamicObject> =
         Api::namespaced_with(hc.clone(), "os-images", &cdi("DataSource", "datasources"));
+    let host_crons: Api<DynamicObject> = Api::namespaced_with(
+        hc.clone(),
+        "os-images",
+        &cdi("DataImportCron", "dataimportcrons"),
+    );
     for name in ["fedora", "rhel"] {
         host_sources
             .create(&PostParams::default(), &data_source(name))
+            .await
+            .unwrap();
+        host_crons
+            .create(&PostParams::default(), &import_cron(name))
             .await
             .unwrap();
     }
@@ -134,6 +157,35 @@ async fn tenants_clone_the_allowed_golden_images_and_no_other() {
         },
     )
     .await;
+    // with the DataImportCron that keeps it up to date (what it imports, how often)
+    eventually(
+        "the allowed DataSource's DataImportCron listed in the tenant",
+        WAIT,
+        || async {
+            let (ok, out, _) = testenv::testing::kubectl_output(
+                kc,
+                &["get", "dataimportcrons", "-n", "os-images", "-o", "name"],
+                "",
+                Duration::from_secs(20),
+            );
+            ok && out.trim() == "dataimportcron.cdi.kubevirt.io/fedora-updates"
+        },
+    )
+    .await;
+    let tenant_crons: Api<DynamicObject> = Api::namespaced_with(
+        tc.clone(),
+        "os-images",
+        &cdi("DataImportCron", "dataimportcrons"),
+    );
+    let cron = get(&tenant_crons, "fedora-updates").await.unwrap();
+    assert_eq!(
+        cron.data["spec"]["template"]["spec"]["source"]["registry"]["url"],
+        "docker://quay.io/containerdisks/fedora:latest"
+    );
+    assert_eq!(
+        cron.labels().get(HOST_OBJECT).map(String::as_str),
+        Some("true")
+    );
     let tenant_sources: Api<DynamicObject> =
         Api::namespaced_with(tc.clone(), "os-images", &cdi("DataSource", "datasources"));
     let shown = get(&tenant_sources, "fedora").await.unwrap();

@@ -2,7 +2,9 @@
 //! tenant under the same namespace and name, so what names them reads as on the host: the
 //! NetworkAttachmentDefinitions of `spec.vmPolicy.allowedNetworks` (a VM's
 //! `networks[].multus.networkName`) and the CDI DataSources of `spec.vmPolicy.allowedDataSources`
-//! (golden images, a DataVolume's `sourceRef`). kvtenant creates the tenant namespace when it is
+//! (golden images, a DataVolume's `sourceRef`), with the DataImportCrons that keep those
+//! DataSources up to date (`spec.managedDataSource` naming an allowed one: the schedule and
+//! registry the image comes from). kvtenant creates the tenant namespace when it is
 //! missing, reverts the tenant's edits and deletes, and removes copies no longer allowed; the
 //! copies carry [`HOST_OBJECT`] and are never synced down (`kubevirt-sync/src/plan.rs`).
 
@@ -28,8 +30,16 @@ pub const DATA_SOURCE: ApiKind = ApiKind {
     plural: "datasources",
 };
 
+/// CDI's DataImportCron: shown when it manages a DataSource shown.
+pub const DATA_IMPORT_CRON: ApiKind = ApiKind {
+    group: "cdi.kubevirt.io",
+    version: "v1beta1",
+    kind: "DataImportCron",
+    plural: "dataimportcrons",
+};
+
 /// The kinds shown.
-pub const KINDS: &[ApiKind] = &[NETWORK_ATTACHMENT, DATA_SOURCE];
+pub const KINDS: &[ApiKind] = &[NETWORK_ATTACHMENT, DATA_SOURCE, DATA_IMPORT_CRON];
 
 /// One host object to show: its kind, namespace and name (the same in the tenant).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,15 +60,17 @@ fn list<'a>(spec: &'a VirtualClusterSpec, kind: &ApiKind) -> &'a [String] {
     }
     match kind.kind {
         "NetworkAttachmentDefinition" => &spec.vm_policy.allowed_networks,
-        "DataSource" => &spec.vm_policy.allowed_data_sources,
+        "DataSource" | "DataImportCron" => &spec.vm_policy.allowed_data_sources,
         _ => &[],
     }
 }
 
-/// The host objects the tenant is shown (entries that are not `<namespace>/<name>` skipped).
+/// The host objects the tenant is shown by name (entries that are not `<namespace>/<name>`
+/// skipped); DataImportCrons are found by what they manage ([`cron_namespaces`], [`cron_shown`]).
 pub fn shown(spec: &VirtualClusterSpec) -> Vec<Shown> {
     KINDS
         .iter()
+        .filter(|kind| kind.kind != DATA_IMPORT_CRON.kind)
         .flat_map(|kind| {
             list(spec, kind).iter().filter_map(|entry| {
                 let (ns, name) = entry.split_once('/')?;
@@ -71,6 +83,33 @@ pub fn shown(spec: &VirtualClusterSpec) -> Vec<Shown> {
             })
         })
         .collect()
+}
+
+/// The host namespaces whose DataImportCrons are read: those of the allowed DataSources.
+pub fn cron_namespaces(spec: &VirtualClusterSpec) -> std::collections::BTreeSet<String> {
+    shown(spec)
+        .into_iter()
+        .filter(|o| o.kind.kind == DATA_SOURCE.kind)
+        .map(|o| o.namespace)
+        .collect()
+}
+
+/// Whether a host DataImportCron is shown: it keeps an allowed DataSource (of its own
+/// namespace, which is where CDI makes it) up to date.
+pub fn cron_shown(spec: &VirtualClusterSpec, cron: &Value) -> bool {
+    let ns = cron
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let managed = cron
+        .pointer("/spec/managedDataSource")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    spec.kubevirt.enabled
+        && !managed.is_empty()
+        && shown(spec)
+            .iter()
+            .any(|o| o.kind.kind == DATA_SOURCE.kind && o.namespace == ns && o.name == managed)
 }
 
 /// The CRDs the tenant needs for what it is shown (and for its own networks when it syncs
@@ -96,7 +135,7 @@ pub fn is_shown(labels: Option<&std::collections::BTreeMap<String, String>>) -> 
 }
 
 /// The tenant's read-only copy of a host object: its spec (a network's CNI config, a
-/// DataSource's source), under the same namespace and name, with kvtenant's labels; no status,
+/// DataSource's source, a DataImportCron's schedule and registry), under the same namespace and name, with kvtenant's labels; no status,
 /// no host metadata.
 pub fn tenant_copy(kind: &ApiKind, host: &Value) -> Value {
     let meta = |f: &str| host.pointer(&format!("/metadata/{f}")).cloned();
@@ -144,7 +183,8 @@ mod tests {
             crds(&s),
             [
                 "network-attachment-definitions.k8s.cni.cncf.io",
-                "datasources.cdi.kubevirt.io"
+                "datasources.cdi.kubevirt.io",
+                "dataimportcrons.cdi.kubevirt.io"
             ]
         );
         assert!(crds(&VirtualClusterSpec::default()).is_empty());
@@ -175,5 +215,35 @@ mod tests {
         );
         let labels = [(HOST_OBJECT.to_string(), "true".to_string())].into();
         assert!(is_shown(Some(&labels)) && !is_shown(None));
+    }
+
+    #[test]
+    fn the_import_crons_of_allowed_data_sources_are_shown() {
+        let s = spec(json!({"allowedDataSources": ["os-images/fedora", "bad"]}));
+        assert_eq!(
+            cron_namespaces(&s).into_iter().collect::<Vec<_>>(),
+            ["os-images"]
+        );
+        let cron = |ns: &str, managed: &str| {
+            json!({"metadata": {"name": "c", "namespace": ns},
+                   "spec": {"managedDataSource": managed, "schedule": "0 */12 * * *"}})
+        };
+        assert!(cron_shown(&s, &cron("os-images", "fedora")));
+        assert!(
+            !cron_shown(&s, &cron("os-images", "rhel")),
+            "a DataSource not allowed"
+        );
+        assert!(
+            !cron_shown(&s, &cron("other", "fedora")),
+            "another namespace's"
+        );
+        assert!(!cron_shown(
+            &s,
+            &json!({"metadata": {"namespace": "os-images"}})
+        ));
+        let mut off = s.clone();
+        off.kubevirt.enabled = false;
+        assert!(!cron_shown(&off, &cron("os-images", "fedora")));
+        assert!(cron_namespaces(&off).is_empty());
     }
 }

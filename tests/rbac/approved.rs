@@ -38,6 +38,9 @@ pub const SYNCER_CLUSTER: &[&str] = &[
     // read: the host's DaemonSets' and StatefulSets' revisions too)
     "controllerrevisions.apps [] [] [get list watch]",
     "customresourcedefinitions.apiextensions.k8s.io [] [] [get list watch]",
+    // golden images: the DataImportCrons managing the allowed DataSources, listed in those
+    // DataSources' namespaces (added 2026-12-06)
+    "dataimportcrons.cdi.kubevirt.io [] [] [list]",
     // golden images: the allowed host DataSources, read by name (added 2026-12-05)
     "datasources.cdi.kubevirt.io [] [] [get]",
     "datavolumes.cdi.kubevirt.io [] [] [get list watch create update patch delete]",

@@ -196,7 +196,8 @@ pub struct VmPolicy {
 
     /// Host CDI DataSources (golden images) the tenant may clone from, as `<namespace>/<name>`.
     /// Each is shown read-only in the virtual cluster under the same namespace and name
-    /// (kvtenant creates the namespace there if needed); a DataVolume's or a VM's
+    /// (kvtenant creates the namespace there if needed), with the host DataImportCrons that
+    /// manage it (`spec.managedDataSource`); a DataVolume's or a VM's
     /// dataVolumeTemplates' `sourceRef` naming it (`namespace` set, or omitted from that
     /// namespace) is pointed at the host's DataSource on the host copy. Empty (default): none;
     /// a sourceRef to another namespace is refused.

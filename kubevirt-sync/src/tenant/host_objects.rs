@@ -1,7 +1,8 @@
 //! The host objects a tenant may use shown read-only in it ([`kvtenant_rules::host_objects`]):
 //! the NetworkAttachmentDefinitions of `spec.vmPolicy.allowedNetworks` and the DataSources of
-//! `spec.vmPolicy.allowedDataSources`, each read from the host by its namespace and name (the
-//! host's other objects are never listed) and applied under the same namespace and name in
+//! `spec.vmPolicy.allowedDataSources`, each read from the host by its namespace and name, and
+//! the DataImportCrons managing those DataSources, listed in the DataSources' namespaces only
+//! (the host's other objects are never read), applied under the same namespace and name in
 //! the tenant, whose namespace kvtenant creates if needed. Applied with the host classes (every
 //! consistency scan, and on the tenant's change of a copy: `restore.rs`); copies no longer
 //! allowed or gone on the host are deleted. A kind is shown only where its CRD was copied into
@@ -10,10 +11,13 @@
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, DynamicObject, PostParams};
+use kube::api::{Api, DynamicObject, ListParams, PostParams};
 use kube::core::ObjectMeta;
 use kvtenant_api::labels::{HOST_OBJECT, MANAGED_BY, MANAGED_BY_VALUE};
-use kvtenant_rules::host_objects::{KINDS, crd, shown, tenant_copy};
+use kvtenant_kubeutil::ResultExt;
+use kvtenant_rules::host_objects::{
+    DATA_IMPORT_CRON, KINDS, Shown, crd, cron_namespaces, cron_shown, shown, tenant_copy,
+};
 
 use super::Tenant;
 use crate::error::{Cluster, Error};
@@ -28,6 +32,13 @@ impl Tenant {
                 continue;
             }
             let mut kept = BTreeSet::new();
+            let found;
+            let wanted = if *kind == DATA_IMPORT_CRON {
+                found = self.import_crons().await?;
+                &found
+            } else {
+                &wanted
+            };
             for o in wanted.iter().filter(|o| o.kind == *kind) {
                 let host: Api<DynamicObject> =
                     Api::namespaced_with(self.host.client.clone(), &o.namespace, &kind.resource());
@@ -49,6 +60,38 @@ impl Tenant {
                 .await?;
         }
         Ok(())
+    }
+
+    /// The host DataImportCrons shown: those managing an allowed DataSource, listed in the
+    /// allowed DataSources' namespaces (a namespace or CRD the host lacks shows none).
+    async fn import_crons(&self) -> Result<Vec<Shown>, Error> {
+        let mut out = Vec::new();
+        for ns in cron_namespaces(&self.spec) {
+            let host: Api<DynamicObject> =
+                Api::namespaced_with(self.host.client.clone(), &ns, &DATA_IMPORT_CRON.resource());
+            self.api_call(Cluster::Host, "list");
+            let Some(list) = host
+                .list(&ListParams::default())
+                .await
+                .absent_ok()
+                .map_err(Error::api(
+                    "list",
+                    Cluster::Host,
+                    format!("DataImportCrons in {ns}"),
+                ))?
+            else {
+                continue;
+            };
+            out.extend(list.items.iter().filter_map(|c| {
+                let v = serde_json::to_value(c).ok()?;
+                cron_shown(&self.spec, &v).then(|| Shown {
+                    kind: DATA_IMPORT_CRON,
+                    namespace: ns.clone(),
+                    name: c.metadata.name.clone().unwrap_or_default(),
+                })
+            }));
+        }
+        Ok(out)
     }
 
     /// Creates the tenant namespace a shown object goes to, when the tenant has none.
