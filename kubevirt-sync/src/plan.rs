@@ -46,6 +46,7 @@ use std::time::Duration;
 
 use kube::api::DynamicObject;
 use kvtenant_api::labels::VirtualClusterRef;
+use kvtenant_rules::kinds::service::{keep_cluster_ips, without_cluster_ips};
 use kvtenant_rules::kinds::{
     self, Enablement, HostContext, Kind, MirrorContext, TenantFix, Trigger,
 };
@@ -570,7 +571,19 @@ fn plan_new_mirror(view: &impl View, kind: &Kind, namespace: &str, h: &DynamicOb
         return p.wait(OWNER_WAIT);
     }
     match mirror_of(view, kind, namespace, h, None) {
-        Some(m) => p.with(Step::CreateMirror(Box::new(m))),
+        Some(mut m) => {
+            // a Service mirror takes the host's cluster IPs unless a tenant Service has them
+            let name = h.metadata.name.as_deref().unwrap_or_default();
+            let taken = m
+                .data
+                .pointer("/spec/clusterIP")
+                .and_then(Value::as_str)
+                .is_some_and(|ip| view.cluster_ip_taken(ip, namespace, name));
+            if let Some(bare) = without_cluster_ips(&m.data).filter(|_| taken) {
+                m.data = bare;
+            }
+            p.with(Step::CreateMirror(Box::new(m)))
+        }
         None => p,
     }
 }
@@ -624,6 +637,7 @@ fn plan_mirror(
     };
     // what the mirror's apiserver fixed at creation stays (a pod mirror's spec)
     kind.keep_host_fixed(&mut desired.data, &t.data);
+    keep_cluster_ips(&mut desired.data, &t.data);
     if !mirror_differs(t, &desired) {
         return p;
     }

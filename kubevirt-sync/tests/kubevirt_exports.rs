@@ -209,6 +209,14 @@ async fn a_tenant_exports_a_claim_and_downloads_it_with_virtctl() {
         a.is_some_and(|a| a.contains_key(kvtenant_api::labels::MIRROR_OF))
     };
     assert!(mirror_of(svc.metadata.annotations.as_ref()));
+    // with the host's cluster IP: the tenant's DNS names the exporter at the address that works
+    let host_svc = Api::<Service>::namespaced(hc.clone(), &host_ns)
+        .get("virt-export-exp")
+        .await
+        .unwrap();
+    let ip = |s: &Service| s.spec.as_ref().and_then(|s| s.cluster_ip.clone());
+    assert!(ip(&host_svc).is_some());
+    assert_eq!(ip(&svc), ip(&host_svc));
     let pods: Api<Pod> = Api::namespaced(tc.clone(), "default");
     let pod = wait_for("the exporter pod in the tenant", WAIT, || async {
         pods.get_opt("virt-export-exp").await.ok().flatten()

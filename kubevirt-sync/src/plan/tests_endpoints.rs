@@ -138,3 +138,28 @@ fn a_slice_pointing_at_the_metadata_service_is_refused() {
     };
     assert_eq!(v[0].path, "endpoints[0].addresses[0]");
 }
+
+/// A host-made Service (KubeVirt's exporter) is shown with the host's cluster IP, so the tenant's
+/// DNS names it at the address that works; without it when a tenant Service holds that address.
+#[test]
+fn an_exporter_service_is_shown_with_the_hosts_cluster_ip_unless_the_tenant_has_it() {
+    let mut f = Fake::new();
+    let h = obj(
+        "Service",
+        json!({"metadata": {"name": "virt-export-exp", "namespace": "h", "uid": "h-svc"},
+            "spec": {"clusterIP": "10.0.0.42", "clusterIPs": ["10.0.0.42"], "ports": [{"port": 443}],
+                     "selector": {"kubevirt.io.virt-export-service": "virt-export-exp"}}}),
+    );
+    let create = |f: &Fake| {
+        let p = run(f, "Service", None, Some(&h));
+        let [Step::CreateMirror(m)] = p.steps.as_slice() else {
+            panic!("{p:?}")
+        };
+        m.data["spec"].clone()
+    };
+    assert_eq!(create(&f)["clusterIP"], "10.0.0.42");
+    f.taken_ips.push("10.0.0.42".into());
+    let spec = create(&f);
+    assert!(spec.get("clusterIP").is_none() && spec.get("clusterIPs").is_none());
+    assert_eq!(spec["ports"], json!([{"port": 443}]));
+}

@@ -8,6 +8,7 @@ use std::time::Duration;
 use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams, PostParams, PropagationPolicy};
 use kvtenant_kubeutil::{ApiErrorClass, ResultExt, classify, is_namespace_terminating};
 use kvtenant_rules::Violation;
+use kvtenant_rules::kinds::service::without_cluster_ips;
 use kvtenant_rules::kinds::{self, Kind};
 use kvtenant_rules::translate::{MIRROR_OF, is_copy_for, is_mirror};
 use serde_json::{Value, json};
@@ -257,6 +258,21 @@ impl Tenant {
                         Ok(c) => c,
                         Err(e) if classify(&e) == ApiErrorClass::Conflict => {
                             return Ok(Some(CONFLICT_WAIT));
+                        }
+                        // a Service mirror whose host cluster IPs the tenant refuses (taken
+                        // by a Service the cache does not show yet, or outside its range):
+                        // created with addresses of the tenant's own
+                        Err(e)
+                            if classify(&e) == ApiErrorClass::Invalid
+                                && let Some(bare) = without_cluster_ips(&obj.data) =>
+                        {
+                            tracing::info!(tenant = %self.label, object = %tenant_what, error = %e, "the tenant refused the host's cluster IPs for a mirror; creating it with its own");
+                            let mut own = (*obj).clone();
+                            own.data = bare;
+                            self.api_call(Cluster::Tenant, "create");
+                            tenant.create(&PostParams::default(), &own).await.map_err(
+                                Error::api("create", Cluster::Tenant, tenant_what.clone()),
+                            )?
                         }
                         // the tenant namespace is gone or going (asked by the create itself
                         // rather than a namespace read first: one request per mirror)

@@ -32,19 +32,15 @@ impl SyncedKind for Service {
     fn mirror_delete_reaches_host(&self, _policy: &Policy) -> bool {
         false
     }
-    /// Only exporter Services are shown, without the host's cluster IPs (the tenant's
-    /// apiserver assigns its own): `virtctl vmexport download --port-forward` reads the Service
-    /// for the exporter pod it port-forwards to.
+    /// Only exporter Services are shown, with the host's cluster IPs, so the tenant's DNS
+    /// resolves the export's internal link to the address that works (the plan leaves them out
+    /// when another tenant Service holds that address: [`without_cluster_ips`]): `virtctl
+    /// vmexport download --port-forward` reads the Service for the exporter pod it
+    /// port-forwards to.
     fn to_tenant_data(&self, data: &mut Value, _: &MirrorContext) -> bool {
-        let exporter = data
-            .pointer("/spec/selector")
+        data.pointer("/spec/selector")
             .and_then(Value::as_object)
-            .is_some_and(|s| s.contains_key(super::export::EXPORT_SERVICE_LABEL));
-        if let Some(spec) = data.get_mut("spec").and_then(Value::as_object_mut) {
-            spec.remove("clusterIP");
-            spec.remove("clusterIPs");
-        }
-        exporter
+            .is_some_and(|s| s.contains_key(super::export::EXPORT_SERVICE_LABEL))
     }
     fn wanted_name(&self, namespace: &str, name: &str) -> bool {
         (namespace, name) != ("default", "kubernetes")
@@ -134,6 +130,36 @@ pub fn addresses_fix(tenant: &Value, host: &Value) -> Option<TenantFix> {
     }
 }
 
+/// The data of a Service without its assigned cluster IPs (`None` for a headless Service's or
+/// one without): what a Service mirror is created with when the tenant cannot take the host's
+/// addresses (another tenant Service holds them, or the tenant's apiserver refuses them).
+pub fn without_cluster_ips(data: &Value) -> Option<Value> {
+    let ip = data.pointer("/spec/clusterIP").and_then(Value::as_str)?;
+    if ip == "None" {
+        return None;
+    }
+    let mut out = data.clone();
+    if let Some(spec) = out.get_mut("spec").and_then(Value::as_object_mut) {
+        spec.remove("clusterIP");
+        spec.remove("clusterIPs");
+    }
+    Some(out)
+}
+
+/// Keeps in `desired` the cluster IPs `current` has (a Service mirror's, fixed when it was
+/// created; nothing for other kinds).
+pub fn keep_cluster_ips(desired: &mut Value, current: &Value) {
+    let Some(spec) = desired.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for f in ["clusterIP", "clusterIPs"] {
+        match current.pointer(&format!("/spec/{f}")) {
+            Some(v) => spec.insert(f.into(), v.clone()),
+            None => spec.remove(f),
+        };
+    }
+}
+
 /// The cluster IP a Service recreate asks for, if it is one.
 pub fn recreate_cluster_ip(fix: &TenantFix) -> Option<&str> {
     match fix {
@@ -216,5 +242,28 @@ mod tests {
                 .violations(&json!({"spec": {}}), &p, None)
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn a_mirror_takes_the_hosts_cluster_ips_or_none_and_keeps_what_it_got() {
+        let host = json!({"spec": {"clusterIP": "10.0.0.42", "clusterIPs": ["10.0.0.42"],
+            "ports": [{"port": 443}]}});
+        let bare = without_cluster_ips(&host).unwrap();
+        assert_eq!(bare, json!({"spec": {"ports": [{"port": 443}]}}));
+        assert_eq!(
+            without_cluster_ips(&json!({"spec": {"clusterIP": "None"}})),
+            None
+        );
+        assert_eq!(without_cluster_ips(&bare), None);
+
+        // created without them: the tenant's own stay (immutable), not the host's
+        let mirror = json!({"spec": {"clusterIP": "10.0.0.7", "clusterIPs": ["10.0.0.7"]}});
+        let mut desired = host.clone();
+        keep_cluster_ips(&mut desired, &mirror);
+        assert_eq!(desired["spec"]["clusterIP"], "10.0.0.7");
+        assert_eq!(desired["spec"]["clusterIPs"], json!(["10.0.0.7"]));
+        let mut other = json!({"spec": {"selector": {}}});
+        keep_cluster_ips(&mut other, &json!({"spec": {}}));
+        assert_eq!(other, json!({"spec": {"selector": {}}}));
     }
 }
