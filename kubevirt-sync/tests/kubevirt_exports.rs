@@ -3,7 +3,7 @@
 //! `virtctl vmexport create`, the host's export controller makes the exporter Pod and Service
 //! (shown read-only in the tenant), and the real `virtctl vmexport download --port-forward`
 //! fetches the disk through the tenant's apiserver, kvtenant's kubelet proxy and the host's
-//! apiserver. **Simulated**: the exporter pod runs on a kwok node, so no virt-exportserver
+//! apiserver; a stopped VM is exported the same way. **Simulated**: the exporter pod runs on a kwok node, so no virt-exportserver
 //! container serves the volume; kwok forwards the port to this test, which answers as the
 //! exporter would (the token header checked, the disk gzipped).
 
@@ -308,6 +308,49 @@ async fn a_tenant_exports_a_claim_and_downloads_it_with_virtctl() {
     eventually("the exporter gone from the tenant", WAIT, || async {
         pods.get_opt("virt-export-exp").await.unwrap().is_none()
             && services.get_opt("virt-export-exp").await.unwrap().is_none()
+    })
+    .await;
+
+    // a stopped VM of the namespace exported the same way: its claim is exported, the links
+    // name the tenant's namespace
+    let mut vm = vm_manifest(
+        "vm1",
+        "default",
+        json!({"volumes": [{"name": "root", "persistentVolumeClaim": {"claimName": "disk"}}]}),
+    );
+    vm["spec"]["runStrategy"] = json!("Halted");
+    testenv::testing::kubectl_apply(kc, &vm).unwrap();
+    let host_vms = env.host_api(&vm_resource(), &host_ns);
+    wait_for("the VM on the host", WAIT, || get(&host_vms, "vm1")).await;
+    virtctl(
+        &env,
+        kc,
+        &["vmexport", "create", "vmexp", "--vm=vm1", "-n", "default"],
+    );
+    let ready = wait_for("the VM's export Ready in the tenant", WAIT, || async {
+        get(&exports, "vmexp")
+            .await
+            .filter(|e| e.data["status"]["phase"] == "Ready")
+    })
+    .await;
+    let internal = &ready.data["status"]["links"]["internal"];
+    assert_eq!(internal["volumes"][0]["name"], "disk", "{internal}");
+    assert!(
+        internal["manifests"]
+            .to_string()
+            .contains("/internal/manifests/all"),
+        "the VM's definition exported too: {internal}"
+    );
+    assert!(
+        internal
+            .to_string()
+            .contains("virt-export-vmexp.default.svc")
+            && !internal.to_string().contains(&host_ns),
+        "{internal}"
+    );
+    virtctl(&env, kc, &["vmexport", "delete", "vmexp", "-n", "default"]);
+    eventually("the VM's export gone from the host", WAIT, || async {
+        get(&host_exports, "vmexp").await.is_none()
     })
     .await;
 }
