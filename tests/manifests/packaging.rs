@@ -13,7 +13,7 @@ pub fn every_sample_is_tested_and_says_where_to_apply_it() {
     for file in sample_files() {
         assert!(
             listed.contains(file.as_str()),
-            "samples/{file} is not in SAMPLES of tests/manifests.rs, so nothing validates it"
+            "samples/{file} is not in SAMPLES of tests/manifests/support.rs, so nothing validates it"
         );
         let content = read_sample(&file);
         assert!(!yaml_docs(&content).is_empty(), "samples/{file} is empty");
