@@ -9,7 +9,8 @@
 //! one revision, stored relative to it, except keys bound to a lease (Events, which expire
 //! anyway). A restore runs against the live control plane, one transaction per key of the kind
 //! kube-apiserver itself sends (so kine takes them too): keys the snapshot does not have are
-//! deleted, the others written where they differ. The apiserver's watches see ordinary changes,
+//! deleted, the others written where they differ, but for the Leases the running control plane
+//! renews ([`LIVE`]). The apiserver's watches see ordinary changes,
 //! so controllers, the tenant's clients and kvtenant's syncer (which then makes the host match)
 //! follow without a restart.
 
@@ -93,8 +94,19 @@ pub fn range_end(prefix: &str) -> Vec<u8> {
     end
 }
 
+/// Keys (relative) a restore leaves as they are: Leases are live coordination state that the
+/// running apiserver (its identity lease) and kube-controller-manager (leader election) renew
+/// every few seconds; an old holder put back would only be renewed over again, or confuse a
+/// leader election.
+pub const LIVE: &[&[u8]] = &[b"leases/"];
+
+fn live(key: &[u8]) -> bool {
+    LIVE.iter().any(|p| key.starts_with(p))
+}
+
 /// What a restore does (pure): `(relative key, current mod revision or 0, new value or None
-/// for a delete)` for what differs between `current` and the snapshot's `wanted` keys.
+/// for a delete)` for what differs between `current` and the snapshot's `wanted` keys, the
+/// [`LIVE`] keys left out.
 pub fn restore_changes(
     current: &[Current],
     wanted: &[(Vec<u8>, Vec<u8>)],
@@ -103,14 +115,17 @@ pub fn restore_changes(
     let keep: std::collections::BTreeSet<&[u8]> =
         wanted.iter().map(|(k, _)| k.as_slice()).collect();
     let mut changes = Vec::new();
-    for (k, v) in wanted {
+    for (k, v) in wanted.iter().filter(|(k, _)| !live(k)) {
         match now.get(k.as_slice()) {
             Some(c) if &c.value == v => {}
             Some(c) => changes.push((k.clone(), c.mod_revision, Some(v.clone()))),
             None => changes.push((k.clone(), 0, Some(v.clone()))),
         }
     }
-    for c in current.iter().filter(|c| !keep.contains(c.key.as_slice())) {
+    for c in current
+        .iter()
+        .filter(|c| !keep.contains(c.key.as_slice()) && !live(&c.key))
+    {
         changes.push((c.key.clone(), c.mod_revision, None));
     }
     changes
@@ -356,10 +371,10 @@ pub async fn restore(g: &GlobalArgs, args: RestoreArgs) -> anyhow::Result<()> {
     }
     // keys written meanwhile (leases renewed, a controller's update) moved past the revision
     // each change was conditioned on: read again and restore those, a few rounds
-    let (mut written, mut deleted, mut moved) = (0, 0, 0);
+    let (mut written, mut deleted, mut moved) = (0, 0, Vec::new());
     for round in 1..=RESTORE_ROUNDS {
         let (_, current) = etcd.range().await?;
-        moved = 0;
+        moved.clear();
         for (key, rev, value) in &restore_changes(&current, &wanted) {
             if etcd.change(key, *rev, value.as_deref()).await? {
                 match value {
@@ -367,14 +382,18 @@ pub async fn restore(g: &GlobalArgs, args: RestoreArgs) -> anyhow::Result<()> {
                     None => deleted += 1,
                 }
             } else {
-                moved += 1;
+                moved.push(String::from_utf8_lossy(key).into_owned());
             }
         }
-        if moved == 0 {
+        if moved.is_empty() {
             break;
         }
         if round < RESTORE_ROUNDS {
-            eprintln!("{moved} key(s) changed while restoring; restoring them again");
+            eprintln!(
+                "{} key(s) changed while restoring ({}); restoring them again",
+                moved.len(),
+                moved.join(", ")
+            );
         }
     }
     println!(
@@ -385,11 +404,13 @@ pub async fn restore(g: &GlobalArgs, args: RestoreArgs) -> anyhow::Result<()> {
         file.revision,
         wanted.len().saturating_sub(written)
     );
-    if moved > 0 {
+    if !moved.is_empty() {
         bail!(
-            "{moved} key(s) kept changing while restoring ({RESTORE_ROUNDS} rounds) and were left as \
-             they are now: stop what writes them (a controller of the virtual cluster) and run the \
-             restore again"
+            "{} key(s) kept changing while restoring ({RESTORE_ROUNDS} rounds) and were left as \
+             they are now ({}): stop what writes them (a controller of the virtual cluster) and \
+             run the restore again",
+            moved.len(),
+            moved.join(", ")
         );
     }
     Ok(())
@@ -430,6 +451,21 @@ mod tests {
                 (b"new".to_vec(), 9, None),
             ]
         );
+    }
+
+    /// The leases the running control plane renews every few seconds are neither put back nor
+    /// deleted (a restore fought them round after round).
+    #[test]
+    fn a_restore_leaves_the_live_leases_alone() {
+        let current = [
+            cur("leases/kube-system/kube-controller-manager", "now", 7),
+            cur("leases/kube-system/apiserver-new", "now", 8),
+        ];
+        let wanted = [
+            kv("leases/kube-system/kube-controller-manager", "then"),
+            kv("leases/kube-system/apiserver-old", "then"),
+        ];
+        assert_eq!(restore_changes(&current, &wanted), []);
     }
 
     #[test]
