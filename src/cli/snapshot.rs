@@ -131,6 +131,16 @@ pub fn restore_changes(
     changes
 }
 
+/// Whether a key a restore lost a race on still needs its write (pure): the revision to
+/// condition it on (0: absent), or `None` when it already is what the snapshot wants.
+pub fn retry_at(now: Option<&Current>, want: Option<&[u8]>) -> Option<i64> {
+    match (now, want) {
+        (None, None) => None,
+        (Some(c), Some(v)) if c.value == v => None,
+        (now, _) => Some(now.map_or(0, |c| c.mod_revision)),
+    }
+}
+
 /// Where the virtual cluster's keys are.
 #[derive(Debug, PartialEq)]
 enum Source {
@@ -226,6 +236,29 @@ impl Etcd {
             start.push(0);
         }
         Ok((revision, out))
+    }
+
+    /// One key (relative) as it is now; `None` when absent (or bound to a lease, as
+    /// [`range`](Self::range) leaves those out).
+    async fn get(&mut self, rel: &[u8]) -> anyhow::Result<Option<Current>> {
+        let mut key = self.prefix.as_bytes().to_vec();
+        key.extend_from_slice(rel);
+        let req = grpc::RangeRequest {
+            key,
+            range_end: Vec::new(),
+            limit: 1,
+            revision: 0,
+        };
+        let resp: grpc::RangeResponse = grpc::call(&mut self.conn.send, "KV/Range", &req).await?;
+        Ok(resp
+            .kvs
+            .into_iter()
+            .find(|kv| kv.lease == 0)
+            .map(|kv| Current {
+                key: rel.to_vec(),
+                value: kv.value,
+                mod_revision: kv.mod_revision,
+            }))
     }
 
     /// One change as kube-apiserver makes it; `false` when the key moved meanwhile.
@@ -369,31 +402,53 @@ pub async fn restore(g: &GlobalArgs, args: RestoreArgs) -> anyhow::Result<()> {
                 .context("a value of the snapshot is not base64")?,
         ));
     }
-    // keys written meanwhile (leases renewed, a controller's update) moved past the revision
-    // each change was conditioned on: read again and restore those, a few rounds
-    let (mut written, mut deleted, mut moved) = (0, 0, Vec::new());
+    // a key a controller wrote between the read and the write (the restore's own changes make
+    // the tenant's controllers react) moved past the revision its change was conditioned on:
+    // read it again and write it again, a few rounds. A key written once is left to the
+    // cluster: what its controllers make of the restored state is theirs, not a race to rerun.
+    let (mut written, mut deleted) = (0, 0);
+    let (_, current) = etcd.range().await?;
+    let mut pending: Vec<(Vec<u8>, Option<i64>, Option<Vec<u8>>)> =
+        restore_changes(&current, &wanted)
+            .into_iter()
+            .map(|(k, rev, v)| (k, Some(rev), v))
+            .collect();
+    let mut moved = Vec::new();
     for round in 1..=RESTORE_ROUNDS {
-        let (_, current) = etcd.range().await?;
         moved.clear();
-        for (key, rev, value) in &restore_changes(&current, &wanted) {
-            if etcd.change(key, *rev, value.as_deref()).await? {
+        for (key, rev, value) in pending.drain(..) {
+            let rev = match rev {
+                Some(rev) => rev,
+                None => {
+                    let now = etcd.get(&key).await?;
+                    let Some(rev) = retry_at(now.as_ref(), value.as_deref()) else {
+                        continue;
+                    };
+                    rev
+                }
+            };
+            if etcd.change(&key, rev, value.as_deref()).await? {
                 match value {
                     Some(_) => written += 1,
                     None => deleted += 1,
                 }
             } else {
-                moved.push(String::from_utf8_lossy(key).into_owned());
+                moved.push((key, None, value));
             }
         }
         if moved.is_empty() {
             break;
         }
+        let names = names(&moved);
         if round < RESTORE_ROUNDS {
             eprintln!(
-                "{} key(s) changed while restoring ({}); restoring them again",
-                moved.len(),
-                moved.join(", ")
+                "{} key(s) changed while restoring ({names}); restoring them again",
+                moved.len()
             );
+        }
+        pending = std::mem::take(&mut moved);
+        if round == RESTORE_ROUNDS {
+            moved = pending.clone();
         }
     }
     println!(
@@ -410,10 +465,17 @@ pub async fn restore(g: &GlobalArgs, args: RestoreArgs) -> anyhow::Result<()> {
              they are now ({}): stop what writes them (a controller of the virtual cluster) and \
              run the restore again",
             moved.len(),
-            moved.join(", ")
+            names(&moved)
         );
     }
     Ok(())
+}
+
+fn names(keys: &[(Vec<u8>, Option<i64>, Option<Vec<u8>>)]) -> String {
+    keys.iter()
+        .map(|(k, _, _)| String::from_utf8_lossy(k).into_owned())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
@@ -466,6 +528,20 @@ mod tests {
             kv("leases/kube-system/apiserver-old", "then"),
         ];
         assert_eq!(restore_changes(&current, &wanted), []);
+    }
+
+    #[test]
+    fn a_key_that_lost_a_race_is_written_again_unless_it_already_is_as_wanted() {
+        let now = cur("a", "new", 9);
+        assert_eq!(retry_at(Some(&now), Some(b"old")), Some(9));
+        assert_eq!(retry_at(Some(&now), Some(b"new")), None);
+        assert_eq!(
+            retry_at(Some(&now), None),
+            Some(9),
+            "deleted at its revision"
+        );
+        assert_eq!(retry_at(None, Some(b"old")), Some(0), "created");
+        assert_eq!(retry_at(None, None), None);
     }
 
     #[test]
