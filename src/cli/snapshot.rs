@@ -408,11 +408,10 @@ pub async fn restore(g: &GlobalArgs, args: RestoreArgs) -> anyhow::Result<()> {
     // cluster: what its controllers make of the restored state is theirs, not a race to rerun.
     let (mut written, mut deleted) = (0, 0);
     let (_, current) = etcd.range().await?;
-    let mut pending: Vec<(Vec<u8>, Option<i64>, Option<Vec<u8>>)> =
-        restore_changes(&current, &wanted)
-            .into_iter()
-            .map(|(k, rev, v)| (k, Some(rev), v))
-            .collect();
+    let mut pending: Vec<Pending> = restore_changes(&current, &wanted)
+        .into_iter()
+        .map(|(k, rev, v)| (k, Some(rev), v))
+        .collect();
     let mut moved = Vec::new();
     for round in 1..=RESTORE_ROUNDS {
         moved.clear();
@@ -471,7 +470,11 @@ pub async fn restore(g: &GlobalArgs, args: RestoreArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn names(keys: &[(Vec<u8>, Option<i64>, Option<Vec<u8>>)]) -> String {
+/// A change still to make: the key (relative), the revision to condition it on (`None`: read
+/// it first) and the value (`None`: delete).
+type Pending = (Vec<u8>, Option<i64>, Option<Vec<u8>>);
+
+fn names(keys: &[Pending]) -> String {
     keys.iter()
         .map(|(k, _, _)| String::from_utf8_lossy(k).into_owned())
         .collect::<Vec<_>>()
