@@ -18,6 +18,8 @@ use kvtenant_kubeutil::ResultExt;
 use kvtenant_rules::host_objects::{
     DATA_IMPORT_CRON, KINDS, Shown, crd, cron_namespaces, cron_shown, shown, tenant_copy,
 };
+use kvtenant_rules::kinds::ApiKind;
+use serde_json::Value;
 
 use super::Tenant;
 use crate::error::{Cluster, Error};
@@ -31,30 +33,18 @@ impl Tenant {
             if !copies.contains(&crd(kind)) {
                 continue;
             }
-            let mut kept = BTreeSet::new();
-            let found;
-            let wanted = if *kind == DATA_IMPORT_CRON {
-                found = self.import_crons().await?;
-                &found
+            // by name, or (DataImportCrons) as listed: (namespace, name, the host object)
+            let found = if *kind == DATA_IMPORT_CRON {
+                self.import_crons().await?
             } else {
-                &wanted
+                self.shown_by_name(kind, &wanted).await?
             };
-            for o in wanted.iter().filter(|o| o.kind == *kind) {
-                let host: Api<DynamicObject> =
-                    Api::namespaced_with(self.host.client.clone(), &o.namespace, &kind.resource());
-                self.api_call(Cluster::Host, "get");
-                let Some(obj) = host.get_opt(&o.name).await.map_err(Error::api(
-                    "get",
-                    Cluster::Host,
-                    format!("{} {}/{}", kind.kind, o.namespace, o.name),
-                ))?
-                else {
-                    continue;
-                };
-                self.ensure_shown_namespace(&o.namespace).await?;
-                let copy = tenant_copy(kind, &serde_json::to_value(&obj).unwrap_or_default());
-                self.apply_kept(kind, &o.namespace, &o.name, &copy).await?;
-                kept.insert((o.namespace.clone(), o.name.clone()));
+            let mut kept = BTreeSet::new();
+            for (namespace, name, obj) in found {
+                self.ensure_shown_namespace(&namespace).await?;
+                let copy = tenant_copy(kind, &obj);
+                self.apply_kept(kind, &namespace, &name, &copy).await?;
+                kept.insert((namespace, name));
             }
             self.prune_kept(kind, &format!("{HOST_OBJECT}=true"), &kept)
                 .await?;
@@ -62,9 +52,35 @@ impl Tenant {
         Ok(())
     }
 
+    /// The host objects of `kind` among `wanted`, each read by its namespace and name (those
+    /// the host lacks left out).
+    async fn shown_by_name(
+        &self,
+        kind: &ApiKind,
+        wanted: &[Shown],
+    ) -> Result<Vec<(String, String, Value)>, Error> {
+        let mut out = Vec::new();
+        for o in wanted.iter().filter(|o| o.kind == *kind) {
+            let host: Api<DynamicObject> =
+                Api::namespaced_with(self.host.client.clone(), &o.namespace, &kind.resource());
+            self.api_call(Cluster::Host, "get");
+            let found = host.get_opt(&o.name).await.map_err(Error::api(
+                "get",
+                Cluster::Host,
+                format!("{} {}/{}", kind.kind, o.namespace, o.name),
+            ))?;
+            if let Some(obj) = found {
+                let v = serde_json::to_value(&obj).unwrap_or_default();
+                out.push((o.namespace.clone(), o.name.clone(), v));
+            }
+        }
+        Ok(out)
+    }
+
     /// The host DataImportCrons shown: those managing an allowed DataSource, listed in the
-    /// allowed DataSources' namespaces (a namespace or CRD the host lacks shows none).
-    async fn import_crons(&self) -> Result<Vec<Shown>, Error> {
+    /// allowed DataSources' namespaces (a namespace or CRD the host lacks shows none); the
+    /// listed objects are what is shown (the syncer may list them, not get them).
+    async fn import_crons(&self) -> Result<Vec<(String, String, Value)>, Error> {
         let mut out = Vec::new();
         for ns in cron_namespaces(&self.spec) {
             let host: Api<DynamicObject> =
@@ -82,14 +98,13 @@ impl Tenant {
             else {
                 continue;
             };
-            out.extend(list.items.iter().filter_map(|c| {
-                let v = serde_json::to_value(c).ok()?;
-                cron_shown(&self.spec, &v).then(|| Shown {
-                    kind: DATA_IMPORT_CRON,
-                    namespace: ns.clone(),
-                    name: c.metadata.name.clone().unwrap_or_default(),
-                })
-            }));
+            for c in list.items {
+                let name = c.metadata.name.clone().unwrap_or_default();
+                let v = serde_json::to_value(&c).unwrap_or_default();
+                if cron_shown(&self.spec, &v) {
+                    out.push((ns.clone(), name, v));
+                }
+            }
         }
         Ok(out)
     }
