@@ -105,11 +105,7 @@ pub fn cron_shown(spec: &VirtualClusterSpec, cron: &Value) -> bool {
         .pointer("/spec/managedDataSource")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    spec.kubevirt.enabled
-        && !managed.is_empty()
-        && shown(spec)
-            .iter()
-            .any(|o| o.kind.kind == DATA_SOURCE.kind && o.namespace == ns && o.name == managed)
+    spec.kubevirt.enabled && !managed.is_empty() && spec.vm_policy.data_source_allowed(ns, managed)
 }
 
 /// The CRDs the tenant needs for what it is shown (and for its own networks when it syncs

@@ -56,13 +56,7 @@ impl SyncedKind for Service {
     /// The host assigns the cluster IPs, but a headless Service (`clusterIP: None`) stays
     /// headless: its name resolves to its endpoints' addresses.
     fn to_host_data(&self, data: &mut Value, _: &HostContext) {
-        let headless = data.pointer("/spec/clusterIP").and_then(Value::as_str) == Some("None");
-        if let Some(spec) = data.get_mut("spec").and_then(Value::as_object_mut)
-            && !headless
-        {
-            spec.remove("clusterIP");
-            spec.remove("clusterIPs");
-        }
+        drop_assigned_ips(data);
     }
     /// `externalIPs` would let a tenant capture traffic to any address on the host's nodes
     /// (CVE-2020-8554), so they are refused.
@@ -134,16 +128,22 @@ pub fn addresses_fix(tenant: &Value, host: &Value) -> Option<TenantFix> {
 /// one without): what a Service mirror is created with when the tenant cannot take the host's
 /// addresses (another tenant Service holds them, or the tenant's apiserver refuses them).
 pub fn without_cluster_ips(data: &Value) -> Option<Value> {
-    let ip = data.pointer("/spec/clusterIP").and_then(Value::as_str)?;
-    if ip == "None" {
-        return None;
-    }
+    data.pointer("/spec/clusterIP").and_then(Value::as_str)?;
     let mut out = data.clone();
-    if let Some(spec) = out.get_mut("spec").and_then(Value::as_object_mut) {
-        spec.remove("clusterIP");
-        spec.remove("clusterIPs");
+    drop_assigned_ips(&mut out).then_some(out)
+}
+
+/// Removes the cluster IPs a server assigned, but a headless Service's `None`; whether it did.
+fn drop_assigned_ips(data: &mut Value) -> bool {
+    let headless = data.pointer("/spec/clusterIP").and_then(Value::as_str) == Some("None");
+    match data.get_mut("spec").and_then(Value::as_object_mut) {
+        Some(spec) if !headless => {
+            spec.remove("clusterIP");
+            spec.remove("clusterIPs");
+            true
+        }
+        _ => false,
     }
-    Some(out)
 }
 
 /// Keeps in `desired` the cluster IPs `current` has (a Service mirror's, fixed when it was
