@@ -96,6 +96,23 @@ pub struct SyncerArgs {
         env = "KVTENANT_KUBELET_CLIENT_NAMES"
     )]
     pub kubelet_client_names: Vec<String>,
+    /// URL of the host CDI's upload proxy, where tenants' `virtctl image-upload` data is
+    /// forwarded (CDI's Service; the token inside names the tenant's claim).
+    #[arg(
+        long,
+        default_value = "https://cdi-uploadproxy.cdi.svc",
+        env = "KVTENANT_CDI_UPLOAD_PROXY_URL"
+    )]
+    pub cdi_upload_proxy_url: String,
+    /// ConfigMap `NAMESPACE/NAME` holding the CA of the host CDI upload proxy's certificate under
+    /// `ca-bundle.crt` (CDI publishes it as `<cdi namespace>/cdi-uploadproxy-signer-bundle`).
+    #[arg(
+        long,
+        default_value = "cdi/cdi-uploadproxy-signer-bundle",
+        value_parser = parse_configmap_ref,
+        env = "KVTENANT_CDI_UPLOAD_PROXY_CA"
+    )]
+    pub cdi_upload_proxy_ca: (String, String),
     /// Address of the admission webhook server (HTTPS).
     #[arg(long, default_value = "0.0.0.0:9443", env = "KVTENANT_WEBHOOK_ADDR")]
     pub webhook_addr: SocketAddr,
@@ -160,6 +177,16 @@ fn syncer_leader_election(
     Some(le)
 }
 
+/// Reads `NAMESPACE/NAME`.
+fn parse_configmap_ref(s: &str) -> Result<(String, String), String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.to_string(), name.to_string()))
+        }
+        _ => Err(format!("expected NAMESPACE/NAME, got {s:?}")),
+    }
+}
+
 pub async fn syncer(g: &GlobalArgs, args: SyncerArgs) -> anyhow::Result<()> {
     let client = g.host_client().await?;
     let syncer = kvtenant_kubevirt_sync::Syncer::start(
@@ -189,6 +216,10 @@ pub async fn syncer(g: &GlobalArgs, args: SyncerArgs) -> anyhow::Result<()> {
                 advertise_address: args.kubelet_proxy_host.clone(),
                 advertise_port: (args.kubelet_proxy_port != 0).then_some(args.kubelet_proxy_port),
                 client_names: args.kubelet_client_names.clone(),
+            },
+            cdi_upload: kvtenant_kubevirt_sync::proxy::upload_api::CdiUploadConfig {
+                url: args.cdi_upload_proxy_url.clone(),
+                ca_configmap: args.cdi_upload_proxy_ca.clone(),
             },
             ..kvtenant_kubevirt_sync::proxy::ProxyConfig::default()
         },

@@ -82,6 +82,9 @@ pub const SYNCER_CLUSTER: &[&str] = &[
     "servicecidrs.networking.k8s.io [] [] [list]",
     "services [] [] [get list watch create update patch delete]",
     "storageclasses.storage.k8s.io [] [] [get list]",
+    // virtctl image-upload: upload tokens of the host's CDI for the tenants' claims, asked in
+    // their host namespaces only (checked by the proxy; added 2026-12-06)
+    "uploadtokenrequests.upload.cdi.kubevirt.io [] [] [create]",
     "validatingwebhookconfigurations.admissionregistration.k8s.io [] [] [get list watch]",
     "virtualclusters.tenancy.kvtenant.io [] [] [get list watch]",
     "virtualclusters.tenancy.kvtenant.io/status [] [] [get patch]",

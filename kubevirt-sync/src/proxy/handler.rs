@@ -13,7 +13,7 @@ use super::auth::{self, TenantAuth};
 use super::forward::{self, BODY_TIMEOUT, MAX_BODY, StreamMetrics, Target};
 use super::route::{self, Call, Route};
 use super::status::{self, Body};
-use super::{ConnInfo, GROUP, ProxyState, authz, discovery, metrics_api};
+use super::{ConnInfo, GROUP, ProxyState, authz, discovery, metrics_api, upload_api};
 
 fn metric_label(route: &Route) -> &'static str {
     match route {
@@ -37,8 +37,12 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Response<Body> {
     let started = Instant::now();
-    if metrics_api::decide::is_metrics_path(req.uri().path()) {
-        return metrics_request(state, conn, req, started).await;
+    let path = req.uri().path();
+    if upload_api::decide::is_upload_path(path) {
+        return upload_api::handle_upload(&state, req).await;
+    }
+    if metrics_api::decide::is_metrics_path(path) || upload_api::decide::is_token_api_path(path) {
+        return aggregated_request(state, conn, req, started).await;
     }
     let route = route::parse(req.uri().path());
     if route == Route::Health {
@@ -74,15 +78,20 @@ pub async fn handle(
     response
 }
 
-/// A request of the tenants' `metrics.k8s.io` ([`metrics_api`]): served to every tenant,
-/// whatever its subresources setting.
-async fn metrics_request(
+/// A request of the tenants' `metrics.k8s.io` ([`metrics_api`]) or CDI upload token API
+/// ([`upload_api`]): served to every tenant, whatever its subresources setting.
+async fn aggregated_request(
     state: Arc<ProxyState>,
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
     started: Instant,
 ) -> Response<Body> {
-    let label = metrics_api::decide::parse(req.uri().path()).metric_label();
+    let upload = upload_api::decide::is_token_api_path(req.uri().path());
+    let label = if upload {
+        "uploadtokenrequests"
+    } else {
+        metrics_api::decide::parse(req.uri().path()).metric_label()
+    };
     let tenant = match auth::identify_or_reject(
         &state,
         &conn,
@@ -94,7 +103,11 @@ async fn metrics_request(
         Ok(t) => t,
         Err(rejected) => return *rejected,
     };
-    let response = metrics_api::handle(&state, &tenant, req).await;
+    let response = if upload {
+        upload_api::handle_api(&state, &tenant, req).await
+    } else {
+        metrics_api::handle(&state, &tenant, req).await
+    };
     state.metrics.request(
         &tenant.label,
         label,

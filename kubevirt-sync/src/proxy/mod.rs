@@ -20,6 +20,7 @@
 //! A start/stop made on the host VM (by virt-api, through this proxy) is taken up by the tenant
 //! VM instead of being reverted: `kvtenant_rules::runstate` holds that rule.
 
+pub mod aggregated;
 pub mod auth;
 pub mod authz;
 pub mod discovery;
@@ -32,6 +33,7 @@ pub mod register;
 pub mod route;
 pub mod status;
 pub mod tls;
+pub mod upload_api;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -124,6 +126,8 @@ pub struct ProxyConfig {
     pub request_timeout: Duration,
     /// The kubelet proxy (`kubectl logs/exec/attach/port-forward` in the tenants).
     pub kubelet: kubelet::KubeletConfig,
+    /// The host's CDI upload proxy the tenants' uploads are forwarded to.
+    pub cdi_upload: upload_api::CdiUploadConfig,
 }
 
 impl Default for ProxyConfig {
@@ -140,6 +144,7 @@ impl Default for ProxyConfig {
             resync_period: Duration::from_secs(60),
             request_timeout: Duration::from_secs(60),
             kubelet: kubelet::KubeletConfig::default(),
+            cdi_upload: upload_api::CdiUploadConfig::default(),
         }
     }
 }
@@ -184,11 +189,22 @@ pub struct ProxyState {
     pub metrics: ProxyMetrics,
     pub discovery: discovery::Cache,
     /// Whether the host serves `metrics.k8s.io` (the tenants' `kubectl top`).
-    pub host_metrics: metrics_api::HostMetrics,
+    pub host_metrics: aggregated::HostApi,
+    /// Whether the host serves CDI's `upload.cdi.kubevirt.io` (`virtctl image-upload`).
+    pub host_upload: aggregated::HostApi,
     pub provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
 impl ProxyState {
+    /// Whether the host serves `api`.
+    pub fn host_api(&self, api: &aggregated::AggregatedApi) -> &aggregated::HostApi {
+        if api.group == aggregated::UPLOAD.group {
+            &self.host_upload
+        } else {
+            &self.host_metrics
+        }
+    }
+
     pub fn tenant_auths(&self) -> Vec<Arc<TenantAuth>> {
         self.tenants
             .read()
@@ -296,15 +312,16 @@ impl Proxy {
             config.service_dns_name(),
             format!("{}.{}", config.service_name, config.service_namespace),
             format!("{}.cluster.local", config.service_dns_name()),
-            format!(
-                "{}.{}.svc",
-                metrics_api::SERVICE_NAME,
-                config.service_namespace
-            ),
             config.advertise_host.clone(),
             "localhost".to_string(),
             "127.0.0.1".to_string(),
         ];
+        for api in aggregated::ALL {
+            sans.push(format!(
+                "{}.{}.svc",
+                api.service_name, config.service_namespace
+            ));
+        }
         sans.extend(config.extra_sans.iter().cloned());
         sans.extend(config.kubelet.advertise_address.iter().cloned());
         sans.sort();
@@ -320,7 +337,8 @@ impl Proxy {
             revocations: Mutex::new(HashMap::new()),
             metrics: ProxyMetrics::default(),
             discovery: discovery::Cache::default(),
-            host_metrics: metrics_api::HostMetrics::default(),
+            host_metrics: aggregated::HostApi::default(),
+            host_upload: aggregated::HostApi::default(),
             provider,
         });
         let mut tasks = JoinSet::new();
@@ -360,7 +378,9 @@ impl Proxy {
             Listener::Subresources,
         ));
         tasks.spawn(register::run(state.clone()));
-        tasks.spawn(metrics_api::follow_host(state.clone()));
+        for api in aggregated::ALL {
+            tasks.spawn(aggregated::follow_host(state.clone(), api));
+        }
         tracing::info!(%local_addr, advertised = %format!("{}:{port}", state.config.advertise_host), "subresource proxy listening");
         Ok(Self {
             state,

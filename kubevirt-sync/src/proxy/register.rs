@@ -308,16 +308,23 @@ async fn serve_tenant(state: Arc<ProxyState>, t: TenantInfo) {
     let mut loaded: Option<RequestHeaderConfig> = None;
     let mut next_ensure = Instant::now();
     let mut tampered = guard(&t.client, &target);
-    // the tenant's metrics.k8s.io (`kubectl top`), served whatever its subresources setting
-    let _metrics_api = TaskGuard(
-        tokio::spawn(super::metrics_api::register::keep(
-            state.clone(),
-            t.vc.uid.clone(),
-            t.label.clone(),
-            t.client.clone(),
-        ))
-        .abort_handle(),
-    );
+    // the tenant's metrics.k8s.io (`kubectl top`) and CDI's upload token API (`virtctl
+    // image-upload`), served whatever its subresources setting
+    let _aggregated: Vec<TaskGuard> = super::aggregated::ALL
+        .into_iter()
+        .map(|api| {
+            TaskGuard(
+                tokio::spawn(super::aggregated::register::keep(
+                    state.clone(),
+                    api,
+                    t.vc.uid.clone(),
+                    t.label.clone(),
+                    t.client.clone(),
+                ))
+                .abort_handle(),
+            )
+        })
+        .collect();
     loop {
         tokio::select! {
             Some(change) = tampered.next() => {

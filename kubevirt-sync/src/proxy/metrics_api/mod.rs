@@ -2,9 +2,9 @@
 //! from the host's metrics API (metrics-server or anything serving that API on the host).
 //!
 //! Each tenant gets an ExternalName Service and the `v1beta1.metrics.k8s.io` APIService
-//! pointing at the subresource proxy's listener ([`register`]) while the host serves the API (its
+//! pointing at the subresource proxy's listener ([`super::aggregated::register`]) while the host serves the API (its
 //! own `v1beta1.metrics.k8s.io` APIService is Available, followed by one watch,
-//! [`HostMetrics`]); otherwise the tenant has none, as a cluster without metrics-server, and
+//! [`super::aggregated::HostApi`]); otherwise the tenant has none, as a cluster without metrics-server, and
 //! kubectl says the Metrics API is not available.
 //!
 //! A request comes through the tenant apiserver's aggregator, which authenticated and
@@ -17,7 +17,6 @@
 //! host nodes the tenant is shown (running its host pods, or selected by `spec.nodes`).
 
 pub mod decide;
-pub mod register;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,9 +26,7 @@ use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview};
 use k8s_openapi::api::core::v1::{Node, Pod};
-use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::api::{Api, ListParams, PartialObjectMeta, PostParams};
-use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::Value;
 
@@ -39,80 +36,11 @@ use super::{ProxyState, handler};
 use decide::Shown;
 
 /// The API group served.
-pub const GROUP: &str = "metrics.k8s.io";
+pub const GROUP: &str = super::aggregated::METRICS.group;
 /// The version served.
-pub const VERSION: &str = "v1beta1";
-/// The APIService of the host this follows, and the one registered in tenants.
-pub const APISERVICE: &str = "v1beta1.metrics.k8s.io";
-/// Name of the ExternalName Service in each tenant (in the proxy's Service namespace).
-pub const SERVICE_NAME: &str = "kvtenant-metrics-api";
+pub const VERSION: &str = super::aggregated::METRICS.version;
 /// Host reads made at the same time for one request.
 const IN_FLIGHT: usize = 8;
-
-/// Whether the host serves `metrics.k8s.io` (its APIService exists and is Available).
-pub struct HostMetrics {
-    tx: tokio::sync::watch::Sender<bool>,
-}
-
-impl Default for HostMetrics {
-    fn default() -> Self {
-        Self {
-            tx: tokio::sync::watch::Sender::new(false),
-        }
-    }
-}
-
-impl HostMetrics {
-    pub fn available(&self) -> bool {
-        *self.tx.borrow()
-    }
-
-    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<bool> {
-        self.tx.subscribe()
-    }
-
-    fn set(&self, available: bool) {
-        self.tx.send_if_modified(|v| {
-            let changed = *v != available;
-            *v = available;
-            changed
-        });
-    }
-}
-
-/// Whether an APIService is served: its `Available` condition is `True` (pure).
-pub fn is_available(api: &APIService) -> bool {
-    api.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| {
-            c.iter()
-                .any(|c| c.type_ == "Available" && c.status == "True")
-        })
-}
-
-/// Follows the host's `v1beta1.metrics.k8s.io` APIService (runs until the proxy stops).
-pub async fn follow_host(state: Arc<ProxyState>) {
-    let api: Api<APIService> = Api::all(state.syncer.host().clone());
-    let cfg = watcher::Config::default().fields(&format!("metadata.name={APISERVICE}"));
-    let mut events = watcher(api, cfg).default_backoff().boxed();
-    let mut seen = false;
-    while let Some(ev) = events.next().await {
-        match ev {
-            Ok(watcher::Event::Init) => seen = false,
-            Ok(watcher::Event::InitApply(a) | watcher::Event::Apply(a)) => {
-                seen = true;
-                let available = is_available(&a);
-                tracing::debug!(available, "the host's metrics.k8s.io");
-                state.host_metrics.set(available);
-            }
-            Ok(watcher::Event::InitDone) if !seen => state.host_metrics.set(false),
-            Ok(watcher::Event::InitDone) => {}
-            Ok(watcher::Event::Delete(_)) => state.host_metrics.set(false),
-            Err(e) => tracing::debug!(error = %e, "watching the host's metrics.k8s.io APIService"),
-        }
-    }
-}
 
 /// The review of a metrics request (pure): the user as the tenant apiserver named it, the
 /// resource as metrics-server's authorizer sees it.
@@ -484,35 +412,6 @@ async fn nodes(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-    use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::{
-        APIServiceCondition, APIServiceStatus,
-    };
-
-    #[test]
-    fn the_host_serves_metrics_only_when_its_apiservice_is_available() {
-        let mut a = APIService {
-            metadata: ObjectMeta {
-                name: Some(APISERVICE.into()),
-                ..ObjectMeta::default()
-            },
-            ..APIService::default()
-        };
-        assert!(!is_available(&a));
-        let cond = |s: &str| APIServiceCondition {
-            type_: "Available".into(),
-            status: s.into(),
-            ..APIServiceCondition::default()
-        };
-        a.status = Some(APIServiceStatus {
-            conditions: Some(vec![cond("False")]),
-        });
-        assert!(!is_available(&a));
-        a.status = Some(APIServiceStatus {
-            conditions: Some(vec![cond("True")]),
-        });
-        assert!(is_available(&a));
-    }
 
     #[test]
     fn reviews_as_metrics_servers_authorizer() {

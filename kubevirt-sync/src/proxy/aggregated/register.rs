@@ -1,9 +1,9 @@
-//! The tenant's `v1beta1.metrics.k8s.io` APIService and its ExternalName Service, kept like the
+//! A tenant's APIService of one [`AggregatedApi`] and its ExternalName Service, kept like the
 //! subresource API's ([`crate::proxy::register`]): applied (server-side apply, field manager
-//! `kvtenant`) while the host serves `metrics.k8s.io`, removed while it does not, applied again
-//! within a fraction of a second when the tenant deletes or edits them ([`crate::guard`]), and
-//! every resync period besides. An APIService of that name kvtenant did not create (a tenant
-//! running its own metrics-server) is left alone.
+//! `kvtenant`) while the host serves the API, removed while it does not, applied again within a
+//! fraction of a second when the tenant deletes or edits them ([`crate::guard`]), and every
+//! resync period besides. An APIService of that name kvtenant did not create (a tenant running
+//! its own metrics-server or CDI) is left alone.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,33 +25,31 @@ use super::super::register::{
     COMPONENT_LABEL, Target, apply_service, delete_ignoring_missing, is_ours, remove_service,
 };
 use super::super::{ProxyError, ProxyState};
-use super::{APISERVICE, GROUP, SERVICE_NAME, VERSION};
+use super::AggregatedApi;
 
-/// Component label of the metrics API's objects in tenants.
-pub const COMPONENT: &str = "metrics-api";
 const RETRY: Duration = Duration::from_secs(5);
 const GUARD_DELAY: Duration = Duration::from_millis(200);
 /// How often the keeper looks whether the proxy serves the tenant yet (its client CAs loaded).
 const WAIT_FOR_AUTH: Duration = Duration::from_millis(500);
 
-fn labels() -> Value {
-    json!({MANAGED_BY: MANAGED_BY_VALUE, COMPONENT_LABEL: COMPONENT})
+fn labels(api: &AggregatedApi) -> Value {
+    json!({MANAGED_BY: MANAGED_BY_VALUE, COMPONENT_LABEL: api.component})
 }
 
-/// Where the tenant's metrics API points: the proxy's address, under this Service name.
-pub fn target(state: &ProxyState) -> Target {
+/// Where the tenant's API points: the proxy's address, under the API's Service name.
+pub fn target(state: &ProxyState, api: &AggregatedApi) -> Target {
     Target {
-        service_name: SERVICE_NAME.into(),
+        service_name: api.service_name.into(),
         ..Target::of(state)
     }
 }
 
 /// The ExternalName Service (pure).
-pub fn service(t: &Target) -> Value {
+pub fn service(api: &AggregatedApi, t: &Target) -> Value {
     json!({
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": t.service_name, "namespace": t.namespace, "labels": labels()},
+        "metadata": {"name": t.service_name, "namespace": t.namespace, "labels": labels(api)},
         "spec": {
             "type": "ExternalName",
             "externalName": t.host,
@@ -60,19 +58,19 @@ pub fn service(t: &Target) -> Value {
     })
 }
 
-/// The APIService (pure), with metrics-server's priorities.
-pub fn api_service(t: &Target) -> Value {
+/// The APIService (pure), with the real server's priorities.
+pub fn api_service(api: &AggregatedApi, t: &Target) -> Value {
     json!({
         "apiVersion": "apiregistration.k8s.io/v1",
         "kind": "APIService",
-        "metadata": {"name": APISERVICE, "labels": labels()},
+        "metadata": {"name": api.apiservice, "labels": labels(api)},
         "spec": {
-            "group": GROUP,
-            "version": VERSION,
+            "group": api.group,
+            "version": api.version,
             "service": {"name": t.service_name, "namespace": t.namespace, "port": t.port},
             "caBundle": base64::engine::general_purpose::STANDARD.encode(&t.ca_pem),
-            "groupPriorityMinimum": 100,
-            "versionPriority": 100,
+            "groupPriorityMinimum": api.group_priority_minimum,
+            "versionPriority": api.version_priority,
         },
     })
 }
@@ -95,25 +93,32 @@ pub fn action(host_serves: bool, existing_is_ours: Option<bool>) -> Action {
 }
 
 /// Applies or removes the tenant's registration.
-pub async fn apply(client: &Client, t: &Target, host_serves: bool) -> Result<(), ProxyError> {
+pub async fn apply(
+    client: &Client,
+    api: &AggregatedApi,
+    t: &Target,
+    host_serves: bool,
+) -> Result<(), ProxyError> {
     let apis: Api<APIService> = Api::all(client.clone());
-    let existing = apis.get_opt(APISERVICE).await?;
+    let existing = apis.get_opt(api.apiservice).await?;
     match action(host_serves, existing.as_ref().map(is_ours)) {
         Action::LeaveAlone => {
             tracing::debug!(
-                apiservice = APISERVICE,
-                "the virtual cluster has its own metrics API; kvtenant leaves it alone"
+                apiservice = api.apiservice,
+                "the virtual cluster has its own server of this API; kvtenant leaves it alone"
             );
         }
         Action::Register => {
-            apply_service(client, t, &service(t)).await?;
+            apply_service(client, t, &service(api, t)).await?;
             let pp = PatchParams::apply(MANAGER).force();
-            apis.patch(APISERVICE, &pp, &Patch::Apply(&api_service(t)))
+            apis.patch(api.apiservice, &pp, &Patch::Apply(&api_service(api, t)))
                 .await?;
         }
         Action::Remove => {
             if existing.is_some() {
-                delete_ignoring_missing(apis.delete(APISERVICE, &DeleteParams::default()).await)?;
+                delete_ignoring_missing(
+                    apis.delete(api.apiservice, &DeleteParams::default()).await,
+                )?;
             }
             remove_service(client, t).await?;
         }
@@ -121,11 +126,15 @@ pub async fn apply(client: &Client, t: &Target, host_serves: bool) -> Result<(),
     Ok(())
 }
 
-/// Changes in the tenant to kvtenant's metrics APIService and Service.
-fn guard(client: &Client, t: &Target) -> BoxStream<'static, crate::guard::Change> {
+/// Changes in the tenant to kvtenant's APIService and Service of `api`.
+fn guard(
+    client: &Client,
+    api: &AggregatedApi,
+    t: &Target,
+) -> BoxStream<'static, crate::guard::Change> {
     let apis = crate::guard::changes(
         Api::<PartialObjectMeta<APIService>>::all(client.clone()),
-        watcher::Config::default().fields(&format!("metadata.name={APISERVICE}")),
+        watcher::Config::default().fields(&format!("metadata.name={}", api.apiservice)),
     );
     let services = crate::guard::changes(
         Api::<PartialObjectMeta<Service>>::namespaced(client.clone(), &t.namespace),
@@ -134,13 +143,19 @@ fn guard(client: &Client, t: &Target) -> BoxStream<'static, crate::guard::Change
     futures::stream::select(apis, services).boxed()
 }
 
-/// Keeps one tenant's registration (runs until aborted with the tenant's proxy task): once the
-/// proxy serves the tenant, on every change of the host's metrics API, on tenant edits, and
+/// Keeps one tenant's registration of `api` (runs until aborted with the tenant's proxy task):
+/// once the proxy serves the tenant, on every change of the host's API, on tenant edits, and
 /// every resync period.
-pub async fn keep(state: Arc<ProxyState>, uid: String, label: String, client: Client) {
-    let t = target(&state);
-    let mut host = state.host_metrics.subscribe();
-    let mut tampered = guard(&client, &t);
+pub async fn keep(
+    state: Arc<ProxyState>,
+    api: &'static AggregatedApi,
+    uid: String,
+    label: String,
+    client: Client,
+) {
+    let t = target(&state, api);
+    let mut host = state.host_api(api).subscribe();
+    let mut tampered = guard(&client, api, &t);
     let mut next = Instant::now();
     let mut host_open = true;
     loop {
@@ -156,10 +171,10 @@ pub async fn keep(state: Arc<ProxyState>, uid: String, label: String, client: Cl
                     continue;
                 }
                 let serves = *host.borrow_and_update();
-                next = match apply(&client, &t, serves).await {
+                next = match apply(&client, api, &t, serves).await {
                     Ok(()) => Instant::now() + state.config.resync_period,
                     Err(e) => {
-                        tracing::warn!(tenant = %label, error = %e, host_serves = serves, "registering (or removing) metrics.k8s.io in the virtual cluster");
+                        tracing::warn!(tenant = %label, error = %e, host_serves = serves, group = api.group, "registering (or removing) an aggregated API in the virtual cluster");
                         Instant::now() + RETRY
                     }
                 };
@@ -184,20 +199,25 @@ mod tests {
 
     #[test]
     fn the_registration_points_at_the_proxy() {
+        let api = &super::super::METRICS;
         let t = Target {
             namespace: "kube-system".into(),
-            service_name: SERVICE_NAME.into(),
+            service_name: api.service_name.into(),
             host: "localhost".into(),
             port: 8443,
             ca_pem: "PEM".into(),
         };
-        let a = api_service(&t);
+        let a = api_service(api, &t);
         assert_eq!(a["metadata"]["name"], "v1beta1.metrics.k8s.io");
         assert_eq!(a["spec"]["group"], "metrics.k8s.io");
         assert_eq!(a["spec"]["service"]["name"], "kvtenant-metrics-api");
         assert_eq!(a["spec"]["caBundle"], "UEVN");
-        assert_eq!(a["metadata"]["labels"][COMPONENT_LABEL], COMPONENT);
-        let s = service(&t);
+        assert_eq!(a["metadata"]["labels"][COMPONENT_LABEL], "metrics-api");
+        assert_eq!(a["spec"]["groupPriorityMinimum"], 100);
+        let u = api_service(&super::super::UPLOAD, &t);
+        assert_eq!(u["metadata"]["name"], "v1beta1.upload.cdi.kubevirt.io");
+        assert_eq!(u["spec"]["group"], "upload.cdi.kubevirt.io");
+        let s = service(api, &t);
         assert_eq!(s["spec"]["externalName"], "localhost");
         assert_eq!(s["metadata"]["labels"][MANAGED_BY], MANAGED_BY_VALUE);
     }
