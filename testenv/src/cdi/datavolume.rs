@@ -6,6 +6,15 @@
 //! binds the pair, so kube-scheduler can place a virt-launcher pod using it), and at once
 //! `status.phase: Succeeded`, `progress: "100.0%"`, `claimName` and the conditions Bound, Ready
 //! and Running (False, Completed). Nothing is imported: the volume holds no data.
+//!
+//! A DataVolume with `spec.source.upload` instead waits for an upload, as CDI's upload
+//! controller shows it once its upload server pod runs (no pod runs here): its claim carries
+//! `cdi.kubevirt.io/storage.upload.target`, `storage.pod.phase: Running` and
+//! `storage.pod.ready: "true"`, and the DataVolume is `UploadReady` (progress `N/A`) until the
+//! simulated upload proxy ([`super::upload::proxy`]) received the bytes and marked the claim
+//! `Succeeded`; its status then follows the claim. A claim created directly with the
+//! `cdi.kubevirt.io/storage.upload.target` annotation (`virtctl image-upload pvc`) is not
+//! handled: nothing gives it an upload server.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +56,36 @@ fn now() -> String {
 
 fn spec(dv: &DynamicObject) -> &Value {
     dv.data.get("spec").unwrap_or(&Value::Null)
+}
+
+/// CDI's claim annotations: the phase and readiness of the claim's CDI pod, the upload target
+/// mark, the content type and the Running condition.
+pub const ANN_POD_PHASE: &str = "cdi.kubevirt.io/storage.pod.phase";
+pub const ANN_POD_READY: &str = "cdi.kubevirt.io/storage.pod.ready";
+pub const ANN_UPLOAD_REQUEST: &str = "cdi.kubevirt.io/storage.upload.target";
+pub const ANN_CONTENT_TYPE: &str = "cdi.kubevirt.io/storage.contentType";
+pub const ANN_RUNNING: &str = "cdi.kubevirt.io/storage.condition.running";
+pub const ANN_RUNNING_REASON: &str = "cdi.kubevirt.io/storage.condition.running.reason";
+pub const ANN_RUNNING_MESSAGE: &str = "cdi.kubevirt.io/storage.condition.running.message";
+/// The Running reason CDI writes while its pod runs (`controller.PodRunningReason`).
+pub const POD_RUNNING_REASON: &str = "Pod is running";
+
+/// Whether the DataVolume waits for an upload (`spec.source.upload`).
+pub fn is_upload(dv: &DynamicObject) -> bool {
+    spec(dv)
+        .pointer("/source/upload")
+        .is_some_and(Value::is_object)
+}
+
+/// The claim annotations of an upload that finished (the upload server pod exited), pure.
+pub fn upload_done_annotations() -> Value {
+    json!({"metadata": {"annotations": {
+        ANN_POD_PHASE: "Succeeded",
+        ANN_POD_READY: "false",
+        ANN_RUNNING: "false",
+        ANN_RUNNING_REASON: "Completed",
+        ANN_RUNNING_MESSAGE: "Upload Complete (simulated)",
+    }}})
 }
 
 /// The claim's spec: `spec.pvc` or `spec.storage` of the DataVolume, with CDI's defaults.
@@ -104,20 +143,31 @@ pub fn claim_for(dv: &DynamicObject) -> Value {
         .iter()
         .map(|(k, v)| (k.clone(), json!(v)))
         .collect();
-    annotations.extend([
-        (
-            "cdi.kubevirt.io/storage.pod.phase".into(),
-            json!("Succeeded"),
-        ),
-        (
-            "cdi.kubevirt.io/storage.condition.running".into(),
-            json!("false"),
-        ),
-        (
-            "cdi.kubevirt.io/createdForDataVolume".into(),
-            json!(dv.uid()),
-        ),
-    ]);
+    annotations.insert(
+        "cdi.kubevirt.io/createdForDataVolume".into(),
+        json!(dv.uid()),
+    );
+    if is_upload(dv) {
+        let content_type = spec(dv)
+            .get("contentType")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+            .unwrap_or("kubevirt");
+        annotations.extend([
+            (ANN_UPLOAD_REQUEST.into(), json!("")),
+            (ANN_CONTENT_TYPE.into(), json!(content_type)),
+            (ANN_POD_PHASE.into(), json!("Running")),
+            (ANN_POD_READY.into(), json!("true")),
+            (ANN_RUNNING.into(), json!("true")),
+            (ANN_RUNNING_REASON.into(), json!(POD_RUNNING_REASON)),
+            (ANN_RUNNING_MESSAGE.into(), json!("")),
+        ]);
+    } else {
+        annotations.extend([
+            (ANN_POD_PHASE.into(), json!("Succeeded")),
+            (ANN_RUNNING.into(), json!("false")),
+        ]);
+    }
     json!({
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
@@ -159,22 +209,47 @@ pub fn volume_for(dv: &DynamicObject) -> Value {
     })
 }
 
+fn condition(type_: &str, status: &str, reason: &str, message: &str, now: &str) -> Value {
+    json!({
+        "type": type_, "status": status, "reason": reason, "message": message,
+        "lastHeartbeatTime": now, "lastTransitionTime": now,
+    })
+}
+
 /// The status CDI reports once an import finished.
 pub fn succeeded_status(name: &str, now: &str) -> Value {
-    let cond = |type_: &str, status: &str, reason: &str, message: &str| {
-        json!({
-            "type": type_, "status": status, "reason": reason, "message": message,
-            "lastHeartbeatTime": now, "lastTransitionTime": now,
-        })
-    };
+    done_status(name, "Import Complete", now)
+}
+
+/// The status CDI reports once an upload finished.
+pub fn upload_succeeded_status(name: &str, now: &str) -> Value {
+    done_status(name, "Upload Complete (simulated)", now)
+}
+
+fn done_status(name: &str, running_message: &str, now: &str) -> Value {
     json!({"status": {
         "phase": "Succeeded",
         "progress": "100.0%",
         "claimName": name,
         "conditions": [
-            cond("Bound", "True", "Bound", &format!("PVC {name} Bound")),
-            cond("Ready", "True", "", ""),
-            cond("Running", "False", "Completed", "Import Complete"),
+            condition("Bound", "True", "Bound", &format!("PVC {name} Bound"), now),
+            condition("Ready", "True", "", "", now),
+            condition("Running", "False", "Completed", running_message, now),
+        ],
+    }})
+}
+
+/// The status CDI's upload controller reports while the upload server waits for the bytes:
+/// `UploadReady`, progress `N/A`, Ready False (TransferRunning), Running True.
+pub fn upload_ready_status(name: &str, now: &str) -> Value {
+    json!({"status": {
+        "phase": "UploadReady",
+        "progress": "N/A",
+        "claimName": name,
+        "conditions": [
+            condition("Bound", "True", "Bound", &format!("PVC {name} Bound"), now),
+            condition("Ready", "False", "TransferRunning", "", now),
+            condition("Running", "True", POD_RUNNING_REASON, "", now),
         ],
     }})
 }
@@ -255,23 +330,29 @@ async fn reconcile(obj: Arc<DynamicObject>, client: Arc<Client>) -> Result<Actio
         }
     }
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced((*client).clone(), &ns);
-    if pvcs.get_opt(&name).await?.is_none() {
-        let pvc: PersistentVolumeClaim = serde_json::from_value(claim_for(&dv))?;
-        match pvcs.create(&PostParams::default(), &pvc).await {
-            Ok(_) => {}
-            Err(e) if is_already_exists(&e) => {}
-            Err(e) => return Err(e.into()),
+    let pvc = match pvcs.get_opt(&name).await? {
+        Some(pvc) => pvc,
+        None => {
+            let pvc: PersistentVolumeClaim = serde_json::from_value(claim_for(&dv))?;
+            match pvcs.create(&PostParams::default(), &pvc).await {
+                Ok(created) => created,
+                Err(e) if is_already_exists(&e) => pvcs.get(&name).await?,
+                Err(e) => return Err(e.into()),
+            }
         }
-    }
+    };
+    // an upload's status follows its claim, which the simulated upload proxy marks done
+    let upload_done = pvc.annotations().get(ANN_POD_PHASE).map(String::as_str) == Some("Succeeded");
+    let (want, status) = match (is_upload(&dv), upload_done) {
+        (false, _) => ("Succeeded", succeeded_status(&name, &now())),
+        (true, true) => ("Succeeded", upload_succeeded_status(&name, &now())),
+        (true, false) => ("UploadReady", upload_ready_status(&name, &now())),
+    };
     let phase = dv.data.pointer("/status/phase").and_then(Value::as_str);
     let claim = dv.data.pointer("/status/claimName").and_then(Value::as_str);
-    if phase != Some("Succeeded") || claim != Some(name.as_str()) {
-        dvs.patch_status(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(&succeeded_status(&name, &now())),
-        )
-        .await?;
+    if phase != Some(want) || claim != Some(name.as_str()) {
+        dvs.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+            .await?;
     }
     Ok(Action::await_change())
 }
@@ -347,6 +428,60 @@ mod tests {
         assert_eq!(s["status"]["phase"], "Succeeded");
         assert_eq!(s["status"]["claimName"], "root");
         assert_eq!(s["status"]["conditions"][1]["type"], "Ready");
+    }
+
+    #[test]
+    fn an_upload_claim_waits_for_its_bytes_as_cdis_upload_target() {
+        let up = dv(json!({"source": {"upload": {}}, "storage": {}}));
+        assert!(is_upload(&up));
+        assert!(!is_upload(&dv(json!({"source": {"blank": {}}}))));
+        let c = claim_for(&up);
+        let a = &c["metadata"]["annotations"];
+        assert_eq!(a[ANN_POD_PHASE], "Running");
+        assert_eq!(a[ANN_POD_READY], "true");
+        assert_eq!(a[ANN_UPLOAD_REQUEST], "");
+        assert_eq!(a[ANN_CONTENT_TYPE], "kubevirt");
+        assert_eq!(a[ANN_RUNNING_REASON], POD_RUNNING_REASON);
+        let s = upload_ready_status("root", "t");
+        assert_eq!(s["status"]["phase"], "UploadReady");
+        assert_eq!(s["status"]["progress"], "N/A");
+        assert_eq!(s["status"]["claimName"], "root");
+        let by_type = |s: &Value, t: &str| {
+            s["status"]["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["type"] == t)
+                .map(|c| (c["status"].clone(), c["reason"].clone()))
+                .unwrap()
+        };
+        assert_eq!(by_type(&s, "Bound"), (json!("True"), json!("Bound")));
+        assert_eq!(
+            by_type(&s, "Ready"),
+            (json!("False"), json!("TransferRunning"))
+        );
+        assert_eq!(
+            by_type(&s, "Running"),
+            (json!("True"), json!("Pod is running"))
+        );
+        let done = upload_succeeded_status("root", "t");
+        assert_eq!(done["status"]["phase"], "Succeeded");
+        assert_eq!(done["status"]["progress"], "100.0%");
+        assert_eq!(by_type(&done, "Ready"), (json!("True"), json!("")));
+        let ann = upload_done_annotations();
+        assert_eq!(ann["metadata"]["annotations"][ANN_POD_PHASE], "Succeeded");
+        assert_eq!(ann["metadata"]["annotations"][ANN_POD_READY], "false");
+        // an import's claim is done at once
+        let imported = claim_for(&dv(json!({"source": {"http": {"url": "x"}}})));
+        assert_eq!(
+            imported["metadata"]["annotations"][ANN_POD_PHASE],
+            "Succeeded"
+        );
+        assert!(
+            imported["metadata"]["annotations"]
+                .get(ANN_UPLOAD_REQUEST)
+                .is_none()
+        );
     }
 
     #[test]

@@ -3,9 +3,14 @@
 //! no data (a clone from a DataSource waits until that DataSource exists; nothing is copied). Real CDI needs importer pods that move bytes and a storage provisioner, which
 //! testenv does not have; KubeVirt's real virt-controller then sees the DataVolumes of
 //! `dataVolumeTemplates` as CDI would show them. Name it simulated wherever it shows.
+//!
+//! The host side of `virtctl image-upload` is simulated too ([`upload`]): CDI's upload token
+//! API as the host's `upload.cdi.kubevirt.io` and its upload proxy, both on 127.0.0.1, the
+//! proxy keeping the bytes in memory.
 
 pub mod crds;
 pub mod datavolume;
+pub mod upload;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -44,6 +49,8 @@ pub enum CdiError {
     },
     #[error("{what} not ready after {after:?}")]
     Timeout { what: String, after: Duration },
+    #[error("simulated upload servers: {0}")]
+    Tls(String),
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),
 }
@@ -54,6 +61,7 @@ impl CdiError {
             Self::ReadCrds { .. } | Self::ParseCrd { .. } => "crds",
             Self::Apply { .. } => "apply",
             Self::Timeout { .. } => "timeout",
+            Self::Tls(_) => "tls",
             Self::Kube(_) => "kube",
         }
     }
@@ -77,15 +85,19 @@ pub fn default_crds_dir() -> (Option<PathBuf>, bool) {
     (dir.is_dir().then_some(dir), false)
 }
 
-/// The running simulated CDI; dropping it stops its controller (CRDs and objects stay).
+/// The running simulated CDI; dropping it stops its controller and its upload servers (CRDs and
+/// objects stay).
 #[derive(Debug)]
 pub struct SimulatedCdi {
     crds_source: CrdsSource,
     task: JoinHandle<()>,
+    upload: upload::UploadServers,
 }
 
 impl SimulatedCdi {
-    /// Installs CDI's CRDs (waiting until Established) and starts the DataVolume controller.
+    /// Installs CDI's CRDs (waiting until Established), starts the DataVolume controller and the
+    /// simulated upload token API and upload proxy (waiting until the host's
+    /// `v1beta1.upload.cdi.kubevirt.io` is Available).
     pub async fn install(client: kube::Client, timeout: Duration) -> Result<Self, CdiError> {
         let (dir, explicit) = default_crds_dir();
         let (real, crds_source) = match dir {
@@ -108,8 +120,39 @@ impl SimulatedCdi {
             "simulated CDI: minimal CRDs for kinds the folder lacks"
         );
         crds::apply_and_wait(&client, &all, timeout).await?;
+        let upload = upload::start(client.clone(), timeout).await?;
         let task = datavolume::spawn(client);
-        Ok(Self { crds_source, task })
+        Ok(Self {
+            crds_source,
+            task,
+            upload,
+        })
+    }
+
+    /// The simulated upload proxy's URL, `https://127.0.0.1:PORT` (also the CDIConfig's
+    /// `status.uploadProxyURL`).
+    pub fn upload_proxy_url(&self) -> &str {
+        self.upload.proxy_url()
+    }
+
+    /// The PEM CA of the upload proxy's serving certificate (also in the ConfigMap
+    /// `cdi/cdi-uploadproxy-signer-bundle`).
+    pub fn upload_proxy_ca_pem(&self) -> &str {
+        self.upload.proxy_ca_pem()
+    }
+
+    /// The bytes the upload proxy received for the claim `namespace/pvc`, if any.
+    pub fn uploaded(&self, namespace: &str, pvc: &str) -> Option<Vec<u8>> {
+        self.upload.uploaded(namespace, pvc)
+    }
+
+    /// Every upload token issued so far, as `(namespace, pvc, user)`.
+    pub fn token_requests(&self) -> Vec<(String, String, String)> {
+        self.upload
+            .token_requests()
+            .into_iter()
+            .map(|r| (r.namespace, r.pvc, r.user))
+            .collect()
     }
 
     /// Whether the real CDI CRDs or the fallback were installed.
