@@ -150,6 +150,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         syncer.tenants(),
         kvtenant_kubevirt_sync::proxy::ProxyConfig {
             ca: Some(proxy_ca),
+            // virtctl image-upload goes to the simulated CDI's upload proxy
+            cdi_upload: kvtenant_kubevirt_sync::proxy::upload_api::CdiUploadConfig {
+                url: kubevirt
+                    .cdi()
+                    .map(|c| c.upload_proxy_url().to_string())
+                    .unwrap_or_default(),
+                ..Default::default()
+            },
             ..kvtenant_kubevirt_sync::proxy::ProxyConfig::local()
         },
     )
