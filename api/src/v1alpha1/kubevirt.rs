@@ -126,11 +126,15 @@ pub enum SyncKind {
     /// Service the host's export controller makes shown read-only, so `virtctl vmexport download
     /// --port-forward` works in the virtual cluster.
     VirtualMachineExport,
+    /// snapshot.storage.k8s.io VolumeSnapshot: never synced down; the ones the host's KubeVirt
+    /// makes of a VM's claims for a VirtualMachineSnapshot are shown read-only while
+    /// VirtualMachineSnapshot is synced (the host needs the CSI snapshot CRDs).
+    VolumeSnapshot,
 }
 
 impl SyncKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [SyncKind; 13] = [
+    pub const ALL: [SyncKind; 14] = [
         Self::VirtualMachine,
         Self::VirtualMachineInstance,
         Self::VirtualMachineInstanceMigration,
@@ -144,6 +148,7 @@ impl SyncKind {
         Self::VirtualMachineSnapshotContent,
         Self::NetworkAttachmentDefinition,
         Self::VirtualMachineExport,
+        Self::VolumeSnapshot,
     ];
 
     /// The kinds synced when `spec.kubevirt.syncKinds` is not set: all but DataVolume.
@@ -171,6 +176,7 @@ impl SyncKind {
             Self::VirtualMachineSnapshotContent => "VirtualMachineSnapshotContent",
             Self::NetworkAttachmentDefinition => "NetworkAttachmentDefinition",
             Self::VirtualMachineExport => "VirtualMachineExport",
+            Self::VolumeSnapshot => "VolumeSnapshot",
         }
     }
 
@@ -191,6 +197,7 @@ impl SyncKind {
             | Self::VirtualMachineSnapshotContent => "snapshot.kubevirt.io",
             Self::NetworkAttachmentDefinition => "k8s.cni.cncf.io",
             Self::VirtualMachineExport => "export.kubevirt.io",
+            Self::VolumeSnapshot => "snapshot.storage.k8s.io",
         }
     }
 
@@ -201,7 +208,8 @@ impl SyncKind {
             Self::VirtualMachine
             | Self::VirtualMachineInstance
             | Self::VirtualMachineInstanceMigration
-            | Self::NetworkAttachmentDefinition => "v1",
+            | Self::NetworkAttachmentDefinition
+            | Self::VolumeSnapshot => "v1",
             Self::VirtualMachinePool
             | Self::VirtualMachineClone
             | Self::DataVolume
@@ -231,6 +239,7 @@ impl SyncKind {
             Self::VirtualMachineSnapshotContent => "virtualmachinesnapshotcontents",
             Self::NetworkAttachmentDefinition => "network-attachment-definitions",
             Self::VirtualMachineExport => "virtualmachineexports",
+            Self::VolumeSnapshot => "volumesnapshots",
         }
     }
 

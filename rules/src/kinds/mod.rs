@@ -83,6 +83,7 @@ pub const KINDS: &[&dyn SyncedKind] = &[
     &clone::VirtualMachineClone,
     &snapshot::VirtualMachineSnapshot,
     &snapshot::VirtualMachineSnapshotContent,
+    &snapshot::VolumeSnapshot,
     &snapshot::VirtualMachineRestore,
     &export::VirtualMachineExport,
     &event::Event,

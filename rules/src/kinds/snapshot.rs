@@ -112,6 +112,41 @@ impl SyncedKind for VirtualMachineSnapshotContent {
     }
 }
 
+/// What a tenant who creates a VolumeSnapshot is told.
+pub const VOLUME_SNAPSHOT_MIRROR_ONLY: &str = "VolumeSnapshots are made by the host's KubeVirt \
+for a VirtualMachineSnapshot of a VM with claims and shown read-only; create a \
+VirtualMachineSnapshot instead";
+
+/// The CSI VolumeSnapshots the host's snapshot controller makes of a VM's claims (owned by the
+/// VirtualMachineSnapshotContent), shown read-only with the content they belong to. Their
+/// `spec.volumeSnapshotClassName` and `status.boundVolumeSnapshotContentName` name host objects
+/// the tenant does not see.
+pub struct VolumeSnapshot;
+
+impl SyncedKind for VolumeSnapshot {
+    fn api(&self) -> ApiKind {
+        ApiKind::of(SyncKind::VolumeSnapshot)
+    }
+    fn sync_kind(&self) -> Option<SyncKind> {
+        Some(SyncKind::VolumeSnapshot)
+    }
+    fn enablement(&self, enabled: &[SyncKind]) -> Enablement {
+        if snapshots_on(enabled) {
+            Enablement::MirrorOnly(VOLUME_SNAPSHOT_MIRROR_ONLY)
+        } else {
+            Enablement::Off
+        }
+    }
+    fn mirrors_host_made(&self) -> bool {
+        true
+    }
+    /// The host's snapshot of a claim belongs to the VM snapshot: a tenant's delete of the
+    /// mirror lets it go (shown again), the host's stays.
+    fn mirror_delete_reaches_host(&self, _policy: &Policy) -> bool {
+        false
+    }
+}
+
 /// The JSON merge patch turning `from` into `to`.
 fn merge_diff(from: &Value, to: &Value) -> Option<Value> {
     if from == to {
@@ -246,6 +281,11 @@ mod tests {
             VirtualMachineSnapshotContent.enablement(&on),
             Enablement::MirrorOnly(_)
         ));
+        assert!(matches!(
+            VolumeSnapshot.enablement(&on),
+            Enablement::MirrorOnly(_)
+        ));
+        assert!(VolumeSnapshot.mirrors_host_made());
         let off = [SyncKind::VirtualMachine];
         assert_eq!(VirtualMachineRestore.enablement(&off), Enablement::Off);
         assert_eq!(VirtualMachineSnapshot.enablement(&off), Enablement::Off);
@@ -253,5 +293,6 @@ mod tests {
             VirtualMachineSnapshotContent.enablement(&off),
             Enablement::Off
         );
+        assert_eq!(VolumeSnapshot.enablement(&off), Enablement::Off);
     }
 }
