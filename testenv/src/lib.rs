@@ -6,7 +6,7 @@
 //! own PKI ([`controlplane::ControlPlane`]). [`kubevirt::KubeVirt`] runs KubeVirt's real
 //! virt-api and virt-controller, kube-scheduler and kwok (simulated nodes and pods) against a
 //! control plane, with a node agent (simulated virt-handler) as the one simulated KubeVirt part,
-//! and a simulated CDI ([`cdi`]).
+//! and a simulated CDI ([`cdi`]) and simulated CSI volume snapshots ([`snapshots`]).
 //! Every process is killed when its owner is dropped, on panic and on SIGINT/SIGTERM
 //! ([`process`]).
 pub mod binaries;
@@ -20,6 +20,7 @@ pub mod multus;
 pub use kvtenant_pki as pki;
 pub mod process;
 pub mod runner;
+pub mod snapshots;
 pub mod sqldb;
 pub mod testing;
 pub mod tools;

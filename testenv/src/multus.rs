@@ -24,9 +24,16 @@ const KUBEVIRT_GO_MOD: &str = include_str!("../go/kubevirt/go.mod");
 
 /// The module's version KubeVirt's pinned module requires.
 pub fn version() -> Option<&'static str> {
+    kubevirt_requires(MODULE)
+}
+
+/// The version of `module` KubeVirt's pinned module requires (`testenv/go/kubevirt/go.mod`),
+/// for third-party files read from Go's module cache (this CRD, the CSI snapshot CRDs of
+/// [`crate::snapshots`]).
+pub fn kubevirt_requires(module: &str) -> Option<&'static str> {
     KUBEVIRT_GO_MOD.lines().find_map(|l| {
         let mut words = l.split_whitespace();
-        (words.next() == Some(MODULE))
+        (words.next() == Some(module))
             .then(|| words.next())
             .flatten()
     })

@@ -10,7 +10,8 @@
 //!
 //! The one simulated KubeVirt part is the [`node_agent`] (simulated virt-handler): it reports
 //! VMIs Running/Succeeded and the node heartbeat as virt-handler would. CDI is simulated too
-//! when asked ([`crate::cdi`], on by default). Nothing boots: a
+//! when asked ([`crate::cdi`], on by default), and so are CSI volume snapshots
+//! ([`crate::snapshots`], on by default). Nothing boots: a
 //! Running VMI here means KubeVirt's control plane did its part and the node agent said the
 //! guest runs. Everything started is killed when the [`KubeVirt`] is dropped, on panic, and on
 //! SIGINT/SIGTERM (see [`crate::process`]).
@@ -37,6 +38,7 @@ use crate::binaries::{self, BinariesError, KubeVirtBinaries};
 use crate::cdi::{CdiError, SimulatedCdi};
 use crate::controlplane::{ControlPlane, free_port};
 use crate::process::Managed;
+use crate::snapshots::{SimulatedSnapshots, SnapshotsError};
 pub use node_agent::{NodeAgent, NodeAgentStats};
 use processes::Layout;
 
@@ -55,6 +57,8 @@ pub enum Error {
     ControlPlane(#[from] crate::controlplane::Error),
     #[error("simulated CDI: {0}")]
     Cdi(#[from] CdiError),
+    #[error("simulated CSI snapshots: {0}")]
+    Snapshots(#[from] SnapshotsError),
     #[error("generating certificates: {0}")]
     Pki(#[from] rcgen::Error),
     #[error("I/O error on {path}: {source}")]
@@ -107,6 +111,7 @@ impl Error {
             Self::Binaries(_) => "binaries",
             Self::ControlPlane(_) => "control_plane",
             Self::Cdi(_) => "cdi",
+            Self::Snapshots(_) => "snapshots",
             Self::Pki(_) | Self::Tls(_) => "pki",
             Self::Io { .. } => "io",
             Self::InstallStrategy(_) | Self::Unexpected(_) => "install_strategy",
@@ -148,6 +153,10 @@ pub struct KubeVirtOptions {
     /// Install the simulated CDI (CDI's CRDs, DataVolumes reported imported at once, see
     /// [`crate::cdi`]) before virt-controller starts, so VMs can use `dataVolumeTemplates`.
     pub simulated_cdi: bool,
+    /// Install the simulated CSI snapshots (the VolumeSnapshot CRDs, the StorageClass
+    /// `simulated` and its VolumeSnapshotClass, see [`crate::snapshots`]) before virt-controller
+    /// starts, so VM snapshots take volume snapshots of claims of that class.
+    pub simulated_snapshots: bool,
     /// KubeVirt feature gates to turn on (e.g. `Snapshot`: virt-api's admission refuses
     /// snapshots and restores without it). Non-empty: the `KubeVirt` CR `kubevirt/kubevirt` is
     /// created with them in `spec.configuration.developerConfiguration.featureGates` and status
@@ -164,6 +173,7 @@ impl Default for KubeVirtOptions {
             ready_timeout: Duration::from_secs(120),
             instancetypes: false,
             simulated_cdi: true,
+            simulated_snapshots: true,
             feature_gates: Vec::new(),
         }
     }
@@ -195,6 +205,12 @@ impl KubeVirtOptions {
         self.simulated_cdi = false;
         self
     }
+
+    /// Without the simulated CSI snapshots (no VolumeSnapshot CRDs).
+    pub fn without_snapshots(mut self) -> Self {
+        self.simulated_snapshots = false;
+        self
+    }
 }
 
 /// KubeVirt's real virt-api and virt-controller with kube-scheduler, kwok and the node agent
@@ -207,6 +223,7 @@ pub struct KubeVirt {
     processes: Vec<Managed>,
     node_agent: Option<NodeAgent>,
     cdi: Option<SimulatedCdi>,
+    snapshots: Option<SimulatedSnapshots>,
     /// Time [`start`](Self::start) took (binaries cached).
     pub started_after: Duration,
 }
@@ -286,6 +303,7 @@ impl KubeVirt {
             processes: Vec::new(),
             node_agent: None,
             cdi: None,
+            snapshots: None,
             started_after: Duration::ZERO,
         };
         // From here on an error drops `kv`, which kills what was started.
@@ -326,6 +344,11 @@ impl KubeVirt {
         if opts.simulated_cdi {
             // before virt-controller: it looks for CDI's CRDs when it starts
             kv.cdi = Some(SimulatedCdi::install(client.clone(), opts.ready_timeout).await?);
+        }
+        if opts.simulated_snapshots {
+            // before virt-controller too (it would also pick the CRDs up later)
+            kv.snapshots =
+                Some(SimulatedSnapshots::install(client.clone(), opts.ready_timeout).await?);
         }
 
         kv.spawn(
@@ -584,6 +607,7 @@ impl KubeVirt {
             a.stop();
         }
         self.cdi = None;
+        self.snapshots = None;
         // kwok first (it would otherwise keep playing pods), virt-api last
         while let Some(p) = self.processes.pop() {
             drop(p);
