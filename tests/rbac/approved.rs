@@ -145,6 +145,9 @@ pub const SYNCER_CLUSTER: &[&str] = &[
     "virtualmachines.subresources.kubevirt.io/restart [] [] [update]",
     "virtualmachines.subresources.kubevirt.io/start [] [] [update]",
     "virtualmachines.subresources.kubevirt.io/stop [] [] [update]",
+    // the CSI VolumeSnapshots of VMs' claims the host's KubeVirt makes, shown read-only
+    // (added 2026-12-06)
+    "volumesnapshots.snapshot.storage.k8s.io [] [] [get list watch]",
 ];
 
 /// kvtenant-syncer, in addition, in kvtenant-system (leader election).
