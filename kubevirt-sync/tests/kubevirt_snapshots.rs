@@ -3,9 +3,12 @@
 //! a tenant snapshots a VM, changes it, restores it. The host's snapshot controller makes the
 //! snapshot content (shown read-only in the tenant), the host's restore controller restores the
 //! host VM, and the tenant's VM takes the restored spec up instead of the syncer reverting it.
-//! No CSI driver runs here: the VM's only disk is a containerDisk, which KubeVirt does not
-//! snapshot (the content holds the VM's spec and no volume backups); the VM is stopped, so the
-//! snapshot is offline (no guest freeze).
+//! The first VM's only disk is a containerDisk, which KubeVirt does not snapshot (the content
+//! holds the VM's spec and no volume backups); the second has a claim of testenv's
+//! snapshot-capable class, snapshotted through the **simulated** CSI snapshotter
+//! (`testenv::snapshots`: external-snapshotter's real CRDs, a VolumeSnapshot ready at once,
+//! nothing copied) and restored into a claim made from the VolumeSnapshot. The VMs are stopped,
+//! so the snapshots are offline (no guest freeze).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -179,4 +182,219 @@ async fn a_tenant_snapshots_changes_and_restores_a_vm() {
     })
     .await;
     assert_eq!(memory(&host), "128Mi");
+}
+
+fn volume_snapshot_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("snapshot.storage.k8s.io", "v1", "VolumeSnapshot"),
+        "volumesnapshots",
+    )
+}
+
+/// A VM with a claim: the host's KubeVirt snapshots the claim through the host's CSI snapshot
+/// class (testenv's simulated snapshotter: its `simulated` StorageClass and
+/// `simulated-snapshots` VolumeSnapshotClass), and the VolumeSnapshot it makes is shown
+/// read-only in the tenant with the snapshot content; a tenant's delete of that mirror never
+/// reaches the host's.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vm_snapshot_of_a_claim_shows_the_hosts_volume_snapshot() {
+    let env = Env::start_with_kubevirt(
+        1,
+        true,
+        KubeVirtOptions::new().with_feature_gates(&["Snapshot"]),
+    )
+    .await;
+    let t = &env.tenants[0];
+    let tc = t.client();
+    let hc = env.host_client();
+    let kinds = default_kinds_and(&["VirtualMachineSnapshot"]);
+    patch_vc_spec(&hc, &t.vc.name, json!({"kubevirt": {"syncKinds": kinds}})).await;
+    for crd in [
+        "virtualmachinesnapshots.snapshot.kubevirt.io",
+        "virtualmachinesnapshotcontents.snapshot.kubevirt.io",
+        "volumesnapshots.snapshot.storage.k8s.io",
+    ] {
+        wait_crd(&tc, crd).await;
+    }
+
+    // a claim of the host's snapshot-capable class, and a stopped VM using it
+    let claim = json!({"metadata": {"name": "data", "namespace": "default"}, "spec": {
+        "storageClassName": testenv::snapshots::STORAGE_CLASS,
+        "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}});
+    Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(tc.clone(), "default")
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(claim).unwrap(),
+        )
+        .await
+        .unwrap();
+    let vms: Api<DynamicObject> = Api::namespaced_with(tc.clone(), "default", &vm_resource());
+    let mut vm = vm_manifest("vm1", "default", json!({}));
+    vm["spec"]["runStrategy"] = json!("Halted");
+    vm["spec"]["template"]["spec"]["domain"]["devices"]["disks"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "data", "disk": {"bus": "virtio"}}));
+    vm["spec"]["template"]["spec"]["volumes"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "data", "persistentVolumeClaim": {"claimName": "data"}}));
+    vms.create(&PostParams::default(), &serde_json::from_value(vm).unwrap())
+        .await
+        .unwrap();
+    let host_ns = t.host_ns("default");
+    let host_claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        Api::namespaced(hc.clone(), &host_ns);
+    wait_for("the claim bound on the host", WAIT, || async {
+        host_claims
+            .get_opt("data")
+            .await
+            .ok()
+            .flatten()
+            .filter(|c| c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound"))
+    })
+    .await;
+
+    // the snapshot: the host's KubeVirt snapshots the claim
+    let snaps: Api<DynamicObject> = Api::namespaced_with(
+        tc.clone(),
+        "default",
+        &snapshot_resource("VirtualMachineSnapshot", "virtualmachinesnapshots"),
+    );
+    let snap: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "snapshot.kubevirt.io/v1beta1", "kind": "VirtualMachineSnapshot",
+        "metadata": {"name": "with-data", "namespace": "default"},
+        "spec": {"source": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": "vm1"}}}))
+    .unwrap();
+    snaps.create(&PostParams::default(), &snap).await.unwrap();
+    let ready = wait_for("the snapshot ready in the tenant", WAIT, || async {
+        get(&snaps, "with-data")
+            .await
+            .filter(|s| s.data["status"]["readyToUse"] == true)
+    })
+    .await;
+    assert_eq!(
+        ready.data["status"]["snapshotVolumes"]["includedVolumes"],
+        json!(["data"]),
+        "the claim is in the snapshot: {}",
+        ready.data["status"]
+    );
+
+    // the host's VolumeSnapshot of the claim, shown read-only in the tenant
+    let host_volume_snaps = env.host_api(&volume_snapshot_resource(), &host_ns);
+    let host_list = host_volume_snaps.list(&Default::default()).await.unwrap();
+    assert_eq!(host_list.items.len(), 1, "one VolumeSnapshot on the host");
+    let name = host_list.items[0].metadata.name.clone().unwrap();
+    let volume_snaps: Api<DynamicObject> =
+        Api::namespaced_with(tc.clone(), "default", &volume_snapshot_resource());
+    let shown = wait_for("the VolumeSnapshot shown in the tenant", WAIT, || async {
+        get(&volume_snaps, &name)
+            .await
+            .filter(|s| s.data["status"]["readyToUse"] == true)
+    })
+    .await;
+    assert_eq!(
+        shown.data["spec"]["source"]["persistentVolumeClaimName"],
+        "data"
+    );
+    assert!(
+        shown
+            .metadata
+            .annotations
+            .clone()
+            .unwrap_or_default()
+            .contains_key(kvtenant_api::labels::MIRROR_OF),
+        "a read-only mirror"
+    );
+    let content_name = ready.data["status"]["virtualMachineSnapshotContentName"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let owners = shown.metadata.owner_references.clone().unwrap_or_default();
+    assert!(
+        owners
+            .iter()
+            .any(|o| o.kind == "VirtualMachineSnapshotContent" && o.name == content_name),
+        "owned by the tenant's snapshot content: {owners:?}"
+    );
+
+    // a tenant's delete of the mirror never reaches the host's
+    volume_snaps
+        .delete(&name, &Default::default())
+        .await
+        .unwrap();
+    wait_for("the VolumeSnapshot shown again", WAIT, || {
+        get(&volume_snaps, &name)
+    })
+    .await;
+    assert!(get(&host_volume_snaps, &name).await.is_some());
+    let again = wait_for("the snapshot still ready", WAIT, || async {
+        get(&snaps, "with-data")
+            .await
+            .filter(|s| s.data["status"]["readyToUse"] == true)
+    })
+    .await;
+    assert_eq!(again.data["status"]["phase"], "Succeeded");
+
+    // restore: the host's restore controller makes a claim from the VolumeSnapshot and points
+    // the host VM at it; the tenant's VM takes that up
+    let restores: Api<DynamicObject> = Api::namespaced_with(
+        tc.clone(),
+        "default",
+        &snapshot_resource("VirtualMachineRestore", "virtualmachinerestores"),
+    );
+    let restore: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "snapshot.kubevirt.io/v1beta1", "kind": "VirtualMachineRestore",
+        "metadata": {"name": "back", "namespace": "default"},
+        "spec": {"target": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": "vm1"},
+                 "virtualMachineSnapshotName": "with-data"}}))
+    .unwrap();
+    restores
+        .create(&PostParams::default(), &restore)
+        .await
+        .unwrap();
+    let done = wait_for("the restore complete in the tenant", WAIT, || async {
+        get(&restores, "back")
+            .await
+            .filter(|r| r.data["status"]["complete"] == true)
+    })
+    .await;
+    let restored_claim = done.data["status"]["restores"][0]["persistentVolumeClaim"]
+        .as_str()
+        .expect("the restore names the claim it made")
+        .to_string();
+    assert_eq!(
+        done.data["status"]["restores"][0]["volumeSnapshotName"],
+        json!(name),
+        "restored from the VolumeSnapshot shown"
+    );
+    let data_claim = |vm: &DynamicObject| {
+        vm.data["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .and_then(|v| v.iter().find(|v| v["name"] == "data"))
+            .map(|v| v["persistentVolumeClaim"]["claimName"].clone())
+    };
+    wait_for("the tenant VM on the restored claim", WAIT, || async {
+        get(&vms, "vm1")
+            .await
+            .filter(|v| data_claim(v) == Some(json!(restored_claim)))
+    })
+    .await;
+    // the claim the host made from the VolumeSnapshot, shown read-only in the tenant
+    let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        Api::namespaced(tc.clone(), "default");
+    let shown_claim = wait_for("the restored claim shown in the tenant", WAIT, || async {
+        claims.get_opt(&restored_claim).await.ok().flatten()
+    })
+    .await;
+    assert!(
+        shown_claim
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key(kvtenant_api::labels::MIRROR_OF)
+    );
+    let host_vms = env.host_api(&vm_resource(), &host_ns);
+    let host_vm = get(&host_vms, "vm1").await.unwrap();
+    assert_eq!(data_claim(&host_vm), Some(json!(restored_claim)));
 }
