@@ -40,7 +40,7 @@ hk apply --server-side -f "${KUBEVIRT_OPERATOR_URL}"
 hk wait crd/kubevirts.kubevirt.io --for condition=Established --timeout=2m
 hk apply --server-side -f "${KUBEVIRT_CR_URL}"
 hk -n kubevirt patch kubevirt kubevirt --type merge \
-  -p '{"spec":{"configuration":{"developerConfiguration":{"useEmulation":true}}}}'
+  -p '{"spec":{"configuration":{"developerConfiguration":{"useEmulation":true,"featureGates":["Snapshot"]}}}}'
 hk -n kubevirt wait kubevirt/kubevirt --for condition=Available --timeout=20m
 
 log "CDI ${CDI_VERSION}"
@@ -77,7 +77,7 @@ expose:
   type: NodePort
   extraSANs: ["${node_ip}"]
 kubevirt:
-  syncKinds: [VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceMigration, VirtualMachinePool, VirtualMachineClone, DataVolume]
+  syncKinds: [VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceMigration, VirtualMachinePool, VirtualMachineClone, DataVolume, VirtualMachineSnapshot]
 VALUES
   "${KVTENANT}" --kubeconfig "${HOST_KUBECONFIG}" create "${VC_NAME}" \
     -n "${VC_NAMESPACE}" -f "${STATE_DIR}/values.yaml" --timeout 900

@@ -59,7 +59,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         host.url()
     );
     let hc = host.client()?;
-    let kubevirt = KubeVirt::start(&host, KubeVirtOptions::new()).await?;
+    // the Snapshot feature gate on, so tenants can snapshot and restore VMs
+    let kubevirt = KubeVirt::start(
+        &host,
+        KubeVirtOptions::new().with_feature_gates(&["Snapshot"]),
+    )
+    .await?;
     eprintln!(
         "[{:>5.1}s] KubeVirt {} running (real virt-api and virt-controller; simulated nodes {:?}, virt-handler and CDI)",
         started.elapsed().as_secs_f64(),

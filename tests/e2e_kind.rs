@@ -32,5 +32,6 @@ fn scenarios_pass_on_real_kubevirt() {
     t.datavolume();
     t.service();
     t.rbac();
+    t.snapshot_restore();
     t.cleanup();
 }

@@ -51,5 +51,6 @@ fn scenarios_pass_on_testenv_with_real_kubevirt_and_simulated_nodes() {
     t.datavolume();
     t.service();
     t.rbac();
+    t.snapshot_restore();
     t.cleanup();
 }

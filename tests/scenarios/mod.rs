@@ -21,6 +21,7 @@ use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
+mod snapshots;
 mod steps;
 
 /// KubeVirt's subresource API, as virtctl calls it.

@@ -1,5 +1,6 @@
 //! The scenarios themselves, each a method of [`Target`] run in this order by both runners:
-//! VM boots, console, stop/start, DataVolume, Service, RBAC, cleanup.
+//! VM boots, console, stop/start, DataVolume, Service, RBAC, then snapshot and restore
+//! (`snapshots.rs`), cleanup.
 
 use super::*;
 

@@ -263,6 +263,16 @@ pub fn kubevirt_cr(namespace: &str, feature_gates: &[String]) -> Value {
     })
 }
 
+/// KubeVirt's name of this machine's architecture (what virt-operator writes into the CR's
+/// `status.defaultArchitecture`).
+pub fn default_architecture() -> &'static str {
+    match std::env::consts::ARCH {
+        "aarch64" => "arm64",
+        "s390x" => "s390x",
+        _ => "amd64",
+    }
+}
+
 /// Creates the `KubeVirt` CR ([`kubevirt_cr`]) and marks it `Deployed` (virt-operator's job):
 /// KubeVirt's components take their configuration only from a CR that has a phase.
 pub async fn apply_kubevirt_cr(
@@ -277,8 +287,10 @@ pub async fn apply_kubevirt_cr(
         super::NAMESPACE,
         &ApiResource::from_gvk_with_plural(&gvk, "kubevirts"),
     );
+    // virt-operator also records the default architecture there; virt-api's VM mutator takes it
+    // from the CR's status, and without it every VMI is refused ("unsupported architecture")
     let status = json!({"apiVersion": "kubevirt.io/v1", "kind": "KubeVirt",
-        "status": {"phase": "Deployed"}});
+        "status": {"phase": "Deployed", "defaultArchitecture": default_architecture()}});
     api.patch_status(
         "kubevirt",
         &PatchParams::apply(FIELD_MANAGER).force(),
