@@ -90,7 +90,7 @@ enum Command {
     /// Run the VirtualCluster controller (in the host cluster).
     Controller(components::ControllerArgs),
     /// Run the syncer (with the subresource proxy and admission webhooks) for all tenants.
-    Syncer(components::SyncerArgs),
+    Syncer(Box<components::SyncerArgs>),
     /// Run one of kvtenant's Cluster API providers: control-plane (KvtenantControlPlane →
     /// VirtualCluster, the `<cluster>-kubeconfig` Secret) or infrastructure (KvtenantCluster).
     Capi(capi::CapiCommand),
@@ -127,7 +127,7 @@ async fn main() {
         Command::Version(a) => cli::version(&cli.global, a).await,
         Command::Completion(a) => cli::completion::<Cli>(a),
         Command::Controller(a) => components::controller(&cli.global, a).await,
-        Command::Syncer(a) => components::syncer(&cli.global, a).await,
+        Command::Syncer(a) => components::syncer(&cli.global, *a).await,
         Command::Capi(a) => capi::capi(&cli.global, a).await,
         Command::ReleaseArtifacts(a) => release::release_artifacts(a),
         #[cfg(feature = "dev")]
