@@ -17,7 +17,7 @@ use common::*;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams};
-use kvtenant_kubevirt_sync::{Syncer, SyncerConfig};
+use kvtenant_kubevirt_sync::SyncerConfig;
 use kvtenant_rules::kinds::endpoint_slice::{HOST_MANAGED_BY, MANAGED_BY, SERVICE_NAME};
 use serde_json::{Value, json};
 use testenv::testing::kubectl_output;
@@ -80,14 +80,10 @@ async fn host_copies(api: &Api<EndpointSlice>, service: &str) -> Vec<EndpointSli
 async fn slices_of_selector_less_services_reach_the_host() {
     let mut env = Env::start_with_controllers(1).await;
     // no consistency scan in this test's time: what follows is event-driven
-    env.syncer = None;
-    env.syncer = Some(Syncer::start(
-        env.host_client(),
-        SyncerConfig {
-            resync_period: Duration::from_secs(600),
-            ..SyncerConfig::default()
-        },
-    ));
+    env.start_syncer_with(SyncerConfig {
+        resync_period: Duration::from_secs(600),
+        ..SyncerConfig::default()
+    });
     let t = &env.tenants[0];
     let kc = t.kubeconfig();
     let host_ns = t.host_ns("default");

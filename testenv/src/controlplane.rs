@@ -90,6 +90,9 @@ pub struct Options {
     pub extra_apiserver_args: Vec<String>,
     /// kube-controller-manager's `--controllers` (default: `*`).
     pub controllers: Vec<String>,
+    /// Users whose requests kube-apiserver writes to its audit log (metadata only; see
+    /// [`ControlPlane::audit_events`]). None: no audit log.
+    pub audited_users: Vec<String>,
 }
 
 impl Options {
@@ -99,7 +102,15 @@ impl Options {
             controller_manager: false,
             extra_apiserver_args: Vec::new(),
             controllers: vec!["*".into()],
+            audited_users: Vec::new(),
         }
+    }
+
+    /// Writes the requests of `user` (metadata, with the response status and the authorization
+    /// decision) to the apiserver's audit log, for [`ControlPlane::audit_events`].
+    pub fn with_audit_of(mut self, user: &str) -> Self {
+        self.audited_users.push(user.to_owned());
+        self
     }
 
     /// Enables kube-controller-manager.
@@ -183,6 +194,7 @@ pub struct ControlPlane {
     kcm_port: Option<u16>,
     extra_apiserver_args: Vec<String>,
     controllers: Vec<String>,
+    audited: bool,
     etcd: Option<Managed>,
     apiserver: Option<Managed>,
     controller_manager: Option<Managed>,
@@ -248,6 +260,18 @@ impl ControlPlane {
         write("kubelet-client.key", &pki.kubelet_client.key_pem)?;
         write("sa.key", &pki.service_account.private_key_pem)?;
         write("sa.pub", &pki.service_account.public_key_pem)?;
+        let audited = !opts.audited_users.is_empty();
+        if audited {
+            let policy = serde_json::json!({
+                "apiVersion": "audit.k8s.io/v1", "kind": "Policy",
+                "omitStages": ["RequestReceived", "ResponseStarted"],
+                "rules": [
+                    {"level": "Metadata", "users": opts.audited_users},
+                    {"level": "None"}
+                ]
+            });
+            write("audit-policy.json", &policy.to_string())?;
+        }
 
         let apiserver_port = free_port().map_err(io_err(Path::new("127.0.0.1")))?;
         let server = format!("https://127.0.0.1:{apiserver_port}");
@@ -290,6 +314,7 @@ impl ControlPlane {
             },
             extra_apiserver_args: opts.extra_apiserver_args,
             controllers: opts.controllers,
+            audited,
             etcd: None,
             apiserver: None,
             controller_manager: None,
@@ -350,6 +375,10 @@ impl ControlPlane {
             format!("--kubelet-client-key={d}/kubelet-client.key"),
             "--profiling=false".into(),
         ];
+        if self.audited {
+            args.push(format!("--audit-policy-file={d}/audit-policy.json"));
+            args.push(format!("--audit-log-path={d}/audit.log"));
+        }
         args.extend(self.extra_apiserver_args.iter().cloned());
         args
     }
@@ -511,6 +540,18 @@ impl ControlPlane {
         );
         std::fs::write(&path, kc).map_err(io_err(&path))?;
         Ok(path)
+    }
+
+    /// The events of the apiserver's audit log so far (`audit.k8s.io/v1` Events, one per
+    /// request, stage ResponseComplete or Panic), of the users of [`Options::with_audit_of`];
+    /// empty without any.
+    pub fn audit_events(&self) -> Vec<serde_json::Value> {
+        let path = self.dir.path().join("audit.log");
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 
     /// Whether kube-controller-manager runs in this control plane.

@@ -7,6 +7,8 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use serde::Deserialize as _;
+
 /// Polls `f` every 100 ms until it returns true; panics after `timeout` naming `what`.
 pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut f: F)
 where
@@ -142,6 +144,117 @@ pub fn kubectl_output(
         out.join().unwrap_or_default(),
         err.join().unwrap_or_default(),
     )
+}
+
+/// The kinds that make up a component's identity on the host: its ServiceAccount, what RBAC
+/// grants it, and the admission policies that confine it.
+const IDENTITY_KINDS: &[&str] = &[
+    "ServiceAccount",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "Role",
+    "RoleBinding",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+];
+
+/// Applies (server-side, with the real kubectl) what an install of the kustomization
+/// `kustomization` (e.g. `deploy/base`) gives one component as its identity: the documents of
+/// [`IDENTITY_KINDS`] labelled `app.kubernetes.io/component: <component>`, and the Namespaces
+/// they live in, as `kubectl kustomize` renders them (so wherever the files put them). Nothing
+/// else of the install (CRDs, Deployments, Services) is applied. Returns the ServiceAccounts
+/// applied as (namespace, name).
+pub fn apply_component_identity(
+    kubeconfig: &Path,
+    kustomization: &Path,
+    component: &str,
+) -> Vec<(String, String)> {
+    let rendered = kubectl(kubeconfig, &["kustomize", &kustomization.to_string_lossy()]);
+    let mut items = Vec::new();
+    let mut accounts = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&rendered) {
+        let doc = match serde_json::Value::deserialize(doc) {
+            Ok(v) if !v.is_null() => v,
+            Ok(_) => continue,
+            Err(e) => panic!("kubectl kustomize {kustomization:?} printed bad YAML: {e}"),
+        };
+        let kind = doc["kind"].as_str().unwrap_or_default();
+        let ours = doc["metadata"]["labels"]["app.kubernetes.io/component"].as_str()
+            == Some(component)
+            && IDENTITY_KINDS.contains(&kind);
+        if kind == "ServiceAccount" && ours {
+            accounts.push((
+                doc["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                doc["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            ));
+        }
+        if ours || kind == "Namespace" {
+            items.push(doc);
+        }
+    }
+    assert!(
+        !accounts.is_empty(),
+        "{kustomization:?} has no ServiceAccount labelled app.kubernetes.io/component={component}"
+    );
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+    let (ok, _, err) = kubectl_output(
+        kubeconfig,
+        &["apply", "--server-side", "-f", "-"],
+        &list.to_string(),
+        Duration::from_secs(60),
+    );
+    assert!(
+        ok,
+        "applying {component}'s identity from {kustomization:?}: {err}"
+    );
+    accounts
+}
+
+/// A client configuration acting as the ServiceAccount `namespace`/`name`: `admin`'s cluster
+/// and CA, authenticated by a bearer token of a TokenRequest (valid for `expiry`) instead of
+/// admin's client certificate.
+pub async fn service_account_config(
+    admin: &kube::Config,
+    namespace: &str,
+    name: &str,
+    expiry: Duration,
+) -> kube::Config {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let client = match kube::Client::try_from(admin.clone()) {
+        Ok(c) => c,
+        Err(e) => panic!("admin client: {e}"),
+    };
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            expiration_seconds: Some(expiry.as_secs() as i64),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let token = match kube::Api::<ServiceAccount>::namespaced(client, namespace)
+        .create_token_request(name, &Default::default(), &request)
+        .await
+    {
+        Ok(t) => t.status.and_then(|s| s.token).unwrap_or_default(),
+        Err(e) => panic!("TokenRequest for {namespace}/{name}: {e}"),
+    };
+    assert!(
+        !token.is_empty(),
+        "TokenRequest for {namespace}/{name}: no token"
+    );
+    let mut config = admin.clone();
+    config.auth_info = match serde_json::from_value(serde_json::json!({ "token": token })) {
+        Ok(a) => a,
+        Err(e) => panic!("AuthInfo with a token: {e}"),
+    };
+    config
 }
 
 /// `kubectl ... -o json`, parsed.

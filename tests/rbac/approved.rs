@@ -52,6 +52,9 @@ pub const SYNCER_CLUSTER: &[&str] = &[
     "ingressclasses.networking.k8s.io [] [] [get list]",
     "ingresses.networking.k8s.io [] [] [get list watch create update patch delete]",
     "ingresses.networking.k8s.io/status [] [] [get]",
+    // the isolation of each host namespace (spec.isolation), applied by the syncer; writes
+    // confined to the host namespaces by the admission policy (added 2026-12-06)
+    "limitranges [] [] [get create patch delete]",
     "mutatingwebhookconfigurations.admissionregistration.k8s.io [] [] [get list watch]",
     "namespaces [] [] [get list watch create delete]",
     // secondary networks (opt-in kind): the tenants' in their host namespaces, writes confined
@@ -74,6 +77,8 @@ pub const SYNCER_CLUSTER: &[&str] = &[
     "pods/portforward [] [] [get create]",
     "pods.metrics.k8s.io [] [] [get list]",
     "priorityclasses.scheduling.k8s.io [] [] [get list]",
+    // with limitranges above (added 2026-12-06)
+    "resourcequotas [] [] [get create patch delete]",
     "secrets [] [] [get list watch create update patch delete]",
     "selfsubjectaccessreviews.authorization.k8s.io [] [] [create]",
     "selfsubjectreviews.authentication.k8s.io [] [] [create]",

@@ -299,9 +299,10 @@ async fn set_failure_policy(host: &Client, policy: &str) {
 async fn with_the_host_webhook_down_the_hosts_failure_policy_decides() {
     let started = Instant::now();
     let env = Env::start(1).await;
-    // the CA and token key kept in a host Secret
+    // the CA and token key kept in a host Secret, where an install keeps it (the syncer's
+    // writes are confined to its own namespace and the host namespaces)
     let ca_secret = SecretRef {
-        namespace: VC_NAMESPACE.into(),
+        namespace: "kvtenant-system".into(),
         name: "kvtenant-webhooks-ca".into(),
     };
     let wh = start_webhooks(
@@ -312,16 +313,12 @@ async fn with_the_host_webhook_down_the_hosts_failure_policy_decides() {
         },
     )
     .await;
-    let Env {
-        kv,
-        host,
-        tenants,
-        syncer,
-    } = env;
-    let kc = tenants[0].kubeconfig();
+    let mut env = env;
     // KubeVirt's virt-api goes away (with the rest of KubeVirt); its registrations stay
     // (failurePolicy Fail)
-    drop(kv);
+    env.kv.stop();
+    let (host, tenants) = (&env.host, &env.tenants);
+    let kc = tenants[0].kubeconfig();
     let err = kubectl_apply(kc, &vm_manifest("vm-down", "default", json!({}))).unwrap_err();
     eprintln!("tenant kubectl with the host webhook down:\n{err}");
     assert!(
@@ -419,7 +416,7 @@ async fn with_the_host_webhook_down_the_hosts_failure_policy_decides() {
     // a restarted server (same Secret) keeps the CA and the tenant paths: tenant
     // configurations stay valid across restarts
     let again = Webhooks::start(
-        syncer.as_ref().unwrap().tenants(),
+        env.syncer.as_ref().unwrap().tenants(),
         WebhookConfig {
             ca_secret: Some(ca_secret),
             ..config()
@@ -432,6 +429,5 @@ async fn with_the_host_webhook_down_the_hosts_failure_policy_decides() {
         again.tenant_prefix(&tenants[0].vc.uid),
         wh.tenant_prefix(&tenants[0].vc.uid)
     );
-    drop(syncer);
     eprintln!("whole test {:?}", started.elapsed());
 }

@@ -24,8 +24,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use front::Front;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, DynamicObject, ListParams, PostParams};
+use kube::api::{Api, DynamicObject, ListParams};
 use kube::{Client, ResourceExt};
 use kvtenant_kubeutil::leader::LeaderElectionConfig;
 use kvtenant_kubevirt_sync::proxy::{Proxy, ProxyConfig};
@@ -189,12 +188,10 @@ async fn wait_host_strategy(vms: &Api<DynamicObject>, name: &str, strategy: &str
 async fn one_replica_syncs_both_serve_and_the_other_takes_over_when_the_leader_dies() {
     let mut env = Env::start(1).await;
     env.syncer = None;
+    // the replicas as the syncer's ServiceAccount (its Lease and Secrets in SYSTEM, which the
+    // Env made with the syncer's RBAC)
     let hc = env.host_client();
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": SYSTEM}})).unwrap();
-    Api::<Namespace>::all(hc.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap();
+    let sc = env.syncer_client();
     let wh = Front::start().await;
     let px = Front::start().await;
     let tenant = &env.tenants[0];
@@ -202,12 +199,12 @@ async fn one_replica_syncs_both_serve_and_the_other_takes_over_when_the_leader_d
     let host_ns = tenant.host_ns("default");
     let host_vms = env.host_api(&vm_resource(), &host_ns);
 
-    let a = Replica::start("replica-a", &hc, &wh, &px).await;
+    let a = Replica::start("replica-a", &sc, &wh, &px).await;
     wait_for("replica-a to lead", WAIT, || async {
         a.syncer.is_leader().then_some(())
     })
     .await;
-    let b = Replica::start("replica-b", &hc, &wh, &px).await;
+    let b = Replica::start("replica-b", &sc, &wh, &px).await;
     wait_subresources_available(&tenant.client(), WAIT).await;
 
     // the leader syncs, the follower does not
@@ -287,7 +284,7 @@ async fn one_replica_syncs_both_serve_and_the_other_takes_over_when_the_leader_d
     );
 
     // a replica started again follows: the Lease stays where it is
-    let a2 = Replica::start("replica-a2", &hc, &wh, &px).await;
+    let a2 = Replica::start("replica-a2", &sc, &wh, &px).await;
     tokio::time::sleep(lease_duration() + Duration::from_secs(1)).await;
     assert!(!a2.syncer.is_leader() && b.syncer.is_leader());
     assert_eq!(a2.sync_calls(), 0);

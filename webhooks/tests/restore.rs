@@ -22,8 +22,8 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::{Client, Resource};
+use kvtenant_kubevirt_sync::SyncerConfig;
 use kvtenant_kubevirt_sync::proxy::{Proxy, ProxyConfig};
-use kvtenant_kubevirt_sync::{Syncer, SyncerConfig};
 use kvtenant_webhooks::{WebhookConfig, Webhooks};
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -147,14 +147,10 @@ async fn kvtenants_objects_deleted_in_the_tenant_come_back_within_seconds() {
     let mut env = Env::start(1).await;
     show_a_class_and_a_mapped_service(&env).await;
     // the syncer again, with a consistency scan that never comes during the test
-    env.syncer = None;
-    env.syncer = Some(Syncer::start(
-        env.host_client(),
-        SyncerConfig {
-            resync_period: PERIODIC,
-            ..SyncerConfig::default()
-        },
-    ));
+    env.start_syncer_with(SyncerConfig {
+        resync_period: PERIODIC,
+        ..SyncerConfig::default()
+    });
     let tenants = env.syncer.as_ref().unwrap().tenants();
     let wh = Webhooks::start(
         tenants.clone(),

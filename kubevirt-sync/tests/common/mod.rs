@@ -1,7 +1,11 @@
 //! Test harness: a host control plane running KubeVirt's real virt-api and virt-controller
 //! (testenv's `KubeVirt`: kube-scheduler, kwok nodes and pods, the node agent as simulated
 //! virt-handler, simulated CDI; no VM boots), N tenant control planes registered as External
-//! VirtualClusters, and kvtenant's syncer running in-process.
+//! VirtualClusters, and kvtenant's syncer running in-process as its real identity: the
+//! ServiceAccount, RBAC and admission policies of `deploy/base` applied to the host, the syncer's
+//! host client authenticated by a token of that ServiceAccount (a host call the installed role
+//! does not allow fails here as it would in a cluster). The test's own host reads and writes use
+//! the admin client ([`Env::host_client`]).
 #![allow(dead_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -23,6 +27,10 @@ pub use testenv::testing::{eventually, kubectl, kubectl_json, wait_for};
 use testenv::{ControlPlane, Options};
 
 pub const VC_NAMESPACE: &str = "tenants";
+
+/// The syncer's ServiceAccount as `deploy/base` installs it (the user the host's audit log
+/// records).
+pub const SYNCER_USER: &str = "system:serviceaccount:kvtenant-system:kvtenant-syncer";
 
 pub struct Tenant {
     pub cp: ControlPlane,
@@ -49,6 +57,32 @@ pub struct Env {
     pub host: ControlPlane,
     pub tenants: Vec<Tenant>,
     pub syncer: Option<Syncer>,
+    /// The syncer's host client configuration: the host's, with a token of the syncer's
+    /// ServiceAccount (`deploy/base`) instead of the admin certificate.
+    pub syncer_config: kube::Config,
+    /// Whether host calls of the syncer refused by RBAC are expected. When false (the default),
+    /// dropping the Env fails the test if any was (a gap in `deploy/base/rbac-syncer.yaml`, or a
+    /// call the syncer should not make), listing them from the host's audit log.
+    pub forbidden_expected: bool,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // shown with a failure (or --nocapture): they may explain it
+        for line in self.syncer_refusals() {
+            eprintln!("host refused the syncer: {line}");
+        }
+        if std::thread::panicking() {
+            return;
+        }
+        let forbidden = self.syncer_forbidden();
+        assert!(
+            self.forbidden_expected || forbidden.is_empty(),
+            "the host's RBAC refused calls of the syncer (deploy/base/rbac-syncer.yaml lacks a rule, \
+             or the syncer makes a call it should not):\n{}",
+            forbidden.join("\n")
+        );
+    }
 }
 
 pub fn vm_resource() -> ApiResource {
@@ -107,12 +141,17 @@ impl Env {
         controllers: Option<&[&str]>,
         kv_options: KubeVirtOptions,
     ) -> Self {
-        let host = ControlPlane::start(Options::new("host").with_controller_manager())
-            .await
-            .unwrap();
+        let host = ControlPlane::start(
+            Options::new("host")
+                .with_controller_manager()
+                .with_audit_of(SYNCER_USER),
+        )
+        .await
+        .unwrap();
         let hc = host.client().unwrap();
         let kv = KubeVirt::start(&host, kv_options).await.unwrap();
         install_virtualcluster_crd(&hc).await;
+        let syncer_config = syncer_identity(&host).await;
         let ns: Namespace =
             serde_json::from_value(json!({"metadata": {"name": VC_NAMESPACE}})).unwrap();
         Api::<Namespace>::all(hc.clone())
@@ -135,6 +174,8 @@ impl Env {
             kv,
             tenants: list,
             syncer: None,
+            syncer_config,
+            forbidden_expected: false,
         };
         env.start_syncer();
         for t in &env.tenants {
@@ -143,16 +184,38 @@ impl Env {
         env
     }
 
+    /// Starts the syncer (as its ServiceAccount) with a 10 s consistency scan.
     pub fn start_syncer(&mut self) {
-        self.syncer = Some(Syncer::start(
-            self.host.client().unwrap(),
-            SyncerConfig {
-                resync_period: Duration::from_secs(10),
-                ..SyncerConfig::default()
-            },
-        ));
+        self.start_syncer_with(SyncerConfig {
+            resync_period: Duration::from_secs(10),
+            ..SyncerConfig::default()
+        });
     }
 
+    /// Starts the syncer (as its ServiceAccount) with `config`, dropping a running one first.
+    pub fn start_syncer_with(&mut self, config: SyncerConfig) {
+        self.syncer = None;
+        self.syncer = Some(Syncer::start(self.syncer_client(), config));
+    }
+
+    /// A host client as the syncer: its ServiceAccount's token, what `deploy/base` grants it.
+    pub fn syncer_client(&self) -> Client {
+        Client::try_from(self.syncer_config.clone()).unwrap()
+    }
+
+    /// The syncer's host calls refused by RBAC so far (the host's audit log: 403 with the
+    /// authorizer's `forbid`), one line per distinct call.
+    pub fn syncer_forbidden(&self) -> Vec<String> {
+        refusals(&self.host, true)
+    }
+
+    /// Every host call of the syncer answered 403 so far (RBAC, admission policies, a
+    /// terminating namespace), one line per distinct call.
+    pub fn syncer_refusals(&self) -> Vec<String> {
+        refusals(&self.host, false)
+    }
+
+    /// A host client with cluster-admin rights, for the test's own reads and writes.
     pub fn host_client(&self) -> Client {
         self.host.client().unwrap()
     }
@@ -160,6 +223,94 @@ impl Env {
     pub fn host_api(&self, ar: &ApiResource, ns: &str) -> Api<DynamicObject> {
         Api::namespaced_with(self.host_client(), ns, ar)
     }
+}
+
+/// The 403s `host`'s audit log holds (of [`SYNCER_USER`]), RBAC's only if `rbac_only`: `verb
+/// group/resource[/subresource] namespace/name: message (×count)`, sorted.
+fn refusals(host: &ControlPlane, rbac_only: bool) -> Vec<String> {
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
+    for e in host.audit_events() {
+        if e["user"]["username"] != SYNCER_USER
+            || e["responseStatus"]["code"] != 403
+            || e["requestURI"]
+                .as_str()
+                .is_some_and(|u| u.contains("dryRun="))
+        {
+            continue;
+        }
+        if rbac_only && e["annotations"]["authorization.k8s.io/decision"] != "forbid" {
+            continue;
+        }
+        let r = &e["objectRef"];
+        let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+        let mut resource = format!("{}/{}", s(&r["apiGroup"]), s(&r["resource"]));
+        if let Some(sub) = r["subresource"].as_str() {
+            resource = format!("{resource}/{sub}");
+        }
+        let line = format!(
+            "{} {resource} {}/{}: {}",
+            s(&e["verb"]),
+            s(&r["namespace"]),
+            s(&r["name"]),
+            s(&e["responseStatus"]["message"])
+        );
+        *seen.entry(line).or_default() += 1;
+    }
+    seen.into_iter()
+        .map(|(line, n)| format!("{line} (×{n})"))
+        .collect()
+}
+
+/// The syncer's identity on `host` as `deploy/base` installs it (read now, from the repository:
+/// its ServiceAccount, ClusterRole, Role and bindings, and the ValidatingAdmissionPolicy
+/// confining its writes to kvtenant's host namespaces), and a client configuration
+/// authenticated by a 24 h token of that ServiceAccount. Returns once the admission policy is
+/// in effect (a write outside the host namespaces refused).
+pub async fn syncer_identity(host: &ControlPlane) -> kube::Config {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let accounts = testenv::testing::apply_component_identity(
+        host.kubeconfig_path(),
+        &repo_root().join("deploy/base"),
+        "syncer",
+    );
+    let [(namespace, name)] = accounts.as_slice() else {
+        panic!("deploy/base: not one syncer ServiceAccount: {accounts:?}");
+    };
+    assert_eq!(
+        format!("system:serviceaccount:{namespace}:{name}"),
+        SYNCER_USER,
+        "the syncer's ServiceAccount moved in deploy/base"
+    );
+    let config = testenv::testing::service_account_config(
+        host.config(),
+        namespace,
+        name,
+        Duration::from_secs(24 * 3600),
+    )
+    .await;
+    // the apiserver loads admission policies a moment after they are applied
+    let configmaps: Api<ConfigMap> =
+        Api::namespaced(Client::try_from(config.clone()).unwrap(), "default");
+    let probe: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "kvtenant-syncer-probe"}})).unwrap();
+    eventually(
+        "the syncer's admission policy in effect",
+        Duration::from_secs(60),
+        || {
+            let configmaps = configmaps.clone();
+            let probe = probe.clone();
+            async move {
+                let dry = PostParams {
+                    dry_run: true,
+                    ..PostParams::default()
+                };
+                matches!(configmaps.create(&dry, &probe).await,
+                    Err(kube::Error::Api(e)) if e.message.contains("ValidatingAdmissionPolicy"))
+            }
+        },
+    )
+    .await;
+    config
 }
 
 pub async fn install_virtualcluster_crd(host: &Client) {

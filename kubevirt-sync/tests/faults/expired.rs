@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
 use kube::api::{Api, DynamicObject, ListParams, WatchEvent, WatchParams};
-use kvtenant_kubevirt_sync::{Syncer, SyncerConfig};
+use kvtenant_kubevirt_sync::SyncerConfig;
 
 use super::common::*;
 use super::report::{Fault, Row};
@@ -38,14 +38,10 @@ async fn watches_expired_while_the_tenant_changed_vms_relist_without_loss() {
     const N: usize = 10;
     let mut env = Env::start(1).await;
     // only the relists may recover: no consistency scan within the test
-    env.syncer = None;
-    env.syncer = Some(Syncer::start(
-        env.host_client(),
-        SyncerConfig {
-            resync_period: Duration::from_secs(3600),
-            ..SyncerConfig::default()
-        },
-    ));
+    env.start_syncer_with(SyncerConfig {
+        resync_period: Duration::from_secs(3600),
+        ..SyncerConfig::default()
+    });
     let tc = env.tenants[0].client();
     let first = names(0..N, "seen");
     create_vms(&tc, &first).await;

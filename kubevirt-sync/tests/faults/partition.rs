@@ -81,7 +81,7 @@ async fn the_syncer_cut_off_from_the_host_catches_up() {
     let mut env = Env::start(1).await;
     let host_port: u16 = env.host.url().rsplit(':').next().unwrap().parse().unwrap();
     let relay = Relay::start(host_port).await;
-    let mut config = env.host.config().clone();
+    let mut config = env.syncer_config.clone();
     config.cluster_url = format!("https://127.0.0.1:{}", relay.port).parse().unwrap();
     env.syncer = None;
     env.syncer = Some(Syncer::start(
