@@ -113,6 +113,11 @@ pub struct SyncerArgs {
         env = "KVTENANT_CDI_UPLOAD_PROXY_CA"
     )]
     pub cdi_upload_proxy_ca: (String, String),
+    /// The URL tenants' users reach kvtenant's upload route at (the proxy's listener as the
+    /// platform exposes it, e.g. `https://upload.example.com`); shown in each virtual cluster's
+    /// CDIConfig so `virtctl image-upload` finds it. Unset: tenants pass `--uploadproxy-url`.
+    #[arg(long, env = "KVTENANT_CDI_UPLOAD_URL")]
+    pub cdi_upload_url: Option<String>,
     /// Address of the admission webhook server (HTTPS).
     #[arg(long, default_value = "0.0.0.0:9443", env = "KVTENANT_WEBHOOK_ADDR")]
     pub webhook_addr: SocketAddr,
@@ -220,6 +225,12 @@ pub async fn syncer(g: &GlobalArgs, args: SyncerArgs) -> anyhow::Result<()> {
             cdi_upload: kvtenant_kubevirt_sync::proxy::upload_api::CdiUploadConfig {
                 url: args.cdi_upload_proxy_url.clone(),
                 ca_configmap: args.cdi_upload_proxy_ca.clone(),
+                advertise: match &args.cdi_upload_url {
+                    Some(u) => {
+                        kvtenant_kubevirt_sync::proxy::upload_api::UploadAddress::Url(u.clone())
+                    }
+                    None => kvtenant_kubevirt_sync::proxy::upload_api::UploadAddress::Unknown,
+                },
             },
             ..kvtenant_kubevirt_sync::proxy::ProxyConfig::default()
         },

@@ -161,6 +161,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                     .cdi()
                     .map(|c| c.upload_proxy_url().to_string())
                     .unwrap_or_default(),
+                // shown in the tenant's CDIConfig: virtctl needs no --uploadproxy-url
+                advertise: kvtenant_kubevirt_sync::proxy::upload_api::UploadAddress::Listening,
                 ..Default::default()
             },
             ..kvtenant_kubevirt_sync::proxy::ProxyConfig::local()

@@ -1,7 +1,8 @@
 //! Disk upload for tenants: the real `virtctl image-upload` against a virtual cluster makes a
 //! DataVolume there, asks the tenant's `upload.cdi.kubevirt.io` (kvtenant's proxy, registered
-//! while the host serves that API) for a token, and sends the image to kvtenant's upload route,
-//! which forwards it to the host's CDI upload proxy. **Simulated**: CDI (testenv's token API and
+//! while the host serves that API) for a token, and sends the image to kvtenant's upload route
+//! (named in the tenant's CDIConfig, which kvtenant keeps), which forwards it to the host's CDI
+//! upload proxy. **Simulated**: CDI (testenv's token API and
 //! upload proxy keep the bytes in memory; no upload server pod writes a volume). The isolation
 //! checks run against the same proxy: a claim the tenant does not have gets no token, a token
 //! for a host namespace that is not a tenant's is refused before it reaches the host, a forged
@@ -21,7 +22,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use kube::api::{Api, DynamicObject};
 use kube::core::{ApiResource, GroupVersionKind};
-use kvtenant_kubevirt_sync::proxy::upload_api::CdiUploadConfig;
+use kvtenant_kubevirt_sync::proxy::upload_api::{CdiUploadConfig, UploadAddress};
 use kvtenant_kubevirt_sync::proxy::{Proxy, ProxyConfig};
 use serde_json::json;
 use testenv::kubevirt::KubeVirtOptions;
@@ -124,6 +125,7 @@ async fn a_tenant_uploads_an_image_into_a_datavolume_with_virtctl() {
         ProxyConfig {
             cdi_upload: CdiUploadConfig {
                 url: cdi.upload_proxy_url().to_string(),
+                advertise: UploadAddress::Listening,
                 ..CdiUploadConfig::default()
             },
             ..ProxyConfig::local()
@@ -153,11 +155,31 @@ async fn a_tenant_uploads_an_image_into_a_datavolume_with_virtctl() {
         .await;
     }
 
-    // the upload, with the real virtctl against tenant a
+    // the tenant's CDIConfig names kvtenant's upload route (virtctl reads it)
+    let url = format!("https://127.0.0.1:{}", proxy.local_addr().port());
+    let configs: Api<DynamicObject> = Api::all_with(
+        a.client(),
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("cdi.kubevirt.io", "v1beta1", "CDIConfig"),
+            "cdiconfigs",
+        ),
+    );
+    wait_for(
+        "the tenant's CDIConfig naming the upload route",
+        WAIT,
+        || async {
+            get(&configs, "config")
+                .await
+                .filter(|c| c.data["spec"]["uploadProxyURLOverride"] == url.as_str())
+        },
+    )
+    .await;
+
+    // the upload, with the real virtctl against tenant a (no --uploadproxy-url: found in the
+    // CDIConfig)
     let image: &'static [u8] = b"a qcow2 image uploaded into a virtual cluster\n";
     let file = std::env::temp_dir().join(format!("kvtenant-upload-{}.img", std::process::id()));
     std::fs::write(&file, image).unwrap();
-    let url = format!("https://127.0.0.1:{}", proxy.local_addr().port());
     let out = virtctl(
         &env,
         a.kubeconfig(),
@@ -168,8 +190,6 @@ async fn a_tenant_uploads_an_image_into_a_datavolume_with_virtctl() {
             "--size=1Gi",
             "--image-path",
             file.to_str().unwrap(),
-            "--uploadproxy-url",
-            &url,
             "--insecure",
             "-n",
             "default",

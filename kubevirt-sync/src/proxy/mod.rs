@@ -155,6 +155,10 @@ impl ProxyConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             advertise_host: "localhost".into(),
+            cdi_upload: upload_api::CdiUploadConfig {
+                advertise: upload_api::UploadAddress::Listening,
+                ..upload_api::CdiUploadConfig::default()
+            },
             kubelet: kubelet::KubeletConfig {
                 listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
                 advertise_address: Some("127.0.0.1".into()),
@@ -196,6 +200,15 @@ pub struct ProxyState {
 }
 
 impl ProxyState {
+    /// The address tenants' users reach the upload route at, if known.
+    pub fn upload_url(&self) -> Option<String> {
+        upload_api::advertised_url(
+            &self.config.cdi_upload.advertise,
+            self.config.listen,
+            self.port,
+        )
+    }
+
     /// Whether the host serves `api`.
     pub fn host_api(&self, api: &aggregated::AggregatedApi) -> &aggregated::HostApi {
         if api.group == aggregated::UPLOAD.group {

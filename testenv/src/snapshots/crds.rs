@@ -86,8 +86,14 @@ pub fn snapshot_class() -> Value {
     })
 }
 
-/// Applies the StorageClass and the VolumeSnapshotClass (server-side).
-pub async fn apply_classes(client: &kube::Client) -> Result<(), SnapshotsError> {
+/// Applies the StorageClass and the VolumeSnapshotClass (server-side). A CRD just Established
+/// may not be served yet (404 for a moment, seen under load): the class is applied again until
+/// `timeout`.
+pub async fn apply_classes(
+    client: &kube::Client,
+    timeout: std::time::Duration,
+) -> Result<(), SnapshotsError> {
+    let deadline = tokio::time::Instant::now() + timeout;
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     let apply_err = |what: &str| {
         let what = what.to_string();
@@ -97,11 +103,22 @@ pub async fn apply_classes(client: &kube::Client) -> Result<(), SnapshotsError> 
         .patch(STORAGE_CLASS, &pp, &Patch::Apply(storage_class()))
         .await
         .map_err(apply_err(&format!("StorageClass {STORAGE_CLASS}")))?;
-    Api::<DynamicObject>::all_with(client.clone(), &super::resource("VolumeSnapshotClass"))
-        .patch(SNAPSHOT_CLASS, &pp, &Patch::Apply(snapshot_class()))
-        .await
-        .map_err(apply_err(&format!("VolumeSnapshotClass {SNAPSHOT_CLASS}")))?;
-    Ok(())
+    let classes =
+        Api::<DynamicObject>::all_with(client.clone(), &super::resource("VolumeSnapshotClass"));
+    loop {
+        match classes
+            .patch(SNAPSHOT_CLASS, &pp, &Patch::Apply(snapshot_class()))
+            .await
+        {
+            Err(kube::Error::Api(e)) if e.code == 404 && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            r => {
+                r.map_err(apply_err(&format!("VolumeSnapshotClass {SNAPSHOT_CLASS}")))?;
+                return Ok(());
+            }
+        }
+    }
 }
 
 #[cfg(test)]

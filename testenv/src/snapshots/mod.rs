@@ -103,7 +103,7 @@ impl SimulatedSnapshots {
             .await
             .map_err(|e| SnapshotsError::Task(e.to_string()))??;
         crate::cdi::crds::apply_and_wait(&client, &crds, timeout).await?;
-        crds::apply_classes(&client).await?;
+        crds::apply_classes(&client, timeout).await?;
         let tasks = controller::spawn(client);
         tracing::debug!(dir = %crds_dir.display(), "simulated CSI snapshots installed");
         Ok(Self { crds_dir, tasks })

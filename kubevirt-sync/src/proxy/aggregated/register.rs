@@ -171,7 +171,15 @@ pub async fn keep(
                     continue;
                 }
                 let serves = *host.borrow_and_update();
-                next = match apply(&client, api, &t, serves).await {
+                let mut applied = apply(&client, api, &t, serves).await;
+                if applied.is_ok()
+                    && api.group == super::UPLOAD.group
+                    && let Some(url) = state.upload_url()
+                {
+                    // the tenant's CDIConfig naming the upload route goes with the upload API
+                    applied = super::super::upload_api::cdi_config::apply(&state, &client, &url, serves).await;
+                }
+                next = match applied {
                     Ok(()) => Instant::now() + state.config.resync_period,
                     Err(e) => {
                         tracing::warn!(tenant = %label, error = %e, host_serves = serves, group = api.group, "registering (or removing) an aggregated API in the virtual cluster");

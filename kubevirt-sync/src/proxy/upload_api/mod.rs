@@ -15,9 +15,10 @@
 //!   for a claim in a host namespace of a tenant it serves, streaming the body to the host's
 //!   upload proxy (`ProxyConfig::cdi_upload`), which verifies the token's signature.
 //!
-//! Tenants point virtctl at the route with `--uploadproxy-url https://<proxy address>` (the
-//! tenant has no CDIConfig naming it).
+//! virtctl finds the route in the tenant's CDIConfig ([`cdi_config`]) when the route's address
+//! is known (`CdiUploadConfig::advertise`), else tenants pass `--uploadproxy-url`.
 
+pub mod cdi_config;
 pub mod decide;
 
 use std::sync::Arc;
@@ -46,6 +47,20 @@ pub struct CdiUploadConfig {
     /// The ConfigMap (`namespace`, `name`) holding the CA of its serving certificate under
     /// `ca-bundle.crt`, as CDI publishes it.
     pub ca_configmap: (String, String),
+    /// Where tenants' users reach kvtenant's upload route (shown in the tenants' CDIConfig).
+    pub advertise: UploadAddress,
+}
+
+/// The address of kvtenant's upload route that tenants are shown.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum UploadAddress {
+    /// Not known: no CDIConfig in the tenants (virtctl needs `--uploadproxy-url`).
+    #[default]
+    Unknown,
+    /// The proxy's own listening address (tests and `kvtenant dev`, on 127.0.0.1).
+    Listening,
+    /// This URL (the platform's exposure of the proxy's listener).
+    Url(String),
 }
 
 impl Default for CdiUploadConfig {
@@ -53,6 +68,30 @@ impl Default for CdiUploadConfig {
         Self {
             url: "https://cdi-uploadproxy.cdi.svc".into(),
             ca_configmap: ("cdi".into(), "cdi-uploadproxy-signer-bundle".into()),
+            advertise: UploadAddress::Unknown,
+        }
+    }
+}
+
+/// The URL tenants are shown for the upload route (pure), if any.
+pub fn advertised_url(
+    advertise: &UploadAddress,
+    listen: std::net::SocketAddr,
+    port: u16,
+) -> Option<String> {
+    match advertise {
+        UploadAddress::Unknown => None,
+        UploadAddress::Url(u) => Some(u.clone()),
+        UploadAddress::Listening => {
+            let ip = listen.ip();
+            let host = if ip.is_unspecified() {
+                "127.0.0.1".to_string()
+            } else if ip.is_ipv6() {
+                format!("[{ip}]")
+            } else {
+                ip.to_string()
+            };
+            Some(format!("https://{host}:{port}"))
         }
     }
 }

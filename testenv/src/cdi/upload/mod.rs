@@ -340,21 +340,33 @@ pub fn respond_json(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
     r
 }
 
+/// Applies `obj`; a 404 (a CRD just Established and not served yet, seen under load) is tried
+/// again for up to 10 s.
 async fn apply<K>(api: &Api<K>, name: &str, obj: &Value, what: &str) -> Result<(), CdiError>
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    api.patch(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(obj),
-    )
-    .await
-    .map(|_| ())
-    .map_err(|source| CdiError::Apply {
-        what: what.to_string(),
-        source,
-    })
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match api
+            .patch(
+                name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(obj),
+            )
+            .await
+        {
+            Err(kube::Error::Api(e)) if e.code == 404 && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            r => {
+                return r.map(|_| ()).map_err(|source| CdiError::Apply {
+                    what: what.to_string(),
+                    source,
+                });
+            }
+        }
+    }
 }
 
 async fn auth_config(client: &kube::Client, timeout: Duration) -> Result<AuthConfig, CdiError> {
