@@ -439,3 +439,51 @@ async fn reverse_lookups_of_host_addresses_stay_in_the_tenant() {
     .objects(5)
     .record();
 }
+
+/// `spec.isolation.podSecurity` changed after a host namespace exists: the syncer relabels it,
+/// as its own identity (the host's RBAC grants the patch; kvtenant's admission policy allows it
+/// on namespaces that are kvtenant's before and after, `tests/rbac.rs` tries it on `default`).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_security_change_relabels_the_host_namespaces() {
+    let env = Env::start(1).await;
+    let t = &env.tenants[0];
+    let hc = env.host_client();
+    let vms: Api<DynamicObject> = Api::namespaced_with(t.client(), "default", &vm_resource());
+    let vm: DynamicObject =
+        serde_json::from_value(vm_manifest("vm-psa", "default", json!({}))).unwrap();
+    vms.create(&PostParams::default(), &vm).await.unwrap();
+    let host_ns = t.host_ns("default");
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(hc.clone());
+    let level = |ns: &k8s_openapi::api::core::v1::Namespace| {
+        ns.labels()
+            .get("pod-security.kubernetes.io/enforce")
+            .cloned()
+            .unwrap_or_default()
+    };
+    let ns = wait_for("the host namespace", WAIT, || async {
+        namespaces.get_opt(&host_ns).await.ok().flatten()
+    })
+    .await;
+    assert_eq!(level(&ns), "baseline");
+    patch_vc_spec(
+        &hc,
+        &t.vc.name,
+        json!({"isolation": {"podSecurity": "restricted"}}),
+    )
+    .await;
+    let ns = wait_for("the host namespace relabelled restricted", WAIT, || async {
+        namespaces
+            .get_opt(&host_ns)
+            .await
+            .ok()
+            .flatten()
+            .filter(|ns| level(ns) == "restricted")
+    })
+    .await;
+    assert_eq!(
+        ns.labels()
+            .get("pod-security.kubernetes.io/warn")
+            .map(String::as_str),
+        Some("restricted")
+    );
+}

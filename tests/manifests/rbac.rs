@@ -154,7 +154,8 @@ pub async fn rbac_is_least_privilege(admin: PathBuf, client: kube::Client) {
         (SYNCER_SA, (false, "update", "", "nodes", None)),
         (SYNCER_SA, (false, "update", "tenancy.kvtenant.io", "virtualclusters", vc_ns)),
         (SYNCER_SA, (false, "delete", "tenancy.kvtenant.io", "virtualclusters", vc_ns)),
-        (SYNCER_SA, (false, "patch", "", "namespaces", None)),
+        // the Pod Security labels of its host namespaces (the admission policy refuses any other)
+        (SYNCER_SA, (true, "patch", "", "namespaces", None)),
         (SYNCER_SA, (false, "create", "apps", "statefulsets", host_ns)),
         (SYNCER_SA, (false, "update", "subresources.kubevirt.io", "virtualmachineinstances/console", host_ns)),
         (SYNCER_SA, (false, "create", "apiextensions.k8s.io", "customresourcedefinitions", None)),

@@ -56,7 +56,9 @@ pub const SYNCER_CLUSTER: &[&str] = &[
     // confined to the host namespaces by the admission policy (added 2026-12-06)
     "limitranges [] [] [get create patch delete]",
     "mutatingwebhookconfigurations.admissionregistration.k8s.io [] [] [get list watch]",
-    "namespaces [] [] [get list watch create delete]",
+    // patch: the Pod Security labels when spec.isolation.podSecurity changes, only on
+    // namespaces already kvtenant's (admission policy; added 2026-12-06)
+    "namespaces [] [] [get list watch create patch delete]",
     // secondary networks (opt-in kind): the tenants' in their host namespaces, writes confined
     // there by the admission policy (k8s.cni.cncf.io added 2026-12-05); the allowed host ones
     // read by name
