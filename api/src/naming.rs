@@ -164,5 +164,11 @@ pub fn is_dns1123_label(s: &str) -> bool {
         && b.last().is_some_and(alnum)
 }
 
+/// Whether `s` is a DNS-1123 subdomain: at most 253 characters of DNS-1123 labels joined by
+/// dots. Most object names (Pods, claims, Secrets) are.
+pub fn is_dns1123_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label)
+}
+
 #[cfg(test)]
 mod tests;

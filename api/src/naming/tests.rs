@@ -249,3 +249,12 @@ fn exhaustive_small_inputs_are_injective() {
         }
     }
 }
+
+#[test]
+fn dns1123_subdomain_check() {
+    assert!(is_dns1123_subdomain("disk"));
+    assert!(is_dns1123_subdomain("a.b-c.d"));
+    for bad in ["", "A", "a..b", ".a", "a.", "-a", &"a".repeat(254)] {
+        assert!(!is_dns1123_subdomain(bad), "{bad:?}");
+    }
+}

@@ -11,6 +11,9 @@
 //! `/configz`, ...) is refused: it would reach the node rather than one pod.
 
 use http::Method;
+use kvtenant_api::naming::{
+    is_dns1123_label as is_dns_label, is_dns1123_subdomain as is_dns_subdomain,
+};
 
 /// A kubelet call about one pod.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,19 +89,6 @@ const STREAM_PARAMS: &[(&str, &str)] = &[
     ("error", "stderr"),
     ("tty", "tty"),
 ];
-
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-fn is_dns_subdomain(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
-}
 
 fn is_uid(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')

@@ -3,6 +3,9 @@
 //! is asked and the tenant answered, and whose claim an upload token names.
 
 use base64::Engine as _;
+use kvtenant_api::naming::{
+    is_dns1123_label as is_dns_label, is_dns1123_subdomain as is_dns_subdomain,
+};
 use serde_json::{Value, json};
 
 use super::super::aggregated::UPLOAD;
@@ -67,19 +70,6 @@ pub fn parse(path: &str) -> Request {
         }
         _ => Request::NotFound,
     }
-}
-
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-fn is_dns_subdomain(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
 /// The API group, as cdi-apiserver lists it.
