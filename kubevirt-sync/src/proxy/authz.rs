@@ -73,10 +73,17 @@ pub async fn authorize(
     call: &Call,
     verb: &str,
 ) -> Result<Option<String>, kube::Error> {
+    ask(tenant, &review(user, call, verb)).await
+}
+
+/// Asks the tenant apiserver `review`: `Ok(None)`: allowed; `Ok(Some(reason))`: denied (reason
+/// may be empty).
+pub async fn ask(
+    tenant: &Client,
+    review: &SubjectAccessReview,
+) -> Result<Option<String>, kube::Error> {
     let api: Api<SubjectAccessReview> = Api::all(tenant.clone());
-    let result = api
-        .create(&PostParams::default(), &review(user, call, verb))
-        .await?;
+    let result = api.create(&PostParams::default(), review).await?;
     let status = result.status.unwrap_or_default();
     if status.allowed {
         Ok(None)

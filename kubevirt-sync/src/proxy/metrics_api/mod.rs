@@ -26,7 +26,7 @@ use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview};
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, ListParams, PartialObjectMeta, PostParams};
+use kube::api::{Api, ListParams, PartialObjectMeta};
 use kube::{Client, ResourceExt};
 use serde_json::Value;
 
@@ -138,11 +138,9 @@ async fn serve(
         _ => (None, None),
     };
     let sar = review(&user, resource, verb, namespace, name);
-    let reviews: Api<SubjectAccessReview> = Api::all(tenant.client.clone());
-    match reviews.create(&PostParams::default(), &sar).await {
-        Ok(r) if r.status.as_ref().is_some_and(|s| s.allowed) => {}
-        Ok(r) => {
-            let reason = r.status.and_then(|s| s.reason).unwrap_or_default();
+    match super::authz::ask(&tenant.client, &sar).await {
+        Ok(None) => {}
+        Ok(Some(reason)) => {
             let scope = namespace
                 .map(|ns| format!(" in the namespace {ns:?}"))
                 .unwrap_or_else(|| " at the cluster scope".into());

@@ -161,17 +161,9 @@ async fn create_token(
         verb: Some("create".into()),
         ..ResourceAttributes::default()
     };
-    let reviews: Api<k8s_openapi::api::authorization::v1::SubjectAccessReview> =
-        Api::all(tenant.client.clone());
-    match reviews
-        .create(
-            &kube::api::PostParams::default(),
-            &authz::review_as(&user, attributes),
-        )
-        .await
-    {
-        Ok(r) if r.status.as_ref().is_some_and(|s| s.allowed) => {}
-        Ok(_) => {
+    match authz::ask(&tenant.client, &authz::review_as(&user, attributes)).await {
+        Ok(None) => {}
+        Ok(Some(_)) => {
             return status::failure(
                 403,
                 "Forbidden",
