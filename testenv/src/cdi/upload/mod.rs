@@ -15,6 +15,7 @@ pub mod proxy;
 pub mod token;
 pub mod token_api;
 
+use crate::kubevirt::node_agent::server::common_name;
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::future::Future;
@@ -267,15 +268,6 @@ pub fn server_tls(
         .map_err(|e| tls("server config", e.to_string()))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
-}
-
-fn common_name(certs: &[CertificateDer<'_>]) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(certs.first()?.as_ref()).ok()?;
-    cert.subject()
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-        .map(str::to_string)
 }
 
 /// Accepts TLS connections until `shutdown`; `handler` gets the common name of the client's
