@@ -35,26 +35,86 @@ fn memory(vm: &DynamicObject) -> Value {
     vm.data["spec"]["template"]["spec"]["domain"]["memory"]["guest"].clone()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_tenant_snapshots_changes_and_restores_a_vm() {
+/// A host with KubeVirt's Snapshot gate and one tenant syncing `VirtualMachineSnapshot`, once
+/// the tenant serves these CRDs.
+async fn snapshot_env(tenant_controllers: bool, crds: &[&str]) -> Env {
     let env = Env::start_with_kubevirt(
         1,
-        false,
+        tenant_controllers,
         KubeVirtOptions::new().with_feature_gates(&["Snapshot"]),
     )
     .await;
     let t = &env.tenants[0];
-    let tc = t.client();
-    let hc = env.host_client();
     let kinds = default_kinds_and(&["VirtualMachineSnapshot"]);
-    patch_vc_spec(&hc, &t.vc.name, json!({"kubevirt": {"syncKinds": kinds}})).await;
-    for crd in [
-        "virtualmachinesnapshots.snapshot.kubevirt.io",
-        "virtualmachinerestores.snapshot.kubevirt.io",
-        "virtualmachinesnapshotcontents.snapshot.kubevirt.io",
-    ] {
-        wait_crd(&tc, crd).await;
+    patch_vc_spec(
+        &env.host_client(),
+        &t.vc.name,
+        json!({"kubevirt": {"syncKinds": kinds}}),
+    )
+    .await;
+    for crd in crds {
+        wait_crd(&t.client(), crd).await;
     }
+    env
+}
+
+/// The tenant's `snapshot.kubevirt.io` objects of a kind in `default`.
+fn snapshot_api(tc: &kube::Client, kind: &str, plural: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(tc.clone(), "default", &snapshot_resource(kind, plural))
+}
+
+/// Snapshots vm1 in the tenant as `name`: the tenant's snapshots, and this one once ready there.
+async fn snapshot_ready(tc: &kube::Client, name: &str) -> (Api<DynamicObject>, DynamicObject) {
+    let snaps = snapshot_api(tc, "VirtualMachineSnapshot", "virtualmachinesnapshots");
+    let snap: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "snapshot.kubevirt.io/v1beta1", "kind": "VirtualMachineSnapshot",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"source": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": "vm1"}}}))
+    .unwrap();
+    snaps.create(&PostParams::default(), &snap).await.unwrap();
+    let ready = wait_for("the snapshot ready in the tenant", WAIT, || async {
+        get(&snaps, name)
+            .await
+            .filter(|s| s.data["status"]["readyToUse"] == true)
+    })
+    .await;
+    (snaps, ready)
+}
+
+/// Restores vm1 from `snapshot` in the tenant as `back`: the restore once complete there.
+async fn restore_complete(tc: &kube::Client, snapshot: &str) -> DynamicObject {
+    let restores = snapshot_api(tc, "VirtualMachineRestore", "virtualmachinerestores");
+    let restore: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "snapshot.kubevirt.io/v1beta1", "kind": "VirtualMachineRestore",
+        "metadata": {"name": "back", "namespace": "default"},
+        "spec": {"target": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": "vm1"},
+                 "virtualMachineSnapshotName": snapshot}}))
+    .unwrap();
+    restores
+        .create(&PostParams::default(), &restore)
+        .await
+        .unwrap();
+    wait_for("the restore complete in the tenant", WAIT, || async {
+        get(&restores, "back")
+            .await
+            .filter(|r| r.data["status"]["complete"] == true)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_snapshots_changes_and_restores_a_vm() {
+    let env = snapshot_env(
+        false,
+        &[
+            "virtualmachinesnapshots.snapshot.kubevirt.io",
+            "virtualmachinerestores.snapshot.kubevirt.io",
+            "virtualmachinesnapshotcontents.snapshot.kubevirt.io",
+        ],
+    )
+    .await;
+    let t = &env.tenants[0];
+    let tc = t.client();
 
     // a stopped VM with 128Mi
     let vms: Api<DynamicObject> = Api::namespaced_with(tc.clone(), "default", &vm_resource());
@@ -68,34 +128,15 @@ async fn a_tenant_snapshots_changes_and_restores_a_vm() {
     wait_for("the VM on the host", WAIT, || get(&host_vms, "vm1")).await;
 
     // snapshot: made on the host, ready in the tenant, its content shown read-only
-    let snaps: Api<DynamicObject> = Api::namespaced_with(
-        tc.clone(),
-        "default",
-        &snapshot_resource("VirtualMachineSnapshot", "virtualmachinesnapshots"),
-    );
-    let snap: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "snapshot.kubevirt.io/v1beta1", "kind": "VirtualMachineSnapshot",
-        "metadata": {"name": "before", "namespace": "default"},
-        "spec": {"source": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": "vm1"}}}))
-    .unwrap();
-    snaps.create(&PostParams::default(), &snap).await.unwrap();
-    let ready = wait_for("the snapshot ready in the tenant", WAIT, || async {
-        get(&snaps, "before")
-            .await
-            .filter(|s| s.data["status"]["readyToUse"] == true)
-    })
-    .await;
+    let (_, ready) = snapshot_ready(&tc, "before").await;
     let content_name = ready.data["status"]["virtualMachineSnapshotContentName"]
         .as_str()
         .expect("the snapshot names its content")
         .to_string();
-    let contents: Api<DynamicObject> = Api::namespaced_with(
-        tc.clone(),
-        "default",
-        &snapshot_resource(
-            "VirtualMachineSnapshotContent",
-            "virtualmachinesnapshotcontents",
-        ),
+    let contents = snapshot_api(
+        &tc,
+        "VirtualMachineSnapshotContent",
+        "virtualmachinesnapshotcontents",
     );
     let content = wait_for("the snapshot content shown in the tenant", WAIT, || {
         get(&contents, &content_name)
@@ -131,27 +172,7 @@ async fn a_tenant_snapshots_changes_and_restores_a_vm() {
     .await;
 
     // restore: carried out on the host, taken up by the tenant's VM
-    let restores: Api<DynamicObject> = Api::namespaced_with(
-        tc.clone(),
-        "default",
-        &snapshot_resource("VirtualMachineRestore", "virtualmachinerestores"),
-    );
-    let restore: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "snapshot.kubevirt.io/v1beta1", "kind": "VirtualMachineRestore",
-        "metadata": {"name": "back", "namespace": "default"},
-        "spec": {"target": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": "vm1"},
-                 "virtualMachineSnapshotName": "before"}}))
-    .unwrap();
-    restores
-        .create(&PostParams::default(), &restore)
-        .await
-        .unwrap();
-    wait_for("the restore complete in the tenant", WAIT, || async {
-        get(&restores, "back")
-            .await
-            .filter(|r| r.data["status"]["complete"] == true)
-    })
-    .await;
+    restore_complete(&tc, "before").await;
     let restored = wait_for("the tenant VM restored", WAIT, || async {
         get(&vms, "vm1").await.filter(|v| memory(v) == "128Mi")
     })
@@ -198,24 +219,18 @@ fn volume_snapshot_resource() -> ApiResource {
 /// reaches the host's.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_vm_snapshot_of_a_claim_shows_the_hosts_volume_snapshot() {
-    let env = Env::start_with_kubevirt(
-        1,
+    let env = snapshot_env(
         true,
-        KubeVirtOptions::new().with_feature_gates(&["Snapshot"]),
+        &[
+            "virtualmachinesnapshots.snapshot.kubevirt.io",
+            "virtualmachinesnapshotcontents.snapshot.kubevirt.io",
+            "volumesnapshots.snapshot.storage.k8s.io",
+        ],
     )
     .await;
     let t = &env.tenants[0];
     let tc = t.client();
     let hc = env.host_client();
-    let kinds = default_kinds_and(&["VirtualMachineSnapshot"]);
-    patch_vc_spec(&hc, &t.vc.name, json!({"kubevirt": {"syncKinds": kinds}})).await;
-    for crd in [
-        "virtualmachinesnapshots.snapshot.kubevirt.io",
-        "virtualmachinesnapshotcontents.snapshot.kubevirt.io",
-        "volumesnapshots.snapshot.storage.k8s.io",
-    ] {
-        wait_crd(&tc, crd).await;
-    }
 
     // a claim of the host's snapshot-capable class, and a stopped VM using it
     let claim = json!({"metadata": {"name": "data", "namespace": "default"}, "spec": {
@@ -256,23 +271,7 @@ async fn a_vm_snapshot_of_a_claim_shows_the_hosts_volume_snapshot() {
     .await;
 
     // the snapshot: the host's KubeVirt snapshots the claim
-    let snaps: Api<DynamicObject> = Api::namespaced_with(
-        tc.clone(),
-        "default",
-        &snapshot_resource("VirtualMachineSnapshot", "virtualmachinesnapshots"),
-    );
-    let snap: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "snapshot.kubevirt.io/v1beta1", "kind": "VirtualMachineSnapshot",
-        "metadata": {"name": "with-data", "namespace": "default"},
-        "spec": {"source": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": "vm1"}}}))
-    .unwrap();
-    snaps.create(&PostParams::default(), &snap).await.unwrap();
-    let ready = wait_for("the snapshot ready in the tenant", WAIT, || async {
-        get(&snaps, "with-data")
-            .await
-            .filter(|s| s.data["status"]["readyToUse"] == true)
-    })
-    .await;
+    let (snaps, ready) = snapshot_ready(&tc, "with-data").await;
     assert_eq!(
         ready.data["status"]["snapshotVolumes"]["includedVolumes"],
         json!(["data"]),
@@ -338,27 +337,7 @@ async fn a_vm_snapshot_of_a_claim_shows_the_hosts_volume_snapshot() {
 
     // restore: the host's restore controller makes a claim from the VolumeSnapshot and points
     // the host VM at it; the tenant's VM takes that up
-    let restores: Api<DynamicObject> = Api::namespaced_with(
-        tc.clone(),
-        "default",
-        &snapshot_resource("VirtualMachineRestore", "virtualmachinerestores"),
-    );
-    let restore: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "snapshot.kubevirt.io/v1beta1", "kind": "VirtualMachineRestore",
-        "metadata": {"name": "back", "namespace": "default"},
-        "spec": {"target": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": "vm1"},
-                 "virtualMachineSnapshotName": "with-data"}}))
-    .unwrap();
-    restores
-        .create(&PostParams::default(), &restore)
-        .await
-        .unwrap();
-    let done = wait_for("the restore complete in the tenant", WAIT, || async {
-        get(&restores, "back")
-            .await
-            .filter(|r| r.data["status"]["complete"] == true)
-    })
-    .await;
+    let done = restore_complete(&tc, "with-data").await;
     let restored_claim = done.data["status"]["restores"][0]["persistentVolumeClaim"]
         .as_str()
         .expect("the restore names the claim it made")
