@@ -17,6 +17,8 @@
 //! - [`isolation`]: the host namespace of a tenant namespace and its isolation objects.
 //! - [`pod`]: what a Pod references, Pod Security, and its host copy's identity.
 //! - [`volumes`]: host PersistentVolumes bound to tenant claims, shown in the tenant.
+//! - [`snapshot_class`]: the VolumeSnapshotClass the host's KubeVirt takes for a VM's claims,
+//!   and `spec.vmPolicy.allowedVolumeSnapshotClasses` over it.
 //! - [`Violation`]: one reason an object is refused, with the field and what to fix.
 pub mod classes;
 pub mod cni;
@@ -31,6 +33,7 @@ pub mod pod;
 pub mod quantity;
 pub mod quota;
 pub mod runstate;
+pub mod snapshot_class;
 pub mod translate;
 pub mod vm;
 pub mod volumes;

@@ -220,6 +220,19 @@ pub struct VmPolicy {
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub allowed_instancetypes: Option<Vec<String>>,
 
+    /// Host VolumeSnapshotClasses the tenant's VirtualMachineSnapshots may use. KubeVirt has no
+    /// per-snapshot class: for each claim of the VM (PVC, DataVolume and memory-dump volumes) it
+    /// takes the class named by the CDI StorageProfile of the claim's StorageClass
+    /// (`status.snapshotClass`), else the one VolumeSnapshotClass whose driver is the
+    /// StorageClass' provisioner (of several, the one annotated
+    /// `snapshot.storage.kubernetes.io/is-default-class`). The syncer resolves the class the same
+    /// way from the host's objects and refuses (SyncRefused) a snapshot whose VM has a claim
+    /// resolving to a class not listed here, or to no class. Unset (default): any class; a list
+    /// (even empty): only those listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub allowed_volume_snapshot_classes: Option<Vec<String>>,
+
     /// Most vCPUs (sockets × cores × threads) one VM may have. Unset: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
@@ -255,6 +268,13 @@ impl VmPolicy {
     /// Whether a host PriorityClass may be named.
     pub fn priority_class_allowed(&self, name: &str) -> bool {
         self.allowed_priority_classes.iter().any(|n| n == name)
+    }
+
+    /// Whether a host VolumeSnapshotClass may be used by the tenant's VM snapshots.
+    pub fn volume_snapshot_class_allowed(&self, name: &str) -> bool {
+        self.allowed_volume_snapshot_classes
+            .as_ref()
+            .is_none_or(|allowed| allowed.iter().any(|n| n == name))
     }
 
     /// Whether a cluster-wide instancetype may be used.

@@ -128,6 +128,13 @@ fn full_spec_round_trips() {
         ..VmPolicy::default()
     };
     assert!(!none.instancetype_allowed("u1.small"));
+    assert!(VmPolicy::default().volume_snapshot_class_allowed("anything"));
+    let gold = VmPolicy {
+        allowed_volume_snapshot_classes: Some(vec!["gold".into()]),
+        ..VmPolicy::default()
+    };
+    assert!(gold.volume_snapshot_class_allowed("gold"));
+    assert!(!gold.volume_snapshot_class_allowed("silver"));
 }
 
 #[test]

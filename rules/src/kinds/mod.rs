@@ -327,6 +327,20 @@ pub trait SyncedKind: Send + Sync {
             .unwrap_or_default()
     }
 
+    /// Whether the object's first host copy may be made given the host's storage, read through
+    /// `host` (VirtualMachineSnapshots: the VolumeSnapshotClasses of the VM's claims against
+    /// `spec.vmPolicy.allowedVolumeSnapshotClasses`, [`crate::snapshot_class::decide`]). Asked
+    /// by the syncer only, before the host copy exists; the webhooks cannot see the host's
+    /// storage.
+    fn host_storage_decision(
+        &self,
+        _obj: &Value,
+        _policy: &Policy,
+        _host: &dyn crate::snapshot_class::HostStorage,
+    ) -> crate::snapshot_class::Decision {
+        crate::snapshot_class::Decision::Allowed
+    }
+
     /// The merge patch taking a host-side change of tenant-owned fields up to the tenant, when
     /// the host copy differs from what kvtenant would write (`desired`) only by such a change
     /// (start/stop through the host's virt-api). `None`: any difference is drift to repair.

@@ -11,6 +11,10 @@
 //! the host's spec (but for what kvtenant itself sets in the VMI template: node placement and
 //! DNS) and records the marker under kvtenant's own key (the VM policy passes no unknown KubeVirt
 //! annotation), instead of the host VM being reverted.
+//!
+//! A snapshot's first host copy waits for `spec.vmPolicy.allowedVolumeSnapshotClasses`: the
+//! VolumeSnapshotClass the host's KubeVirt takes for each claim of the VM must be listed
+//! ([`crate::snapshot_class`]).
 
 use kube::api::DynamicObject;
 use kvtenant_api::SyncKind;
@@ -19,6 +23,7 @@ use kvtenant_api::labels::SPEC_HASH;
 use serde_json::{Map, Value, json};
 
 use super::{ApiKind, Enablement, SyncedKind};
+use crate::snapshot_class::{Decision, HostStorage};
 use crate::vm::size::GuestSize;
 use crate::{Policy, Violation};
 
@@ -46,6 +51,20 @@ impl SyncedKind for VirtualMachineSnapshot {
     }
     fn sync_kind(&self) -> Option<SyncKind> {
         Some(SyncKind::VirtualMachineSnapshot)
+    }
+    /// `spec.vmPolicy.allowedVolumeSnapshotClasses` over the classes the host's KubeVirt takes
+    /// for the VM's claims.
+    fn host_storage_decision(
+        &self,
+        obj: &Value,
+        policy: &Policy,
+        host: &dyn HostStorage,
+    ) -> Decision {
+        crate::snapshot_class::decide(
+            obj,
+            policy.vm.allowed_volume_snapshot_classes.as_deref(),
+            host,
+        )
     }
 }
 
