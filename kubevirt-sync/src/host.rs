@@ -76,6 +76,9 @@ pub struct Host {
     pub kubelet: Arc<RwLock<Option<KubeletEndpoint>>>,
     /// The host's own address ranges, which tenant EndpointSlices may not point at.
     pub networks: Arc<crate::host_networks::Shared>,
+    /// The host's StorageClasses, VolumeSnapshotClasses and StorageProfiles, watched from the
+    /// first snapshot a VolumeSnapshotClass policy applies to.
+    pub storage: crate::host_storage::SnapshotClassWatch,
 }
 
 impl Host {
@@ -105,6 +108,7 @@ impl Host {
         }
         let host = Arc::new(Self {
             crds: crate::crds::HostCrds::new(client.clone()),
+            storage: crate::host_storage::SnapshotClassWatch::new(client.clone()),
             client,
             ready: stores.iter().map(|_| AtomicBool::new(false)).collect(),
             made_ready: made.iter().map(|m| AtomicBool::new(m.is_none())).collect(),

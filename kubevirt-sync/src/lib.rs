@@ -21,6 +21,7 @@ pub mod error;
 pub mod guard;
 pub mod host;
 pub mod host_networks;
+pub mod host_storage;
 pub mod isolation;
 pub mod metrics;
 pub mod plan;

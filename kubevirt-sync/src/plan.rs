@@ -60,6 +60,7 @@ use kvtenant_rules::{Policy, Violation};
 use serde_json::Value;
 
 mod mirror;
+mod storage;
 
 /// How long to wait for a host-made object's owner to be mirrored first.
 pub const OWNER_WAIT: Duration = Duration::from_millis(500);
@@ -67,6 +68,9 @@ pub const OWNER_WAIT: Duration = Duration::from_millis(500);
 pub const CONFLICT_WAIT: Duration = Duration::from_millis(200);
 /// How long a pod's host copy waits for the tenant's DNS to have an address.
 pub const DNS_WAIT: Duration = Duration::from_millis(500);
+/// How long a first host copy waits for the host's storage classes to be listed, or for a
+/// claim it depends on to reach the host (a VM snapshot's VolumeSnapshotClass policy).
+pub const STORAGE_WAIT: Duration = Duration::from_secs(1);
 
 /// What the plan needs to know besides the two objects; the tenant implements it over its caches.
 pub trait View {
@@ -101,6 +105,22 @@ pub trait View {
     fn host_uid(&self, kind: &str, host_namespace: &str, name: &str) -> Option<String>;
     /// The uid of a tenant object, by kind name.
     fn tenant_uid(&self, kind: &str, namespace: &str, name: &str) -> Option<String>;
+    /// The host object of this kind and name in the tenant namespace's host namespace, from the
+    /// cache.
+    fn host_object(&self, _kind: &Kind, _namespace: &str, _name: &str) -> Option<DynamicObject> {
+        None
+    }
+    /// The host objects of this kind in the tenant namespace's host namespace, from the cache.
+    fn host_objects_in(&self, _kind: &Kind, _namespace: &str) -> Vec<DynamicObject> {
+        Vec::new()
+    }
+    /// The host's StorageClasses, VolumeSnapshotClasses and StorageProfiles, `None` until
+    /// listed.
+    fn host_storage_classes(
+        &self,
+    ) -> Option<std::sync::Arc<kvtenant_rules::snapshot_class::HostClasses>> {
+        None
+    }
 }
 
 /// Which way a key syncs, for the latency metric.
@@ -339,6 +359,16 @@ fn plan_down(
     if !violations.is_empty() {
         return p.with(Step::Refuse(violations));
     }
+    // what the host's storage decides, before the first host copy only (a VM snapshot's
+    // VolumeSnapshotClasses: once on the host, KubeVirt has taken them)
+    if h.is_none() {
+        use kvtenant_rules::snapshot_class::Decision;
+        match kind.host_storage_decision(&read, &policy, &storage::ViewStorage(view)) {
+            Decision::Allowed => {}
+            Decision::Refused(v) => return p.with(Step::Refuse(v)),
+            Decision::Wait => return p.wait(STORAGE_WAIT),
+        }
+    }
     let mut p = p;
     let mut deps = kind.references(&t.data);
     deps.extend(owner);
@@ -533,5 +563,7 @@ mod tests_endpoints;
 mod tests_mirror;
 #[cfg(test)]
 mod tests_pods;
+#[cfg(test)]
+mod tests_storage;
 #[cfg(test)]
 mod tests_volumes;

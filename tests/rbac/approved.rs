@@ -88,7 +88,11 @@ pub const SYNCER_CLUSTER: &[&str] = &[
     "serviceaccounts [] [] [get list watch create update patch delete]",
     "servicecidrs.networking.k8s.io [] [] [list]",
     "services [] [] [get list watch create update patch delete]",
-    "storageclasses.storage.k8s.io [] [] [get list]",
+    // watch: with the VolumeSnapshotClasses and StorageProfiles below, the VolumeSnapshotClass
+    // of a tenant VM's claims (spec.vmPolicy.allowedVolumeSnapshotClasses; added 2026-12-06)
+    "storageclasses.storage.k8s.io [] [] [get list watch]",
+    // the host's CDI StorageProfiles, read for the same (added 2026-12-06)
+    "storageprofiles.cdi.kubevirt.io [] [] [get list watch]",
     // virtctl image-upload: upload tokens of the host's CDI for the tenants' claims, asked in
     // their host namespaces only (checked by the proxy; added 2026-12-06)
     "uploadtokenrequests.upload.cdi.kubevirt.io [] [] [create]",
@@ -154,6 +158,9 @@ pub const SYNCER_CLUSTER: &[&str] = &[
     "virtualmachines.subresources.kubevirt.io/stop [] [] [update]",
     // the CSI VolumeSnapshots of VMs' claims the host's KubeVirt makes, shown read-only
     // (added 2026-12-06)
+    // the host's VolumeSnapshotClasses, read for the VolumeSnapshotClass of a tenant VM's
+    // claims (spec.vmPolicy.allowedVolumeSnapshotClasses; added 2026-12-06)
+    "volumesnapshotclasses.snapshot.storage.k8s.io [] [] [get list watch]",
     "volumesnapshots.snapshot.storage.k8s.io [] [] [get list watch]",
 ];
 

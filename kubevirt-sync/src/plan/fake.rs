@@ -28,6 +28,10 @@ pub struct Fake {
     pub mapped_in: bool,
     /// What `tenant_object` finds, by kind and name.
     pub tenant_objects: HashMap<(String, String), DynamicObject>,
+    /// What `host_object` finds, by kind and name.
+    pub host_objects: HashMap<(String, String), DynamicObject>,
+    /// What `host_storage_classes` answers.
+    pub storage_classes: Option<std::sync::Arc<kvtenant_rules::snapshot_class::HostClasses>>,
 }
 
 impl Fake {
@@ -50,6 +54,8 @@ impl Fake {
             host_uids: HashMap::new(),
             tenant_uids: HashMap::new(),
             tenant_objects: HashMap::new(),
+            host_objects: HashMap::new(),
+            storage_classes: None,
         }
     }
     pub fn host_ns(&self) -> String {
@@ -101,6 +107,23 @@ impl View for Fake {
     }
     fn tenant_uid(&self, kind: &str, _: &str, name: &str) -> Option<String> {
         self.tenant_uids.get(&(kind.into(), name.into())).cloned()
+    }
+    fn host_object(&self, kind: &Kind, _: &str, name: &str) -> Option<DynamicObject> {
+        self.host_objects
+            .get(&(kind.name().into(), name.into()))
+            .cloned()
+    }
+    fn host_objects_in(&self, kind: &Kind, _: &str) -> Vec<DynamicObject> {
+        self.host_objects
+            .iter()
+            .filter(|((k, _), _)| k == kind.name())
+            .map(|(_, o)| o.clone())
+            .collect()
+    }
+    fn host_storage_classes(
+        &self,
+    ) -> Option<std::sync::Arc<kvtenant_rules::snapshot_class::HostClasses>> {
+        self.storage_classes.clone()
     }
 }
 

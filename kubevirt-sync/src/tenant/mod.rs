@@ -625,4 +625,26 @@ impl View for Tenant {
             .uid
             .clone()
     }
+
+    fn host_object(&self, kind: &Kind, namespace: &str, name: &str) -> Option<DynamicObject> {
+        let host_ns = self.vc.host_namespace(namespace);
+        self.host
+            .get(kind.id, &host_ns, name)
+            .map(|o| DynamicObject::clone(&o))
+    }
+
+    fn host_objects_in(&self, kind: &Kind, namespace: &str) -> Vec<DynamicObject> {
+        let host_ns = self.vc.host_namespace(namespace);
+        self.host
+            .objects_in(kind.id, &host_ns)
+            .iter()
+            .map(|o| DynamicObject::clone(o))
+            .collect()
+    }
+
+    fn host_storage_classes(
+        &self,
+    ) -> Option<std::sync::Arc<kvtenant_rules::snapshot_class::HostClasses>> {
+        self.host.storage.get()
+    }
 }
