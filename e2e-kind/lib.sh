@@ -22,6 +22,8 @@ CLUSTER_NAME="${KVTENANT_KIND_CLUSTER:-kvtenant}"
 VC_NAME="${KVTENANT_E2E_VC:-demo}"
 VC_NAMESPACE="vc-${VC_NAME}"
 IMAGE="kvtenant:dev"
+# the node port of kvtenant's upload route (virtctl image-upload from this machine)
+UPLOAD_NODE_PORT=31443
 
 E2E_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT_DIR="$(cd "${E2E_DIR}/.." && pwd)"

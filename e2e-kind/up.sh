@@ -40,7 +40,7 @@ hk apply --server-side -f "${KUBEVIRT_OPERATOR_URL}"
 hk wait crd/kubevirts.kubevirt.io --for condition=Established --timeout=2m
 hk apply --server-side -f "${KUBEVIRT_CR_URL}"
 hk -n kubevirt patch kubevirt kubevirt --type merge \
-  -p '{"spec":{"configuration":{"developerConfiguration":{"useEmulation":true,"featureGates":["Snapshot"]}}}}'
+  -p '{"spec":{"configuration":{"developerConfiguration":{"useEmulation":true,"featureGates":["Snapshot","VMExport"]}}}}'
 hk -n kubevirt wait kubevirt/kubevirt --for condition=Available --timeout=20m
 
 log "CDI ${CDI_VERSION}"
@@ -53,8 +53,33 @@ log "image ${IMAGE}"
 docker build -t "${IMAGE}" "${ROOT_DIR}"
 kind load docker-image "${IMAGE}" --name "${CLUSTER_NAME}"
 
+node_ip="$(hk get node "${CLUSTER_NAME}-control-plane" \
+  -o jsonpath='{.status.addresses[?(@.type=="InternalIP")].address}')"
+[[ -n "${node_ip}" ]] || die "could not read the InternalIP of node ${CLUSTER_NAME}-control-plane"
+
 log "kvtenant (deploy/overlays/kind)"
 hk apply --server-side -k "${ROOT_DIR}/deploy/overlays/kind"
+# tenants' virtctl image-upload reaches kvtenant's upload route (the syncer's proxy port) on
+# the node's IP, and each virtual cluster's CDIConfig names that address (--cdi-upload-url)
+hk apply --server-side -f - <<UPLOAD
+apiVersion: v1
+kind: Service
+metadata:
+  name: kvtenant-upload
+  namespace: kvtenant-system
+spec:
+  type: NodePort
+  selector:
+    app.kubernetes.io/name: kvtenant
+    app.kubernetes.io/component: syncer
+  ports:
+    - name: https
+      port: 443
+      targetPort: proxy
+      nodePort: ${UPLOAD_NODE_PORT}
+UPLOAD
+hk -n kvtenant-system set env deployment/kvtenant-syncer \
+  "KVTENANT_CDI_UPLOAD_URL=https://${node_ip}:${UPLOAD_NODE_PORT}"
 # the tag stays kvtenant:dev across rebuilds: restart so the pods run the image just loaded
 hk -n kvtenant-system rollout restart deployment/kvtenant-controller deployment/kvtenant-syncer
 hk -n kvtenant-system rollout status deployment/kvtenant-controller --timeout=5m
@@ -68,16 +93,13 @@ log "VirtualCluster ${VC_NAMESPACE}/${VC_NAME}"
 if hk -n "${VC_NAMESPACE}" get virtualcluster "${VC_NAME}" >/dev/null 2>&1; then
   echo "exists; reusing it"
 else
-  node_ip="$(hk get node "${CLUSTER_NAME}-control-plane" \
-    -o jsonpath='{.status.addresses[?(@.type=="InternalIP")].address}')"
-  [[ -n "${node_ip}" ]] || die "could not read the InternalIP of node ${CLUSTER_NAME}-control-plane"
   # NodePort on the node's IP: reachable from the kvtenant pods and from this (Linux) machine
   cat >"${STATE_DIR}/values.yaml" <<VALUES
 expose:
   type: NodePort
   extraSANs: ["${node_ip}"]
 kubevirt:
-  syncKinds: [VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceMigration, VirtualMachinePool, VirtualMachineClone, DataVolume, VirtualMachineSnapshot]
+  syncKinds: [VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceMigration, VirtualMachinePool, VirtualMachineClone, DataVolume, VirtualMachineSnapshot, VirtualMachineExport]
 VALUES
   "${KVTENANT}" --kubeconfig "${HOST_KUBECONFIG}" create "${VC_NAME}" \
     -n "${VC_NAMESPACE}" -f "${STATE_DIR}/values.yaml" --timeout 900

@@ -59,12 +59,18 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         host.url()
     );
     let hc = host.client()?;
-    // the Snapshot feature gate on, so tenants can snapshot and restore VMs
-    let kubevirt = KubeVirt::start(
-        &host,
-        KubeVirtOptions::new().with_feature_gates(&["Snapshot"]),
-    )
-    .await?;
+    // the Snapshot feature gate on, so tenants can snapshot and restore VMs, and VMExport when
+    // virt-controller's export CA can be written to its fixed path
+    let export_ca = testenv::kubevirt::export_ca::ensure();
+    if let Err(e) = &export_ca {
+        eprintln!(
+            "kvtenant dev: VM exports off (KubeVirt's VMExport gate needs its CA in {}: {e})",
+            testenv::kubevirt::export_ca::DIR
+        );
+    }
+    let gates = feature_gates(export_ca.is_ok());
+    let kubevirt =
+        KubeVirt::start(&host, KubeVirtOptions::new().with_feature_gates(&gates)).await?;
     eprintln!(
         "[{:>5.1}s] KubeVirt {} running (real virt-api and virt-controller; simulated nodes {:?}, virt-handler and CDI)",
         started.elapsed().as_secs_f64(),
@@ -208,6 +214,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     );
     println!("  tenant kubeconfig: {}", shown.display());
     println!("  host kubeconfig:   {}", host.kubeconfig_path().display());
+    println!(
+        "  {PORT_FORWARD_LINE} 127.0.0.1:{}     (SIMULATED pods: kwok forwards every pod port-forward here)",
+        kubevirt.layout().port_forward_target
+    );
     println!();
     println!("Try:");
     println!(
@@ -276,6 +286,21 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How `kvtenant dev` names the address kwok forwards pod port-forwards to (the e2e scenarios
+/// answer there as an exporter pod would).
+pub const PORT_FORWARD_LINE: &str = "pod port-forwards:";
+
+/// The host KubeVirt's feature gates: Snapshot always, VMExport only when virt-controller's
+/// export CA is in place (`export_ca`: it lives at a fixed path under /etc, which only root may
+/// write; without it virt-controller cannot sign exporters).
+fn feature_gates(export_ca: bool) -> Vec<&'static str> {
+    if export_ca {
+        vec!["Snapshot", testenv::kubevirt::export_ca::GATE]
+    } else {
+        vec!["Snapshot"]
+    }
+}
+
 /// The runner for kvtenant's control-plane pods (their label; etcd's undeclared pod-local
 /// ports).
 fn runner_options() -> anyhow::Result<testenv::runner::RunnerOptions> {
@@ -326,4 +351,15 @@ pub fn expose_policy() -> [serde_json::Value; 2] {
             "spec": {"policyName": EXPOSE_POLICY},
         }),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::feature_gates;
+
+    #[test]
+    fn exports_are_on_only_with_the_export_ca() {
+        assert_eq!(feature_gates(true), ["Snapshot", "VMExport"]);
+        assert_eq!(feature_gates(false), ["Snapshot"]);
+    }
 }

@@ -18,10 +18,13 @@ fn target() -> scenarios::Target {
         vm_pods: true,
         // e2e-kind/test.sh downloads KubeVirt's virtctl release and sets VIRTCTL
         virtctl: std::env::var("VIRTCTL").ok().map(Into::into),
+        // the host's real exporter pods answer port-forwards
+        simulated_exporter_port: None,
     }
 }
 
-/// The scenarios in order, on one virtual cluster (2, 3, 5 and 6 use scenario 1's VM).
+/// The scenarios in order, on one virtual cluster (2, 3, 5 and 6 use scenario 1's VM; 9
+/// exports the disk 8 uploaded).
 #[test]
 #[ignore = "needs the kind cluster of e2e-kind/up.sh"]
 fn scenarios_pass_on_real_kubevirt() {
@@ -33,5 +36,7 @@ fn scenarios_pass_on_real_kubevirt() {
     t.service();
     t.rbac();
     t.snapshot_restore();
+    t.upload();
+    t.export_download();
     t.cleanup();
 }

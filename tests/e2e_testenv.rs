@@ -12,6 +12,10 @@ use std::time::Duration;
 
 use testenv::testing::InterruptOnDrop;
 
+/// What `kvtenant dev` prints before the address kwok forwards pod port-forwards to
+/// (`dev::PORT_FORWARD_LINE`).
+const PORT_FORWARDS: &str = "pod port-forwards:";
+
 #[test]
 fn scenarios_pass_on_testenv_with_real_kubevirt_and_simulated_nodes() {
     let dir = tempfile::tempdir().unwrap();
@@ -24,10 +28,18 @@ fn scenarios_pass_on_testenv_with_real_kubevirt_and_simulated_nodes() {
         .unwrap();
     let mut dev = InterruptOnDrop(child);
     let mut host_kc = None;
+    let mut port_forwards = None;
     for line in BufReader::new(dev.0.stdout.take().unwrap()).lines() {
         let line = line.unwrap();
         if let Some(path) = line.trim().strip_prefix("host kubeconfig:") {
             host_kc = Some(path.trim().to_string());
+        }
+        if let Some(addr) = line.trim().strip_prefix(PORT_FORWARDS) {
+            let port = addr
+                .split_whitespace()
+                .next()
+                .and_then(|a| a.rsplit(':').next());
+            port_forwards = port.and_then(|p| p.parse::<u16>().ok());
         }
         if line.starts_with("Press Ctrl-C") {
             break;
@@ -44,6 +56,10 @@ fn scenarios_pass_on_testenv_with_real_kubevirt_and_simulated_nodes() {
         vm_pods: true,
         // the real virtctl, built with KubeVirt (cached by `kvtenant dev` above)
         virtctl: Some(testenv::binaries::ensure_kubevirt().unwrap().virtctl),
+        // kwok forwards the (simulated) exporter pod's port-forward here
+        simulated_exporter_port: Some(
+            port_forwards.expect("dev prints where pod port-forwards go"),
+        ),
     };
     t.vm_boots();
     t.console_answers();
@@ -52,5 +68,7 @@ fn scenarios_pass_on_testenv_with_real_kubevirt_and_simulated_nodes() {
     t.service();
     t.rbac();
     t.snapshot_restore();
+    t.upload();
+    t.export_download();
     t.cleanup();
 }

@@ -21,8 +21,10 @@ use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
+mod exports;
 mod snapshots;
 mod steps;
+mod uploads;
 
 /// KubeVirt's subresource API, as virtctl calls it.
 const SUB: &str = "/apis/subresources.kubevirt.io/v1/namespaces/default";
@@ -37,9 +39,24 @@ pub struct Target {
     /// simulated virt-launcher pods (Ready, with an IP) on testenv.
     pub vm_pods: bool,
     /// The real virtctl, for stop/start as a tenant runs them (through the tenant apiserver and
-    /// kvtenant's subresource proxy); without it the scenario patches the run strategy.
+    /// kvtenant's subresource proxy); without it the scenario patches the run strategy. The
+    /// upload and export scenarios need it.
     pub virtctl: Option<PathBuf>,
+    /// Where pod port-forwards end when the host's pods are simulated (testenv: kwok forwards
+    /// every one to this local port, `kvtenant dev` prints it): the export scenario answers
+    /// there as virt-exportserver would (**simulated**, `testenv::kubevirt::exporter`). `None`
+    /// (kind): the host's real exporter pod answers.
+    pub simulated_exporter_port: Option<u16>,
 }
+
+/// The default `spec.kubevirt.syncKinds` (kvtenant's `SyncKind::DEFAULT`).
+const DEFAULT_KINDS: &[&str] = &[
+    "VirtualMachine",
+    "VirtualMachineInstance",
+    "VirtualMachineInstanceMigration",
+    "VirtualMachinePool",
+    "VirtualMachineClone",
+];
 
 type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
@@ -300,11 +317,103 @@ impl Target {
 
     /// The host namespace holding a tenant VM, found by kvtenant's identity annotation.
     fn host_namespace_of(&self, tenant_uid: &str) -> Option<String> {
-        let list = json(&self.host_kubeconfig, &["get", "vm", "-A"])?;
-        list["items"].as_array()?.iter().find_map(|vm| {
-            (vm["metadata"]["annotations"]["tenancy.kvtenant.io/tenant-uid"] == tenant_uid)
-                .then(|| vm["metadata"]["namespace"].as_str().map(str::to_string))
+        self.host_namespace_of_a("vm", tenant_uid)
+    }
+
+    /// The host namespace holding the tenant object of `resource` with that uid.
+    fn host_namespace_of_a(&self, resource: &str, tenant_uid: &str) -> Option<String> {
+        let list = json(&self.host_kubeconfig, &["get", resource, "-A"])?;
+        list["items"].as_array()?.iter().find_map(|o| {
+            (o["metadata"]["annotations"]["tenancy.kvtenant.io/tenant-uid"] == tenant_uid)
+                .then(|| o["metadata"]["namespace"].as_str().map(str::to_string))
                 .flatten()
         })
+    }
+
+    /// The real virtctl against the tenant kubeconfig; `Ok`: its output.
+    fn virtctl(&self, args: &[&str]) -> Result<String, String> {
+        let virtctl = self
+            .virtctl
+            .as_ref()
+            .expect("this scenario runs the real virtctl: set Target::virtctl (VIRTCTL on kind)");
+        let out = Command::new(virtctl)
+            .arg("--kubeconfig")
+            .arg(&self.tenant_kubeconfig)
+            .args(args)
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", virtctl.display()))?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if out.status.success() {
+            Ok(text)
+        } else {
+            Err(text)
+        }
+    }
+
+    /// The (one) VirtualCluster on the host.
+    fn virtual_cluster(&self) -> Value {
+        let list = json(&self.host_kubeconfig, &["get", "virtualclusters", "-A"])
+            .expect("the host's VirtualClusters");
+        list["items"]
+            .as_array()
+            .and_then(|i| i.first())
+            .expect("a VirtualCluster on the host")
+            .clone()
+    }
+
+    /// Merge-patches the VirtualCluster's spec on the host (as its platform admin would).
+    fn patch_vc_spec(&self, spec: &Value) {
+        let vc = self.virtual_cluster();
+        let patch = serde_json::json!({ "spec": spec });
+        kubectl(
+            &self.host_kubeconfig,
+            &[
+                "patch",
+                "virtualcluster",
+                vc["metadata"]["name"].as_str().unwrap_or_default(),
+                "-n",
+                vc["metadata"]["namespace"].as_str().unwrap_or_default(),
+                "--type",
+                "merge",
+                "-p",
+                &patch.to_string(),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("patching the VirtualCluster's spec with {spec}: {e}"));
+    }
+
+    /// Adds `kinds` to the VirtualCluster's `spec.kubevirt.syncKinds` on the host (kinds only
+    /// grow: later scenarios keep what earlier ones turned on).
+    fn add_sync_kinds(&self, add: &[&str]) {
+        let vc = self.virtual_cluster();
+        let mut kinds: Vec<String> = vc["spec"]["kubevirt"]["syncKinds"]
+            .as_array()
+            .map(|k| {
+                k.iter()
+                    .filter_map(|k| k.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_else(|| DEFAULT_KINDS.iter().map(|k| k.to_string()).collect());
+        let missing: Vec<&str> = add
+            .iter()
+            .copied()
+            .filter(|a| !kinds.iter().any(|k| k == a))
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        kinds.extend(missing.iter().map(|k| k.to_string()));
+        self.patch_vc_spec(&serde_json::json!({"kubevirt": {"syncKinds": kinds}}));
+    }
+
+    /// Waits until the tenant serves the CRD `name` (mirrored by the syncer).
+    fn tenant_crd(&self, name: &str) {
+        self.wait(&format!("the CRD {name} in the tenant"), || {
+            kubectl(&self.tenant_kubeconfig, &["get", "crd", name]).ok()
+        });
     }
 }

@@ -20,25 +20,10 @@ const RESTORE: &str = r#"{"apiVersion": "snapshot.kubevirt.io/v1beta1", "kind": 
  "spec": {"target": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": "vm-snap"},
           "virtualMachineSnapshotName": "vm-snap-before"}}"#;
 
-/// The default `spec.kubevirt.syncKinds` (kvtenant's `SyncKind::DEFAULT`).
-const DEFAULT_KINDS: &[&str] = &[
-    "VirtualMachine",
-    "VirtualMachineInstance",
-    "VirtualMachineInstanceMigration",
-    "VirtualMachinePool",
-    "VirtualMachineClone",
-];
-
 impl Target {
     pub fn snapshot_restore(&self) {
-        self.enable_snapshots();
-        self.wait("the snapshot CRDs in the tenant", || {
-            kubectl(
-                &self.tenant_kubeconfig,
-                &["get", "crd", "virtualmachinesnapshots.snapshot.kubevirt.io"],
-            )
-            .ok()
-        });
+        self.add_sync_kinds(&["VirtualMachineSnapshot"]);
+        self.tenant_crd("virtualmachinesnapshots.snapshot.kubevirt.io");
         kubectl_input(&self.tenant_kubeconfig, &["apply", "-f", "-"], VM)
             .unwrap_or_else(|e| panic!("the VM vm-snap: {e}"));
         let uid = self.tenant_uid("vm", "vm-snap");
@@ -128,44 +113,5 @@ impl Target {
                 ],
             );
         }
-    }
-
-    /// Adds `VirtualMachineSnapshot` to the (one) VirtualCluster's synced kinds on the host.
-    fn enable_snapshots(&self) {
-        let list = json(&self.host_kubeconfig, &["get", "virtualclusters", "-A"])
-            .expect("the host's VirtualClusters");
-        let vc = list["items"]
-            .as_array()
-            .and_then(|i| i.first())
-            .expect("a VirtualCluster on the host")
-            .clone();
-        let mut kinds: Vec<String> = vc["spec"]["kubevirt"]["syncKinds"]
-            .as_array()
-            .map(|k| {
-                k.iter()
-                    .filter_map(|k| k.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_else(|| DEFAULT_KINDS.iter().map(|k| k.to_string()).collect());
-        if kinds.iter().any(|k| k == "VirtualMachineSnapshot") {
-            return;
-        }
-        kinds.push("VirtualMachineSnapshot".into());
-        let patch = serde_json::json!({"spec": {"kubevirt": {"syncKinds": kinds}}});
-        kubectl(
-            &self.host_kubeconfig,
-            &[
-                "patch",
-                "virtualcluster",
-                vc["metadata"]["name"].as_str().unwrap_or_default(),
-                "-n",
-                vc["metadata"]["namespace"].as_str().unwrap_or_default(),
-                "--type",
-                "merge",
-                "-p",
-                &patch.to_string(),
-            ],
-        )
-        .unwrap_or_else(|e| panic!("enabling snapshots in the VirtualCluster: {e}"));
     }
 }

@@ -1,6 +1,6 @@
 //! The scenarios themselves, each a method of [`Target`] run in this order by both runners:
 //! VM boots, console, stop/start, DataVolume, Service, RBAC, then snapshot and restore
-//! (`snapshots.rs`), cleanup.
+//! (`snapshots.rs`), disk upload (`uploads.rs`), export and download (`exports.rs`), cleanup.
 
 use super::*;
 
@@ -368,6 +368,18 @@ impl Target {
 
     /// Removes what the scenarios created.
     pub fn cleanup(&self) {
+        let _ = kubectl(
+            &self.tenant_kubeconfig,
+            &[
+                "delete",
+                "datavolumes.cdi.kubevirt.io",
+                super::uploads::UPLOAD_DV,
+                "-n",
+                "default",
+                "--ignore-not-found",
+                "--wait=false",
+            ],
+        );
         for file in [
             "rbac-console.yaml",
             "service-vm.yaml",

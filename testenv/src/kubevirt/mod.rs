@@ -17,6 +17,7 @@
 //! SIGINT/SIGTERM (see [`crate::process`]).
 
 pub mod export_ca;
+pub mod exporter;
 pub mod identity;
 pub mod install;
 pub mod metrics_server;
