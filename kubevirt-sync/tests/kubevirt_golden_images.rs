@@ -1,7 +1,7 @@
 //! Golden images for tenants: the host's CDI DataSources `spec.vmPolicy.allowedDataSources`
 //! allows, shown read-only in the tenant under the same namespace and name, and usable as a
 //! DataVolume's `sourceRef` and as a VM's `dataVolumeTemplates` `sourceRef`, with the
-//! DataImportCrons that keep them up to date. KubeVirt's
+//! DataImportCrons that keep them up to date and their last import. KubeVirt's
 //! virt-api and virt-controller are real: the host's virt-controller resolves the DataSource
 //! (to the claim it points at) and checks the clone right of the VM's namespace (the SubjectAccessReview KubeVirt makes,
 //! answered by the RoleBinding a host with golden images has) before it creates the
@@ -185,6 +185,51 @@ async fn tenants_clone_the_allowed_golden_images_and_no_other() {
     assert_eq!(
         cron.labels().get(HOST_OBJECT).map(String::as_str),
         Some("true")
+    );
+    // its last import shown: no DataImportCron controller runs here (simulated CDI), so the test
+    // writes the status CDI v1.64.0's writes after an import (DataImportCron's CRD has no
+    // status subresource; the fallback CRD of a testenv without CDI's CRDs has one)
+    let imported = json!({"status": {
+        "currentImports": [{"DataVolumeName": "fedora-44", "Digest": "sha256:44"}],
+        "lastImportedPVC": {"namespace": "os-images", "name": "fedora-43"},
+        "lastImportTimestamp": "2026-12-06T10:00:00Z",
+        "lastExecutionTimestamp": "2026-12-06T12:00:00Z",
+        "sourceFormat": "pvc",
+        "conditions": [{"type": "UpToDate", "status": "False", "reason": "InProgress",
+            "message": "Import is progressing",
+            "lastTransitionTime": "2026-12-06T12:00:00Z",
+            "lastHeartbeatTime": "2026-12-06T12:00:00Z"}]}});
+    let patched = host_crons
+        .patch(
+            "fedora-updates",
+            &PatchParams::default(),
+            &Patch::Merge(&imported),
+        )
+        .await
+        .unwrap();
+    if patched.data["status"].is_null() {
+        host_crons
+            .patch_status(
+                "fedora-updates",
+                &PatchParams::default(),
+                &Patch::Merge(&imported),
+            )
+            .await
+            .unwrap();
+    }
+    let cron = wait_for("the last import shown in the tenant", WAIT, || async {
+        get(&tenant_crons, "fedora-updates")
+            .await
+            .filter(|c| c.data["status"]["lastImportedPVC"]["name"] == "fedora-43")
+    })
+    .await;
+    let status = &cron.data["status"];
+    assert_eq!(status["lastImportTimestamp"], "2026-12-06T10:00:00Z");
+    assert_eq!(status["conditions"][0]["type"], "UpToDate");
+    assert_eq!(status["conditions"][0]["message"], "Import is progressing");
+    assert!(
+        status.get("currentImports").is_none(),
+        "the host's DataVolume in progress not named: {status}"
     );
     let tenant_sources: Api<DynamicObject> =
         Api::namespaced_with(tc.clone(), "os-images", &cdi("DataSource", "datasources"));

@@ -4,7 +4,8 @@
 //! `networks[].multus.networkName`) and the CDI DataSources of `spec.vmPolicy.allowedDataSources`
 //! (golden images, a DataVolume's `sourceRef`), with the DataImportCrons that keep those
 //! DataSources up to date (`spec.managedDataSource` naming an allowed one: the schedule and
-//! registry the image comes from). kvtenant creates the tenant namespace when it is
+//! registry the image comes from, and what [`cron_status`] keeps of their status: the last
+//! import). kvtenant creates the tenant namespace when it is
 //! missing, reverts the tenant's edits and deletes, and removes copies no longer allowed; the
 //! copies carry [`HOST_OBJECT`] and are never synced down (`kubevirt-sync/src/plan.rs`).
 
@@ -131,14 +132,15 @@ pub fn is_shown(labels: Option<&std::collections::BTreeMap<String, String>>) -> 
 }
 
 /// The tenant's read-only copy of a host object: its spec (a network's CNI config, a
-/// DataSource's source, a DataImportCron's schedule and registry), under the same namespace and name, with kvtenant's labels; no status,
-/// no host metadata.
+/// DataSource's source, a DataImportCron's schedule and registry), under the same namespace and
+/// name, with kvtenant's labels; no host metadata. A DataImportCron's copy also has the status
+/// [`cron_status`] keeps; the other kinds' copies have none.
 pub fn tenant_copy(kind: &ApiKind, host: &Value) -> Value {
     let meta = |f: &str| host.pointer(&format!("/metadata/{f}")).cloned();
     let mut labels = Map::new();
     labels.insert(MANAGED_BY.into(), json!(MANAGED_BY_VALUE));
     labels.insert(HOST_OBJECT.into(), json!("true"));
-    json!({
+    let mut copy = json!({
         "apiVersion": format!("{}/{}", kind.group, kind.version),
         "kind": kind.kind,
         "metadata": {
@@ -147,7 +149,71 @@ pub fn tenant_copy(kind: &ApiKind, host: &Value) -> Value {
             "labels": labels,
         },
         "spec": host.get("spec").cloned().unwrap_or_else(|| json!({})),
-    })
+    });
+    if *kind == DATA_IMPORT_CRON
+        && let Some(status) = cron_status(host)
+    {
+        copy["status"] = status;
+    }
+    copy
+}
+
+/// What a tenant is shown of a host DataImportCron's status (CDI v1.64.0's
+/// `DataImportCronStatus`): when it last polled and imported, the format of what it makes, its
+/// `Progressing`/`UpToDate` conditions (CDI's fixed messages), and the last imported claim when
+/// it lies in the cron's own namespace (where CDI imports; the shown DataSource names it too).
+/// Left out: `currentImports` (the host's DataVolume of an import in progress, which the
+/// tenant is not shown; `Progressing` tells of it), a last imported claim of another namespace,
+/// and any field CDI may add later. `None`: nothing to show.
+pub fn cron_status(host: &Value) -> Option<Value> {
+    let status = host.get("status")?.as_object()?;
+    let namespace = host.pointer("/metadata/namespace").and_then(Value::as_str);
+    let mut out = Map::new();
+    for field in [
+        "lastImportTimestamp",
+        "lastExecutionTimestamp",
+        "sourceFormat",
+    ] {
+        if let Some(v) = status.get(field).filter(|v| !v.is_null()) {
+            out.insert(field.into(), v.clone());
+        }
+    }
+    if let Some(pvc) = status.get("lastImportedPVC")
+        && namespace.is_some()
+        && pvc.get("namespace").and_then(Value::as_str) == namespace
+        && pvc.get("name").and_then(Value::as_str).is_some()
+    {
+        out.insert(
+            "lastImportedPVC".into(),
+            json!({"namespace": pvc["namespace"], "name": pvc["name"]}),
+        );
+    }
+    if let Some(conditions) = status.get("conditions").and_then(Value::as_array) {
+        const KEPT: [&str; 6] = [
+            "type",
+            "status",
+            "reason",
+            "message",
+            "lastTransitionTime",
+            "lastHeartbeatTime",
+        ];
+        let kept: Vec<Value> = conditions
+            .iter()
+            .filter_map(Value::as_object)
+            .map(|c| {
+                Value::Object(
+                    c.iter()
+                        .filter(|(k, _)| KEPT.contains(&k.as_str()))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                )
+            })
+            .collect();
+        if !kept.is_empty() {
+            out.insert("conditions".into(), Value::Array(kept));
+        }
+    }
+    (!out.is_empty()).then_some(Value::Object(out))
 }
 
 #[cfg(test)]
@@ -211,6 +277,67 @@ mod tests {
         );
         let labels = [(HOST_OBJECT.to_string(), "true".to_string())].into();
         assert!(is_shown(Some(&labels)) && !is_shown(None));
+    }
+
+    #[test]
+    fn an_import_crons_status_is_shown_without_what_names_other_host_objects() {
+        let cron = json!({
+            "apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataImportCron",
+            "metadata": {"name": "fedora-updates", "namespace": "os-images", "uid": "u"},
+            "spec": {"managedDataSource": "fedora", "schedule": "0 */12 * * *"},
+            "status": {
+                "currentImports": [{"DataVolumeName": "fedora-0a1b", "Digest": "sha256:0a1b"}],
+                "lastImportedPVC": {"namespace": "os-images", "name": "fedora-9f8e"},
+                "lastImportTimestamp": "2026-12-06T10:00:00Z",
+                "lastExecutionTimestamp": "2026-12-06T12:00:00Z",
+                "sourceFormat": "pvc",
+                "conditions": [
+                    {"type": "UpToDate", "status": "True", "reason": "UpToDate",
+                     "message": "Latest import is up to date",
+                     "lastTransitionTime": "2026-12-06T10:00:00Z",
+                     "lastHeartbeatTime": "2026-12-06T12:00:00Z", "future": "x"},
+                    "not a condition"
+                ],
+                "someFutureField": {"namespace": "cdi"}
+            }
+        });
+        let copy = tenant_copy(&DATA_IMPORT_CRON, &cron);
+        assert_eq!(
+            copy["status"],
+            json!({
+                "lastImportedPVC": {"namespace": "os-images", "name": "fedora-9f8e"},
+                "lastImportTimestamp": "2026-12-06T10:00:00Z",
+                "lastExecutionTimestamp": "2026-12-06T12:00:00Z",
+                "sourceFormat": "pvc",
+                "conditions": [{"type": "UpToDate", "status": "True", "reason": "UpToDate",
+                    "message": "Latest import is up to date",
+                    "lastTransitionTime": "2026-12-06T10:00:00Z",
+                    "lastHeartbeatTime": "2026-12-06T12:00:00Z"}]
+            })
+        );
+        assert_eq!(copy["spec"], cron["spec"]);
+        assert_eq!(copy["metadata"].get("uid"), None);
+
+        // a claim of another namespace is not named
+        let mut elsewhere = cron.clone();
+        elsewhere["status"]["lastImportedPVC"]["namespace"] = json!("cdi-internal");
+        assert_eq!(
+            cron_status(&elsewhere).unwrap().get("lastImportedPVC"),
+            None
+        );
+        // only an import in progress: nothing shown of it
+        let running = json!({"metadata": {"namespace": "os-images"},
+            "status": {"currentImports": [{"DataVolumeName": "d", "Digest": "x"}]}});
+        assert_eq!(cron_status(&running), None);
+        assert!(
+            tenant_copy(&DATA_IMPORT_CRON, &running)
+                .get("status")
+                .is_none()
+        );
+        // other kinds' copies have no status
+        let mut source = cron.clone();
+        source["kind"] = json!("DataSource");
+        assert!(tenant_copy(&DATA_SOURCE, &source).get("status").is_none());
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! the NetworkAttachmentDefinitions of `spec.vmPolicy.allowedNetworks` and the DataSources of
 //! `spec.vmPolicy.allowedDataSources`, each read from the host by its namespace and name, and
 //! the DataImportCrons managing those DataSources, listed in the DataSources' namespaces only
-//! (the host's other objects are never read), applied under the same namespace and name in
+//! (the host's other objects are never read) and shown with their last import (status:
+//! `kvtenant_rules::host_objects::cron_status`), applied under the same namespace and name in
 //! the tenant, whose namespace kvtenant creates if needed. Applied with the host classes (every
 //! consistency scan, and on the tenant's change of a copy: `restore.rs`); copies no longer
 //! allowed or gone on the host are deleted. A kind is shown only where its CRD was copied into

@@ -32,7 +32,10 @@ impl Tenant {
         }
     }
 
-    /// Applies `obj`, of `kind`, named `name` in `namespace` (empty: cluster-scoped).
+    /// Applies `obj`, of `kind`, named `name` in `namespace` (empty: cluster-scoped). Its
+    /// status, if it has one, goes with it where the kind's CRD has no status subresource
+    /// (CDI's DataImportCron: fields of it `obj` lacks are taken away with the apply) and to the
+    /// subresource otherwise (when the object did not come back with it).
     pub(super) async fn apply_kept(
         &self,
         kind: &ApiKind,
@@ -40,19 +43,20 @@ impl Tenant {
         name: &str,
         obj: &Value,
     ) -> Result<(), Error> {
+        let what = || format!("{} {}", kind.kind, named(namespace, name));
+        let params = PatchParams::apply(kvtenant_api::MANAGER).force();
+        let api = self.kept_api(kind, namespace);
         self.api_call(Cluster::Tenant, "apply");
-        self.kept_api(kind, namespace)
-            .patch(
-                name,
-                &PatchParams::apply(kvtenant_api::MANAGER).force(),
-                &Patch::Apply(obj),
-            )
+        let applied = api
+            .patch(name, &params, &Patch::Apply(obj))
             .await
-            .map_err(Error::api(
-                "apply",
-                Cluster::Tenant,
-                format!("{} {}", kind.kind, named(namespace, name)),
-            ))?;
+            .map_err(Error::api("apply", Cluster::Tenant, what()))?;
+        if obj.get("status").is_some() && applied.data.get("status") != obj.get("status") {
+            self.api_call(Cluster::Tenant, "apply");
+            api.patch_status(name, &params, &Patch::Apply(obj))
+                .await
+                .map_err(Error::api("apply", Cluster::Tenant, what() + " status"))?;
+        }
         Ok(())
     }
 
