@@ -8,7 +8,8 @@
 //! snapshot-capable class, snapshotted through the **simulated** CSI snapshotter
 //! (`testenv::snapshots`: external-snapshotter's real CRDs, a VolumeSnapshot ready at once,
 //! nothing copied) and restored into a claim made from the VolumeSnapshot. The VMs are stopped,
-//! so the snapshots are offline (no guest freeze).
+//! so the snapshots are offline (no guest freeze). A third test holds a snapshot to the virtual
+//! cluster's `spec.vmPolicy.allowedVolumeSnapshotClasses`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -212,27 +213,11 @@ fn volume_snapshot_resource() -> ApiResource {
     )
 }
 
-/// A VM with a claim: the host's KubeVirt snapshots the claim through the host's CSI snapshot
-/// class (testenv's simulated snapshotter: its `simulated` StorageClass and
-/// `simulated-snapshots` VolumeSnapshotClass), and the VolumeSnapshot it makes is shown
-/// read-only in the tenant with the snapshot content; a tenant's delete of that mirror never
-/// reaches the host's.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_vm_snapshot_of_a_claim_shows_the_hosts_volume_snapshot() {
-    let env = snapshot_env(
-        true,
-        &[
-            "virtualmachinesnapshots.snapshot.kubevirt.io",
-            "virtualmachinesnapshotcontents.snapshot.kubevirt.io",
-            "volumesnapshots.snapshot.storage.k8s.io",
-        ],
-    )
-    .await;
+/// A claim `data` of the host's snapshot-capable class (testenv's simulated `simulated`) and a
+/// stopped VM vm1 using it, in the first tenant's `default`, once the claim is bound on the host.
+async fn vm_with_claim(env: &Env) {
     let t = &env.tenants[0];
     let tc = t.client();
-    let hc = env.host_client();
-
-    // a claim of the host's snapshot-capable class, and a stopped VM using it
     let claim = json!({"metadata": {"name": "data", "namespace": "default"}, "spec": {
         "storageClassName": testenv::snapshots::STORAGE_CLASS,
         "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}});
@@ -257,9 +242,8 @@ async fn a_vm_snapshot_of_a_claim_shows_the_hosts_volume_snapshot() {
     vms.create(&PostParams::default(), &serde_json::from_value(vm).unwrap())
         .await
         .unwrap();
-    let host_ns = t.host_ns("default");
     let host_claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
-        Api::namespaced(hc.clone(), &host_ns);
+        Api::namespaced(env.host_client(), &t.host_ns("default"));
     wait_for("the claim bound on the host", WAIT, || async {
         host_claims
             .get_opt("data")
@@ -269,6 +253,31 @@ async fn a_vm_snapshot_of_a_claim_shows_the_hosts_volume_snapshot() {
             .filter(|c| c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound"))
     })
     .await;
+}
+
+/// A VM with a claim: the host's KubeVirt snapshots the claim through the host's CSI snapshot
+/// class (testenv's simulated snapshotter: its `simulated` StorageClass and
+/// `simulated-snapshots` VolumeSnapshotClass), and the VolumeSnapshot it makes is shown
+/// read-only in the tenant with the snapshot content; a tenant's delete of that mirror never
+/// reaches the host's.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vm_snapshot_of_a_claim_shows_the_hosts_volume_snapshot() {
+    let env = snapshot_env(
+        true,
+        &[
+            "virtualmachinesnapshots.snapshot.kubevirt.io",
+            "virtualmachinesnapshotcontents.snapshot.kubevirt.io",
+            "volumesnapshots.snapshot.storage.k8s.io",
+        ],
+    )
+    .await;
+    let t = &env.tenants[0];
+    let tc = t.client();
+
+    // a claim of the host's snapshot-capable class, and a stopped VM using it
+    vm_with_claim(&env).await;
+    let host_ns = t.host_ns("default");
+    let vms: Api<DynamicObject> = Api::namespaced_with(tc.clone(), "default", &vm_resource());
 
     // the snapshot: the host's KubeVirt snapshots the claim
     let (snaps, ready) = snapshot_ready(&tc, "with-data").await;
@@ -376,4 +385,84 @@ async fn a_vm_snapshot_of_a_claim_shows_the_hosts_volume_snapshot() {
     let host_vms = env.host_api(&vm_resource(), &host_ns);
     let host_vm = get(&host_vms, "vm1").await.unwrap();
     assert_eq!(data_claim(&host_vm), Some(json!(restored_claim)));
+}
+
+/// `spec.vmPolicy.allowedVolumeSnapshotClasses`: the VM's claim is of the StorageClass
+/// `simulated`, for which the host's KubeVirt takes the VolumeSnapshotClass
+/// `simulated-snapshots` (the one of the provisioner's driver; testenv's simulated CSI
+/// snapshots). With the list naming another class the syncer refuses the tenant's snapshot,
+/// naming the field and the class, and nothing reaches the host; once the virtual cluster
+/// allows `simulated-snapshots`, the snapshot syncs and the real virt-controller makes it ready.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_whose_claim_resolves_to_a_class_not_allowed_is_refused_until_allowed() {
+    let env = snapshot_env(
+        true,
+        &[
+            "virtualmachinesnapshots.snapshot.kubevirt.io",
+            "virtualmachinesnapshotcontents.snapshot.kubevirt.io",
+        ],
+    )
+    .await;
+    let t = &env.tenants[0];
+    let tc = t.client();
+    let hc = env.host_client();
+    patch_vc_spec(
+        &hc,
+        &t.vc.name,
+        json!({"vmPolicy": {"allowedVolumeSnapshotClasses": ["gold-snapshots"]}}),
+    )
+    .await;
+    vm_with_claim(&env).await;
+
+    let snaps = snapshot_api(&tc, "VirtualMachineSnapshot", "virtualmachinesnapshots");
+    let snap: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "snapshot.kubevirt.io/v1beta1", "kind": "VirtualMachineSnapshot",
+        "metadata": {"name": "with-data", "namespace": "default"},
+        "spec": {"source": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": "vm1"}}}))
+    .unwrap();
+    snaps.create(&PostParams::default(), &snap).await.unwrap();
+    let event = sync_refused(&tc, "default", "with-data", WAIT).await;
+    let note = event.message.unwrap_or_default();
+    assert!(
+        note.contains("spec.vmPolicy.allowedVolumeSnapshotClasses")
+            && note.contains(testenv::snapshots::SNAPSHOT_CLASS)
+            && note.contains("gold-snapshots"),
+        "the refusal names the field, the class resolved and the classes allowed: {note}"
+    );
+    // refused before any host copy: the host never had it
+    let host_snaps = env.host_api(
+        &snapshot_resource("VirtualMachineSnapshot", "virtualmachinesnapshots"),
+        &t.host_ns("default"),
+    );
+    assert!(get(&host_snaps, "with-data").await.is_none());
+    assert!(
+        host_snaps
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "no snapshot on the host"
+    );
+
+    // the virtual cluster allows the class: the snapshot syncs and becomes ready
+    patch_vc_spec(
+        &hc,
+        &t.vc.name,
+        json!({"vmPolicy": {"allowedVolumeSnapshotClasses": [testenv::snapshots::SNAPSHOT_CLASS]}}),
+    )
+    .await;
+    let ready = wait_for("the snapshot ready in the tenant", WAIT, || async {
+        get(&snaps, "with-data")
+            .await
+            .filter(|s| s.data["status"]["readyToUse"] == true)
+    })
+    .await;
+    assert_eq!(
+        ready.data["status"]["snapshotVolumes"]["includedVolumes"],
+        json!(["data"]),
+        "the claim is in the snapshot: {}",
+        ready.data["status"]
+    );
+    assert!(get(&host_snaps, "with-data").await.is_some());
 }
