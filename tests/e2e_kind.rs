@@ -38,5 +38,6 @@ fn scenarios_pass_on_real_kubevirt() {
     t.snapshot_restore();
     t.upload();
     t.export_download();
+    t.instancetypes();
     t.cleanup();
 }

@@ -70,5 +70,6 @@ fn scenarios_pass_on_testenv_with_real_kubevirt_and_simulated_nodes() {
     t.snapshot_restore();
     t.upload();
     t.export_download();
+    t.instancetypes();
     t.cleanup();
 }
