@@ -23,8 +23,8 @@ fn target() -> scenarios::Target {
     }
 }
 
-/// The scenarios in order, on one virtual cluster (2, 3, 5 and 6 use scenario 1's VM; 9
-/// exports the disk 8 uploaded).
+/// The scenarios in order, on one virtual cluster (2, 3, 5, 6 and 11 use scenario 1's VM;
+/// 9 exports the disk 8 uploaded).
 #[test]
 #[ignore = "needs the kind cluster of e2e-kind/up.sh"]
 fn scenarios_pass_on_real_kubevirt() {
@@ -39,5 +39,6 @@ fn scenarios_pass_on_real_kubevirt() {
     t.upload();
     t.export_download();
     t.instancetypes();
+    t.migration_rights();
     t.cleanup();
 }

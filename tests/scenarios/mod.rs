@@ -23,6 +23,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 
 mod exports;
 mod instancetypes;
+mod migrations;
 mod snapshots;
 mod steps;
 mod uploads;
