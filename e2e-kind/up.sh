@@ -40,7 +40,7 @@ hk apply --server-side -f "${KUBEVIRT_OPERATOR_URL}"
 hk wait crd/kubevirts.kubevirt.io --for condition=Established --timeout=2m
 hk apply --server-side -f "${KUBEVIRT_CR_URL}"
 hk -n kubevirt patch kubevirt kubevirt --type merge \
-  -p '{"spec":{"configuration":{"developerConfiguration":{"useEmulation":true,"featureGates":["Snapshot","VMExport"]}}}}'
+  -p '{"spec":{"configuration":{"developerConfiguration":{"useEmulation":true,"featureGates":["Snapshot","VMExport","DeclarativeHotplugVolumes"]}}}}'
 hk -n kubevirt wait kubevirt/kubevirt --for condition=Available --timeout=20m
 
 log "CDI ${CDI_VERSION}"

@@ -59,7 +59,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         host.url()
     );
     let hc = host.client()?;
-    // the Snapshot feature gate on, so tenants can snapshot and restore VMs, and VMExport when
+    // feature gates for tenants' snapshots, restores and volume hotplug, and VMExport when
     // virt-controller's export CA can be written to its fixed path
     let export_ca = testenv::kubevirt::export_ca::ensure();
     if let Err(e) = &export_ca {
@@ -290,15 +290,16 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 /// answer there as an exporter pod would).
 pub const PORT_FORWARD_LINE: &str = "pod port-forwards:";
 
-/// The host KubeVirt's feature gates: Snapshot always, VMExport only when virt-controller's
+/// The host KubeVirt's feature gates: Snapshot and DeclarativeHotplugVolumes (`virtctl
+/// addvolume --persist`) always, VMExport only when virt-controller's
 /// export CA is in place (`export_ca`: it lives at a fixed path under /etc, which only root may
 /// write; without it virt-controller cannot sign exporters).
 fn feature_gates(export_ca: bool) -> Vec<&'static str> {
+    let mut gates = vec!["Snapshot", "DeclarativeHotplugVolumes"];
     if export_ca {
-        vec!["Snapshot", testenv::kubevirt::export_ca::GATE]
-    } else {
-        vec!["Snapshot"]
+        gates.push(testenv::kubevirt::export_ca::GATE);
     }
+    gates
 }
 
 /// The runner for kvtenant's control-plane pods (their label; etcd's undeclared pod-local
@@ -359,7 +360,13 @@ mod tests {
 
     #[test]
     fn exports_are_on_only_with_the_export_ca() {
-        assert_eq!(feature_gates(true), ["Snapshot", "VMExport"]);
-        assert_eq!(feature_gates(false), ["Snapshot"]);
+        assert_eq!(
+            feature_gates(true),
+            ["Snapshot", "DeclarativeHotplugVolumes", "VMExport"]
+        );
+        assert_eq!(
+            feature_gates(false),
+            ["Snapshot", "DeclarativeHotplugVolumes"]
+        );
     }
 }

@@ -40,5 +40,6 @@ fn scenarios_pass_on_real_kubevirt() {
     t.export_download();
     t.instancetypes();
     t.migration_rights();
+    t.hotplug();
     t.cleanup();
 }

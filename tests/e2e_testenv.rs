@@ -72,5 +72,6 @@ fn scenarios_pass_on_testenv_with_real_kubevirt_and_simulated_nodes() {
     t.export_download();
     t.instancetypes();
     t.migration_rights();
+    t.hotplug();
     t.cleanup();
 }

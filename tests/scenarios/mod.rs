@@ -22,6 +22,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
 mod exports;
+mod hotplug;
 mod instancetypes;
 mod migrations;
 mod snapshots;

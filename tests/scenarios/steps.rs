@@ -1,7 +1,8 @@
 //! The scenarios themselves, each a method of [`Target`] run in this order by both runners:
 //! VM boots, console, stop/start, DataVolume, Service, RBAC, then snapshot and restore
 //! (`snapshots.rs`), disk upload (`uploads.rs`), export and download (`exports.rs`), instancetypes
-//! (`instancetypes.rs`), migration rights (`migrations.rs`), cleanup.
+//! (`instancetypes.rs`), migration rights (`migrations.rs`), volume hotplug
+//! (`hotplug.rs`), cleanup.
 
 use super::*;
 
