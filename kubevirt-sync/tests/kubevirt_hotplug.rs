@@ -1,11 +1,13 @@
 //! Volume hotplug for tenants, with KubeVirt's real virt-api and virt-controller on the host
 //! (DeclarativeHotplugVolumes or HotplugVolumes feature gate on through the `KubeVirt` CR, one
-//! test each; kwok nodes, no VM boots, the VM stays stopped, so nothing is attached to a running
-//! instance). `virtctl addvolume --persist` / `removevolume --persist` run
+//! test each; kwok nodes, no VM boots). On a stopped VM: `virtctl addvolume --persist` /
+//! `removevolume --persist` run
 //! against the tenant, go through kvtenant's subresource proxy to the host's virt-api, which
 //! changes the host VM's volumes and disks; the tenant VM takes the change up instead of the
 //! syncer reverting it. A hotplug naming a claim the tenant does not have in the VM's namespace,
-//! and any other change made on the host VM, are still reverted.
+//! and any other change made on the host VM, are still reverted. On a running VM the host's
+//! virt-controller also attaches the volume to the instance through an attachment pod, and the
+//! node agent (**simulated** virt-handler) reports it attached: the tenant's VMI shows it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -216,4 +218,136 @@ async fn hotplug_through_the_tenant(gate: &str) {
         tenant_vm.data["spec"]["template"]["spec"]["domain"]["memory"]["guest"],
         "128Mi"
     );
+}
+
+fn volume_status<'a>(vmi: &'a DynamicObject, name: &str) -> Option<&'a Value> {
+    vmi.data["status"]["volumeStatus"]
+        .as_array()?
+        .iter()
+        .find(|s| s["name"] == name)
+}
+
+/// A running VM (DeclarativeHotplugVolumes): `virtctl addvolume --persist` through the tenant
+/// reaches the host VM, the host's virt-controller puts the volume into the running VMI and makes
+/// the attachment pod (`hp-volume-*`, run by kwok), the node agent (**simulated** virt-handler)
+/// reports the volume attached; the tenant's VMI shows it Ready and the tenant VM keeps it.
+/// `removevolume --persist` takes it from both VMs and the VMI, and virt-controller deletes the
+/// attachment pod.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_volume_hotplugged_into_a_running_vm_is_shown_attached_in_the_tenant() {
+    let env = Env::start_with_kubevirt(
+        1,
+        false,
+        KubeVirtOptions::new().with_feature_gates(&["DeclarativeHotplugVolumes"]),
+    )
+    .await;
+    let shared = env.syncer.as_ref().unwrap().tenants();
+    let _proxy = Proxy::start(shared, ProxyConfig::local()).await.unwrap();
+    let t = &env.tenants[0];
+    let tc = t.client();
+    let host_ns = t.host_ns("default");
+    wait_subresources_available(&tc, WAIT).await;
+
+    // a claim the host's (simulated) provisioner binds: virt-controller attaches bound claims only
+    let pvc = json!({"metadata": {"name": "data", "namespace": "default"}, "spec": {
+        "storageClassName": testenv::snapshots::STORAGE_CLASS,
+        "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}});
+    Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(tc.clone(), "default")
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(pvc).unwrap(),
+        )
+        .await
+        .unwrap();
+
+    let vms: Api<DynamicObject> = Api::namespaced_with(tc.clone(), "default", &vm_resource());
+    let vm = vm_manifest("vm1", "default", json!({}));
+    vms.create(&PostParams::default(), &serde_json::from_value(vm).unwrap())
+        .await
+        .unwrap();
+    let vmis: Api<DynamicObject> = Api::namespaced_with(tc.clone(), "default", &vmi_resource());
+    wait_for("the VMI running in the tenant", WAIT, || async {
+        get(&vmis, "vm1")
+            .await
+            .filter(|v| v.data["status"]["phase"] == "Running")
+    })
+    .await;
+
+    virtctl(
+        &env,
+        t.kubeconfig(),
+        &[
+            "-n",
+            "default",
+            "addvolume",
+            "vm1",
+            "--volume-name=data",
+            "--persist",
+        ],
+    );
+    // the running instance has it, attached: shown in the tenant's VMI
+    let vmi = wait_for("the volume Ready in the tenant's VMI", WAIT, || async {
+        get(&vmis, "vm1")
+            .await
+            .filter(|v| volume_status(v, "data").is_some_and(|s| s["phase"] == "Ready"))
+    })
+    .await;
+    assert!(
+        names(&vmi, "/spec/volumes").contains(&"data".to_string()),
+        "in the VMI's spec: {}",
+        vmi.data["spec"]
+    );
+    let status = volume_status(&vmi, "data").unwrap();
+    assert_eq!(status["persistentVolumeClaimInfo"]["claimName"], "data");
+    let attach_pod = status["hotplugVolume"]["attachPodName"]
+        .as_str()
+        .expect("the attachment pod named")
+        .to_string();
+    assert!(attach_pod.starts_with("hp-volume-"), "{attach_pod}");
+    let host_pods: Api<k8s_openapi::api::core::v1::Pod> =
+        Api::namespaced(env.host_client(), &host_ns);
+    assert!(host_pods.get_opt(&attach_pod).await.unwrap().is_some());
+    // the tenant VM keeps it (taken up, not reverted)
+    let tenant_vm = get(&vms, "vm1").await.unwrap();
+    assert!(volumes(&tenant_vm).contains(&"data".to_string()));
+    assert_eq!(disks(&tenant_vm), ["root", "data"]);
+    let host_vms = env.host_api(&vm_resource(), &host_ns);
+    wait_for("the host VM keeps the volume", WAIT, || async {
+        get(&host_vms, "vm1")
+            .await
+            .filter(|h| volumes(h) == ["root", "data"])
+    })
+    .await;
+
+    // removevolume: detached from the instance, gone from both VMs, the attachment pod deleted
+    virtctl(
+        &env,
+        t.kubeconfig(),
+        &[
+            "-n",
+            "default",
+            "removevolume",
+            "vm1",
+            "--volume-name=data",
+            "--persist",
+        ],
+    );
+    wait_for("the volume gone from the tenant's VMI", WAIT, || async {
+        get(&vmis, "vm1")
+            .await
+            .filter(|v| volume_status(v, "data").is_none() && names(v, "/spec/volumes") == ["root"])
+    })
+    .await;
+    wait_for("the tenant VM without the volume", WAIT, || async {
+        get(&vms, "vm1")
+            .await
+            .filter(|vm| volumes(vm) == ["root"] && disks(vm) == ["root"])
+    })
+    .await;
+    eventually("the attachment pod deleted on the host", WAIT, || async {
+        host_pods.get_opt(&attach_pod).await.unwrap().is_none()
+    })
+    .await;
+    let vmi = get(&vmis, "vm1").await.unwrap();
+    assert_eq!(vmi.data["status"]["phase"], "Running", "still running");
 }

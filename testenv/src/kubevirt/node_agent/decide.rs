@@ -1,5 +1,6 @@
 //! The node agent's decisions, as pure functions of the objects it sees: what virt-handler would
-//! report for a VMI (Running once its virt-launcher pod runs, Succeeded once it is stopped), and
+//! report for a VMI (Running once its virt-launcher pod runs, Succeeded once it is stopped, its
+//! hotplugged volumes: [`super::hotplug`]), and
 //! when a virt-launcher pod may go (the simulated kubelet holds it with a finalizer until the
 //! VMI has left Running, as a real virt-launcher keeps its pod until the guest shut down).
 //! Nothing boots: every reported value is simulated.
@@ -106,9 +107,15 @@ pub fn decide_vmi(
         Some("Running") if deleting(vmi) || pod.is_some_and(deleting) => {
             VmiAction::Succeed(with_phase(vmi.clone(), "Succeeded", now))
         }
-        Some("Running") => report_guest(vmi, guest, now)
-            .map(VmiAction::Report)
-            .unwrap_or(VmiAction::None),
+        Some("Running") => {
+            let guest_report = report_guest(vmi, guest, now);
+            match super::hotplug::report_volumes(guest_report.as_ref().unwrap_or(vmi)) {
+                Some(v) => VmiAction::Report(v),
+                None => guest_report
+                    .map(VmiAction::Report)
+                    .unwrap_or(VmiAction::None),
+            }
+        }
         _ => VmiAction::None,
     }
 }

@@ -8,9 +8,11 @@
 //! the real one. Acting as the kwok nodes' kubelet, it holds virt-launcher pods with a finalizer
 //! until their VMI has left Running (a real virt-launcher keeps its pod until the guest is down).
 //! It also answers virt-api's calls to virt-handler ([`server`]): console/VNC, pause, freeze,
-//! guest agent reads. Nothing boots: every value it reports is simulated.
+//! guest agent reads. It reports hotplugged volumes attached once virt-controller's attachment
+//! pod is ready, and detached once gone from the VMI ([`hotplug`]). Nothing boots: every value it reports is simulated.
 
 pub mod decide;
+pub mod hotplug;
 pub mod migration;
 pub mod server;
 
