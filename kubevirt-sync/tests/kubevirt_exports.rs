@@ -6,27 +6,37 @@
 //! apiserver; a stopped VM is exported the same way, and a VM snapshot (`exports/snapshot.rs`).
 //! **Simulated**: the exporter pod runs on a kwok node, so no virt-exportserver container
 //! serves the volume; kwok forwards the port to this test, which answers as the exporter would
-//! (`exports/exporter.rs`: the token header checked, the disk gzipped).
+//! (testenv's `kubevirt::exporter::SimulatedExporter`: the token header checked, the disk
+//! gzipped).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-#[path = "exports/exporter.rs"]
-mod exporter;
 #[path = "exports/snapshot.rs"]
 mod snapshot;
 
 use std::time::Duration;
 
 use common::*;
-use exporter::{DISK, export_resource, simulated_exporter};
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service};
 use kube::api::{Api, DynamicObject, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
 use kvtenant_kubevirt_sync::proxy::{Proxy, ProxyConfig};
 use serde_json::json;
 use testenv::kubevirt::KubeVirtOptions;
+use testenv::kubevirt::exporter::SimulatedExporter;
 
 const WAIT: Duration = Duration::from_secs(90);
+
+/// What the simulated exporter serves as the claim's disk.
+const DISK: &[u8] = b"a disk image exported from a virtual cluster\n";
+
+fn export_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("export.kubevirt.io", "v1beta1", "VirtualMachineExport"),
+        "virtualmachineexports",
+    )
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tenant_exports_a_claim_and_downloads_it_with_virtctl() {
@@ -163,7 +173,13 @@ async fn a_tenant_exports_a_claim_and_downloads_it_with_virtctl() {
 
     // the download: virtctl port-forwards through the tenant to the exporter pod (kwok forwards
     // to this test's exporter)
-    let asked = simulated_exporter(env.kv.layout().port_forward_target, tenant_token).await;
+    let exporter = SimulatedExporter::start(
+        env.kv.layout().port_forward_target,
+        tenant_token,
+        DISK.to_vec(),
+    )
+    .await
+    .unwrap();
     let file = std::env::temp_dir().join(format!("kvtenant-export-{}.img", std::process::id()));
     virtctl(
         &env,
@@ -184,10 +200,9 @@ async fn a_tenant_exports_a_claim_and_downloads_it_with_virtctl() {
     let downloaded = std::fs::read(&file).unwrap();
     let _ = std::fs::remove_file(&file);
     assert_eq!(downloaded, DISK, "the disk, unzipped");
+    let asked = exporter.asked();
     assert!(
         asked
-            .lock()
-            .unwrap()
             .iter()
             .any(|p| p.ends_with("/volumes/disk/disk.img.gz")),
         "{asked:?}"

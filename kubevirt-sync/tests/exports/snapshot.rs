@@ -8,9 +8,10 @@ use kube::core::{ApiResource, GroupVersionKind};
 use kvtenant_kubevirt_sync::proxy::{Proxy, ProxyConfig};
 use serde_json::json;
 use testenv::kubevirt::KubeVirtOptions;
+use testenv::kubevirt::exporter::SimulatedExporter;
 
 use crate::common::*;
-use crate::exporter::{DISK, export_resource, simulated_exporter};
+use crate::{DISK, export_resource};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -218,7 +219,13 @@ async fn a_tenant_exports_a_vm_snapshot_and_downloads_it_with_virtctl() {
             .await
             .unwrap(),
     );
-    let asked = simulated_exporter(env.kv.layout().port_forward_target, tenant_token).await;
+    let exporter = SimulatedExporter::start(
+        env.kv.layout().port_forward_target,
+        tenant_token,
+        DISK.to_vec(),
+    )
+    .await
+    .unwrap();
     let file = std::env::temp_dir().join(format!("kvtenant-snapexp-{}.img", std::process::id()));
     virtctl(
         &env,
@@ -240,10 +247,9 @@ async fn a_tenant_exports_a_vm_snapshot_and_downloads_it_with_virtctl() {
     let _ = std::fs::remove_file(&file);
     assert_eq!(downloaded, DISK);
     // the volume is named after the source claim; the exporter serves the restored claim
+    let asked = exporter.asked();
     assert!(
         asked
-            .lock()
-            .unwrap()
             .iter()
             .any(|p| p.ends_with("/volumes/snapexp-data/disk.img.gz")),
         "{asked:?}"
