@@ -8,11 +8,13 @@ use std::time::{Duration, Instant};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::binaries::{self, Binaries, BinariesError};
-use crate::pki::{Ca, CertKey, ServiceAccountKey};
 use crate::process::Managed;
 
 mod apiservers;
+mod audit;
+mod pki;
 pub use apiservers::ExtraApiserver;
+pub use pki::Pki;
 
 /// The user name the apiserver accepts from the front proxy (aggregated APIs).
 pub const FRONT_PROXY_CLIENT: &str = "front-proxy-client";
@@ -106,13 +108,6 @@ impl Options {
         }
     }
 
-    /// Writes the requests of `user` (metadata, with the response status and the authorization
-    /// decision) to the apiserver's audit log, for [`ControlPlane::audit_events`].
-    pub fn with_audit_of(mut self, user: &str) -> Self {
-        self.audited_users.push(user.to_owned());
-        self
-    }
-
     /// Enables kube-controller-manager.
     pub fn with_controller_manager(mut self) -> Self {
         self.controller_manager = true;
@@ -125,54 +120,6 @@ impl Options {
         self.controller_manager = true;
         self.controllers = controllers.iter().map(|c| (*c).to_string()).collect();
         self
-    }
-}
-
-/// The PKI of a control plane.
-pub struct Pki {
-    /// Cluster CA: signs the apiserver serving certificate and client certificates.
-    pub ca: Ca,
-    /// Front-proxy CA: signs the client certificate the apiserver presents to aggregated APIs.
-    pub front_proxy_ca: Ca,
-    pub serving: CertKey,
-    pub admin: CertKey,
-    pub front_proxy_client: CertKey,
-    pub controller_manager: CertKey,
-    /// The client certificate the apiserver presents to kubelets (`kubectl logs/exec`), as
-    /// kubeadm makes it.
-    pub kubelet_client: CertKey,
-    pub service_account: ServiceAccountKey,
-}
-
-impl std::fmt::Debug for Pki {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pki").finish_non_exhaustive()
-    }
-}
-
-impl Pki {
-    fn new() -> Result<Self, rcgen::Error> {
-        let ca = Ca::new("kvtenant-testenv-ca")?;
-        let front_proxy_ca = Ca::new("kvtenant-testenv-front-proxy-ca")?;
-        Ok(Self {
-            serving: ca.issue_server(
-                "kube-apiserver",
-                &[
-                    "localhost",
-                    "127.0.0.1",
-                    "kubernetes",
-                    "kubernetes.default",
-                    "kubernetes.default.svc",
-                ],
-            )?,
-            admin: ca.issue_client("kubernetes-admin", &["system:masters"])?,
-            controller_manager: ca.issue_client("system:kube-controller-manager", &[])?,
-            kubelet_client: ca.issue_client(KUBELET_CLIENT, &["system:masters"])?,
-            front_proxy_client: front_proxy_ca.issue_client(FRONT_PROXY_CLIENT, &[])?,
-            service_account: ServiceAccountKey::new()?,
-            ca,
-            front_proxy_ca,
-        })
     }
 }
 
@@ -262,15 +209,10 @@ impl ControlPlane {
         write("sa.pub", &pki.service_account.public_key_pem)?;
         let audited = !opts.audited_users.is_empty();
         if audited {
-            let policy = serde_json::json!({
-                "apiVersion": "audit.k8s.io/v1", "kind": "Policy",
-                "omitStages": ["RequestReceived", "ResponseStarted"],
-                "rules": [
-                    {"level": "Metadata", "users": opts.audited_users},
-                    {"level": "None"}
-                ]
-            });
-            write("audit-policy.json", &policy.to_string())?;
+            write(
+                audit::POLICY_FILE,
+                &audit::policy(&opts.audited_users).to_string(),
+            )?;
         }
 
         let apiserver_port = free_port().map_err(io_err(Path::new("127.0.0.1")))?;
@@ -376,8 +318,7 @@ impl ControlPlane {
             "--profiling=false".into(),
         ];
         if self.audited {
-            args.push(format!("--audit-policy-file={d}/audit-policy.json"));
-            args.push(format!("--audit-log-path={d}/audit.log"));
+            args.extend(audit::apiserver_args(&d));
         }
         args.extend(self.extra_apiserver_args.iter().cloned());
         args
@@ -540,18 +481,6 @@ impl ControlPlane {
         );
         std::fs::write(&path, kc).map_err(io_err(&path))?;
         Ok(path)
-    }
-
-    /// The events of the apiserver's audit log so far (`audit.k8s.io/v1` Events, one per
-    /// request, stage ResponseComplete or Panic), of the users of [`Options::with_audit_of`];
-    /// empty without any.
-    pub fn audit_events(&self) -> Vec<serde_json::Value> {
-        let path = self.dir.path().join("audit.log");
-        std::fs::read_to_string(path)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
     }
 
     /// Whether kube-controller-manager runs in this control plane.
