@@ -505,8 +505,11 @@ fn targets(rep: &Report) -> Vec<TargetCheck> {
         measured: per_tenant.map(fmt_bytes).unwrap_or_else(|| "n/a".into()),
         met: per_tenant.map(|b| b <= 1024.0 * 1024.0),
         note: format!(
-            "(RSS with {} tenants − RSS with none) / T",
-            rep.args.tenants
+            "(RSS with {} tenants − RSS with none) / T; anonymous memory only: {}",
+            rep.args.tenants,
+            fp.and_then(|f| f.anon_bytes_per_idle_tenant)
+                .map(fmt_bytes)
+                .unwrap_or_else(|| "n/a".into())
         ),
     });
     let per_vm = fp.and_then(|f| f.bytes_per_vm_fresh.or(f.bytes_per_vm_after_bursts));

@@ -13,6 +13,9 @@ pub struct ProcSample {
     pub rss: u64,
     /// Peak resident set size (VmHWM), bytes.
     pub rss_peak: u64,
+    /// The anonymous part of the resident set (RssAnon: heap, stacks), bytes; the rest is
+    /// mapped files, mostly the binary's own pages, which grow once as code paths first run.
+    pub rss_anon: u64,
     /// User + system CPU time, seconds.
     pub cpu_seconds: f64,
 }
@@ -31,7 +34,7 @@ fn clock_ticks() -> f64 {
     })
 }
 
-/// Reads VmRSS, VmHWM and utime+stime of a process.
+/// Reads VmRSS, VmHWM, RssAnon and utime+stime of a process.
 pub fn sample(pid: u32) -> Result<ProcSample> {
     let at = Instant::now();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -51,6 +54,7 @@ pub fn sample(pid: u32) -> Result<ProcSample> {
         at,
         rss: kib("VmRSS:"),
         rss_peak: kib("VmHWM:"),
+        rss_anon: kib("RssAnon:"),
         cpu_seconds: parse_cpu_ticks(&stat)? as f64 / clock_ticks(),
     })
 }

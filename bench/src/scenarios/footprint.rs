@@ -17,6 +17,8 @@ use crate::stats;
 pub struct ProcState {
     pub rss_bytes: u64,
     pub rss_peak_bytes: u64,
+    /// The anonymous part of the RSS (heap, stacks; not the binary's pages).
+    pub rss_anon_bytes: u64,
     /// Percent of one core over the window.
     pub cpu_pct: f64,
     pub window_s: f64,
@@ -45,6 +47,7 @@ pub async fn sample_pid(
     Ok(Some(ProcState {
         rss_bytes: b.rss,
         rss_peak_bytes: b.rss_peak,
+        rss_anon_bytes: b.rss_anon,
         cpu_pct: procfs::cpu_percent(&a, &b),
         window_s: b.at.duration_since(a.at).as_secs_f64(),
     }))
@@ -64,6 +67,9 @@ pub struct FootprintReport {
     pub fresh_vms: usize,
     pub fresh_with_vms: Option<ProcState>,
     pub bytes_per_idle_tenant: Option<f64>,
+    /// The same from anonymous memory only: without the binary's pages that the first tenant
+    /// brings in once (code run for the first time), which RSS counts.
+    pub anon_bytes_per_idle_tenant: Option<f64>,
     pub bytes_per_vm_after_bursts: Option<f64>,
     pub bytes_per_vm_fresh: Option<f64>,
     /// From the kvtenant burst runs (median): API calls the syncer made per synced VM.
@@ -79,6 +85,9 @@ impl FootprintReport {
         {
             self.bytes_per_idle_tenant =
                 Some((b.rss_bytes as f64 - a.rss_bytes as f64) / self.tenants as f64);
+            self.anon_bytes_per_idle_tenant = Some(
+                (b.rss_anon_bytes as f64 - a.rss_anon_bytes as f64) / self.tenants as f64,
+            );
         }
         if let (Some(a), Some(b)) = (self.idle_with_tenants, self.with_vms)
             && self.vms > 0
@@ -114,13 +123,14 @@ impl FootprintReport {
     pub fn print(&self) {
         let mut t = Table::new(
             format!("Footprint of the kvtenant syncer process — {SIMULATED}"),
-            &["state", "RSS", "peak RSS", "CPU (% of one core)"],
+            &["state", "RSS", "anonymous", "peak RSS", "CPU (% of one core)"],
         );
         let row = |t: &mut Table, name: String, s: &Option<ProcState>| {
             if let Some(s) = s {
                 t.row(vec![
                     name,
                     fmt_bytes(s.rss_bytes as f64),
+                    fmt_bytes(s.rss_anon_bytes as f64),
                     fmt_bytes(s.rss_peak_bytes as f64),
                     format!("{} % over {} s", fmt_f(s.cpu_pct, 2), fmt_f(s.window_s, 0)),
                 ]);
@@ -149,6 +159,7 @@ impl FootprintReport {
         t.row(vec![
             "bytes per idle tenant".into(),
             opt(self.bytes_per_idle_tenant),
+            opt(self.anon_bytes_per_idle_tenant),
             String::new(),
             String::new(),
         ]);
@@ -161,6 +172,7 @@ impl FootprintReport {
             ),
             String::new(),
             String::new(),
+            String::new(),
         ]);
         let calls = |v: Option<f64>| v.map(|v| fmt_f(v, 2)).unwrap_or_else(|| "n/a".into());
         t.row(vec![
@@ -170,6 +182,7 @@ impl FootprintReport {
                 calls(self.host_calls_per_vm),
                 calls(self.tenant_calls_per_vm)
             ),
+            String::new(),
             String::new(),
             String::new(),
         ]);
