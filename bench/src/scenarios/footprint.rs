@@ -85,9 +85,8 @@ impl FootprintReport {
         {
             self.bytes_per_idle_tenant =
                 Some((b.rss_bytes as f64 - a.rss_bytes as f64) / self.tenants as f64);
-            self.anon_bytes_per_idle_tenant = Some(
-                (b.rss_anon_bytes as f64 - a.rss_anon_bytes as f64) / self.tenants as f64,
-            );
+            self.anon_bytes_per_idle_tenant =
+                Some((b.rss_anon_bytes as f64 - a.rss_anon_bytes as f64) / self.tenants as f64);
         }
         if let (Some(a), Some(b)) = (self.idle_with_tenants, self.with_vms)
             && self.vms > 0
@@ -123,7 +122,13 @@ impl FootprintReport {
     pub fn print(&self) {
         let mut t = Table::new(
             format!("Footprint of the kvtenant syncer process — {SIMULATED}"),
-            &["state", "RSS", "anonymous", "peak RSS", "CPU (% of one core)"],
+            &[
+                "state",
+                "RSS",
+                "anonymous",
+                "peak RSS",
+                "CPU (% of one core)",
+            ],
         );
         let row = |t: &mut Table, name: String, s: &Option<ProcState>| {
             if let Some(s) = s {
