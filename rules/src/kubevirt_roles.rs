@@ -10,6 +10,7 @@
 use kvtenant_api::labels::{MANAGED_BY, MANAGED_BY_VALUE};
 use serde_json::{Value, json};
 
+use crate::dns::MANAGED_BY_LABEL as DNS_MANAGED_BY;
 use crate::kinds::ApiKind;
 
 pub const VIEW: &str = "kubevirt.io:view";
@@ -204,7 +205,12 @@ fn view() -> Vec<Value> {
 }
 
 fn labels(extra: &[(&str, &str)]) -> Value {
-    let mut l = json!({APP_LABEL: "", MANAGED_BY: MANAGED_BY_VALUE});
+    // the DNS objects' label too: the syncer watches kvtenant's ClusterRoles (and bindings) by it
+    let mut l = json!({
+        APP_LABEL: "",
+        MANAGED_BY: MANAGED_BY_VALUE,
+        DNS_MANAGED_BY: MANAGED_BY_VALUE,
+    });
     for (k, v) in extra {
         l[*k] = json!(v);
     }
@@ -376,6 +382,7 @@ mod tests {
             let l = &o["metadata"]["labels"];
             assert_eq!(l[APP_LABEL], "");
             assert_eq!(l[MANAGED_BY], MANAGED_BY_VALUE);
+            assert_eq!(l[DNS_MANAGED_BY], MANAGED_BY_VALUE);
         }
         let b = bindings();
         assert_eq!(b[1]["roleRef"]["name"], INSTANCETYPE_VIEW);

@@ -25,6 +25,7 @@ pub mod auth;
 pub mod authz;
 pub mod discovery;
 pub mod forward;
+pub mod guard_hub;
 pub mod handler;
 pub mod kubelet;
 pub mod metrics;

@@ -22,7 +22,6 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use futures::StreamExt;
-use futures::stream::BoxStream;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -35,6 +34,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use super::auth::{AUTH_CONFIGMAP, AUTH_CONFIGMAP_NAMESPACE, RequestHeaderConfig, TenantAuth};
+use super::guard_hub::{Hub, Watched};
 use super::{GROUP, ProxyError, ProxyState, VERSIONS};
 
 /// Label on the objects the proxy creates in tenants.
@@ -215,19 +215,15 @@ pub(super) async fn remove_service(client: &Client, t: &Target) -> Result<(), Pr
     Ok(())
 }
 
-/// Changes in the tenant to kvtenant's APIServices and Service ([`crate::guard`]).
-fn guard(client: &Client, t: &Target) -> BoxStream<'static, crate::guard::Change> {
-    use kube::api::PartialObjectMeta;
-    let selector = format!("{MANAGED_BY}={MANAGED_BY_VALUE},{COMPONENT_LABEL}={COMPONENT}");
-    let apis = crate::guard::changes(
-        Api::<PartialObjectMeta<APIService>>::all(client.clone()),
-        watcher::Config::default().labels(&selector),
-    );
-    let services = crate::guard::changes(
-        Api::<PartialObjectMeta<Service>>::namespaced(client.clone(), &t.namespace),
-        watcher::Config::default().fields(&format!("metadata.name={}", t.service_name)),
-    );
-    futures::stream::select(apis, services).boxed()
+/// Whether a change (by resource and name) is of the subresource API's registration in the
+/// tenant (pure): one of its APIServices (`<version>.subresources.kubevirt.io`) or its Service.
+pub fn is_registration(t: &Target, watched: Watched, name: &str) -> bool {
+    match watched {
+        Watched::ApiServices => name
+            .strip_suffix(GROUP)
+            .is_some_and(|v| v.ends_with('.') && v.len() > 1),
+        Watched::Services => name == t.service_name,
+    }
 }
 
 /// What the proxy keeps of a running tenant (no `Arc<Tenant>`: the syncer's drop of a tenant
@@ -307,7 +303,12 @@ async fn serve_tenant(state: Arc<ProxyState>, t: TenantInfo) {
     let mut events = watcher(cms, cfg).default_backoff().boxed();
     let mut loaded: Option<RequestHeaderConfig> = None;
     let mut next_ensure = Instant::now();
-    let mut tampered = guard(&t.client, &target);
+    // one watch per resource for this keeper and the aggregated APIs' keepers
+    let hub = Hub::start(&t.client, &target.namespace);
+    let mut tampered = {
+        let target = target.clone();
+        hub.subscribe(move |w, n| is_registration(&target, w, n))
+    };
     // the tenant's metrics.k8s.io (`kubectl top`) and CDI's upload token API (`virtctl
     // image-upload`), served whatever its subresources setting
     let _aggregated: Vec<TaskGuard> = super::aggregated::ALL
@@ -320,6 +321,7 @@ async fn serve_tenant(state: Arc<ProxyState>, t: TenantInfo) {
                     t.vc.uid.clone(),
                     t.label.clone(),
                     t.client.clone(),
+                    &hub,
                 ))
                 .abort_handle(),
             )
@@ -411,5 +413,20 @@ mod tests {
         assert_eq!(a["spec"]["service"]["port"], 8443);
         assert_eq!(a["spec"]["caBundle"], "UEVN");
         assert_eq!(a["metadata"]["labels"][MANAGED_BY], MANAGED_BY_VALUE);
+        // the changes of the tenant's APIServices and Services that wake this keeper
+        let mine = |w, n| is_registration(&t, w, n);
+        assert!(mine(
+            Watched::ApiServices,
+            "v1alpha3.subresources.kubevirt.io"
+        ));
+        assert!(mine(Watched::ApiServices, "v1.subresources.kubevirt.io"));
+        assert!(mine(Watched::Services, "kvtenant-virt-api"));
+        assert!(!mine(Watched::ApiServices, "subresources.kubevirt.io"));
+        assert!(!mine(Watched::ApiServices, "v1beta1.metrics.k8s.io"));
+        assert!(!mine(
+            Watched::ApiServices,
+            "v1.notsubresources.kubevirt.io"
+        ));
+        assert!(!mine(Watched::Services, "kvtenant-metrics-api"));
     }
 }

@@ -66,6 +66,9 @@ pub enum Source {
     MappedServices,
     Nodes,
     Roles,
+    /// kvtenant's ClusterRoles and ClusterRoleBindings: KubeVirt's roles and the DNS objects'
+    /// (one watch of each resource for both).
+    DnsAndRoles,
     Volumes,
 }
 
@@ -92,6 +95,11 @@ pub fn touches(source: Source, change: &Change, copies: &BTreeSet<String>) -> To
             ..none
         },
         (Source::Roles, _) => Touched {
+            roles: true,
+            ..none
+        },
+        (Source::DnsAndRoles, _) => Touched {
+            dns: true,
             roles: true,
             ..none
         },
@@ -142,6 +150,10 @@ fn watches(t: &Tenant) -> BoxStream<'static, (Source, Change)> {
         );
         let mut seen = BTreeSet::new();
         for o in dns::objects(&t.spec.dns, None) {
+            // watched with KubeVirt's roles below
+            if o.namespace.is_none() && rbac_kind(o.api.kind) {
+                continue;
+            }
             if seen.insert((o.api.kind, o.namespace)) {
                 all.push(labelled(
                     t,
@@ -187,12 +199,20 @@ fn watches(t: &Tenant) -> BoxStream<'static, (Source, Change)> {
             Source::MappedServices,
         ));
     }
-    let roles = kvtenant_rules::kubevirt_roles::selector();
+    // KubeVirt's roles and the DNS objects' carry `app.kubernetes.io/managed-by=kvtenant`
+    let (roles, source) = if t.spec.dns.enabled {
+        (
+            format!("{MANAGED_BY_LABEL}={}", kvtenant_api::MANAGER),
+            Source::DnsAndRoles,
+        )
+    } else {
+        (kvtenant_rules::kubevirt_roles::selector(), Source::Roles)
+    };
     for kind in [
         kvtenant_rules::kubevirt_roles::CLUSTER_ROLE,
         kvtenant_rules::kubevirt_roles::CLUSTER_ROLE_BINDING,
     ] {
-        all.push(labelled(t, &kind.resource(), None, &roles, Source::Roles));
+        all.push(labelled(t, &kind.resource(), None, &roles, source));
     }
     let volumes = ApiResource::erase::<k8s_openapi::api::core::v1::PersistentVolume>(&());
     all.push(labelled(
@@ -206,6 +226,15 @@ fn watches(t: &Tenant) -> BoxStream<'static, (Source, Change)> {
     let nodes = ApiResource::erase::<k8s_openapi::api::core::v1::Node>(&());
     all.push(labelled(t, &nodes, None, &shown_nodes, Source::Nodes));
     futures::stream::select_all(all).boxed()
+}
+
+/// Whether a DNS object's kind is watched with KubeVirt's roles (pure).
+fn rbac_kind(kind: &str) -> bool {
+    [
+        kvtenant_rules::kubevirt_roles::CLUSTER_ROLE.kind,
+        kvtenant_rules::kubevirt_roles::CLUSTER_ROLE_BINDING.kind,
+    ]
+    .contains(&kind)
 }
 
 /// Watches the tenant's copies of kvtenant's objects and restores them; ends when the tenant
@@ -342,6 +371,10 @@ mod tests {
             &copies,
         );
         assert!(role.roles && !role.crds && !role.nodes);
+        let rbac = touches(Source::DnsAndRoles, &Change::Relisted, &copies);
+        assert!(rbac.dns && rbac.roles && !rbac.crds);
+        assert!(rbac_kind("ClusterRole") && rbac_kind("ClusterRoleBinding"));
+        assert!(!rbac_kind("ServiceAccount") && !rbac_kind("Role"));
         let volume = touches(Source::Volumes, &Change::Deleted("pvc-1".into()), &copies);
         assert!(volume.volumes && !volume.classes && !volume.nodes);
     }

@@ -11,11 +11,9 @@ use std::time::Duration;
 use base64::Engine as _;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::Client;
-use kube::api::{Api, DeleteParams, PartialObjectMeta, Patch, PatchParams};
-use kube::runtime::watcher;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kvtenant_api::MANAGER;
 use kvtenant_api::labels::{MANAGED_BY, MANAGED_BY_VALUE};
 use serde_json::{Value, json};
@@ -26,6 +24,7 @@ use super::super::register::{
 };
 use super::super::{ProxyError, ProxyState};
 use super::AggregatedApi;
+use crate::proxy::guard_hub::{Hub, Watched};
 
 const RETRY: Duration = Duration::from_secs(5);
 const GUARD_DELAY: Duration = Duration::from_millis(200);
@@ -126,36 +125,44 @@ pub async fn apply(
     Ok(())
 }
 
-/// Changes in the tenant to kvtenant's APIService and Service of `api`.
-fn guard(
-    client: &Client,
-    api: &AggregatedApi,
-    t: &Target,
-) -> BoxStream<'static, crate::guard::Change> {
-    let apis = crate::guard::changes(
-        Api::<PartialObjectMeta<APIService>>::all(client.clone()),
-        watcher::Config::default().fields(&format!("metadata.name={}", api.apiservice)),
-    );
-    let services = crate::guard::changes(
-        Api::<PartialObjectMeta<Service>>::namespaced(client.clone(), &t.namespace),
-        watcher::Config::default().fields(&format!("metadata.name={}", t.service_name)),
-    );
-    futures::stream::select(apis, services).boxed()
+/// Whether a change (by resource and name) is of `api`'s registration in the tenant (pure): its
+/// APIService or its Service.
+pub fn is_registration(api: &AggregatedApi, t: &Target, watched: Watched, name: &str) -> bool {
+    match watched {
+        Watched::ApiServices => name == api.apiservice,
+        Watched::Services => name == t.service_name,
+    }
 }
 
 /// Keeps one tenant's registration of `api` (runs until aborted with the tenant's proxy task):
 /// once the proxy serves the tenant, on every change of the host's API, on tenant edits, and
 /// every resync period.
-pub async fn keep(
+pub fn keep(
     state: Arc<ProxyState>,
     api: &'static AggregatedApi,
     uid: String,
     label: String,
     client: Client,
-) {
+    hub: &Hub,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     let t = target(&state, api);
+    let tampered = {
+        let t = t.clone();
+        hub.subscribe(move |w, n| is_registration(api, &t, w, n))
+    };
+    keep_with(state, api, uid, label, client, t, tampered)
+}
+
+async fn keep_with(
+    state: Arc<ProxyState>,
+    api: &'static AggregatedApi,
+    uid: String,
+    label: String,
+    client: Client,
+    t: Target,
+    mut tampered: BoxStream<'static, crate::guard::Change>,
+) {
     let mut host = state.host_api(api).subscribe();
-    let mut tampered = guard(&client, api, &t);
     let mut next = Instant::now();
     let mut host_open = true;
     loop {
@@ -228,5 +235,15 @@ mod tests {
         let s = service(api, &t);
         assert_eq!(s["spec"]["externalName"], "localhost");
         assert_eq!(s["metadata"]["labels"][MANAGED_BY], MANAGED_BY_VALUE);
+        // the changes of the tenant's APIServices and Services that wake this keeper
+        let mine = |w, n| is_registration(api, &t, w, n);
+        assert!(mine(Watched::ApiServices, "v1beta1.metrics.k8s.io"));
+        assert!(mine(Watched::Services, "kvtenant-metrics-api"));
+        assert!(!mine(
+            Watched::ApiServices,
+            "v1beta1.upload.cdi.kubevirt.io"
+        ));
+        assert!(!mine(Watched::Services, "v1beta1.metrics.k8s.io"));
+        assert!(!mine(Watched::Services, "kvtenant-virt-api"));
     }
 }

@@ -1,0 +1,162 @@
+//! How many watches kvtenant holds open in one idle tenant (issue 16: each watch costs the syncer
+//! buffers, h2 stream state and tasks). Measured on the tenant's real apiserver: its
+//! `apiserver_longrunning_requests{verb="WATCH"}` by resource with the syncer and proxy running
+//! and idle, minus the same of a control plane started alike that no syncer serves (the
+//! apiserver's own loopback informers).
+//!
+//! With fewer, shared watches, what they guard is still put back at once: the syncer and proxy
+//! run with a one-hour resync here, so only the watches can restore a deleted registration,
+//! Service or ClusterRole within the wait.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
+use kube::Client;
+use kube::api::{Api, DeleteParams};
+use kvtenant_kubevirt_sync::SyncerConfig;
+use kvtenant_kubevirt_sync::proxy::{Proxy, ProxyConfig};
+use testenv::{ControlPlane, Options};
+
+const HOUR: Duration = Duration::from_secs(3600);
+const RESTORED: Duration = Duration::from_secs(30);
+
+/// The most watches one idle tenant may cost (syncer and proxy together).
+const MOST: i64 = 37;
+
+/// Open watches by `group/resource` (pure): the `apiserver_longrunning_requests` lines with
+/// `verb="WATCH"` of a Prometheus text exposition.
+fn watches_of(metrics: &str) -> BTreeMap<String, i64> {
+    let mut out = BTreeMap::new();
+    for line in metrics.lines() {
+        let Some(rest) = line.strip_prefix("apiserver_longrunning_requests{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        if !labels.contains("verb=\"WATCH\"") {
+            continue;
+        }
+        let label = |k: &str| {
+            labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(&format!("{k}=\"")))
+                .map(|v| v.trim_end_matches('"').to_string())
+                .unwrap_or_default()
+        };
+        let n: f64 = value.trim().parse().unwrap_or(0.0);
+        *out.entry(format!("{}/{}", label("group"), label("resource")))
+            .or_default() += n as i64;
+    }
+    out
+}
+
+async fn open_watches(client: &Client) -> BTreeMap<String, i64> {
+    let req = http::Request::get("/metrics").body(Vec::new()).unwrap();
+    watches_of(&client.request_text(req).await.unwrap())
+}
+
+/// The open watches once they stop changing (read every 2 s, twice the same).
+async fn settled(client: &Client) -> BTreeMap<String, i64> {
+    let mut last = open_watches(client).await;
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = open_watches(client).await;
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
+#[test]
+fn watches_are_read_by_resource() {
+    let text = "# HELP x\n\
+        apiserver_longrunning_requests{component=\"apiserver\",group=\"\",resource=\"services\",scope=\"namespace\",subresource=\"\",verb=\"WATCH\",version=\"v1\"} 3\n\
+        apiserver_longrunning_requests{component=\"apiserver\",group=\"\",resource=\"services\",scope=\"cluster\",subresource=\"\",verb=\"WATCH\",version=\"v1\"} 1\n\
+        apiserver_longrunning_requests{component=\"apiserver\",group=\"\",resource=\"pods\",scope=\"namespace\",subresource=\"exec\",verb=\"CONNECT\",version=\"v1\"} 2\n";
+    let w = watches_of(text);
+    assert_eq!(w.get("/services"), Some(&4));
+    assert_eq!(w.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_tenant_costs_few_watches() {
+    let mut env = Env::start(1).await;
+    // no consistency scan within the test: only the watches restore
+    env.start_syncer_with(SyncerConfig {
+        resync_period: HOUR,
+        ..SyncerConfig::default()
+    });
+    let config = ProxyConfig {
+        resync_period: HOUR,
+        ca: Some(
+            kvtenant_kubevirt_sync::proxy::tls::load_or_create_ca(
+                &env.host_client(),
+                VC_NAMESPACE,
+                "kvtenant-proxy",
+            )
+            .await
+            .unwrap(),
+        ),
+        ..ProxyConfig::local()
+    };
+    let proxy = Proxy::start(env.syncer.as_ref().unwrap().tenants(), config)
+        .await
+        .unwrap();
+    let tc = env.tenants[0].client();
+    wait_subresources_available(&tc, Duration::from_secs(60)).await;
+    let running = settled(&tc).await;
+    let baseline = ControlPlane::start(Options::new("tenant-2")).await.unwrap();
+    let stopped = settled(&baseline.client().unwrap()).await;
+    let mut ours = BTreeMap::new();
+    for (r, n) in &running {
+        let d = n - stopped.get(r).copied().unwrap_or(0);
+        if d != 0 {
+            ours.insert(r.clone(), d);
+        }
+    }
+    let total: i64 = ours.values().sum();
+    eprintln!("kvtenant's watches in one idle tenant: {total} {ours:#?}");
+    eprintln!("with kvtenant: {running:?}\nwithout: {stopped:?}");
+    assert!(total > 0, "the syncer watches the tenant: {running:?}");
+    assert!(total <= MOST, "{total} watches > {MOST}: {ours:#?}");
+
+    // a tenant deletes what the shared watches guard: it is back
+    let apis: Api<APIService> = Api::all(tc.clone());
+    let services: Api<Service> = Api::namespaced(tc.clone(), "kube-system");
+    let roles: Api<ClusterRole> = Api::all(tc.clone());
+    let bindings: Api<ClusterRoleBinding> = Api::all(tc.clone());
+    let dp = DeleteParams::default();
+    apis.delete("v1.subresources.kubevirt.io", &dp)
+        .await
+        .unwrap();
+    services.delete("kvtenant-virt-api", &dp).await.unwrap();
+    roles.delete("kubevirt.io:edit", &dp).await.unwrap();
+    roles.delete("system:coredns", &dp).await.unwrap();
+    bindings.delete("system:coredns", &dp).await.unwrap();
+    eventually("the deleted objects restored", RESTORED, || async {
+        apis.get_opt("v1.subresources.kubevirt.io")
+            .await
+            .unwrap()
+            .is_some()
+            && services
+                .get_opt("kvtenant-virt-api")
+                .await
+                .unwrap()
+                .is_some()
+            && roles.get_opt("kubevirt.io:edit").await.unwrap().is_some()
+            && roles.get_opt("system:coredns").await.unwrap().is_some()
+            && bindings.get_opt("system:coredns").await.unwrap().is_some()
+    })
+    .await;
+    drop(proxy);
+}
