@@ -60,6 +60,10 @@ fn scenarios_pass_on_testenv_with_real_kubevirt_and_simulated_nodes() {
         simulated_exporter_port: Some(
             port_forwards.expect("dev prints where pod port-forwards go"),
         ),
+        // Multus' CRD, read from its Go module (no Multus runs: nothing attaches a network)
+        multus: Ok(testenv::multus::crd()
+            .expect("Multus' NetworkAttachmentDefinition CRD")
+            .0),
     };
     t.vm_boots();
     t.console_answers();
@@ -73,5 +77,8 @@ fn scenarios_pass_on_testenv_with_real_kubevirt_and_simulated_nodes() {
     t.instancetypes();
     t.migration_rights();
     t.hotplug();
+    t.golden_images();
+    t.kubevirt_roles();
+    t.secondary_networks();
     t.cleanup();
 }

@@ -2,7 +2,8 @@
 //! ways: on testenv with KubeVirt's real control plane and simulated nodes (`tests/e2e_testenv.rs`,
 //! every `cargo test`)
 //! and on kind with real KubeVirt (`tests/e2e_kind.rs`, `e2e-kind/test.sh`). They drive the
-//! real kubectl, as a tenant would.
+//! real kubectl, as a tenant would. Scenario 15 (secondary networks) runs on testenv only: it is
+//! skipped on kind, saying so, while kind has no Multus ([`Target::multus`]).
 #![allow(dead_code)]
 
 use std::io::Write;
@@ -22,9 +23,12 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
 mod exports;
+mod golden_images;
 mod hotplug;
 mod instancetypes;
 mod migrations;
+mod networks;
+mod roles;
 mod snapshots;
 mod steps;
 mod uploads;
@@ -50,6 +54,11 @@ pub struct Target {
     /// there as virt-exportserver would (**simulated**, `testenv::kubevirt::exporter`). `None`
     /// (kind): the host's real exporter pod answers.
     pub simulated_exporter_port: Option<u16>,
+    /// Multus' NetworkAttachmentDefinition CRD for the secondary-network scenario (15): `Ok`, the
+    /// CRD file it applies on the host (testenv: Multus' own, from its Go module; no Multus
+    /// runs); `Err`, why that scenario is skipped (printed; kind: `e2e-kind/up.sh` installs no
+    /// Multus).
+    pub multus: Result<PathBuf, String>,
 }
 
 /// The default `spec.kubevirt.syncKinds` (kvtenant's `SyncKind::DEFAULT`).
@@ -411,6 +420,45 @@ impl Target {
         }
         kinds.extend(missing.iter().map(|k| k.to_string()));
         self.patch_vc_spec(&serde_json::json!({"kubevirt": {"syncKinds": kinds}}));
+    }
+
+    /// Checks the tenant's `apply` of the object `name` in `default` (`applied`: kubectl's
+    /// answer) was refused naming `field`: by kvtenant's admission webhook in the tenant (kubectl's
+    /// error), or, where that let it pass, by the syncer's SyncRefused Event.
+    fn refused_naming(&self, applied: Result<String, String>, name: &str, field: &str) {
+        let Ok(_) = applied else {
+            let refused = applied.unwrap_err();
+            assert!(
+                refused.contains(field),
+                "the refusal names {field}: {refused}"
+            );
+            eprintln!("{name} refused at admission: {}", refused.trim());
+            return;
+        };
+        self.wait_result(
+            &format!("a SyncRefused Event for {name} naming {field}"),
+            || {
+                let events = json_result(
+                    &self.tenant_kubeconfig,
+                    &[
+                        "get",
+                        "events",
+                        "-n",
+                        "default",
+                        "--field-selector",
+                        &format!("involvedObject.name={name},reason=SyncRefused"),
+                    ],
+                )?;
+                events["items"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|e| e["message"].as_str().is_some_and(|m| m.contains(field)))
+                    .then_some(())
+                    .ok_or_else(|| format!("events {}", events["items"]))
+            },
+        );
+        eprintln!("{name} accepted by the tenant apiserver, refused by the syncer (SyncRefused)");
     }
 
     /// Waits until the tenant serves the CRD `name` (mirrored by the syncer).

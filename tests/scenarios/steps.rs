@@ -2,7 +2,8 @@
 //! VM boots, console, stop/start, DataVolume, Service, RBAC, then snapshot and restore
 //! (`snapshots.rs`), disk upload (`uploads.rs`), export and download (`exports.rs`), instancetypes
 //! (`instancetypes.rs`), migration rights (`migrations.rs`), volume hotplug
-//! (`hotplug.rs`), cleanup.
+//! (`hotplug.rs`), golden images (`golden_images.rs`), KubeVirt roles (`roles.rs`), secondary
+//! networks (`networks.rs`), cleanup.
 
 use super::*;
 
