@@ -227,14 +227,10 @@ fn volume_status<'a>(vmi: &'a DynamicObject, name: &str) -> Option<&'a Value> {
         .find(|s| s["name"] == name)
 }
 
-/// A running VM (DeclarativeHotplugVolumes): `virtctl addvolume --persist` through the tenant
-/// reaches the host VM, the host's virt-controller puts the volume into the running VMI and makes
-/// the attachment pod (`hp-volume-*`, run by kwok), the node agent (**simulated** virt-handler)
-/// reports the volume attached; the tenant's VMI shows it Ready and the tenant VM keeps it.
-/// `removevolume --persist` takes it from both VMs and the VMI, and virt-controller deletes the
-/// attachment pod.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_volume_hotplugged_into_a_running_vm_is_shown_attached_in_the_tenant() {
+/// KubeVirt with DeclarativeHotplugVolumes, the proxy, and in the tenant's `default` namespace
+/// a running VM `vm1` and a claim `claim` the host's (simulated) provisioner binds
+/// (virt-controller attaches bound claims only).
+async fn running_vm_and_claim(claim: &str) -> (Env, Proxy) {
     let env = Env::start_with_kubevirt(
         1,
         false,
@@ -242,14 +238,10 @@ async fn a_volume_hotplugged_into_a_running_vm_is_shown_attached_in_the_tenant()
     )
     .await;
     let shared = env.syncer.as_ref().unwrap().tenants();
-    let _proxy = Proxy::start(shared, ProxyConfig::local()).await.unwrap();
-    let t = &env.tenants[0];
-    let tc = t.client();
-    let host_ns = t.host_ns("default");
+    let proxy = Proxy::start(shared, ProxyConfig::local()).await.unwrap();
+    let tc = env.tenants[0].client();
     wait_subresources_available(&tc, WAIT).await;
-
-    // a claim the host's (simulated) provisioner binds: virt-controller attaches bound claims only
-    let pvc = json!({"metadata": {"name": "data", "namespace": "default"}, "spec": {
+    let pvc = json!({"metadata": {"name": claim, "namespace": "default"}, "spec": {
         "storageClassName": testenv::snapshots::STORAGE_CLASS,
         "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}});
     Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(tc.clone(), "default")
@@ -259,7 +251,6 @@ async fn a_volume_hotplugged_into_a_running_vm_is_shown_attached_in_the_tenant()
         )
         .await
         .unwrap();
-
     let vms: Api<DynamicObject> = Api::namespaced_with(tc.clone(), "default", &vm_resource());
     let vm = vm_manifest("vm1", "default", json!({}));
     vms.create(&PostParams::default(), &serde_json::from_value(vm).unwrap())
@@ -272,6 +263,23 @@ async fn a_volume_hotplugged_into_a_running_vm_is_shown_attached_in_the_tenant()
             .filter(|v| v.data["status"]["phase"] == "Running")
     })
     .await;
+    (env, proxy)
+}
+
+/// A running VM (DeclarativeHotplugVolumes): `virtctl addvolume --persist` through the tenant
+/// reaches the host VM, the host's virt-controller puts the volume into the running VMI and makes
+/// the attachment pod (`hp-volume-*`, run by kwok), the node agent (**simulated** virt-handler)
+/// reports the volume attached; the tenant's VMI shows it Ready and the tenant VM keeps it.
+/// `removevolume --persist` takes it from both VMs and the VMI, and virt-controller deletes the
+/// attachment pod.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_volume_hotplugged_into_a_running_vm_is_shown_attached_in_the_tenant() {
+    let (env, _proxy) = running_vm_and_claim("data").await;
+    let t = &env.tenants[0];
+    let tc = t.client();
+    let host_ns = t.host_ns("default");
+    let vms: Api<DynamicObject> = Api::namespaced_with(tc.clone(), "default", &vm_resource());
+    let vmis: Api<DynamicObject> = Api::namespaced_with(tc.clone(), "default", &vmi_resource());
 
     virtctl(
         &env,
@@ -350,4 +358,138 @@ async fn a_volume_hotplugged_into_a_running_vm_is_shown_attached_in_the_tenant()
     .await;
     let vmi = get(&vmis, "vm1").await.unwrap();
     assert_eq!(vmi.data["status"]["phase"], "Running", "still running");
+}
+
+fn dump_request(vm: &DynamicObject) -> &Value {
+    &vm.data["status"]["memoryDumpRequest"]
+}
+
+/// `virtctl memory-dump get --claim-name` through the tenant on a running VM
+/// (DeclarativeHotplugVolumes): virt-api records the request on the host VM, the host's
+/// virt-controller adds the `memoryDump` volume of the host copy of the tenant's claim to the
+/// host VM and VMI and makes the attachment pod; the node agent (**simulated** virt-handler:
+/// nothing is dumped) reports the dump done; virt-controller takes the volume out of the VMI,
+/// annotates the claim with the dump's file name and marks the request Completed. The tenant VM
+/// shows the request and keeps the volume; `virtctl memory-dump remove` takes both away.
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_dump_of_a_running_vm_lands_in_the_tenant_claim() {
+    let (env, _proxy) = running_vm_and_claim("dump").await;
+    let t = &env.tenants[0];
+    let tc = t.client();
+    let host_ns = t.host_ns("default");
+    let vms: Api<DynamicObject> = Api::namespaced_with(tc.clone(), "default", &vm_resource());
+    let host_vms = env.host_api(&vm_resource(), &host_ns);
+    let host_vmis = env.host_api(&vmi_resource(), &host_ns);
+
+    // virt-api accepts a memory dump only into a claim it finds on the host; kvtenant makes the
+    // host copy of a tenant claim once a synced VM or pod uses it (and keeps it): a halted VM
+    // that uses the claim, deleted again
+    let mut holder = vm_manifest("holder", "default", json!({}));
+    holder["spec"]["runStrategy"] = json!("Halted");
+    let spec = &mut holder["spec"]["template"]["spec"];
+    spec["volumes"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "dump", "persistentVolumeClaim": {"claimName": "dump"}}));
+    spec["domain"]["devices"]["disks"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "dump", "disk": {"bus": "virtio"}}));
+    vms.create(
+        &PostParams::default(),
+        &serde_json::from_value(holder).unwrap(),
+    )
+    .await
+    .unwrap();
+    let host_claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        Api::namespaced(env.host_client(), &host_ns);
+    eventually("the claim's host copy bound", WAIT, || async {
+        host_claims
+            .get_opt("dump")
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|c| c.status.and_then(|s| s.phase).as_deref() == Some("Bound"))
+    })
+    .await;
+    vms.delete("holder", &Default::default()).await.unwrap();
+
+    virtctl(
+        &env,
+        t.kubeconfig(),
+        &[
+            "-n",
+            "default",
+            "memory-dump",
+            "get",
+            "vm1",
+            "--claim-name=dump",
+        ],
+    );
+    let host_vm = wait_for("the host VM's memory dump Completed", WAIT, || async {
+        get(&host_vms, "vm1")
+            .await
+            .filter(|vm| dump_request(vm)["phase"] == "Completed")
+    })
+    .await;
+    let file = dump_request(&host_vm)["fileName"]
+        .as_str()
+        .expect("the dump's file name")
+        .to_string();
+    assert!(
+        file.starts_with("vm1-dump-") && file.ends_with(".memory.dump"),
+        "{file}"
+    );
+    assert_eq!(dump_request(&host_vm)["claimName"], "dump");
+    let vol = json!({"name": "dump", "memoryDump": {"claimName": "dump", "hotpluggable": true}});
+    assert_eq!(host_vm.data["spec"]["template"]["spec"]["volumes"][1], vol);
+    assert_eq!(disks(&host_vm), ["root"], "a memory dump has no disk");
+    // the claim used is the host copy of the tenant's claim: virt-controller annotated it
+    let host_pvcs: Api<DynamicObject> = env.host_api(
+        &kube::api::ApiResource::erase::<k8s_openapi::api::core::v1::PersistentVolumeClaim>(&()),
+        &host_ns,
+    );
+    let host_pvc = get(&host_pvcs, "dump").await.unwrap();
+    assert!(kvtenant_rules::translate::is_kvtenant_copy(&host_pvc));
+    let annotations = host_pvc.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(
+        annotations.get("kubevirt.io/memory-dump"),
+        Some(&file),
+        "{annotations:?}"
+    );
+    // done: the volume is out of the running instance again
+    let host_vmi = get(&host_vmis, "vm1").await.unwrap();
+    assert_eq!(names(&host_vmi, "/spec/volumes"), ["root"]);
+    assert_eq!(host_vmi.data["status"]["phase"], "Running");
+
+    // the tenant VM shows the request and keeps the volume
+    let tenant_vm = wait_for("the tenant VM's memory dump Completed", WAIT, || async {
+        get(&vms, "vm1")
+            .await
+            .filter(|vm| dump_request(vm)["phase"] == "Completed")
+    })
+    .await;
+    assert_eq!(dump_request(&tenant_vm)["fileName"], file.as_str());
+    assert_eq!(
+        tenant_vm.data["spec"]["template"]["spec"]["volumes"][1],
+        vol
+    );
+    assert_eq!(disks(&tenant_vm), ["root"]);
+    let host_vm = get(&host_vms, "vm1").await.unwrap();
+    assert_eq!(volumes(&host_vm), ["root", "dump"], "not reverted");
+
+    // memory-dump remove: the volume and the request gone from both VMs
+    virtctl(
+        &env,
+        t.kubeconfig(),
+        &["-n", "default", "memory-dump", "remove", "vm1"],
+    );
+    for (what, api) in [("the host VM", &host_vms), ("the tenant VM", &vms)] {
+        wait_for(&format!("{what} without the memory dump"), WAIT, || async {
+            get(api, "vm1")
+                .await
+                .filter(|vm| volumes(vm) == ["root"] && dump_request(vm).is_null())
+        })
+        .await;
+    }
 }

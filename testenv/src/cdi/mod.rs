@@ -7,9 +7,13 @@
 //! The host side of `virtctl image-upload` is simulated too ([`upload`]): CDI's upload token
 //! API as the host's `upload.cdi.kubevirt.io` and its upload proxy, both on 127.0.0.1, the
 //! proxy keeping the bytes in memory.
+//!
+//! As CDI's operator does, every authenticated user and service account may read CDI's
+//! configuration ([`rbac`]).
 
 pub mod crds;
 pub mod datavolume;
+pub mod rbac;
 pub mod upload;
 
 use std::path::PathBuf;
@@ -120,6 +124,7 @@ impl SimulatedCdi {
             "simulated CDI: minimal CRDs for kinds the folder lacks"
         );
         crds::apply_and_wait(&client, &all, timeout).await?;
+        rbac::apply(&client).await?;
         let upload = upload::start(client.clone(), timeout).await?;
         let task = datavolume::spawn(client);
         Ok(Self {

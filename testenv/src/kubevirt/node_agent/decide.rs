@@ -109,7 +109,7 @@ pub fn decide_vmi(
         }
         Some("Running") => {
             let guest_report = report_guest(vmi, guest, now);
-            match super::hotplug::report_volumes(guest_report.as_ref().unwrap_or(vmi)) {
+            match super::hotplug::report_volumes(guest_report.as_ref().unwrap_or(vmi), now) {
                 Some(v) => VmiAction::Report(v),
                 None => guest_report
                     .map(VmiAction::Report)
