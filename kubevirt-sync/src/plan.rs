@@ -370,7 +370,7 @@ fn plan_down(
         }
     }
     let mut p = p;
-    let mut deps = kind.references(&t.data);
+    let mut deps = kind.object_references(t);
     deps.extend(owner);
     if !deps.is_empty() {
         p = p.with(Step::Dependencies(deps));

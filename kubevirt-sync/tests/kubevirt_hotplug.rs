@@ -8,6 +8,9 @@
 //! and any other change made on the host VM, are still reverted. On a running VM the host's
 //! virt-controller also attaches the volume to the instance through an attachment pod, and the
 //! node agent (**simulated** virt-handler) reports it attached: the tenant's VMI shows it.
+//! `virtctl memory-dump get` / `remove` on a running VM: the memory dump volume of the tenant's
+//! claim lands in both VMs (the node agent reports the dump written: **simulated**, nothing is
+//! dumped) and the tenant VM shows the request Completed.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -365,7 +368,9 @@ fn dump_request(vm: &DynamicObject) -> &Value {
 }
 
 /// `virtctl memory-dump get --claim-name` through the tenant on a running VM
-/// (DeclarativeHotplugVolumes): virt-api records the request on the host VM, the host's
+/// (DeclarativeHotplugVolumes), into a claim no VM or pod used before: kvtenant's proxy marks
+/// the tenant VM with the claim, so the syncer makes the claim's host copy, which virt-api looks
+/// for. virt-api records the request on the host VM, the host's
 /// virt-controller adds the `memoryDump` volume of the host copy of the tenant's claim to the
 /// host VM and VMI and makes the attachment pod; the node agent (**simulated** virt-handler:
 /// nothing is dumped) reports the dump done; virt-controller takes the volume out of the VMI,
@@ -381,38 +386,10 @@ async fn memory_dump_of_a_running_vm_lands_in_the_tenant_claim() {
     let host_vms = env.host_api(&vm_resource(), &host_ns);
     let host_vmis = env.host_api(&vmi_resource(), &host_ns);
 
-    // virt-api accepts a memory dump only into a claim it finds on the host; kvtenant makes the
-    // host copy of a tenant claim once a synced VM or pod uses it (and keeps it): a halted VM
-    // that uses the claim, deleted again
-    let mut holder = vm_manifest("holder", "default", json!({}));
-    holder["spec"]["runStrategy"] = json!("Halted");
-    let spec = &mut holder["spec"]["template"]["spec"];
-    spec["volumes"]
-        .as_array_mut()
-        .unwrap()
-        .push(json!({"name": "dump", "persistentVolumeClaim": {"claimName": "dump"}}));
-    spec["domain"]["devices"]["disks"]
-        .as_array_mut()
-        .unwrap()
-        .push(json!({"name": "dump", "disk": {"bus": "virtio"}}));
-    vms.create(
-        &PostParams::default(),
-        &serde_json::from_value(holder).unwrap(),
-    )
-    .await
-    .unwrap();
+    // the claim is not used by any VM or pod yet: it has no host copy, which virt-api looks for
     let host_claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
         Api::namespaced(env.host_client(), &host_ns);
-    eventually("the claim's host copy bound", WAIT, || async {
-        host_claims
-            .get_opt("dump")
-            .await
-            .ok()
-            .flatten()
-            .is_some_and(|c| c.status.and_then(|s| s.phase).as_deref() == Some("Bound"))
-    })
-    .await;
-    vms.delete("holder", &Default::default()).await.unwrap();
+    assert!(host_claims.get_opt("dump").await.unwrap().is_none());
 
     virtctl(
         &env,
@@ -470,6 +447,12 @@ async fn memory_dump_of_a_running_vm_lands_in_the_tenant_claim() {
     })
     .await;
     assert_eq!(dump_request(&tenant_vm)["fileName"], file.as_str());
+    // the proxy marked the tenant VM with the claim, whose host copy the syncer then made
+    let marks = tenant_vm.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(
+        marks.get(kvtenant_rules::vm::refs::MEMORY_DUMP_CLAIM),
+        Some(&"dump".to_string())
+    );
     assert_eq!(
         tenant_vm.data["spec"]["template"]["spec"]["volumes"][1],
         vol

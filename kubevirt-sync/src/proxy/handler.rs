@@ -13,7 +13,7 @@ use super::auth::{self, TenantAuth};
 use super::forward::{self, BODY_TIMEOUT, MAX_BODY, StreamMetrics, Target};
 use super::route::{self, Call, Route};
 use super::status::{self, Body};
-use super::{ConnInfo, GROUP, ProxyState, authz, discovery, metrics_api, upload_api};
+use super::{ConnInfo, GROUP, ProxyState, authz, discovery, memory_dump, metrics_api, upload_api};
 
 fn metric_label(route: &Route) -> &'static str {
     match route {
@@ -296,5 +296,13 @@ async fn serve_call(
             Ok(Err(e)) => return status::bad_request(&format!("reading the request body: {e}")),
             Err(_) => return status::bad_request("timed out reading the request body"),
         };
+    // virt-api looks the claim of a memory dump up on the host ([`memory_dump`])
+    if let (Some(claim), Some(vm)) = (
+        memory_dump::requested_claim(&call, &parts.method, &body),
+        call.name.as_deref(),
+    ) {
+        let host = state.syncer.host();
+        memory_dump::prepare(&tenant.client, host, &call.namespace, &host_ns, vm, &claim).await;
+    }
     forward::plain(state, &target, parts.method, &parts.headers, body).await
 }

@@ -28,6 +28,7 @@ pub mod forward;
 pub mod guard_hub;
 pub mod handler;
 pub mod kubelet;
+pub mod memory_dump;
 pub mod metrics;
 pub mod metrics_api;
 pub mod register;

@@ -54,7 +54,7 @@ impl View for Tenant {
                 self.objects_in(referrer.id, namespace).iter().any(|o| {
                     !is_mirror(o)
                         && referrer
-                            .references(&o.data)
+                            .object_references(o)
                             .iter()
                             .any(|r| r.kind == kind.name() && r.name == name)
                 })

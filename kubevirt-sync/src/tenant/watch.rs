@@ -73,7 +73,7 @@ fn keys_of(spec: &kinds::Kind, obj: &DynamicObject) -> Vec<Key> {
         name: obj.name_any(),
     }];
     if !is_mirror(obj) {
-        for r in spec.references(&obj.data) {
+        for r in spec.object_references(obj) {
             if let Some(dep) = kinds::by_kind(r.kind) {
                 keys.push(Key {
                     kind: dep.id,

@@ -297,6 +297,21 @@ pub trait SyncedKind: Send + Sync {
             .unwrap_or_default()
     }
 
+    /// Everything the object references: [`references`](Self::references) of its data and, for
+    /// VM-like kinds, the claim its memory dump annotation names
+    /// ([`refs::MEMORY_DUMP_CLAIM`]).
+    fn object_references(&self, obj: &kube::api::DynamicObject) -> Vec<ObjRef> {
+        let mut out = self.references(&obj.data);
+        if self.vm_template().is_some()
+            && let Some(r) = refs::memory_dump_claim(obj.metadata.annotations.as_ref())
+        {
+            out.push(r);
+            out.sort();
+            out.dedup();
+        }
+        out
+    }
+
     /// The tenant object of the same namespace this one belongs to and syncs with, read from
     /// the object with its metadata (EndpointSlices: the Service their
     /// `kubernetes.io/service-name` label names); `None`: it stands alone.

@@ -8,6 +8,26 @@ use serde_json::Value;
 use super::VmTemplate;
 use crate::kinds::{config_map, data_volume, pvc, secret, service_account};
 
+/// Annotation of a VM naming the claim a memory dump is asked into (`virtctl memory-dump get
+/// --claim-name`): the VM references that claim, so its host copy is made before KubeVirt's
+/// virt-api, which looks the claim up on the host, sees the request. kvtenant's subresource
+/// proxy sets it on the tenant VM when it forwards a `memorydump` call; a tenant may set it too
+/// (it only names a claim of the VM's own namespace, as a volume would).
+pub const MEMORY_DUMP_CLAIM: &str = "tenancy.kvtenant.io/memory-dump-claim";
+
+/// The claim a VM's [`MEMORY_DUMP_CLAIM`] annotation names.
+pub fn memory_dump_claim(
+    annotations: Option<&std::collections::BTreeMap<String, String>>,
+) -> Option<ObjRef> {
+    let name = annotations?
+        .get(MEMORY_DUMP_CLAIM)
+        .filter(|n| !n.is_empty())?;
+    Some(ObjRef {
+        kind: pvc::KIND,
+        name: name.clone(),
+    })
+}
+
 /// A reference to a namespaced object in the same namespace.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ObjRef {
@@ -152,5 +172,21 @@ mod tests {
         }}}}}});
         assert_eq!(references(&pool::TEMPLATE, &pool_obj).len(), 1);
         assert!(references(&virtual_machine::TEMPLATE, &pool_obj).is_empty());
+    }
+
+    #[test]
+    fn a_memory_dump_claim_is_named_by_its_annotation() {
+        let marks = |v: &str| {
+            std::collections::BTreeMap::from([(MEMORY_DUMP_CLAIM.to_string(), v.to_string())])
+        };
+        assert_eq!(
+            memory_dump_claim(Some(&marks("dump"))),
+            Some(ObjRef {
+                kind: pvc::KIND,
+                name: "dump".into()
+            })
+        );
+        assert_eq!(memory_dump_claim(Some(&marks(""))), None);
+        assert_eq!(memory_dump_claim(None), None);
     }
 }
