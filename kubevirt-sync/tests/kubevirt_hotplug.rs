@@ -10,7 +10,9 @@
 //! node agent (**simulated** virt-handler) reports it attached: the tenant's VMI shows it.
 //! `virtctl memory-dump get` / `remove` on a running VM: the memory dump volume of the tenant's
 //! claim lands in both VMs (the node agent reports the dump written: **simulated**, nothing is
-//! dumped) and the tenant VM shows the request Completed.
+//! dumped) and the tenant VM shows the request Completed; `memory-dump get --create-claim`
+//! makes the claim in the tenant, sized with the filesystem overhead of kvtenant's tenant
+//! CDIConfig (the host's), and the dump into it completes the same way.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -375,7 +377,9 @@ fn dump_request(vm: &DynamicObject) -> &Value {
 /// host VM and VMI and makes the attachment pod; the node agent (**simulated** virt-handler:
 /// nothing is dumped) reports the dump done; virt-controller takes the volume out of the VMI,
 /// annotates the claim with the dump's file name and marks the request Completed. The tenant VM
-/// shows the request and keeps the volume; `virtctl memory-dump remove` takes both away.
+/// shows the request and keeps the volume; `virtctl memory-dump remove` takes both away. Then
+/// `virtctl memory-dump get --create-claim` makes a tenant claim sized with the host's
+/// filesystem overhead (shown in the tenant's CDIConfig) and the dump into it completes.
 #[tokio::test(flavor = "multi_thread")]
 async fn memory_dump_of_a_running_vm_lands_in_the_tenant_claim() {
     let (env, _proxy) = running_vm_and_claim("dump").await;
@@ -475,4 +479,103 @@ async fn memory_dump_of_a_running_vm_lands_in_the_tenant_claim() {
         })
         .await;
     }
+
+    // memory-dump get --create-claim: virtctl sizes the claim it makes in the tenant with the
+    // filesystem overhead of the tenant's CDIConfig (kvtenant's, its status the host's overhead;
+    // without it virtctl failed with "CDI config not initialized")
+    let configs: Api<DynamicObject> = Api::all_with(tc.clone(), &cdi_config_resource());
+    let host_config = Api::<DynamicObject>::all_with(env.host_client(), &cdi_config_resource())
+        .get("config")
+        .await
+        .unwrap();
+    let host_overhead = host_config.data["status"]["filesystemOverhead"].clone();
+    assert!(host_overhead["global"].is_string(), "{host_overhead}");
+    let config = wait_for(
+        "the tenant CDIConfig's filesystem overhead",
+        WAIT,
+        || async {
+            get(&configs, "config")
+                .await
+                .filter(|c| c.data["status"]["filesystemOverhead"].is_object())
+        },
+    )
+    .await;
+    assert_eq!(
+        config.data["status"],
+        json!({"filesystemOverhead": host_overhead}),
+        "the host's overhead and nothing else of its status"
+    );
+    let vmi = get(
+        &Api::<DynamicObject>::namespaced_with(tc.clone(), "default", &vmi_resource()),
+        "vm1",
+    )
+    .await
+    .unwrap();
+    let mem = vmi.data["spec"]["domain"]["resources"]["requests"]["memory"]
+        .as_str()
+        .map_or(0.0, |m| {
+            m.strip_suffix("Mi")
+                .expect("memory in Mi")
+                .parse::<f64>()
+                .unwrap()
+        });
+    let overhead: f64 = host_overhead["global"].as_str().unwrap().parse().unwrap();
+    // KubeVirt's CalcExpectedMemoryDumpSize (memory + 100Mi) and GetSizeIncludingGivenOverhead
+    // (times 1 + overhead, rounded up to a MiB)
+    let expected = format!("{}Mi", ((mem + 100.0) * (1.0 + overhead)).ceil());
+    let out = virtctl(
+        &env,
+        t.kubeconfig(),
+        &[
+            "-n",
+            "default",
+            "memory-dump",
+            "get",
+            "vm1",
+            "--claim-name=dump2",
+            "--create-claim",
+            &format!("--storage-class={}", testenv::snapshots::STORAGE_CLASS),
+        ],
+    );
+    assert!(out.contains("PVC default/dump2 created"), "{out}");
+    let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        Api::namespaced(tc.clone(), "default");
+    let claim = claims.get("dump2").await.unwrap();
+    let requests = claim.spec.unwrap().resources.unwrap().requests.unwrap();
+    assert_eq!(
+        requests["storage"].0, expected,
+        "sized with the host's overhead"
+    );
+    let host_vm = wait_for("the host VM's dump into dump2 Completed", WAIT, || async {
+        get(&host_vms, "vm1").await.filter(|vm| {
+            dump_request(vm)["claimName"] == "dump2" && dump_request(vm)["phase"] == "Completed"
+        })
+    })
+    .await;
+    let file = dump_request(&host_vm)["fileName"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let host_pvc = get(&host_pvcs, "dump2").await.unwrap();
+    assert!(kvtenant_rules::translate::is_kvtenant_copy(&host_pvc));
+    let annotations = host_pvc.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(annotations.get("kubevirt.io/memory-dump"), Some(&file));
+    wait_for(
+        "the tenant VM's dump into dump2 Completed",
+        WAIT,
+        || async {
+            get(&vms, "vm1").await.filter(|vm| {
+                dump_request(vm)["claimName"] == "dump2" && dump_request(vm)["phase"] == "Completed"
+            })
+        },
+    )
+    .await;
+}
+
+/// `cdi.kubevirt.io/v1beta1` CDIConfigs.
+fn cdi_config_resource() -> kube::api::ApiResource {
+    kube::api::ApiResource::from_gvk_with_plural(
+        &kube::api::GroupVersionKind::gvk("cdi.kubevirt.io", "v1beta1", "CDIConfig"),
+        "cdiconfigs",
+    )
 }

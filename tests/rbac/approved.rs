@@ -32,6 +32,9 @@ pub const SYNCER_CLUSTER: &[&str] = &[
     "[/version/] [] [get]",
     "[/version] [] [get]",
     "apiservices.apiregistration.k8s.io [] [] [get list watch]",
+    // the host's CDIConfig, whose filesystem overhead the tenants' CDIConfigs show (added
+    // 2026-12-06)
+    "cdiconfigs.cdi.kubevirt.io [] [config] [get]",
     "clustertrustbundles.certificates.k8s.io [] [] [get list watch]",
     "configmaps [] [] [get list watch create update patch delete]",
     // KubeVirt's ControllerRevisions of VMs' instancetypes, shown read-only (cluster-wide

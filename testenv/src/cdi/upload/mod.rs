@@ -213,7 +213,9 @@ pub fn signer_bundle(ca_pem: &str) -> Value {
     })
 }
 
-/// The CDIConfig's status: the proxy's URL, and CDI's default filesystem overhead (pure).
+/// The CDIConfig's status (**simulated**: written here, not by CDI's config controller): the
+/// proxy's URL, and the filesystem overhead CDI's controller writes by default (CDI v1.64.0's
+/// `DefaultGlobalOverhead`, "0.06"; virtctl reads it to size a claim it makes) (pure).
 pub fn cdi_config_status(proxy_url: &str) -> Value {
     json!({"status": {
         "uploadProxyURL": proxy_url,
