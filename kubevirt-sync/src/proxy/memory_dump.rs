@@ -15,7 +15,8 @@ use std::time::Duration;
 use http::Method;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::Client;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kvtenant_rules::kinds;
 use kvtenant_rules::vm::refs::MEMORY_DUMP_CLAIM;
 use serde_json::{Value, json};
 
@@ -58,13 +59,6 @@ pub fn mark_patch(claim: &str) -> Value {
     json!({"metadata": {"annotations": {MEMORY_DUMP_CLAIM: claim}}})
 }
 
-fn vm_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("kubevirt.io", "v1", "VirtualMachine"),
-        "virtualmachines",
-    )
-}
-
 /// Marks the tenant VM `vm` for `claim` (if the tenant has that claim) and waits until the host
 /// has the claim's copy and the marked VM. Errors are logged and end the wait: the call is
 /// forwarded and virt-api answers.
@@ -76,9 +70,13 @@ pub async fn prepare(
     vm: &str,
     claim: &str,
 ) {
+    // the VirtualMachine kind of kvtenant's registry (always there: VMs are what it syncs)
+    let Some(vm_kind) = kinds::by_kind("VirtualMachine") else {
+        return;
+    };
     let tenant_claims: Api<PersistentVolumeClaim> = Api::namespaced(tenant.clone(), tenant_ns);
     let tenant_vms: Api<DynamicObject> =
-        Api::namespaced_with(tenant.clone(), tenant_ns, &vm_resource());
+        Api::namespaced_with(tenant.clone(), tenant_ns, &vm_kind.resource);
     match tenant_claims.get_opt(claim).await {
         Ok(Some(_)) => {}
         Ok(None) => return,
@@ -109,7 +107,8 @@ pub async fn prepare(
         }
     }
     let host_claims: Api<PersistentVolumeClaim> = Api::namespaced(host.clone(), host_ns);
-    let host_vms: Api<DynamicObject> = Api::namespaced_with(host.clone(), host_ns, &vm_resource());
+    let host_vms: Api<DynamicObject> =
+        Api::namespaced_with(host.clone(), host_ns, &vm_kind.resource);
     let ready = async {
         loop {
             let claim_there = matches!(host_claims.get_opt(claim).await, Ok(Some(_)));
