@@ -38,14 +38,12 @@ fn export_resource() -> ApiResource {
     )
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_tenant_exports_a_claim_and_downloads_it_with_virtctl() {
-    let env = Env::start_with_kubevirt(
-        1,
-        true,
-        KubeVirtOptions::new().with_feature_gates(&["VMExport"]),
-    )
-    .await;
+/// One tenant on KubeVirt with `gates`, the proxy serving its kubelet route (the port-forward of
+/// `virtctl vmexport download`), `kinds` added to its syncKinds and their `crds` in the tenant.
+/// The proxy runs while the returned handle lives.
+async fn export_env(gates: &[&str], kinds: &[&'static str], crds: &[&str]) -> (Env, Proxy) {
+    let env =
+        Env::start_with_kubevirt(1, true, KubeVirtOptions::new().with_feature_gates(gates)).await;
     let proxy = Proxy::start(env.syncer.as_ref().unwrap().tenants(), ProxyConfig::local())
         .await
         .unwrap();
@@ -55,9 +53,24 @@ async fn a_tenant_exports_a_claim_and_downloads_it_with_virtctl() {
         proxy.serves_kubelet(&t.vc.uid)
     })
     .await;
-    let kinds = default_kinds_and(&["VirtualMachineExport"]);
+    let kinds = default_kinds_and(kinds);
     patch_vc_spec(&hc, &t.vc.name, json!({"kubevirt": {"syncKinds": kinds}})).await;
-    wait_crd(&tc, "virtualmachineexports.export.kubevirt.io").await;
+    for crd in crds {
+        wait_crd(&tc, crd).await;
+    }
+    (env, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_exports_a_claim_and_downloads_it_with_virtctl() {
+    let (env, _proxy) = export_env(
+        &["VMExport"],
+        &["VirtualMachineExport"],
+        &["virtualmachineexports.export.kubevirt.io"],
+    )
+    .await;
+    let t = &env.tenants[0];
+    let (tc, hc) = (t.client(), env.host_client());
 
     // a claim, exported with the real virtctl (it makes the token Secret and names it)
     // a disk image (CDI's content type: the export serves disk.img and disk.img.gz)

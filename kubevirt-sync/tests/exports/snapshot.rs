@@ -5,9 +5,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
 use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
-use kvtenant_kubevirt_sync::proxy::{Proxy, ProxyConfig};
 use serde_json::json;
-use testenv::kubevirt::KubeVirtOptions;
 use testenv::kubevirt::exporter::SimulatedExporter;
 
 use crate::common::*;
@@ -30,30 +28,18 @@ fn volume_snapshot_resource() -> ApiResource {
 /// stay on the host, and the download runs as for a claim.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tenant_exports_a_vm_snapshot_and_downloads_it_with_virtctl() {
-    let env = Env::start_with_kubevirt(
-        1,
-        true,
-        KubeVirtOptions::new().with_feature_gates(&["Snapshot", "VMExport"]),
+    let (env, _proxy) = crate::export_env(
+        &["Snapshot", "VMExport"],
+        &["VirtualMachineSnapshot", "VirtualMachineExport"],
+        &[
+            "virtualmachineexports.export.kubevirt.io",
+            "virtualmachinesnapshots.snapshot.kubevirt.io",
+            "volumesnapshots.snapshot.storage.k8s.io",
+        ],
     )
     .await;
-    let proxy = Proxy::start(env.syncer.as_ref().unwrap().tenants(), ProxyConfig::local())
-        .await
-        .unwrap();
     let t = &env.tenants[0];
     let (tc, hc) = (t.client(), env.host_client());
-    eventually("the kubelet proxy serves the tenant", WAIT, || async {
-        proxy.serves_kubelet(&t.vc.uid)
-    })
-    .await;
-    let kinds = default_kinds_and(&["VirtualMachineSnapshot", "VirtualMachineExport"]);
-    patch_vc_spec(&hc, &t.vc.name, json!({"kubevirt": {"syncKinds": kinds}})).await;
-    for crd in [
-        "virtualmachineexports.export.kubevirt.io",
-        "virtualmachinesnapshots.snapshot.kubevirt.io",
-        "volumesnapshots.snapshot.storage.k8s.io",
-    ] {
-        wait_crd(&tc, crd).await;
-    }
 
     // a stopped VM with a claim of the host's snapshot-capable class
     let claim = json!({"metadata": {"name": "data", "namespace": "default"}, "spec": {
