@@ -322,7 +322,7 @@ async fn watch_kind(host: Arc<Host>, kind: KindId, writer: cache::Writer, which:
     };
     let mut stream = cache::reflector(
         writer,
-        watcher(api, cfg).default_backoff().modify(crate::slim),
+        watcher(api, cfg).default_backoff().modify(crate::slim_host),
     )
     .boxed();
     // what a (re)list brings is queued at its end, once the cache holds it: queued earlier, a

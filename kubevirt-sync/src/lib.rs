@@ -44,3 +44,17 @@ pub use syncer::{Syncer, SyncerConfig};
 pub fn slim(obj: &mut kube::api::DynamicObject) {
     obj.metadata.managed_fields = None;
 }
+
+/// [`slim`] for the host's objects, but for which writer owns a VirtualMachine's run fields:
+/// a start/stop by the host's virt-api is taken up into the tenant, anyone else's is repaired
+/// ([`kvtenant_rules::runstate`]). The kept entries are never written back: the host copy
+/// kvtenant writes is made from the tenant object.
+pub fn slim_host(obj: &mut kube::api::DynamicObject) {
+    let kept = obj
+        .metadata
+        .managed_fields
+        .as_deref()
+        .map(kvtenant_rules::runstate::run_field_owners)
+        .filter(|k| !k.is_empty());
+    obj.metadata.managed_fields = kept;
+}

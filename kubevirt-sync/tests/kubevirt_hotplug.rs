@@ -345,6 +345,15 @@ async fn a_volume_hotplugged_into_a_running_vm_is_shown_attached_in_the_tenant()
             "--persist",
         ],
     );
+    // the host's first (virt-controller and the simulated virt-handler), then the tenant's:
+    // a timeout says which side is behind
+    let host_vmis = env.host_api(&vmi_resource(), &host_ns);
+    wait_for("the volume gone from the host's VMI", WAIT, || async {
+        get(&host_vmis, "vm1")
+            .await
+            .filter(|v| volume_status(v, "data").is_none() && names(v, "/spec/volumes") == ["root"])
+    })
+    .await;
     wait_for("the volume gone from the tenant's VMI", WAIT, || async {
         get(&vmis, "vm1")
             .await

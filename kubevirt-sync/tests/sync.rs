@@ -41,6 +41,11 @@ async fn a_tenant_edit_keeps_the_firmware_identity_kubevirt_gave_the_host_vm() {
     vms::a_tenant_edit_keeps_the_firmware_identity_kubevirt_gave_the_host_vm().await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_edit_stopping_the_vm_is_repaired_not_taken_up() {
+    vms::a_host_edit_stopping_the_vm_is_repaired_not_taken_up().await;
+}
+
 // what the syncer refuses or leaves out ([`refusals`])
 
 #[tokio::test(flavor = "multi_thread")]

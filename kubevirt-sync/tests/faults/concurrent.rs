@@ -81,21 +81,50 @@ async fn the_tenant_and_the_host_write_the_same_vms_at_once() {
     let stopped = Instant::now();
     let writing = stopped - started;
     let last = format!("t{ROUNDS}");
-    eventually(
-        "every host copy with the tenant's last values",
-        RECOVER_WITHIN,
-        || async {
-            let Ok(list) = host.list(&ListParams::default()).await else {
-                return false;
-            };
-            list.items.len() == vms.len()
-                && list.items.iter().all(|vm| {
-                    gen_of(vm).as_deref() == Some(last.as_str())
-                        && vm.data["spec"]["runStrategy"] == "Always"
+    // polled by hand so that a timeout says which copies are behind and how
+    let mut behind = String::new();
+    loop {
+        if let Ok(list) = host.list(&ListParams::default()).await {
+            behind = list
+                .items
+                .iter()
+                .filter(|vm| {
+                    gen_of(vm).as_deref() != Some(last.as_str())
+                        || vm.data["spec"]["runStrategy"] != "Always"
                 })
-        },
-    )
-    .await;
+                .map(|vm| {
+                    format!(
+                        "{} (gen {:?}, runStrategy {}, resourceVersion {:?})",
+                        vm.name_any(),
+                        gen_of(vm),
+                        vm.data["spec"]["runStrategy"],
+                        vm.resource_version()
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            if list.items.len() == vms.len() && behind.is_empty() {
+                break;
+            }
+        }
+        if stopped.elapsed() > RECOVER_WITHIN {
+            let mut tenant_side = Vec::new();
+            for n in &vms {
+                if let Ok(vm) = mine.get(n).await {
+                    tenant_side.push(format!(
+                        "{n} (gen {:?}, runStrategy {})",
+                        gen_of(&vm),
+                        vm.data["spec"]["runStrategy"]
+                    ));
+                }
+            }
+            panic!(
+                "timed out after {RECOVER_WITHIN:?} waiting for every host copy with the tenant's last values; host copies behind: {behind}; the tenant's VMs: {}",
+                tenant_side.join("; ")
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let recovered = stopped.elapsed();
     let after = host.list(&ListParams::default()).await.unwrap().items;
     let duplicated = before

@@ -1,6 +1,7 @@
 //! VMs synced both ways: a VM applied with kubectl runs on the host and its status comes back,
 //! two tenants' same-named VMs do not collide, a pool shows its VMs and instances in the
-//! tenant, and a tenant's edit keeps the firmware identity KubeVirt gave the host VM.
+//! tenant, a tenant's edit keeps the firmware identity KubeVirt gave the host VM, and a host
+//! edit stopping a VM is repaired (only virt-api's start/stop is taken up).
 
 use std::time::Duration;
 
@@ -348,4 +349,47 @@ pub async fn a_tenant_edit_keeps_the_firmware_identity_kubevirt_gave_the_host_vm
     tokio::time::sleep(Duration::from_secs(2)).await;
     let settled = identity(&get(&host, "vm1").await.unwrap());
     assert_eq!(settled, before);
+}
+
+/// Someone on the host (not virt-api) adds a template label the tenant's VM does not have and
+/// stops the host copy in the same write. The label is a host addition (not drift), but the
+/// stop is not virt-api's: the host copy runs again and the tenant's VM keeps its run strategy
+/// (a stop through the host's virt-api would have been taken up into the tenant instead).
+pub async fn a_host_edit_stopping_the_vm_is_repaired_not_taken_up() {
+    let env = Env::start(1).await;
+    let t = &env.tenants[0];
+    let api: Api<DynamicObject> = Api::namespaced_with(t.client(), "default", &vm_resource());
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(vm_manifest("vm1", "default", json!({}))).unwrap(),
+    )
+    .await
+    .unwrap();
+    let host = env.host_api(&vm_resource(), &t.host_ns("default"));
+    let strategy = |vm: &DynamicObject| vm.data["spec"]["runStrategy"].clone();
+    wait_for("the host VM", WAIT, || async {
+        get(&host, "vm1")
+            .await
+            .filter(|vm| strategy(vm) == "Always")
+    })
+    .await;
+    let edit = json!({"spec": {"runStrategy": "Halted",
+        "template": {"metadata": {"labels": {"added-on-host": "yes"}}}}});
+    host.patch("vm1", &PatchParams::default(), &Patch::Merge(&edit))
+        .await
+        .unwrap();
+    wait_for("the host VM running again", WAIT, || async {
+        get(&host, "vm1")
+            .await
+            .filter(|vm| strategy(vm) == "Always")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let tenant_vm = get(&api, "vm1").await.unwrap();
+    assert_eq!(
+        strategy(&tenant_vm),
+        "Always",
+        "the tenant's run strategy kept"
+    );
+    assert_eq!(strategy(&get(&host, "vm1").await.unwrap()), "Always");
 }
