@@ -370,10 +370,25 @@ fn a_start_through_the_host_virt_api_is_taken_up_not_reverted() {
     let t = vm(plain_spec());
     let mut started = copy_of(&f, &t, None);
     started.data["spec"]["runStrategy"] = json!("Always");
+    // virt-api wrote it (the host cache keeps who owns the run fields)
+    started.metadata.managed_fields = Some(vec![
+        serde_json::from_value(json!({"manager": "virt-api", "operation": "Update",
+            "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:runStrategy": {}}}}))
+        .unwrap(),
+    ]);
     let p = run(&f, "VirtualMachine", Some(&t), Some(&started));
     assert_eq!(
         p.steps.last(),
         Some(&Step::TakeUp(json!({"spec": {"runStrategy": "Always"}})))
+    );
+    // the same change by anyone else is drift: repaired
+    let mut edited_on_host = started.clone();
+    edited_on_host.metadata.managed_fields = None;
+    let p = run(&f, "VirtualMachine", Some(&t), Some(&edited_on_host));
+    assert!(
+        p.steps.iter().any(|s| matches!(s, Step::ReplaceHost(_)))
+            && !p.steps.iter().any(|s| matches!(s, Step::TakeUp(_))),
+        "{p:?}"
     );
     // a tenant edit at the same time wins: the hash differs, the host is updated
     let mut edited = t.clone();
