@@ -17,6 +17,27 @@ use std::time::Duration;
 /// Bound on each wait: generous, since CI shares 2 cores among several control planes.
 const WAIT: Duration = Duration::from_secs(120);
 
+/// One tenant with common's plain VM `vm1` created in its `default` namespace: the environment,
+/// the tenant's VMs there and their host copies' namespace.
+async fn env_with_vm1() -> (
+    common::Env,
+    kube::Api<kube::api::DynamicObject>,
+    kube::Api<kube::api::DynamicObject>,
+) {
+    let env = common::Env::start(1).await;
+    let t = &env.tenants[0];
+    let api = kube::Api::namespaced_with(t.client(), "default", &common::vm_resource());
+    let vm = common::vm_manifest("vm1", "default", serde_json::json!({}));
+    api.create(
+        &kube::api::PostParams::default(),
+        &serde_json::from_value(vm).unwrap(),
+    )
+    .await
+    .unwrap();
+    let host = env.host_api(&common::vm_resource(), &t.host_ns("default"));
+    (env, api, host)
+}
+
 // The tests, by topic; each runs its namesake in the module named.
 
 // VMs synced both ways ([`vms`])

@@ -75,16 +75,8 @@ pub async fn a_syncer_killed_while_creating_200_vms_converges_after_restart() {
 }
 
 pub async fn pause_stops_host_vms_and_resume_restores_them() {
-    let env = Env::start(1).await;
+    let (env, api, host) = super::env_with_vm1().await;
     let t = &env.tenants[0];
-    let api: Api<DynamicObject> = Api::namespaced_with(t.client(), "default", &vm_resource());
-    api.create(
-        &PostParams::default(),
-        &serde_json::from_value(vm_manifest("vm1", "default", json!({}))).unwrap(),
-    )
-    .await
-    .unwrap();
-    let host = env.host_api(&vm_resource(), &t.host_ns("default"));
     let host_vmis = env.host_api(&vmi_resource(), &t.host_ns("default"));
     wait_for("the VMI on the host", WAIT, || {
         let h = host_vmis.clone();

@@ -285,16 +285,7 @@ pub async fn a_pool_of_three_shows_three_vms_and_instances_in_the_tenant() {
 /// version) only on create; an update whose spec lacks them drops them and virt-controller puts
 /// a different, name-derived UUID in. A tenant's edit must not change what the guest sees.
 pub async fn a_tenant_edit_keeps_the_firmware_identity_kubevirt_gave_the_host_vm() {
-    let env = Env::start(1).await;
-    let t = &env.tenants[0];
-    let api: Api<DynamicObject> = Api::namespaced_with(t.client(), "default", &vm_resource());
-    api.create(
-        &PostParams::default(),
-        &serde_json::from_value(vm_manifest("vm1", "default", json!({}))).unwrap(),
-    )
-    .await
-    .unwrap();
-    let host = env.host_api(&vm_resource(), &t.host_ns("default"));
+    let (_env, api, host) = super::env_with_vm1().await;
     let identity = |vm: &DynamicObject| {
         (
             vm.data
@@ -356,16 +347,7 @@ pub async fn a_tenant_edit_keeps_the_firmware_identity_kubevirt_gave_the_host_vm
 /// stop is not virt-api's: the host copy runs again and the tenant's VM keeps its run strategy
 /// (a stop through the host's virt-api would have been taken up into the tenant instead).
 pub async fn a_host_edit_stopping_the_vm_is_repaired_not_taken_up() {
-    let env = Env::start(1).await;
-    let t = &env.tenants[0];
-    let api: Api<DynamicObject> = Api::namespaced_with(t.client(), "default", &vm_resource());
-    api.create(
-        &PostParams::default(),
-        &serde_json::from_value(vm_manifest("vm1", "default", json!({}))).unwrap(),
-    )
-    .await
-    .unwrap();
-    let host = env.host_api(&vm_resource(), &t.host_ns("default"));
+    let (_env, api, host) = super::env_with_vm1().await;
     let strategy = |vm: &DynamicObject| vm.data["spec"]["runStrategy"].clone();
     wait_for("the host VM", WAIT, || async {
         get(&host, "vm1")
