@@ -25,6 +25,23 @@ where
     }
 }
 
+/// Polls `f` every 100 ms until it returns `Ok`; panics after `timeout` naming `what` and the
+/// last `Err` (what was still missing), so that a timeout says how far it got.
+pub async fn eventually_explained<F, Fut>(what: &str, timeout: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let deadline = Instant::now() + timeout;
+    while let Err(missing) = f().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}; {missing}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Polls `f` every 100 ms until it returns `Some`, and returns the value; panics after
 /// `timeout` naming `what`.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T

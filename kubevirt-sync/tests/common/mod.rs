@@ -23,7 +23,7 @@ use kvtenant_kubevirt_sync::{Syncer, SyncerConfig};
 use serde_json::{Value, json};
 use testenv::kubevirt::{KubeVirt, KubeVirtOptions};
 #[allow(unused_imports)] // each test crate uses a different subset
-pub use testenv::testing::{eventually, kubectl, kubectl_json, wait_for};
+pub use testenv::testing::{eventually, eventually_explained, kubectl, kubectl_json, wait_for};
 use testenv::{ControlPlane, Options};
 
 pub const VC_NAMESPACE: &str = "tenants";

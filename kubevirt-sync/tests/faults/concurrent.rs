@@ -81,50 +81,48 @@ async fn the_tenant_and_the_host_write_the_same_vms_at_once() {
     let stopped = Instant::now();
     let writing = stopped - started;
     let last = format!("t{ROUNDS}");
-    // polled by hand so that a timeout says which copies are behind and how
-    let mut behind = String::new();
-    loop {
-        if let Ok(list) = host.list(&ListParams::default()).await {
-            behind = list
+    let describe = |vm: &DynamicObject| {
+        format!(
+            "{} (gen {:?}, runStrategy {}, resourceVersion {:?})",
+            vm.name_any(),
+            gen_of(vm),
+            vm.data["spec"]["runStrategy"],
+            vm.resource_version()
+        )
+    };
+    eventually_explained(
+        "every host copy with the tenant's last values",
+        RECOVER_WITHIN,
+        || async {
+            let list = host
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| format!("host list: {e}"))?;
+            let behind: Vec<String> = list
                 .items
                 .iter()
                 .filter(|vm| {
                     gen_of(vm).as_deref() != Some(last.as_str())
                         || vm.data["spec"]["runStrategy"] != "Always"
                 })
-                .map(|vm| {
-                    format!(
-                        "{} (gen {:?}, runStrategy {}, resourceVersion {:?})",
-                        vm.name_any(),
-                        gen_of(vm),
-                        vm.data["spec"]["runStrategy"],
-                        vm.resource_version()
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join("; ");
+                .map(describe)
+                .collect();
             if list.items.len() == vms.len() && behind.is_empty() {
-                break;
+                return Ok(());
             }
-        }
-        if stopped.elapsed() > RECOVER_WITHIN {
-            let mut tenant_side = Vec::new();
-            for n in &vms {
-                if let Ok(vm) = mine.get(n).await {
-                    tenant_side.push(format!(
-                        "{n} (gen {:?}, runStrategy {})",
-                        gen_of(&vm),
-                        vm.data["spec"]["runStrategy"]
-                    ));
-                }
-            }
-            panic!(
-                "timed out after {RECOVER_WITHIN:?} waiting for every host copy with the tenant's last values; host copies behind: {behind}; the tenant's VMs: {}",
-                tenant_side.join("; ")
-            );
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+            // what the tenant has, to tell a copy behind from a value taken up
+            let tenant_side = match mine.list(&ListParams::default()).await {
+                Ok(l) => l.items.iter().map(describe).collect::<Vec<_>>().join("; "),
+                Err(e) => format!("(tenant list: {e})"),
+            };
+            Err(format!(
+                "{} host copies; behind: {}; the tenant's VMs: {tenant_side}",
+                list.items.len(),
+                behind.join("; ")
+            ))
+        },
+    )
+    .await;
     let recovered = stopped.elapsed();
     let after = host.list(&ListParams::default()).await.unwrap().items;
     let duplicated = before
