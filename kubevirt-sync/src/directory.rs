@@ -26,6 +26,7 @@ use tokio::task::JoinSet;
 
 use crate::error::Error;
 use crate::tenant::TenantHandle;
+use crate::tenant_clients::TenantClients;
 use crate::virtualclusters::{Desired, desired, fingerprint, tenant_client};
 
 /// How often a served tenant's kubeconfig Secret is read again (as the syncer does).
@@ -45,6 +46,8 @@ struct Entry {
 #[derive(Default)]
 pub struct Directory {
     tenants: RwLock<HashMap<String, Entry>>,
+    /// The tenants' clients, shared with the leader's syncer.
+    pub(crate) clients: Arc<TenantClients>,
     namespaces: RwLock<HashMap<String, HostNamespaceOwner>>,
 }
 
@@ -81,6 +84,8 @@ impl Directory {
     }
 
     fn remove(&self, uid: &str) {
+        // the syncer serves only what the directory does (`desired`)
+        self.clients.forget(uid);
         if let Ok(mut m) = self.tenants.write()
             && let Some(e) = m.remove(uid)
         {
@@ -111,16 +116,27 @@ struct Ctx {
     dir: Arc<Directory>,
 }
 
+/// A sweeping task ([`sweep_gone`]), stopped when dropped: with the controller it serves (the
+/// task holds what `known` and `gone` hold, e.g. every running tenant).
+pub(crate) struct Sweeper(tokio::task::JoinHandle<()>);
+
+impl Drop for Sweeper {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Every `period`, once `store` has listed, passes to `gone` each uid of `known()` that is no
 /// longer a VirtualCluster in `store`: one deleted outright (no finalizer left to wait on) is
-/// never reconciled again, so whatever is kept for it must be dropped this way.
+/// never reconciled again, so whatever is kept for it must be dropped this way. Runs until the
+/// returned [`Sweeper`] is dropped.
 pub(crate) fn sweep_gone(
     store: kube::runtime::reflector::Store<VirtualCluster>,
     period: Duration,
     known: impl Fn() -> Vec<String> + Send + 'static,
     gone: impl Fn(&str) + Send + 'static,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+) -> Sweeper {
+    Sweeper(tokio::spawn(async move {
         if store.wait_until_ready().await.is_err() {
             return;
         }
@@ -134,7 +150,7 @@ pub(crate) fn sweep_gone(
                 }
             }
         }
-    })
+    }))
 }
 
 async fn watch_virtualclusters(client: Client, dir: Arc<Directory>) {
@@ -164,7 +180,7 @@ async fn watch_virtualclusters(client: Client, dir: Arc<Directory>) {
             }
         })
         .await;
-    sweeper.abort();
+    drop(sweeper);
 }
 
 async fn reconcile(vc: Arc<VirtualCluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
@@ -179,7 +195,15 @@ async fn reconcile(vc: Arc<VirtualCluster>, ctx: Arc<Ctx>) -> Result<Action, Err
         return Ok(Action::requeue(RECHECK));
     }
     let label = format!("{}/{}", vcref.namespace, vcref.name);
-    let (client, rv, cas) = match tenant_client(&ctx.client, &vcref.namespace, &secret, &key).await
+    let (client, rv, cas) = match tenant_client(
+        &ctx.client,
+        &ctx.dir.clients,
+        &vcref.uid,
+        &vcref.namespace,
+        &secret,
+        &key,
+    )
+    .await
     {
         Ok(c) => c,
         Err(e) => {

@@ -31,6 +31,7 @@ pub mod registry;
 pub mod serve;
 pub mod syncer;
 pub mod tenant;
+pub mod tenant_clients;
 pub mod virtualclusters;
 
 pub use error::Error;

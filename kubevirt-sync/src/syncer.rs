@@ -72,6 +72,7 @@ impl Syncer {
         let mut tasks = JoinSet::new();
         crate::directory::watch(client.clone(), directory.clone(), &mut tasks);
         let sync = Sync {
+            clients: directory.clients.clone(),
             client: client.clone(),
             config: config.clone(),
             metrics: metrics.clone(),
@@ -153,6 +154,8 @@ impl Syncer {
 /// What the leader runs.
 struct Sync {
     client: Client,
+    /// The tenants' clients, shared with the directory.
+    clients: Arc<crate::tenant_clients::TenantClients>,
     config: SyncerConfig,
     metrics: Metrics,
     kubelet: Arc<RwLock<Option<KubeletEndpoint>>>,
@@ -186,7 +189,11 @@ impl Sync {
         let registry = Arc::new(Registry::default());
         let mut tasks = JoinSet::new();
         crate::host::watch(&host, writers, &mut tasks);
-        tasks.spawn(crate::virtualclusters::run(host.clone(), registry.clone()));
+        tasks.spawn(crate::virtualclusters::run(
+            host.clone(),
+            registry.clone(),
+            self.clients.clone(),
+        ));
         tasks.spawn({
             let host = host.clone();
             async move { host.queue.run_timers().await }

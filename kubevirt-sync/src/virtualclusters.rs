@@ -28,6 +28,7 @@ use crate::error::{Cluster, Error};
 use crate::host::Host;
 use crate::registry::Registry;
 use crate::tenant::Tenant;
+use crate::tenant_clients::TenantClients;
 
 /// Field manager of the syncer's status writes (the controller owns the rest of the status).
 const STATUS_MANAGER: &str = "kvtenant-syncer";
@@ -85,6 +86,8 @@ struct Running {
 struct Ctx {
     host: Arc<Host>,
     registry: Arc<Registry>,
+    /// Shared with the directory: one client per tenant.
+    clients: Arc<TenantClients>,
     running: Mutex<HashMap<String, Running>>,
     /// Paused VirtualClusters whose host VMs were stopped.
     paused: Mutex<HashSet<String>>,
@@ -104,11 +107,12 @@ impl Ctx {
 }
 
 /// Runs the VirtualCluster controller until the process ends.
-pub(crate) async fn run(host: Arc<Host>, registry: Arc<Registry>) {
+pub(crate) async fn run(host: Arc<Host>, registry: Arc<Registry>, clients: Arc<TenantClients>) {
     let api: Api<VirtualCluster> = Api::all(host.client.clone());
     let ctx = Arc::new(Ctx {
         host,
         registry,
+        clients,
         running: Mutex::new(HashMap::new()),
         paused: Mutex::new(HashSet::new()),
     });
@@ -141,7 +145,7 @@ pub(crate) async fn run(host: Arc<Host>, registry: Arc<Registry>) {
             }
         })
         .await;
-    sweeper.abort();
+    drop(sweeper);
 }
 
 fn error_policy(_vc: Arc<VirtualCluster>, e: &Error, _ctx: Arc<Ctx>) -> Action {
@@ -198,23 +202,31 @@ async fn reconcile(vc: Arc<VirtualCluster>, ctx: Arc<Ctx>) -> Result<Action, Err
     if recent && ctx.registry.get(&vcref.uid).is_some() {
         return Ok(Action::requeue(RECHECK));
     }
-    let (client, rv, cas) =
-        match tenant_client(&ctx.host.client, &vcref.namespace, &secret, &key).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(vc = %label, error = %e, "cannot reach the tenant");
-                set_condition(
-                    &ctx.host.client,
-                    &vc,
-                    false,
-                    REASON_KUBECONFIG_UNUSABLE,
-                    &format!("cannot use the tenant kubeconfig: {e}"),
-                )
-                .await;
-                ctx.stop(&vcref.uid);
-                return Ok(Action::requeue(RETRY));
-            }
-        };
+    let (client, rv, cas) = match tenant_client(
+        &ctx.host.client,
+        &ctx.clients,
+        &vcref.uid,
+        &vcref.namespace,
+        &secret,
+        &key,
+    )
+    .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(vc = %label, error = %e, "cannot reach the tenant");
+            set_condition(
+                &ctx.host.client,
+                &vc,
+                false,
+                REASON_KUBECONFIG_UNUSABLE,
+                &format!("cannot use the tenant kubeconfig: {e}"),
+            )
+            .await;
+            ctx.stop(&vcref.uid);
+            return Ok(Action::requeue(RETRY));
+        }
+    };
     let fp = fingerprint(&vc, &rv);
     {
         let mut running = ctx.running.lock().unwrap_or_else(|e| e.into_inner());
@@ -284,8 +296,12 @@ async fn reconcile(vc: Arc<VirtualCluster>, ctx: Arc<Ctx>) -> Result<Action, Err
 /// certificate ([`kvtenant_api::labels::WEBHOOK_CLIENT_CA_KEY`]), and of its front-proxy and
 /// kubelet client certificates ([`kvtenant_api::labels::FRONT_PROXY_CA_KEY`],
 /// [`kvtenant_api::labels::CLIENT_CA_KEY`]).
+/// The client is shared with every other caller for the same VirtualCluster `uid` and version of
+/// the Secret (`clients`).
 pub(crate) async fn tenant_client(
     host: &Client,
+    clients: &TenantClients,
+    uid: &str,
     ns: &str,
     secret: &str,
     key: &str,
@@ -305,9 +321,15 @@ pub(crate) async fn tenant_client(
         .ok_or_else(|| Error::Kubeconfig(format!("Secret {ns}/{secret} has no key {key:?}")))?;
     let text = String::from_utf8(bytes)
         .map_err(|_| Error::Kubeconfig(format!("Secret {ns}/{secret} key {key:?} is not UTF-8")))?;
-    let (client, _) = kvtenant_kubeutil::kubeconfig::client(&text, Duration::from_secs(30))
-        .await
-        .map_err(|e| Error::Kubeconfig(format!("Secret {ns}/{secret}: {e}")))?;
+    let version = format!("{ns}/{secret}/{key}@{rv}");
+    let client = clients
+        .get_or_build(uid, &version, async {
+            kvtenant_kubeutil::kubeconfig::client(&text, Duration::from_secs(30))
+                .await
+                .map(|(client, _)| client)
+                .map_err(|e| Error::Kubeconfig(format!("Secret {ns}/{secret}: {e}")))
+        })
+        .await?;
     let pem = |key: &str| {
         s.data
             .as_ref()

@@ -139,6 +139,9 @@ pub struct Tenant {
     instance: u64,
     webhook_client_ca: Option<Arc<str>>,
     proxy_cas: Option<ProxyCas>,
+    /// Changes of kvtenant's objects that the tenant's own watchers saw, for [`restore`] (which
+    /// then needs no watch of its own for those kinds).
+    kept: restore::KeptSender,
 }
 
 impl Drop for Tenant {
@@ -197,6 +200,7 @@ impl Tenant {
             }
         }
         let endpoint = api_endpoint(&virtual_cluster);
+        let (kept, kept_changes) = tokio::sync::mpsc::unbounded_channel();
         let tenant = Arc::new(Self {
             label: format!("{}/{}", vc.namespace, vc.name),
             recorder: Recorder::new(
@@ -231,6 +235,7 @@ impl Tenant {
             instance: next_instance(),
             webhook_client_ca: webhook_client_ca.map(Arc::from),
             proxy_cas,
+            kept,
         });
         let mut tasks: Vec<AbortHandle> = writers
             .into_iter()
@@ -242,7 +247,8 @@ impl Tenant {
         tasks.push(tokio::spawn(dns::install(Arc::downgrade(&tenant))).abort_handle());
         tasks.push(tokio::spawn(roles::install(Arc::downgrade(&tenant))).abort_handle());
         tasks.push(tokio::spawn(map_services::run(Arc::downgrade(&tenant))).abort_handle());
-        tasks.push(tokio::spawn(restore::run(Arc::downgrade(&tenant))).abort_handle());
+        tasks
+            .push(tokio::spawn(restore::run(Arc::downgrade(&tenant), kept_changes)).abort_handle());
         tasks.push(tokio::spawn(health::run(Arc::downgrade(&tenant))).abort_handle());
         *tenant.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
         Ok(tenant)
@@ -308,6 +314,7 @@ impl Tenant {
             instance: 0,
             webhook_client_ca: None,
             proxy_cas: None,
+            kept: tokio::sync::mpsc::unbounded_channel().0,
         });
         (tenant, writers)
     }

@@ -6,6 +6,11 @@
 //! the host node's heartbeats.
 //! The consistency scan still applies them too (a watch can miss what happened while it was
 //! down; it then lists again and that counts as a change).
+//!
+//! The DNS objects of kinds the tenant's own watchers follow anyway (ServiceAccounts,
+//! ConfigMaps, Services when synced) need no watch of their own: those watchers pass their
+//! changes here ([`Tenant::kept_changed`]), by name (issue 16: each watch costs the syncer
+//! buffers and tasks per tenant).
 
 use std::collections::BTreeSet;
 use std::sync::Weak;
@@ -16,9 +21,12 @@ use futures::stream::BoxStream;
 use kube::api::{Api, PartialObjectMeta};
 use kube::core::{ApiResource, DynamicObject};
 use kube::runtime::watcher;
+use kvtenant_api::DnsSpec;
 use kvtenant_api::labels::{HOST_CLASS, HOST_NODE, HOST_VOLUME, MAPPED_FROM_HOST, MAPPED_SERVICE};
 use kvtenant_rules::classes::CLASS_KINDS;
 use kvtenant_rules::dns::{self, APP_LABEL, MANAGED_BY_LABEL};
+use kvtenant_rules::kinds;
+use tokio::sync::mpsc;
 
 use super::Tenant;
 use crate::guard::{self, Change};
@@ -70,6 +78,28 @@ pub enum Source {
     /// (one watch of each resource for both).
     DnsAndRoles,
     Volumes,
+}
+
+/// Where the tenant's watchers send the changes of kvtenant's objects they see.
+pub type KeptSender = mpsc::UnboundedSender<(Source, Change)>;
+/// What [`run`] reads them from.
+pub type KeptReceiver = mpsc::UnboundedReceiver<(Source, Change)>;
+
+/// Whether `kind` `namespace/name` is one of kvtenant's namespaced DNS objects (pure). By name,
+/// not by label: a tenant taking kvtenant's labels off is a change too.
+pub fn is_dns_object(spec: &DnsSpec, kind: &str, namespace: Option<&str>, name: &str) -> bool {
+    namespace == Some(dns::NAMESPACE)
+        && dns::objects(spec, None)
+            .iter()
+            .any(|o| o.api.kind == kind && o.namespace == namespace && o.name == name)
+}
+
+/// Whether kvtenant has namespaced DNS objects of `kind` (pure): a relist of that kind may have
+/// missed a change of one.
+pub fn is_dns_kind(spec: &DnsSpec, kind: &str) -> bool {
+    dns::objects(spec, None)
+        .iter()
+        .any(|o| o.api.kind == kind && o.namespace.is_some())
 }
 
 /// Whether a change is to one of kvtenant's objects (pure): a CRD copy only when it is one of
@@ -152,6 +182,10 @@ fn watches(t: &Tenant) -> BoxStream<'static, (Source, Change)> {
         for o in dns::objects(&t.spec.dns, None) {
             // watched with KubeVirt's roles below
             if o.namespace.is_none() && rbac_kind(o.api.kind) {
+                continue;
+            }
+            // the tenant's watcher of the kind passes its changes on (`kept_changed`)
+            if o.namespace.is_some() && t.watches_kind(o.api.kind) {
                 continue;
             }
             if seen.insert((o.api.kind, o.namespace)) {
@@ -237,14 +271,19 @@ fn rbac_kind(kind: &str) -> bool {
     .contains(&kind)
 }
 
-/// Watches the tenant's copies of kvtenant's objects and restores them; ends when the tenant
-/// is dropped.
-pub(super) async fn run(tenant: Weak<Tenant>) {
+/// Watches the tenant's copies of kvtenant's objects (and takes the changes of them the
+/// tenant's watchers pass on, `kept`) and restores them; ends when the tenant is dropped.
+pub(super) async fn run(tenant: Weak<Tenant>, kept: KeptReceiver) {
     let mut changes = {
         let Some(t) = tenant.upgrade() else {
             return;
         };
-        watches(&t)
+        let passed =
+            futures::stream::unfold(
+                kept,
+                |mut rx| async move { rx.recv().await.map(|c| (c, rx)) },
+            );
+        futures::stream::select(watches(&t), passed).boxed()
     };
     let mut pending = Touched::default();
     loop {
@@ -283,6 +322,28 @@ pub(super) async fn run(tenant: Weak<Tenant>) {
 }
 
 impl Tenant {
+    /// Whether the tenant's own watchers follow `kind` (full objects, all namespaces).
+    fn watches_kind(&self, kind: &str) -> bool {
+        kinds::by_kind(kind).is_some_and(|k| self.stores[k.id.index()].is_some())
+    }
+
+    /// Told by the tenant's watcher of `kind` of every change it sees (after its first list):
+    /// passes those of kvtenant's DNS objects on to [`run`].
+    pub(super) fn kept_changed(&self, kind: &str, namespace: Option<&str>, change: &Change) {
+        let dns = &self.spec.dns;
+        if !dns.enabled {
+            return;
+        }
+        let ours = match change {
+            Change::Applied(n) | Change::Deleted(n) => is_dns_object(dns, kind, namespace, n),
+            Change::Relisted => is_dns_kind(dns, kind),
+        };
+        if ours {
+            // closed only when `run` has ended, with the tenant
+            let _ = self.kept.send((Source::Dns, change.clone()));
+        }
+    }
+
     /// Applies again what a change touched; returns what failed (to retry).
     async fn restore(&self, what: Touched) -> Touched {
         let mut failed = Touched::default();
@@ -377,5 +438,35 @@ mod tests {
         assert!(!rbac_kind("ServiceAccount") && !rbac_kind("Role"));
         let volume = touches(Source::Volumes, &Change::Deleted("pvc-1".into()), &copies);
         assert!(volume.volumes && !volume.classes && !volume.nodes);
+    }
+
+    #[test]
+    fn the_dns_objects_are_told_by_kind_namespace_and_name() {
+        let spec = DnsSpec::default();
+        assert!(spec.enabled, "DNS is on by default");
+        let ks = Some("kube-system");
+        assert!(is_dns_object(&spec, "ConfigMap", ks, "coredns"));
+        assert!(is_dns_object(&spec, "ServiceAccount", ks, "coredns"));
+        assert!(is_dns_object(&spec, "Service", ks, "kube-dns"));
+        // the tenant's own objects: another name, another namespace, another kind
+        assert!(!is_dns_object(&spec, "ConfigMap", ks, "kube-dns"));
+        assert!(!is_dns_object(&spec, "Service", ks, "coredns"));
+        assert!(!is_dns_object(
+            &spec,
+            "ConfigMap",
+            Some("default"),
+            "coredns"
+        ));
+        assert!(!is_dns_object(&spec, "Secret", ks, "coredns"));
+        // cluster-scoped ones are watched with KubeVirt's roles
+        assert!(!is_dns_object(&spec, "ClusterRole", None, "system:coredns"));
+        assert!(is_dns_kind(&spec, "Service") && is_dns_kind(&spec, "ConfigMap"));
+        assert!(!is_dns_kind(&spec, "Secret") && !is_dns_kind(&spec, "ClusterRole"));
+        let off = DnsSpec {
+            enabled: false,
+            ..DnsSpec::default()
+        };
+        assert!(!is_dns_object(&off, "ConfigMap", ks, "coredns"));
+        assert!(!is_dns_kind(&off, "ConfigMap"));
     }
 }

@@ -34,10 +34,21 @@ pub(super) async fn watch_kind(tenant: Weak<Tenant>, kind: KindId, writer: Write
     // worker could read the cache's old contents (a relist replaces them only at its end) and
     // find nothing to do
     let mut listed: Vec<Key> = Vec::new();
+    let mut listed_once = false;
     while let Some(ev) = stream.next().await {
         let Some(t) = tenant.upgrade() else { return };
+        if let Ok(ev) = &ev
+            && let Some(change) = crate::guard::change_of(ev, listed_once)
+        {
+            let namespace = match ev {
+                watcher::Event::Apply(o) | watcher::Event::Delete(o) => o.namespace(),
+                _ => None,
+            };
+            t.kept_changed(&spec.resource.kind, namespace.as_deref(), &change);
+        }
         match ev {
             Ok(watcher::Event::InitDone) => {
+                listed_once = true;
                 t.mark_ready(kind);
                 for key in listed.drain(..) {
                     t.enqueue(key);
