@@ -157,11 +157,16 @@ impl Tenant {
     pub async fn start(
         host: Arc<Host>,
         vc: VirtualClusterRef,
-        virtual_cluster: VirtualCluster,
+        mut virtual_cluster: VirtualCluster,
         client: Client,
         webhook_client_ca: Option<String>,
         proxy_cas: Option<ProxyCas>,
     ) -> Result<Arc<Self>, Error> {
+        // kept for the tenant's life: what the syncer never reads of it goes (issue 16)
+        virtual_cluster.metadata.managed_fields = None;
+        if let Some(a) = virtual_cluster.metadata.annotations.as_mut() {
+            a.remove("kubectl.kubernetes.io/last-applied-configuration");
+        }
         let spec = Arc::new(virtual_cluster.spec.clone());
         let enabled = spec.kubevirt.synced_kinds();
         let mode = spec.control_plane.mode;
