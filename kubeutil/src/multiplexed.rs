@@ -75,18 +75,21 @@ pub fn client(config: kube::Config) -> Result<Client, String> {
     Ok(Client::new(service, config.default_namespace))
 }
 
+/// Copies a frame's data (see [`unpinned`]).
+type CopyFrame = fn(Frame<Bytes>) -> Frame<Bytes>;
+
 /// A response body whose data no longer pins the connection's read buffer (issue 16).
 ///
 /// h2 hands a response's data out as slices of the connection's read buffer, and a slice keeps
 /// the whole buffer (16–64 KiB) allocated. A watch keeps its last slice until its next event
 /// (tokio-util's `StreamReader`, under kube's line reader), so each quiet watch kept a buffer of
 /// its own: about 135 KiB per idle tenant (heaptrack). Copied out, a slice holds only its bytes.
-fn unpinned<B>(body: B) -> MapFrame<B, fn(Frame<Bytes>) -> Frame<Bytes>>
+fn unpinned<B>(body: B) -> MapFrame<B, CopyFrame>
 where
     B: hyper::body::Body<Data = Bytes>,
 {
     fn copy(frame: Frame<Bytes>) -> Frame<Bytes> {
         frame.map_data(|d| Bytes::copy_from_slice(&d))
     }
-    body.map_frame(copy as fn(_) -> _)
+    body.map_frame(copy as CopyFrame)
 }
