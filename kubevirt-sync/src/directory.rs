@@ -195,23 +195,15 @@ async fn reconcile(vc: Arc<VirtualCluster>, ctx: Arc<Ctx>) -> Result<Action, Err
         return Ok(Action::requeue(RECHECK));
     }
     let label = format!("{}/{}", vcref.namespace, vcref.name);
-    let (client, rv, cas) = match tenant_client(
-        &ctx.client,
-        &ctx.dir.clients,
-        &vcref.uid,
-        &vcref.namespace,
-        &secret,
-        &key,
-    )
-    .await
-    {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::debug!(vc = %label, error = %e, "not serving the tenant");
-            ctx.dir.remove(&vcref.uid);
-            return Ok(Action::requeue(RETRY));
-        }
-    };
+    let (client, rv, cas) =
+        match tenant_client(&ctx.client, &ctx.dir.clients, &vcref, &secret, &key).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(vc = %label, error = %e, "not serving the tenant");
+                ctx.dir.remove(&vcref.uid);
+                return Ok(Action::requeue(RETRY));
+            }
+        };
     let fp = fingerprint(&vc, &rv);
     let Ok(mut m) = ctx.dir.tenants.write() else {
         return Ok(Action::requeue(RETRY));

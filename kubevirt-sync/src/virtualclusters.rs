@@ -202,31 +202,23 @@ async fn reconcile(vc: Arc<VirtualCluster>, ctx: Arc<Ctx>) -> Result<Action, Err
     if recent && ctx.registry.get(&vcref.uid).is_some() {
         return Ok(Action::requeue(RECHECK));
     }
-    let (client, rv, cas) = match tenant_client(
-        &ctx.host.client,
-        &ctx.clients,
-        &vcref.uid,
-        &vcref.namespace,
-        &secret,
-        &key,
-    )
-    .await
-    {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(vc = %label, error = %e, "cannot reach the tenant");
-            set_condition(
-                &ctx.host.client,
-                &vc,
-                false,
-                REASON_KUBECONFIG_UNUSABLE,
-                &format!("cannot use the tenant kubeconfig: {e}"),
-            )
-            .await;
-            ctx.stop(&vcref.uid);
-            return Ok(Action::requeue(RETRY));
-        }
-    };
+    let (client, rv, cas) =
+        match tenant_client(&ctx.host.client, &ctx.clients, &vcref, &secret, &key).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(vc = %label, error = %e, "cannot reach the tenant");
+                set_condition(
+                    &ctx.host.client,
+                    &vc,
+                    false,
+                    REASON_KUBECONFIG_UNUSABLE,
+                    &format!("cannot use the tenant kubeconfig: {e}"),
+                )
+                .await;
+                ctx.stop(&vcref.uid);
+                return Ok(Action::requeue(RETRY));
+            }
+        };
     let fp = fingerprint(&vc, &rv);
     {
         let mut running = ctx.running.lock().unwrap_or_else(|e| e.into_inner());
@@ -296,16 +288,16 @@ async fn reconcile(vc: Arc<VirtualCluster>, ctx: Arc<Ctx>) -> Result<Action, Err
 /// certificate ([`kvtenant_api::labels::WEBHOOK_CLIENT_CA_KEY`]), and of its front-proxy and
 /// kubelet client certificates ([`kvtenant_api::labels::FRONT_PROXY_CA_KEY`],
 /// [`kvtenant_api::labels::CLIENT_CA_KEY`]).
-/// The client is shared with every other caller for the same VirtualCluster `uid` and version of
-/// the Secret (`clients`).
+/// The client is shared with every other caller for the same VirtualCluster and version of the
+/// Secret (`clients`).
 pub(crate) async fn tenant_client(
     host: &Client,
     clients: &TenantClients,
-    uid: &str,
-    ns: &str,
+    vc: &VirtualClusterRef,
     secret: &str,
     key: &str,
 ) -> Result<(Client, String, HostCas), Error> {
+    let (uid, ns) = (vc.uid.as_str(), vc.namespace.as_str());
     let api: Api<Secret> = Api::namespaced(host.clone(), ns);
     let s = api.get(secret).await.map_err(Error::api(
         "get",
