@@ -249,3 +249,62 @@ async fn an_idle_tenant_costs_few_watches() {
     .await;
     drop(proxy);
 }
+
+/// A replica that loses the Lease stops syncing: its tenants and their watches go (only the
+/// leader syncs; a follower keeping a tenant's watchers and caches would hold memory and watches
+/// for nothing, and a second set with each leadership it wins back).
+#[tokio::test]
+async fn a_replica_losing_the_lease_closes_its_tenant_watches() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use kube::api::{Patch, PatchParams};
+    use kvtenant_kubeutil::leader::LeaderElectionConfig;
+    const SYSTEM: &str = "kvtenant-system";
+    const LEASE: &str = "kvtenant-syncer";
+    let mut env = Env::start(1).await;
+    let mut le = LeaderElectionConfig::new(SYSTEM, LEASE, "replica-1");
+    le.lease_duration = Duration::from_secs(4);
+    le.renew_deadline = Duration::from_secs(3);
+    le.retry_period = Duration::from_millis(500);
+    env.start_syncer_with(SyncerConfig {
+        resync_period: HOUR,
+        leader_election: Some(le),
+        ..SyncerConfig::default()
+    });
+    let tc = env.tenants[0].client();
+    let vms = "kubevirt.io/virtualmachines";
+    let watched = |w: &BTreeMap<String, i64>| w.get(vms).copied().unwrap_or(0);
+    eventually("the leader watching the tenant's VMs", RESTORED, || async {
+        watched(&open_watches(&tc).await) > 0
+    })
+    .await;
+    // another replica takes the Lease (as one would after this one failed to renew)
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+        k8s_openapi::jiff::Timestamp::now(),
+    );
+    Api::<Lease>::namespaced(env.host_client(), SYSTEM)
+        .patch(
+            LEASE,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {
+                "holderIdentity": "replica-2",
+                "leaseDurationSeconds": 3600,
+                "acquireTime": now,
+                "renewTime": now,
+            }})),
+        )
+        .await
+        .unwrap();
+    let syncer = env.syncer.as_ref().unwrap();
+    eventually("the replica no longer leading", RESTORED, || async {
+        !syncer.is_leader()
+    })
+    .await;
+    eventually_explained("the tenant's VM watch closed", RESTORED, || async {
+        let w = open_watches(&tc).await;
+        match watched(&w) {
+            0 => Ok(()),
+            n => Err(format!("{n} watches of {vms} open: {w:?}")),
+        }
+    })
+    .await;
+}
