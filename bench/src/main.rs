@@ -5,6 +5,7 @@
 
 mod ctx;
 mod env;
+mod identity;
 mod load;
 mod measure;
 mod observe;
@@ -156,6 +157,12 @@ pub struct Args {
     /// bench process itself stays unpinned. Needs `--syncer process`.
     #[arg(long, env = "KVTENANT_BENCH_PIN")]
     pin: Option<pin::Pinning>,
+    /// Who the syncer is on the host: the host's admin (system:masters, exempt from API
+    /// Priority and Fairness), or deploy/base's ServiceAccount with its RBAC, admission policy
+    /// and FlowSchema (flows by namespace: the host queues each tenant's requests apart). Needs
+    /// `--syncer process`.
+    #[arg(long, value_enum, default_value_t = identity::SyncerIdentity::Admin, env = "KVTENANT_BENCH_SYNCER_IDENTITY")]
+    syncer_identity: identity::SyncerIdentity,
 }
 
 #[derive(Serialize)]
@@ -276,6 +283,10 @@ async fn run(args: Args) -> Result<usize> {
     if args.pin.is_some() && args.syncer != SyncerMode::Process {
         anyhow::bail!("--pin needs --syncer process (the syncer's own CPUs)");
     }
+    if args.syncer_identity != identity::SyncerIdentity::Admin && args.syncer != SyncerMode::Process
+    {
+        anyhow::bail!("--syncer-identity service-account needs --syncer process");
+    }
     // environment: host + KubeVirt, then the syncer alone, then the tenants
     let mut env = BenchEnv::start_host(tenants, &mut rep.setup).await?;
     if let Some(p) = &args.pin {
@@ -283,10 +294,21 @@ async fn run(args: Args) -> Result<usize> {
         host.extend(env.kubevirt.pids());
         pin::pin("the host side", &host, &p.host)?;
     }
+    let host_kubeconfig = match args.syncer_identity {
+        identity::SyncerIdentity::Admin => env.host.kubeconfig_path().to_path_buf(),
+        identity::SyncerIdentity::ServiceAccount => {
+            identity::service_account_kubeconfig(
+                env.host.kubeconfig_path(),
+                env.host.config(),
+                logs.path(),
+            )
+            .await?
+        }
+    };
     let spec = SyncerSpec {
         mode: args.syncer,
         bin,
-        host_kubeconfig: env.host.kubeconfig_path().to_path_buf(),
+        host_kubeconfig,
         workers: args.workers,
         resync: Duration::from_secs(args.resync_seconds),
         log_dir: logs.path().to_path_buf(),
