@@ -89,7 +89,12 @@ pub struct SetupTimes {
 impl BenchEnv {
     /// Host (with kube-controller-manager for garbage collection), KubeVirt, the
     /// VirtualCluster CRD, and the direct-path namespaces.
-    pub async fn start_host(direct_namespaces: usize, times: &mut SetupTimes) -> Result<Self> {
+    /// The host control plane with KubeVirt on `nodes` simulated nodes (kwok; 110 pods each).
+    pub async fn start_host(
+        direct_namespaces: usize,
+        nodes: usize,
+        times: &mut SetupTimes,
+    ) -> Result<Self> {
         let t = Instant::now();
         let host = ControlPlane::start(Options::new("bench-host").with_controller_manager())
             .await
@@ -97,7 +102,11 @@ impl BenchEnv {
         times.host_ready_s = t.elapsed().as_secs_f64();
         let host_client = host.client()?;
         let t = Instant::now();
-        let kubevirt = KubeVirt::start(&host, KubeVirtOptions::new())
+        let names: Vec<String> = (1..=nodes.max(1))
+            .map(|i| format!("kwok-node-{i}"))
+            .collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let kubevirt = KubeVirt::start(&host, KubeVirtOptions::new().with_nodes(&names))
             .await
             .context("starting KubeVirt")?;
         times.kubevirt_started_s = t.elapsed().as_secs_f64();

@@ -236,6 +236,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// Simulated nodes for the most pods the scenarios can have at once (a launcher pod per VMI;
+/// a kept population next to a run; the direct and kvtenant pods runs; 110 pods per node, with
+/// room to spare): with two nodes, a burst of more than ~200 VMs waited for room forever.
+fn nodes_for(args: &Args, tenants: usize) -> usize {
+    let pods = 2 * args.vms
+        + args.greedy_vms
+        + args.small_vms * tenants
+        + 2 * args.pods_per_tenant * tenants;
+    pods.div_ceil(100).max(2)
+}
+
 /// Runs the selected scenarios; returns how many failed.
 async fn run(args: Args) -> Result<usize> {
     let started = Instant::now();
@@ -288,7 +299,9 @@ async fn run(args: Args) -> Result<usize> {
         anyhow::bail!("--syncer-identity service-account needs --syncer process");
     }
     // environment: host + KubeVirt, then the syncer alone, then the tenants
-    let mut env = BenchEnv::start_host(tenants, &mut rep.setup).await?;
+    let nodes = nodes_for(&args, tenants);
+    println!("simulated nodes: {nodes} (kwok, 110 pods each)");
+    let mut env = BenchEnv::start_host(tenants, nodes, &mut rep.setup).await?;
     if let Some(p) = &args.pin {
         let mut host = env.host.pids();
         host.extend(env.kubevirt.pids());
@@ -494,4 +507,22 @@ async fn footprint_with_vms(ctx: &mut Ctx, fp: &mut footprint::FootprintReport) 
             .into(),
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_simulated_nodes_hold_a_kept_population_and_a_run() {
+        for (vms, tenants) in [(1000, 4), (300, 4), (100, 1), (10, 2)] {
+            let args = Args::parse_from(["kvtenant-bench", "--vms", &vms.to_string()]);
+            let nodes = nodes_for(&args, tenants);
+            assert!(nodes >= 2, "{vms} VMs: {nodes} nodes");
+            assert!(
+                nodes * 110 >= 2 * vms + args.greedy_vms,
+                "{vms} VMs over {tenants} tenants: {nodes} nodes of 110 pods"
+            );
+        }
+    }
 }
