@@ -87,9 +87,9 @@ pub struct SetupTimes {
 }
 
 impl BenchEnv {
-    /// Host (with kube-controller-manager for garbage collection), KubeVirt, the
-    /// VirtualCluster CRD, and the direct-path namespaces.
-    /// The host control plane with KubeVirt on `nodes` simulated nodes (kwok; 110 pods each).
+    /// Host (with kube-controller-manager for garbage collection), KubeVirt on `nodes`
+    /// simulated nodes (kwok; 110 pods each), the VirtualCluster CRD, and the direct-path
+    /// namespaces.
     pub async fn start_host(
         direct_namespaces: usize,
         nodes: usize,

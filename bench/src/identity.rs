@@ -37,7 +37,8 @@ pub async fn service_account_kubeconfig(
     dir: &Path,
 ) -> Result<PathBuf> {
     let base = deploy_base();
-    if !base.join("flowcontrol.yaml").exists() {
+    let flowcontrol = base.join("flowcontrol.yaml");
+    if !flowcontrol.exists() {
         bail!(
             "--syncer-identity service-account reads {}: not found (run the bench from its checkout)",
             base.display()
@@ -50,7 +51,6 @@ pub async fn service_account_kubeconfig(
             base.display()
         );
     };
-    let flowcontrol = base.join("flowcontrol.yaml");
     testenv::testing::kubectl(
         admin_kubeconfig,
         &[

@@ -69,8 +69,7 @@ pub async fn run(ctx: &mut Ctx, out: &mut Option<FairnessReport>) -> Result<()> 
     // 0. each tenant's first VM (and the control's) before anything is measured: the first
     // VM of a tenant namespace also makes its host namespace and the watch streams' first
     // events, which the "alone" phase would otherwise pay for and "under load" would not
-    let all: Vec<usize> = (0..t).collect();
-    let warm_jobs = load::jobs(t, "fw", &ctx.slots(PathKind::Kvtenant, Some(&all)));
+    let warm_jobs = load::jobs(t, "fw", &ctx.slots(PathKind::Kvtenant, None));
     let warm_probe = load::jobs(1, "fpw", &probe_slots);
     let (warm_created, warm_probe_created) = tokio::join!(
         load::create_all(&warm_jobs, concurrency, 0.0),
