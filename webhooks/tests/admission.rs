@@ -13,6 +13,7 @@ use common::*;
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
+use k8s_openapi::api::core::v1::Service;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use kvtenant_api::VirtualCluster;
@@ -20,6 +21,7 @@ use kvtenant_webhooks::forward::{ForwardError, Forwarder};
 use kvtenant_webhooks::lookup::Endpoint;
 use kvtenant_webhooks::{SecretRef, WebhookConfig, Webhooks};
 use serde_json::{Value, json};
+use testenv::kubevirt::KubeVirtOptions;
 use testenv::testing::kubectl_apply;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -65,7 +67,15 @@ async fn wait_registered(tenant: &Client, bundle: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn kubectl_in_the_tenant_sees_kubevirt_admission_and_the_tenant_policy() {
     let started = Instant::now();
-    let env = Env::start(1).await;
+    // the host allows hostDisk (KubeVirt's HostDisk gate): only the tenant VM policy refuses
+    // it below. Without the gate KubeVirt's validator refuses it too, and the tenant's
+    // apiserver returns whichever of the two parallel validating webhooks answered first.
+    let env = Env::start_with_kubevirt(
+        1,
+        false,
+        KubeVirtOptions::new().with_feature_gates(&["HostDisk"]),
+    )
+    .await;
     let wh = start_webhooks(&env, config()).await;
     let env_ready = started.elapsed();
     let t = &env.tenants[0];
@@ -409,6 +419,17 @@ async fn with_the_host_webhook_down_the_hosts_failure_policy_decides() {
             }
         },
     )
+    .await;
+    // the Service goes after the configurations that point at it
+    let svc: Api<Service> = Api::namespaced(tenants[0].client(), "kube-system");
+    eventually("kvtenant's Service removed from the tenant", WAIT, || {
+        let svc = svc.clone();
+        async move {
+            svc.get_opt("kvtenant-webhooks")
+                .await
+                .is_ok_and(|s| s.is_none())
+        }
+    })
     .await;
     let services = kubectl(kc, &["get", "services", "-n", "kube-system", "-o", "name"]);
     assert!(!services.contains("kvtenant-webhooks"), "{services}");

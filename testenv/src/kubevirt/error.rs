@@ -89,6 +89,8 @@ impl Error {
             Self::Exited { log, .. } => crate::controlplane::lost_its_port(log),
             Self::NotReady { detail, .. } => crate::controlplane::lost_its_port(detail),
             Self::ControlPlane(e) => e.port_taken(),
+            // an in-process listener (the simulated virt-handler's server) bound too late
+            Self::Io { source, .. } => source.kind() == std::io::ErrorKind::AddrInUse,
             _ => false,
         }
     }
@@ -120,5 +122,15 @@ mod tests {
         };
         assert!(!other.port_taken());
         assert!(!Error::NoControllerManager.port_taken());
+        let in_process = Error::Io {
+            path: "127.0.0.1:34647".into(),
+            source: std::io::ErrorKind::AddrInUse.into(),
+        };
+        assert!(in_process.port_taken());
+        let unreadable = Error::Io {
+            path: "/strategy.json".into(),
+            source: std::io::ErrorKind::NotFound.into(),
+        };
+        assert!(!unreadable.port_taken());
     }
 }
