@@ -89,14 +89,17 @@ pub struct SetupTimes {
 impl BenchEnv {
     /// Host (with kube-controller-manager for garbage collection), KubeVirt on `nodes`
     /// simulated nodes (kwok; 110 pods each), the VirtualCluster CRD, and the direct-path
-    /// namespaces.
+    /// namespaces. `apiserver_args` go to the host's kube-apiserver after testenv's own.
     pub async fn start_host(
         direct_namespaces: usize,
         nodes: usize,
+        apiserver_args: &[String],
         times: &mut SetupTimes,
     ) -> Result<Self> {
         let t = Instant::now();
-        let host = ControlPlane::start(Options::new("bench-host").with_controller_manager())
+        let mut opts = Options::new("bench-host").with_controller_manager();
+        opts.extra_apiserver_args = apiserver_args.to_vec();
+        let host = ControlPlane::start(opts)
             .await
             .context("starting the host control plane")?;
         times.host_ready_s = t.elapsed().as_secs_f64();

@@ -163,6 +163,11 @@ pub struct Args {
     /// `--syncer process`.
     #[arg(long, value_enum, default_value_t = identity::SyncerIdentity::Admin, env = "KVTENANT_BENCH_SYNCER_IDENTITY")]
     syncer_identity: identity::SyncerIdentity,
+    /// An extra flag for the host's kube-apiserver, after testenv's (a flag given again wins);
+    /// repeat for several. E.g. `--host-apiserver-arg=--profiling=true` serves
+    /// /debug/pprof, for CPU profiles of the host apiserver during a run.
+    #[arg(long, allow_hyphen_values = true)]
+    host_apiserver_arg: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -301,7 +306,8 @@ async fn run(args: Args) -> Result<usize> {
     // environment: host + KubeVirt, then the syncer alone, then the tenants
     let nodes = nodes_for(&args, tenants);
     println!("simulated nodes: {nodes} (kwok, 110 pods each)");
-    let mut env = BenchEnv::start_host(tenants, nodes, &mut rep.setup).await?;
+    let mut env =
+        BenchEnv::start_host(tenants, nodes, &args.host_apiserver_arg, &mut rep.setup).await?;
     if let Some(p) = &args.pin {
         let mut host = env.host.pids();
         host.extend(env.kubevirt.pids());

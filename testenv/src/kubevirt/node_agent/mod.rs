@@ -557,17 +557,20 @@ impl Agent {
     async fn set_pod_finalizer(&self, pod: &Value, action: PodAction) -> Result<(), kube::Error> {
         let ns = pod["metadata"]["namespace"].as_str().unwrap_or_default();
         let name = pod["metadata"]["name"].as_str().unwrap_or_default();
-        let rv = pod["metadata"]["resourceVersion"].clone();
-        let mut finalizers: Vec<Value> = pod["metadata"]["finalizers"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        match action {
-            PodAction::Hold => finalizers.push(json!(POD_FINALIZER)),
-            PodAction::Release => finalizers.retain(|f| f != POD_FINALIZER),
+        let api: Api<Pod> = Api::namespaced(self.admin.clone(), ns);
+        // Strategic merge patches of the finalizer list alone (a merge list in ObjectMeta):
+        // they never conflict with virt-controller's and kwok's writes to the same pod. A merge
+        // patch carrying the resourceVersion did: 0.7-1.7 refused writes per VM in 300-VM
+        // bursts, each a patch the host apiserver paid for. A stale decision stays safe: a
+        // deleting pod takes no new finalizer (the apiserver refuses it), and the guest of a
+        // deleting pod that has left does not come back.
+        let patch = match action {
+            PodAction::Hold => json!({"metadata": {"finalizers": [POD_FINALIZER]}}),
+            PodAction::Release => {
+                json!({"metadata": {"$deleteFromPrimitiveList/finalizers": [POD_FINALIZER]}})
+            }
             PodAction::Complete => {
                 // the simulated kubelet: the launcher container exited after the migration
-                let api: Api<Pod> = Api::namespaced(self.admin.clone(), ns);
                 let status = migration::completed_pod_status(pod, &now_rfc3339());
                 return api
                     .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
@@ -576,18 +579,14 @@ impl Agent {
             }
             PodAction::Digests(status) => {
                 // the simulated kubelet: image IDs of the containers it "pulled"
-                let api: Api<Pod> = Api::namespaced(self.admin.clone(), ns);
                 return api
                     .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
                     .await
                     .map(|_| ());
             }
             PodAction::None => return Ok(()),
-        }
-        // a merge patch carrying the resourceVersion: refused if the pod changed meanwhile
-        let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": rv}});
-        let api: Api<Pod> = Api::namespaced(self.admin.clone(), ns);
-        api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        };
+        api.patch(name, &PatchParams::default(), &Patch::Strategic(&patch))
             .await
             .map(|_| ())
     }
