@@ -46,6 +46,23 @@ async fn wait_all(ctx: &mut Ctx, sets: &[(&[Job], &[Created])]) {
     }
 }
 
+/// Creates the tenants' `jobs` and the direct control's `probe` at once, and waits until both
+/// are done.
+async fn create_and_wait(
+    ctx: &mut Ctx,
+    jobs: &[Job],
+    probe: &[Job],
+) -> (Vec<Created>, Vec<Created>) {
+    let concurrency = ctx.args.concurrency;
+    let (created, probe_created) = tokio::join!(
+        load::create_all(jobs, concurrency, 0.0),
+        load::create_all(probe, concurrency, 0.0)
+    );
+    ctx.wait_done(PathKind::Kvtenant, jobs, &created).await;
+    ctx.wait_done(PathKind::Direct, probe, &probe_created).await;
+    (created, probe_created)
+}
+
 pub async fn run(ctx: &mut Ctx, out: &mut Option<FairnessReport>) -> Result<()> {
     let t = ctx.env.tenants.len();
     if t < 2 {
@@ -71,13 +88,7 @@ pub async fn run(ctx: &mut Ctx, out: &mut Option<FairnessReport>) -> Result<()> 
     // events, which the "alone" phase would otherwise pay for and "under load" would not
     let warm_jobs = load::jobs(t, "fw", &ctx.slots(PathKind::Kvtenant, None));
     let warm_probe = load::jobs(1, "fpw", &probe_slots);
-    let (warm_created, warm_probe_created) = tokio::join!(
-        load::create_all(&warm_jobs, concurrency, 0.0),
-        load::create_all(&warm_probe, concurrency, 0.0)
-    );
-    wait_all(ctx, &[(&warm_jobs, &warm_created)]).await;
-    ctx.wait_done(PathKind::Direct, &warm_probe, &warm_probe_created)
-        .await;
+    create_and_wait(ctx, &warm_jobs, &warm_probe).await;
     ctx.cleanup(PathKind::Kvtenant, "fw").await?;
     ctx.cleanup(PathKind::Direct, "fpw").await?;
 
@@ -85,13 +96,7 @@ pub async fn run(ctx: &mut Ctx, out: &mut Option<FairnessReport>) -> Result<()> 
     let alone_jobs = load::jobs(small_n, "fa", &small_slots);
     let probe_jobs = load::jobs(probe_n, "fpa", &probe_slots);
     let before = ctx.syncer_counters().await;
-    let (alone_created, probe_created) = tokio::join!(
-        load::create_all(&alone_jobs, concurrency, 0.0),
-        load::create_all(&probe_jobs, concurrency, 0.0)
-    );
-    wait_all(ctx, &[(&alone_jobs, &alone_created)]).await;
-    ctx.wait_done(PathKind::Direct, &probe_jobs, &probe_created)
-        .await;
+    let (alone_created, probe_created) = create_and_wait(ctx, &alone_jobs, &probe_jobs).await;
     let after = ctx.syncer_counters().await;
     rep.reconcile_ms_alone = before
         .zip(after)
