@@ -63,6 +63,7 @@ pub async fn client(kubeconfig: &str, timeout: Duration) -> Result<(Client, Stri
     config.connect_timeout = Some(timeout);
     config.read_timeout = Some(timeout);
     config.write_timeout = Some(timeout);
+    crate::identify(&mut config);
     let endpoint = config.cluster_url.to_string();
     let endpoint = endpoint.trim_end_matches('/').to_owned();
     let client = crate::multiplexed::client(config)?;

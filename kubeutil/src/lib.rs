@@ -9,11 +9,33 @@
 //!   HTTP/1.1 only: a connection per open watch).
 //! - [`apply`]: server-side apply that skips writes when nothing changed.
 //! - [`leader`]: Lease-based leader election (client-go's semantics).
+//! - [`identify`]: the User-Agent every kvtenant client sends.
 
 pub mod apply;
 pub mod kubeconfig;
 pub mod leader;
 pub mod multiplexed;
+
+/// The User-Agent of kvtenant's clients. An apiserver names a write's field manager after the
+/// part before `/` when the request names none, so what kvtenant creates and replaces shows
+/// `manager: kvtenant` in `managedFields` (the manager of its server-side applies too), and audit
+/// logs and API Priority and Fairness debugging name kvtenant, instead of `unknown` and an empty
+/// agent.
+pub const USER_AGENT: &str = concat!("kvtenant/", env!("CARGO_PKG_VERSION"));
+
+/// Makes `config`'s clients send [`USER_AGENT`], unless it already names an agent.
+pub fn identify(config: &mut kube::Config) {
+    let named = config
+        .headers
+        .iter()
+        .any(|(name, _)| name == http::header::USER_AGENT);
+    if !named {
+        config.headers.push((
+            http::header::USER_AGENT,
+            http::HeaderValue::from_static(USER_AGENT),
+        ));
+    }
+}
 
 /// What kind of failure a Kubernetes API call had, decided once from the status code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -119,6 +141,30 @@ mod tests {
                 .with_code(code)
                 .boxed(),
         )
+    }
+
+    #[test]
+    fn clients_name_kvtenant_unless_told_otherwise() {
+        let mut config = kube::Config::new("https://127.0.0.1:6443".parse().unwrap());
+        identify(&mut config);
+        identify(&mut config);
+        let agents: Vec<_> = config
+            .headers
+            .iter()
+            .filter(|(n, _)| n == http::header::USER_AGENT)
+            .map(|(_, v)| v.to_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(agents, [USER_AGENT]);
+        assert!(USER_AGENT.starts_with("kvtenant/"));
+        // one the admin's configuration names is kept
+        let mut config = kube::Config::new("https://127.0.0.1:6443".parse().unwrap());
+        config.headers.push((
+            http::header::USER_AGENT,
+            http::HeaderValue::from_static("platform-x/1"),
+        ));
+        identify(&mut config);
+        assert_eq!(config.headers.len(), 1);
+        assert_eq!(config.headers[0].1, "platform-x/1");
     }
 
     #[test]

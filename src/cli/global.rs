@@ -69,7 +69,7 @@ impl GlobalArgs {
             context: self.context.clone(),
             ..KubeConfigOptions::default()
         };
-        Ok(match &self.kubeconfig {
+        let mut config = match &self.kubeconfig {
             Some(path) => {
                 let kc = Kubeconfig::read_from(path)
                     .with_context(|| format!("reading kubeconfig {}", path.display()))?;
@@ -79,7 +79,9 @@ impl GlobalArgs {
             None if self.context.is_some() => kube::Config::from_kubeconfig(&opts).await?,
             // the same, else in-cluster
             None => kube::Config::infer().await?,
-        })
+        };
+        kvtenant_kubeutil::identify(&mut config);
+        Ok(config)
     }
 
     /// A client for the host cluster.

@@ -191,6 +191,26 @@ pub async fn create_list_connect_disconnect_pause_resume_delete() {
         ),
         "false"
     );
+    // every write to it, the CLI's and the controller's, names kvtenant as its field manager (as
+    // kubectl's name kubectl), not "unknown"
+    let managers = kubectl(
+        &kc,
+        &[
+            "get",
+            "vc",
+            "-n",
+            "vc-t1",
+            "t1",
+            "--show-managed-fields",
+            "-o",
+            "jsonpath={.metadata.managedFields[*].manager}",
+        ],
+    );
+    assert!(!managers.is_empty());
+    assert!(
+        managers.split_whitespace().all(|m| m == "kvtenant"),
+        "{managers}"
+    );
 
     let missing = kvtenant(&kc, &["pause", "nope"]);
     assert!(!missing.status.success());

@@ -65,7 +65,6 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Clients (trust roots) and dial routes kept; past this the cache starts over, so a host
 /// whose webhook configurations churn cannot grow it without bound.
 const MAX_CACHED: usize = 64;
-const USER_AGENT: &str = concat!("kvtenant/", env!("CARGO_PKG_VERSION"));
 
 /// Calls host webhooks; one reqwest client per CA bundle (sha256), so a connection verified
 /// against one bundle never serves a review that must trust another. Pools are keyed by the
@@ -244,7 +243,7 @@ impl Forwarder {
             .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(IDLE_PER_ENDPOINT)
             .pool_idle_timeout(IDLE_TIMEOUT)
-            .user_agent(USER_AGENT)
+            .user_agent(kvtenant_kubeutil::USER_AGENT)
             .build()
             .map_err(|e| ForwardError::Tls(chain_text(&e)))?;
         if clients.len() >= MAX_CACHED {

@@ -122,6 +122,23 @@ pub async fn kubectl_apply_runs_the_vm_on_the_host_and_status_comes_back() {
         vmi["metadata"]["ownerReferences"][0]["uid"],
         tenant_vm["metadata"]["uid"]
     );
+    // the syncer made and updates the tenant's VMI: its writes name kvtenant, not "unknown"
+    let managers = kubectl(
+        t.kubeconfig(),
+        &[
+            "get",
+            "vmi",
+            "vm1",
+            "--show-managed-fields",
+            "-o",
+            "jsonpath={.metadata.managedFields[*].manager}",
+        ],
+    );
+    assert!(!managers.is_empty());
+    assert!(
+        managers.split_whitespace().all(|m| m == "kvtenant"),
+        "{managers}"
+    );
     // the node running it shows in the tenant, without host addresses
     let node = kubectl_json(
         t.kubeconfig(),
