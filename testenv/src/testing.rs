@@ -82,6 +82,22 @@ pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The field managers in one object's `managedFields`, as the real kubectl shows them:
+/// `kubectl get <object…> --show-managed-fields`, e.g. `object = ["vmi", "vm1"]`.
+pub fn field_managers(kubeconfig: &Path, object: &[&str]) -> Vec<String> {
+    let mut args = vec!["get"];
+    args.extend_from_slice(object);
+    args.extend([
+        "--show-managed-fields",
+        "-o",
+        "jsonpath={.metadata.managedFields[*].manager}",
+    ]);
+    kubectl(kubeconfig, &args)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
 /// `kubectl apply -f -` of a manifest with the real kubectl: `Ok(stdout)` or `Err(stderr)`
 /// (what kubectl printed when the apiserver or an admission webhook refused it).
 pub fn kubectl_apply(kubeconfig: &Path, manifest: &serde_json::Value) -> Result<String, String> {

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use testenv::testing::{InterruptOnDrop, kubectl};
+use testenv::testing::{InterruptOnDrop, field_managers, kubectl};
 use testenv::{ControlPlane, Options};
 
 use super::support::*;
@@ -193,24 +193,9 @@ pub async fn create_list_connect_disconnect_pause_resume_delete() {
     );
     // every write to it, the CLI's and the controller's, names kvtenant as its field manager (as
     // kubectl's name kubectl), not "unknown"
-    let managers = kubectl(
-        &kc,
-        &[
-            "get",
-            "vc",
-            "-n",
-            "vc-t1",
-            "t1",
-            "--show-managed-fields",
-            "-o",
-            "jsonpath={.metadata.managedFields[*].manager}",
-        ],
-    );
+    let managers = field_managers(&kc, &["vc", "-n", "vc-t1", "t1"]);
     assert!(!managers.is_empty());
-    assert!(
-        managers.split_whitespace().all(|m| m == "kvtenant"),
-        "{managers}"
-    );
+    assert!(managers.iter().all(|m| m == "kvtenant"), "{managers:?}");
 
     let missing = kvtenant(&kc, &["pause", "nope"]);
     assert!(!missing.status.success());

@@ -123,22 +123,9 @@ pub async fn kubectl_apply_runs_the_vm_on_the_host_and_status_comes_back() {
         tenant_vm["metadata"]["uid"]
     );
     // the syncer made and updates the tenant's VMI: its writes name kvtenant, not "unknown"
-    let managers = kubectl(
-        t.kubeconfig(),
-        &[
-            "get",
-            "vmi",
-            "vm1",
-            "--show-managed-fields",
-            "-o",
-            "jsonpath={.metadata.managedFields[*].manager}",
-        ],
-    );
+    let managers = testenv::testing::field_managers(t.kubeconfig(), &["vmi", "vm1"]);
     assert!(!managers.is_empty());
-    assert!(
-        managers.split_whitespace().all(|m| m == "kvtenant"),
-        "{managers}"
-    );
+    assert!(managers.iter().all(|m| m == "kvtenant"), "{managers:?}");
     // the node running it shows in the tenant, without host addresses
     let node = kubectl_json(
         t.kubeconfig(),
