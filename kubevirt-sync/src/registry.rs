@@ -7,7 +7,8 @@
 //! owners, from the [`Directory`] every replica keeps. They never reach the syncer's internals.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
 
 use kube::Client;
 use kvtenant_api::labels::HostNamespaceOwner;
@@ -44,6 +45,20 @@ impl Registry {
     pub fn remove(&self, uid: &str) -> Option<Arc<Tenant>> {
         self.tenants.write().ok()?.remove(uid)
     }
+}
+
+/// Waits until nothing holds a removed tenant any more (passes it was running have ended and,
+/// dropped, its tasks are aborted), at most `bound`; whether it went. A restarted tenant
+/// starts after its previous start is gone, so the two never act at once.
+pub(crate) async fn released<T>(tenant: Weak<T>, bound: Duration) -> bool {
+    let until = tokio::time::Instant::now() + bound;
+    while tenant.strong_count() > 0 {
+        if tokio::time::Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
 }
 
 /// The narrow view of the syncer the proxy and the webhooks use. Every replica has it, leading
@@ -88,5 +103,35 @@ impl Tenants {
     /// The host namespaces kvtenant made for this VirtualCluster.
     pub fn host_namespaces_of(&self, vc_uid: &str) -> Vec<String> {
         self.directory.namespaces_of(vc_uid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restart_waits_for_the_previous_start_to_be_let_go() {
+        let old = Arc::new(());
+        let held = old.clone();
+        let weak = Arc::downgrade(&old);
+        drop(old);
+        // a pass still holds it: released only once the pass ends
+        let pass = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            drop(held);
+        });
+        let started = tokio::time::Instant::now();
+        assert!(released(weak.clone(), Duration::from_secs(10)).await);
+        assert!(started.elapsed() >= Duration::from_secs(3));
+        pass.await.unwrap();
+        // nothing holds it: at once
+        assert!(released(weak, Duration::ZERO).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_start_held_past_the_bound_is_reported() {
+        let old = Arc::new(());
+        assert!(!released(Arc::downgrade(&old), Duration::from_secs(10)).await);
     }
 }

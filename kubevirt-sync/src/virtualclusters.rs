@@ -7,7 +7,7 @@
 //! The decision ([`desired`]) is pure; the reconcile carries it out.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -37,6 +37,8 @@ const TENANT_STARTS_IN_FLIGHT: u16 = 16;
 /// How often a running tenant's kubeconfig Secret is read again (a rotated credential restarts
 /// the tenant).
 const RECHECK: Duration = Duration::from_secs(60);
+/// How long a restart waits for the tenant's previous start to finish what it is doing.
+const PREDECESSOR_WAIT: Duration = Duration::from_secs(10);
 /// Retry after a failure (an unusable kubeconfig, a tenant that did not start).
 const RETRY: Duration = Duration::from_secs(5);
 
@@ -94,15 +96,17 @@ struct Ctx {
 }
 
 impl Ctx {
-    fn stop(&self, uid: &str) {
+    /// Stops the tenant; the stopped one, to wait for ([`crate::registry::released`]) before
+    /// starting it again.
+    fn stop(&self, uid: &str) -> Option<Weak<Tenant>> {
         self.running
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(uid);
-        if let Some(t) = self.registry.remove(uid) {
-            tracing::info!(vc = %t.label, "stopped syncing tenant");
-            self.host.queue.forget(&uid.to_string());
-        }
+        let t = self.registry.remove(uid)?;
+        tracing::info!(vc = %t.label, "stopped syncing tenant");
+        self.host.queue.forget(&uid.to_string());
+        Some(Arc::downgrade(&t))
     }
 }
 
@@ -134,7 +138,9 @@ pub(crate) async fn run(host: Arc<Host>, registry: Arc<Registry>, clients: Arc<T
                     .map(|t| t.vc.uid.clone())
                     .collect()
             },
-            move |uid| gone.stop(uid),
+            move |uid| {
+                gone.stop(uid);
+            },
         )
     };
     controller
@@ -230,7 +236,13 @@ async fn reconcile(vc: Arc<VirtualCluster>, ctx: Arc<Ctx>) -> Result<Action, Err
             return Ok(Action::requeue(RECHECK));
         }
     }
-    ctx.stop(&vcref.uid);
+    // a start never overlaps the one it replaces: a pass still running from the old spec (a
+    // `mapServices` pass, a restore) would undo what the new one does
+    if let Some(old) = ctx.stop(&vcref.uid)
+        && !crate::registry::released(old, PREDECESSOR_WAIT).await
+    {
+        tracing::warn!(vc = %label, waited = ?PREDECESSOR_WAIT, "the tenant's previous start is still busy; starting anyway");
+    }
     let tenant = match Tenant::start(
         ctx.host.clone(),
         vcref.clone(),

@@ -398,9 +398,20 @@ async fn a_headless_host_service_is_shown_with_its_endpoints() {
         )
         .await
         .unwrap();
-    eventually("the headless Service gone", WAIT, || async {
-        get(&tenant_svcs, "db").await.is_none()
-            && copied_endpoints(&tenant, "shared", "db").await.is_empty()
+    let vcs = Api::<VirtualCluster>::namespaced(host.clone(), VC_NAMESPACE);
+    eventually_explained("the headless Service gone", WAIT, || async {
+        let svc = get(&tenant_svcs, "db").await.is_some();
+        let endpoints = copied_endpoints(&tenant, "shared", "db").await;
+        if !svc && endpoints.is_empty() {
+            return Ok(());
+        }
+        let status = vcs.get(&t.vc.name).await.unwrap().status;
+        Err(format!(
+            "Service still there: {svc}, endpoints still copied: {endpoints:?}, \
+             status.mappedServices: {:?}, conditions: {:?}",
+            status.as_ref().and_then(|s| s.mapped_services.clone()),
+            status.map(|s| s.conditions),
+        ))
     })
     .await;
 }
