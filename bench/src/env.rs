@@ -281,6 +281,60 @@ pub async fn create_namespace(client: &Client, name: &str) -> Result<()> {
     }
 }
 
+/// Host namespace of the host's own Events (`--host-events`).
+pub const HOST_EVENTS_NS: &str = "bench-host-events";
+
+/// Makes `count` Events of the host's own (in a namespace that is not kvtenant's, about pods
+/// kvtenant never synced), as a busy host holds: what the syncer must not cache.
+pub async fn create_host_events(client: &Client, count: usize) -> Result<()> {
+    if count == 0 {
+        return Ok(());
+    }
+    create_namespace(client, HOST_EVENTS_NS).await?;
+    let api: Api<k8s_openapi::api::core::v1::Event> =
+        Api::namespaced(client.clone(), HOST_EVENTS_NS);
+    let started = Instant::now();
+    let made = futures::stream::iter(0..count)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                let event: k8s_openapi::api::core::v1::Event =
+                    serde_json::from_value(host_event(i))?;
+                api.create(&PostParams::default(), &event).await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(16)
+        .filter(|r| futures::future::ready(r.is_ok()))
+        .count()
+        .await;
+    if made < count {
+        bail!("made {made} of {count} host Events");
+    }
+    println!(
+        "host: {count} Events of its own made in {} s",
+        (started.elapsed().as_secs_f64() * 10.0).round() / 10.0
+    );
+    Ok(())
+}
+
+/// The `i`th host Event: an image pulled for a pod, ~700 bytes as the host serves it.
+fn host_event(i: usize) -> serde_json::Value {
+    let pod = format!("web-{:05}", i / 4);
+    let node = format!("node-{}", i % 50);
+    json!({
+        "metadata": {"name": format!("{pod}.{i:08x}")},
+        "involvedObject": {"kind": "Pod", "namespace": HOST_EVENTS_NS, "name": pod,
+            "apiVersion": "v1", "fieldPath": "spec.containers{web}"},
+        "reason": "Pulled", "type": "Normal", "count": 1,
+        "message": format!("Successfully pulled image \"registry.example/web:1.{i}\" in 812ms \
+            (812ms including waiting). Image size: 51234567 bytes."),
+        "source": {"component": "kubelet", "host": node},
+        "firstTimestamp": "2026-12-07T00:00:00Z", "lastTimestamp": "2026-12-07T00:00:00Z",
+        "reportingComponent": "kubelet", "reportingInstance": node,
+    })
+}
+
 async fn install_virtualcluster_crd(host: &Client) -> Result<()> {
     let api: Api<CustomResourceDefinition> = Api::all(host.clone());
     for crd in kvtenant_api::crds() {

@@ -168,6 +168,10 @@ pub struct Args {
     /// /debug/pprof, for CPU profiles of the host apiserver during a run.
     #[arg(long, allow_hyphen_values = true)]
     host_apiserver_arg: Vec<String>,
+    /// Events of the host's own (not about tenants' objects) made before the syncer starts, as
+    /// a busy host holds: the footprint shows whether the syncer keeps them (it should not).
+    #[arg(long, default_value_t = 0, env = "KVTENANT_BENCH_HOST_EVENTS")]
+    host_events: usize,
 }
 
 #[derive(Serialize)]
@@ -338,6 +342,7 @@ async fn run(args: Args) -> Result<usize> {
             .unwrap_or_default(),
     };
     env::create_namespace(&env.host_client, syncer::SYSTEM_NAMESPACE).await?;
+    env::create_host_events(&env.host_client, args.host_events).await?;
     let syncer_handle = SyncerHandle::start(&spec, &env.host_client, 1).await?;
     if let (Some(p), Some(pid)) = (&args.pin, syncer_handle.pid()) {
         pin::pin("the syncer", &[pid], &p.tenants)?;

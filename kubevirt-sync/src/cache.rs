@@ -71,17 +71,33 @@ impl Store {
     }
 }
 
+/// Which namespaces' objects a cache keeps ([`Writer::keep_only`]).
+pub type NamespaceFilter = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// What a watcher writes through.
 #[derive(Default)]
 pub struct Writer {
     store: Store,
     /// Objects of a relist in progress: they replace the contents once it is done.
     relist: Option<Objects>,
+    keep: Option<NamespaceFilter>,
 }
 
 impl Writer {
     pub fn as_reader(&self) -> Store {
         self.store.clone()
+    }
+
+    /// Keeps only the objects of the namespaces `keep` says yes to; the others pass through
+    /// to the watch's consumer uncached.
+    pub fn keep_only(&mut self, keep: NamespaceFilter) {
+        self.keep = Some(keep);
+    }
+
+    fn kept(&self, obj: &DynamicObject) -> bool {
+        self.keep
+            .as_ref()
+            .is_none_or(|keep| keep(obj.metadata.namespace.as_deref().unwrap_or_default()))
     }
 
     /// Applies a watcher's event. At the end of a relist, returns the objects held before that
@@ -99,6 +115,9 @@ impl Writer {
         match event {
             watcher::Event::Init => self.relist = Some(Objects::new()),
             watcher::Event::InitApply(obj) => {
+                if !self.kept(obj) {
+                    return Vec::new();
+                }
                 if let (Some(relist), Some(bytes)) = (self.relist.as_mut(), encode(obj)) {
                     relist.insert(key_of(obj), bytes);
                 }
@@ -113,6 +132,9 @@ impl Writer {
                         .filter_map(|(_, b)| decode(b))
                         .collect();
                 }
+            }
+            watcher::Event::Apply(obj) if !self.kept(obj) => {
+                objects().remove(&key_of(obj));
             }
             watcher::Event::Apply(obj) => {
                 if let Some(bytes) = encode(obj) {
@@ -130,9 +152,9 @@ impl Writer {
 /// Applies a watcher's events to `writer` as they pass (kube-runtime's `reflector`, for these
 /// caches). Before the end of a relist (`InitDone`) it passes on a `Delete` for each object the
 /// relist dropped, so the consumer handles a delete it never saw as any other.
-pub fn reflector<S>(mut writer: Writer, stream: S) -> impl Stream<Item = S::Item>
+pub fn reflector<'a, S>(writer: &'a mut Writer, stream: S) -> impl Stream<Item = S::Item> + 'a
 where
-    S: Stream<Item = Result<watcher::Event<DynamicObject>, watcher::Error>>,
+    S: Stream<Item = Result<watcher::Event<DynamicObject>, watcher::Error>> + 'a,
 {
     stream.flat_map(move |event| {
         let mut out: Vec<S::Item> = match &event {
@@ -203,7 +225,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_reflector_passes_on_a_delete_for_what_a_relist_dropped() {
-        let w = Writer::default();
+        let mut w = Writer::default();
         let store = w.as_reader();
         let events = vec![
             Ok(watcher::Event::Init),
@@ -215,7 +237,7 @@ mod tests {
             Ok(watcher::Event::InitApply(obj("ns", "a", 2))),
             Ok(watcher::Event::InitDone),
         ];
-        let seen: Vec<String> = reflector(w, futures::stream::iter(events))
+        let seen: Vec<String> = reflector(&mut w, futures::stream::iter(events))
             .map(|e| match e.unwrap() {
                 watcher::Event::Init => "init".to_owned(),
                 watcher::Event::InitApply(o) => format!("list {}", o.name_any()),
@@ -233,5 +255,30 @@ mod tests {
         );
         assert!(store.get("ns", "b").is_none());
         assert_eq!(store.get("ns", "a").unwrap().data["spec"]["n"], 2);
+    }
+
+    #[tokio::test]
+    async fn a_filtered_cache_keeps_only_its_namespaces_and_passes_the_rest_on() {
+        let mut w = Writer::default();
+        w.keep_only(Arc::new(|ns| ns == "kvtenant-a"));
+        let store = w.as_reader();
+        let events = vec![
+            Ok(watcher::Event::Init),
+            Ok(watcher::Event::InitApply(obj("kvtenant-a", "mine", 1))),
+            Ok(watcher::Event::InitApply(obj("kube-system", "host", 1))),
+            Ok(watcher::Event::InitDone),
+            Ok(watcher::Event::Apply(obj("default", "host", 1))),
+            Ok(watcher::Event::Apply(obj("kvtenant-a", "new", 1))),
+        ];
+        let seen = reflector(&mut w, futures::stream::iter(events))
+            .collect::<Vec<_>>()
+            .await
+            .len();
+        assert_eq!(seen, 6, "every event reaches the watch's consumer");
+        let mut kept: Vec<String> = store.state().iter().map(|o| o.name_any()).collect();
+        kept.sort();
+        assert_eq!(kept, ["mine", "new"]);
+        assert!(store.get("kube-system", "host").is_none());
+        assert!(store.get("default", "host").is_none());
     }
 }

@@ -3,9 +3,9 @@
 //! the metrics. It knows no tenant: host events become keys queued under the owning
 //! VirtualCluster's uid, read off the host namespace's labels.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
@@ -66,6 +66,12 @@ pub struct Host {
     made_ready: Vec<AtomicBool>,
     /// Host namespaces kvtenant made, by name.
     namespaces: RwLock<HashMap<String, HostNamespaceOwner>>,
+    /// Host namespaces this process is making (it records them itself: their objects come after).
+    making: Mutex<HashSet<String>>,
+    /// Counts the namespace watcher's first list and each namespace it learned that this process
+    /// did not make: the watchers of kinds watched whole keep only objects in known namespaces,
+    /// so they start after the first and list again after each other ([`watch_kind`]).
+    learned: tokio::sync::watch::Sender<u64>,
     pub queue: WorkQueue,
     /// Shared by every start of the syncer in this process (a replica leads again after a
     /// loss: the counters go on).
@@ -115,6 +121,8 @@ impl Host {
             made,
             stores,
             namespaces: RwLock::new(HashMap::new()),
+            making: Mutex::default(),
+            learned: tokio::sync::watch::Sender::new(0),
             queue: FairQueue::default(),
             metrics,
             kubelet,
@@ -184,12 +192,47 @@ impl Host {
             .unwrap_or_default()
     }
 
+    /// Whether a host namespace is one of kvtenant's.
+    fn knows_namespace(&self, host_ns: &str) -> bool {
+        self.namespaces
+            .read()
+            .is_ok_and(|m| m.contains_key(host_ns))
+    }
+
+    /// Says that the syncer is about to make a host namespace ([`Host::record_namespace`] once
+    /// made): the namespace watcher seeing it first is then no reason to list again.
+    pub(crate) fn making_namespace(&self, host_ns: &str) {
+        self.making
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(host_ns.to_string());
+    }
+
     /// Records a host namespace (the syncer just made it); `true` when it was new.
     pub(crate) fn record_namespace(&self, host_ns: &str, owner: HostNamespaceOwner) -> bool {
+        self.making
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(host_ns);
         self.namespaces
             .write()
             .map(|mut m| m.insert(host_ns.to_string(), owner).is_none())
             .unwrap_or(false)
+    }
+
+    /// A namespace the watcher learned: recorded, and `true` when it is new. One this process
+    /// is not making, learned after the first list, makes the kinds watched whole list again.
+    fn learn_namespace(&self, host_ns: &str, owner: HostNamespaceOwner, listed: bool) -> bool {
+        let made_here = self
+            .making
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(host_ns);
+        let new = self.record_namespace(host_ns, owner);
+        if new && listed && !made_here {
+            self.learned.send_modify(|n| *n += 1);
+        }
+        new
     }
 
     /// Queues a key for a tenant.
@@ -264,13 +307,18 @@ async fn watch_namespaces(host: Arc<Host>) {
     let mut stream = watcher(api, cfg).default_backoff().boxed();
     // the names a relist in progress has brought; at its end the others are forgotten (deleted
     // while the watch was away, e.g. before it came back to 410 Gone)
-    let mut relisted: Option<std::collections::HashSet<String>> = None;
+    let mut relisted: Option<HashSet<String>> = None;
+    let mut listed = false;
     while let Some(ev) = stream.next().await {
         match ev {
             Ok(watcher::Event::Init) => relisted = Some(Default::default()),
             Ok(watcher::Event::InitDone) => {
                 if let (Some(seen), Ok(mut m)) = (relisted.take(), host.namespaces.write()) {
                     m.retain(|name, _| seen.contains(name));
+                }
+                if !listed {
+                    listed = true;
+                    host.learned.send_modify(|n| *n += 1);
                 }
             }
             Ok(watcher::Event::Apply(ns) | watcher::Event::InitApply(ns)) => {
@@ -285,7 +333,7 @@ async fn watch_namespaces(host: Arc<Host>) {
                     tracing::warn!(namespace = %name, "host namespace labels do not match its name; ignored");
                     continue;
                 }
-                if host.record_namespace(&name, owner.clone()) {
+                if host.learn_namespace(&name, owner.clone(), listed) {
                     host.enqueue_namespace(&name, &owner);
                 }
             }
@@ -299,18 +347,24 @@ async fn watch_namespaces(host: Arc<Host>) {
     }
 }
 
-async fn watch_kind(host: Arc<Host>, kind: KindId, writer: cache::Writer, which: Cache) {
+async fn watch_kind(host: Arc<Host>, kind: KindId, mut writer: cache::Writer, which: Cache) {
     let spec = kinds::get(kind);
     let api: Api<DynamicObject> = Api::all_with(host.client.clone(), &spec.resource);
-    let mut cfg = watcher::Config::default();
+    let mut cfg = watcher::Config::default().page_size(spec.list_page_size());
+    let mut whole = false;
     let ready = match which {
         Cache::Main => {
             if spec.watch_host_copies_only() {
                 // only kvtenant's own copies: the syncer never reads other host Secrets or
-                // Pods. Kinds whose host-made objects are mirrored (PVCs CDI makes for
-                // DataVolumes) are watched whole; only those in kvtenant's host namespaces are
-                // ever looked at.
+                // Pods
                 cfg = cfg.labels(&spec.host_copies_selector());
+            } else {
+                // kinds whose host-made objects are mirrored (Events, PVCs CDI makes for
+                // DataVolumes) are watched whole, and only those in kvtenant's host namespaces
+                // are kept: the syncer's memory does not grow with the host's own objects
+                whole = true;
+                let known = host.clone();
+                writer.keep_only(Arc::new(move |ns| known.knows_namespace(ns)));
             }
             &host.ready[kind.index()]
         }
@@ -320,52 +374,70 @@ async fn watch_kind(host: Arc<Host>, kind: KindId, writer: cache::Writer, which:
             &host.made_ready[kind.index()]
         }
     };
-    let mut stream = cache::reflector(
-        writer,
-        watcher(api, cfg).default_backoff().modify(crate::slim_host),
-    )
-    .boxed();
-    // what a (re)list brings is queued at its end, once the cache holds it: queued earlier, a
-    // worker could read the cache's old contents and find nothing to do
-    let mut listed: Vec<(String, Key)> = Vec::new();
-    while let Some(ev) = stream.next().await {
-        match ev {
-            Ok(watcher::Event::InitDone) => {
-                ready.store(true, Ordering::Release);
-                for (uid, key) in listed.drain(..) {
-                    host.enqueue(&uid, key);
-                }
-            }
-            Ok(
-                watcher::Event::Apply(ref obj)
-                | watcher::Event::Delete(ref obj)
-                | watcher::Event::InitApply(ref obj),
-            ) => {
-                let Some(ns) = obj.namespace() else { continue };
-                if let Some(owner) = host.namespace_owner(&ns) {
-                    let key = Key {
-                        kind,
-                        namespace: owner.tenant_namespace,
-                        name: obj.name_any(),
-                    };
-                    if matches!(ev, Ok(watcher::Event::InitApply(_))) {
-                        listed.push((owner.virtual_cluster.uid, key));
-                    } else {
-                        host.enqueue(&owner.virtual_cluster.uid, key);
+    let mut learned = host.learned.subscribe();
+    if whole && learned.wait_for(|n| *n > 0).await.is_err() {
+        return;
+    }
+    loop {
+        learned.mark_unchanged();
+        let mut stream = cache::reflector(
+            &mut writer,
+            watcher(api.clone(), cfg.clone())
+                .default_backoff()
+                .modify(crate::slim_host),
+        )
+        .boxed();
+        // what a (re)list brings is queued at its end, once the cache holds it: queued earlier,
+        // a worker could read the cache's old contents and find nothing to do
+        let mut listed: Vec<(String, Key)> = Vec::new();
+        loop {
+            let ev = tokio::select! {
+                ev = stream.next() => ev,
+                // a namespace learned late (not made here): its objects were passed by, so
+                // list again
+                _ = learned.changed(), if whole => break,
+            };
+            let Some(ev) = ev else { return };
+            match ev {
+                Ok(watcher::Event::InitDone) => {
+                    ready.store(true, Ordering::Release);
+                    for (uid, key) in listed.drain(..) {
+                        host.enqueue(&uid, key);
                     }
                 }
-            }
-            Ok(watcher::Event::Init) => listed.clear(),
-            Err(e) => {
-                tracing::debug!(kind = %spec.name(), error = %e, "watching host objects (is the CRD installed?)")
+                Ok(
+                    watcher::Event::Apply(ref obj)
+                    | watcher::Event::Delete(ref obj)
+                    | watcher::Event::InitApply(ref obj),
+                ) => {
+                    let Some(ns) = obj.namespace() else { continue };
+                    if let Some(owner) = host.namespace_owner(&ns) {
+                        let key = Key {
+                            kind,
+                            namespace: owner.tenant_namespace,
+                            name: obj.name_any(),
+                        };
+                        if matches!(ev, Ok(watcher::Event::InitApply(_))) {
+                            listed.push((owner.virtual_cluster.uid, key));
+                        } else {
+                            host.enqueue(&owner.virtual_cluster.uid, key);
+                        }
+                    }
+                }
+                Ok(watcher::Event::Init) => listed.clear(),
+                Err(e) => {
+                    tracing::debug!(kind = %spec.name(), error = %e, "watching host objects (is the CRD installed?)")
+                }
             }
         }
+        tracing::debug!(kind = %spec.name(), "a host namespace learned: listing again");
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kvtenant_api::labels::VirtualClusterRef;
 
     #[test]
     fn nodes_advertise_an_ip_as_internal_ip_and_a_name_as_hostname() {
@@ -383,5 +455,39 @@ mod tests {
             name.node_addresses()[0]["address"],
             "kvtenant-kubelet.kvtenant-system.svc"
         );
+    }
+
+    #[tokio::test]
+    async fn only_a_namespace_learned_late_and_not_made_here_makes_whole_kinds_list_again() {
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let (host, _writers) = Host::new(Client::try_from(config).unwrap());
+        let vc = VirtualClusterRef {
+            namespace: "tenants".into(),
+            name: "alpha".into(),
+            uid: "vc-uid".into(),
+        };
+        let owner = |ns: &str| {
+            HostNamespaceOwner::from_meta(&vc.host_namespace_meta(ns, Some("t-ns"))).unwrap()
+        };
+        let mut learned = host.learned.subscribe();
+        // the first list: the kinds watched whole have not listed yet
+        assert!(host.learn_namespace("kvt-a", owner("a"), false));
+        assert!(!learned.has_changed().unwrap());
+        assert!(host.knows_namespace("kvt-a") && !host.knows_namespace("kube-system"));
+        // one the syncer made: it records it itself before anything is made in it
+        host.making_namespace("kvt-b");
+        assert!(host.learn_namespace("kvt-b", owner("b"), true));
+        assert!(!learned.has_changed().unwrap());
+        host.making_namespace("kvt-c");
+        assert!(host.record_namespace("kvt-c", owner("c")));
+        assert!(!host.learn_namespace("kvt-c", owner("c"), true));
+        assert!(!learned.has_changed().unwrap());
+        // one made elsewhere, learned late: its objects were passed by
+        assert!(host.learn_namespace("kvt-d", owner("d"), true));
+        assert!(learned.has_changed().unwrap());
+        learned.mark_unchanged();
+        // known already: nothing new
+        assert!(!host.learn_namespace("kvt-d", owner("d"), true));
+        assert!(!learned.has_changed().unwrap());
     }
 }

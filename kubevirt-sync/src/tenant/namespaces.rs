@@ -42,6 +42,7 @@ impl Tenant {
             uid.as_deref(),
         );
         let api: Api<Namespace> = Api::all(self.host.client.clone());
+        self.host.making_namespace(&host_ns);
         self.api_call(Cluster::Host, "create");
         match api.create(&PostParams::default(), &ns).await {
             Ok(_) => {}

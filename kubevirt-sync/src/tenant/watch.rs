@@ -17,17 +17,20 @@ use crate::host::Key;
 
 /// Watches one kind in the tenant. Holds the tenant weakly: it ends when the tenant is dropped
 /// (the tenant also aborts it).
-pub(super) async fn watch_kind(tenant: Weak<Tenant>, kind: KindId, writer: Writer) {
+pub(super) async fn watch_kind(tenant: Weak<Tenant>, kind: KindId, mut writer: Writer) {
     let spec = kinds::get(kind);
     let Some(client) = tenant.upgrade().map(|t| t.client.clone()) else {
         return;
     };
     let api: Api<DynamicObject> = Api::all_with(client, &spec.resource);
     let mut stream = cache::reflector(
-        writer,
-        watcher(api, watcher::Config::default())
-            .backoff(TenantBackoff::default())
-            .modify(crate::slim),
+        &mut writer,
+        watcher(
+            api,
+            watcher::Config::default().page_size(spec.list_page_size()),
+        )
+        .backoff(TenantBackoff::default())
+        .modify(crate::slim),
     )
     .boxed();
     // what a (re)list brings is queued at its end, once the cache holds it: queued earlier, a

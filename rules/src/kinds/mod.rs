@@ -212,6 +212,11 @@ pub enum TenantFix {
 
 /// Everything kind-specific. Only [`api`](Self::api) is required; the defaults are those of a
 /// plain kind the tenant owns and the host never makes.
+/// kube-runtime's list page size.
+pub const DEFAULT_PAGE: u32 = 500;
+/// The list page size of kinds whose objects are large ([`SyncedKind::list_page_size`]).
+pub const LARGE_OBJECT_PAGE: u32 = 100;
+
 pub trait SyncedKind: Send + Sync {
     /// Group, version, kind, plural.
     fn api(&self) -> ApiKind;
@@ -394,6 +399,14 @@ pub trait SyncedKind: Send + Sync {
     /// The host node a host object runs on, shown to the tenant as a Node (VMIs).
     fn host_node<'a>(&self, _host: &'a Value) -> Option<&'a str> {
         None
+    }
+
+    /// Objects per page when a cache lists this kind (at its start and on each relist). A page
+    /// arrives parsed whole, before its objects are slimmed and stored compact, so kinds whose
+    /// objects are several KiB (VMs, VMIs, pods) list in small pages ([`LARGE_OBJECT_PAGE`]);
+    /// the others in kube-runtime's default of 500, for fewer requests.
+    fn list_page_size(&self) -> u32 {
+        DEFAULT_PAGE
     }
 
     /// Whether the host watcher of this kind sees only kvtenant's copies (label-selected): the

@@ -83,6 +83,9 @@ impl SyncedKind for Pod {
     fn watch_host_copies_only(&self) -> bool {
         true
     }
+    fn list_page_size(&self) -> u32 {
+        super::LARGE_OBJECT_PAGE
+    }
     fn mirrors_host_made(&self) -> bool {
         true
     }

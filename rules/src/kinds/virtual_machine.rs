@@ -33,6 +33,9 @@ impl SyncedKind for VirtualMachine {
     fn sync_kind(&self) -> Option<SyncKind> {
         Some(SyncKind::VirtualMachine)
     }
+    fn list_page_size(&self) -> u32 {
+        super::LARGE_OBJECT_PAGE
+    }
     fn mirrors_host_made(&self) -> bool {
         true
     }

@@ -30,6 +30,9 @@ impl SyncedKind for VirtualMachineInstance {
     fn sync_kind(&self) -> Option<SyncKind> {
         Some(SyncKind::VirtualMachineInstance)
     }
+    fn list_page_size(&self) -> u32 {
+        super::LARGE_OBJECT_PAGE
+    }
     fn enablement(&self, enabled: &[SyncKind]) -> Enablement {
         if enabled.contains(&SyncKind::VirtualMachineInstance)
             || enabled.contains(&SyncKind::VirtualMachine)
