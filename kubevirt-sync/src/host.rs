@@ -69,8 +69,9 @@ pub struct Host {
     /// Host namespaces this process is making (it records them itself: their objects come after).
     making: Mutex<HashSet<String>>,
     /// Counts the namespace watcher's first list and each namespace it learned that this process
-    /// did not make: the watchers of kinds watched whole keep only objects in known namespaces,
-    /// so they start after the first and list again after each other ([`watch_kind`]).
+    /// did not make: the watchers of kinds watched whole (and of virt-launcher pods) keep only
+    /// objects in known namespaces, so they start after the first and list again after each
+    /// other ([`watch_kind`]).
     learned: tokio::sync::watch::Sender<u64>,
     pub queue: WorkQueue,
     /// Shared by every start of the syncer in this process (a replica leads again after a
@@ -360,20 +361,25 @@ async fn watch_kind(host: Arc<Host>, kind: KindId, mut writer: cache::Writer, wh
                 cfg = cfg.labels(&spec.host_copies_selector());
             } else {
                 // kinds whose host-made objects are mirrored (Events, PVCs CDI makes for
-                // DataVolumes) are watched whole, and only those in kvtenant's host namespaces
-                // are kept: the syncer's memory does not grow with the host's own objects
+                // DataVolumes) are watched whole
                 whole = true;
-                let known = host.clone();
-                writer.keep_only(Arc::new(move |ns| known.knows_namespace(ns)));
             }
             &host.ready[kind.index()]
         }
-        // the host-made objects to mirror, by their own label (virt-launcher pods)
+        // the host-made objects to mirror, by their own label (virt-launcher pods, of every
+        // VM of the host)
         Cache::HostMade(selector) => {
             cfg = cfg.labels(selector);
+            whole = true;
             &host.made_ready[kind.index()]
         }
     };
+    if whole {
+        // only objects in kvtenant's host namespaces are kept: the syncer's memory does not
+        // grow with the host's own objects
+        let known = host.clone();
+        writer.keep_only(Arc::new(move |ns| known.knows_namespace(ns)));
+    }
     let mut learned = host.learned.subscribe();
     if whole && learned.wait_for(|n| *n > 0).await.is_err() {
         return;
@@ -395,7 +401,10 @@ async fn watch_kind(host: Arc<Host>, kind: KindId, mut writer: cache::Writer, wh
                 ev = stream.next() => ev,
                 // a namespace learned late (not made here): its objects were passed by, so
                 // list again
-                _ = learned.changed(), if whole => break,
+                changed = learned.changed(), if whole => match changed {
+                    Ok(()) => break,
+                    Err(_) => return,
+                },
             };
             let Some(ev) = ev else { return };
             match ev {
