@@ -250,7 +250,9 @@ impl Drop for TaskGuard {
 /// Follows the syncer's running tenants: serves new ones, drops gone or restarted ones (a
 /// restarted tenant has a new [`crate::TenantHandle::instance`]).
 pub async fn run(state: Arc<ProxyState>) {
-    let mut running: HashMap<String, (u64, TaskGuard)> = HashMap::new();
+    // per tenant: the instance served, the CAs the host pinned for it, its task
+    type Served = (u64, Option<crate::tenant::ProxyCas>, TaskGuard);
+    let mut running: HashMap<String, Served> = HashMap::new();
     let mut tick = tokio::time::interval(state.config.poll_period);
     loop {
         tick.tick().await;
@@ -260,13 +262,19 @@ pub async fn run(state: Arc<ProxyState>) {
             .into_iter()
             .map(|t| (t.vc.uid.clone(), t))
             .collect();
-        running.retain(|uid, (instance, _task)| {
+        running.retain(|uid, (instance, pinned, _task)| {
             let current = tenants.iter().find(|(u, _)| u == uid).map(|(_, t)| t);
             if current.is_some_and(|t| t.instance == *instance) {
                 return true;
             }
             // gone, or subresources switched off: open streams end; restarted: they go on
             let revoke = current.is_none_or(|t| !t.spec.kubevirt.subresources_on());
+            if keeps_serving(current.map(|t| &t.proxy_cas), pinned, revoke) {
+                // restarted with the same pinned CAs: served as it was until the new task has
+                // loaded its CAs and replaced it (a VirtualCluster edit is no gap for its
+                // tenant's calls)
+                return false;
+            }
             state.remove_tenant_auth(uid, revoke);
             false
         });
@@ -282,7 +290,7 @@ pub async fn run(state: Arc<ProxyState>) {
                 pinned: t.proxy_cas.clone(),
             };
             let task = tokio::spawn(serve_tenant(state.clone(), info)).abort_handle();
-            running.insert(uid, (t.instance, TaskGuard(task)));
+            running.insert(uid, (t.instance, t.proxy_cas.clone(), TaskGuard(task)));
         }
         // an aborted task may have set its tenant just before it stopped
         for auth in state.tenant_auths() {
@@ -291,6 +299,18 @@ pub async fn run(state: Arc<ProxyState>) {
             }
         }
     }
+}
+
+/// Whether a tenant whose served instance changed keeps its authentication until its new task
+/// replaces it (pure): only when it was restarted (still served, subresources not switched off:
+/// `revoke` false) with the same CAs pinned by the host. A changed pin is a revocation: the old
+/// CAs stop at once.
+fn keeps_serving(
+    current: Option<&Option<crate::tenant::ProxyCas>>,
+    served: &Option<crate::tenant::ProxyCas>,
+    revoke: bool,
+) -> bool {
+    !revoke && current.is_some_and(|now| now == served)
 }
 
 /// Serves one running tenant: loads (and follows) its apiserver's client CAs, then keeps the
@@ -428,5 +448,24 @@ mod tests {
             "v1.notsubresources.kubevirt.io"
         ));
         assert!(!mine(Watched::Services, "kvtenant-metrics-api"));
+    }
+
+    #[test]
+    fn a_restarted_tenant_keeps_being_served_unless_revoked_or_its_pins_changed() {
+        let cas = |ca: &str| {
+            Some(crate::tenant::ProxyCas {
+                front_proxy: ca.into(),
+                client: ca.into(),
+            })
+        };
+        // restarted (a spec edit), same pins or none: no gap
+        assert!(keeps_serving(Some(&cas("a")), &cas("a"), false));
+        assert!(keeps_serving(Some(&None), &None, false));
+        // the host pins other CAs now: the old ones stop at once
+        assert!(!keeps_serving(Some(&cas("b")), &cas("a"), false));
+        assert!(!keeps_serving(Some(&None), &cas("a"), false));
+        // gone, or subresources switched off
+        assert!(!keeps_serving(None, &cas("a"), true));
+        assert!(!keeps_serving(Some(&cas("a")), &cas("a"), true));
     }
 }
