@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -294,23 +294,20 @@ pub async fn create_host_events(client: &Client, count: usize) -> Result<()> {
     let api: Api<k8s_openapi::api::core::v1::Event> =
         Api::namespaced(client.clone(), HOST_EVENTS_NS);
     let started = Instant::now();
-    let made = futures::stream::iter(0..count)
-        .map(|i| {
+    futures::stream::iter(0..count)
+        .map(Ok)
+        .try_for_each_concurrent(16, |i| {
             let api = api.clone();
             async move {
                 let event: k8s_openapi::api::core::v1::Event =
                     serde_json::from_value(host_event(i))?;
-                api.create(&PostParams::default(), &event).await?;
+                api.create(&PostParams::default(), &event)
+                    .await
+                    .with_context(|| format!("making host Event {i} of {count}"))?;
                 anyhow::Ok(())
             }
         })
-        .buffer_unordered(16)
-        .filter(|r| futures::future::ready(r.is_ok()))
-        .count()
-        .await;
-    if made < count {
-        bail!("made {made} of {count} host Events");
-    }
+        .await?;
     println!(
         "host: {count} Events of its own made in {} s",
         (started.elapsed().as_secs_f64() * 10.0).round() / 10.0
