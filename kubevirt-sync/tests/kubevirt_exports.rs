@@ -41,7 +41,95 @@ fn export_resource() -> ApiResource {
 /// One tenant on KubeVirt with `gates`, the proxy serving its kubelet route (the port-forward of
 /// `virtctl vmexport download`), `kinds` added to its syncKinds and their `crds` in the tenant.
 /// The proxy runs while the returned handle lives.
+/// `virtctl vmexport download --port-forward` of `volume` of `export` (namespace `default`):
+/// the bytes. virtctl says only "timeout waiting for port forwarding to be ready" when the
+/// port-forward's upgrade is refused, so a failure is explained: the exporter pod and its Node
+/// as the tenant sees them, and what the same port-forward through the tenant's apiserver
+/// answers.
+pub(crate) async fn download(
+    env: &Env,
+    tc: &kube::Client,
+    kc: &std::path::Path,
+    export: &str,
+    volume: &str,
+) -> Vec<u8> {
+    let file = std::env::temp_dir().join(format!("kvtenant-{export}-{}.img", std::process::id()));
+    let output = format!("--output={}", file.display());
+    let args = [
+        "vmexport",
+        "download",
+        export,
+        "-n",
+        "default",
+        "--port-forward",
+        "--insecure",
+        &format!("--volume={volume}"),
+        "--format=raw",
+        &output,
+    ];
+    let out = std::process::Command::new(&env.kv.binaries().virtctl)
+        .arg("--kubeconfig")
+        .arg(kc)
+        .args(args)
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        let why = port_forward_diagnosis(tc, &format!("virt-export-{export}")).await;
+        panic!(
+            "virtctl {args:?}: {}{}\n{why}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let bytes = std::fs::read(&file).unwrap();
+    let _ = std::fs::remove_file(&file);
+    bytes
+}
+
+/// The exporter pod and its Node as the tenant sees them, and the answer to a port-forward to
+/// the pod through the tenant's apiserver (the kubelet proxy's and the host's refusal, if any).
+async fn port_forward_diagnosis(tc: &kube::Client, pod: &str) -> String {
+    let pods: Api<Pod> = Api::namespaced(tc.clone(), "default");
+    let shown = pods.get_opt(pod).await;
+    let node_name = shown
+        .as_ref()
+        .ok()
+        .and_then(|p| p.as_ref()?.spec.as_ref()?.node_name.clone());
+    let node = match &node_name {
+        Some(n) => format!(
+            "{:?}",
+            Api::<k8s_openapi::api::core::v1::Node>::all(tc.clone())
+                .get_opt(n)
+                .await
+                .map(|n| n.map(|n| n.status.map(|s| (s.addresses, s.daemon_endpoints))))
+        ),
+        None => "no node named".into(),
+    };
+    let forward =
+        match tokio::time::timeout(Duration::from_secs(20), pods.portforward(pod, &[8443])).await {
+            Ok(Ok(_)) => "the port-forward is accepted now".to_string(),
+            Ok(Err(e)) => format!("the port-forward is refused: {e}"),
+            Err(_) => "the port-forward got no answer in 20 s".to_string(),
+        };
+    format!(
+        "the tenant's pod {pod}: {:?}\nits node {node_name:?}: {node}\n{forward}",
+        shown.map(|p| p.map(|p| (
+            p.spec.and_then(|s| s.node_name),
+            p.status.and_then(|s| s.phase)
+        )))
+    )
+}
+
 async fn export_env(gates: &[&str], kinds: &[&'static str], crds: &[&str]) -> (Env, Proxy) {
+    // the syncer's and the proxy's log, shown with a failure (RUST_LOG to choose)
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "kvtenant_kubevirt_sync=info".into()),
+        )
+        .with_test_writer()
+        .with_ansi(false)
+        .try_init();
     let env =
         Env::start_with_kubevirt(1, true, KubeVirtOptions::new().with_feature_gates(gates)).await;
     let proxy = Proxy::start(env.syncer.as_ref().unwrap().tenants(), ProxyConfig::local())
@@ -193,25 +281,7 @@ async fn a_tenant_exports_a_claim_and_downloads_it_with_virtctl() {
     )
     .await
     .unwrap();
-    let file = std::env::temp_dir().join(format!("kvtenant-export-{}.img", std::process::id()));
-    virtctl(
-        &env,
-        kc,
-        &[
-            "vmexport",
-            "download",
-            "exp",
-            "-n",
-            "default",
-            "--port-forward",
-            "--insecure",
-            "--volume=disk",
-            "--format=raw",
-            &format!("--output={}", file.display()),
-        ],
-    );
-    let downloaded = std::fs::read(&file).unwrap();
-    let _ = std::fs::remove_file(&file);
+    let downloaded = download(&env, &tc, kc, "exp", "disk").await;
     assert_eq!(downloaded, DISK, "the disk, unzipped");
     let asked = exporter.asked();
     assert!(

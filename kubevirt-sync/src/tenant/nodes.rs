@@ -151,42 +151,48 @@ impl Tenant {
 
     /// Removes tenant Nodes kvtenant made for host nodes no longer running the tenant's pods or
     /// VMIs, and shows those that do with their current status.
+    ///
+    /// The tenant's Nodes are listed before the host cache is read, and no Node is shown while
+    /// they are pruned: a Node shown after the list is not pruned, one shown before it was shown
+    /// for an object already in the host cache (a pod mirror shown on it is never left without
+    /// its Node, which `kubectl logs/exec/port-forward` need).
     pub(super) async fn prune_nodes(&self) -> Result<(), Error> {
-        let mut in_use = self.nodes_in_use();
-        // confined to selected host nodes: the tenant sees all of them
-        let selector = &self.spec.nodes.selector;
-        if !selector.is_empty() {
-            let labels: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            let host_nodes: Api<Node> = Api::all(self.host.client.clone());
-            self.api_call(Cluster::Host, "list");
-            let selected = host_nodes
-                .list_metadata(&ListParams::default().labels(&labels.join(",")))
+        let in_use = {
+            let mut shown = self.nodes.lock().await;
+            let api: Api<Node> = Api::all(self.client.clone());
+            self.api_call(Cluster::Tenant, "list");
+            let listed = api
+                .list_metadata(&ListParams::default().labels(&format!("{HOST_NODE}=true")))
                 .await
-                .map_err(Error::api("list", Cluster::Host, "Nodes"))?;
-            in_use.extend(selected.items.into_iter().map(|n| n.name_any()));
-        }
-        let api: Api<Node> = Api::all(self.client.clone());
-        self.api_call(Cluster::Tenant, "list");
-        let listed = api
-            .list(&ListParams::default().labels(&format!("{HOST_NODE}=true")))
-            .await
-            .map_err(Error::api("list", Cluster::Tenant, "Nodes"))?;
-        for n in listed.items {
-            let name = n.name_any();
-            if in_use.contains(&name) {
-                continue;
+                .map_err(Error::api("list", Cluster::Tenant, "Nodes"))?;
+            let mut in_use = self.nodes_in_use();
+            // confined to selected host nodes: the tenant sees all of them
+            let selector = &self.spec.nodes.selector;
+            if !selector.is_empty() {
+                let labels: Vec<String> =
+                    selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let host_nodes: Api<Node> = Api::all(self.host.client.clone());
+                self.api_call(Cluster::Host, "list");
+                let selected = host_nodes
+                    .list_metadata(&ListParams::default().labels(&labels.join(",")))
+                    .await
+                    .map_err(Error::api("list", Cluster::Host, "Nodes"))?;
+                in_use.extend(selected.items.into_iter().map(|n| n.name_any()));
             }
-            self.api_call(Cluster::Tenant, "delete");
-            api.delete(&name, &DeleteParams::default())
-                .await
-                .gone_ok()
-                .map_err(Error::api(
-                    "delete",
-                    Cluster::Tenant,
-                    format!("Node {name}"),
-                ))?;
-            self.nodes.lock().await.remove(&name);
-        }
+            for name in unused(listed.items.iter().map(|n| n.name_any()), &in_use) {
+                self.api_call(Cluster::Tenant, "delete");
+                api.delete(&name, &DeleteParams::default())
+                    .await
+                    .gone_ok()
+                    .map_err(Error::api(
+                        "delete",
+                        Cluster::Tenant,
+                        format!("Node {name}"),
+                    ))?;
+                shown.remove(&name);
+            }
+            in_use
+        };
         for name in in_use {
             self.show_node(&name, true).await?;
         }
@@ -194,9 +200,21 @@ impl Tenant {
     }
 }
 
+/// The listed tenant Nodes no longer in use.
+fn unused(listed: impl Iterator<Item = String>, in_use: &BTreeSet<String>) -> Vec<String> {
+    listed.filter(|n| !in_use.contains(n)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_nodes_out_of_use_are_pruned() {
+        let in_use = BTreeSet::from(["n1".to_string()]);
+        let listed = ["n1", "n2"].map(String::from);
+        assert_eq!(unused(listed.into_iter(), &in_use), ["n2"]);
+    }
 
     #[test]
     fn tenant_nodes_show_only_visible_labels() {

@@ -9,7 +9,7 @@ use serde_json::json;
 use testenv::kubevirt::exporter::SimulatedExporter;
 
 use crate::common::*;
-use crate::{DISK, export_resource};
+use crate::{DISK, download, export_resource};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -212,25 +212,7 @@ async fn a_tenant_exports_a_vm_snapshot_and_downloads_it_with_virtctl() {
     )
     .await
     .unwrap();
-    let file = std::env::temp_dir().join(format!("kvtenant-snapexp-{}.img", std::process::id()));
-    virtctl(
-        &env,
-        kc,
-        &[
-            "vmexport",
-            "download",
-            "snapexp",
-            "-n",
-            "default",
-            "--port-forward",
-            "--insecure",
-            "--volume=data",
-            "--format=raw",
-            &format!("--output={}", file.display()),
-        ],
-    );
-    let downloaded = std::fs::read(&file).unwrap();
-    let _ = std::fs::remove_file(&file);
+    let downloaded = download(&env, &tc, kc, "snapexp", "data").await;
     assert_eq!(downloaded, DISK);
     // the volume is named after the source claim; the exporter serves the restored claim
     let asked = exporter.asked();
