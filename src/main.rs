@@ -104,6 +104,12 @@ enum Command {
     Dev(dev::DevArgs),
 }
 
+/// jemalloc, its background thread on and its decay set in `.cargo/config.toml`: freed memory
+/// goes back to the system within seconds (glibc's malloc kept what watch bursts and list pages
+/// had freed; BENCHMARKS.md, "An allocator that gives memory back").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() {
     // as `kubectl kvtenant` when run as the kubectl plugin (kubectl-kvtenant)
