@@ -38,9 +38,6 @@ fn export_resource() -> ApiResource {
     )
 }
 
-/// One tenant on KubeVirt with `gates`, the proxy serving its kubelet route (the port-forward of
-/// `virtctl vmexport download`), `kinds` added to its syncKinds and their `crds` in the tenant.
-/// The proxy runs while the returned handle lives.
 /// `virtctl vmexport download --port-forward` of `volume` of `export` (namespace `default`):
 /// the bytes. virtctl says only "timeout waiting for port forwarding to be ready" when the
 /// port-forward's upgrade is refused, so a failure is explained: the exporter pod and its Node
@@ -67,19 +64,10 @@ pub(crate) async fn download(
         "--format=raw",
         &output,
     ];
-    let out = std::process::Command::new(&env.kv.binaries().virtctl)
-        .arg("--kubeconfig")
-        .arg(kc)
-        .args(args)
-        .output()
-        .unwrap();
-    if !out.status.success() {
+    let (ok, text) = virtctl_outcome(env, kc, &args);
+    if !ok {
         let why = port_forward_diagnosis(tc, &format!("virt-export-{export}")).await;
-        panic!(
-            "virtctl {args:?}: {}{}\n{why}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        panic!("virtctl {args:?}: {text}\n{why}");
     }
     let bytes = std::fs::read(&file).unwrap();
     let _ = std::fs::remove_file(&file);
@@ -112,14 +100,14 @@ async fn port_forward_diagnosis(tc: &kube::Client, pod: &str) -> String {
             Err(_) => "the port-forward got no answer in 20 s".to_string(),
         };
     format!(
-        "the tenant's pod {pod}: {:?}\nits node {node_name:?}: {node}\n{forward}",
-        shown.map(|p| p.map(|p| (
-            p.spec.and_then(|s| s.node_name),
-            p.status.and_then(|s| s.phase)
-        )))
+        "the tenant's pod {pod}, its phase: {:?}\nits node {node_name:?}: {node}\n{forward}",
+        shown.map(|p| p.map(|p| p.status.and_then(|s| s.phase)))
     )
 }
 
+/// One tenant on KubeVirt with `gates`, the proxy serving its kubelet route (the port-forward of
+/// `virtctl vmexport download`), `kinds` added to its syncKinds and their `crds` in the tenant.
+/// The proxy runs while the returned handle lives.
 async fn export_env(gates: &[&str], kinds: &[&'static str], crds: &[&str]) -> (Env, Proxy) {
     // the syncer's and the proxy's log, shown with a failure (RUST_LOG to choose)
     let _ = tracing_subscriber::fmt()

@@ -513,6 +513,14 @@ pub async fn patch_vc_spec(host: &Client, name: &str, spec: Value) {
 /// Runs the real virtctl against `kubeconfig`; its output, or a panic with it.
 #[allow(dead_code)]
 pub fn virtctl(env: &Env, kubeconfig: &Path, args: &[&str]) -> String {
+    let (ok, text) = virtctl_outcome(env, kubeconfig, args);
+    assert!(ok, "virtctl {args:?}: {text}");
+    text
+}
+
+/// Runs the real virtctl against `kubeconfig`: whether it succeeded, and its output.
+#[allow(dead_code)]
+pub fn virtctl_outcome(env: &Env, kubeconfig: &Path, args: &[&str]) -> (bool, String) {
     let out = std::process::Command::new(&env.kv.binaries().virtctl)
         .arg("--kubeconfig")
         .arg(kubeconfig)
@@ -524,6 +532,5 @@ pub fn virtctl(env: &Env, kubeconfig: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "virtctl {args:?}: {text}");
-    text
+    (out.status.success(), text)
 }
