@@ -356,7 +356,7 @@ async fn run(args: Args) -> Result<usize> {
     let footprint = has(Scenario::Footprint) && spec.wrapper.is_empty();
     if footprint {
         fp.idle_no_tenants =
-            footprint::sample_pid(syncer_handle.pid(), Duration::from_secs(2), window).await?;
+            footprint::sample(&syncer_handle, Duration::from_secs(2), window).await?;
     }
     let t = Instant::now();
     env.add_tenants(tenants).await?;
@@ -371,7 +371,7 @@ async fn run(args: Args) -> Result<usize> {
     rep.setup.tenants_synced_s = t.elapsed().as_secs_f64();
     if footprint {
         fp.idle_with_tenants =
-            footprint::sample_pid(syncer_handle.pid(), Duration::from_secs(3), window).await?;
+            footprint::sample(&syncer_handle, Duration::from_secs(3), window).await?;
     }
     let tenant_clients: Vec<_> = env.tenants.iter().map(|t| t.client.clone()).collect();
     let obs = Observer::start(&env.host_client, &tenant_clients, Workload::Vm).await?;
@@ -512,6 +512,12 @@ async fn footprint_with_vms(ctx: &mut Ctx, fp: &mut footprint::FootprintReport) 
     }
     fp.vms = ctx.population.as_ref().map_or(0, |p| p.vms);
     fp.with_vms = footprint::sample_syncer(ctx, Duration::from_secs(3)).await?;
+    if let Some(syncer) = &ctx.syncer
+        && let Some(caches) = footprint::cache_breakdown(syncer).await
+    {
+        fp.notes
+            .push(format!("with {} VMs synced, {caches}", fp.vms));
+    }
     fp.notes.push(
         "RSS differences include allocator slack; 'fresh' is a new process that listed the same \
          objects, without the churn of earlier runs"

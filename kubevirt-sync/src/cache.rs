@@ -3,18 +3,25 @@
 //! node per key), and parsed when it is read. The syncer reads an object a few times per change
 //! and holds every object of every tenant, so memory is what counts.
 //!
+//! The bytes are LZ4-compressed against the cache's dictionary: the JSON of the first object
+//! it stored (of at most [`DICT_MAX`] bytes). Objects of one kind repeat each other's keys,
+//! labels, images and status layout, so what is left per object is mostly its names, uids and
+//! timestamps. Objects stored before the cache has a dictionary stay plain JSON; the dictionary
+//! never changes once set, so every entry stays readable.
+//!
 //! [`Writer`] applies a watcher's events as kube-runtime's reflector store does (a relist
 //! replaces the contents at its end); [`Store`] is the readers' view, shared by clones.
 //! [`reflector`] also tells the watch's consumer what a relist dropped: objects deleted while
 //! the watch was away (a watch that came back to 410 Gone lists again, and sees no deletes).
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use futures::{Stream, StreamExt};
 use kube::ResourceExt;
 use kube::api::DynamicObject;
 use kube::runtime::watcher;
+use prometheus_client::metrics::gauge::Gauge;
 
 /// Namespace (empty for cluster-scoped objects) and name.
 type Key = (String, String);
@@ -25,18 +32,60 @@ fn key_of(obj: &DynamicObject) -> Key {
     (obj.namespace().unwrap_or_default(), obj.name_any())
 }
 
-fn encode(obj: &DynamicObject) -> Option<Box<[u8]>> {
-    serde_json::to_vec(obj).ok().map(Vec::into_boxed_slice)
+/// The largest object whose JSON becomes a cache's dictionary (LZ4 looks back 64 KiB at most;
+/// a larger first object waits for a smaller one).
+pub const DICT_MAX: usize = 32 * 1024;
+
+/// An entry's first byte: what follows.
+const PLAIN: u8 = 0;
+const PACKED: u8 = 1;
+
+/// A cache's dictionary, set once by its writer, read by every reader.
+type Dict = Arc<OnceLock<Box<[u8]>>>;
+
+/// `obj` as an entry: compressed against `dict` if the cache has one (the first object small
+/// enough becomes it), else its JSON.
+fn encode(obj: &DynamicObject, dict: &OnceLock<Box<[u8]>>) -> Option<Box<[u8]>> {
+    let json = serde_json::to_vec(obj).ok()?;
+    if dict.get().is_none() && json.len() <= DICT_MAX {
+        let _ = dict.set(json.clone().into_boxed_slice());
+    }
+    let entry = match dict.get() {
+        Some(dict) => {
+            let packed = lz4_flex::block::compress_prepend_size_with_dict(&json, dict);
+            let mut entry = Vec::with_capacity(1 + packed.len());
+            entry.push(PACKED);
+            entry.extend_from_slice(&packed);
+            entry
+        }
+        None => {
+            let mut entry = Vec::with_capacity(1 + json.len());
+            entry.push(PLAIN);
+            entry.extend_from_slice(&json);
+            entry
+        }
+    };
+    Some(entry.into_boxed_slice())
 }
 
-fn decode(bytes: &[u8]) -> Option<Arc<DynamicObject>> {
-    serde_json::from_slice(bytes).ok().map(Arc::new)
+fn decode(entry: &[u8], dict: &OnceLock<Box<[u8]>>) -> Option<Arc<DynamicObject>> {
+    let (&tag, rest) = entry.split_first()?;
+    let obj = match tag {
+        PACKED => {
+            let json =
+                lz4_flex::block::decompress_size_prepended_with_dict(rest, dict.get()?).ok()?;
+            serde_json::from_slice(&json).ok()?
+        }
+        _ => serde_json::from_slice(rest).ok()?,
+    };
+    Some(Arc::new(obj))
 }
 
 /// The readers' view of a cache.
 #[derive(Clone, Default)]
 pub struct Store {
     objects: Arc<RwLock<Objects>>,
+    dict: Dict,
 }
 
 impl Store {
@@ -45,13 +94,16 @@ impl Store {
         let objects = self.objects.read().unwrap_or_else(|e| e.into_inner());
         objects
             .get(&(ns.to_owned(), name.to_owned()))
-            .and_then(|b| decode(b))
+            .and_then(|b| decode(b, &self.dict))
     }
 
     /// Every object.
     pub fn state(&self) -> Vec<Arc<DynamicObject>> {
         let objects = self.objects.read().unwrap_or_else(|e| e.into_inner());
-        objects.values().filter_map(|b| decode(b)).collect()
+        objects
+            .values()
+            .filter_map(|b| decode(b, &self.dict))
+            .collect()
     }
 
     /// The objects in namespaces for which `wanted` says yes (only those are parsed).
@@ -60,19 +112,31 @@ impl Store {
         objects
             .iter()
             .filter(|((ns, _), _)| wanted(ns))
-            .filter_map(|(_, b)| decode(b))
+            .filter_map(|(_, b)| decode(b, &self.dict))
             .collect()
     }
 
-    /// How many objects, and how many bytes they take as JSON.
-    pub fn size(&self) -> (usize, usize) {
+    /// How many objects, how many bytes their entries take, and how many the dictionary.
+    pub fn size(&self) -> (usize, usize, usize) {
         let objects = self.objects.read().unwrap_or_else(|e| e.into_inner());
-        (objects.len(), objects.values().map(|b| b.len()).sum())
+        (
+            objects.len(),
+            objects.values().map(|b| b.len()).sum(),
+            self.dict.get().map_or(0, |d| d.len()),
+        )
     }
 }
 
 /// Which namespaces' objects a cache keeps ([`Writer::keep_only`]).
 pub type NamespaceFilter = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// The gauges a cache counts its objects and bytes in (shared by the caches of one kind and
+/// side: each adds what it holds, and takes it back when dropped).
+#[derive(Clone, Default)]
+pub struct Counted {
+    pub objects: Gauge,
+    pub bytes: Gauge,
+}
 
 /// What a watcher writes through.
 #[derive(Default)]
@@ -81,11 +145,85 @@ pub struct Writer {
     /// Objects of a relist in progress: they replace the contents once it is done.
     relist: Option<Objects>,
     keep: Option<NamespaceFilter>,
+    counted: Counted,
+    /// What this cache has added to `counted`: objects, bytes.
+    held: (i64, i64),
+}
+
+fn len(entry: &[u8]) -> i64 {
+    i64::try_from(entry.len()).unwrap_or(i64::MAX)
+}
+
+fn total(objects: &Objects) -> (i64, i64) {
+    (
+        i64::try_from(objects.len()).unwrap_or(i64::MAX),
+        objects.values().map(|e| len(e)).sum(),
+    )
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.counted.objects.dec_by(self.held.0);
+        self.counted.bytes.dec_by(self.held.1);
+    }
 }
 
 impl Writer {
     pub fn as_reader(&self) -> Store {
         self.store.clone()
+    }
+
+    /// Counts what this cache holds in `counted` from now on.
+    pub fn count_in(mut self, counted: Counted) -> Self {
+        counted.objects.inc_by(self.held.0);
+        counted.bytes.inc_by(self.held.1);
+        self.counted = counted;
+        self
+    }
+
+    /// Adds a change of what the cache holds to its gauges.
+    fn count(&mut self, objects: i64, bytes: i64) {
+        self.held.0 += objects;
+        self.held.1 += bytes;
+        self.counted.objects.inc_by(objects);
+        self.counted.bytes.inc_by(bytes);
+    }
+
+    /// `obj` as an entry; the cache's dictionary, if this call made it, is counted.
+    fn encode(&mut self, obj: &DynamicObject) -> Option<Box<[u8]>> {
+        let had_dict = self.store.dict.get().is_some();
+        let entry = encode(obj, &self.store.dict);
+        if let (false, Some(dict)) = (had_dict, self.store.dict.get()) {
+            let dict = len(dict);
+            self.count(0, dict);
+        }
+        entry
+    }
+
+    fn insert(&mut self, key: Key, entry: Box<[u8]>) {
+        let added = len(&entry);
+        let old = self
+            .store
+            .objects
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, entry);
+        match old {
+            Some(old) => self.count(0, added - len(&old)),
+            None => self.count(1, added),
+        }
+    }
+
+    fn remove(&mut self, key: &Key) {
+        let old = self
+            .store
+            .objects
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+        if let Some(old) = old {
+            self.count(-1, -len(&old));
+        }
     }
 
     /// Keeps only the objects of the namespaces `keep` says yes to; the others pass through
@@ -106,44 +244,45 @@ impl Writer {
         &mut self,
         event: &watcher::Event<DynamicObject>,
     ) -> Vec<Arc<DynamicObject>> {
-        let objects = || {
-            self.store
-                .objects
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-        };
         match event {
             watcher::Event::Init => self.relist = Some(Objects::new()),
             watcher::Event::InitApply(obj) => {
                 if !self.kept(obj) {
                     return Vec::new();
                 }
-                if let (Some(relist), Some(bytes)) = (self.relist.as_mut(), encode(obj)) {
+                let entry = self.encode(obj);
+                if let (Some(relist), Some(bytes)) = (self.relist.as_mut(), entry) {
                     relist.insert(key_of(obj), bytes);
                 }
             }
             watcher::Event::InitDone => {
                 if let Some(relist) = self.relist.take() {
-                    let old = std::mem::replace(&mut *objects(), relist);
-                    let now = objects();
+                    let now = total(&relist);
+                    let old = std::mem::replace(
+                        &mut *self
+                            .store
+                            .objects
+                            .write()
+                            .unwrap_or_else(|e| e.into_inner()),
+                        relist,
+                    );
+                    let before = total(&old);
+                    self.count(now.0 - before.0, now.1 - before.1);
+                    let objects = self.store.objects.read().unwrap_or_else(|e| e.into_inner());
                     return old
                         .iter()
-                        .filter(|(k, _)| !now.contains_key(*k))
-                        .filter_map(|(_, b)| decode(b))
+                        .filter(|(k, _)| !objects.contains_key(*k))
+                        .filter_map(|(_, b)| decode(b, &self.store.dict))
                         .collect();
                 }
             }
-            watcher::Event::Apply(obj) if !self.kept(obj) => {
-                objects().remove(&key_of(obj));
-            }
+            watcher::Event::Apply(obj) if !self.kept(obj) => self.remove(&key_of(obj)),
             watcher::Event::Apply(obj) => {
-                if let Some(bytes) = encode(obj) {
-                    objects().insert(key_of(obj), bytes);
+                if let Some(entry) = self.encode(obj) {
+                    self.insert(key_of(obj), entry);
                 }
             }
-            watcher::Event::Delete(obj) => {
-                objects().remove(&key_of(obj));
-            }
+            watcher::Event::Delete(obj) => self.remove(&key_of(obj)),
         }
         Vec::new()
     }
@@ -201,6 +340,125 @@ mod tests {
         assert_eq!(store.size().0, 1);
         w.apply_watcher_event(&watcher::Event::Delete(obj("ns", "vm", 2)));
         assert!(store.get("ns", "vm").is_none());
+    }
+
+    #[test]
+    fn objects_are_kept_compressed_against_the_first_and_come_back_whole() {
+        let mut w = Writer::default();
+        let store = w.as_reader();
+        let mut json = 0;
+        for i in 0..50 {
+            let vm = obj("tenant-ns", &format!("vm-{i}"), i);
+            json += serde_json::to_vec(&vm).unwrap().len();
+            w.apply_watcher_event(&watcher::Event::Apply(vm));
+        }
+        let (n, bytes, dict) = store.size();
+        assert_eq!(n, 50);
+        assert!(dict > 0, "the first object became the dictionary");
+        assert!(
+            bytes * 3 < json,
+            "50 objects of one kind take {bytes} bytes against {json} as JSON"
+        );
+        for i in 0..50 {
+            assert_eq!(
+                serde_json::to_value(&*store.get("tenant-ns", &format!("vm-{i}")).unwrap())
+                    .unwrap(),
+                serde_json::to_value(obj("tenant-ns", &format!("vm-{i}"), i)).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn a_first_object_too_large_for_a_dictionary_stays_plain_and_readable() {
+        let mut w = Writer::default();
+        let store = w.as_reader();
+        let mut big = obj("ns", "big", 1);
+        big.data["spec"]["blob"] = json!("x".repeat(DICT_MAX));
+        w.apply_watcher_event(&watcher::Event::Apply(big.clone()));
+        assert_eq!(store.size().2, 0, "no dictionary from an object that large");
+        w.apply_watcher_event(&watcher::Event::Apply(obj("ns", "small", 1)));
+        assert!(
+            store.size().2 > 0,
+            "the next object small enough is the dictionary"
+        );
+        assert_eq!(store.get("ns", "big").unwrap().data, big.data);
+        assert_eq!(store.get("ns", "small").unwrap().data["spec"]["n"], 1);
+    }
+
+    proptest::proptest! {
+        /// Whatever a tenant writes comes back from the cache as it was, whichever object
+        /// became the dictionary.
+        #[test]
+        fn any_objects_come_back_as_they_went_in(
+            objects in proptest::collection::vec(
+                (
+                    "[a-z0-9]{1,20}",
+                    proptest::collection::btree_map("[a-z./-]{1,30}", "\\PC{0,40}", 0..6),
+                    proptest::collection::vec(any_value(), 0..6),
+                ),
+                1..12,
+            )
+        ) {
+            let mut w = Writer::default();
+            let store = w.as_reader();
+            let mut wanted = std::collections::BTreeMap::new();
+            for (name, labels, items) in objects {
+                let o: DynamicObject = serde_json::from_value(json!({
+                    "apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": name, "namespace": "ns", "labels": labels},
+                    "data": {"items": items},
+                }))
+                .unwrap();
+                wanted.insert(name, serde_json::to_value(&o).unwrap());
+                w.apply_watcher_event(&watcher::Event::Apply(o));
+            }
+            for (name, want) in wanted {
+                let back = serde_json::to_value(&*store.get("ns", &name).unwrap()).unwrap();
+                proptest::prop_assert_eq!(back, want);
+            }
+        }
+    }
+
+    fn any_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        prop_oneof![
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<bool>().prop_map(|b| json!(b)),
+            "\\PC{0,64}".prop_map(|s| json!(s)),
+            Just(json!(null)),
+        ]
+    }
+
+    #[test]
+    fn the_gauges_follow_what_the_caches_hold_and_drop_it_with_them() {
+        let counted = Counted::default();
+        let mut a = Writer::default().count_in(counted.clone());
+        let mut b = Writer::default().count_in(counted.clone());
+        let store = a.as_reader();
+        for i in 0..3 {
+            a.apply_watcher_event(&watcher::Event::Apply(obj("ns", &format!("vm-{i}"), i)));
+        }
+        b.apply_watcher_event(&watcher::Event::Apply(obj("ns", "other", 1)));
+        let held = |s: &Store| {
+            let (n, bytes, dict) = s.size();
+            (n, bytes + dict)
+        };
+        let (n, bytes) = held(&store);
+        let (bn, bbytes) = held(&b.as_reader());
+        assert_eq!(counted.objects.get(), (n + bn) as i64);
+        assert_eq!(counted.bytes.get(), (bytes + bbytes) as i64);
+        // a delete, and a relist that keeps one object
+        a.apply_watcher_event(&watcher::Event::Delete(obj("ns", "vm-0", 0)));
+        a.apply_watcher_event(&watcher::Event::Init);
+        a.apply_watcher_event(&watcher::Event::InitApply(obj("ns", "vm-1", 5)));
+        a.apply_watcher_event(&watcher::Event::InitDone);
+        let (n, bytes) = held(&store);
+        assert_eq!(n, 1);
+        assert_eq!(counted.objects.get(), (n + bn) as i64);
+        assert_eq!(counted.bytes.get(), (bytes + bbytes) as i64);
+        drop(a);
+        drop(b);
+        assert_eq!((counted.objects.get(), counted.bytes.get()), (0, 0));
     }
 
     #[test]

@@ -106,10 +106,12 @@ impl Host {
         let mut made = Vec::new();
         let mut writers = Writers::default();
         for kind in kinds::all() {
-            let writer = cache::Writer::default();
+            let writer = cache::Writer::default().count_in(metrics.cache("host", kind.name()));
             stores.push(writer.as_reader());
             writers.copies.push(writer);
-            let made_writer = kind.host_made_selector().map(|_| cache::Writer::default());
+            let made_writer = kind.host_made_selector().map(|_| {
+                cache::Writer::default().count_in(metrics.cache("host-made", kind.name()))
+            });
             made.push(made_writer.as_ref().map(|w| w.as_reader()));
             writers.made.push(made_writer);
         }

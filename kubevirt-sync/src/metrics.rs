@@ -43,6 +43,14 @@ pub struct ApiLabels {
     pub verb: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// `tenant` (the tenants' objects, all tenants together), `host` (kvtenant's host copies)
+    /// or `host-made` (host-made objects to mirror, e.g. KubeVirt's virt-launcher pods).
+    pub cache: String,
+    pub kind: String,
+}
+
 /// The syncer's metrics. A clone shares the values.
 #[derive(Clone)]
 pub struct Metrics {
@@ -56,6 +64,10 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Times this replica started syncing (took the Lease).
     pub leader_starts: Counter,
+    /// Objects the caches hold.
+    pub cache_objects: Family<CacheLabels, Gauge>,
+    /// Bytes the caches' entries and dictionaries take (compressed).
+    pub cache_bytes: Family<CacheLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -70,6 +82,8 @@ impl Default for Metrics {
             }),
             leader: Gauge::default(),
             leader_starts: Counter::default(),
+            cache_objects: Family::default(),
+            cache_bytes: Family::default(),
         }
     }
 }
@@ -113,6 +127,28 @@ impl Metrics {
             "Times this replica took the syncer Lease and started syncing",
             self.leader_starts.clone(),
         );
+        r.register(
+            "cache_objects",
+            "Objects the caches hold, by cache (tenant, host, host-made) and kind",
+            self.cache_objects.clone(),
+        );
+        r.register(
+            "cache_bytes",
+            "Bytes the caches hold (compressed entries and dictionaries), by cache and kind",
+            self.cache_bytes.clone(),
+        );
+    }
+
+    /// The gauges a cache of `kind` counts what it holds in.
+    pub fn cache(&self, cache: &str, kind: &str) -> crate::cache::Counted {
+        let labels = CacheLabels {
+            cache: cache.into(),
+            kind: kind.into(),
+        };
+        crate::cache::Counted {
+            objects: self.cache_objects.get_or_create(&labels).clone(),
+            bytes: self.cache_bytes.get_or_create(&labels).clone(),
+        }
     }
 
     pub fn api(&self, tenant: &str, cluster: &str, verb: &str) {

@@ -257,6 +257,7 @@ pub fn grafana_dashboard_queries_exported_metrics() {
         })
         .inc();
     s.api("ns/vc", "host", "create");
+    s.cache("tenant", "VirtualMachine").bytes.set(1);
     s.reconcile_seconds
         .get_or_create(&sync::LatencyLabels {
             tenant: t(),

@@ -11,6 +11,7 @@ use crate::procfs;
 use crate::report::{SIMULATED, Table, fmt_bytes, fmt_f};
 use crate::scenarios::burst::BurstReport;
 use crate::stats;
+use crate::syncer::SyncerHandle;
 
 /// RSS and CPU of the syncer over a quiet window.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -22,13 +23,70 @@ pub struct ProcState {
     /// Percent of one core over the window.
     pub cpu_pct: f64,
     pub window_s: f64,
+    /// What the syncer's caches held at the end of the window, objects and bytes (its
+    /// `kvtenant_sync_cache_*` gauges; `None` from a syncer without them).
+    pub cache_objects: Option<f64>,
+    pub cache_bytes: Option<f64>,
 }
 
 /// Waits `settle`, then samples the syncer over the idle window.
 pub async fn sample_syncer(ctx: &Ctx, settle: Duration) -> Result<Option<ProcState>> {
-    let pid = ctx.syncer.as_ref().and_then(|s| s.pid());
     let window = Duration::from_secs(ctx.args.idle_window_seconds.max(1));
-    sample_pid(pid, settle, window).await
+    match &ctx.syncer {
+        Some(syncer) => sample(syncer, settle, window).await,
+        None => Ok(None),
+    }
+}
+
+/// Samples the syncer process as [`sample_pid`] does, with what its caches hold.
+pub async fn sample(
+    syncer: &SyncerHandle,
+    settle: Duration,
+    window: Duration,
+) -> Result<Option<ProcState>> {
+    let mut state = sample_pid(syncer.pid(), settle, window).await?;
+    if let Some(s) = state.as_mut()
+        && let Ok(m) = syncer.metrics().await
+        && m.samples.iter().any(|x| x.name == CACHE_BYTES)
+    {
+        s.cache_objects = Some(m.sum(CACHE_OBJECTS, &[]));
+        s.cache_bytes = Some(m.sum(CACHE_BYTES, &[]));
+    }
+    Ok(state)
+}
+
+const CACHE_OBJECTS: &str = "kvtenant_sync_cache_objects";
+const CACHE_BYTES: &str = "kvtenant_sync_cache_bytes";
+
+/// What the syncer's caches hold by cache and kind, largest first, as one line (`None` from a
+/// syncer without the gauges).
+pub async fn cache_breakdown(syncer: &SyncerHandle) -> Option<String> {
+    let m = syncer.metrics().await.ok()?;
+    let bytes = m.sum_by(CACHE_BYTES, &["cache", "kind"]);
+    let objects = m.sum_by(CACHE_OBJECTS, &["cache", "kind"]);
+    let mut rows: Vec<_> = bytes.into_iter().filter(|(_, b)| *b > 0.0).collect();
+    if rows.is_empty() {
+        return None;
+    }
+    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let total: f64 = rows.iter().map(|r| r.1).sum();
+    let parts: Vec<String> = rows
+        .iter()
+        .map(|(k, b)| {
+            let n = objects.get(k).copied().unwrap_or(0.0);
+            let each = if n > 0.0 { b / n } else { 0.0 };
+            format!(
+                "{k} {n:.0} objects {} ({} each)",
+                fmt_bytes(*b),
+                fmt_bytes(each)
+            )
+        })
+        .collect();
+    Some(format!(
+        "the caches held {} (compressed): {}",
+        fmt_bytes(total),
+        parts.join(", ")
+    ))
 }
 
 /// Waits `settle`, then samples process `pid` over `window` (`None`: nothing to sample).
@@ -50,6 +108,8 @@ pub async fn sample_pid(
         rss_anon_bytes: b.rss_anon,
         cpu_pct: procfs::cpu_percent(&a, &b),
         window_s: b.at.duration_since(a.at).as_secs_f64(),
+        cache_objects: None,
+        cache_bytes: None,
     }))
 }
 
@@ -72,6 +132,10 @@ pub struct FootprintReport {
     pub anon_bytes_per_idle_tenant: Option<f64>,
     pub bytes_per_vm_after_bursts: Option<f64>,
     pub bytes_per_vm_fresh: Option<f64>,
+    /// What the syncer's caches hold per synced VM (their gauges, compressed bytes), after the
+    /// bursts and fresh.
+    pub cache_bytes_per_vm_after_bursts: Option<f64>,
+    pub cache_bytes_per_vm_fresh: Option<f64>,
     /// From the kvtenant burst runs (median): API calls the syncer made per synced VM.
     pub host_calls_per_vm: Option<f64>,
     pub tenant_calls_per_vm: Option<f64>,
@@ -93,12 +157,14 @@ impl FootprintReport {
         {
             self.bytes_per_vm_after_bursts =
                 Some((b.rss_bytes as f64 - a.rss_bytes as f64) / self.vms as f64);
+            self.cache_bytes_per_vm_after_bursts = cache_per_vm(&a, &b, self.vms);
         }
         if let (Some(a), Some(b)) = (self.idle_with_tenants, self.fresh_with_vms)
             && self.fresh_vms > 0
         {
             self.bytes_per_vm_fresh =
                 Some((b.rss_bytes as f64 - a.rss_bytes as f64) / self.fresh_vms as f64);
+            self.cache_bytes_per_vm_fresh = cache_per_vm(&a, &b, self.fresh_vms);
         }
         if let Some(b) = burst {
             let kv: Vec<_> = b
@@ -179,6 +245,17 @@ impl FootprintReport {
             String::new(),
             String::new(),
         ]);
+        t.row(vec![
+            "cached bytes per synced VM (after bursts / fresh)".into(),
+            format!(
+                "{} / {}",
+                opt(self.cache_bytes_per_vm_after_bursts),
+                opt(self.cache_bytes_per_vm_fresh)
+            ),
+            String::new(),
+            String::new(),
+            String::new(),
+        ]);
         let calls = |v: Option<f64>| v.map(|v| fmt_f(v, 2)).unwrap_or_else(|| "n/a".into());
         t.row(vec![
             "syncer API calls per synced VM (host / tenant)".into(),
@@ -196,4 +273,9 @@ impl FootprintReport {
             println!("note: {n}");
         }
     }
+}
+
+/// The caches' bytes `b` holds more than `a`, per VM.
+fn cache_per_vm(a: &ProcState, b: &ProcState, vms: usize) -> Option<f64> {
+    Some((b.cache_bytes? - a.cache_bytes.unwrap_or(0.0)) / vms as f64)
 }

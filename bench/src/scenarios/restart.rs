@@ -233,6 +233,11 @@ pub async fn run(ctx: &mut Ctx, out: &mut Option<RestartReport>) -> Result<()> {
             .into(),
     );
     rep.after = sample_syncer(ctx, Duration::from_secs(3)).await?;
+    if let Some(syncer) = &ctx.syncer
+        && let Some(caches) = crate::scenarios::footprint::cache_breakdown(syncer).await
+    {
+        rep.notes.push(format!("re-converged, {caches}"));
+    }
     print(&rep);
     *out = Some(rep);
     Ok(())

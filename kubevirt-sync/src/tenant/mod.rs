@@ -197,7 +197,8 @@ impl Tenant {
                 .sync_kind()
                 .is_none_or(|s| !missing.contains(&s.crd_name()));
             if enablement[kind.id.index()].watched() && available {
-                let w = crate::cache::Writer::default();
+                let w = crate::cache::Writer::default()
+                    .count_in(host.metrics.cache("tenant", kind.name()));
                 stores.push(Some(w.as_reader()));
                 writers.push((kind.id, w));
             } else {

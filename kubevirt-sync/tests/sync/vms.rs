@@ -210,6 +210,19 @@ pub async fn kubectl_apply_runs_the_vm_on_the_host_and_status_comes_back() {
         assert!(count > 0.0, "{line}");
     }
     assert!(text.contains("kvtenant_sync_api_calls_total{"), "{text}");
+    // what the caches hold: the tenant's VM and the host's copy are counted
+    for cache in ["tenant", "host"] {
+        let line = text
+            .lines()
+            .find(|l| {
+                l.starts_with("kvtenant_sync_cache_bytes{")
+                    && l.contains(&format!("cache=\"{cache}\""))
+                    && l.contains("kind=\"VirtualMachine\"")
+            })
+            .unwrap_or_else(|| panic!("no {cache} VirtualMachine cache bytes in:\n{text}"));
+        let bytes: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(bytes > 0.0, "{line}");
+    }
 
     // delete in the tenant deletes on the host
     kubectl(t.kubeconfig(), &["delete", "vm", "vm1", "--wait=false"]);
