@@ -198,30 +198,28 @@ pub async fn kubectl_apply_runs_the_vm_on_the_host_and_status_comes_back() {
         .register(&mut registry);
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-    for direction in ["down", "up"] {
+    // the value of the first sample of `metric` whose line has every one of `labels`
+    let value = |metric: &str, labels: &[String]| -> f64 {
         let line = text
             .lines()
-            .find(|l| {
-                l.starts_with("kvtenant_sync_reconcile_seconds_count")
-                    && l.contains(&format!("direction=\"{direction}\""))
-            })
-            .unwrap_or_else(|| panic!("no {direction} latency in:\n{text}"));
-        let count: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
-        assert!(count > 0.0, "{line}");
+            .find(|l| l.starts_with(metric) && labels.iter().all(|x| l.contains(x.as_str())))
+            .unwrap_or_else(|| panic!("no {metric} with {labels:?} in:\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    for direction in ["down", "up"] {
+        let labels = [format!("direction=\"{direction}\"")];
+        let count = value("kvtenant_sync_reconcile_seconds_count", &labels);
+        assert!(count > 0.0, "{direction} reconciles counted: {count}");
     }
     assert!(text.contains("kvtenant_sync_api_calls_total{"), "{text}");
     // what the caches hold: the tenant's VM and the host's copy are counted
     for cache in ["tenant", "host"] {
-        let line = text
-            .lines()
-            .find(|l| {
-                l.starts_with("kvtenant_sync_cache_bytes{")
-                    && l.contains(&format!("cache=\"{cache}\""))
-                    && l.contains("kind=\"VirtualMachine\"")
-            })
-            .unwrap_or_else(|| panic!("no {cache} VirtualMachine cache bytes in:\n{text}"));
-        let bytes: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
-        assert!(bytes > 0.0, "{line}");
+        let labels = [
+            format!("cache=\"{cache}\""),
+            "kind=\"VirtualMachine\"".to_owned(),
+        ];
+        let bytes = value("kvtenant_sync_cache_bytes{", &labels);
+        assert!(bytes > 0.0, "{cache} VirtualMachine cache bytes: {bytes}");
     }
 
     // delete in the tenant deletes on the host
