@@ -34,6 +34,11 @@ pub struct RestartReport {
     /// ... the syncer's queue empty after at least one reconcile per key (2 per VM; retries of
     /// keys whose caches were not ready count too: a lower bound, for information).
     pub queue_drained_s: Option<f64>,
+    /// ... the last sample with keys queued before re-convergence (the queue stayed empty at
+    /// every sample after it).
+    pub queue_last_busy_s: Option<f64>,
+    /// Every sample until re-convergence: seconds, keys queued, reconciles so far.
+    pub queue_samples: Vec<(f64, f64, f64)>,
     /// ... the bench's own check passing: exactly the remaining VMs on the host, every tenant
     /// VM and VMI Running, no VMI left for a deleted VM. This is the re-convergence time.
     pub reconverged_s: Option<f64>,
@@ -49,6 +54,15 @@ pub struct RestartReport {
 
 fn secs(start: Instant, t: Option<Instant>) -> Option<f64> {
     t.map(|t| t.saturating_duration_since(start).as_secs_f64())
+}
+
+/// The time of the last sample with keys queued.
+fn last_busy(samples: &[(f64, f64, f64)]) -> Option<f64> {
+    samples
+        .iter()
+        .rev()
+        .find(|(_, depth, _)| *depth > 0.0)
+        .map(|(t, _, _)| *t)
 }
 
 fn selector(runs: &[String]) -> ListParams {
@@ -186,6 +200,8 @@ pub async fn run(ctx: &mut Ctx, out: &mut Option<RestartReport>) -> Result<()> {
             }
         }
         if let Some(c) = ctx.syncer_counters().await {
+            let t = now.duration_since(spawned).as_secs_f64();
+            rep.queue_samples.push((t, c.queue_depth, c.reconciles));
             if drained.is_none() && c.reconciles >= (2 * expected) as f64 && c.queue_depth == 0.0 {
                 drained = Some(now);
             }
@@ -215,6 +231,7 @@ pub async fn run(ctx: &mut Ctx, out: &mut Option<RestartReport>) -> Result<()> {
         None
     };
     rep.queue_drained_s = secs(spawned, drained);
+    rep.queue_last_busy_s = last_busy(&rep.queue_samples);
     rep.reconverged_s = secs(spawned, verified);
     if let Some(pid) = ctx.syncer.as_ref().and_then(|s| s.pid())
         && let Ok(s) = crate::procfs::sample(pid)
@@ -274,6 +291,10 @@ fn print(r: &RestartReport) {
         s(r.queue_drained_s),
     ]);
     t.row(vec![
+        "keys last seen queued (samples every ~0.1 s)".into(),
+        s(r.queue_last_busy_s),
+    ]);
+    t.row(vec![
         "re-converged (bench verification passed)".into(),
         s(r.reconverged_s),
     ]);
@@ -315,5 +336,23 @@ fn print(r: &RestartReport) {
     t.print();
     for n in &r.notes {
         println!("note: {n}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_queue_is_last_busy_at_the_last_sample_with_keys() {
+        let samples = [
+            (0.1, 0.0, 0.0),
+            (0.2, 40.0, 10.0),
+            (0.3, 0.0, 60.0),
+            (0.4, 3.0, 61.0),
+            (0.5, 0.0, 64.0),
+        ];
+        assert_eq!(last_busy(&samples), Some(0.4));
+        assert_eq!(last_busy(&samples[..1]), None);
     }
 }
