@@ -43,29 +43,23 @@ const PACKED: u8 = 1;
 /// A cache's dictionary, set once by its writer, read by every reader.
 type Dict = Arc<OnceLock<Box<[u8]>>>;
 
-/// `obj` as an entry: compressed against `dict` if the cache has one (the first object small
-/// enough becomes it), else its JSON.
-fn encode(obj: &DynamicObject, dict: &OnceLock<Box<[u8]>>) -> Option<Box<[u8]>> {
-    let json = serde_json::to_vec(obj).ok()?;
-    if dict.get().is_none() && json.len() <= DICT_MAX {
-        let _ = dict.set(json.clone().into_boxed_slice());
-    }
-    let entry = match dict.get() {
+/// An object's JSON as an entry: compressed against `dict` if the cache has one, else as it is.
+fn pack(json: &[u8], dict: Option<&[u8]>) -> Box<[u8]> {
+    let mut entry = Vec::new();
+    match dict {
         Some(dict) => {
-            let packed = lz4_flex::block::compress_prepend_size_with_dict(&json, dict);
-            let mut entry = Vec::with_capacity(1 + packed.len());
+            let packed = lz4_flex::block::compress_prepend_size_with_dict(json, dict);
+            entry.reserve_exact(1 + packed.len());
             entry.push(PACKED);
             entry.extend_from_slice(&packed);
-            entry
         }
         None => {
-            let mut entry = Vec::with_capacity(1 + json.len());
+            entry.reserve_exact(1 + json.len());
             entry.push(PLAIN);
-            entry.extend_from_slice(&json);
-            entry
+            entry.extend_from_slice(json);
         }
-    };
-    Some(entry.into_boxed_slice())
+    }
+    entry.into_boxed_slice()
 }
 
 fn decode(entry: &[u8], dict: &OnceLock<Box<[u8]>>) -> Option<Arc<DynamicObject>> {
@@ -189,15 +183,16 @@ impl Writer {
         self.counted.bytes.inc_by(bytes);
     }
 
-    /// `obj` as an entry; the cache's dictionary, if this call made it, is counted.
+    /// `obj` as an entry. The first object small enough becomes the cache's dictionary (counted).
     fn encode(&mut self, obj: &DynamicObject) -> Option<Box<[u8]>> {
-        let had_dict = self.store.dict.get().is_some();
-        let entry = encode(obj, &self.store.dict);
-        if let (false, Some(dict)) = (had_dict, self.store.dict.get()) {
-            let dict = len(dict);
-            self.count(0, dict);
+        let json = serde_json::to_vec(obj).ok()?;
+        if self.store.dict.get().is_none()
+            && json.len() <= DICT_MAX
+            && self.store.dict.set(json.clone().into_boxed_slice()).is_ok()
+        {
+            self.count(0, len(&json));
         }
-        entry
+        Some(pack(&json, self.store.dict.get().map(|d| &d[..])))
     }
 
     fn insert(&mut self, key: Key, entry: Box<[u8]>) {
