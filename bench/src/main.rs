@@ -512,9 +512,7 @@ async fn footprint_with_vms(ctx: &mut Ctx, fp: &mut footprint::FootprintReport) 
     }
     fp.vms = ctx.population.as_ref().map_or(0, |p| p.vms);
     fp.with_vms = footprint::sample_syncer(ctx, Duration::from_secs(3)).await?;
-    if let Some(syncer) = &ctx.syncer
-        && let Some(caches) = footprint::cache_breakdown(syncer).await
-    {
+    if let Some(caches) = footprint::cache_breakdown(ctx).await {
         fp.notes
             .push(format!("with {} VMs synced, {caches}", fp.vms));
     }

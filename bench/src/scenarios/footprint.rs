@@ -58,10 +58,10 @@ pub async fn sample(
 const CACHE_OBJECTS: &str = "kvtenant_sync_cache_objects";
 const CACHE_BYTES: &str = "kvtenant_sync_cache_bytes";
 
-/// What the syncer's caches hold by cache and kind, largest first, as one line (`None` from a
-/// syncer without the gauges).
-pub async fn cache_breakdown(syncer: &SyncerHandle) -> Option<String> {
-    let m = syncer.metrics().await.ok()?;
+/// What the syncer's caches hold by cache and kind, largest first, as one line (`None` without
+/// a syncer process or from a syncer without the gauges).
+pub async fn cache_breakdown(ctx: &Ctx) -> Option<String> {
+    let m = ctx.syncer.as_ref()?.metrics().await.ok()?;
     let bytes = m.sum_by(CACHE_BYTES, &["cache", "kind"]);
     let objects = m.sum_by(CACHE_OBJECTS, &["cache", "kind"]);
     let mut rows: Vec<_> = bytes.into_iter().filter(|(_, b)| *b > 0.0).collect();

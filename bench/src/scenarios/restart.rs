@@ -250,9 +250,7 @@ pub async fn run(ctx: &mut Ctx, out: &mut Option<RestartReport>) -> Result<()> {
             .into(),
     );
     rep.after = sample_syncer(ctx, Duration::from_secs(3)).await?;
-    if let Some(syncer) = &ctx.syncer
-        && let Some(caches) = crate::scenarios::footprint::cache_breakdown(syncer).await
-    {
+    if let Some(caches) = crate::scenarios::footprint::cache_breakdown(ctx).await {
         rep.notes.push(format!("re-converged, {caches}"));
     }
     print(&rep);
