@@ -34,6 +34,16 @@ use crate::report::{Meta, TargetCheck, fmt_bytes, fmt_f};
 use crate::scenarios::{burst, fairness, footprint, pods, proxy, restart};
 use crate::syncer::{SyncerHandle, SyncerMode, SyncerSpec};
 
+/// How the restart scenario stops the old syncer.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RestartStop {
+    /// SIGKILL, as a crash: the Lease is held until it expires.
+    Kill,
+    /// SIGINT, as a rollout's SIGTERM: the syncer gives the Lease up on its way out.
+    Graceful,
+}
+
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 enum Scenario {
@@ -118,6 +128,10 @@ pub struct Args {
     /// Restart: VMs deleted in the tenants while the syncer is down [default: VMS / 10].
     #[arg(long, env = "KVTENANT_BENCH_RESTART_DELETES")]
     restart_deletes: Option<usize>,
+    /// Restart: how the old syncer stops: `kill` (SIGKILL, a crash: the new one waits for its
+    /// Lease to expire) or `graceful` (SIGINT, as a rollout's SIGTERM: it gives the Lease up).
+    #[arg(long, value_enum, default_value_t = RestartStop::Kill, env = "KVTENANT_BENCH_RESTART_STOP")]
+    restart_stop: RestartStop,
     /// Proxy: measured subresource calls per path.
     #[arg(long, default_value_t = 200, env = "KVTENANT_BENCH_PROXY_CALLS")]
     proxy_calls: usize,

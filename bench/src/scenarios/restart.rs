@@ -1,8 +1,11 @@
-//! Restart: the syncer is killed (SIGKILL) with T tenants and N VMs synced. While it is down,
+//! Restart: the syncer is killed (SIGKILL, a crash; or stopped with SIGINT, a rollout, with
+//! `--restart-stop graceful`: it gives its Lease up) with T tenants and N VMs synced. While it is down,
 //! D of the VMs are deleted in the tenants (creates cannot happen then: kvtenant's admission
 //! webhooks run in the syncer process and fail closed). A new syncer starts; measured: time
-//! until the host copies of the deleted VMs are gone and the bench has verified everything in
-//! sync, and the API calls the new process spent.
+//! until the new process reconciles at all (after a crash: the Lease of the old one expires
+//! first), until it has deleted the host copies of the deleted VMs (the syncer's part), until
+//! they are gone (the host finishes them: KubeVirt's finalizers, kwok's pods), and until the
+//! bench has verified everything in sync; and the API calls the new process spent.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -11,6 +14,7 @@ use anyhow::{Context as _, Result, bail};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams};
 use serde::Serialize;
 
+use crate::RestartStop;
 use crate::ctx::{Ctx, PathKind, Population};
 use crate::env::{RUN_LABEL, TENANT_NS, vm_resource, vmi_resource};
 use crate::report::{SIMULATED, Table, fmt_bytes, fmt_f};
@@ -24,10 +28,18 @@ pub struct RestartReport {
     /// VMs synced when the syncer was killed.
     pub vms_before: usize,
     pub vms_deleted_while_down: usize,
+    /// How the old process stopped: `kill` (SIGKILL, a crash) or `graceful` (SIGINT).
+    pub stop: String,
     /// Killed → new process started, seconds.
     pub down_s: f64,
     /// From the new process's start (spawn) to ...
     pub ready_s: f64,
+    /// ... the first reconcile (the Lease taken; sampled every ~0.1 s).
+    pub first_reconcile_s: Option<f64>,
+    /// ... per tenant: its host copies of the deleted VMs deleted (being deleted or gone): the
+    /// syncer's part done.
+    pub per_tenant_deletes_issued_s: Vec<Option<f64>>,
+    pub deletes_issued_s: Option<f64>,
     /// ... per tenant: its host copies of the deleted VMs gone.
     pub per_tenant_orphans_gone_s: Vec<Option<f64>>,
     pub orphans_gone_s: Option<f64>,
@@ -69,22 +81,47 @@ fn selector(runs: &[String]) -> ListParams {
     ListParams::default().labels(&format!("{RUN_LABEL} in ({})", runs.join(",")))
 }
 
+/// Host VMs of the runs in one host namespace.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct HostVms {
+    all: usize,
+    /// Not being deleted.
+    live: usize,
+}
+
 /// Host VMs of the runs, by host namespace.
-async fn host_counts(ctx: &Ctx, runs: &[String]) -> Result<BTreeMap<String, usize>> {
+async fn host_counts(ctx: &Ctx, runs: &[String]) -> Result<BTreeMap<String, HostVms>> {
     let api: Api<DynamicObject> = Api::all_with(ctx.host(), &vm_resource());
-    let mut out = BTreeMap::new();
+    let mut out: BTreeMap<String, HostVms> = BTreeMap::new();
     for o in api.list_metadata(&selector(runs)).await?.items {
-        *out.entry(o.metadata.namespace.unwrap_or_default())
-            .or_insert(0) += 1;
+        let c = out
+            .entry(o.metadata.namespace.unwrap_or_default())
+            .or_default();
+        c.all += 1;
+        c.live += usize::from(o.metadata.deletion_timestamp.is_none());
     }
     Ok(out)
+}
+
+/// The time of the first sample after which the syncer had reconciled something.
+fn first_reconcile(samples: &[(f64, f64, f64)]) -> Option<f64> {
+    samples.iter().find(|(_, _, r)| *r > 0.0).map(|(t, _, _)| *t)
+}
+
+/// The latest of the per-tenant times, once every tenant has one.
+fn all_reached(per_tenant: &[Option<Instant>]) -> Option<Instant> {
+    if per_tenant.iter().all(Option::is_some) {
+        per_tenant.iter().flatten().max().copied()
+    } else {
+        None
+    }
 }
 
 /// True when the host has exactly `expected` VMs of the runs and every tenant VM and VMI of the
 /// runs is Running, with as many VMIs as VMs.
 async fn verify(ctx: &Ctx, runs: &[String], expected: usize) -> Result<bool> {
     let lp = selector(runs);
-    let on_host: usize = host_counts(ctx, runs).await?.values().sum();
+    let on_host: usize = host_counts(ctx, runs).await?.values().map(|c| c.all).sum();
     if on_host != expected {
         return Ok(false);
     }
@@ -113,8 +150,10 @@ async fn verify(ctx: &Ctx, runs: &[String], expected: usize) -> Result<bool> {
 }
 
 pub async fn run(ctx: &mut Ctx, out: &mut Option<RestartReport>) -> Result<()> {
+    let graceful = ctx.args.restart_stop == RestartStop::Graceful;
     let mut rep = RestartReport {
         tenants: ctx.env.tenants.len(),
+        stop: if graceful { "graceful" } else { "kill" }.into(),
         ..RestartReport::default()
     };
     if ctx.population.is_none() {
@@ -136,10 +175,14 @@ pub async fn run(ctx: &mut Ctx, out: &mut Option<RestartReport>) -> Result<()> {
         .unwrap_or(ctx.args.vms / 10)
         .clamp(1, pop.vms.max(1));
 
-    // kill (as a crash), then delete D VMs in the tenants, spread over them
+    // kill (as a crash) or stop (a rollout), then delete D VMs in the tenants, spread over them
     let killed = Instant::now();
     if let Some(s) = ctx.syncer.take() {
-        s.kill();
+        if graceful {
+            s.stop_gracefully().await;
+        } else {
+            s.kill();
+        }
     }
     let mut names: Vec<(usize, String)> = Vec::new();
     for (i, t) in ctx.env.tenants.iter().enumerate() {
@@ -173,7 +216,8 @@ pub async fn run(ctx: &mut Ctx, out: &mut Option<RestartReport>) -> Result<()> {
     for (i, t) in ctx.env.tenants.iter().enumerate() {
         let gone = names.iter().take(d).filter(|(j, _)| *j == i).count();
         let ns = t.host_ns();
-        expected_per_ns.insert(ns.clone(), before.get(&ns).copied().unwrap_or(0) - gone);
+        let had = before.get(&ns).map_or(0, |c| c.all);
+        expected_per_ns.insert(ns.clone(), had - gone);
     }
 
     let spawned = Instant::now();
@@ -182,6 +226,7 @@ pub async fn run(ctx: &mut Ctx, out: &mut Option<RestartReport>) -> Result<()> {
     rep.ready_s = spawned.elapsed().as_secs_f64();
     let deadline = Instant::now() + ctx.timeout();
     let mut per_tenant: Vec<Option<Instant>> = vec![None; ctx.env.tenants.len()];
+    let mut issued: Vec<Option<Instant>> = vec![None; ctx.env.tenants.len()];
     let (mut drained, mut verified) = (None, None);
     let mut counters = None;
     let mut last_verify = Instant::now() - Duration::from_secs(1);
@@ -193,9 +238,11 @@ pub async fn run(ctx: &mut Ctx, out: &mut Option<RestartReport>) -> Result<()> {
         let counts = host_counts(ctx, &pop.runs).await?;
         for (i, t) in ctx.env.tenants.iter().enumerate() {
             let ns = t.host_ns();
-            if per_tenant[i].is_none()
-                && counts.get(&ns).copied().unwrap_or(0) == expected_per_ns[&ns]
-            {
+            let c = counts.get(&ns).copied().unwrap_or_default();
+            if issued[i].is_none() && c.live == expected_per_ns[&ns] {
+                issued[i] = Some(now);
+            }
+            if per_tenant[i].is_none() && c.all == expected_per_ns[&ns] {
                 per_tenant[i] = Some(now);
             }
         }
@@ -225,11 +272,10 @@ pub async fn run(ctx: &mut Ctx, out: &mut Option<RestartReport>) -> Result<()> {
         ));
     }
     rep.per_tenant_orphans_gone_s = per_tenant.iter().map(|t| secs(spawned, *t)).collect();
-    rep.orphans_gone_s = if per_tenant.iter().all(Option::is_some) {
-        secs(spawned, per_tenant.iter().flatten().max().copied())
-    } else {
-        None
-    };
+    rep.orphans_gone_s = secs(spawned, all_reached(&per_tenant));
+    rep.per_tenant_deletes_issued_s = issued.iter().map(|t| secs(spawned, *t)).collect();
+    rep.deletes_issued_s = secs(spawned, all_reached(&issued));
+    rep.first_reconcile_s = first_reconcile(&rep.queue_samples);
     rep.queue_drained_s = secs(spawned, drained);
     rep.queue_last_busy_s = last_busy(&rep.queue_samples);
     rep.reconverged_s = secs(spawned, verified);
@@ -261,8 +307,15 @@ pub async fn run(ctx: &mut Ctx, out: &mut Option<RestartReport>) -> Result<()> {
 fn print(r: &RestartReport) {
     let mut t = Table::new(
         format!(
-            "Restart: syncer killed with {} tenants and {} VMs synced, {} VMs deleted in the tenants while down — {SIMULATED}",
-            r.tenants, r.vms_before, r.vms_deleted_while_down
+            "Restart: syncer {} with {} tenants and {} VMs synced, {} VMs deleted in the tenants while down — {SIMULATED}",
+            if r.stop == "graceful" {
+                "stopped (SIGINT: the Lease given up)"
+            } else {
+                "killed (SIGKILL)"
+            },
+            r.tenants,
+            r.vms_before,
+            r.vms_deleted_while_down
         ),
         &["measure (seconds after the new process started)", "value"],
     );
@@ -271,13 +324,23 @@ fn print(r: &RestartReport) {
             .unwrap_or_else(|| "not reached".into())
     };
     t.row(vec![
-        "down (kill → new process started)".into(),
+        "down (stop → new process started)".into(),
         format!("{} s", fmt_f(r.down_s, 2)),
     ]);
     t.row(vec![
         "new process answers /readyz".into(),
         s(Some(r.ready_s)),
     ]);
+    t.row(vec![
+        "first reconcile (the Lease taken; samples every ~0.1 s)".into(),
+        s(r.first_reconcile_s),
+    ]);
+    for (i, v) in r.per_tenant_deletes_issued_s.iter().enumerate() {
+        t.row(vec![
+            format!("tenant {}: host copies of its deleted VMs deleted (syncer's part)", i + 1),
+            s(*v),
+        ]);
+    }
     for (i, v) in r.per_tenant_orphans_gone_s.iter().enumerate() {
         t.row(vec![
             format!("tenant {}: host copies of its deleted VMs gone", i + 1),
@@ -352,5 +415,15 @@ mod tests {
         ];
         assert_eq!(last_busy(&samples), Some(0.4));
         assert_eq!(last_busy(&samples[..1]), None);
+        assert_eq!(first_reconcile(&samples), Some(0.2));
+        assert_eq!(first_reconcile(&samples[..1]), None);
+    }
+
+    #[test]
+    fn a_time_for_all_tenants_is_the_latest_once_each_has_one() {
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_secs(2);
+        assert_eq!(all_reached(&[Some(t0), Some(later)]), Some(later));
+        assert_eq!(all_reached(&[Some(t0), None]), None);
     }
 }
