@@ -371,6 +371,12 @@ fn print(r: &RestartReport) {
             ),
         ]);
     }
+    if let Some(c) = &r.api_calls {
+        t.row(vec![
+            "reconciles by direction: count × mean time".into(),
+            c.by_direction(),
+        ]);
+    }
     let opt = |v: Option<f64>| v.map(|v| fmt_f(v, 3)).unwrap_or_else(|| "n/a".into());
     t.row(vec![
         "API calls per VM (host / tenant)".into(),
