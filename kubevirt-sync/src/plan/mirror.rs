@@ -104,13 +104,21 @@ pub(super) fn plan_mirror(
     } else {
         Step::DeleteMirror
     };
+    // the mirror's finalizers released, unless none is left (a cache behind a release: a
+    // second patch would change nothing)
+    let release = t
+        .metadata
+        .finalizers
+        .as_ref()
+        .is_some_and(|f| !f.is_empty())
+        .then_some(Step::ReleaseMirror);
     if t.metadata.deletion_timestamp.is_some() {
         // the tenant deleted the mirror: delete the host object (if the tenant may), then let
         // the mirror go
         if h.is_some() && kind.mirror_delete_reaches_host(&view.policy()) {
             p = p.with(Step::DeleteHost);
         }
-        p = p.with(Step::ReleaseMirror);
+        p = p.with_all(release);
         if kind.follows_host_lifecycle() {
             p = p.with(Step::ForceDeleteTenant);
         }
@@ -119,7 +127,7 @@ pub(super) fn plan_mirror(
     let Some(h) = h else {
         // the host object is gone: so goes the mirror (and the volume it showed)
         return p
-            .with(Step::ReleaseMirror)
+            .with_all(release)
             .with(delete_mirror)
             .with_all(volume_step(kind, None, Some(&t.data)));
     };

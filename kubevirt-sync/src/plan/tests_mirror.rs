@@ -180,6 +180,11 @@ fn a_mirror_follows_its_host_object_out() {
     // gone on the host
     let p = run(&f, "VirtualMachineInstance", Some(&m), None);
     assert_eq!(p.steps, [Step::ReleaseMirror, Step::DeleteMirror]);
+    // ... and once its finalizer is released, only deleted (no second patch)
+    let mut released = m.clone();
+    released.metadata.finalizers = None;
+    let p = run(&f, "VirtualMachineInstance", Some(&released), None);
+    assert_eq!(p.steps, [Step::DeleteMirror]);
     // replaced on the host by a new object of the same name: the old mirror goes
     let mut newer = h.clone();
     newer.metadata.uid = Some("h-made-2".into());
