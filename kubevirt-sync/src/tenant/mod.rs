@@ -38,7 +38,7 @@ mod view;
 mod volumes;
 mod watch;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -118,9 +118,10 @@ pub struct Tenant {
     tasks: Mutex<Vec<AbortHandle>>,
     /// Host CRD resourceVersions last mirrored.
     crd_versions: Mutex<Vec<(String, String)>>,
-    /// Nodes kvtenant created in the tenant (names of host nodes running its VMIs). An async
-    /// lock held across the write: workers mirroring VMIs on the same node at once show it once.
-    nodes: tokio::sync::Mutex<BTreeSet<String>>,
+    /// Nodes kvtenant created in the tenant (host nodes running its VMIs and pods), a lock per
+    /// node held across its write: workers mirroring VMIs on the same node at once show it
+    /// once, on other nodes side by side.
+    nodes: nodes::ShownNodes,
     /// Pods bound by kvtenant since the last consistency scan: key → (tenant uid, node). The
     /// tenant cache shows a binding only when its watch delivers it; a plan in between (the
     /// host pod's next status change) would bind again and be answered Conflict ([`pods`]).
@@ -231,7 +232,7 @@ impl Tenant {
             failures: Mutex::new(HashMap::new()),
             tasks: Mutex::new(Vec::new()),
             crd_versions: Mutex::new(copied),
-            nodes: tokio::sync::Mutex::new(BTreeSet::new()),
+            nodes: nodes::ShownNodes::default(),
             bound: Mutex::new(HashMap::new()),
             recreating: Mutex::new(HashSet::new()),
             recreate_failed: Mutex::new(HashSet::new()),
@@ -310,7 +311,7 @@ impl Tenant {
             failures: Mutex::new(HashMap::new()),
             tasks: Mutex::new(Vec::new()),
             crd_versions: Mutex::new(Vec::new()),
-            nodes: tokio::sync::Mutex::new(BTreeSet::new()),
+            nodes: nodes::ShownNodes::default(),
             bound: Mutex::new(HashMap::new()),
             recreating: Mutex::new(HashSet::new()),
             recreate_failed: Mutex::new(HashSet::new()),

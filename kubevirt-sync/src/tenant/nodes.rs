@@ -8,6 +8,7 @@
 //! every consistency scan.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
@@ -73,6 +74,31 @@ pub(super) async fn has_own_nodes(client: &kube::Client) -> Result<bool, Error> 
     Ok(!own.items.is_empty())
 }
 
+/// The host nodes a tenant is shown as Nodes, and the locks that keep showing and pruning
+/// apart: workers showing different nodes go side by side, those showing the same node wait
+/// for the first (one write), and none shows a node while the tenant's Nodes are pruned.
+#[derive(Default)]
+pub(super) struct ShownNodes {
+    /// Held to write while pruning, to read while showing.
+    gate: tokio::sync::RwLock<()>,
+    /// Per host node: whether it is shown; its lock is held across the writes that show it.
+    nodes: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<bool>>>>,
+}
+
+impl ShownNodes {
+    /// The node's slot, made on first use.
+    fn slot(&self, name: &str) -> Arc<tokio::sync::Mutex<bool>> {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        nodes.entry(name.to_string()).or_default().clone()
+    }
+
+    /// Forgets a pruned node (with the gate held to write: no show is under way).
+    fn forget(&self, name: &str) {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        nodes.remove(name);
+    }
+}
+
 impl Tenant {
     /// The host nodes running this tenant's host objects (from the host cache).
     fn nodes_in_use(&self) -> BTreeSet<String> {
@@ -96,8 +122,10 @@ impl Tenant {
 
     /// Shows a host node as a tenant Node with the host node's status; `refresh`: even if shown.
     async fn show_node(&self, name: &str, refresh: bool) -> Result<(), Error> {
-        let mut shown = self.nodes.lock().await;
-        if shown.contains(name) && !refresh {
+        let _showing = self.nodes.gate.read().await;
+        let slot = self.nodes.slot(name);
+        let mut shown = slot.lock().await;
+        if *shown && !refresh {
             return Ok(());
         }
         let host_nodes: Api<Node> = Api::all(self.host.client.clone());
@@ -145,7 +173,7 @@ impl Tenant {
             Cluster::Tenant,
             format!("Node {name}"),
         ))?;
-        shown.insert(name.to_string());
+        *shown = true;
         Ok(())
     }
 
@@ -158,7 +186,7 @@ impl Tenant {
     /// its Node, which `kubectl logs/exec/port-forward` need).
     pub(super) async fn prune_nodes(&self) -> Result<(), Error> {
         let in_use = {
-            let mut shown = self.nodes.lock().await;
+            let _pruning = self.nodes.gate.write().await;
             let api: Api<Node> = Api::all(self.client.clone());
             self.api_call(Cluster::Tenant, "list");
             let listed = api
@@ -189,7 +217,7 @@ impl Tenant {
                         Cluster::Tenant,
                         format!("Node {name}"),
                     ))?;
-                shown.remove(&name);
+                self.nodes.forget(&name);
             }
             in_use
         };
@@ -208,6 +236,29 @@ fn unused(listed: impl Iterator<Item = String>, in_use: &BTreeSet<String>) -> Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn showing_one_node_does_not_wait_for_another_and_pruning_waits_for_both() {
+        let shown = ShownNodes::default();
+        let gate = shown.gate.read().await;
+        let a = shown.slot("a");
+        let showing_a = a.lock().await;
+        // node b's show goes ahead while node a's is under way
+        let b = shown.slot("b");
+        assert!(b.try_lock().is_ok());
+        // a second show of node a waits for the first, and then finds it shown
+        assert!(a.try_lock().is_err());
+        assert!(Arc::ptr_eq(&a, &shown.slot("a")));
+        // no pruning meanwhile
+        assert!(shown.gate.try_write().is_err());
+        drop(showing_a);
+        drop(gate);
+        let pruning = shown.gate.try_write().expect("pruning once no node is being shown");
+        assert!(shown.gate.try_read().is_err(), "no node is shown while pruning");
+        shown.forget("a");
+        drop(pruning);
+        assert!(!*shown.slot("a").lock().await, "a pruned node is shown again");
+    }
 
     #[test]
     fn only_nodes_out_of_use_are_pruned() {
