@@ -105,7 +105,10 @@ async fn host_counts(ctx: &Ctx, runs: &[String]) -> Result<BTreeMap<String, Host
 
 /// The time of the first sample after which the syncer had reconciled something.
 fn first_reconcile(samples: &[(f64, f64, f64)]) -> Option<f64> {
-    samples.iter().find(|(_, _, r)| *r > 0.0).map(|(t, _, _)| *t)
+    samples
+        .iter()
+        .find(|(_, _, r)| *r > 0.0)
+        .map(|(t, _, _)| *t)
 }
 
 /// The latest of the per-tenant times, once every tenant has one.
@@ -337,7 +340,10 @@ fn print(r: &RestartReport) {
     ]);
     for (i, v) in r.per_tenant_deletes_issued_s.iter().enumerate() {
         t.row(vec![
-            format!("tenant {}: host copies of its deleted VMs deleted (syncer's part)", i + 1),
+            format!(
+                "tenant {}: host copies of its deleted VMs deleted (syncer's part)",
+                i + 1
+            ),
             s(*v),
         ]);
     }

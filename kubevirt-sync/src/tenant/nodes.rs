@@ -253,11 +253,20 @@ mod tests {
         assert!(shown.gate.try_write().is_err());
         drop(showing_a);
         drop(gate);
-        let pruning = shown.gate.try_write().expect("pruning once no node is being shown");
-        assert!(shown.gate.try_read().is_err(), "no node is shown while pruning");
+        let pruning = shown
+            .gate
+            .try_write()
+            .expect("pruning once no node is being shown");
+        assert!(
+            shown.gate.try_read().is_err(),
+            "no node is shown while pruning"
+        );
         shown.forget("a");
         drop(pruning);
-        assert!(!*shown.slot("a").lock().await, "a pruned node is shown again");
+        assert!(
+            !*shown.slot("a").lock().await,
+            "a pruned node is shown again"
+        );
     }
 
     #[test]
