@@ -12,7 +12,6 @@
 //! |------------------------|------------------|---------------------------------------------------|
 //! | none                   | none             | nothing                                           |
 //! | none                   | copy             | confirm with the tenant's apiserver, delete host  |
-//! | none                   | copy, being deleted | nothing (the host finishes it; a claim's volume stays hidden) |
 //! | none                   | host-made        | mirror it up (kinds that mirror; owners mirrored first, else wait) |
 //! | none                   | foreign          | nothing                                           |
 //! | mirror                 | any              | show its node; revert tenant edits, follow the host; a tenant delete deletes the host object (a host migration only if the tenant may migrate); gone on the host → gone in the tenant |
@@ -261,17 +260,10 @@ pub fn plan(
                 return Plan::new(Direction::Up)
                     .with(Step::RestoreTenant(Box::new([obj, original])));
             }
-            let volume = volume_step(kind, None, Some(&h.data));
-            if h.metadata.deletion_timestamp.is_some() {
-                // deleted already and finishing on the host (finalizers, a VM's stop): asking
-                // the tenant and deleting again on each of its status changes gains nothing;
-                // its removal from the cache ends the key
-                return Plan::new(Direction::Delete).with_all(volume);
-            }
             Plan::new(Direction::Delete)
                 .with(Step::ConfirmTenantGone)
                 .with(Step::DeleteHost)
-                .with_all(volume)
+                .with_all(volume_step(kind, None, Some(&h.data)))
         }
         (None, Some(h)) if kind.mirrors_host_made() && !is_kvtenant_copy(h) => {
             mirror::plan_new_mirror(view, kind, namespace, h)

@@ -28,15 +28,6 @@ fn a_copy_whose_tenant_object_is_gone_is_deleted_after_asking_the_tenant() {
 }
 
 #[test]
-fn a_copy_already_being_deleted_is_not_deleted_again() {
-    let f = Fake::new();
-    let h = deleting(copy_of(&f, &vm(plain_spec()), None));
-    let p = run(&f, "VirtualMachine", None, Some(&h));
-    assert!(p.steps.is_empty(), "{p:?}");
-    assert_eq!(p.direction, Direction::Delete);
-}
-
-#[test]
 fn a_recreate_cut_short_is_finished_instead_of_deleting_the_copy() {
     let f = Fake::new();
     let t = vm(plain_spec());

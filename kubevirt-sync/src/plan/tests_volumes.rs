@@ -108,14 +108,6 @@ fn the_shown_volume_goes_with_the_binding_the_claim_or_its_sync() {
             Step::HideVolume("pvc-123".into())
         ]
     );
-    // ... and while its host copy finishes, only the volume is still hidden (no second delete)
-    let p = run(
-        &f,
-        "PersistentVolumeClaim",
-        None,
-        Some(&deleting(h.clone())),
-    );
-    assert_eq!(p.steps, [Step::HideVolume("pvc-123".into())]);
     // no longer used by a synced pod or VM (a Deployment scaled to zero): the host copy stays,
     // with the data, and the volume is still shown
     f.referenced = false;
