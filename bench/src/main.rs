@@ -35,10 +35,11 @@ use crate::scenarios::{burst, fairness, footprint, pods, proxy, restart};
 use crate::syncer::{SyncerHandle, SyncerMode, SyncerSpec};
 
 /// How the restart scenario stops the old syncer.
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RestartStop {
     /// SIGKILL, as a crash: the Lease is held until it expires.
+    #[default]
     Kill,
     /// SIGINT, as a rollout's SIGTERM: the syncer gives the Lease up on its way out.
     Graceful,

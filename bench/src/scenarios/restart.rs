@@ -29,7 +29,7 @@ pub struct RestartReport {
     pub vms_before: usize,
     pub vms_deleted_while_down: usize,
     /// How the old process stopped: `kill` (SIGKILL, a crash) or `graceful` (SIGINT).
-    pub stop: String,
+    pub stop: RestartStop,
     /// Killed → new process started, seconds.
     pub down_s: f64,
     /// From the new process's start (spawn) to ...
@@ -153,10 +153,10 @@ async fn verify(ctx: &Ctx, runs: &[String], expected: usize) -> Result<bool> {
 }
 
 pub async fn run(ctx: &mut Ctx, out: &mut Option<RestartReport>) -> Result<()> {
-    let graceful = ctx.args.restart_stop == RestartStop::Graceful;
+    let stop = ctx.args.restart_stop;
     let mut rep = RestartReport {
         tenants: ctx.env.tenants.len(),
-        stop: if graceful { "graceful" } else { "kill" }.into(),
+        stop,
         ..RestartReport::default()
     };
     if ctx.population.is_none() {
@@ -181,10 +181,9 @@ pub async fn run(ctx: &mut Ctx, out: &mut Option<RestartReport>) -> Result<()> {
     // kill (as a crash) or stop (a rollout), then delete D VMs in the tenants, spread over them
     let killed = Instant::now();
     if let Some(s) = ctx.syncer.take() {
-        if graceful {
-            s.stop_gracefully().await;
-        } else {
-            s.kill();
+        match stop {
+            RestartStop::Graceful => s.stop_gracefully().await,
+            RestartStop::Kill => s.kill(),
         }
     }
     let mut names: Vec<(usize, String)> = Vec::new();
@@ -311,10 +310,9 @@ fn print(r: &RestartReport) {
     let mut t = Table::new(
         format!(
             "Restart: syncer {} with {} tenants and {} VMs synced, {} VMs deleted in the tenants while down — {SIMULATED}",
-            if r.stop == "graceful" {
-                "stopped (SIGINT: the Lease given up)"
-            } else {
-                "killed (SIGKILL)"
+            match r.stop {
+                RestartStop::Graceful => "stopped (SIGINT: the Lease given up)",
+                RestartStop::Kill => "killed (SIGKILL)",
             },
             r.tenants,
             r.vms_before,
